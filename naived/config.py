@@ -1,0 +1,263 @@
+"""Configuration: one TOML file decoded into msgspec Structs.
+
+The Struct defaults *are* the embedded defaults (the demo runs with no file at
+all); `config/naive.toml` documents the same values. Any unknown key, wrong type
+or invalid value is refused with its path, in one line (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the user in one line."""
+
+
+def _positive(name: str, value: Decimal | int | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _in_range(name: str, value: Decimal | None, low: Decimal, high: Decimal) -> None:
+    if value is not None and not (low < value < high):
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+
+
+def check_symbol(symbol: str) -> str:
+    """Upper-case a symbol and check its shape; raises ValueError with a readable message."""
+    upper = symbol.strip().upper()
+    if not SYMBOL_RE.match(upper):
+        raise ValueError(f"bad symbol {symbol!r}: expected letters and digits like XRPUSDT")
+    return upper
+
+
+class Paths(msgspec.Struct, forbid_unknown_fields=True):
+    runtime_dir: str = ""  # "" = $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/naive, else a temp dir
+    state_dir: str = ""  # "" = $STATE_DIRECTORY, else ~/.local/state/naive
+
+
+class Streamer(msgspec.Struct, forbid_unknown_fields=True):
+    endpoint: str = "tcp://127.0.0.1:5680"  # XPUB bind / SUB connect
+    source: Literal["binance", "replay", "simulate"] = "simulate"
+    symbols: list[str] = []  # streamed always, subscribers or not
+    grace_seconds: float = 30.0  # keep a symbol streaming this long after its last subscriber left
+    binance_url: str = "wss://stream.binance.com:9443"
+    replay_files: list[str] = []
+    replay_speed: float = 0.0  # 0 = as fast as possible, 1 = real time, 10 = ten times faster
+    simulate_seed: int = 42
+    simulate_rate: float = 20.0  # trades per second per symbol
+
+    def __post_init__(self) -> None:
+        self.symbols = [check_symbol(s) for s in self.symbols]
+        if self.grace_seconds < 0:
+            raise ValueError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
+        _positive("simulate_rate", self.simulate_rate)
+
+
+class Supervision(msgspec.Struct, forbid_unknown_fields=True):
+    """OTP restart intensity: more than `max_restarts` in `period_seconds` → give up."""
+
+    max_restarts: int = 5
+    period_seconds: float = 10.0
+    stop_timeout_seconds: float = 5.0  # SIGTERM, then SIGKILL after this long
+
+    def __post_init__(self) -> None:
+        _positive("max_restarts", self.max_restarts)
+        _positive("period_seconds", self.period_seconds)
+
+
+class Naived(msgspec.Struct, forbid_unknown_fields=True):
+    control_endpoint: str = ""  # "" = ipc://<runtime dir>/naived.sock
+    exchange: Literal["paper", "binance-testnet", "binance"] = "paper"
+    autostart: list[str] = []
+    metrics_port: int = 0  # 0 = no metrics endpoint
+    supervision: Supervision = msgspec.field(default_factory=Supervision)
+
+    def __post_init__(self) -> None:
+        self.autostart = [check_symbol(s) for s in self.autostart]
+
+
+class Faults(msgspec.Struct, forbid_unknown_fields=True):
+    """Paper-exchange fault injection, each a probability per order request (tests, chaos)."""
+
+    accept_then_timeout: float = 0.0
+    accept_then_5xx: float = 0.0
+    rate_limit_429: float = 0.0
+    ban_418: float = 0.0
+    stale_timestamp: float = 0.0
+    drop_connection: float = 0.0
+    retry_after_seconds: int = 1
+
+
+class Paper(msgspec.Struct, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 5681
+    api_key: str = "paper-key"
+    api_secret: str = "paper-secret"
+    fill_on_touch: bool = False  # fill at <= / >= instead of the book's strict < / >
+    partial_fills: bool = False  # fill at most the traded quantity per trade
+    balances: dict[str, Decimal] = msgspec.field(default_factory=lambda: {"USDT": Decimal("10000")})
+    faults: Faults = msgspec.field(default_factory=Faults)
+
+
+class Exchange(msgspec.Struct, forbid_unknown_fields=True):
+    """Real Binance targets. Keys never come from here: environment or a 0600 key file."""
+
+    binance_url: str = "https://api.binance.com"
+    testnet_url: str = "https://testnet.binance.vision"
+    key_file: str = ""  # lines API_KEY=..., API_SECRET=...; must be mode 0600
+    recv_window_ms: int = 5000
+    timeout_seconds: float = 5.0
+
+
+class TradingSettings(msgspec.Struct, forbid_unknown_fields=True):
+    chunks: int = 2
+    budget: Decimal = Decimal("100")
+    buy_down_interval: Decimal = Decimal("0.0001")
+    profit_interval: Decimal = Decimal("-0.0012")  # the book's chapter-5 default: cycles finish fast
+    rebuy_interval: Decimal = Decimal("0.001")
+
+    def __post_init__(self) -> None:
+        _check_settings(self)
+
+
+class SymbolOverrides(msgspec.Struct, forbid_unknown_fields=True):
+    chunks: int | None = None
+    budget: Decimal | None = None
+    buy_down_interval: Decimal | None = None
+    profit_interval: Decimal | None = None
+    rebuy_interval: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        _check_settings(self)
+
+
+def _check_settings(s: TradingSettings | SymbolOverrides) -> None:
+    _positive("chunks", s.chunks)
+    _positive("budget", s.budget)
+    _in_range("buy_down_interval", s.buy_down_interval, Decimal("-1"), Decimal("1"))
+    _in_range("profit_interval", s.profit_interval, Decimal("-1"), Decimal("10"))
+    _in_range("rebuy_interval", s.rebuy_interval, Decimal("0"), Decimal("1"))
+
+
+class Trading(msgspec.Struct, forbid_unknown_fields=True):
+    defaults: TradingSettings = msgspec.field(default_factory=TradingSettings)
+    symbols: dict[str, SymbolOverrides] = {}
+
+    def __post_init__(self) -> None:
+        for name in self.symbols:
+            check_symbol(name)
+        self.symbols = {check_symbol(k): v for k, v in self.symbols.items()}
+
+    def for_symbol(self, symbol: str) -> TradingSettings:
+        """Defaults with the symbol's overrides applied."""
+        overrides = self.symbols.get(symbol)
+        if overrides is None:
+            return self.defaults
+        changes = {f: getattr(overrides, f) for f in overrides.__struct_fields__ if getattr(overrides, f) is not None}
+        return msgspec.structs.replace(self.defaults, **changes)
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    paths: Paths = msgspec.field(default_factory=Paths)
+    streamer: Streamer = msgspec.field(default_factory=Streamer)
+    naived: Naived = msgspec.field(default_factory=Naived)
+    paper: Paper = msgspec.field(default_factory=Paper)
+    exchange: Exchange = msgspec.field(default_factory=Exchange)
+    trading: Trading = msgspec.field(default_factory=Trading)
+
+    @property
+    def runtime_dir(self) -> Path:
+        return runtime_dir(self.paths)
+
+    @property
+    def state_dir(self) -> Path:
+        return state_dir(self.paths)
+
+    @property
+    def control_endpoint(self) -> str:
+        return self.naived.control_endpoint or f"ipc://{self.runtime_dir / 'naived.sock'}"
+
+    def leader_endpoint(self, symbol: str) -> str:
+        return f"ipc://{self.runtime_dir / f'leader-{symbol}.sock'}"
+
+    @property
+    def paper_url(self) -> str:
+        return f"http://{self.paper.host}:{self.paper.port}"
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def runtime_dir(paths: Paths) -> Path:
+    if paths.runtime_dir:
+        return _private_dir(Path(paths.runtime_dir))
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return _private_dir(Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]))
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return _private_dir(Path(os.environ["XDG_RUNTIME_DIR"]) / "naive")
+    return _private_dir(Path(tempfile.gettempdir()) / f"naive-{os.getuid()}")
+
+
+def state_dir(paths: Paths) -> Path:
+    if paths.state_dir:
+        return _private_dir(Path(paths.state_dir))
+    if os.environ.get("STATE_DIRECTORY"):
+        return _private_dir(Path(os.environ["STATE_DIRECTORY"].split(":")[0]))
+    return _private_dir(Path.home() / ".local" / "state" / "naive")
+
+
+DEFAULT_LOCATIONS = (Path("/etc/naive/naive.toml"),)
+
+
+def find_config(explicit: str | None) -> Path | None:
+    """--config, else $NAIVE_CONFIG, else /etc/naive/naive.toml, else none (embedded defaults)."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("NAIVE_CONFIG"):
+        return Path(os.environ["NAIVE_CONFIG"])
+    for candidate in DEFAULT_LOCATIONS:
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def load_config(explicit: str | None = None) -> Config:
+    path = find_config(explicit)
+    if path is None:
+        return Config()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_config(raw, str(path))
+
+
+def parse_config(raw: bytes, origin: str = "<config>") -> Config:
+    try:
+        return msgspec.toml.decode(raw, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{origin}: {_readable(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
+
+
+def _readable(message: str) -> str:
+    # msgspec says "... - at `$.trading.defaults.chunks`"; users know keys, not JSON paths.
+    text, sep, where = message.rpartition(" - at ")
+    if not sep:
+        return message
+    key = where.strip("`").removeprefix("$").lstrip(".") or "<top level>"
+    return f"{key}: {text}"

@@ -1,0 +1,248 @@
+"""Every message that crosses a process boundary, as msgspec Structs.
+
+One module for both daemons: streamerd publishes `TradeEvent`s, naived's traders,
+leaders, root and `naivectl` speak the rest. Prices and quantities are decimal
+strings on the wire; code that computes with them converts to `decimal.Decimal`.
+
+Wire format between processes: multipart `[topic, msgpack(struct)]` for trade
+events, one msgpack frame for request/reply sockets.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+TRADE_TOPIC_PREFIX = b"TRADE_EVENTS:"
+
+
+# --- market data -------------------------------------------------------------
+
+
+class TradeEvent(msgspec.Struct, frozen=True):
+    """Binance raw trade (`<symbol>@trade`). `b`/`a` were removed from the public stream in 2024."""
+
+    e: str  # event type, "trade"
+    E: int  # event time, ms
+    s: str  # symbol, upper case
+    t: int  # trade id
+    p: str  # price, decimal string
+    q: str  # quantity, decimal string
+    T: int  # trade time, ms
+    m: bool  # buyer is the market maker
+    M: bool = True  # ignore (Binance's "best match")
+    b: int | None = None
+    a: int | None = None
+
+
+class StreamEnvelope(msgspec.Struct):
+    """Combined-stream wrapper: `{"stream": "xrpusdt@trade", "data": {...}}`."""
+
+    stream: str
+    data: msgspec.Raw
+
+
+def trade_topic(symbol: str) -> bytes:
+    return TRADE_TOPIC_PREFIX + symbol.upper().encode()
+
+
+def symbol_of_topic(topic: bytes) -> str:
+    return topic[len(TRADE_TOPIC_PREFIX) :].decode()
+
+
+_trade_encoder = msgspec.msgpack.Encoder()
+_trade_decoder = msgspec.msgpack.Decoder(TradeEvent)
+
+
+def encode_trade(event: TradeEvent) -> list[bytes]:
+    return [trade_topic(event.s), _trade_encoder.encode(event)]
+
+
+def decode_trade(payload: bytes) -> TradeEvent:
+    return _trade_decoder.decode(payload)
+
+
+# --- trader state ------------------------------------------------------------
+
+
+class Settings(msgspec.Struct, frozen=True):
+    """What a trader needs to trade one symbol; the leader builds it once per symbol."""
+
+    symbol: str
+    chunks: int
+    budget: str
+    buy_down_interval: str
+    profit_interval: str
+    rebuy_interval: str
+    tick_size: str
+    step_size: str
+    min_qty: str
+    min_notional: str
+
+
+Side = Literal["BUY", "SELL"]
+
+
+class Order(msgspec.Struct, frozen=True):
+    """An order as the exchange last reported it."""
+
+    client_order_id: str
+    side: Side
+    price: str
+    quantity: str
+    status: str  # Binance order status: NEW, PARTIALLY_FILLED, FILLED, CANCELED, ...
+    order_id: int | None = None
+    executed_qty: str = "0"
+
+
+class Intent(msgspec.Struct, frozen=True):
+    """An order the trader is about to place (or placed with an unknown outcome).
+
+    It is stored by the leader before the order is sent, so a restarted trader
+    looks the client order id up instead of placing the order a second time.
+    """
+
+    client_order_id: str
+    side: Side
+    price: str
+    quantity: str
+    unknown: bool = False  # a placement was attempted and its outcome is not known
+
+
+TraderStatus = Literal["new", "buying", "selling", "done"]
+
+
+class TraderState(msgspec.Struct, frozen=True):
+    symbol: str
+    trader_id: int
+    cycle: int
+    settings: Settings
+    status: TraderStatus = "new"
+    buy_order: Order | None = None
+    sell_order: Order | None = None
+    intent: Intent | None = None
+    rebuy_notified: bool = False
+    last_price: str | None = None
+
+
+# --- trader -> leader (REQ/REP) ------------------------------------------------
+
+
+class TraderHello(msgspec.Struct, tag=True):
+    """First message of a (re)started trader: it is subscribed and ready."""
+
+    trader_id: int
+    pid: int
+
+
+class StateUpdated(msgspec.Struct, tag=True):
+    state: TraderState
+
+
+class RebuyTriggered(msgspec.Struct, tag=True):
+    trader_id: int
+
+
+class LeaderStatusRequest(msgspec.Struct, tag=True):
+    """Asked by the root for `naivectl status`."""
+
+
+LeaderRequest = TraderHello | StateUpdated | RebuyTriggered | LeaderStatusRequest
+
+
+class Ack(msgspec.Struct, tag=True):
+    pass
+
+
+class TraderInfo(msgspec.Struct):
+    trader_id: int
+    pid: int | None
+    started_at: float | None
+    restarts: int
+    state: TraderState | None
+
+
+class LeaderStatus(msgspec.Struct, tag=True):
+    symbol: str
+    pid: int
+    started_at: float
+    traders: list[TraderInfo]
+    last_trade_price: str | None = None
+    last_trade_time: float | None = None
+
+
+LeaderReply = Ack | LeaderStatus
+
+
+# --- naivectl -> root (REQ/REP) ------------------------------------------------
+
+
+class StartTrading(msgspec.Struct, tag=True):
+    symbol: str
+
+
+class StopTrading(msgspec.Struct, tag=True):
+    symbol: str
+
+
+class ShutdownTrading(msgspec.Struct, tag=True):
+    symbol: str
+
+
+class StatusRequest(msgspec.Struct, tag=True):
+    symbol: str | None = None
+
+
+ControlRequest = StartTrading | StopTrading | ShutdownTrading | StatusRequest
+
+
+class Ok(msgspec.Struct, tag=True):
+    message: str
+
+
+class Error(msgspec.Struct, tag=True):
+    """Every error reply carries a message `naivectl` prints as-is, exiting non-zero."""
+
+    message: str
+
+
+class ProcessInfo(msgspec.Struct):
+    pid: int | None
+    started_at: float | None
+    restarts: int
+
+
+class SymbolStatus(msgspec.Struct):
+    symbol: str
+    state: str  # running | failed | stopping
+    supervisor: ProcessInfo
+    leader: LeaderStatus | None = None
+    error: str | None = None
+
+
+class TreeStatus(msgspec.Struct, tag=True):
+    pid: int
+    started_at: float
+    exchange: str
+    market: str
+    symbols: list[SymbolStatus]
+    paper_exchange: ProcessInfo | None = None
+
+
+ControlReply = Ok | Error | TreeStatus
+
+
+# --- codecs --------------------------------------------------------------------
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+leader_request_decoder = msgspec.msgpack.Decoder(LeaderRequest)
+leader_reply_decoder = msgspec.msgpack.Decoder(LeaderReply)
+control_request_decoder = msgspec.msgpack.Decoder(ControlRequest)
+control_reply_decoder = msgspec.msgpack.Decoder(ControlReply)
