@@ -144,11 +144,22 @@ class RebuyTriggered(msgspec.Struct, tag=True):
     trader_id: int
 
 
+class TraderFailed(msgspec.Struct, tag=True):
+    """A trader's last words before a non-zero exit, kept as the symbol's last error."""
+
+    trader_id: int
+    error: str
+
+
 class LeaderStatusRequest(msgspec.Struct, tag=True):
     """Asked by the root for `naivectl status`."""
 
 
-LeaderRequest = TraderHello | StateUpdated | RebuyTriggered | LeaderStatusRequest
+class ShutdownRequest(msgspec.Struct, tag=True):
+    """`naivectl shutdown-trading`: start no new cycles; exit once the last trader finishes."""
+
+
+LeaderRequest = TraderHello | StateUpdated | RebuyTriggered | TraderFailed | LeaderStatusRequest | ShutdownRequest
 
 
 class Ack(msgspec.Struct, tag=True):
@@ -168,8 +179,9 @@ class LeaderStatus(msgspec.Struct, tag=True):
     pid: int
     started_at: float
     traders: list[TraderInfo]
-    last_trade_price: str | None = None
-    last_trade_time: float | None = None
+    cycles_finished: int = 0
+    shutting_down: bool = False
+    last_error: str | None = None
 
 
 LeaderReply = Ack | LeaderStatus

@@ -1,0 +1,182 @@
+"""`naivectl`: talk to a running naived over its control socket."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+import msgspec
+import zmq
+
+from naived.config import ConfigError, load_config
+from naived.ipc import ipc_path, request
+from naived.messages import (
+    ControlRequest,
+    Error,
+    LeaderStatus,
+    Ok,
+    ProcessInfo,
+    ShutdownTrading,
+    StartTrading,
+    StatusRequest,
+    StopTrading,
+    TraderInfo,
+    TreeStatus,
+    control_reply_decoder,
+)
+
+TIMEOUT_MS = 10_000
+
+
+def _fail(message: str) -> None:
+    click.echo(f"naivectl: {message}", err=True)
+    sys.exit(1)
+
+
+def call(endpoint: str, message: ControlRequest) -> msgspec.Struct:
+    path = ipc_path(endpoint)
+    if path is not None and not os.path.exists(path):
+        _fail(f"naived is not running (no control socket at {path})")
+    ctx = zmq.Context()
+    try:
+        reply = request(ctx, endpoint, message, control_reply_decoder, TIMEOUT_MS)
+    finally:
+        ctx.term()
+    if reply is None:
+        _fail(f"naived is not running (no answer on {endpoint} in {TIMEOUT_MS // 1000}s)")
+    if isinstance(reply, Error):
+        _fail(reply.message)
+    return reply  # type: ignore[return-value]
+
+
+@click.group()
+@click.option("--config", "config_path", metavar="PATH", help="naived's configuration (for its control endpoint).")
+@click.option("--endpoint", metavar="ENDPOINT", help="naived's control endpoint, e.g. ipc:///run/naive/naived.sock.")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, endpoint: str | None) -> None:
+    """Control a running naived."""
+    if endpoint is None:
+        try:
+            endpoint = load_config(config_path).control_endpoint
+        except ConfigError as exc:
+            click.echo(f"naivectl: {exc}", err=True)
+            sys.exit(2)
+    ctx.obj = endpoint
+
+
+def _simple(request_type: type) -> click.Command:
+    @click.argument("symbol")
+    @click.pass_obj
+    def command(endpoint: str, symbol: str) -> None:
+        reply = call(endpoint, request_type(symbol))
+        assert isinstance(reply, Ok)
+        click.echo(reply.message)
+
+    return command
+
+
+main.command("start-trading", help="Start trading SYMBOL (e.g. XRPUSDT).")(_simple(StartTrading))
+main.command("stop-trading", help="Stop SYMBOL now; its open orders stay and are adopted on the next start.")(
+    _simple(StopTrading)
+)
+main.command("shutdown-trading", help="Let SYMBOL's traders finish their cycles, then stop it.")(
+    _simple(ShutdownTrading)
+)
+
+
+@main.command()
+@click.argument("symbol", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(endpoint: str, symbol: str | None, as_json: bool) -> None:
+    """The live process tree: PIDs, uptimes, restarts, each trader's cycle and orders."""
+    reply = call(endpoint, StatusRequest(symbol))
+    assert isinstance(reply, TreeStatus)
+    if as_json:
+        click.echo(msgspec.json.format(msgspec.json.encode(reply).decode(), indent=2))
+    else:
+        click.echo(render(reply, time.time()))
+
+
+# --- the tree as text ---------------------------------------------------------------
+
+
+def _age(started_at: float | None, now: float) -> str:
+    if started_at is None:
+        return "-"
+    seconds = max(0, int(now - started_at))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _proc(info: ProcessInfo | None, now: float) -> str:
+    if info is None or info.pid is None:
+        return "not running" + (f", restarts {info.restarts}" if info else "")
+    return f"pid {info.pid}, up {_age(info.started_at, now)}, restarts {info.restarts}"
+
+
+def _trader_line(t: TraderInfo, now: float) -> str:
+    head = f"trader {t.trader_id}  " + (f"pid {t.pid}, up {_age(t.started_at, now)}" if t.pid else "not running")
+    head += f", restarts {t.restarts}"
+    s = t.state
+    if s is None:
+        return head
+    parts = [f"cycle {s.cycle} {s.status}"]
+    for order in (s.buy_order, s.sell_order):
+        if order is not None:
+            parts.append(f"{order.side} {order.quantity} @ {order.price} {order.status}")
+    if s.intent is not None:
+        parts.append(f"placing {s.intent.side} {s.intent.client_order_id}" + (" (outcome unknown)" if s.intent.unknown else ""))
+    if s.last_price:
+        parts.append(f"last trade {s.last_price}")
+    return head + "  " + ", ".join(parts)
+
+
+def _branch(lines: list[str], last: bool) -> list[str]:
+    out = []
+    for i, line in enumerate(lines):
+        if i == 0:
+            out.append(("└── " if last else "├── ") + line)
+        else:
+            out.append(("    " if last else "│   ") + line)
+    return out
+
+
+def _leader_lines(leader: LeaderStatus, now: float) -> list[str]:
+    head = f"leader  pid {leader.pid}, up {_age(leader.started_at, now)}, cycles finished {leader.cycles_finished}"
+    if leader.shutting_down:
+        head += ", shutting down"
+    children = [[_trader_line(t, now)] for t in leader.traders]
+    lines = [head]
+    for i, child in enumerate(children):
+        lines += _branch(child, i == len(children) - 1)
+    return lines
+
+
+def render(tree: TreeStatus, now: float) -> str:
+    lines = [f"naived  pid {tree.pid}, up {_age(tree.started_at, now)}, exchange {tree.exchange}, market {tree.market}"]
+    branches: list[list[str]] = []
+    if tree.paper_exchange is not None:
+        branches.append([f"paper-exchange  {_proc(tree.paper_exchange, now)}"])
+    for sym in tree.symbols:
+        head = f"{sym.symbol} [{sym.state}]  supervisor {_proc(sym.supervisor, now)}"
+        if sym.error:
+            head += f"  error: {sym.error}"
+        lines_sym = [head]
+        if sym.leader is not None:
+            lines_sym += _branch(_leader_lines(sym.leader, now), True)
+        branches.append(lines_sym)
+    if not tree.symbols:
+        branches.append(["(no symbols trading: naivectl start-trading XRPUSDT)"])
+    for i, branch in enumerate(branches):
+        lines += _branch(branch, i == len(branches) - 1)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""`naived demo`: the whole product on one machine, offline, in a temporary directory.
+
+streamerd publishes a simulated market, naived trades it on the embedded paper
+exchange, and the demo prints the live tree every few seconds. Part way
+through it sends `kill -9` to a trader, so you can watch it come back with the
+same cycle and the same open order.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+import requests
+import zmq
+
+from naived.ctl import render
+from naived.ipc import request
+from naived.messages import StatusRequest, TreeStatus, control_reply_decoder
+
+STATUS_EVERY = 5.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(directory: Path, symbols: list[str]) -> Path:
+    path = directory / "naive.toml"
+    path.write_text(
+        f"""
+[paths]
+runtime_dir = "{directory / 'run'}"
+state_dir = "{directory / 'state'}"
+
+[streamer]
+endpoint = "ipc://{directory / 'run' / 'market.sock'}"
+source = "simulate"
+simulate_rate = 20.0
+
+[naived]
+autostart = {msgspec.json.encode(symbols).decode()}
+
+[paper]
+port = {free_port()}
+"""
+    )
+    return path
+
+
+def _command(name: str) -> list[str]:
+    script = Path(sys.executable).parent / name
+    return [str(script)] if script.exists() else [shutil.which(name) or name]
+
+
+def _status(ctx: zmq.Context, endpoint: str) -> TreeStatus | None:
+    reply = request(ctx, endpoint, StatusRequest(), control_reply_decoder, 2000)
+    return reply if isinstance(reply, TreeStatus) else None
+
+
+def _filled_orders(paper_url: str) -> int:
+    try:
+        orders = requests.get(f"{paper_url}/paper/orders", timeout=2).json()
+    except (requests.RequestException, ValueError):
+        return 0
+    return sum(1 for o in orders if o.get("status") == "FILLED")
+
+
+def _kill_a_trader(tree: TreeStatus) -> str | None:
+    for sym in tree.symbols:
+        for t in sym.leader.traders if sym.leader else []:
+            if t.pid and t.state and t.state.buy_order:
+                os.kill(t.pid, signal.SIGKILL)
+                return f"kill -9 {t.pid} (trader {sym.symbol}/{t.trader_id}, cycle {t.state.cycle}, {t.state.status})"
+    return None
+
+
+def run(seconds: float, symbols: list[str]) -> int:
+    from naived.config import load_config
+
+    directory = Path(tempfile.mkdtemp(prefix="naive-demo-"))
+    config_path = write_config(directory, symbols)
+    config = load_config(str(config_path))
+    logs = {name: open(directory / f"{name}.log", "w") for name in ("streamerd", "naived")}
+    print(f"naive demo: SIMULATED market, paper exchange, symbols {' '.join(symbols)}")
+    print(f"  files and logs in {directory}; this demo stops after {seconds:g}s" if seconds else "  Ctrl-C stops it")
+    procs = [
+        subprocess.Popen(_command("streamerd") + ["start", "--config", str(config_path)], stderr=logs["streamerd"], start_new_session=True),
+        subprocess.Popen(_command("naived") + ["start", "--config", str(config_path)], stderr=logs["naived"], start_new_session=True),
+    ]
+    ctx = zmq.Context()
+    start = time.monotonic()
+    killed = False
+    filled = 0
+    try:
+        while not seconds or time.monotonic() - start < seconds:
+            time.sleep(STATUS_EVERY)  # the demo's pace for a human reader, not synchronisation
+            if any(p.poll() is not None for p in procs):
+                print("a daemon exited early; see the logs in", directory)
+                return 1
+            tree = _status(ctx, config.control_endpoint)
+            if tree is None:
+                continue
+            print()
+            print(render(tree, time.time()))
+            filled = _filled_orders(config.paper_url)
+            print(f"filled orders at the paper exchange: {filled}")
+            if not killed and time.monotonic() - start > STATUS_EVERY * 1.5:
+                done = _kill_a_trader(tree)
+                if done:
+                    killed = True
+                    print(f"\n>>> {done}: watch it come back with the same cycle and order")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        ctx.term()
+    print(f"\ndemo finished: {filled} orders filled at the paper exchange; logs in {directory}")
+    return 0

@@ -1,0 +1,102 @@
+"""The leader's durable memory: each trader's last state, finished cycles, cycle numbers.
+
+One SQLite file per symbol in the state directory (WAL). A state is committed
+before the leader acks the trader, so whatever a trader was told is stored
+survives a crash of the trader, the leader, the symbol supervisor or naived.
+`synchronous=NORMAL` in WAL mode survives any process being killed; only a power
+loss could roll back the last commits.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import msgspec
+
+from naived.messages import TraderState
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(TraderState).decode
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS traders (
+    trader_id  INTEGER PRIMARY KEY,
+    state      TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cycles (
+    cycle       INTEGER PRIMARY KEY,
+    trader_id   INTEGER NOT NULL,
+    state       TEXT NOT NULL,
+    finished_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+def store_path(state_dir: Path, symbol: str) -> Path:
+    return state_dir / "symbols" / f"{symbol}.sqlite"
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def traders(self) -> dict[int, TraderState]:
+        """Every trader's last state (finished cycles are in `cycles`, not here)."""
+        rows = self._db.execute("SELECT trader_id, state FROM traders ORDER BY trader_id")
+        return {trader_id: _decode(state) for trader_id, state in rows}
+
+    def save(self, state: TraderState) -> None:
+        self._db.execute(
+            "INSERT INTO traders (trader_id, state, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (trader_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            (state.trader_id, _encode(state).decode(), time.time()),
+        )
+
+    def finish(self, state: TraderState) -> None:
+        """Record a finished cycle and forget the trader's state, in one transaction."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR REPLACE INTO cycles (cycle, trader_id, state, finished_at) VALUES (?, ?, ?, ?)",
+                (state.cycle, state.trader_id, _encode(state).decode(), time.time()),
+            )
+            self._db.execute("DELETE FROM traders WHERE trader_id = ?", (state.trader_id,))
+
+    def remove(self, trader_id: int) -> None:
+        self._db.execute("DELETE FROM traders WHERE trader_id = ?", (trader_id,))
+
+    def finished_cycles(self) -> list[TraderState]:
+        return [_decode(s) for (s,) in self._db.execute("SELECT state FROM cycles ORDER BY cycle")]
+
+    def next_cycle(self) -> int:
+        """A cycle number never handed out before for this symbol (client order ids derive from it)."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'last_cycle'").fetchone()
+            cycle = int(row[0]) + 1 if row else 1
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_cycle', ?)", (str(cycle),))
+        return cycle
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+        else:
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
