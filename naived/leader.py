@@ -57,6 +57,7 @@ class Leader:
         self.supervisor = Supervisor(f"leader {symbol}", config.naived.supervision, self.poller)
         self.client = exchange.client_for(config)
         self.states: dict[int, TraderState] = self.store.traders()
+        self.ready_at: dict[int, float] = {}
         self.shutting_down = self.store.get_meta("shutting_down") == "1"
         self.settings = strategy.settings_for(symbol, config.trading.for_symbol(symbol), self._filters())
 
@@ -90,6 +91,7 @@ class Leader:
             title=f"trader {self.symbol}/{trader_id}",
             run=functools.partial(trader.run, self.config, state),
         )
+        self.ready_at.pop(trader_id, None)
         self.supervisor.start(spec)
 
     def on_trader_exit(self, pidfd: int) -> bool:
@@ -149,6 +151,7 @@ class Leader:
                 self.store.save(state)  # stored before the ack: the ack means durable
                 self.states[state.trader_id] = state
             case TraderHello(trader_id, pid):
+                self.ready_at[trader_id] = time.time()
                 log.debug("%s/%d: trader pid %d ready", self.symbol, trader_id, pid)
             case TraderFailed(trader_id, error):
                 self.store.set_meta("last_error", f"trader {self.symbol}/{trader_id}: {error}")
@@ -182,6 +185,7 @@ class Leader:
                     started_at=child.started_at if child else None,
                     restarts=self.supervisor.restarts(str(trader_id)),
                     state=self.states.get(trader_id),
+                    ready_at=self.ready_at.get(trader_id),
                 )
             )
         return LeaderStatus(

@@ -172,6 +172,7 @@ class TraderInfo(msgspec.Struct):
     started_at: float | None
     restarts: int
     state: TraderState | None
+    ready_at: float | None = None  # wall clock of the trader's hello: subscribed, state restored
 
 
 class LeaderStatus(msgspec.Struct, tag=True):

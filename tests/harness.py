@@ -1,0 +1,169 @@
+"""A real naive deployment for tests: streamerd + naived (+ its paper exchange) in a temp dir.
+
+Tests talk to it only through its real interfaces: the command lines, the
+control socket (via naivectl), the paper exchange's HTTP API and signals.
+Everything started here is killed by PID at the end, including every process
+the tree reported in its status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import requests
+
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.02) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+            if value:
+                return value
+        except Exception as exc:  # the tree may be mid-restart; keep polling until the deadline
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+
+
+class Tree:
+    def __init__(self, directory: Path, extra_config: str = "", market: str = "simulate") -> None:
+        self.dir = directory
+        self.paper_port = free_port()
+        run = directory / "run"
+        self.config_path = directory / "naive.toml"
+        self.config_path.write_text(
+            f"""
+[paths]
+runtime_dir = "{run}"
+state_dir = "{directory / 'state'}"
+
+[streamer]
+endpoint = "ipc://{run / 'market.sock'}"
+source = "{market}"
+simulate_rate = 50.0
+grace_seconds = 30.0
+
+[paper]
+port = {self.paper_port}
+
+{extra_config}
+"""
+        )
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.seen: dict[int, float] = {}  # pid -> create time, of every tree process ever reported
+        self.paper_url = f"http://127.0.0.1:{self.paper_port}"
+        self.http = requests.Session()
+        self.http.trust_env = False
+
+    # --- processes ------------------------------------------------------------------
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(
+            [str(BIN / name), *args, "--config", str(self.config_path)], stderr=log, start_new_session=True
+        )
+        self.procs.append(proc)
+        return proc
+
+    def start_streamer(self) -> subprocess.Popen[bytes]:
+        return self._spawn("streamerd", "start")
+
+    def start_naived(self) -> subprocess.Popen[bytes]:
+        self.naived = self._spawn("naived", "start")
+        wait_for("naived to answer", lambda: self.ctl("status").returncode == 0)
+        return self.naived
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "naivectl"), "--config", str(self.config_path), *args], capture_output=True, text=True, timeout=30
+        )
+
+    def status(self) -> dict[str, Any]:
+        result = self.ctl("status", "--json")
+        assert result.returncode == 0, result.stderr
+        tree = json.loads(result.stdout)
+        for pid in tree_pids(tree):
+            if pid not in self.seen:
+                try:
+                    self.seen[pid] = psutil.Process(pid).create_time()
+                except psutil.NoSuchProcess:
+                    pass
+        return tree
+
+    def symbol(self, symbol: str) -> dict[str, Any] | None:
+        return next((s for s in self.status()["symbols"] if s["symbol"] == symbol), None)
+
+    def traders(self, symbol: str) -> dict[int, dict[str, Any]]:
+        """Running traders of a symbol that have a PID, by trader id."""
+        sym = self.symbol(symbol)
+        if not sym or not sym.get("leader"):
+            return {}
+        return {t["trader_id"]: t for t in sym["leader"]["traders"] if t["pid"]}
+
+    def paper_orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        orders = self.http.get(f"{self.paper_url}/paper/orders", timeout=5).json()
+        return [o for o in orders if symbol is None or o["symbol"] == symbol]
+
+    def log(self, name: str) -> str:
+        return (self.dir / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM what we started, then SIGKILL anything of ours still alive."""
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for pid in self.leftovers():
+            os.kill(pid, signal.SIGKILL)
+
+    def leftovers(self) -> list[int]:
+        """Tree processes reported at some point that are still alive (same PID and start time)."""
+        alive = []
+        for pid, created in self.seen.items():
+            try:
+                p = psutil.Process(pid)
+                if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+
+def tree_pids(tree: dict[str, Any]) -> list[int]:
+    pids = [tree["pid"]]
+    if tree.get("paper_exchange") and tree["paper_exchange"]["pid"]:
+        pids.append(tree["paper_exchange"]["pid"])
+    for sym in tree["symbols"]:
+        if sym["supervisor"]["pid"]:
+            pids.append(sym["supervisor"]["pid"])
+        if sym.get("leader"):
+            pids.append(sym["leader"]["pid"])
+            pids += [t["pid"] for t in sym["leader"]["traders"] if t["pid"]]
+    return pids

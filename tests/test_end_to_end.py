@@ -1,0 +1,92 @@
+"""streamerd + naived + the paper exchange trading a simulated market, end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from harness import Tree, wait_for
+
+# The book's chapter-5 settings: buy at the market, sell slightly *below* the buy price plus
+# fees (negative profit interval), so cycles complete within seconds on a random walk.
+CYCLING = """
+[trading.defaults]
+chunks = 2
+budget = "100"
+buy_down_interval = "0.0001"
+profit_interval = "-0.0012"
+"""
+
+
+@pytest.fixture
+def tree(tmp_path: Path):
+    t = Tree(tmp_path, CYCLING)
+    t.start_streamer()
+    t.start_naived()
+    try:
+        yield t
+    finally:
+        t.stop()
+
+
+def finished_cycles(tree: Tree, symbol: str) -> int:
+    sym = tree.symbol(symbol)
+    return sym["leader"]["cycles_finished"] if sym and sym["leader"] else 0
+
+
+def test_cycles_complete_at_the_exchange_and_the_next_cycle_starts(tree: Tree) -> None:
+    assert tree.ctl("start-trading", "XRPUSDT").returncode == 0
+    first = wait_for("trader 0 to start", lambda: tree.traders("XRPUSDT").get(0))
+    wait_for("a finished cycle", lambda: finished_cycles(tree, "XRPUSDT") >= 1, timeout=60)
+
+    # The exchange saw full cycles: a filled BUY and a filled SELL of the same quantity.
+    orders = tree.paper_orders("XRPUSDT")
+    filled = [o for o in orders if o["status"] == "FILLED"]
+    by_cycle: dict[str, list[dict]] = {}
+    for o in filled:
+        by_cycle.setdefault(o["clientOrderId"][:-1], []).append(o)
+    complete = [legs for legs in by_cycle.values() if sorted(o["side"] for o in legs) == ["BUY", "SELL"]]
+    assert complete, orders
+    buy, sell = sorted(complete[0], key=lambda o: o["side"])
+    assert Decimal(buy["executedQty"]) == Decimal(sell["executedQty"]) > 0
+    # No client order id was ever used twice.
+    assert not [cid for cid, n in Counter(o["clientOrderId"] for o in orders).items() if n > 1]
+
+    # The trader that finished exited 0 and a fresh one runs the next cycle.
+    def next_cycle() -> dict | None:
+        t = tree.traders("XRPUSDT").get(0)
+        return t if t and t["state"]["cycle"] != first["state"]["cycle"] else None
+
+    nxt = wait_for("trader 0 on a new cycle", next_cycle, timeout=60)
+    assert nxt["pid"] != first["pid"]
+    assert nxt["restarts"] == 0  # finishing a cycle is not a crash
+
+
+def test_kill_9_with_an_open_buy_completes_the_cycle_with_that_same_order(tree: Tree) -> None:
+    tree.ctl("start-trading", "BTCUSDT")
+
+    def open_buy() -> dict | None:
+        for t in tree.traders("BTCUSDT").values():
+            s = t["state"]
+            if s and s["status"] == "buying" and s["buy_order"] and s["buy_order"]["status"] == "NEW":
+                return t
+        return None
+
+    victim = wait_for("a trader with an open buy", open_buy)
+    cid = victim["state"]["buy_order"]["client_order_id"]
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    def cycle_done() -> bool:
+        orders = {o["clientOrderId"]: o for o in tree.paper_orders("BTCUSDT")}
+        sell = orders.get(cid[:-1] + "S")
+        return bool(sell and sell["status"] == "FILLED")
+
+    wait_for(f"the cycle of {cid} to finish", cycle_done, timeout=90)
+    legs = [o for o in tree.paper_orders("BTCUSDT") if o["clientOrderId"][:-1] == cid[:-1]]
+    assert sorted(o["side"] for o in legs) == ["BUY", "SELL"]  # one buy, the original one
+    assert [o["clientOrderId"] for o in legs if o["side"] == "BUY"] == [cid]

@@ -1,0 +1,153 @@
+"""The naived process tree: real processes, real kill -9, through naivectl and signals only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+import zmq
+
+from harness import BIN, Tree, wait_for
+
+# Buy 50% below the market: the buy order stays open, so states are stable to compare.
+RESTING = """
+[trading.defaults]
+chunks = 2
+budget = "100"
+buy_down_interval = "0.5"
+
+[naived.supervision]
+max_restarts = 3
+period_seconds = 30.0
+stop_timeout_seconds = 3.0
+"""
+
+
+@pytest.fixture
+def tree(tmp_path: Path):
+    t = Tree(tmp_path, RESTING)
+    t.start_streamer()
+    t.start_naived()
+    try:
+        yield t
+    finally:
+        t.stop()
+
+
+def resting_traders(tree: Tree, symbol: str, count: int) -> dict[int, dict]:
+    """Wait until `count` traders of `symbol` each report an open buy order."""
+
+    def ready() -> dict[int, dict] | None:
+        traders = tree.traders(symbol)
+        placed = {i: t for i, t in traders.items() if t["state"] and t["state"]["buy_order"]}
+        return placed if len(placed) == count else None
+
+    return wait_for(f"{count} {symbol} traders with an open buy", ready)
+
+
+def test_kill_9_a_trader_restarts_it_with_its_last_state(tree: Tree) -> None:
+    assert tree.ctl("start-trading", "xrpusdt").returncode == 0
+    before = resting_traders(tree, "XRPUSDT", 2)[0]
+    os.kill(before["pid"], signal.SIGKILL)
+
+    after = wait_for(
+        "trader 0 to come back with a new PID",
+        lambda: (t := tree.traders("XRPUSDT").get(0)) and t["pid"] != before["pid"] and t,
+    )
+    assert after["trader_id"] == 0
+    assert after["restarts"] == before["restarts"] + 1
+    assert after["state"]["cycle"] == before["state"]["cycle"]
+    assert after["state"]["buy_order"]["client_order_id"] == before["state"]["buy_order"]["client_order_id"]
+    # ...and the exchange holds that one buy, not a second one.
+    cid = before["state"]["buy_order"]["client_order_id"]
+    buys = [o for o in tree.paper_orders("XRPUSDT") if o["side"] == "BUY" and o["clientOrderId"].startswith(cid[:-1])]
+    assert [o["clientOrderId"] for o in buys] == [cid]
+
+
+def test_kill_9_the_leader_restarts_the_whole_symbol(tree: Tree) -> None:
+    tree.ctl("start-trading", "XRPUSDT")
+    before = resting_traders(tree, "XRPUSDT", 2)
+    leader_pid = tree.symbol("XRPUSDT")["leader"]["pid"]
+    os.kill(leader_pid, signal.SIGKILL)
+
+    def all_new() -> dict[int, dict] | None:
+        sym = tree.symbol("XRPUSDT")
+        if not sym or not sym["leader"] or sym["leader"]["pid"] == leader_pid:
+            return None
+        traders = tree.traders("XRPUSDT")
+        fresh = all(t["pid"] != before[i]["pid"] for i, t in traders.items())
+        return traders if len(traders) == 2 and fresh else None
+
+    after = wait_for("a new leader and new traders", all_new)
+    for old_trader in before.values():
+        assert not psutil.pid_exists(old_trader["pid"]) or psutil.Process(old_trader["pid"]).status() == psutil.STATUS_ZOMBIE
+    for i, t in after.items():
+        assert t["state"]["cycle"] == before[i]["state"]["cycle"]  # resumed from the durable store
+        assert t["state"]["buy_order"]["client_order_id"] == before[i]["state"]["buy_order"]["client_order_id"]
+    assert tree.symbol("XRPUSDT")["supervisor"]["restarts"] == 0  # the supervisor itself did not die
+
+
+def test_a_failing_symbol_is_marked_failed_and_others_keep_trading(tmp_path: Path) -> None:
+    # BTCUSDT with 1 USDT per trader is below the minimum notional: its trader fails on its
+    # first trade, every time, until the tree gives up on the symbol.
+    t = Tree(tmp_path, RESTING + '\n[trading.symbols.BTCUSDT]\nbudget = "1"\nchunks = 1\n')
+    t.start_streamer()
+    t.start_naived()
+    try:
+        t.ctl("start-trading", "XRPUSDT")
+        t.ctl("start-trading", "BTCUSDT")
+        failed = wait_for("BTCUSDT to be marked failed", lambda: (s := t.symbol("BTCUSDT")) and s["state"] == "failed" and s, timeout=60)
+        assert "minimum" in failed["error"]
+        assert t.symbol("XRPUSDT")["state"] == "running"
+        resting_traders(t, "XRPUSDT", 2)
+        text = t.ctl("status").stdout
+        assert "BTCUSDT [failed]" in text and "XRPUSDT [running]" in text
+    finally:
+        t.stop()
+
+
+def test_sigterm_leaves_no_process_behind(tree: Tree) -> None:
+    tree.ctl("start-trading", "XRPUSDT")
+    tree.ctl("start-trading", "ADAUSDT")
+    resting_traders(tree, "XRPUSDT", 2)
+    resting_traders(tree, "ADAUSDT", 2)
+    pids = list(tree.seen)
+    assert len(pids) >= 1 + 1 + 2 * (1 + 1 + 2)  # root, paper exchange, 2 x (supervisor, leader, 2 traders)
+    tree.naived.send_signal(signal.SIGTERM)
+    assert tree.naived.wait(15) == 0
+    wait_for("every process of the tree to be gone", lambda: not tree.leftovers(), timeout=5)
+
+
+def test_naivectl_errors_are_one_clear_line(tree: Tree, tmp_path: Path) -> None:
+    unknown = tree.ctl("start-trading", "NOSUCHUSDT")
+    assert unknown.returncode == 1 and "unknown symbol NOSUCHUSDT" in unknown.stderr
+    assert unknown.stderr.count("\n") == 1
+    bad = tree.ctl("start-trading", "xrp/usdt")
+    assert bad.returncode == 1 and "bad symbol" in bad.stderr
+    assert tree.ctl("start-trading", "XRPUSDT").returncode == 0
+    again = tree.ctl("start-trading", "XRPUSDT")
+    assert again.returncode == 0 and "already trading" in again.stdout
+    assert tree.ctl("stop-trading", "ADAUSDT").returncode == 1
+
+    # Garbage on the control socket gets an error reply; the root keeps serving.
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"ipc://{tmp_path / 'run' / 'naived.sock'}")
+    sock.send(b"\x93not msgpack at all")
+    assert sock.poll(5000) and b"bad request" in sock.recv()
+    sock.close()
+    ctx.term()
+    assert tree.ctl("status").returncode == 0
+
+    # naived not running: one line, exit 1, no traceback
+    lonely = subprocess.run(
+        [str(BIN / "naivectl"), "--endpoint", f"ipc://{tmp_path / 'nothing.sock'}", "status"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert lonely.returncode == 1 and "naived is not running" in lonely.stderr
+    assert "Traceback" not in lonely.stderr and lonely.stderr.count("\n") == 1
