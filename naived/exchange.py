@@ -1,0 +1,291 @@
+"""Binance spot REST client: the one way traders, leaders and the root talk to an exchange.
+
+The same client talks to the paper exchange, Binance's testnet and Binance. What it
+guarantees to callers:
+
+- Every answer is definite or says it is not. `BinanceError` (and `UnknownOrder`)
+  means the exchange answered "no"; `OutcomeUnknown` means no usable answer came
+  back (timeout, dropped connection, 5XX), so an order may or may not exist and
+  the caller must look it up by client order id before placing it again.
+- `RateLimited` carries Binance's `Retry-After`. Until it has passed the client
+  refuses to send anything (raising `RateLimited` again without touching the
+  network): after a 418 that is what keeps the IP ban from growing, after a 429
+  it is what keeps a 429 from becoming a 418.
+- Timestamps follow the server's clock: the offset is fetched on first use and
+  again whenever Binance says -1021 (outside recvWindow); the request is then
+  retried once. -1021 is a rejection before matching, so even an order retry is safe.
+- Secrets stay out of logs, exception messages and reprs: the API secret only
+  lives inside an HMAC object, the API key inside the session's headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+import requests
+
+from naived.config import Config, ConfigError
+from naived.messages import Order
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_ORDER = -2013
+INVALID_TIMESTAMP = -1021
+
+
+class BinanceError(Exception):
+    """The exchange refused the request: `{"code": -2010, "msg": "..."}`."""
+
+    def __init__(self, code: int, msg: str, http_status: int = 400) -> None:
+        super().__init__(f"Binance error {code}: {msg}")
+        self.code = code
+        self.msg = msg
+        self.http_status = http_status
+
+
+class UnknownOrder(BinanceError):
+    """-2013 "Order does not exist.": a definite answer, the order is not there."""
+
+
+class OutcomeUnknown(Exception):
+    """No usable answer (timeout, dropped connection, 5XX). For an order placement or a
+    cancel the effect is unknown: look the order up, never assume it failed."""
+
+
+class RateLimited(Exception):
+    """429 (slow down) or 418 (IP banned). Nothing is sent before `retry_after` seconds."""
+
+    def __init__(self, retry_after: float, banned: bool) -> None:
+        kind = "banned (418)" if banned else "rate limited (429)"
+        super().__init__(f"{kind}, retry after {retry_after:.1f}s")
+        self.retry_after = retry_after
+        self.banned = banned
+
+
+def signature(secret: str, payload: str) -> str:
+    """HMAC-SHA256 of the exact query string, hex: Binance's SIGNED endpoint scheme."""
+    return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+
+
+# Only the fields the bot reads; msgspec skips the rest of Binance's order JSON.
+class _OrderBody(msgspec.Struct):
+    clientOrderId: str
+    side: str
+    price: str
+    origQty: str
+    status: str
+    orderId: int
+    executedQty: str
+    origClientOrderId: str | None = None  # DELETE answers carry the cancel's own id in clientOrderId
+
+
+class _ErrorBody(msgspec.Struct):
+    code: int
+    msg: str
+
+
+class _ServerTime(msgspec.Struct):
+    serverTime: int
+
+
+_order_decoder = msgspec.json.Decoder(_OrderBody)
+_orders_decoder = msgspec.json.Decoder(list[_OrderBody])
+_error_decoder = msgspec.json.Decoder(_ErrorBody)
+_time_decoder = msgspec.json.Decoder(_ServerTime)
+
+
+def _order(body: _OrderBody) -> Order:
+    return Order(
+        client_order_id=body.origClientOrderId or body.clientOrderId,
+        side=body.side,  # type: ignore[arg-type] - the exchange only says BUY or SELL
+        price=body.price,
+        quantity=body.origQty,
+        status=body.status,
+        order_id=body.orderId,
+        executed_qty=body.executedQty,
+    )
+
+
+class BinanceClient:
+    def __init__(
+        self, base_url: str, api_key: str, api_secret: str, *, recv_window_ms: int = 5000, timeout: float = 5.0
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.used_weight = 0
+        self._recv_window = str(recv_window_ms)
+        self._timeout = timeout
+        self._mac = hmac.new(api_secret.encode(), digestmod=hashlib.sha256)  # copied per request
+        self._offset_ms: int | None = None  # server clock minus ours
+        self._blocked_until = 0.0  # monotonic; after a 429/418 nothing is sent before it
+        self._banned = False
+        self._session = requests.Session()
+        self._session.trust_env = False  # no proxy/netrc lookups per request, no surprise proxy
+        self._session.headers["X-MBX-APIKEY"] = api_key
+        # Prepared once per method: each call only copies one and sets its URL.
+        self._templates = {
+            method: self._session.prepare_request(requests.Request(method, self.base_url + "/"))
+            for method in ("GET", "POST", "DELETE")
+        }
+
+    def __repr__(self) -> str:
+        return f"BinanceClient({self.base_url!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    # --- public endpoints ----------------------------------------------------------------
+
+    def ping(self) -> None:
+        self._call("GET", "/api/v3/ping", {}, signed=False)
+
+    def server_time(self) -> int:
+        """Binance's clock in ms; also refreshes the offset used for timestamps."""
+        sent = time.time()
+        body = _time_decoder.decode(self._call("GET", "/api/v3/time", {}, signed=False))
+        received = time.time()
+        self._offset_ms = body.serverTime - int((sent + received) * 500)  # midpoint, in ms
+        return body.serverTime
+
+    def exchange_info(self, symbol: str | None = None) -> dict[str, Any]:
+        params = {"symbol": symbol} if symbol else {}
+        return msgspec.json.decode(self._call("GET", "/api/v3/exchangeInfo", params, signed=False))
+
+    # --- orders (signed) -----------------------------------------------------------------
+
+    def new_order(self, symbol: str, side: str, price: str, quantity: str, client_order_id: str) -> Order:
+        """A LIMIT GTC order. OutcomeUnknown means: look `client_order_id` up before retrying."""
+        params = {
+            "symbol": symbol,
+            "side": side,
+            "type": "LIMIT",
+            "timeInForce": "GTC",
+            "quantity": quantity,
+            "price": price,
+            "newClientOrderId": client_order_id,
+            "newOrderRespType": "RESULT",
+        }
+        return _order(_order_decoder.decode(self._call("POST", "/api/v3/order", params, signed=True)))
+
+    def get_order(self, symbol: str, client_order_id: str) -> Order:
+        params = {"symbol": symbol, "origClientOrderId": client_order_id}
+        return _order(_order_decoder.decode(self._call("GET", "/api/v3/order", params, signed=True)))
+
+    def cancel_order(self, symbol: str, client_order_id: str) -> Order:
+        params = {"symbol": symbol, "origClientOrderId": client_order_id}
+        return _order(_order_decoder.decode(self._call("DELETE", "/api/v3/order", params, signed=True)))
+
+    def open_orders(self, symbol: str) -> list[Order]:
+        body = self._call("GET", "/api/v3/openOrders", {"symbol": symbol}, signed=True)
+        return [_order(o) for o in _orders_decoder.decode(body)]
+
+    def account(self) -> dict[str, Any]:
+        return msgspec.json.decode(self._call("GET", "/api/v3/account", {}, signed=True))
+
+    # --- the one request path -------------------------------------------------------------
+
+    def _call(self, method: str, path: str, params: dict[str, str], *, signed: bool) -> bytes:
+        for attempt in (1, 2):
+            try:
+                return self._send(method, path, params, signed)
+            except BinanceError as exc:
+                # A stale timestamp is refused before anything happens, so one retry is safe.
+                if exc.code != INVALID_TIMESTAMP or not signed or attempt == 2:
+                    raise
+                log.warning("%s %s: timestamp outside recvWindow, resyncing with the server clock", method, path)
+                self.server_time()
+        raise AssertionError("unreachable")
+
+    def _send(self, method: str, path: str, params: dict[str, str], signed: bool) -> bytes:
+        now = time.monotonic()
+        if now < self._blocked_until:
+            raise RateLimited(self._blocked_until - now, self._banned)
+        query = urlencode(params)
+        if signed:
+            if self._offset_ms is None:
+                self.server_time()
+            stamp = int(time.time() * 1000) + self._offset_ms  # type: ignore[operator]
+            query = f"{query}&recvWindow={self._recv_window}&timestamp={stamp}" if query else f"recvWindow={self._recv_window}&timestamp={stamp}"
+            mac = self._mac.copy()
+            mac.update(query.encode())
+            query = f"{query}&signature={mac.hexdigest()}"
+        request = self._templates[method].copy()
+        request.url = f"{self.base_url}{path}?{query}" if query else self.base_url + path
+        try:
+            response = self._session.send(request, timeout=self._timeout)
+        except requests.RequestException as exc:
+            # Whatever it was (timeout, reset, refused), we cannot know what the exchange did.
+            raise OutcomeUnknown(f"{method} {path}: no answer ({type(exc).__name__})") from None
+        weight = response.headers.get("X-MBX-USED-WEIGHT-1M")
+        if weight is not None:
+            self.used_weight = int(weight)
+        status = response.status_code
+        if status < 300:
+            return response.content
+        if status in (418, 429):
+            self._banned = status == 418
+            retry_after = _retry_after(response, 60.0 if self._banned else 1.0)
+            self._blocked_until = time.monotonic() + retry_after
+            raise RateLimited(retry_after, self._banned)
+        if status >= 500:
+            raise OutcomeUnknown(f"{method} {path}: HTTP {status}, execution status unknown")
+        try:
+            error = _error_decoder.decode(response.content)
+        except msgspec.DecodeError:
+            raise BinanceError(0, f"HTTP {status} without a Binance error body", status) from None
+        kind = UnknownOrder if error.code == UNKNOWN_ORDER else BinanceError
+        raise kind(error.code, error.msg, status)
+
+
+def _retry_after(response: requests.Response, default: float) -> float:
+    try:
+        return max(0.0, float(response.headers["Retry-After"]))
+    except (KeyError, ValueError):
+        return default
+
+
+# --- which exchange, which keys ------------------------------------------------------------
+
+
+def client_for(config: Config) -> BinanceClient:
+    """The client for `config.naived.exchange`. Real targets need keys (see `_credentials`)."""
+    target = config.naived.exchange
+    options = {"recv_window_ms": config.exchange.recv_window_ms, "timeout": config.exchange.timeout_seconds}
+    if target == "paper":
+        return BinanceClient(config.paper_url, config.paper.api_key, config.paper.api_secret, **options)
+    url = config.exchange.testnet_url if target == "binance-testnet" else config.exchange.binance_url
+    key, secret = _credentials(config.exchange.key_file)
+    return BinanceClient(url, key, secret, **options)
+
+
+def _credentials(key_file: str) -> tuple[str, str]:
+    """Keys from BINANCE_API_KEY/BINANCE_API_SECRET, else from a 0600 file of KEY=value lines."""
+    key, secret = os.environ.get("BINANCE_API_KEY"), os.environ.get("BINANCE_API_SECRET")
+    if key and secret:
+        return key, secret
+    if not key_file:
+        raise ConfigError("no Binance API key: set BINANCE_API_KEY and BINANCE_API_SECRET, or exchange.key_file")
+    path = Path(key_file)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(f"key file {path} has mode {mode:04o}; it must be 0600 (chmod 600 {path})")
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"key file {path}: cannot read: {exc.strerror}") from None
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not name.strip().startswith("#"):
+            values[name.strip()] = value.strip()
+    if not values.get("API_KEY") or not values.get("API_SECRET"):
+        raise ConfigError(f"key file {path}: needs API_KEY=... and API_SECRET=... lines")
+    return values["API_KEY"], values["API_SECRET"]
