@@ -218,7 +218,7 @@ class Leader:
                         log.info("%s: stopping %d traders", self.symbol, len(self.supervisor.children))
                         self.supervisor.stop_all()
                         return 0
-                elif self.supervisor.owns(item):
+                elif self.supervisor.exited(item):
                     if not self.on_trader_exit(item):
                         self.supervisor.stop_all()
                         return EXIT_GAVE_UP

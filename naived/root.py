@@ -295,7 +295,7 @@ class Root:
                 elif item == self.signals.fd:
                     if self.signals.drain():
                         return self.shutdown()
-                elif self.supervisor.owns(item):
+                elif self.supervisor.exited(item):
                     self.on_child_exit(item)
             if watchdog:
                 sdnotify.notify("WATCHDOG=1", f"STATUS={self.status_line()}")

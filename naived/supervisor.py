@@ -101,9 +101,13 @@ class Supervisor:
         log.info("%s: started %s pid %d", self.name, spec.title, pid)
         return child
 
-    def owns(self, fd: object) -> bool:
-        """Is this polled item one of our pidfds (readable = that child exited)?"""
-        return fd in self._by_fd
+    def exited(self, fd: object) -> bool:
+        """Is this polled item the pidfd of one of our children, and has that child exited?
+
+        Re-checked rather than trusted: within one batch of poll events a reaped
+        child's pidfd number may already belong to a newly started child.
+        """
+        return fd in self._by_fd and bool(select.select([fd], [], [], 0)[0])
 
     def reap(self, pidfd: int) -> tuple[Child, ExitStatus]:
         child = self._by_fd.pop(pidfd)

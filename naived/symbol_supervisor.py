@@ -43,7 +43,7 @@ def run(config: Config, symbol: str) -> int:
             if item == signals.fd and signals.drain():
                 supervisor.stop_all()
                 return 0
-            if supervisor.owns(item):
+            if supervisor.exited(item):
                 child, status = supervisor.reap(item)
                 decision = supervisor.on_exit(child, status)
                 if decision == "forget":
