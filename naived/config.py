@@ -7,6 +7,7 @@ or invalid value is refused with its path, in one line (`ConfigError`).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -23,14 +24,25 @@ class ConfigError(Exception):
     """A configuration problem, worded for the user in one line."""
 
 
-def _positive(name: str, value: Decimal | int | None) -> None:
+# Validators raise ValueError("<field>: <reason>"); `_readable` joins <field> to the key path.
+
+
+def _finite(name: str, value: Decimal | float | int | None) -> None:
+    # TOML has nan/inf floats and Decimal parses "NaN"/"Infinity"; comparing a NaN Decimal raises.
+    if isinstance(value, Decimal) and not value.is_finite() or isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name}: must be a finite number, got {value}")
+
+
+def _positive(name: str, value: Decimal | float | int | None) -> None:
+    _finite(name, value)
     if value is not None and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+        raise ValueError(f"{name}: must be > 0, got {value}")
 
 
 def _in_range(name: str, value: Decimal | None, low: Decimal, high: Decimal) -> None:
+    _finite(name, value)
     if value is not None and not (low < value < high):
-        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+        raise ValueError(f"{name}: must be between {low} and {high} (exclusive), got {value}")
 
 
 def check_symbol(symbol: str) -> str:
@@ -39,6 +51,13 @@ def check_symbol(symbol: str) -> str:
     if not SYMBOL_RE.match(upper):
         raise ValueError(f"bad symbol {symbol!r}: expected letters and digits like XRPUSDT")
     return upper
+
+
+def _symbols(name: str, symbols: list[str]) -> list[str]:
+    try:
+        return [check_symbol(s) for s in symbols]
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 class Paths(msgspec.Struct, forbid_unknown_fields=True):
@@ -58,9 +77,10 @@ class Streamer(msgspec.Struct, forbid_unknown_fields=True):
     simulate_rate: float = 20.0  # trades per second per symbol
 
     def __post_init__(self) -> None:
-        self.symbols = [check_symbol(s) for s in self.symbols]
+        self.symbols = _symbols("symbols", self.symbols)
+        _finite("grace_seconds", self.grace_seconds)
         if self.grace_seconds < 0:
-            raise ValueError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
+            raise ValueError(f"grace_seconds: must be >= 0, got {self.grace_seconds}")
         _positive("simulate_rate", self.simulate_rate)
 
 
@@ -84,7 +104,7 @@ class Naived(msgspec.Struct, forbid_unknown_fields=True):
     supervision: Supervision = msgspec.field(default_factory=Supervision)
 
     def __post_init__(self) -> None:
-        self.autostart = [check_symbol(s) for s in self.autostart]
+        self.autostart = _symbols("autostart", self.autostart)
 
 
 class Faults(msgspec.Struct, forbid_unknown_fields=True):
@@ -97,6 +117,7 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
     stale_timestamp: float = 0.0
     drop_connection: float = 0.0
     retry_after_seconds: int = 1
+    seed: int = 0  # of the fault RNG: the same seed draws the same faults in the same order
 
 
 class Paper(msgspec.Struct, forbid_unknown_fields=True):
@@ -132,14 +153,13 @@ class TradingSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class SymbolOverrides(msgspec.Struct, forbid_unknown_fields=True):
+    """Checked by `Trading`, which knows the symbol to name in an error (msgspec does not)."""
+
     chunks: int | None = None
     budget: Decimal | None = None
     buy_down_interval: Decimal | None = None
     profit_interval: Decimal | None = None
     rebuy_interval: Decimal | None = None
-
-    def __post_init__(self) -> None:
-        _check_settings(self)
 
 
 def _check_settings(s: TradingSettings | SymbolOverrides) -> None:
@@ -155,9 +175,15 @@ class Trading(msgspec.Struct, forbid_unknown_fields=True):
     symbols: dict[str, SymbolOverrides] = {}
 
     def __post_init__(self) -> None:
-        for name in self.symbols:
-            check_symbol(name)
-        self.symbols = {check_symbol(k): v for k, v in self.symbols.items()}
+        checked = {}
+        for name, overrides in self.symbols.items():
+            (symbol,) = _symbols("symbols", [name])
+            try:
+                _check_settings(overrides)
+            except ValueError as exc:
+                raise ValueError(f"symbols.{name}.{exc}") from None
+            checked[symbol] = overrides
+        self.symbols = checked
 
     def for_symbol(self, symbol: str) -> TradingSettings:
         """Defaults with the symbol's overrides applied."""
@@ -260,4 +286,10 @@ def _readable(message: str) -> str:
     if not sep:
         return message
     key = where.strip("`").removeprefix("$").lstrip(".") or "<top level>"
+    field = _FIELD_REASON.match(text)  # our validators' "<field>: <reason>"
+    if field:
+        return f"{key}.{field[1]}: {field[2]}"
     return f"{key}: {text}"
+
+
+_FIELD_REASON = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): (.+)$")
