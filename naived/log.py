@@ -22,7 +22,10 @@ _PRIORITY = {
 
 class _JournalFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return f"<{_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+        # journald reads one entry per line: prefix every line (a traceback's too), or the
+        # continuation lines of an error would be filed at the default level (info).
+        prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
 
 
 def setup_logging(name: str, level: int = logging.INFO) -> None:

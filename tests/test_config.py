@@ -1,0 +1,132 @@
+"""Configuration: the documented file equals the embedded defaults; errors are one line with a key path."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from naived.config import Config, ConfigError, TradingSettings, load_config, parse_config
+
+DOCUMENTED = Path(__file__).resolve().parent.parent / "config" / "naive.toml"
+
+
+def test_documented_file_equals_embedded_defaults():
+    assert parse_config(DOCUMENTED.read_bytes(), str(DOCUMENTED)) == Config()
+
+
+def test_empty_file_is_the_defaults():
+    assert parse_config(b"") == Config()
+
+
+def test_load_config_explicit_path_and_env(tmp_path, monkeypatch):
+    path = tmp_path / "naive.toml"
+    path.write_text('[trading.defaults]\nbudget = "250"\n')
+    assert load_config(str(path)).trading.defaults.budget == Decimal("250")
+    monkeypatch.setenv("NAIVE_CONFIG", str(path))
+    assert load_config().trading.defaults.budget == Decimal("250")
+
+
+def test_load_config_unreadable_file(tmp_path):
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as err:
+        load_config(str(missing))
+    assert str(err.value).startswith(f"{missing}: cannot read")
+
+
+def test_load_config_error_names_the_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[trading.defaults]\nchunks = 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert str(err.value) == f"{path}: trading.defaults.chunks: must be > 0, got 0"
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        # unknown keys
+        ("[trading.defaults]\nbogus = 1\n", "trading.defaults: Object contains unknown field `bogus`"),
+        ("[streamer]\nsymbol = []\n", "streamer: Object contains unknown field `symbol`"),
+        ("bogus = 1\n", "Object contains unknown field `bogus`"),
+        # wrong types
+        ('[trading.defaults]\nchunks = "2"\n', "trading.defaults.chunks: Expected `int`, got `str`"),
+        ('[naived]\nautostart = "XRPUSDT"\n', "naived.autostart: Expected `array`, got `str`"),
+        ('[naived]\nexchange = "kraken"\n', "naived.exchange: Invalid enum value 'kraken'"),
+        ('[trading.defaults]\nbudget = "lots"\n', "trading.defaults.budget: Invalid decimal string"),
+        # invalid values
+        ('[trading.defaults]\nbudget = "-5"\n', "trading.defaults.budget: must be > 0, got -5"),
+        ("[trading.defaults]\nchunks = 0\n", "trading.defaults.chunks: must be > 0, got 0"),
+        (
+            '[naived]\nautostart = ["XRPUSDT", "xrp-usdt"]\n',
+            "naived.autostart: bad symbol 'xrp-usdt': expected letters and digits like XRPUSDT",
+        ),
+        (
+            '[trading.defaults]\nprofit_interval = "10"\n',
+            "trading.defaults.profit_interval: must be between -1 and 10 (exclusive), got 10",
+        ),
+        (
+            '[trading.defaults]\nprofit_interval = "-1.5"\n',
+            "trading.defaults.profit_interval: must be between -1 and 10 (exclusive), got -1.5",
+        ),
+        (
+            '[trading.symbols.XRPUSDT]\nprofit_interval = "-1"\n',
+            "trading.symbols.XRPUSDT.profit_interval: must be between -1 and 10 (exclusive), got -1",
+        ),
+        ("[trading.symbols.ADAUSDT]\nchunks = -2\n", "trading.symbols.ADAUSDT.chunks: must be > 0, got -2"),
+        (
+            "[trading.symbols.xrp_usdt]\nchunks = 3\n",
+            "trading.symbols: bad symbol 'xrp_usdt': expected letters and digits like XRPUSDT",
+        ),
+        ('[trading.defaults]\nbudget = "NaN"\n', "trading.defaults.budget: must be a finite number, got NaN"),
+        (
+            '[trading.defaults]\nbuy_down_interval = "Infinity"\n',
+            "trading.defaults.buy_down_interval: must be a finite number, got Infinity",
+        ),
+        ("[streamer]\ngrace_seconds = -1.0\n", "streamer.grace_seconds: must be >= 0, got -1.0"),
+        ("[streamer]\ngrace_seconds = nan\n", "streamer.grace_seconds: must be a finite number, got nan"),
+        ('[streamer]\nsymbols = ["X"]\n', "streamer.symbols: bad symbol 'X': expected letters and digits like XRPUSDT"),
+        ("[naived.supervision]\nmax_restarts = 0\n", "naived.supervision.max_restarts: must be > 0, got 0"),
+    ],
+)
+def test_invalid_config_is_one_line_naming_the_key(toml, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(toml.encode(), "naive.toml")
+    text = str(err.value)
+    assert "\n" not in text
+    assert text == f"naive.toml: {message}"
+
+
+def test_not_toml():
+    with pytest.raises(ConfigError) as err:
+        parse_config(b"[trading\n", "naive.toml")
+    assert str(err.value).startswith("naive.toml: not valid TOML: ")
+    assert "\n" not in str(err.value)
+
+
+def test_symbols_are_upper_cased():
+    config = parse_config(b'[naived]\nautostart = ["xrpusdt"]\n[trading.symbols.adausdt]\nchunks = 3\n')
+    assert config.naived.autostart == ["XRPUSDT"]
+    assert list(config.trading.symbols) == ["ADAUSDT"]
+
+
+def test_for_symbol_applies_overrides_over_defaults():
+    config = parse_config(
+        b'[trading.defaults]\nbudget = "200"\nchunks = 4\n'
+        b'[trading.symbols.XRPUSDT]\nchunks = 5\nprofit_interval = "0.002"\n'
+    )
+    xrp = config.trading.for_symbol("XRPUSDT")
+    assert xrp == TradingSettings(
+        chunks=5,
+        budget=Decimal("200"),
+        buy_down_interval=Decimal("0.0001"),
+        profit_interval=Decimal("0.002"),
+        rebuy_interval=Decimal("0.001"),
+    )
+    assert config.trading.for_symbol("BTCUSDT") == config.trading.defaults
+    assert config.trading.defaults.chunks == 4  # overriding did not touch the defaults
+
+
+def test_for_symbol_without_overrides_is_the_defaults():
+    assert Config().trading.for_symbol("XRPUSDT") == TradingSettings()
