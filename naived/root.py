@@ -20,6 +20,7 @@ from pathlib import Path
 
 import msgspec
 import requests
+import setproctitle
 import zmq
 
 from naived import exchange, paper_exchange, sdnotify, symbol_supervisor
@@ -316,6 +317,7 @@ class Root:
 
 
 def run(config: Config) -> int:
+    setproctitle.setproctitle("naive: naived")
     try:
         root = Root(config)
     except AlreadyRunning as exc:
