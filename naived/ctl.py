@@ -15,6 +15,8 @@ from naived.ipc import ipc_path, request
 from naived.messages import (
     ControlRequest,
     Error,
+    History,
+    HistoryRequest,
     LeaderStatus,
     Ok,
     ProcessInfo,
@@ -98,6 +100,26 @@ def status(endpoint: str, symbol: str | None, as_json: bool) -> None:
         click.echo(msgspec.json.format(msgspec.json.encode(reply).decode(), indent=2))
     else:
         click.echo(render(reply, time.time()))
+
+
+@main.command()
+@click.argument("symbol")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def history(endpoint: str, symbol: str, as_json: bool) -> None:
+    """Finished cycles of SYMBOL, oldest first."""
+    reply = call(endpoint, HistoryRequest(symbol))
+    assert isinstance(reply, History)
+    if as_json:
+        click.echo(msgspec.json.format(msgspec.json.encode(reply).decode(), indent=2))
+        return
+    for s in reply.cycles:
+        buy, sell = s.buy_order, s.sell_order
+        click.echo(
+            f"cycle {s.cycle} trader {s.trader_id}: "
+            f"bought {buy.executed_qty if buy else '-'} @ {buy.price if buy else '-'}, "
+            f"sold {sell.executed_qty if sell else '-'} @ {sell.price if sell else '-'}"
+        )
 
 
 # --- the tree as text ---------------------------------------------------------------

@@ -207,7 +207,13 @@ class StatusRequest(msgspec.Struct, tag=True):
     symbol: str | None = None
 
 
-ControlRequest = StartTrading | StopTrading | ShutdownTrading | StatusRequest
+class HistoryRequest(msgspec.Struct, tag=True):
+    """Finished cycles of a symbol, oldest first."""
+
+    symbol: str
+
+
+ControlRequest = StartTrading | StopTrading | ShutdownTrading | StatusRequest | HistoryRequest
 
 
 class Ok(msgspec.Struct, tag=True):
@@ -243,7 +249,12 @@ class TreeStatus(msgspec.Struct, tag=True):
     paper_exchange: ProcessInfo | None = None
 
 
-ControlReply = Ok | Error | TreeStatus
+class History(msgspec.Struct, tag=True):
+    symbol: str
+    cycles: list[TraderState]
+
+
+ControlReply = Ok | Error | TreeStatus | History
 
 
 # --- codecs --------------------------------------------------------------------

@@ -29,6 +29,8 @@ from naived.ipc import bind_rep, request
 from naived.messages import (
     ControlRequest,
     Error,
+    History,
+    HistoryRequest,
     LeaderStatus,
     LeaderStatusRequest,
     Ok,
@@ -205,6 +207,16 @@ class Root:
                 return Ok(f"shutting down {symbol}: no new cycles; it stops when its traders finish")
             case StatusRequest(symbol):
                 return self.status(check_symbol(symbol) if symbol else None)
+            case HistoryRequest(symbol):
+                symbol = check_symbol(symbol)
+                path = store_path(self.config.state_dir, symbol)
+                if not path.exists():
+                    return Error(f"{symbol} has never traded here")
+                store = Store(path)
+                try:
+                    return History(symbol, store.finished_cycles())
+                finally:
+                    store.close()
         return Error("unknown request")
 
     def start_trading(self, symbol: str) -> msgspec.Struct:
