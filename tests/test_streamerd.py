@@ -309,3 +309,35 @@ def test_demand_grace_and_prefix_subscriptions():
     assert symbol_of_subscription(b"TRADE_EVENTS:") is None
     assert symbol_of_subscription(b"TRADE_EVENTS:xrpusdt") is None  # would never match a topic
     assert symbol_of_subscription(b"TRADE_EVENTS:ADAUSDT") == "ADAUSDT"
+
+
+def _trade(symbol: str, trade_id: int) -> TradeEvent:
+    return TradeEvent(e="trade", E=1, s=symbol, t=trade_id, p="1.0", q="1.0", T=1, m=False)
+
+
+def test_handover_holds_successor_trades_until_the_old_connection_fills_the_gap():
+    from streamerd.binance import BinanceSource, Connection
+    from streamerd.publisher import Stats
+
+    out: list[int] = []
+    source = BinanceSource(lambda e: out.append(e.t), Stats(), "ws://unused")
+    source.wanted = {"XRPUSDT", "ADAUSDT"}
+    old, new = Connection(1), Connection(2)
+    old.sent = new.sent = {"xrpusdt@trade", "adausdt@trade"}
+    old.successor, new.predecessor = new, old
+    source.conns = [old, new]
+    source._on_trade(old, _trade("XRPUSDT", 10))
+    source._on_trade(new, _trade("XRPUSDT", 12))  # ahead of the old one: held, not a gap
+    source._on_trade(new, _trade("XRPUSDT", 13))
+    assert out == [10]
+    source._on_trade(old, _trade("XRPUSDT", 11))  # fills it: the held ones follow
+    assert out == [10, 11, 12, 13]
+    source._on_trade(old, _trade("XRPUSDT", 12))  # late duplicate
+    source._on_trade(new, _trade("ADAUSDT", 5))  # first sight of a symbol: nothing to wait for
+    source._on_trade(new, _trade("ADAUSDT", 6))  # contiguous from the successor: caught up
+    source._on_trade(new, _trade("XRPUSDT", 14))
+    assert out == [10, 11, 12, 13, 5, 6, 14]
+    assert source.stats.duplicates == 1 and source.stats.gaps == 0
+    assert old not in source.conns  # every symbol caught up: the old connection is closed
+    source._on_trade(new, _trade("XRPUSDT", 17))  # a real gap now: published and counted
+    assert out[-1] == 17 and source.stats.gaps == 1 and source.stats.missing == 2
