@@ -108,7 +108,8 @@ class Leader:
                 return True
         decision = self.supervisor.on_exit(child, status, count=not finished)
         if decision == "give_up":
-            self.store.set_meta("last_error", f"trader {self.symbol}/{trader_id} kept failing ({status})")
+            said = self.store.get_meta("last_error")
+            self.store.set_meta("last_error", f"trader {self.symbol}/{trader_id} kept failing ({status})" + (f"; {said}" if said else ""))
             return False
         self.start_trader(trader_id)
         return True
@@ -154,7 +155,7 @@ class Leader:
                 self.ready_at[trader_id] = time.time()
                 log.debug("%s/%d: trader pid %d ready", self.symbol, trader_id, pid)
             case TraderFailed(trader_id, error):
-                self.store.set_meta("last_error", f"trader {self.symbol}/{trader_id}: {error}")
+                self.store.set_meta("last_error", error)
             case RebuyTriggered(trader_id):
                 self.on_rebuy(trader_id)
             case LeaderStatusRequest():

@@ -52,6 +52,7 @@ class Tree:
         self.dir = directory
         self.paper_port = free_port()
         run = directory / "run"
+        run.mkdir(mode=0o700, exist_ok=True)
         self.config_path = directory / "naive.toml"
         self.config_path.write_text(
             f"""
