@@ -12,6 +12,7 @@ when a subscriber process dies and its connection drops.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -50,6 +51,8 @@ class Publisher:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)
         self.socket.bind(endpoint)
+        if endpoint.startswith("ipc://"):
+            os.chmod(endpoint[len("ipc://") :], 0o600)  # only this user's processes may subscribe
         self.stats = stats
         self._topics: dict[str, bytes] = {}
         self._encode = msgspec.msgpack.Encoder().encode

@@ -341,3 +341,17 @@ def test_handover_holds_successor_trades_until_the_old_connection_fills_the_gap(
     assert old not in source.conns  # every symbol caught up: the old connection is closed
     source._on_trade(new, _trade("XRPUSDT", 17))  # a real gap now: published and counted
     assert out[-1] == 17 and source.stats.gaps == 1 and source.stats.missing == 2
+
+
+def test_more_than_1024_streams_open_another_connection():
+    from streamerd.binance import MAX_STREAMS, BinanceSource
+    from streamerd.publisher import Stats
+
+    source = BinanceSource(lambda e: None, Stats(), "ws://unused")
+    symbols = {f"S{i:04d}USDT" for i in range(1500)}
+    source.set_wanted(symbols)
+    assert [len(c.streams) for c in source.conns] == [MAX_STREAMS, 1500 - MAX_STREAMS]
+    source.set_wanted(set(sorted(symbols)[:10]))
+    assert [len(c.streams) for c in source.conns] == [10, 0]
+    source.set_wanted(symbols)  # the free room is reused before a third connection is opened
+    assert len(source.conns) == 2 and sum(len(c.streams) for c in source.conns) == 1500
