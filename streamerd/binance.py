@@ -316,7 +316,8 @@ class BinanceSource:
     def _on_message(self, c: Connection, data: bytes) -> None:
         try:
             event = _decode_trade_frame(data).data
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            # UTF-8 is checked here, by msgspec, instead of by websocket-client (skip_utf8_validation)
             self._on_other(c, data)
             return
         self.stats.events_in += 1
@@ -327,7 +328,7 @@ class BinanceSource:
     def _on_other(self, c: Connection, data: bytes) -> None:
         try:
             msg = msgspec.json.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             msg = None
         if isinstance(msg, dict):
             inner = msg.get("data") if isinstance(msg.get("data"), dict) else msg

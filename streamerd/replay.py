@@ -86,24 +86,24 @@ def _csv_symbol(path: Path) -> str:
     return match.group(1)
 
 
+def _is_tape(path: Path) -> bool:
+    lines = _open_lines(path, _Progress())
+    try:
+        first = next((line for line in lines if line.strip()), b"")
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ReplayError(f"{path}: cannot read: {exc}") from None
+    finally:
+        lines.close()
+    return re.match(rb"^\d+ \{", first) is not None
+
+
 def read_file(path: Path, order: int, stats: Stats, progress: _Progress) -> Iterator[Timed]:
     """The trades of one file, in file order."""
     lines = _open_lines(path, progress)
-    first = b""
-    for first in lines:
-        if first.strip():
-            break
-    if not first.strip():
-        return
-    if re.match(rb"^\d+ \{", first):
-        yield from _tape(path, order, _chain(first, lines), stats)
+    if _is_tape(path):
+        yield from _tape(path, order, lines, stats)
     else:
-        yield from _csv(path, order, _csv_symbol(path), _chain(first, lines), stats)
-
-
-def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    yield first
-    yield from rest
+        yield from _csv(path, order, _csv_symbol(path), lines, stats)
 
 
 _envelope = msgspec.json.Decoder(StreamEnvelope)
@@ -164,6 +164,8 @@ def check_files(paths: list[str]) -> list[Path]:
         path = Path(name)
         if not path.is_file():
             raise ReplayError(f"{path}: no such file")
+        if not _is_tape(path):
+            _csv_symbol(path)  # raises now rather than when the replay reaches this file
         result.append(path)
     if not result:
         raise ReplayError("--source replay needs at least one --replay-file (or streamer.replay_files)")

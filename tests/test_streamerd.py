@@ -188,10 +188,12 @@ def test_malformed_frames_are_counted_and_skipped(ctx, fake, start_streamerd):
     fake.send_raw("this is not json {")
     fake.send_raw('{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT"}}')  # fields missing
     fake.send_raw('{"e":"somethingNew"}')
+    fake.send_raw(b'{"stream":"btcusdt@trade","data":{"e":"\xff\xfe"}}')  # invalid UTF-8 in a text frame
     fake.push_trades("BTCUSDT", range(110, 120))
     assert [e.t for e in receive(sub, 20)] == list(range(100, 120))
     assert daemon.stop() == 0
-    assert "malformed=3" in daemon.log() and "events_out=20" in daemon.log()
+    assert "malformed=4" in daemon.log() and "events_out=20" in daemon.log()
+    assert "lost" not in daemon.log()  # the connection survived every bad frame
 
 
 def test_server_shutdown_is_handed_over_without_a_gap(ctx, fake, start_streamerd):
