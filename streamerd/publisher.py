@@ -51,8 +51,9 @@ class Publisher:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)
         self.socket.bind(endpoint)
-        if endpoint.startswith("ipc://"):
-            os.chmod(endpoint[len("ipc://") :], 0o600)  # only this user's processes may subscribe
+        path = endpoint[len("ipc://") :]
+        if endpoint.startswith("ipc://") and not path.startswith("@"):  # "@" = abstract, no file
+            os.chmod(path, 0o600)  # only this user's processes may subscribe
         self.stats = stats
         self._topics: dict[str, bytes] = {}
         self._encode = msgspec.msgpack.Encoder().encode
