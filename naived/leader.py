@@ -44,6 +44,24 @@ log = logging.getLogger(__name__)
 FILTERS_DEADLINE = 30.0  # how long to wait for the exchange at start before giving up
 
 
+COUNTERS = ("leader_starts", "orders_placed", "orders_filled", "intents_unknown")
+
+
+def counts(old: TraderState | None, new: TraderState) -> dict[str, int]:
+    """What a state change means for the counters: orders placed or filled, outcomes unknown."""
+    result = {}
+    for before, after in ((old and old.buy_order, new.buy_order), (old and old.sell_order, new.sell_order)):
+        if after is None:
+            continue
+        if before is None or before.client_order_id != after.client_order_id:
+            result["orders_placed"] = result.get("orders_placed", 0) + 1
+        if after.status == "FILLED" and (before is None or before.status != "FILLED"):
+            result["orders_filled"] = result.get("orders_filled", 0) + 1
+    if new.intent and new.intent.unknown and not (old and old.intent and old.intent.unknown):
+        result["intents_unknown"] = 1
+    return result
+
+
 class Leader:
     def __init__(self, config: Config, symbol: str) -> None:
         self.config = config
@@ -58,6 +76,8 @@ class Leader:
         self.client = exchange.client_for(config)
         self.states: dict[int, TraderState] = self.store.traders()
         self.ready_at: dict[int, float] = {}
+        self.used_weight = 0
+        self.store.bump("leader_starts")
         self.shutting_down = self.store.get_meta("shutting_down") == "1"
         self.settings = strategy.settings_for(symbol, config.trading.for_symbol(symbol), self._filters())
 
@@ -148,9 +168,11 @@ class Leader:
 
     def handle(self, request: msgspec.Struct) -> msgspec.Struct:
         match request:
-            case StateUpdated(state):
-                self.store.save(state)  # stored before the ack: the ack means durable
+            case StateUpdated(state, used_weight):
+                # stored before the ack: the ack means durable
+                self.store.save(state, counts(self.states.get(state.trader_id), state))
                 self.states[state.trader_id] = state
+                self.used_weight = used_weight
             case TraderHello(trader_id, pid):
                 self.ready_at[trader_id] = time.time()
                 log.debug("%s/%d: trader pid %d ready", self.symbol, trader_id, pid)
@@ -194,9 +216,11 @@ class Leader:
             pid=os.getpid(),
             started_at=self.started_at,
             traders=traders,
-            cycles_finished=len(self.store.finished_cycles()),
+            cycles_finished=self.store.cycles_finished(),
             shutting_down=self.shutting_down,
             last_error=self.store.get_meta("last_error"),
+            counters={k: self.store.counter(k) for k in COUNTERS},
+            used_weight=self.used_weight,
         )
 
     # --- the loop --------------------------------------------------------------------

@@ -138,6 +138,7 @@ class TraderHello(msgspec.Struct, tag=True):
 
 class StateUpdated(msgspec.Struct, tag=True):
     state: TraderState
+    used_weight: int = 0  # the exchange's X-MBX-USED-WEIGHT-1M as this trader last saw it
 
 
 class RebuyTriggered(msgspec.Struct, tag=True):
@@ -183,6 +184,8 @@ class LeaderStatus(msgspec.Struct, tag=True):
     cycles_finished: int = 0
     shutting_down: bool = False
     last_error: str | None = None
+    counters: dict[str, int] = {}
+    used_weight: int = 0
 
 
 LeaderReply = Ack | LeaderStatus

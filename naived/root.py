@@ -26,6 +26,7 @@ import zmq
 from naived import exchange, paper_exchange, sdnotify, symbol_supervisor
 from naived.config import Config, check_symbol
 from naived.ipc import bind_rep, request
+from naived.metrics import Metrics, MetricsEndpoint
 from naived.messages import (
     ControlRequest,
     Error,
@@ -101,6 +102,10 @@ class Root:
         self.symbols: dict[str, SymbolEntry] = {}
         self.trading = TradingSet(config.state_dir / "trading.json")
         self.paper_failed: str | None = None
+        self.metrics: MetricsEndpoint | None = None
+        if config.naived.metrics_port:
+            self.metrics = MetricsEndpoint(config.naived.metrics_port, self.collect_metrics)
+            self.poller.register(self.metrics.fd, zmq.POLLIN)
 
     # --- children --------------------------------------------------------------------
 
@@ -280,6 +285,40 @@ class Root:
             restarts=self.supervisor.restarts(key),
         )
 
+    def collect_metrics(self) -> str:
+        tree = self.status(None)
+        m = Metrics()
+        m.add("naive_up", "gauge", "1 while naived answers", 1)
+        restarts = "naive_restarts_total"
+        restarts_help = "process restarts by level of the tree"
+        if tree.paper_exchange is not None:
+            m.add(restarts, "counter", restarts_help, tree.paper_exchange.restarts, level="paper_exchange", symbol="")
+        weight = 0
+        for sym in tree.symbols:
+            m.add("naive_symbol_state", "gauge", "1 for the state each symbol is in", 1, symbol=sym.symbol, state=sym.state)
+            m.add(restarts, "counter", restarts_help, sym.supervisor.restarts, level="symbol_supervisor", symbol=sym.symbol)
+            leader = sym.leader
+            if leader is None:
+                continue
+            c = leader.counters
+            m.add(restarts, "counter", restarts_help, max(0, c.get("leader_starts", 1) - 1), level="leader", symbol=sym.symbol)
+            m.add(restarts, "counter", restarts_help, sum(t.restarts for t in leader.traders), level="trader", symbol=sym.symbol)
+            by_status: dict[str, int] = {}
+            for t in leader.traders:
+                status = t.state.status if t.state else "new"
+                by_status[status] = by_status.get(status, 0) + 1
+            for status, n in sorted(by_status.items()):
+                m.add("naive_traders", "gauge", "traders by the state of their cycle", n, symbol=sym.symbol, status=status)
+            m.add("naive_orders_placed_total", "counter", "orders placed", c.get("orders_placed", 0), symbol=sym.symbol)
+            m.add("naive_orders_filled_total", "counter", "orders filled", c.get("orders_filled", 0), symbol=sym.symbol)
+            m.add("naive_intents_unknown_total", "counter", "order placements whose outcome was unknown", c.get("intents_unknown", 0), symbol=sym.symbol)
+            pending = sum(1 for t in leader.traders if t.state and t.state.intent and t.state.intent.unknown)
+            m.add("naive_intents_unknown", "gauge", "unknown outcomes not yet resolved", pending, symbol=sym.symbol)
+            m.add("naive_cycles_finished_total", "counter", "cycles finished", leader.cycles_finished, symbol=sym.symbol)
+            weight = max(weight, leader.used_weight)
+        m.add("naive_exchange_used_weight", "gauge", "X-MBX-USED-WEIGHT-1M last seen by a trader", weight)
+        return m.render()
+
     def status_line(self) -> str:
         running = sum(1 for e in self.symbols.values() if e.state == "running")
         failed = [s for s, e in self.symbols.items() if e.state == "failed"]
@@ -310,6 +349,8 @@ class Root:
                         return self.shutdown()
                 elif self.supervisor.exited(item):
                     self.on_child_exit(item)
+                elif self.metrics is not None and item == self.metrics.fd:
+                    self.metrics.serve()
             if watchdog:
                 sdnotify.notify("WATCHDOG=1", f"STATUS={self.status_line()}")
 

@@ -59,12 +59,31 @@ class Store:
         rows = self._db.execute("SELECT trader_id, state FROM traders ORDER BY trader_id")
         return {trader_id: _decode(state) for trader_id, state in rows}
 
-    def save(self, state: TraderState) -> None:
+    def save(self, state: TraderState, counts: dict[str, int] | None = None) -> None:
+        """Store a trader's state, and bump counters (metrics) in the same transaction."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT INTO traders (trader_id, state, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (trader_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                (state.trader_id, _encode(state).decode(), time.time()),
+            )
+            for key, n in (counts or {}).items():
+                self._bump(key, n)
+
+    def bump(self, key: str, n: int = 1) -> None:
+        self._bump(key, n)
+
+    def _bump(self, key: str, n: int) -> None:
         self._db.execute(
-            "INSERT INTO traders (trader_id, state, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (trader_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
-            (state.trader_id, _encode(state).decode(), time.time()),
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + excluded.value",
+            (key, n),
         )
+
+    def counter(self, key: str) -> int:
+        value = self.get_meta(key)
+        return int(value) if value else 0
 
     def finish(self, state: TraderState) -> None:
         """Record a finished cycle and forget the trader's state, in one transaction."""
@@ -81,6 +100,9 @@ class Store:
 
     def finished_cycles(self) -> list[TraderState]:
         return [_decode(s) for (s,) in self._db.execute("SELECT state FROM cycles ORDER BY cycle")]
+
+    def cycles_finished(self) -> int:
+        return self._db.execute("SELECT count(*) FROM cycles").fetchone()[0]
 
     def next_cycle(self) -> int:
         """A cycle number never handed out before for this symbol (client order ids derive from it)."""

@@ -81,7 +81,7 @@ class Trader:
     # --- talking to the leader ---------------------------------------------------
 
     def report(self) -> None:
-        self.leader.call(StateUpdated(self.state))
+        self.leader.call(StateUpdated(self.state, self.client.used_weight))
 
     # --- talking to the exchange ---------------------------------------------------
 
