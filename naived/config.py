@@ -75,6 +75,7 @@ class Streamer(msgspec.Struct, forbid_unknown_fields=True):
     replay_speed: float = 0.0  # 0 = as fast as possible, 1 = real time, 10 = ten times faster
     simulate_seed: int = 42
     simulate_rate: float = 20.0  # trades per second per symbol
+    metrics_port: int = 0  # Prometheus text metrics on 127.0.0.1:<port>; 0 = off
 
     def __post_init__(self) -> None:
         self.symbols = _symbols("symbols", self.symbols)

@@ -102,7 +102,7 @@ def start(
 
     demand = Demand(always=frozenset(settings.symbols), grace_seconds=settings.grace_seconds)
     try:
-        daemon = Daemon(settings.endpoint, demand, factory)
+        daemon = Daemon(settings.endpoint, demand, factory, settings.metrics_port)
     except zmq.ZMQError as exc:
         click.echo(f"streamerd: cannot bind {settings.endpoint}: {exc}", err=True)
         sys.exit(1)

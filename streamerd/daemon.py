@@ -12,7 +12,9 @@ from typing import Callable, Protocol
 
 import zmq
 
+from naived import sdnotify
 from naived.messages import TradeEvent
+from naived.metrics import Metrics, MetricsEndpoint
 from streamerd.publisher import Demand, Publisher, Stats
 
 log = logging.getLogger(__name__)
@@ -43,13 +45,16 @@ Emit = Callable[[TradeEvent], None]
 
 
 class Daemon:
-    def __init__(self, endpoint: str, demand: Demand, make_source: Callable[[Emit, Stats], Source]) -> None:
+    def __init__(
+        self, endpoint: str, demand: Demand, make_source: Callable[[Emit, Stats], Source], metrics_port: int = 0
+    ) -> None:
         self.stats = Stats()
         self.ctx = zmq.Context()
         self.publisher = Publisher(self.ctx, endpoint, self.stats)
         self.demand = demand
         self.source = make_source(self.publisher.publish, self.stats)
         self._stop = False
+        self.metrics = MetricsEndpoint(metrics_port, self.collect_metrics) if metrics_port else None
 
     def run(self) -> None:
         wake_r, wake_w = os.pipe()
@@ -60,7 +65,10 @@ class Daemon:
         poller = zmq.Poller()
         poller.register(self.publisher.socket, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
+        if self.metrics is not None:
+            poller.register(self.metrics.fd, zmq.POLLIN)
         watched: set[int] = set()
+        sdnotify.notify("READY=1", f"STATUS=publishing {self.source.name} on {self.publisher.endpoint}")
         try:
             self.source.set_wanted(self.demand.wanted)
             while not self._stop:
@@ -71,6 +79,8 @@ class Daemon:
                             self.source.set_wanted(self.demand.wanted)
                     elif item == wake_r:
                         _drain(wake_r)
+                    elif self.metrics is not None and item == self.metrics.fd:
+                        self.metrics.serve()
                     elif item in watched:
                         self.source.on_readable(item)
                 now = time.monotonic()
@@ -80,6 +90,7 @@ class Daemon:
                 if deadline is not None and deadline <= now:
                     self.source.on_timer(now)
         finally:
+            sdnotify.notify("STOPPING=1")
             signal.set_wakeup_fd(old_fd)
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
@@ -105,7 +116,27 @@ class Daemon:
             poller.register(fd, zmq.POLLIN)
         return current
 
+    def collect_metrics(self) -> str:
+        m = Metrics()
+        for name, help_text in (
+            ("events_in", "trades received from the source"),
+            ("events_out", "trades published"),
+            ("duplicates", "trades dropped as duplicates (connection handover)"),
+            ("gaps", "gaps in trade ids"),
+            ("missing", "trade ids skipped by gaps"),
+            ("malformed", "frames that were not a trade and not expected"),
+        ):
+            m.add(f"naive_streamer_{name}_total", "counter", help_text, getattr(self.stats, name))
+        now = time.monotonic()
+        for symbol, at in sorted(self.publisher.last_trade.items()):
+            m.add("naive_streamer_seconds_since_last_trade", "gauge", "age of the last trade published", round(now - at, 3), symbol=symbol)
+        for symbol in sorted(self.demand.wanted):
+            m.add("naive_streamer_streaming", "gauge", "1 for each symbol being streamed", 1, symbol=symbol)
+        return m.render()
+
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         self.source.close()
         self.publisher.close()
         self.ctx.term()

@@ -50,12 +50,18 @@ class Publisher:
         self.socket = ctx.socket(zmq.XPUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)
-        self.socket.bind(endpoint)
+        self.endpoint = endpoint
         path = endpoint[len("ipc://") :]
-        if endpoint.startswith("ipc://") and not path.startswith("@"):  # "@" = abstract, no file
+        is_file = endpoint.startswith("ipc://") and not path.startswith("@")  # "@" = abstract, no file
+        if is_file:
+            # the runtime dir may not exist yet when streamerd starts before naived
+            os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        self.socket.bind(endpoint)
+        if is_file:
             os.chmod(path, 0o600)  # only this user's processes may subscribe
         self.stats = stats
         self._topics: dict[str, bytes] = {}
+        self.last_trade: dict[str, float] = {}  # symbol -> time.monotonic() of its last published trade
         self._encode = msgspec.msgpack.Encoder().encode
 
     def publish(self, event: TradeEvent) -> None:
@@ -66,6 +72,7 @@ class Publisher:
         self.socket.send(topic, zmq.SNDMORE)
         self.socket.send(self._encode(event))
         self.stats.events_out += 1
+        self.last_trade[event.s] = time.monotonic()
 
     def subscription_changes(self) -> list[tuple[bool, bytes]]:
         """Drain pending (subscribed?, topic) reports without blocking."""
