@@ -1,0 +1,440 @@
+"""The paper exchange as a real process on 127.0.0.1, fed trades by a test-owned ZeroMQ XPUB."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+import pytest
+import requests
+import zmq
+
+from naived.exchange import BinanceClient, BinanceError, OutcomeUnknown, RateLimited, UnknownOrder, signature
+from naived.messages import TradeEvent, encode_trade, trade_topic
+
+KEY, SECRET = "paper-key", "paper-secret"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 10.0) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Market:
+    """The test's stand-in for streamerd: an XPUB that also reports who subscribed to what."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.XPUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, also a restarted subscriber's repeat
+        self.pub.bind(endpoint)
+        self.next_id = 1
+
+    def wait_subscribed(self, symbol: str) -> None:
+        wanted = b"\x01" + trade_topic(symbol)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.pub.poll(100) and self.pub.recv() == wanted:
+                return
+        raise AssertionError(f"the exchange never subscribed to {symbol}")
+
+    def trade(self, symbol: str, price: str, qty: str = "1000") -> int:
+        trade_id = self.next_id
+        self.next_id += 1
+        now = int(time.time() * 1000)
+        self.pub.send_multipart(encode_trade(TradeEvent("trade", now, symbol, trade_id, price, qty, now, False)))
+        return trade_id
+
+    def close(self) -> None:
+        self.pub.close()
+        self.ctx.term()
+
+
+class Exchange:
+    """One paper-exchange process (restartable on the same port and state) and HTTP helpers."""
+
+    def __init__(self, directory: Path, market_endpoint: str, extra: str = "") -> None:
+        self.dir = directory
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = directory / "naive.toml"
+        self.config.write_text(
+            f'[paths]\nstate_dir = "{directory / "state"}"\nruntime_dir = "{directory / "run"}"\n'
+            f'[streamer]\nendpoint = "{market_endpoint}"\n'
+            f'[exchange]\ntimeout_seconds = 0.4\n'
+            f'[paper]\nport = {self.port}\nbalances = {{ USDT = "10000", XRP = "100" }}\n{extra}\n'
+        )
+        self.http = requests.Session()
+        self.http.trust_env = False
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        code = (
+            "import logging, sys; logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s');"
+            "from naived.config import load_config; from naived import paper_exchange;"
+            "paper_exchange.run(load_config(sys.argv[1]))"
+        )
+        with open(self.dir / "paper-exchange.log", "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.config)], stderr=log, start_new_session=True)
+
+        def up() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log()
+            try:
+                return self.http.get(f"{self.url}/api/v3/ping", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for("the paper exchange to answer", up)
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+        return self.proc.wait(10)
+
+    def log(self) -> str:
+        return (self.dir / "paper-exchange.log").read_text(errors="replace")
+
+    def client(self, secret: str = SECRET) -> BinanceClient:
+        return BinanceClient(self.url, KEY, secret, timeout=0.4)
+
+    def get(self, path: str) -> Any:
+        return self.http.get(self.url + path, timeout=5).json()
+
+    def orders(self) -> dict[str, dict[str, Any]]:
+        return {o["clientOrderId"]: o for o in self.get("/paper/orders")}
+
+    def balances(self) -> dict[str, dict[str, Decimal]]:
+        return {a: {k: Decimal(v) for k, v in b.items()} for a, b in self.get("/paper/balances").items()}
+
+    def faults(self, **faults: Any) -> None:
+        assert self.http.post(f"{self.url}/paper/faults", json=faults, timeout=5).status_code == 200
+
+    def processed(self, symbol: str, trade_id: int) -> None:
+        wait_for(f"trade {trade_id} to be processed", lambda: self.get("/paper/market").get(symbol, {}).get("lastTradeId") == trade_id)
+
+    def signed(self, method: str, path: str, params: dict[str, Any], *, body: bool = False,
+               stamp: int | None = None, secret: str = SECRET, key: str = KEY) -> tuple[int, Any]:
+        """A hand-made signed request, to reach what the client never sends."""
+        query = urlencode({**params, "recvWindow": 5000, "timestamp": stamp or int(time.time() * 1000)})
+        query += "&signature=" + signature(secret, query)
+        headers = {"X-MBX-APIKEY": key}
+        if body:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            r = self.http.request(method, self.url + path, data=query, headers=headers, timeout=5)
+        else:
+            r = self.http.request(method, f"{self.url}{path}?{query}", headers=headers, timeout=5)
+        assert "X-MBX-USED-WEIGHT-1M" in r.headers
+        return r.status_code, r.json()
+
+
+@pytest.fixture
+def market(tmp_path: Path) -> Iterator[Market]:
+    m = Market(f"ipc://{tmp_path / 'market.sock'}")
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+@pytest.fixture
+def start(tmp_path: Path, market: Market) -> Iterator[Callable[..., Exchange]]:
+    started: list[Exchange] = []
+
+    def make(extra: str = "") -> Exchange:
+        directory = tmp_path / f"x{len(started)}"
+        directory.mkdir()
+        started.append(Exchange(directory, f"ipc://{tmp_path / 'market.sock'}", extra))
+        return started[-1]
+
+    try:
+        yield make
+    finally:
+        for x in started:
+            if x.proc is not None and x.proc.poll() is None:
+                os.kill(x.proc.pid, signal.SIGKILL)
+                x.proc.wait(10)
+
+
+@pytest.fixture
+def ex(start: Callable[..., Exchange]) -> Exchange:
+    return start()
+
+
+def order(side: str, price: str, qty: str, cid: str) -> dict[str, str]:
+    return {"symbol": "XRPUSDT", "side": side, "type": "LIMIT", "timeInForce": "GTC", "price": price,
+            "quantity": qty, "newClientOrderId": cid}
+
+
+# --- API -----------------------------------------------------------------------------------
+
+
+def test_public_endpoints(ex: Exchange) -> None:
+    c = ex.client()
+    c.ping()
+    assert abs(c.server_time() - time.time() * 1000) < 1000
+    info = c.exchange_info("XRPUSDT")
+    assert [s["symbol"] for s in info["symbols"]] == ["XRPUSDT"]
+    filters = {f["filterType"]: f for f in info["symbols"][0]["filters"]}
+    assert filters["PRICE_FILTER"]["tickSize"] == "0.00010000" and filters["LOT_SIZE"]["stepSize"] == "1.00000000"
+    both = ex.http.get(f"{ex.url}/api/v3/exchangeInfo", params={"symbols": '["BTCUSDT","XRPUSDT"]'}).json()
+    assert [s["symbol"] for s in both["symbols"]] == ["BTCUSDT", "XRPUSDT"]
+    assert len(c.exchange_info()["symbols"]) > 300
+    with pytest.raises(BinanceError) as info_error:
+        c.exchange_info("NOPEUSDT")
+    assert (info_error.value.code, info_error.value.msg) == (-1121, "Invalid symbol.")
+    assert c.used_weight > 0
+
+
+def test_binance_errors_over_http(ex: Exchange) -> None:
+    c = ex.client()
+    cases = [
+        (("XRPUSDT", "BUY", "0.50005", "20", "a1"), -1013, "Filter failure: PRICE_FILTER"),
+        (("XRPUSDT", "BUY", "0.5", "20.5", "a2"), -1013, "Filter failure: LOT_SIZE"),
+        (("XRPUSDT", "BUY", "0.5", "2", "a3"), -1013, "Filter failure: NOTIONAL"),
+        (("XRPUSDT", "BUY", "1", "20000", "a4"), -2010, "Account has insufficient balance for requested action."),
+        (("XRPUSDT", "SELL", "1", "101", "a5"), -2010, "Account has insufficient balance for requested action."),
+        (("NOPEUSDT", "BUY", "1", "10", "a6"), -1121, "Invalid symbol."),
+    ]
+    for args, code, msg in cases:
+        with pytest.raises(BinanceError) as info:
+            c.new_order(*args)
+        assert (info.value.code, info.value.msg) == (code, msg), args
+    c.new_order("XRPUSDT", "BUY", "0.5", "20", "dup")
+    with pytest.raises(BinanceError) as dup:
+        c.new_order("XRPUSDT", "BUY", "0.4", "20", "dup")
+    assert (dup.value.code, dup.value.msg) == (-2010, "Duplicate order sent.")
+    with pytest.raises(UnknownOrder) as unknown:
+        c.get_order("XRPUSDT", "never-placed")
+    assert unknown.value.msg == "Order does not exist."
+    with pytest.raises(BinanceError) as bad_sig:
+        ex.client(secret="wrong").new_order("XRPUSDT", "BUY", "0.5", "20", "a7")
+    assert (bad_sig.value.code, bad_sig.value.msg) == (-1022, "Signature for this request is not valid.")
+
+    stale = ex.signed("POST", "/api/v3/order", order("BUY", "0.5", "20", "a8"), stamp=int(time.time() * 1000) - 60_000)
+    assert stale == (400, {"code": -1021, "msg": "Timestamp for this request is outside of the recvWindow."})
+    assert ex.signed("GET", "/api/v3/account", {}, key="other")[1]["code"] == -2015
+    assert ex.signed("DELETE", "/api/v3/order", {"symbol": "XRPUSDT", "origClientOrderId": "nope"}) == (
+        400, {"code": -2011, "msg": "Unknown order sent."})
+    assert ex.signed("GET", "/api/v3/order", {"symbol": "XRPUSDT"})[1]["code"] == -1102
+    # rejected orders lock nothing and leave no trace
+    assert set(ex.orders()) == {"dup"}
+    assert ex.balances()["USDT"] == {"free": Decimal("9990"), "locked": Decimal("10")}
+
+
+@pytest.mark.parametrize("kind", ["ACK", "RESULT", "FULL"])
+def test_response_types(ex: Exchange, kind: str) -> None:
+    # parameters in the form body this time, signature over it
+    status, body = ex.signed("POST", "/api/v3/order", order("BUY", "0.5", "20", f"r-{kind}") | {"newOrderRespType": kind}, body=True)
+    assert status == 200, body
+    ack = {"symbol", "orderId", "orderListId", "clientOrderId", "transactTime"}
+    result = ack | {"price", "origQty", "executedQty", "cummulativeQuoteQty", "status", "timeInForce", "type", "side",
+                    "workingTime", "selfTradePreventionMode"}
+    assert set(body) == {"ACK": ack, "RESULT": result, "FULL": result | {"fills"}}[kind]
+    assert body["clientOrderId"] == f"r-{kind}"
+    if kind != "ACK":
+        assert (body["status"], body["price"], body["origQty"]) == ("NEW", "0.50000000", "20.00000000")
+
+
+def test_query_open_orders_cancel_account(ex: Exchange) -> None:
+    c = ex.client()
+    placed = c.new_order("XRPUSDT", "SELL", "0.6", "10", "s1")
+    assert c.get_order("XRPUSDT", "s1") == placed
+    assert [o.client_order_id for o in c.open_orders("XRPUSDT")] == ["s1"]
+    assert {b["asset"]: b["locked"] for b in c.account()["balances"]}["XRP"] == "10.00000000"
+    cancelled = c.cancel_order("XRPUSDT", "s1")
+    assert cancelled.status == "CANCELED" and cancelled.client_order_id == "s1"
+    assert c.open_orders("XRPUSDT") == []
+    assert ex.balances()["XRP"] == {"free": Decimal("100"), "locked": Decimal("0")}
+    # a closed client order id may be reused, as on Binance; lookups find the newest
+    again = c.new_order("XRPUSDT", "SELL", "0.7", "10", "s1")
+    assert c.get_order("XRPUSDT", "s1").order_id == again.order_id != placed.order_id
+
+
+# --- fills -------------------------------------------------------------------------------------
+
+
+def assert_balances_follow_fills(ex: Exchange) -> None:
+    """Start balances + every fill == free + locked of each asset, and locked == what open orders hold."""
+    usdt, xrp = Decimal("10000"), Decimal("100")
+    locked_usdt = locked_xrp = Decimal(0)
+    for o in ex.get("/paper/orders"):
+        price, bought = Decimal(o["price"]), sum((Decimal(f["qty"]) for f in o["fills"]), Decimal(0))
+        assert bought == Decimal(o["executedQty"])
+        sign = 1 if o["side"] == "BUY" else -1
+        xrp += sign * bought
+        usdt -= sign * bought * price
+        if o["status"] in ("NEW", "PARTIALLY_FILLED"):
+            remaining = Decimal(o["origQty"]) - bought
+            if o["side"] == "BUY":
+                locked_usdt += remaining * price
+            else:
+                locked_xrp += remaining
+    b = ex.balances()
+    assert b["USDT"]["free"] + b["USDT"]["locked"] == usdt and b["USDT"]["locked"] == locked_usdt
+    assert b["XRP"]["free"] + b["XRP"]["locked"] == xrp and b["XRP"]["locked"] == locked_xrp
+
+
+def test_strict_fills(ex: Exchange, market: Market) -> None:
+    c = ex.client()
+    c.new_order("XRPUSDT", "BUY", "0.5", "20", "b1")
+    market.wait_subscribed("XRPUSDT")
+    c.new_order("XRPUSDT", "SELL", "0.6", "20", "s1")
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5"))  # touching is not crossing
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.6"))
+    assert {cid: o["status"] for cid, o in ex.orders().items()} == {"b1": "NEW", "s1": "NEW"}
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.4999"))
+    buy = c.get_order("XRPUSDT", "b1")
+    assert (buy.status, buy.executed_qty) == ("FILLED", "20.00000000")
+    assert c.get_order("XRPUSDT", "s1").status == "NEW"
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.6001"))
+    assert c.get_order("XRPUSDT", "s1").status == "FILLED"
+    fills = ex.orders()["b1"]["fills"]
+    assert [(f["price"], f["qty"]) for f in fills] == [("0.50000000", "20.00000000")]  # at the limit price
+    assert ex.balances() == {"USDT": {"free": Decimal("10002"), "locked": Decimal(0)}, "XRP": {"free": Decimal("100"), "locked": Decimal(0)}}
+    assert_balances_follow_fills(ex)
+
+
+def test_fill_on_touch(start: Callable[..., Exchange], market: Market) -> None:
+    ex = start("fill_on_touch = true")
+    c = ex.client()
+    c.new_order("XRPUSDT", "BUY", "0.5", "20", "b1")
+    market.wait_subscribed("XRPUSDT")
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5001"))
+    assert c.get_order("XRPUSDT", "b1").status == "NEW"
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5"))
+    assert c.get_order("XRPUSDT", "b1").status == "FILLED"
+
+
+def test_partial_fills(start: Callable[..., Exchange], market: Market) -> None:
+    ex = start("partial_fills = true")
+    c = ex.client()
+    c.new_order("XRPUSDT", "BUY", "0.5", "30", "b1")
+    market.wait_subscribed("XRPUSDT")
+    c.new_order("XRPUSDT", "BUY", "0.5", "20", "b2")
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.49", "10"))
+    assert (c.get_order("XRPUSDT", "b1").status, c.get_order("XRPUSDT", "b1").executed_qty) == ("PARTIALLY_FILLED", "10.00000000")
+    assert c.get_order("XRPUSDT", "b2").status == "NEW"
+    assert_balances_follow_fills(ex)
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.49", "25"))  # 20 finish b1 (time priority), 5 go to b2
+    assert c.get_order("XRPUSDT", "b1").status == "FILLED"
+    b2 = c.get_order("XRPUSDT", "b2")
+    assert (b2.status, b2.executed_qty) == ("PARTIALLY_FILLED", "5.00000000")
+    assert_balances_follow_fills(ex)
+    assert c.cancel_order("XRPUSDT", "b2").executed_qty == "5.00000000"
+    assert_balances_follow_fills(ex)
+    assert ex.balances()["USDT"] == {"free": Decimal("10000") - Decimal("0.5") * 35, "locked": Decimal(0)}
+
+
+# --- crashes and faults ----------------------------------------------------------------------------
+
+
+def test_state_survives_kill_9_and_fills_continue(ex: Exchange, market: Market) -> None:
+    c = ex.client()
+    c.new_order("XRPUSDT", "BUY", "0.5", "20", "b1")
+    market.wait_subscribed("XRPUSDT")
+    c.new_order("XRPUSDT", "BUY", "0.4", "20", "b2")
+    c.new_order("XRPUSDT", "SELL", "0.9", "30", "s1")
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.45"))
+    orders, balances = ex.orders(), ex.balances()
+    assert orders["b1"]["status"] == "FILLED"
+
+    assert ex.kill(signal.SIGKILL) == -signal.SIGKILL
+    ex.start()
+    assert ex.orders() == orders and ex.balances() == balances
+    market.wait_subscribed("XRPUSDT")  # restored for the symbol with resting orders
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.3"))
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.95"))
+    assert c.get_order("XRPUSDT", "b2").status == "FILLED"  # same client, new process behind it
+    assert c.get_order("XRPUSDT", "s1").status == "FILLED"
+    ids = [o["orderId"] for o in ex.get("/paper/orders")]
+    assert c.new_order("XRPUSDT", "BUY", "0.1", "50", "b3").order_id == max(ids) + 1  # ids never reused
+    assert_balances_follow_fills(ex)
+    assert ex.kill(signal.SIGTERM) == 0  # a clean stop is exit 0
+
+
+def test_accept_then_timeout_is_outcome_unknown_and_the_order_exists(ex: Exchange) -> None:
+    c = ex.client()
+    c.server_time()
+    ex.faults(accept_then_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(OutcomeUnknown):
+        c.new_order("XRPUSDT", "BUY", "0.5", "20", "t1")
+    assert time.monotonic() - started < 1.0
+    ex.faults()
+    found = c.get_order("XRPUSDT", "t1")
+    assert (found.status, found.quantity) == ("NEW", "20.00000000")
+    assert ex.orders()["t1"]["receivedNs"] > 0
+
+
+def test_other_faults(ex: Exchange) -> None:
+    c = ex.client()
+    c.server_time()
+    ex.faults(accept_then_5xx=1.0)
+    with pytest.raises(OutcomeUnknown):
+        c.new_order("XRPUSDT", "BUY", "0.5", "20", "f1")
+    ex.faults(drop_connection=1.0)
+    with pytest.raises(OutcomeUnknown):
+        c.new_order("XRPUSDT", "BUY", "0.5", "20", "f2")
+    ex.faults(stale_timestamp=1.0)
+    with pytest.raises(BinanceError) as stale:
+        c.new_order("XRPUSDT", "BUY", "0.5", "20", "f3")
+    assert stale.value.code == -1021  # resynced and retried once, then given up
+    ex.faults(rate_limit_429=1.0, retry_after_seconds=0)
+    with pytest.raises(RateLimited) as limited:
+        c.new_order("XRPUSDT", "BUY", "0.5", "20", "f4")
+    assert not limited.value.banned and limited.value.retry_after == 0
+    ex.faults(ban_418=1.0, retry_after_seconds=3)
+    with pytest.raises(RateLimited) as banned:
+        c.new_order("XRPUSDT", "BUY", "0.5", "20", "f5")
+    assert banned.value.banned and banned.value.retry_after == 3
+    ex.faults()
+    with pytest.raises(RateLimited):
+        c.get_order("XRPUSDT", "f1")  # the client itself holds back during the ban
+    fresh = ex.client()
+    assert fresh.get_order("XRPUSDT", "f1").status == "NEW"  # 5XX after accepting: it is there
+    with pytest.raises(UnknownOrder):
+        fresh.get_order("XRPUSDT", "f2")  # dropped before processing: it is not
+    assert set(ex.orders()) == {"f1"}
+
+
+def test_faults_are_deterministic_for_a_seed(ex: Exchange) -> None:
+    def pattern() -> list[bool]:
+        ex.faults(rate_limit_429=0.5, retry_after_seconds=0, seed=7)
+        c = ex.client()
+        c.server_time()
+        hits = []
+        for i in range(12):
+            try:
+                c.open_orders("XRPUSDT")  # not an order request: never faulted, draws nothing
+                c.new_order("XRPUSDT", "BUY", "0.1", "50", f"d{len(ex.orders())}-{i}")
+                hits.append(False)
+            except RateLimited:
+                hits.append(True)
+        return hits
+
+    first = pattern()
+    assert any(first) and not all(first)
+    assert pattern() == first
