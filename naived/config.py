@@ -148,9 +148,16 @@ class TradingSettings(msgspec.Struct, forbid_unknown_fields=True):
     buy_down_interval: Decimal = Decimal("0.0001")
     profit_interval: Decimal = Decimal("-0.0012")  # the book's chapter-5 default: cycles finish fast
     rebuy_interval: Decimal = Decimal("0.001")
+    # Traders started with the symbol; 0 = `chunks` (chapter 5). 1 = chapter 9: one trader,
+    # and another each time a rebuy fires, up to `chunks`.
+    initial_traders: int = 0
 
     def __post_init__(self) -> None:
         _check_settings(self)
+
+    @property
+    def traders_at_start(self) -> int:
+        return min(self.initial_traders or self.chunks, self.chunks)
 
 
 class SymbolOverrides(msgspec.Struct, forbid_unknown_fields=True):
@@ -161,6 +168,7 @@ class SymbolOverrides(msgspec.Struct, forbid_unknown_fields=True):
     buy_down_interval: Decimal | None = None
     profit_interval: Decimal | None = None
     rebuy_interval: Decimal | None = None
+    initial_traders: int | None = None
 
 
 def _check_settings(s: TradingSettings | SymbolOverrides) -> None:
@@ -169,6 +177,8 @@ def _check_settings(s: TradingSettings | SymbolOverrides) -> None:
     _in_range("buy_down_interval", s.buy_down_interval, Decimal("-1"), Decimal("1"))
     _in_range("profit_interval", s.profit_interval, Decimal("-1"), Decimal("10"))
     _in_range("rebuy_interval", s.rebuy_interval, Decimal("0"), Decimal("1"))
+    if s.initial_traders is not None and s.initial_traders < 0:
+        raise ValueError(f"initial_traders must be >= 0, got {s.initial_traders}")
 
 
 class Trading(msgspec.Struct, forbid_unknown_fields=True):

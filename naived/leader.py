@@ -79,7 +79,9 @@ class Leader:
         self.used_weight = 0
         self.store.bump("leader_starts")
         self.shutting_down = self.store.get_meta("shutting_down") == "1"
-        self.settings = strategy.settings_for(symbol, config.trading.for_symbol(symbol), self._filters())
+        trading = config.trading.for_symbol(symbol)
+        self.traders_at_start = trading.traders_at_start
+        self.settings = strategy.settings_for(symbol, trading, self._filters())
 
     def _filters(self):  # noqa: ANN202
         """Exchange filters, fetched once for all traders (the exchange may still be starting)."""
@@ -229,7 +231,7 @@ class Leader:
         self.reconcile()
         trader_ids = set(self.states)
         if not self.shutting_down:
-            trader_ids |= set(range(self.settings.chunks))
+            trader_ids |= set(range(self.traders_at_start))
         for trader_id in sorted(trader_ids):
             self.start_trader(trader_id)
         self.poller.register(self.rep, zmq.POLLIN)
