@@ -80,10 +80,13 @@ port = {self.paper_port}
 
     # --- processes ------------------------------------------------------------------
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.dir / f"{name}.log", "ab")
         proc = subprocess.Popen(
-            [str(BIN / name), *args, "--config", str(self.config_path)], stderr=log, start_new_session=True
+            [str(BIN / name), *args, "--config", str(self.config_path)],
+            stderr=log,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
         self.procs.append(proc)
         return proc
@@ -91,8 +94,8 @@ port = {self.paper_port}
     def start_streamer(self) -> subprocess.Popen[bytes]:
         return self._spawn("streamerd", "start")
 
-    def start_naived(self) -> subprocess.Popen[bytes]:
-        self.naived = self._spawn("naived", "start")
+    def start_naived(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self.naived = self._spawn("naived", "start", env=env)
         wait_for("naived to answer", lambda: self.ctl("status").returncode == 0)
         return self.naived
 
