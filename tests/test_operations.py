@@ -1,0 +1,172 @@
+"""Running naive for months: systemd notifications, config errors, rebuy, stop/shutdown/autostart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import BIN, Tree, wait_for
+
+RESTING = """
+[trading.defaults]
+chunks = 2
+buy_down_interval = "0.5"   # the buys rest far below the market
+"""
+
+
+@pytest.fixture
+def resting(tmp_path: Path):
+    t = Tree(tmp_path, RESTING)
+    t.start_streamer()
+    t.start_naived()
+    try:
+        yield t
+    finally:
+        t.stop()
+
+
+def resting_buys(tree: Tree, symbol: str, count: int) -> dict[int, dict]:
+    def ready() -> dict[int, dict] | None:
+        placed = {i: t for i, t in tree.traders(symbol).items() if t["state"] and t["state"]["buy_order"]}
+        return placed if len(placed) == count else None
+
+    return wait_for(f"{count} open buys on {symbol}", ready)
+
+
+def test_naived_tells_systemd_ready_watchdog_stopping(tmp_path: Path) -> None:
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(20)
+    tree = Tree(tmp_path, RESTING + '\n[naived]\nautostart = ["XRPUSDT"]\n')
+    try:
+        tree.start_streamer()
+        tree.start_naived(env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "200000"})
+        first = notify.recv(4096).decode().split("\n")
+        assert first[0] == "READY=1" and first[1].startswith("STATUS=1 symbols trading")
+        # READY came after the autostarted symbol was started
+        assert tree.symbol("XRPUSDT")["state"] == "running"
+        wait_for("a WATCHDOG=1", lambda: "WATCHDOG=1" in notify.recv(4096).decode())
+        tree.naived.send_signal(signal.SIGTERM)
+        wait_for("STOPPING=1", lambda: "STOPPING=1" in notify.recv(4096).decode())
+        assert tree.naived.wait(15) == 0
+    finally:
+        tree.stop()
+        notify.close()
+
+
+def test_check_config_names_the_key_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[trading.symbols.XRPUSDT]\nchunks = 0\n')
+    for command in (["check-config"], ["start"]):
+        result = subprocess.run([str(BIN / "naived"), *command, "--config", str(bad)], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2
+        assert "trading.symbols.XRPUSDT" in result.stderr and "chunks" in result.stderr
+        assert result.stderr.count("\n") == 1
+    good = subprocess.run(
+        [str(BIN / "naived"), "check-config", "--config", str(Path(__file__).parents[1] / "config" / "naive.toml")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert good.returncode == 0, good.stderr
+
+
+def test_rebuy_starts_another_trader_up_to_chunks(tmp_path: Path) -> None:
+    # One trader at start (the book's chapter 9); a tiny rebuy interval and a large profit
+    # target keep its cycle open while the simulated price wanders below its buy.
+    tree = Tree(tmp_path, """
+[trading.defaults]
+chunks = 2
+initial_traders = 1
+buy_down_interval = "0"
+profit_interval = "0.05"
+rebuy_interval = "0.0002"
+""")
+    tree.start_streamer()
+    tree.start_naived()
+    try:
+        tree.ctl("start-trading", "BTCUSDT")
+        most = 0
+
+        def second_trader() -> bool:
+            nonlocal most
+            traders = tree.traders("BTCUSDT")
+            most = max(most, len(traders))
+            return 1 in traders
+
+        assert len(wait_for("trader 0", lambda: tree.traders("BTCUSDT"))) == 1
+        wait_for("a rebuy to start trader 1", second_trader, timeout=60)
+        assert tree.traders("BTCUSDT")[0]["state"]["rebuy_notified"] is True
+        assert most <= 2
+        assert "rebuy: starting trader 1" in tree.log("naived")
+    finally:
+        tree.stop()
+
+
+def test_stop_trading_leaves_orders_that_the_next_start_adopts(resting: Tree) -> None:
+    resting.ctl("start-trading", "XRPUSDT")
+    before = resting_buys(resting, "XRPUSDT", 2)
+    orders_before = resting.paper_orders("XRPUSDT")
+    stopped = resting.ctl("stop-trading", "XRPUSDT")
+    assert stopped.returncode == 0 and "open orders stay" in stopped.stdout
+    assert resting.symbol("XRPUSDT") is None
+    wait_for("the old traders to be gone", lambda: not any(os.path.exists(f"/proc/{t['pid']}") for t in before.values()))
+    assert all(o["status"] == "NEW" for o in resting.paper_orders("XRPUSDT"))
+
+    resting.ctl("start-trading", "XRPUSDT")
+    after = resting_buys(resting, "XRPUSDT", 2)
+    for i, t in after.items():
+        assert t["state"]["buy_order"]["client_order_id"] == before[i]["state"]["buy_order"]["client_order_id"]
+    assert len(resting.paper_orders("XRPUSDT")) == len(orders_before)  # adopted, not placed again
+
+
+def test_shutdown_trading_finishes_the_cycles_then_stops(tmp_path: Path) -> None:
+    tree = Tree(tmp_path, """
+[trading.defaults]
+chunks = 2
+buy_down_interval = "0"
+profit_interval = "-0.0012"
+""")
+    tree.start_streamer()
+    tree.start_naived()
+    try:
+        tree.ctl("start-trading", "BTCUSDT")
+        resting_buys(tree, "BTCUSDT", 2)
+        result = tree.ctl("shutdown-trading", "BTCUSDT")
+        assert result.returncode == 0, result.stderr
+        wait_for("BTCUSDT to stop by itself", lambda: tree.symbol("BTCUSDT") is None, timeout=90)
+        orders = tree.paper_orders("BTCUSDT")
+        assert orders and all(o["status"] == "FILLED" for o in orders)
+        assert sorted(o["side"] for o in orders).count("BUY") == sorted(o["side"] for o in orders).count("SELL")
+        assert tree.ctl("shutdown-trading", "BTCUSDT").returncode == 1  # not trading any more
+    finally:
+        tree.stop()
+
+
+def test_symbols_trading_when_naived_stopped_start_again_with_their_states(resting: Tree) -> None:
+    resting.ctl("start-trading", "XRPUSDT")
+    before = resting_buys(resting, "XRPUSDT", 2)
+    orders = len(resting.paper_orders("XRPUSDT"))
+    resting.naived.send_signal(signal.SIGTERM)
+    assert resting.naived.wait(15) == 0
+
+    resting.start_naived()
+    after = resting_buys(resting, "XRPUSDT", 2)
+    for i, t in after.items():
+        assert t["state"]["cycle"] == before[i]["state"]["cycle"]
+        assert t["state"]["buy_order"]["client_order_id"] == before[i]["state"]["buy_order"]["client_order_id"]
+    assert len(resting.paper_orders("XRPUSDT")) == orders
+
+
+def test_status_answers_while_traders_restart(resting: Tree) -> None:
+    resting.ctl("start-trading", "XRPUSDT")
+    resting_buys(resting, "XRPUSDT", 2)
+    for _ in range(15):
+        for t in resting.traders("XRPUSDT").values():
+            os.kill(t["pid"], signal.SIGKILL)
+        result = resting.ctl("status", "XRPUSDT")  # right after the kills, mid-restart
+        assert result.returncode == 0 and "XRPUSDT [running]" in result.stdout, result.stderr
+        resting_buys(resting, "XRPUSDT", 2)
