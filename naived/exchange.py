@@ -193,16 +193,15 @@ class BinanceClient:
     # --- the one request path -------------------------------------------------------------
 
     def _call(self, method: str, path: str, params: dict[str, str], *, signed: bool) -> bytes:
-        for attempt in (1, 2):
-            try:
-                return self._send(method, path, params, signed)
-            except BinanceError as exc:
-                # A stale timestamp is refused before anything happens, so one retry is safe.
-                if exc.code != INVALID_TIMESTAMP or not signed or attempt == 2:
-                    raise
-                log.warning("%s %s: timestamp outside recvWindow, resyncing with the server clock", method, path)
-                self.server_time()
-        raise AssertionError("unreachable")
+        try:
+            return self._send(method, path, params, signed)
+        except BinanceError as exc:
+            if exc.code != INVALID_TIMESTAMP or not signed:
+                raise
+        # A stale timestamp is refused before anything happens, so one retry is safe, orders included.
+        log.warning("%s %s: timestamp outside recvWindow, resyncing with the server clock", method, path)
+        self.server_time()
+        return self._send(method, path, params, signed)
 
     def _send(self, method: str, path: str, params: dict[str, str], signed: bool) -> bytes:
         now = time.monotonic()
@@ -213,7 +212,8 @@ class BinanceClient:
             if self._offset_ms is None:
                 self.server_time()
             stamp = int(time.time() * 1000) + self._offset_ms  # type: ignore[operator]
-            query = f"{query}&recvWindow={self._recv_window}&timestamp={stamp}" if query else f"recvWindow={self._recv_window}&timestamp={stamp}"
+            timing = f"recvWindow={self._recv_window}&timestamp={stamp}"
+            query = f"{query}&{timing}" if query else timing
             mac = self._mac.copy()
             mac.update(query.encode())
             query = f"{query}&signature={mac.hexdigest()}"

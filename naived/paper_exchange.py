@@ -68,7 +68,7 @@ from naived.messages import decode_trade, trade_topic
 from naived.paper_book import Fill, PaperBook, PaperOrder, Rejected
 from naived.symbols import SymbolFilters, exchange_info_entry, table
 
-log = logging.getLogger("paper-exchange")
+log = logging.getLogger(__name__)
 
 EIGHT = Decimal("0.00000001")
 NUMBER_RE = re.compile(r"^([0-9]{1,20})(\.[0-9]{1,20})?$")
@@ -212,7 +212,7 @@ class TradeFeed(threading.Thread):
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         self._stopping = False
-        self.market: dict[str, dict[str, Any]] = {}  # symbol -> last price, last trade id, count
+        self._market: dict[str, dict[str, Any]] = {}  # symbol -> last price, last trade id, count
 
     def want(self, symbol: str) -> None:
         if symbol in self._wanted:  # the common case, no lock needed to read a set
@@ -263,8 +263,14 @@ class TradeFeed(threading.Thread):
         if f is None:
             return
         self._book.on_trade(f, price, qty, event.t)
-        seen = self.market.setdefault(event.s, {"trades": 0})
-        seen.update(lastPrice=event.p, lastTradeId=event.t, trades=seen["trades"] + 1)
+        with self._lock:
+            seen = self._market.setdefault(event.s, {"trades": 0})
+            seen.update(lastPrice=event.p, lastTradeId=event.t, trades=seen["trades"] + 1)
+
+    def market(self) -> dict[str, dict[str, Any]]:
+        """What trades were processed, per symbol: tests wait on `lastTradeId` instead of sleeping."""
+        with self._lock:
+            return {symbol: dict(seen) for symbol, seen in self._market.items()}
 
 
 # --- the HTTP API ------------------------------------------------------------------------------
@@ -295,7 +301,7 @@ class PaperExchange:
             ("GET", "/api/v3/account"): (self.account, 20, True),
             ("GET", "/paper/orders"): (self.paper_orders, 0, False),
             ("GET", "/paper/balances"): (self.paper_balances, 0, False),
-            ("GET", "/paper/market"): (lambda p, t: (200, self.feed.market), 0, False),
+            ("GET", "/paper/market"): (lambda p, t: (200, self.feed.market()), 0, False),
         }
 
     def _set_faults(self, faults: Faults) -> None:
@@ -455,6 +461,8 @@ class PaperExchange:
             return handler(params, request.received_ns)
 
         status, reply = self._guarded(call)
+        if fault is None and status != 200 and (method, url.path) == ("POST", "/api/v3/order"):
+            log.info("rejected %s %s: %s", params.get("symbol"), params.get("newClientOrderId"), reply.get("msg"))
         if fault == "accept_then_5xx" and status == 200:
             log.warning("fault: accepted %s, answering 503", params.get("newClientOrderId"))
             status, reply = 503, {"code": -1007, "msg": "Timeout waiting for response from backend server. Send status unknown; execution status unknown."}
@@ -570,7 +578,7 @@ def run(config: Config) -> None:
         feed.start()
         cleanup.callback(feed.join)
         cleanup.callback(feed.stop)
-        serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="http", daemon=True)
+        serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True)
         serving.start()
         cleanup.callback(server.shutdown)
         log.info("paper exchange on %s (state %s, %d open orders), trades from %s", config.paper_url, path,
