@@ -215,15 +215,19 @@ class TradeFeed(threading.Thread):
         self._market: dict[str, dict[str, Any]] = {}  # symbol -> last price, last trade id, count
 
     def want(self, symbol: str) -> None:
-        if symbol in self._wanted:  # the common case, no lock needed to read a set
+        if symbol in self._wanted:  # the common case: no lock, no syscall
             return
         with self._lock:
-            self._wanted.add(symbol)
-        os.write(self._wake_w, b"s")
+            # Keep-alive HTTP threads outlive server.shutdown(): never write to a closed pipe.
+            if not self._stopping:
+                self._wanted.add(symbol)
+                os.write(self._wake_w, b"s")
 
     def stop(self) -> None:
-        self._stopping = True
-        os.write(self._wake_w, b"x")
+        with self._lock:
+            if not self._stopping:
+                self._stopping = True
+                os.write(self._wake_w, b"x")
 
     def run(self) -> None:
         sub = self._ctx.socket(zmq.SUB)
@@ -249,8 +253,10 @@ class TradeFeed(threading.Thread):
                         self._on_message(sub.recv_multipart())
         finally:
             sub.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            with self._lock:
+                self._stopping = True
+                os.close(self._wake_r)
+                os.close(self._wake_w)
 
     def _on_message(self, frames: list[bytes]) -> None:
         try:
