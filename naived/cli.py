@@ -33,7 +33,14 @@ def start(config_path: str | None) -> None:
     """Run the root of the tree in the foreground (as systemd runs it)."""
     config = _load(config_path)
     setup_logging("naived")
-    from naived import root
+    from naived import exchange, root
+
+    if config.naived.exchange != "paper":
+        try:
+            exchange.client_for(config)  # refuse to start without usable keys, before forking anything
+        except ConfigError as exc:
+            click.echo(f"naived: {exc}", err=True)
+            sys.exit(2)
 
     sys.exit(root.run(config))
 

@@ -79,7 +79,7 @@ def _simple(request_type: type) -> click.Command:
     return command
 
 
-main.command("start-trading", help="Start trading SYMBOL (e.g. XRPUSDT).")(_simple(StartTrading))
+main.command("start-trading", help="Start trading SYMBOL, for example XRPUSDT.")(_simple(StartTrading))
 main.command("stop-trading", help="Stop SYMBOL now; its open orders stay and are adopted on the next start.")(
     _simple(StopTrading)
 )
