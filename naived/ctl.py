@@ -136,6 +136,11 @@ def _age(started_at: float | None, now: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def _num(text: str) -> str:
+    """Exchange decimals without their padding: "0.49980000" -> "0.4998", "100.00000000" -> "100"."""
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def _proc(info: ProcessInfo | None, now: float) -> str:
     if info is None or info.pid is None:
         return "not running" + (f", restarts {info.restarts}" if info else "")
@@ -151,11 +156,9 @@ def _trader_line(t: TraderInfo, now: float) -> str:
     parts = [f"cycle {s.cycle} {s.status}"]
     for order in (s.buy_order, s.sell_order):
         if order is not None:
-            parts.append(f"{order.side} {order.quantity} @ {order.price} {order.status}")
+            parts.append(f"{order.side} {_num(order.quantity)} @ {_num(order.price)} {order.status}")
     if s.intent is not None:
         parts.append(f"placing {s.intent.side} {s.intent.client_order_id}" + (" (outcome unknown)" if s.intent.unknown else ""))
-    if s.last_price:
-        parts.append(f"last trade {s.last_price}")
     return head + "  " + ", ".join(parts)
 
 
@@ -173,6 +176,8 @@ def _leader_lines(leader: LeaderStatus, now: float) -> list[str]:
     head = f"leader  pid {leader.pid}, up {_age(leader.started_at, now)}, cycles finished {leader.cycles_finished}"
     if leader.shutting_down:
         head += ", shutting down"
+    if leader.last_trade is not None:
+        head += f", last trade {_num(leader.last_trade.p)} ({_age(leader.last_trade.E / 1000, now)} ago)"
     children = [[_trader_line(t, now)] for t in leader.traders]
     lines = [head]
     for i, child in enumerate(children):

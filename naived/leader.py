@@ -32,8 +32,11 @@ from naived.messages import (
     TraderHello,
     TraderInfo,
     TraderState,
+    TradeEvent,
+    decode_trade,
     encode,
     leader_request_decoder,
+    trade_topic,
 )
 from naived.store import Store, store_path
 from naived.supervisor import EXIT_GAVE_UP, ChildSpec, SignalQueue, Supervisor
@@ -70,6 +73,13 @@ class Leader:
         self.signals = SignalQueue(signal.SIGTERM, signal.SIGINT)
         self.ctx = zmq.Context()
         self.rep = bind_rep(self.ctx, config.leader_endpoint(symbol))
+        # The symbol's last trade, for status. Drained in batches when readable: one wake-up
+        # per burst, not per trade.
+        self.market = self.ctx.socket(zmq.SUB)
+        self.market.setsockopt(zmq.LINGER, 0)
+        self.market.connect(config.streamer.endpoint)
+        self.market.setsockopt(zmq.SUBSCRIBE, trade_topic(symbol))
+        self.last_trade: TradeEvent | None = None
         self.store = Store(store_path(config.state_dir, symbol))
         self.poller = zmq.Poller()
         self.supervisor = Supervisor(f"leader {symbol}", config.naived.supervision, self.poller)
@@ -199,6 +209,16 @@ class Leader:
         log.info("%s/%d: rebuy: starting trader %d", self.symbol, trader_id, free)
         self.start_trader(free)
 
+    def drain_market(self) -> None:
+        payload = None
+        while True:
+            try:
+                _, payload = self.market.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        if payload is not None:
+            self.last_trade = decode_trade(payload)
+
     def status(self) -> LeaderStatus:
         traders = []
         for trader_id in sorted(set(self.states) | {int(k) for k in self.supervisor.children}):
@@ -222,6 +242,7 @@ class Leader:
             shutting_down=self.shutting_down,
             last_error=self.store.get_meta("last_error"),
             counters={k: self.store.counter(k) for k in COUNTERS},
+            last_trade=self.last_trade,
             used_weight=self.used_weight,
         )
 
@@ -236,10 +257,13 @@ class Leader:
             self.start_trader(trader_id)
         self.poller.register(self.rep, zmq.POLLIN)
         self.poller.register(self.signals.fd, zmq.POLLIN)
+        self.poller.register(self.market, zmq.POLLIN)
         while True:
             for item, _ in self.poller.poll():
                 if item is self.rep:
                     self.rep.send(encode(self.handle_raw(self.rep.recv())))
+                elif item is self.market:
+                    self.drain_market()
                 elif item == self.signals.fd:
                     if self.signals.drain():
                         log.info("%s: stopping %d traders", self.symbol, len(self.supervisor.children))

@@ -186,6 +186,7 @@ class LeaderStatus(msgspec.Struct, tag=True):
     last_error: str | None = None
     counters: dict[str, int] = {}
     used_weight: int = 0
+    last_trade: TradeEvent | None = None  # the symbol's latest trade on the market feed
 
 
 LeaderReply = Ack | LeaderStatus
