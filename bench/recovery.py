@@ -7,22 +7,38 @@ restored state); the leader timestamps it, so how often this script polls does
 not change the figure. Also kills the leader and times until all its traders
 are ready again.
 
-    .venv/bin/python bench/recovery.py [--kills 200] [--leader-kills 20] [--quick]
+Side by side, the same kind of trader kept alive by peers (bench/peer_trader.py:
+a fresh Python process with the trader's imports, a SUB and a REQ, and a hello
+to this script's REP socket, timestamped on arrival the way the leader does):
+- supervisord (`autorestart=true`, `startsecs=0`), pip-installed into the venv if missing;
+- a plain fork+exec parent that `subprocess.Popen`s a new trader when the old one dies.
+
+    .venv/bin/python bench/recovery.py [--kills 200] [--peer-kills 200] [--leader-kills 20] [--quick] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import msgspec
+import zmq
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from harness import Tree, wait_for  # noqa: E402
+from harness import BIN, Tree, wait_for  # noqa: E402
+
+from naived.messages import Ack, TraderHello, encode  # noqa: E402
+
+PEER_TRADER = Path(__file__).resolve().parent / "peer_trader.py"
+TARGET_P50, TARGET_P99 = 10.0, 25.0  # ms, issue 7
 
 CONFIG = """
 [trading.defaults]
@@ -73,29 +89,177 @@ def leader_kills(tree: Tree, kills: int) -> list[float]:
     return samples
 
 
-def report(name: str, samples: list[float]) -> None:
+# --- peers: supervisord and a fork+exec parent ---------------------------------------------
+
+FORK_EXEC_PARENT = r"""
+import subprocess, sys
+while True:  # a new Python trader each time the old one dies, at once
+    subprocess.Popen(sys.argv[1:]).wait()
+"""
+
+_hello = msgspec.msgpack.Decoder(TraderHello)
+
+
+class HelloClock:
+    """The peers' "leader": a REP socket that timestamps each hello as it arrives."""
+
+    def __init__(self, directory: Path) -> None:
+        self.ctx = zmq.Context()
+        self.endpoint = f"ipc://{directory / 'hello.sock'}"
+        self.rep = self.ctx.socket(zmq.REP)
+        self.rep.setsockopt(zmq.LINGER, 0)
+        self.rep.bind(self.endpoint)
+        self.pub = self.ctx.socket(zmq.PUB)  # what the peers' SUB connects to (no trades needed)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub_endpoint = f"ipc://{directory / 'market.sock'}"
+        self.pub.bind(self.pub_endpoint)
+        self.pids: set[int] = set()
+
+    def next_hello(self, timeout: float = 30.0) -> tuple[int, float]:
+        if not self.rep.poll(int(timeout * 1000), zmq.POLLIN):
+            raise AssertionError(f"no peer trader said hello within {timeout}s")
+        raw = self.rep.recv()
+        at = time.time()
+        self.rep.send(encode(Ack()))
+        hello = _hello.decode(raw)
+        self.pids.add(hello.pid)
+        return hello.pid, at
+
+    def kill_leftovers(self) -> None:
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        self.rep.close()
+        self.pub.close()
+        self.ctx.term()
+
+
+def peer_kills(clock: HelloClock, kills: int) -> list[float]:
+    pid, _ = clock.next_hello()
+    samples = []
+    for _ in range(kills):
+        killed_at = time.time()
+        os.kill(pid, signal.SIGKILL)
+        new_pid, at = clock.next_hello()
+        while new_pid == pid:  # cannot happen (a killed process says nothing), but never count it
+            new_pid, at = clock.next_hello()
+        samples.append((at - killed_at) * 1000)
+        pid = new_pid
+    return samples
+
+
+def supervisord_binary() -> Path:
+    path = BIN / "supervisord"
+    if not path.exists():  # a bench-only tool: installed into the venv on demand, not a dependency
+        print("installing supervisor into the venv (bench-only tool) ...", file=sys.stderr)
+        subprocess.run([str(BIN / "python"), "-m", "pip", "install", "-q", "supervisor"], check=True)
+    return path
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM our peer parent (by PID), then SIGKILL its process group if it lingers."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def run_peer(kind: str, directory: Path, kills: int) -> list[float]:
+    work = directory / kind
+    work.mkdir()
+    clock = HelloClock(work)
+    trader = [str(BIN / "python"), str(PEER_TRADER), clock.pub_endpoint, clock.endpoint]
+    if kind == "supervisord":
+        conf = work / "supervisord.conf"
+        conf.write_text(f"""
+[supervisord]
+nodaemon = true
+logfile = {work / 'supervisord.log'}
+pidfile = {work / 'supervisord.pid'}
+childlogdir = {work}
+
+[program:trader]
+command = {' '.join(trader)}
+autorestart = true
+startsecs = 0
+startretries = 1000000
+stopwaitsecs = 2
+redirect_stderr = true
+stdout_logfile = {work / 'trader.log'}
+""")
+        argv = [str(supervisord_binary()), "-c", str(conf)]
+    else:
+        argv = [str(BIN / "python"), "-c", FORK_EXEC_PARENT, *trader]
+    log = open(work / "parent.log", "ab")
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+    try:
+        return peer_kills(clock, kills)
+    finally:
+        stop_process(proc)
+        clock.kill_leftovers()  # supervisord's children have their own process groups
+        clock.close()
+        log.close()
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def report(name: str, samples: list[float]) -> dict[str, float]:
     p = percentiles(samples)
-    print(f"{name:<34} n={len(samples):<4} p50 {p['p50']:6.2f} ms  p90 {p['p90']:6.2f} ms  p99 {p['p99']:6.2f} ms  max {p['max']:6.2f} ms")
+    print(f"{name:<40} n={len(samples):<4} p50 {p['p50']:7.2f} ms  p90 {p['p90']:7.2f} ms  p99 {p['p99']:7.2f} ms  max {p['max']:7.2f} ms")
+    return p
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=200)
+    parser.add_argument("--peer-kills", type=int, default=None, help="kills per peer (default: --kills)")
     parser.add_argument("--leader-kills", type=int, default=20)
+    parser.add_argument("--no-peers", action="store_true", help="only naive's own tree")
     parser.add_argument("--quick", action="store_true", help="a few kills, to check the script works")
+    parser.add_argument("--json", action="store_true", help="also print one BENCH-JSON line for bench/run_all")
     args = parser.parse_args()
     if args.quick:
-        args.kills, args.leader_kills = 5, 2
+        args.kills, args.leader_kills, args.peer_kills = 10, 3, 5
+    peer_kills_n = args.kills if args.peer_kills is None else args.peer_kills
     with tempfile.TemporaryDirectory(prefix="naive-bench-") as directory:
         tree = Tree(Path(directory), CONFIG)
         try:
             tree.start_streamer()
             tree.start_naived()
             tree.ctl("start-trading", "XRPUSDT")
-            report("kill -9 trader -> trader ready", trader_kills(tree, args.kills))
-            report("kill -9 leader -> all traders ready", leader_kills(tree, args.leader_kills))
+            trader = report("kill -9 trader -> trader ready (naive fork)", trader_kills(tree, args.kills))
+            leader = report("kill -9 leader -> all traders ready", leader_kills(tree, args.leader_kills))
         finally:
             tree.stop()
+        peers: dict[str, dict[str, float]] = {}
+        if not args.no_peers:
+            peers["supervisord"] = report("kill -9 trader -> ready (supervisord)", run_peer("supervisord", Path(directory), peer_kills_n))
+            peers["fork+exec"] = report("kill -9 trader -> ready (fork+exec)", run_peer("fork+exec", Path(directory), peer_kills_n))
+    verdict = "met" if trader["p50"] <= TARGET_P50 and trader["p99"] <= TARGET_P99 else "MISSED"
+    print(f"target p50 <= {TARGET_P50:g} ms, p99 <= {TARGET_P99:g} ms: {verdict}")
+    for name, p in peers.items():
+        print(f"naive's fork restart is {p['p50'] / trader['p50']:.1f}x faster than {name} at p50, {p['p99'] / trader['p99']:.1f}x at p99")
+    if args.json:
+        best_peer = min(peers.items(), key=lambda kv: kv[1]["p50"]) if peers else None
+        rows = [{
+            "figure": "kill -9 trader -> ready", "unit": "ms", "p50": trader["p50"], "p99": trader["p99"],
+            "peer": best_peer and f"{best_peer[0]} p50 {best_peer[1]['p50']:.1f}",
+            "ratio": best_peer and best_peer[1]["p50"] / trader["p50"], "target": "p50<=10, p99<=25", "n": args.kills,
+        }]
+        for name, p in peers.items():
+            rows.append({"figure": f"  peer: {name} kill -9 -> ready", "unit": "ms", "p50": p["p50"], "p99": p["p99"],
+                         "peer": None, "ratio": None, "target": "", "n": peer_kills_n})
+        rows.append({"figure": "kill -9 leader -> all traders ready", "unit": "ms", "p50": leader["p50"], "p99": leader["p99"],
+                     "peer": None, "ratio": None, "target": "", "n": args.leader_kills})
+        print("BENCH-JSON: " + json.dumps(rows))
 
 
 if __name__ == "__main__":
