@@ -15,7 +15,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -158,6 +159,28 @@ port = {self.paper_port}
             except psutil.NoSuchProcess:
                 pass
         return alive
+
+
+@contextmanager
+def running_tree(directory: Path, extra_config: str = "") -> Iterator[Tree]:
+    """streamerd + naived up and answering; everything stopped and killed on the way out."""
+    tree = Tree(directory, extra_config)
+    try:
+        tree.start_streamer()
+        tree.start_naived()
+        yield tree
+    finally:
+        tree.stop()
+
+
+def open_buys(tree: Tree, symbol: str, count: int) -> dict[int, dict[str, Any]]:
+    """Wait until `count` running traders of `symbol` each report a buy order."""
+
+    def ready() -> dict[int, dict[str, Any]] | None:
+        placed = {i: t for i, t in tree.traders(symbol).items() if t["state"] and t["state"]["buy_order"]}
+        return placed if len(placed) == count else None
+
+    return wait_for(f"{count} {symbol} traders with a buy order", ready)
 
 
 def tree_pids(tree: dict[str, Any]) -> list[int]:

@@ -6,11 +6,12 @@ import os
 import signal
 from collections import Counter
 from decimal import Decimal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness import Tree, wait_for
+from harness import Tree, running_tree, wait_for
 
 # The book's chapter-5 settings: buy at the market, sell slightly *below* the buy price plus
 # fees (negative profit interval), so cycles complete within seconds on a random walk.
@@ -24,14 +25,9 @@ profit_interval = "-0.0012"
 
 
 @pytest.fixture
-def tree(tmp_path: Path):
-    t = Tree(tmp_path, CYCLING)
-    t.start_streamer()
-    t.start_naived()
-    try:
+def tree(tmp_path: Path) -> Iterator[Tree]:
+    with running_tree(tmp_path, CYCLING) as t:
         yield t
-    finally:
-        t.stop()
 
 
 def finished_cycles(tree: Tree, symbol: str) -> int:

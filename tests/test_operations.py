@@ -6,11 +6,12 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness import BIN, Tree, wait_for
+from harness import BIN, Tree, open_buys, running_tree, wait_for
 
 RESTING = """
 [trading.defaults]
@@ -20,22 +21,9 @@ buy_down_interval = "0.5"   # the buys rest far below the market
 
 
 @pytest.fixture
-def resting(tmp_path: Path):
-    t = Tree(tmp_path, RESTING)
-    t.start_streamer()
-    t.start_naived()
-    try:
+def resting(tmp_path: Path) -> Iterator[Tree]:
+    with running_tree(tmp_path, RESTING) as t:
         yield t
-    finally:
-        t.stop()
-
-
-def resting_buys(tree: Tree, symbol: str, count: int) -> dict[int, dict]:
-    def ready() -> dict[int, dict] | None:
-        placed = {i: t for i, t in tree.traders(symbol).items() if t["state"] and t["state"]["buy_order"]}
-        return placed if len(placed) == count else None
-
-    return wait_for(f"{count} open buys on {symbol}", ready)
 
 
 def test_naived_tells_systemd_ready_watchdog_stopping(tmp_path: Path) -> None:
@@ -77,17 +65,14 @@ def test_check_config_names_the_key_in_one_line(tmp_path: Path) -> None:
 def test_rebuy_starts_another_trader_up_to_chunks(tmp_path: Path) -> None:
     # One trader at start (the book's chapter 9); a tiny rebuy interval and a large profit
     # target keep its cycle open while the simulated price wanders below its buy.
-    tree = Tree(tmp_path, """
+    with running_tree(tmp_path, """
 [trading.defaults]
 chunks = 2
 initial_traders = 1
 buy_down_interval = "0"
 profit_interval = "0.05"
 rebuy_interval = "0.0002"
-""")
-    tree.start_streamer()
-    tree.start_naived()
-    try:
+""") as tree:
         tree.ctl("start-trading", "BTCUSDT")
         most = 0
 
@@ -104,13 +89,11 @@ rebuy_interval = "0.0002"
         # one trader at start; the second only because trader 0's rebuy fired
         assert log.index("started trader BTCUSDT/0") < log.index("BTCUSDT/0: rebuy: starting trader 1")
         assert log.index("BTCUSDT/0: rebuy: starting trader 1") < log.index("started trader BTCUSDT/1")
-    finally:
-        tree.stop()
 
 
 def test_stop_trading_leaves_orders_that_the_next_start_adopts(resting: Tree) -> None:
     resting.ctl("start-trading", "XRPUSDT")
-    before = resting_buys(resting, "XRPUSDT", 2)
+    before = open_buys(resting, "XRPUSDT", 2)
     orders_before = resting.paper_orders("XRPUSDT")
     stopped = resting.ctl("stop-trading", "XRPUSDT")
     assert stopped.returncode == 0 and "open orders stay" in stopped.stdout
@@ -119,24 +102,21 @@ def test_stop_trading_leaves_orders_that_the_next_start_adopts(resting: Tree) ->
     assert all(o["status"] == "NEW" for o in resting.paper_orders("XRPUSDT"))
 
     resting.ctl("start-trading", "XRPUSDT")
-    after = resting_buys(resting, "XRPUSDT", 2)
+    after = open_buys(resting, "XRPUSDT", 2)
     for i, t in after.items():
         assert t["state"]["buy_order"]["client_order_id"] == before[i]["state"]["buy_order"]["client_order_id"]
     assert len(resting.paper_orders("XRPUSDT")) == len(orders_before)  # adopted, not placed again
 
 
 def test_shutdown_trading_finishes_the_cycles_then_stops(tmp_path: Path) -> None:
-    tree = Tree(tmp_path, """
+    with running_tree(tmp_path, """
 [trading.defaults]
 chunks = 2
 buy_down_interval = "0"
 profit_interval = "-0.0012"
-""")
-    tree.start_streamer()
-    tree.start_naived()
-    try:
+""") as tree:
         tree.ctl("start-trading", "BTCUSDT")
-        resting_buys(tree, "BTCUSDT", 2)
+        open_buys(tree, "BTCUSDT", 2)
         result = tree.ctl("shutdown-trading", "BTCUSDT")
         assert result.returncode == 0, result.stderr
         wait_for("BTCUSDT to stop by itself", lambda: tree.symbol("BTCUSDT") is None, timeout=90)
@@ -144,19 +124,17 @@ profit_interval = "-0.0012"
         assert orders and all(o["status"] == "FILLED" for o in orders)
         assert sorted(o["side"] for o in orders).count("BUY") == sorted(o["side"] for o in orders).count("SELL")
         assert tree.ctl("shutdown-trading", "BTCUSDT").returncode == 1  # not trading any more
-    finally:
-        tree.stop()
 
 
 def test_symbols_trading_when_naived_stopped_start_again_with_their_states(resting: Tree) -> None:
     resting.ctl("start-trading", "XRPUSDT")
-    before = resting_buys(resting, "XRPUSDT", 2)
+    before = open_buys(resting, "XRPUSDT", 2)
     orders = len(resting.paper_orders("XRPUSDT"))
     resting.naived.send_signal(signal.SIGTERM)
     assert resting.naived.wait(15) == 0
 
     resting.start_naived()
-    after = resting_buys(resting, "XRPUSDT", 2)
+    after = open_buys(resting, "XRPUSDT", 2)
     for i, t in after.items():
         assert t["state"]["cycle"] == before[i]["state"]["cycle"]
         assert t["state"]["buy_order"]["client_order_id"] == before[i]["state"]["buy_order"]["client_order_id"]
@@ -165,10 +143,10 @@ def test_symbols_trading_when_naived_stopped_start_again_with_their_states(resti
 
 def test_status_answers_while_traders_restart(resting: Tree) -> None:
     resting.ctl("start-trading", "XRPUSDT")
-    resting_buys(resting, "XRPUSDT", 2)
+    open_buys(resting, "XRPUSDT", 2)
     for _ in range(15):
         for t in resting.traders("XRPUSDT").values():
             os.kill(t["pid"], signal.SIGKILL)
         result = resting.ctl("status", "XRPUSDT")  # right after the kills, mid-restart
         assert result.returncode == 0 and "XRPUSDT [running]" in result.stdout, result.stderr
-        resting_buys(resting, "XRPUSDT", 2)
+        open_buys(resting, "XRPUSDT", 2)

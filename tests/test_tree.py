@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 import zmq
 
-from harness import BIN, Tree, wait_for
+from harness import BIN, Tree, open_buys, running_tree, wait_for
 
 # Buy 50% below the market: the buy order stays open, so states are stable to compare.
 RESTING = """
@@ -28,30 +29,14 @@ stop_timeout_seconds = 3.0
 
 
 @pytest.fixture
-def tree(tmp_path: Path):
-    t = Tree(tmp_path, RESTING)
-    t.start_streamer()
-    t.start_naived()
-    try:
+def tree(tmp_path: Path) -> Iterator[Tree]:
+    with running_tree(tmp_path, RESTING) as t:
         yield t
-    finally:
-        t.stop()
-
-
-def resting_traders(tree: Tree, symbol: str, count: int) -> dict[int, dict]:
-    """Wait until `count` traders of `symbol` each report an open buy order."""
-
-    def ready() -> dict[int, dict] | None:
-        traders = tree.traders(symbol)
-        placed = {i: t for i, t in traders.items() if t["state"] and t["state"]["buy_order"]}
-        return placed if len(placed) == count else None
-
-    return wait_for(f"{count} {symbol} traders with an open buy", ready)
 
 
 def test_kill_9_a_trader_restarts_it_with_its_last_state(tree: Tree) -> None:
     assert tree.ctl("start-trading", "xrpusdt").returncode == 0
-    before = resting_traders(tree, "XRPUSDT", 2)[0]
+    before = open_buys(tree, "XRPUSDT", 2)[0]
     os.kill(before["pid"], signal.SIGKILL)
 
     after = wait_for(
@@ -70,7 +55,7 @@ def test_kill_9_a_trader_restarts_it_with_its_last_state(tree: Tree) -> None:
 
 def test_kill_9_the_leader_restarts_the_whole_symbol(tree: Tree) -> None:
     tree.ctl("start-trading", "XRPUSDT")
-    before = resting_traders(tree, "XRPUSDT", 2)
+    before = open_buys(tree, "XRPUSDT", 2)
     leader_pid = tree.symbol("XRPUSDT")["leader"]["pid"]
     os.kill(leader_pid, signal.SIGKILL)
 
@@ -94,27 +79,22 @@ def test_kill_9_the_leader_restarts_the_whole_symbol(tree: Tree) -> None:
 def test_a_failing_symbol_is_marked_failed_and_others_keep_trading(tmp_path: Path) -> None:
     # BTCUSDT with 1 USDT per trader is below the minimum notional: its trader fails on its
     # first trade, every time, until the tree gives up on the symbol.
-    t = Tree(tmp_path, RESTING + '\n[trading.symbols.BTCUSDT]\nbudget = "1"\nchunks = 1\n')
-    t.start_streamer()
-    t.start_naived()
-    try:
+    with running_tree(tmp_path, RESTING + '\n[trading.symbols.BTCUSDT]\nbudget = "1"\nchunks = 1\n') as t:
         t.ctl("start-trading", "XRPUSDT")
         t.ctl("start-trading", "BTCUSDT")
         failed = wait_for("BTCUSDT to be marked failed", lambda: (s := t.symbol("BTCUSDT")) and s["state"] == "failed" and s, timeout=60)
         assert "minimum" in failed["error"]
         assert t.symbol("XRPUSDT")["state"] == "running"
-        resting_traders(t, "XRPUSDT", 2)
+        open_buys(t, "XRPUSDT", 2)
         text = t.ctl("status").stdout
         assert "BTCUSDT [failed]" in text and "XRPUSDT [running]" in text
-    finally:
-        t.stop()
 
 
 def test_sigterm_leaves_no_process_behind(tree: Tree) -> None:
     tree.ctl("start-trading", "XRPUSDT")
     tree.ctl("start-trading", "ADAUSDT")
-    resting_traders(tree, "XRPUSDT", 2)
-    resting_traders(tree, "ADAUSDT", 2)
+    open_buys(tree, "XRPUSDT", 2)
+    open_buys(tree, "ADAUSDT", 2)
     pids = list(tree.seen)
     assert len(pids) >= 1 + 1 + 2 * (1 + 1 + 2)  # root, paper exchange, 2 x (supervisor, leader, 2 traders)
     tree.naived.send_signal(signal.SIGTERM)
