@@ -220,7 +220,7 @@ def _run_child(spec: ChildSpec, parent: int) -> None:
         if os.getppid() != parent:
             os._exit(1)
         # The parent's descriptors (its ZeroMQ context, pidfds, databases) are not ours.
-        os.closerange(3, _max_fd())
+        _close_fds_from(3)
         setproctitle.setproctitle(f"naive: {spec.title}")
         rename_process_logs(spec.title)
         code = spec.run()
@@ -233,11 +233,19 @@ def _run_child(spec: ChildSpec, parent: int) -> None:
         os._exit(code)
 
 
-def _max_fd() -> int:
-    try:
-        return os.sysconf("SC_OPEN_MAX")
-    except (ValueError, OSError):
-        return 1024
+def _close_fds_from(low: int) -> None:
+    """Close every descriptor >= low. close_range(2) is one syscall; os.closerange loops over
+    every possible descriptor (0.66 ms for 20000 here, on the restart path)."""
+    close_range = getattr(_libc, "close_range", None)
+    if close_range is not None and close_range(low, 0xFFFFFFFF, 0) == 0:
+        return
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd >= low:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the descriptor of the listing itself, already gone
 
 
 class SignalQueue:
