@@ -1,0 +1,311 @@
+"""Tick to order: a trade frame entering streamerd → the BUY it triggers arriving at the paper exchange.
+
+A real deployment in a temp dir: the fake Binance websocket server
+(tests/fake_binance.py) in this process, `streamerd --source binance` reading
+from it, naived with its paper exchange, XRPUSDT traded by one trader
+(`chunks = 1`). Each sample is a fresh trader cycle:
+
+1. wait until the cycle's trader said hello to its leader (`ready_at`);
+2. write one trade frame to streamerd's websocket (t0 = time.time_ns() just before
+   the write); the trader's first trade places a BUY;
+3. the paper exchange stamps the order request when its request line arrives
+   (`receivedNs`, time.time_ns(), the same system-wide clock): sample = receivedNs - t0;
+4. finish the cycle (a trade below the buy fills it, a trade above the sell fills
+   that): the trader exits 0 and the leader forks the next cycle's trader.
+
+A SUB socket in this process receives the same trades, which splits each sample
+into the streamer leg (websocket → streamerd → ZeroMQ) and the trader leg. The
+script then times the parts of the trader leg one by one against the live tree
+(the leader's acked state write, a cold vs a warm exchange client), and with
+`--profile` samples the traders with py-spy.
+
+    /tmp/v/bin/python bench/tick_to_order.py [--samples 200] [--quick] [--profile] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from fake_binance import FakeBinance, server_frame, trade_json  # noqa: E402
+from harness import BIN, Tree, wait_for  # noqa: E402
+
+from naived import exchange  # noqa: E402
+from naived.config import load_config  # noqa: E402
+from naived.ipc import request  # noqa: E402
+from naived.messages import LeaderStatus, LeaderStatusRequest, StateUpdated, TraderState, encode, leader_reply_decoder  # noqa: E402
+from naived.messages import decode_trade, trade_topic  # noqa: E402
+
+SYMBOL = "XRPUSDT"
+PRICE = Decimal("0.5000")
+LOW, HIGH = "0.4800", "0.5200"  # fills the buy (strictly below it), fills the sell (above it)
+RETRY_S = 0.3  # a trade the trader missed (it cannot, but never hang on it) is sent again
+TARGET_P50_MS = 1.0
+
+CONFIG = """
+[trading.defaults]
+chunks = 1
+rebuy_interval = "0.5"      # the fill trade must not also trigger a rebuy notification
+"""
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50": statistics.median(ordered), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1], "n": len(ordered)}
+
+
+class Tap(threading.Thread):
+    """A SUB like a trader's: when each trade id left streamerd's XPUB (arrival here, ns)."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(daemon=True)
+        self.ctx = zmq.Context()
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.connect(endpoint)
+        self.sub.setsockopt(zmq.SUBSCRIBE, trade_topic(SYMBOL))
+        self.seen: dict[int, int] = {}
+        self.stopping = False
+
+    def run(self) -> None:
+        while not self.stopping:
+            if self.sub.poll(100, zmq.POLLIN):
+                _, payload = self.sub.recv_multipart()
+                at = time.time_ns()
+                self.seen[decode_trade(payload).t] = at
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.join(2)
+        self.sub.close()
+        self.ctx.term()
+
+
+class Bench:
+    def __init__(self, tree: Tree, fake: FakeBinance) -> None:
+        self.tree = tree
+        self.fake = fake
+        self.config = load_config(str(tree.config_path))
+        self.ctx = zmq.Context()
+        self.trade_id = 1000
+        self.conn = None
+
+    def leader(self) -> LeaderStatus | None:
+        reply = request(self.ctx, self.config.leader_endpoint(SYMBOL), LeaderStatusRequest(), leader_reply_decoder, 500)
+        return reply if isinstance(reply, LeaderStatus) else None
+
+    def trader(self) -> tuple[int, int, float] | None:
+        """(pid, cycle, ready_at) of trader 0 once it said hello with a fresh cycle (no buy yet)."""
+        status = self.leader()
+        t = next((t for t in status.traders if t.trader_id == 0), None) if status else None
+        if t and t.pid and t.ready_at and t.state and t.state.buy_order is None and t.state.intent is None:
+            return t.pid, t.state.cycle, t.ready_at
+        return None
+
+    def push(self, price: str) -> int:
+        """One trade frame, written to streamerd's connection; returns the send time in ns."""
+        self.trade_id += 1
+        frame = server_frame(trade_json(SYMBOL, self.trade_id, price=price))
+        if self.conn is None or self.conn.closed:
+            self.conn = self.fake.wait_for_subscription(f"{SYMBOL.lower()}@trade", timeout=10)
+        sent = time.time_ns()
+        if not self.conn.send(frame):
+            raise RuntimeError("streamerd's websocket connection dropped")
+        return sent
+
+    def order(self, client_order_id: str) -> dict | None:
+        orders = self.tree.http.get(f"{self.tree.paper_url}/paper/orders", params={"symbol": SYMBOL}, timeout=5).json()
+        return next((o for o in orders if o["clientOrderId"] == client_order_id), None)
+
+    def until(self, what: str, price: str, probe) -> tuple[object, list[tuple[int, int]]]:  # noqa: ANN001
+        """Send a trade at `price` (again every RETRY_S) until `probe()` answers; the sends made."""
+        sends = [(self.push(price), self.trade_id)]
+        deadline = time.monotonic() + 20
+        while True:
+            found = probe()
+            if found:
+                return found, sends
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            time.sleep(0.005)  # polling harder would take CPU from the tree (2 cores)
+            if time.time_ns() - sends[-1][0] > RETRY_S * 1e9:
+                sends.append((self.push(price), self.trade_id))
+
+    def cycle(self, tap: Tap, settle: float = 0.01) -> tuple[float, float | None]:
+        pid, cycle, _ = wait_for("a fresh trader", self.trader, interval=0.002)
+        time.sleep(settle)  # its SUB subscription reaches streamerd's XPUB right after the hello; be sure
+        buy_id = f"nv-{SYMBOL}-0-{cycle}B"
+        buy, sends = self.until("the buy", str(PRICE), lambda: self.order(buy_id))
+        received = buy["receivedNs"]
+        sent, trade_id = max((s for s in sends if s[0] <= received), default=sends[0])
+        total = (received - sent) / 1e6
+        tapped = tap.seen.get(trade_id)
+        streamer = (tapped - sent) / 1e6 if tapped else None
+        # finish the cycle: fill the buy, then the sell; the trader exits and the next one starts
+        sell_id = f"nv-{SYMBOL}-0-{cycle}S"
+        self.until("the sell", LOW, lambda: self.order(sell_id))
+        self.until("the next cycle", HIGH, lambda: (t := self.trader()) and t[0] != pid)
+        return total, streamer
+
+    # --- the trader leg, part by part ----------------------------------------------------
+
+    def parts(self, rounds: int) -> dict[str, dict[str, float]]:
+        """Each step of a fresh trader's first order, timed alone against the live tree."""
+        out: dict[str, list[float]] = {"leader ack (state stored)": [], "exchange: cold client, first order": [],
+                                      "exchange: warm client, one order": [], "exchange: cold client, server time only": []}
+        # a state write the leader must store before it acks, on a spare trader id the leader never runs
+        status = self.leader()
+        settings = next(t.state.settings for t in status.traders if t.state)
+        req = self.ctx.socket(zmq.REQ)
+        req.setsockopt(zmq.LINGER, 0)
+        req.connect(self.config.leader_endpoint(SYMBOL))
+        for i in range(rounds):
+            payload = encode(StateUpdated(TraderState(SYMBOL, 99, 10_000_000 + i, settings), 0))
+            start = time.perf_counter()
+            req.send(payload)
+            req.recv()
+            out["leader ack (state stored)"].append((time.perf_counter() - start) * 1000)
+        req.close()
+        for i in range(rounds):
+            client = exchange.client_for(self.config)
+            start = time.perf_counter()
+            client.server_time()
+            out["exchange: cold client, server time only"].append((time.perf_counter() - start) * 1000)
+            client.close()
+            client = exchange.client_for(self.config)
+            start = time.perf_counter()
+            client.new_order("ADAUSDT", "BUY", "0.1000", "100.0", f"bench-cold-{os.getpid()}-{i}")
+            out["exchange: cold client, first order"].append((time.perf_counter() - start) * 1000)
+            start = time.perf_counter()
+            client.new_order("ADAUSDT", "BUY", "0.1000", "100.0", f"bench-warm-{os.getpid()}-{i}")
+            out["exchange: warm client, one order"].append((time.perf_counter() - start) * 1000)
+            client.close()
+        return {name: percentiles(v) for name, v in out.items()}
+
+
+def profile(tree: Tree, bench: Bench, tap: Tap, cycles: int, directory: Path) -> None:
+    """py-spy on the leader and its forked traders while cycles run: where the active time goes."""
+    spy = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")
+    if spy is None:
+        print("\nprofile: py-spy is not installed (pip install py-spy into the venv)")
+        return
+    leader = bench.leader()
+    out = directory / "profile.txt"
+    proc = subprocess.Popen([spy, "record", "--subprocesses", "--rate", "1000", "--format", "raw", "--output", str(out),
+                             "--pid", str(leader.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    try:
+        for _ in range(cycles):
+            bench.cycle(tap, settle=0.3)  # py-spy finds a new child process within ~0.1 s
+    finally:
+        proc.send_signal(2)
+        _, err = proc.communicate(timeout=30)
+    if not out.exists():
+        print(f"\nprofile: py-spy failed: {err.decode(errors='replace')[-300:]}")
+        return
+    # raw format: "process title;frame;frame;... count" per line; only the traders' active samples
+    leaf, inclusive, total = Counter(), Counter(), 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        parts = stack.split(";")
+        if not any(f.startswith("process ") and "trader" in f for f in parts):
+            continue
+        n = int(count)
+        total += n
+        frames = [f for f in parts if not f.startswith("process ")]
+        if frames[-1].startswith(("Poller.poll (zmq", "Socket.poll (zmq")):
+            continue  # waiting for a trade or an ack: idle, whatever py-spy thinks
+        leaf[frames[-1]] += n
+        for f in set(frames):
+            inclusive[f] += n
+    if total == 0:
+        print("\nprofile: no trader samples; py-spy said:", err.decode(errors="replace")[-300:])
+        print("\n".join(out.read_text().splitlines()[:3])[:600])
+        return
+    print(f"\nprofile: py-spy, traders' active samples over {cycles} cycles ({total} samples at 1 kHz,"
+          " zmq waits left out; whole cycles: buy, fill checks, sell)")
+    interesting = [f for f, _ in inclusive.most_common(60) if any(k in f for k in (
+        "report", "place", "new_order", "server_time", "_send", "connect", "call ", "on_trade", "decode", "getresponse",
+        "request ", "check", "act ", "resume", "__init__ (naived/trader", "_retrying", "poll"))]
+    for f in interesting[:14]:
+        print(f"  {inclusive[f] / max(total, 1):6.1%} incl  {f}")
+    print("  hottest leaves:")
+    for f, n in leaf.most_common(8):
+        print(f"  {n / max(total, 1):6.1%}       {f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="a few samples, to check the script works")
+    parser.add_argument("--profile", action="store_true", help="py-spy the traders over some more cycles")
+    parser.add_argument("--json", action="store_true", help="also print one BENCH-JSON line for bench/run_all")
+    args = parser.parse_args()
+    if args.quick:
+        args.samples = 10
+    with tempfile.TemporaryDirectory(prefix="naive-bench-") as directory, FakeBinance() as fake:
+        tree = Tree(Path(directory), CONFIG, market="binance")
+        tap = None
+        try:
+            tree._spawn("streamerd", "start", "--binance-url", fake.url)
+            tree.start_naived()
+            tap = Tap(tree_endpoint(tree))
+            tap.start()
+            assert tree.ctl("start-trading", SYMBOL).returncode == 0
+            bench = Bench(tree, fake)
+            totals, streamer = [], []
+            for _ in range(args.samples):
+                total, leg = bench.cycle(tap)
+                totals.append(total)
+                if leg is not None:
+                    streamer.append(leg)
+            t, s = percentiles(totals), percentiles(streamer)
+            trader_leg = [a - b for a, b in zip(totals, streamer)] if len(streamer) == len(totals) else []
+            print(f"tick to order, {SYMBOL}, one fresh trader cycle per sample (n={len(totals)})")
+            print(f"{'':<44}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}  (ms)")
+            row = lambda name, p: print(f"{name:<44}{p['p50']:9.3f}{p['p90']:9.3f}{p['p99']:9.3f}{p['max']:9.3f}")  # noqa: E731
+            row("frame -> order at the paper exchange", t)
+            row("  streamer leg: frame -> SUB (this process)", s)
+            if trader_leg:
+                row("  trader leg: SUB -> order request line", percentiles(trader_leg))
+            verdict = "met" if t["p50"] <= TARGET_P50_MS else f"MISSED by {t['p50'] - TARGET_P50_MS:.2f} ms ({t['p50'] / TARGET_P50_MS:.1f}x)"
+            print(f"target p50 <= {TARGET_P50_MS:g} ms: {verdict}")
+            parts = bench.parts(10 if args.quick else 50)
+            print("\nthe trader leg's steps, each timed alone against the live tree:")
+            for name, p in parts.items():
+                row(f"  {name}", p)
+            if args.profile:
+                profile(tree, bench, tap, 20 if args.quick else 100, Path(directory))
+            if args.json:
+                rows = [{"figure": "tick -> order at exchange", "unit": "ms", "p50": t["p50"], "p99": t["p99"], "peer": None,
+                         "ratio": None, "target": "p50<=1", "n": t["n"]},
+                        {"figure": "  streamer leg (ws frame -> SUB)", "unit": "ms", "p50": s["p50"], "p99": s["p99"],
+                         "peer": None, "ratio": None, "target": "", "n": s["n"]}]
+                print("BENCH-JSON: " + json.dumps(rows))
+        finally:
+            if tap is not None:
+                tap.stop()
+            tree.stop()
+
+
+def tree_endpoint(tree: Tree) -> str:
+    return load_config(str(tree.config_path)).streamer.endpoint
+
+
+if __name__ == "__main__":
+    main()
