@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 FILTERS_DEADLINE = 30.0  # how long to wait for the exchange at start before giving up
 
 
-COUNTERS = ("leader_starts", "orders_placed", "orders_filled", "intents_unknown")
+COUNTERS = ("leader_starts", "orders_placed", "orders_filled", "intents_unknown", "drift")
 
 
 def counts(old: TraderState | None, new: TraderState) -> dict[str, int]:
