@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness import BIN, Tree, open_buys, running_tree, wait_for
+from naived.exchange import BinanceClient
 
 RESTING = """
 [trading.defaults]
@@ -150,3 +151,12 @@ def test_status_answers_while_traders_restart(resting: Tree) -> None:
         result = resting.ctl("status", "XRPUSDT")  # right after the kills, mid-restart
         assert result.returncode == 0 and "XRPUSDT [running]" in result.stdout, result.stderr
         open_buys(resting, "XRPUSDT", 2)
+
+
+def test_reconciliation_reports_an_order_no_trader_owns(resting: Tree) -> None:
+    stray = BinanceClient(resting.paper_url, "paper-key", "paper-secret")
+    stray.new_order("XRPUSDT", "BUY", "0.1000", "100", "nv-XRPUSDT-9-999B")
+    resting.ctl("start-trading", "XRPUSDT")
+    open_buys(resting, "XRPUSDT", 2)
+    assert "drift: exchange has open order nv-XRPUSDT-9-999B that no trader owns" in resting.log("naived")
+    assert resting.symbol("XRPUSDT")["leader"]["counters"]["drift"] == 1
