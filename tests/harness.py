@@ -49,7 +49,11 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0, in
 
 
 class Tree:
-    def __init__(self, directory: Path, extra_config: str = "", market: str = "simulate") -> None:
+    def __init__(
+        self, directory: Path, extra_config: str = "", market: str = "simulate", streamer: str = "", paper: str = ""
+    ) -> None:
+        """`streamer` and `paper`: extra lines for the [streamer] and [paper] tables (TOML allows a
+        table once, so they cannot go into `extra_config`)."""
         self.dir = directory
         self.paper_port = free_port()
         run = directory / "run"
@@ -66,9 +70,11 @@ endpoint = "ipc://{run / 'market.sock'}"
 source = "{market}"
 simulate_rate = 50.0
 grace_seconds = 30.0
+{streamer}
 
 [paper]
 port = {self.paper_port}
+{paper}
 
 {extra_config}
 """
@@ -93,7 +99,19 @@ port = {self.paper_port}
         return proc
 
     def start_streamer(self) -> subprocess.Popen[bytes]:
-        return self._spawn("streamerd", "start")
+        self.streamer = self._spawn("streamerd", "start")
+        return self.streamer
+
+    def stop_streamer(self, timeout: float = 15.0) -> None:
+        """Stop the market: SIGTERM streamerd and wait for it (SIGKILL at the deadline)."""
+        proc = self.streamer
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
     def start_naived(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.naived = self._spawn("naived", "start", env=env)
@@ -130,6 +148,15 @@ port = {self.paper_port}
     def paper_orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
         orders = self.http.get(f"{self.paper_url}/paper/orders", timeout=5).json()
         return [o for o in orders if symbol is None or o["symbol"] == symbol]
+
+    def paper_balances(self) -> dict[str, dict[str, str]]:
+        return self.http.get(f"{self.paper_url}/paper/balances", timeout=5).json()
+
+    def history(self, symbol: str) -> list[dict[str, Any]]:
+        """Finished cycles of `symbol` (`naivectl history --json`), oldest first."""
+        result = self.ctl("history", symbol, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["cycles"]
 
     def log(self, name: str) -> str:
         return (self.dir / f"{name}.log").read_text(errors="replace")

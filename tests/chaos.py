@@ -1,0 +1,424 @@
+"""Chaos: kill -9 random processes of a trading tree, then check that no order was lost or placed twice.
+
+Shared by `tests/test_chaos.py` (short, in CI) and `bench/chaos.py` (long, on demand).
+
+The market is the real BTCUSDT tape (`../shared/data/binance-spot-tapes`, replayed by
+streamerd at a speed that makes it last the run) or, without it, streamerd's simulated
+market. naived trades it with several traders and a negative profit interval, so cycles
+finish within seconds; the paper exchange injects faults (seeded) on order requests.
+
+A killer sends SIGKILL at random moments to random traders, leaders, symbol supervisors
+and the paper exchange, taking PIDs from `naivectl status --json` (never by name). After a
+leader or supervisor kill it waits, with a deadline, until the new leader's traders have
+all said hello again, and keeps that time (the leader timestamps each hello: `ready_at`).
+
+Then it stops the market, waits until the tree settles (every trader running, no pending
+intent, states and the exchange's orders unchanged for a while: polled, with a deadline)
+and checks the invariants of DESIGN.md "Never lose or duplicate an order" against the
+paper exchange's records, the live states and the finished cycles.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import random
+import re
+import signal
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from harness import Tree, wait_for
+from naived.symbols import lookup
+
+TAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-tapes"
+TAPE_FILES = [TAPES / "btcusdt_20240808.gz", TAPES / "btcusdt_20240809.gz"]
+SYMBOL = "BTCUSDT"
+CHUNKS = 4
+START_USDT = Decimal("10000")
+CID = re.compile(r"^nv-([A-Z0-9]+)-(\d+)-(\d+)([BS])$")
+OPEN = ("NEW", "PARTIALLY_FILLED")
+KINDS = {"trader": 6, "leader": 2, "supervisor": 1, "paper": 1}  # how often each is the victim
+
+# Buy 0.001% under the first price, sell slightly *below* the buy plus fees: on BTCUSDT that is
+# ~0.6 USDT down then ~0.1 USDT back, so a cycle takes seconds of tape. No restart intensity:
+# the killer restarts things on purpose. A 1 s exchange timeout keeps accept_then_timeout short.
+CONFIG = f"""
+[trading.defaults]
+chunks = {CHUNKS}
+budget = "100"
+buy_down_interval = "0.00001"
+profit_interval = "-0.002"
+
+[naived.supervision]
+max_restarts = 1000000
+period_seconds = 1.0
+stop_timeout_seconds = 3.0
+
+[exchange]
+timeout_seconds = 1.0
+"""
+
+FAULTS = """
+[paper.faults]
+accept_then_timeout = 0.01
+accept_then_5xx = 0.02
+rate_limit_429 = 0.01
+stale_timestamp = 0.01
+drop_connection = 0.02
+retry_after_seconds = 1
+seed = {seed}
+"""
+
+
+def tape_available() -> bool:
+    return all(p.is_file() for p in TAPE_FILES)
+
+
+def tape_seconds() -> float:
+    """Span of the tapes' trades (receive times), in seconds."""
+    stamps = []
+    for path in TAPE_FILES:
+        first = last = None
+        with gzip.open(path, "rb") as f:
+            for line in f:
+                if b'@trade"' in line:
+                    stamp = int(line.split(b" ", 1)[0])
+                    first = first or stamp
+                    last = stamp
+        stamps += [first, last]
+    return (max(stamps) - min(stamps)) / 1e9
+
+
+def make_tree(directory: Path, seed: int, market_seconds: float, faults: bool = True) -> Tree:
+    """A tree trading BTCUSDT on the tape, replayed to last about `market_seconds`; else simulated."""
+    if tape_available():
+        files = ", ".join(f'"{p}"' for p in TAPE_FILES)
+        speed = max(1.0, tape_seconds() / market_seconds)
+        streamer = f'replay_files = [{files}]\nreplay_speed = {speed:.3f}'
+        market = "replay"
+    else:
+        streamer = f"simulate_seed = {seed}"  # at the harness's 50 trades/s: cycles within seconds
+        market = "simulate"
+    extra = CONFIG + (FAULTS.format(seed=seed) if faults else "")
+    return Tree(directory, extra, market=market, streamer=streamer)
+
+
+# --- the killer ------------------------------------------------------------------------
+
+
+def victims(tree: Tree, status: dict[str, Any]) -> dict[str, list[int]]:
+    """PIDs by kind, from one status answer."""
+    found: dict[str, list[int]] = {kind: [] for kind in KINDS}
+    paper = status.get("paper_exchange")
+    if paper and paper["pid"]:
+        found["paper"].append(paper["pid"])
+    for sym in status["symbols"]:
+        if sym["supervisor"]["pid"]:
+            found["supervisor"].append(sym["supervisor"]["pid"])
+        leader = sym.get("leader")
+        if leader:
+            found["leader"].append(leader["pid"])
+            found["trader"] += [t["pid"] for t in leader["traders"] if t["pid"]]
+    return found
+
+
+def ours(tree: Tree, pid: int) -> bool:
+    """Is `pid` (still) a process of this tree: a descendant of our naived, titled `naive: ...`?"""
+    try:
+        process = psutil.Process(pid)
+        if not " ".join(process.cmdline()).startswith("naive: "):
+            return False
+        return any(p.pid == tree.naived.pid for p in process.parents())
+    except psutil.Error:
+        return False
+
+
+def recovered(tree: Tree, old_leader: int) -> float | None:
+    """When a new leader's traders have all said hello: the last `ready_at`, else None."""
+    sym = tree.symbol(SYMBOL)
+    leader = sym and sym.get("leader")
+    if not leader or leader["pid"] == old_leader:
+        return None
+    traders = [t for t in leader["traders"] if t["pid"]]
+    if len(traders) < CHUNKS or not all(t["ready_at"] for t in traders):
+        return None
+    return max(t["ready_at"] for t in traders)
+
+
+@dataclass
+class Report:
+    kills: Counter = field(default_factory=Counter)  # by kind
+    recovery_ms: dict[str, list[float]] = field(default_factory=lambda: {"leader": [], "supervisor": []})
+    kill_seconds: float = 0.0
+    settle_seconds: float = 0.0
+    cycles: int = 0
+    orders: int = 0
+    lost: list[str] = field(default_factory=list)  # named by a state or cycle, not at the exchange
+    orphaned: list[str] = field(default_factory=list)  # at the exchange, owned by no state or cycle
+    duplicated: list[str] = field(default_factory=list)  # (symbol, trader, cycle, leg) placed twice
+    problems: list[str] = field(default_factory=list)  # every broken invariant, lost/duplicated included
+    traders: dict[str, int] = field(default_factory=dict)  # live traders by status at the end
+
+    @property
+    def killed(self) -> int:
+        return sum(self.kills.values())
+
+    def summary(self) -> str:
+        lines = [
+            f"kills survived: {self.killed if not self.problems else 'FAILED'} of {self.killed} "
+            f"({', '.join(f'{k} {n}' for k, n in sorted(self.kills.items()))}) in {self.kill_seconds:.0f}s",
+            f"cycles completed: {self.cycles}; orders at the exchange: {self.orders}; live traders: "
+            + ", ".join(f"{s} {n}" for s, n in sorted(self.traders.items())),
+            f"orders lost: {len(self.lost) + len(self.orphaned)} (named but not at the exchange {len(self.lost)}, "
+            f"at the exchange but owned by nobody {len(self.orphaned)})",
+            f"orders duplicated: {len(self.duplicated)}",
+        ]
+        for kind, samples in self.recovery_ms.items():
+            if samples:
+                lines.append(f"{kind} kill -> all traders ready: {percentiles(samples)} ({len(samples)} kills)")
+        lines.append(f"settled in {self.settle_seconds:.1f}s after the market stopped")
+        lines += [f"PROBLEM: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def percentiles(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return f"p50 {statistics.median(ordered):.0f} ms, p99 {p99:.0f} ms, max {ordered[-1]:.0f} ms"
+
+
+def kill_loop(
+    tree: Tree, kills: int, rng: random.Random, report: Report, pause: tuple[float, float],
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    started = time.monotonic()
+    while report.killed < kills:
+        status = tree.status()
+        found = victims(tree, status)
+        kinds = [k for k in KINDS if found[k]]
+        if not kinds:
+            wait_for("any process to kill", lambda: any(victims(tree, tree.status()).values()))
+            continue
+        kind = rng.choices(kinds, weights=[KINDS[k] for k in kinds])[0]
+        pid = rng.choice(found[kind])
+        old_leader = next((p for p in found["leader"]), 0)
+        if not ours(tree, pid):
+            continue  # died (and maybe reused) since the status: pick again
+        killed_at = time.time()
+        os.kill(pid, signal.SIGKILL)
+        report.kills[kind] += 1
+        if kind in ("leader", "supervisor"):
+            ready = wait_for(f"{SYMBOL}'s traders after a {kind} kill", lambda: recovered(tree, old_leader), timeout=60)
+            report.recovery_ms[kind].append((ready - killed_at) * 1000)
+        if progress and report.killed % 50 == 0:
+            progress(f"{report.killed} kills, {time.monotonic() - started:.0f}s")
+        time.sleep(rng.uniform(*pause))  # the workload: random moments, not synchronisation
+    report.kill_seconds = time.monotonic() - started
+
+
+# --- settling and the invariants -------------------------------------------------------------
+
+
+def settle(tree: Tree, timeout: float = 90.0, stable_for: float = 1.5) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Wait until every trader runs with no pending intent and nothing changes for `stable_for` s."""
+    last: list[Any] = [None, 0.0]
+
+    def quiet() -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        status = tree.status()
+        if not status.get("paper_exchange") or not status["paper_exchange"]["pid"]:
+            return None
+        sym = next((s for s in status["symbols"] if s["symbol"] == SYMBOL), None)
+        leader = sym and sym.get("leader")
+        if not leader:
+            return None
+        traders = leader["traders"]
+        if len([t for t in traders if t["pid"] and t["ready_at"]]) < CHUNKS:
+            return None
+        if any(t["state"] and t["state"]["intent"] for t in traders):
+            return None
+        orders = tree.paper_orders(SYMBOL)
+        snapshot = (
+            leader["pid"],
+            [(t["trader_id"], t["pid"], t["state"]) for t in traders],
+            [(o["clientOrderId"], o["status"], o["executedQty"]) for o in orders],
+        )
+        now = time.monotonic()
+        if snapshot != last[0]:
+            last[0], last[1] = snapshot, now
+            return None
+        return (leader, orders) if now - last[1] >= stable_for else None
+
+    return wait_for("the tree to settle", quiet, timeout=timeout, interval=0.1)
+
+
+def _dec(value: str | None) -> Decimal:
+    return Decimal(value) if value is not None else Decimal(0)
+
+
+def check(tree: Tree, leader: dict[str, Any], orders: list[dict[str, Any]], report: Report) -> None:
+    problems = report.problems
+    history = tree.history(SYMBOL)
+    report.cycles = len(history)
+    report.orders = len(orders)
+
+    # 1. No two orders share a (symbol, trader, cycle, leg).
+    by_key: dict[tuple[str, int, int, str], list[dict[str, Any]]] = {}
+    for o in orders:
+        m = CID.match(o["clientOrderId"])
+        if not m:
+            problems.append(f"order {o['clientOrderId']} (orderId {o['orderId']}) was not placed by a trader")
+            continue
+        key = (m[1], int(m[2]), int(m[3]), m[4])
+        by_key.setdefault(key, []).append(o)
+    for key, same in sorted(by_key.items()):
+        if len(same) > 1:
+            report.duplicated.append(same[0]["clientOrderId"])
+            problems.append(f"{key} placed {len(same)} times: orderIds {[o['orderId'] for o in same]}")
+    at_exchange = {o["clientOrderId"]: o for o in orders}
+
+    # 2. Owners: every live state and finished cycle names its orders; each order has one owner.
+    owners: dict[str, list[str]] = {}
+    named: dict[str, dict[str, Any]] = {}  # cid -> the owner's view of the order
+    cycles_seen: Counter = Counter()
+
+    def own(state: dict[str, Any], who: str) -> None:
+        cycles_seen[state["cycle"]] += 1
+        for leg, order in (("B", state["buy_order"]), ("S", state["sell_order"])):
+            if order is None:
+                continue
+            cid = order["client_order_id"]
+            expected = f"nv-{SYMBOL}-{state['trader_id']}-{state['cycle']}{leg}"
+            if cid != expected:
+                problems.append(f"{who} names {cid} as its {leg} leg; expected {expected}")
+            owners.setdefault(cid, []).append(who)
+            named[cid] = order
+
+    live = {t["trader_id"]: t for t in leader["traders"]}
+    for trader_id in range(CHUNKS):
+        t = live.get(trader_id)
+        if t is None or not t["pid"] or not t["state"]:
+            problems.append(f"trader {trader_id} is not running with a state: {t}")
+    for t in leader["traders"]:
+        s = t["state"]
+        if s is None:
+            continue
+        who = f"trader {s['trader_id']} (cycle {s['cycle']}, {s['status']})"
+        own(s, who)
+        report.traders[s["status"]] = report.traders.get(s["status"], 0) + 1
+        buy, sell = s["buy_order"], s["sell_order"]
+        # 3. Mid-cycle with a consistent state (the market is quiet: the exchange's word is final).
+        if s["intent"] is not None:
+            problems.append(f"{who} still has a pending intent {s['intent']}")
+        ok = {
+            "new": buy is None and sell is None,
+            "buying": buy is not None and buy["status"] in OPEN and sell is None,
+            "selling": buy is not None and buy["status"] == "FILLED" and sell is not None and sell["status"] in OPEN,
+        }.get(s["status"], False)
+        if not ok:
+            problems.append(f"{who} is not a consistent mid-cycle state: buy {buy}, sell {sell}")
+    for c in history:
+        who = f"finished cycle {c['cycle']} (trader {c['trader_id']})"
+        own(c, who)
+        buy, sell = c["buy_order"], c["sell_order"]
+        if not (c["status"] == "done" and buy and sell and buy["status"] == sell["status"] == "FILLED"
+                and _dec(sell["executed_qty"]) == _dec(buy["executed_qty"]) > 0):
+            problems.append(f"{who} did not finish with a filled buy and sell of the same quantity: {c}")
+    for cycle, n in cycles_seen.items():
+        if n > 1:
+            problems.append(f"cycle {cycle} belongs to {n} traders or finished cycles")
+    for cid, who in sorted(owners.items()):
+        if len(who) > 1:
+            problems.append(f"{cid} is owned {len(who)} times: {who}")
+
+    # 4. Every order at the exchange has an owner; every named order exists, as its owner says.
+    for cid in sorted(set(at_exchange) - set(owners)):
+        o = at_exchange[cid]
+        report.orphaned.append(cid)
+        problems.append(f"{cid} ({o['side']} {o['status']}, orderId {o['orderId']}) is at the exchange, owned by nobody")
+    for cid in sorted(set(owners) - set(at_exchange)):
+        report.lost.append(cid)
+        problems.append(f"{cid} is named by {owners[cid]} but the exchange has no such order")
+    for cid in sorted(set(owners) & set(at_exchange)):
+        mine, theirs = named[cid], at_exchange[cid]
+        same = (
+            mine["side"] == theirs["side"]
+            and _dec(mine["price"]) == _dec(theirs["price"])
+            and _dec(mine["quantity"]) == _dec(theirs["origQty"])
+            and mine["status"] == theirs["status"]
+            and _dec(mine["executed_qty"]) == _dec(theirs["executedQty"])
+            and (mine["order_id"] is None or mine["order_id"] == theirs["orderId"])
+        )
+        if not same:
+            problems.append(
+                f"{cid}: {owners[cid][0]} says {mine['side']} {mine['quantity']} @ {mine['price']} {mine['status']} "
+                f"executed {mine['executed_qty']}; the exchange says {theirs['side']} {theirs['origQty']} @ "
+                f"{theirs['price']} {theirs['status']} executed {theirs['executedQty']}"
+            )
+
+    # 5. Balances: the starting balance plus every fill; locked = what open orders still commit.
+    f = lookup(SYMBOL)
+    expected = {f.quote: START_USDT, f.base: Decimal(0)}
+    locked = {f.quote: Decimal(0), f.base: Decimal(0)}
+    for o in tree.paper_orders():  # every symbol: the account is shared
+        price, filled = _dec(o["price"]), sum((_dec(x["qty"]) for x in o["fills"]), Decimal(0))
+        if filled != _dec(o["executedQty"]):
+            problems.append(f"{o['clientOrderId']}: fills add up to {filled}, executedQty is {o['executedQty']}")
+        base, quote = (f.base, f.quote) if o["symbol"] == SYMBOL else (None, None)
+        if base is None:
+            continue
+        sign = 1 if o["side"] == "BUY" else -1
+        for x in o["fills"]:
+            expected[base] += sign * _dec(x["qty"])
+            expected[quote] -= sign * _dec(x["price"]) * _dec(x["qty"])
+        if o["status"] in OPEN:
+            remaining = _dec(o["origQty"]) - _dec(o["executedQty"])
+            if o["side"] == "BUY":
+                locked[quote] += price * remaining
+            else:
+                locked[base] += remaining
+    balances = tree.paper_balances()
+    for asset, amount in expected.items():
+        b = balances.get(asset, {"free": "0", "locked": "0"})
+        total = _dec(b["free"]) + _dec(b["locked"])
+        if total != amount:
+            problems.append(f"{asset}: the exchange holds {total}, start + fills = {amount}")
+        if _dec(b["locked"]) != locked[asset]:
+            problems.append(f"{asset}: {b['locked']} locked, open orders commit {locked[asset]}")
+
+
+def run(
+    directory: Path, kills: int, seed: int = 1, pause: tuple[float, float] = (0.05, 0.5),
+    market_seconds: float | None = None, faults: bool = True, progress: Callable[[str], None] | None = None,
+) -> Report:
+    """One chaos run in `directory`; the tree is stopped (every process killed) on the way out."""
+    rng = random.Random(seed)
+    if market_seconds is None:  # about as long as the killing: the tape keeps trades flowing throughout
+        market_seconds = kills * (sum(pause) / 2 + 0.25)
+    tree = make_tree(directory, seed, market_seconds, faults)
+    report = Report()
+    try:
+        tree.start_streamer()
+        tree.start_naived()
+        assert tree.ctl("start-trading", SYMBOL).returncode == 0
+        wait_for(f"{CHUNKS} {SYMBOL} traders", lambda: recovered(tree, 0), timeout=30)
+        kill_loop(tree, kills, rng, report, pause, progress)
+        stopped = time.monotonic()
+        tree.stop_streamer()
+        leader, orders = settle(tree)
+        report.settle_seconds = time.monotonic() - stopped
+        check(tree, leader, orders, report)
+        sym = tree.symbol(SYMBOL)
+        if sym["state"] != "running":
+            report.problems.append(f"{SYMBOL} is {sym['state']}: {sym['error']}")
+    finally:
+        tree.stop()
+    return report
