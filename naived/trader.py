@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 LEADER_TIMEOUT_MS = 2000
 CHECK_INTERVAL = 0.05  # at most one order query per this many seconds while the price sits on our order
-IDLE_POLL_MS = 1000
 BACKOFF_MAX = 2.0
 
 
@@ -155,6 +154,14 @@ class Trader:
         self.recheck = client_order_id if follow_up and order.status != "FILLED" else None
         return action
 
+    def warm_up(self) -> None:
+        """Open the exchange connection and learn its clock before the first trade, so the
+        first order does not pay for a TCP handshake and a server-time request."""
+        try:
+            self.client.server_time()
+        except Exception as exc:  # the first order will retry whatever failed here
+            log.warning("exchange warm-up failed: %s", exc)
+
     # --- the cycle -------------------------------------------------------------------
 
     def act(self, action: strategy.Action) -> bool:
@@ -204,8 +211,11 @@ class Trader:
         try:
             if self.resume():
                 return 0
+            if self.state.status == "new":
+                self.warm_up()
             while True:
-                timeout = int(CHECK_INTERVAL * 1000) if self.recheck else IDLE_POLL_MS
+                # Idle traders sleep until a trade arrives: hundreds of them cost no CPU.
+                timeout = int(CHECK_INTERVAL * 1000) if self.recheck else None
                 if not self.sub.poll(timeout, zmq.POLLIN):
                     if self.recheck and self.act(self.check(self.recheck, follow_up=False)):
                         return 0

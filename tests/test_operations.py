@@ -147,7 +147,10 @@ def test_status_answers_while_traders_restart(resting: Tree) -> None:
     open_buys(resting, "XRPUSDT", 2)
     for _ in range(15):
         for t in resting.traders("XRPUSDT").values():
-            os.kill(t["pid"], signal.SIGKILL)
+            try:
+                os.kill(t["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # gone already: after too many restarts the leader itself restarts its traders
         result = resting.ctl("status", "XRPUSDT")  # right after the kills, mid-restart
         assert result.returncode == 0 and "XRPUSDT [running]" in result.stdout, result.stderr
         open_buys(resting, "XRPUSDT", 2)
