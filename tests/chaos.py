@@ -48,15 +48,16 @@ CID = re.compile(r"^nv-([A-Z0-9]+)-(\d+)-(\d+)([BS])$")
 OPEN = ("NEW", "PARTIALLY_FILLED")
 KINDS = {"trader": 6, "leader": 2, "supervisor": 1, "paper": 1}  # how often each is the victim
 
-# Buy 0.001% under the first price, sell slightly *below* the buy plus fees: on BTCUSDT that is
-# ~0.6 USDT down then ~0.1 USDT back, so a cycle takes seconds of tape. No restart intensity:
+# Buy 0.0001% under the first price (~0.06 USDT on BTCUSDT), sell ~0.1% *below* the buy: the buy
+# fills at the next lower print, the sell at the next higher one, so cycles take seconds of tape
+# and every leg of the protocol (intent, place, check, fill) runs many times. No restart intensity:
 # the killer restarts things on purpose. A 1 s exchange timeout keeps accept_then_timeout short.
 CONFIG = f"""
 [trading.defaults]
 chunks = {CHUNKS}
 budget = "100"
-buy_down_interval = "0.00001"
-profit_interval = "-0.002"
+buy_down_interval = "0.000001"
+profit_interval = "-0.003"
 
 [naived.supervision]
 max_restarts = 1000000
@@ -69,11 +70,11 @@ timeout_seconds = 1.0
 
 FAULTS = """
 [paper.faults]
-accept_then_timeout = 0.01
-accept_then_5xx = 0.02
-rate_limit_429 = 0.01
-stale_timestamp = 0.01
-drop_connection = 0.02
+accept_then_timeout = 0.03
+accept_then_5xx = 0.04
+rate_limit_429 = 0.02
+stale_timestamp = 0.02
+drop_connection = 0.04
 retry_after_seconds = 1
 seed = {seed}
 """
@@ -98,7 +99,7 @@ def tape_seconds() -> float:
     return (max(stamps) - min(stamps)) / 1e9
 
 
-def make_tree(directory: Path, seed: int, market_seconds: float, faults: bool = True) -> Tree:
+def make_tree(directory: Path, seed: int, market_seconds: float, faults: bool = True, partial_fills: bool = False) -> Tree:
     """A tree trading BTCUSDT on the tape, replayed to last about `market_seconds`; else simulated."""
     if tape_available():
         files = ", ".join(f'"{p}"' for p in TAPE_FILES)
@@ -109,7 +110,8 @@ def make_tree(directory: Path, seed: int, market_seconds: float, faults: bool = 
         streamer = f"simulate_seed = {seed}"  # at the harness's 50 trades/s: cycles within seconds
         market = "simulate"
     extra = CONFIG + (FAULTS.format(seed=seed) if faults else "")
-    return Tree(directory, extra, market=market, streamer=streamer)
+    paper = "partial_fills = true" if partial_fills else ""  # a trade fills at most its own quantity
+    return Tree(directory, extra, market=market, streamer=streamer, paper=paper)
 
 
 # --- the killer ------------------------------------------------------------------------
@@ -397,13 +399,14 @@ def check(tree: Tree, leader: dict[str, Any], orders: list[dict[str, Any]], repo
 
 def run(
     directory: Path, kills: int, seed: int = 1, pause: tuple[float, float] = (0.05, 0.5),
-    market_seconds: float | None = None, faults: bool = True, progress: Callable[[str], None] | None = None,
+    market_seconds: float | None = None, faults: bool = True, partial_fills: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> Report:
     """One chaos run in `directory`; the tree is stopped (every process killed) on the way out."""
     rng = random.Random(seed)
     if market_seconds is None:  # about as long as the killing: the tape keeps trades flowing throughout
         market_seconds = kills * (sum(pause) / 2 + 0.25)
-    tree = make_tree(directory, seed, market_seconds, faults)
+    tree = make_tree(directory, seed, market_seconds, faults, partial_fills)
     report = Report()
     try:
         tree.start_streamer()
