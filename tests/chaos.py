@@ -7,8 +7,9 @@ streamerd at a speed that makes it last the run) or, without it, streamerd's sim
 market. naived trades it with several traders and a negative profit interval, so cycles
 finish within seconds; the paper exchange injects faults (seeded) on order requests.
 
-A killer sends SIGKILL at random moments to random traders, leaders, symbol supervisors
-and the paper exchange, taking PIDs from `naivectl status --json` (never by name). After a
+A killer sends SIGKILL at random moments to random traders, leaders, symbol supervisors,
+the paper exchange and naived itself (started again, as systemd would), taking PIDs from
+`naivectl status --json` (never by name). After a naived,
 leader or supervisor kill it waits, with a deadline, until the new leader's traders have
 all said hello again, and keeps that time (the leader timestamps each hello: `ready_at`).
 
@@ -46,7 +47,8 @@ CHUNKS = 4
 START_USDT = Decimal("10000")
 CID = re.compile(r"^nv-([A-Z0-9]+)-(\d+)-(\d+)([BS])$")
 OPEN = ("NEW", "PARTIALLY_FILLED")
-KINDS = {"trader": 6, "leader": 2, "supervisor": 1, "paper": 1}  # how often each is the victim
+# How often each is the victim. naived itself too: the killer then starts it again, as systemd would.
+KINDS = {"trader": 12, "leader": 4, "supervisor": 2, "paper": 2, "naived": 1}
 
 # Buy 0.0001% under the first price (~0.06 USDT on BTCUSDT), sell ~0.1% *below* the buy: the buy
 # fills at the next lower print, the sell at the next higher one, so cycles take seconds of tape
@@ -120,6 +122,7 @@ def make_tree(directory: Path, seed: int, market_seconds: float, faults: bool = 
 def victims(tree: Tree, status: dict[str, Any]) -> dict[str, list[int]]:
     """PIDs by kind, from one status answer."""
     found: dict[str, list[int]] = {kind: [] for kind in KINDS}
+    found["naived"].append(status["pid"])
     paper = status.get("paper_exchange")
     if paper and paper["pid"]:
         found["paper"].append(paper["pid"])
@@ -135,6 +138,8 @@ def victims(tree: Tree, status: dict[str, Any]) -> dict[str, list[int]]:
 
 def ours(tree: Tree, pid: int) -> bool:
     """Is `pid` (still) a process of this tree: a descendant of our naived, titled `naive: ...`?"""
+    if pid == tree.naived.pid:
+        return tree.naived.poll() is None
     try:
         process = psutil.Process(pid)
         if not " ".join(process.cmdline()).startswith("naive: "):
@@ -159,7 +164,7 @@ def recovered(tree: Tree, old_leader: int) -> float | None:
 @dataclass
 class Report:
     kills: Counter = field(default_factory=Counter)  # by kind
-    recovery_ms: dict[str, list[float]] = field(default_factory=lambda: {"leader": [], "supervisor": []})
+    recovery_ms: dict[str, list[float]] = field(default_factory=lambda: {"leader": [], "supervisor": [], "naived": []})
     kill_seconds: float = 0.0
     settle_seconds: float = 0.0
     cycles: int = 0
@@ -218,7 +223,10 @@ def kill_loop(
         killed_at = time.time()
         os.kill(pid, signal.SIGKILL)
         report.kills[kind] += 1
-        if kind in ("leader", "supervisor"):
+        if kind == "naived":
+            tree.naived.wait(10)
+            tree.start_naived()  # it resumes every symbol, leader and trader from the state directory
+        if kind in ("leader", "supervisor", "naived"):
             ready = wait_for(f"{SYMBOL}'s traders after a {kind} kill", lambda: recovered(tree, old_leader), timeout=60)
             report.recovery_ms[kind].append((ready - killed_at) * 1000)
         if progress and report.killed % 50 == 0:

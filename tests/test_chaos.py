@@ -11,11 +11,11 @@ from pathlib import Path
 
 import chaos
 
-KILLS = 60
+KILLS = 100
 
 
 def test_no_order_lost_or_duplicated_under_kill_9(tmp_path: Path) -> None:
-    report = chaos.run(tmp_path, kills=KILLS, seed=5, pause=(0.05, 0.5))
+    report = chaos.run(tmp_path, kills=KILLS, seed=5, pause=(0.02, 0.4), partial_fills=True)
     print(report.summary())
     assert report.killed >= 50
     assert not report.problems, report.summary() + f"\nlogs in {tmp_path}"
