@@ -51,6 +51,7 @@ import re
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -548,6 +549,15 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], app: PaperExchange) -> None:
         self.app = app
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that died mid-request (a trader killed with -9) is not the exchange's error:
+        one line, not socketserver's traceback on stderr."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            log.info("client %s:%d went away: %s", *client_address[:2], exc)
+            return
+        log.exception("request from %s:%d failed", *client_address[:2])
 
 
 # --- the process -------------------------------------------------------------------------------
