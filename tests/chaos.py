@@ -209,7 +209,7 @@ def kill_loop(
 ) -> None:
     started = time.monotonic()
     while report.killed < kills:
-        status = tree.status()
+        status = wait_for("naived's status", tree.status)  # the root may be busy restarting a child
         found = victims(tree, status)
         kinds = [k for k in KINDS if found[k]]
         if not kinds:
