@@ -340,8 +340,9 @@ class Root:
         sdnotify.notify("READY=1", f"STATUS={self.status_line()}")
         log.info("naived ready: control %s, exchange %s", self.config.control_endpoint, self.config.naived.exchange)
         watchdog = sdnotify.watchdog_interval()
-        timeout_ms = int(watchdog * 1000) if watchdog else None
+        next_ping = time.monotonic()
         while True:
+            timeout_ms = max(0, int((next_ping - time.monotonic()) * 1000)) if watchdog else None
             for item, _ in self.poller.poll(timeout_ms):
                 if item is self.control:
                     self.control.send(encode(self.handle(self.control.recv())))
@@ -352,8 +353,11 @@ class Root:
                     self.on_child_exit(item)
                 elif self.metrics is not None and item == self.metrics.fd:
                     self.metrics.serve()
-            if watchdog:
+            # Healthy = this loop turns and the paper exchange has not given up; otherwise
+            # systemd's watchdog restarts naived as a whole.
+            if watchdog and time.monotonic() >= next_ping and self.paper_failed is None:
                 sdnotify.notify("WATCHDOG=1", f"STATUS={self.status_line()}")
+                next_ping = time.monotonic() + watchdog
 
     def shutdown(self) -> int:
         """Stop the symbols first (their traders first of all), the paper exchange last."""
