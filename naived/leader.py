@@ -26,6 +26,7 @@ from naived.messages import (
     LeaderStatus,
     LeaderStatusRequest,
     RebuyTriggered,
+    Settings,
     ShutdownRequest,
     StateUpdated,
     TraderFailed,
@@ -89,9 +90,14 @@ class Leader:
         self.used_weight = 0
         self.store.bump("leader_starts")
         self.shutting_down = self.store.get_meta("shutting_down") == "1"
-        trading = config.trading.for_symbol(symbol)
-        self.traders_at_start = trading.traders_at_start
-        self.settings = strategy.settings_for(symbol, trading, self._filters())
+        self.trading = config.trading.for_symbol(symbol)
+        self.reconciled = False
+
+    @functools.cached_property
+    def settings(self) -> Settings:
+        """For fresh cycles only: a resumed trader keeps the settings its cycle began with, so a
+        restarted leader forks its traders without waiting for the exchange."""
+        return strategy.settings_for(self.symbol, self.trading, self._filters())
 
     def _filters(self):  # noqa: ANN202
         """Exchange filters, fetched once for all traders (the exchange may still be starting)."""
@@ -136,7 +142,7 @@ class Leader:
             self.store.finish(state)
             del self.states[trader_id]
             log.info("%s/%d: cycle %d finished", self.symbol, trader_id, state.cycle)
-            if self.shutting_down or trader_id >= self.settings.chunks:
+            if self.shutting_down or trader_id >= self.trading.chunks:
                 return True
         decision = self.supervisor.on_exit(child, status, count=not finished)
         if decision == "give_up":
@@ -155,13 +161,11 @@ class Leader:
             return
         prefix = f"{strategy.CLIENT_ID_PREFIX}-{self.symbol}-"
         at_exchange = {o.client_order_id for o in open_orders if o.client_order_id.startswith(prefix)}
-        ours = {
-            o.client_order_id
-            for s in self.states.values()
-            for o in (s.buy_order, s.sell_order)
-            if o is not None and o.status in ("NEW", "PARTIALLY_FILLED")
-        }
-        unowned, missing = at_exchange - ours, ours - at_exchange
+        orders = [o for s in self.states.values() for o in (s.buy_order, s.sell_order) if o is not None]
+        # An acked intent may already be an order at the exchange: it is owned, not drift.
+        owned = {o.client_order_id for o in orders} | {s.intent.client_order_id for s in self.states.values() if s.intent}
+        ours = {o.client_order_id for o in orders if o.status in ("NEW", "PARTIALLY_FILLED")}
+        unowned, missing = at_exchange - owned, ours - at_exchange
         for cid in sorted(unowned):
             log.warning("%s: drift: exchange has open order %s that no trader owns", self.symbol, cid)
         for cid in sorted(missing):
@@ -202,10 +206,10 @@ class Leader:
 
     def on_rebuy(self, trader_id: int) -> None:
         running = len(self.supervisor.children)
-        if self.shutting_down or running >= self.settings.chunks:
-            log.info("%s/%d: rebuy ignored (%d of %d traders running)", self.symbol, trader_id, running, self.settings.chunks)
+        if self.shutting_down or running >= self.trading.chunks:
+            log.info("%s/%d: rebuy ignored (%d of %d traders running)", self.symbol, trader_id, running, self.trading.chunks)
             return
-        free = next(i for i in range(self.settings.chunks) if str(i) not in self.supervisor.children)
+        free = next(i for i in range(self.trading.chunks) if str(i) not in self.supervisor.children)
         log.info("%s/%d: rebuy: starting trader %d", self.symbol, trader_id, free)
         self.start_trader(free)
 
@@ -249,10 +253,9 @@ class Leader:
     # --- the loop --------------------------------------------------------------------
 
     def run(self) -> int:
-        self.reconcile()
         trader_ids = set(self.states)
         if not self.shutting_down:
-            trader_ids |= set(range(self.traders_at_start))
+            trader_ids |= set(range(self.trading.traders_at_start))
         for trader_id in sorted(trader_ids):
             self.start_trader(trader_id)
         self.poller.register(self.rep, zmq.POLLIN)
@@ -273,6 +276,9 @@ class Leader:
                     if not self.on_trader_exit(item):
                         self.supervisor.stop_all()
                         return EXIT_GAVE_UP
+            if not self.reconciled and all(int(k) in self.ready_at for k in self.supervisor.children):
+                self.reconciled = True  # once the traders are back: it only reports, it can wait
+                self.reconcile()
             if self.shutting_down and not self.supervisor.children:
                 log.info("%s: last trader finished, symbol stopped", self.symbol)
                 self.store.set_meta("shutting_down", None)
