@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 LEADER_TIMEOUT_MS = 2000
 CHECK_INTERVAL = 0.05  # at most one order query per this many seconds while the price sits on our order
 BACKOFF_MAX = 2.0
+STALE_MARGIN = 0.25  # seconds on top of recvWindow: our estimate of the exchange's clock may be off by an RTT
 
 
 class LeaderLink:
@@ -74,6 +75,10 @@ class Trader:
         self.sub.setsockopt(zmq.SUBSCRIBE, trade_topic(self.symbol))
         self.leader = LeaderLink(self.ctx, config.leader_endpoint(self.symbol))
         self.client = exchange.client_for(config)
+        self.recv_window = config.exchange.recv_window_ms / 1000
+        # The latest moment an order request for our intent may have left: a predecessor that
+        # died cannot have sent one after this process was forked.
+        self.last_sent = time.time()
         self.last_check = 0.0
         self.recheck: str | None = None  # an order to query again once the poll goes quiet
 
@@ -109,16 +114,31 @@ class Trader:
 
         return self._retrying(f"look up {intent.client_order_id}", get)
 
+    def lookup_once_stale(self, intent: Intent) -> Order | None:
+        """Ask again once a request still in flight would be refused as stale.
+
+        "No such order" is definite only for requests the exchange has already seen: one sent
+        just before a crash may still arrive, be accepted, and make a second placement a
+        duplicate (Binance refuses a repeated client order id only while the first is open).
+        A request older than recvWindow is rejected (-1021), so after that it cannot execute.
+        """
+        wait = self.last_sent + self.recv_window + STALE_MARGIN - time.time()
+        if wait > 0:
+            log.info("%s not at the exchange; asking again in %.1fs, when no request in flight can still execute", intent.client_order_id, wait)
+            time.sleep(wait)
+        return self.lookup(intent)
+
     def place(self, intent: Intent) -> Order:
         """Place the intent's order exactly once, whatever fails on the way."""
         delay = 0.05
         while True:
             if intent.unknown:
-                found = self.lookup(intent)
+                found = self.lookup(intent) or self.lookup_once_stale(intent)
                 if found is not None:
                     log.info("adopted %s %s: %s", intent.side, intent.client_order_id, found.status)
                     return found
             try:
+                self.last_sent = time.time()
                 order = self.client.new_order(
                     self.symbol, intent.side, intent.price, intent.quantity, intent.client_order_id
                 )
