@@ -12,7 +12,7 @@ Prints kills survived, cycles completed, orders lost and duplicated (both must b
 time from a leader (or symbol supervisor) kill until all its traders are trading again (p50/p99,
 from the leader's `ready_at` hello timestamps). Exits 1 when an invariant broke.
 
-    /tmp/v/bin/python bench/chaos.py [--kills 1000] [--seed 1] [--pause 0.05 0.5] [--no-faults] [--partial-fills] [--keep] [--json]
+    .venv/bin/python bench/chaos.py [--kills 1000] [--seed 1] [--pause 0.05 0.5] [--no-faults] [--partial-fills] [--keep] [--json]
 """
 
 from __future__ import annotations

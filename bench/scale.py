@@ -14,7 +14,7 @@ their first trade they idle like a trader waiting for a fill.
 `[naived.supervision]`: the defaults (5 restarts in 10 s per child) are kept; a
 stop timeout of 10 s gives ~1100 processes time to stop in order.
 
-    /tmp/v/bin/python bench/scale.py [--symbols 400] [--idle-seconds 10] [--quick] [--json]
+    .venv/bin/python bench/scale.py [--symbols 400] [--idle-seconds 10] [--quick] [--json]
 """
 
 from __future__ import annotations

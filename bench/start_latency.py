@@ -8,7 +8,7 @@ its traders' hellos (`ready_at` in status, stamped by the leader). Two clocks:
 - from launching the `naivectl start-trading` command (adds a Python start-up).
 The symbol is stopped again before the next sample, so one symbol trades at a time.
 
-    /tmp/v/bin/python bench/start_latency.py [--samples 30] [--quick] [--json]
+    .venv/bin/python bench/start_latency.py [--samples 30] [--quick] [--json]
 """
 
 from __future__ import annotations

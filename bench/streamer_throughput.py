@@ -1,6 +1,6 @@
 """streamerd throughput: fake Binance websocket -> streamerd (decode, publish) -> SUB.
 
-    /tmp/v/bin/python bench/streamer_throughput.py [--quick]
+    .venv/bin/python bench/streamer_throughput.py [--quick]
 
 Part 1 measures websocket-client's recv_data() alone, in a fresh process per
 variant (websocket-client picks wsaccel up at import time when it is installed):

@@ -19,7 +19,7 @@ script then times the parts of the trader leg one by one against the live tree
 (the leader's acked state write, a cold vs a warm exchange client), and with
 `--profile` samples the traders with py-spy.
 
-    /tmp/v/bin/python bench/tick_to_order.py [--samples 200] [--quick] [--profile] [--json]
+    .venv/bin/python bench/tick_to_order.py [--samples 200] [--quick] [--profile] [--json]
 """
 
 from __future__ import annotations
