@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import msgspec
 import requests
@@ -37,6 +39,7 @@ from naived.messages import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LEADER_TIMEOUT_MS = 2000
 CHECK_INTERVAL = 0.05  # at most one order query per this many seconds while the price sits on our order
@@ -89,7 +92,7 @@ class Trader:
 
     # --- talking to the exchange ---------------------------------------------------
 
-    def _retrying(self, what: str, call):  # noqa: ANN001, ANN202 - a small local helper
+    def _retrying(self, what: str, call: Callable[[], T]) -> T:
         """Retry transient failures (unknown outcome, rate limit, connection) of a read."""
         delay = 0.05
         while True:
