@@ -41,7 +41,7 @@ from naived.messages import (
 )
 from naived.store import Store, store_path
 from naived.supervisor import EXIT_GAVE_UP, ChildSpec, SignalQueue, Supervisor
-from naived.symbols import filters_from_exchange_info
+from naived.symbols import SymbolFilters, filters_from_exchange_info
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Leader:
         restarted leader forks its traders without waiting for the exchange."""
         return strategy.settings_for(self.symbol, self.trading, self._filters())
 
-    def _filters(self):  # noqa: ANN202
+    def _filters(self) -> SymbolFilters:
         """Exchange filters, fetched once for all traders (the exchange may still be starting)."""
         deadline = time.monotonic() + FILTERS_DEADLINE
         delay = 0.02
