@@ -123,7 +123,6 @@ class TraderState(msgspec.Struct, frozen=True):
     sell_order: Order | None = None
     intent: Intent | None = None
     rebuy_notified: bool = False
-    last_price: str | None = None
 
 
 # --- trader -> leader (REQ/REP) ------------------------------------------------

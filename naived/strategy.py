@@ -86,8 +86,7 @@ Action = Place | Check | Rebuy | Finish | None
 
 
 def on_trade(state: TraderState, event: TradeEvent) -> tuple[TraderState, Action]:
-    """Decide on one trade event. The returned state records the last price seen."""
-    state = msgspec.structs.replace(state, last_price=event.p)
+    """Decide on one trade event; the state changes only when an order is to be placed."""
     price = Decimal(event.p)
     if state.intent is not None:
         return state, None  # the trader resolves its intent before anything else
