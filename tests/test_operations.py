@@ -163,3 +163,25 @@ def test_reconciliation_reports_an_order_no_trader_owns(resting: Tree) -> None:
     open_buys(resting, "XRPUSDT", 2)
     assert "drift: exchange has open order nv-XRPUSDT-9-999B that no trader owns" in resting.log("naived")
     assert resting.symbol("XRPUSDT")["leader"]["counters"]["drift"] == 1
+
+
+def test_an_unknown_outcome_is_settled_by_asking_never_by_resending_blindly(tmp_path: Path) -> None:
+    # Every order request is dropped before the exchange processes it: the traders cannot know
+    # whether their buy exists. They mark the intent unknown, ask, and place again only once a
+    # request still in flight would be refused as stale (recvWindow, 1 s here).
+    config = RESTING + '\n[exchange]\nrecv_window_ms = 1000\n\n[paper.faults]\ndrop_connection = 1.0\n'
+    with running_tree(tmp_path, config) as tree:
+        tree.ctl("start-trading", "XRPUSDT")
+
+        def both_unknown() -> bool:
+            traders = tree.traders("XRPUSDT").values()
+            return len(traders) == 2 and all(t["state"]["intent"] and t["state"]["intent"]["unknown"] for t in traders)
+
+        wait_for("both traders to hold an intent of unknown outcome", both_unknown)
+        assert tree.paper_orders("XRPUSDT") == []
+        assert tree.http.post(f"{tree.paper_url}/paper/faults", json={"drop_connection": 0.0}, timeout=5).ok
+        placed = open_buys(tree, "XRPUSDT", 2)
+        orders = tree.paper_orders("XRPUSDT")
+        assert sorted(o["clientOrderId"] for o in orders) == sorted(t["state"]["buy_order"]["client_order_id"] for t in placed.values())
+        assert "when no request in flight can still execute" in tree.log("naived")
+        assert tree.symbol("XRPUSDT")["leader"]["counters"]["intents_unknown"] == 2
