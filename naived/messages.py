@@ -47,10 +47,6 @@ def trade_topic(symbol: str) -> bytes:
     return TRADE_TOPIC_PREFIX + symbol.upper().encode()
 
 
-def symbol_of_topic(topic: bytes) -> str:
-    return topic[len(TRADE_TOPIC_PREFIX) :].decode()
-
-
 _trade_encoder = msgspec.msgpack.Encoder()
 _trade_decoder = msgspec.msgpack.Decoder(TradeEvent)
 

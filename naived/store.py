@@ -95,9 +95,6 @@ class Store:
             )
             self._db.execute("DELETE FROM traders WHERE trader_id = ?", (state.trader_id,))
 
-    def remove(self, trader_id: int) -> None:
-        self._db.execute("DELETE FROM traders WHERE trader_id = ?", (trader_id,))
-
     def finished_cycles(self) -> list[TraderState]:
         return [_decode(s) for (s,) in self._db.execute("SELECT state FROM cycles ORDER BY cycle")]
 

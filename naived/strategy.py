@@ -73,16 +73,11 @@ class Check:
 
 
 @dataclass(frozen=True)
-class Rebuy:
-    """The price fell far below our buy: ask the leader for another trader."""
-
-
-@dataclass(frozen=True)
 class Finish:
     """The sell is filled: the cycle is over."""
 
 
-Action = Place | Check | Rebuy | Finish | None
+Action = Place | Check | Finish | None
 
 
 def on_trade(state: TraderState, event: TradeEvent) -> tuple[TraderState, Action]:

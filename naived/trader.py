@@ -204,9 +204,6 @@ class Trader:
                 case strategy.Finish():
                     log.info("cycle %d finished", self.state.cycle)
                     return True
-                case strategy.Rebuy():
-                    self.leader.call(RebuyTriggered(self.state.trader_id))
-                    action = None
         return False
 
     def resume(self) -> bool:
@@ -248,7 +245,7 @@ class Trader:
                 if strategy.rebuy_due(self.state, event):
                     self.state = msgspec.structs.replace(self.state, rebuy_notified=True)
                     self.report()
-                    self.act(strategy.Rebuy())
+                    self.leader.call(RebuyTriggered(self.state.trader_id))
                 self.state, action = strategy.on_trade(self.state, event)
                 if self.act(action):
                     return 0
