@@ -339,11 +339,9 @@ class Root:
                 log.error("%s", reply.message)
         sdnotify.notify("READY=1", f"STATUS={self.status_line()}")
         log.info("naived ready: control %s, exchange %s", self.config.control_endpoint, self.config.naived.exchange)
-        watchdog = sdnotify.watchdog_interval()
-        next_ping = time.monotonic()
+        watchdog = sdnotify.Watchdog()
         while True:
-            timeout_ms = max(0, int((next_ping - time.monotonic()) * 1000)) if watchdog else None
-            for item, _ in self.poller.poll(timeout_ms):
+            for item, _ in self.poller.poll(watchdog.timeout_ms()):
                 if item is self.control:
                     self.control.send(encode(self.handle(self.control.recv())))
                 elif item == self.signals.fd:
@@ -355,9 +353,7 @@ class Root:
                     self.metrics.serve()
             # Healthy = this loop turns and the paper exchange has not given up; otherwise
             # systemd's watchdog restarts naived as a whole.
-            if watchdog and time.monotonic() >= next_ping and self.paper_failed is None:
-                sdnotify.notify("WATCHDOG=1", f"STATUS={self.status_line()}")
-                next_ping = time.monotonic() + watchdog
+            watchdog.tick(self.paper_failed is None, self.status_line)
 
     def shutdown(self) -> int:
         """Stop the symbols first (their traders first of all), the paper exchange last."""
