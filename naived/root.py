@@ -23,7 +23,8 @@ import requests
 import setproctitle
 import zmq
 
-from naived import exchange, paper_exchange, sdnotify, symbol_supervisor
+from naived import exchange, sdnotify, symbol_supervisor
+from naived import paper as paper_exchange
 from naived.config import Config, check_symbol
 from naived.ipc import bind_rep, request
 from naived.metrics import Metrics, MetricsEndpoint

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -75,30 +77,36 @@ class Market:
 class Exchange:
     """One paper-exchange process (restartable on the same port and state) and HTTP helpers."""
 
-    def __init__(self, directory: Path, market_endpoint: str, extra: str = "") -> None:
+    def __init__(self, directory: Path, market_endpoint: str, extra: str = "", listener: socket.socket | None = None) -> None:
         self.dir = directory
-        self.port = free_port()
+        self.listener = listener  # served instead of binding paper.port, as under naived's root
+        self.port = listener.getsockname()[1] if listener else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = directory / "naive.toml"
         self.config.write_text(
             f'[paths]\nstate_dir = "{directory / "state"}"\nruntime_dir = "{directory / "run"}"\n'
             f'[streamer]\nendpoint = "{market_endpoint}"\n'
             f'[exchange]\ntimeout_seconds = 0.4\n'
-            f'[paper]\nport = {self.port}\nbalances = {{ USDT = "10000", XRP = "100" }}\n{extra}\n'
+            f'[paper]\nport = {free_port() if listener else self.port}\nbalances = {{ USDT = "10000", XRP = "100" }}\n{extra}\n'
         )
         self.http = requests.Session()
         self.http.trust_env = False
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
-    def start(self) -> None:
+    def spawn(self) -> subprocess.Popen[bytes]:
         code = (
-            "import logging, sys; logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s');"
-            "from naived.config import load_config; from naived import paper_exchange;"
-            "paper_exchange.run(load_config(sys.argv[1]))"
+            "import logging, socket, sys; logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s');"
+            "from naived.config import load_config; from naived import paper;"
+            "fd = int(sys.argv[2]); paper.run(load_config(sys.argv[1]), socket.socket(fileno=fd) if fd >= 0 else None)"
         )
+        fd = self.listener.fileno() if self.listener else -1
         with open(self.dir / "paper-exchange.log", "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.config)], stderr=log, start_new_session=True)
+            return subprocess.Popen([sys.executable, "-c", code, str(self.config), str(fd)], stderr=log,
+                                    start_new_session=True, pass_fds=(fd,) if fd >= 0 else ())
+
+    def start(self) -> None:
+        self.proc = self.spawn()
 
         def up() -> bool:
             assert self.proc is not None and self.proc.poll() is None, self.log()
@@ -163,10 +171,10 @@ def market(tmp_path: Path) -> Iterator[Market]:
 def start(tmp_path: Path, market: Market) -> Iterator[Callable[..., Exchange]]:
     started: list[Exchange] = []
 
-    def make(extra: str = "") -> Exchange:
+    def make(extra: str = "", listener: socket.socket | None = None) -> Exchange:
         directory = tmp_path / f"x{len(started)}"
         directory.mkdir()
-        started.append(Exchange(directory, f"ipc://{tmp_path / 'market.sock'}", extra))
+        started.append(Exchange(directory, f"ipc://{tmp_path / 'market.sock'}", extra, listener))
         return started[-1]
 
     try:
@@ -438,3 +446,67 @@ def test_faults_are_deterministic_for_a_seed(ex: Exchange) -> None:
     first = pattern()
     assert any(first) and not all(first)
     assert pattern() == first
+
+
+# --- the process ------------------------------------------------------------------------------
+
+
+def test_serves_on_an_inherited_listening_socket(start: Callable[..., Exchange]) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        ex = start(listener=listener)  # paper.port in its config is another, unbound port
+        assert ex.client().exchange_info("XRPUSDT")["symbols"][0]["symbol"] == "XRPUSDT"
+        assert ex.kill(signal.SIGTERM) == 0
+
+
+def _refused_state(ex: Exchange) -> str:
+    """Start on the existing state file; it must exit at once, with one line naming the file."""
+    proc = ex.spawn()
+    assert proc.wait(10) == 1
+    lines = [line for line in ex.log().splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_corrupt_state_file_stops_it_and_is_left_as_it_was(ex: Exchange) -> None:
+    c = ex.client()
+    c.new_order("XRPUSDT", "BUY", "0.5", "20", "kept")
+    assert ex.kill(signal.SIGTERM) == 0
+    path = ex.dir / "state" / "paper-exchange.sqlite"
+    (ex.dir / "paper-exchange.log").write_text("")
+
+    garbage = b"this is not a database" * 300
+    path.write_bytes(garbage)
+    line = _refused_state(ex)
+    assert str(path) in line and "move it aside" in line
+    assert path.read_bytes() == garbage
+
+    # An intact SQLite file holding a value the book cannot read: refused the same way.
+    (ex.dir / "paper-exchange.log").write_text("")
+    path.unlink()
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); INSERT INTO meta VALUES ('initialized', '1');"
+                     "CREATE TABLE balances (asset TEXT PRIMARY KEY, free TEXT NOT NULL, locked TEXT NOT NULL);"
+                     "INSERT INTO balances VALUES ('USDT', 'lots', '0');")
+    db.close()
+
+    def rows() -> list[str]:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return list(db.iterdump())
+
+    before = rows()
+    assert str(path) in _refused_state(ex)
+    assert rows() == before  # what was committed is still there (the journal mode may have changed)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_state_file_stops_it(ex: Exchange) -> None:
+    assert ex.kill(signal.SIGTERM) == 0
+    path = ex.dir / "state" / "paper-exchange.sqlite"
+    (ex.dir / "paper-exchange.log").write_text("")
+    path.chmod(0)
+    try:
+        assert str(path) in _refused_state(ex)
+    finally:
+        path.chmod(0o600)

@@ -99,6 +99,25 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+def _open(path: Path) -> sqlite3.Connection:
+    """Connect, refusing a file that is not an intact paper-exchange database before anything
+    is written to it (journal mode and schema creation both write)."""
+    existed = path.exists() and path.stat().st_size > 0
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    if existed:
+        problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(problems[:3]))
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" not in tables:
+            raise sqlite3.DatabaseError("not a paper exchange database (no meta table)")
+    # WAL + synchronous=NORMAL: a commit is in the OS before we answer, which is what
+    # surviving kill -9 needs; only a power cut could lose the last transactions.
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -110,18 +129,25 @@ class PaperBook:
         self.fill_on_touch = fill_on_touch
         self.partial_fills = partial_fills
         self._lock = threading.Lock()
-        # WAL + synchronous=NORMAL: a commit is in the OS before we answer, which is what
-        # surviving kill -9 needs; only a power cut could lose the last transactions.
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        if self._db.execute("SELECT 1 FROM meta WHERE key = 'initialized'").fetchone() is None:
+        try:
+            self._db = _open(path)
+            # Schema, first balances and the first load in one transaction: a file the book
+            # cannot read is rolled back to exactly what it held.
             with self._transaction():
-                for asset, amount in starting_balances.items():
-                    self._db.execute("INSERT INTO balances VALUES (?, ?, '0')", (asset, str(amount)))
-                self._db.execute("INSERT INTO meta VALUES ('initialized', '1')")
-        self._load()
+                for statement in _SCHEMA.split(";"):
+                    self._db.execute(statement)
+                if self._db.execute("SELECT 1 FROM meta WHERE key = 'initialized'").fetchone() is None:
+                    for asset, amount in starting_balances.items():
+                        self._db.execute("INSERT INTO balances VALUES (?, ?, '0')", (asset, str(amount)))
+                    self._db.execute("INSERT INTO meta VALUES ('initialized', '1')")
+                self._load()
+        except (sqlite3.Error, OSError, ArithmeticError, ValueError, KeyError) as exc:
+            # Never start afresh over a file that may hold committed orders and balances:
+            # the operator decides (restore it, or move it aside), so say exactly that.
+            raise SystemExit(
+                f"paper exchange: cannot use its state file {path} ({type(exc).__name__}: {exc}); "
+                f"restore it from a backup, or move it aside to start with fresh balances"
+            ) from None
 
     def close(self) -> None:
         with self._lock:

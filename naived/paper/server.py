@@ -18,7 +18,7 @@ query string followed by the body, and `timestamp` must be within `recvWindow`.
 Not implemented: order types other than LIMIT, time in force other than GTC,
 commissions (always 0), rate limits other than the injected faults.
 
-Fills: resting orders are matched by `naived.paper_book` against the trade events
+Fills: resting orders are matched by `naived.paper.book` against the trade events
 streamerd publishes (topic `TRADE_EVENTS:<SYMBOL>`); a symbol is subscribed when its
 first order is placed, and at start for every symbol with open orders.
 
@@ -66,7 +66,7 @@ import zmq
 
 from naived.config import Config, Faults
 from naived.messages import decode_trade, trade_topic
-from naived.paper_book import Fill, PaperBook, PaperOrder, Rejected
+from naived.paper.book import Fill, PaperBook, PaperOrder, Rejected
 from naived.symbols import SymbolFilters, exchange_info_entry, table
 
 log = logging.getLogger(__name__)
@@ -546,9 +546,14 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], app: PaperExchange) -> None:
+    def __init__(self, address: tuple[str, int], app: PaperExchange, listener: socket.socket | None = None) -> None:
         self.app = app
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, bind_and_activate=listener is None)
+        if listener is not None:
+            # Bound and listening already (naived's root, before fork): serve on it as it is.
+            self.socket.close()
+            self.socket = listener
+            self.server_address = listener.getsockname()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that died mid-request (a trader killed with -9) is not the exchange's error:
@@ -570,11 +575,17 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def run(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT, then return. Starts its own zmq context and threads."""
+def run(config: Config, listener: socket.socket | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then return. Starts its own zmq context and threads.
+
+    `listener`: a TCP socket already bound and listening (naived's root binds it before it
+    says READY, so the port is taken and answering from the start; it is inherited across
+    fork). Without it, bind `paper.host:paper.port` (the standalone `naived paper-exchange`).
+    A state file that cannot be read raises SystemExit with one line saying what to do."""
     paper = config.paper
-    if not _is_loopback(paper.host):
-        raise SystemExit(f"paper exchange: paper.host {paper.host!r} is not a loopback address; refusing to serve unsigned inspection endpoints")
+    host = listener.getsockname()[0] if listener is not None else paper.host
+    if not _is_loopback(host):
+        raise SystemExit(f"paper exchange: {host!r} is not a loopback address; refusing to serve unsigned inspection endpoints")
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     # Blocked before any thread exists, so every thread inherits the mask and the signals
     # wait for sigtimedwait below instead of interrupting a commit half way.
@@ -587,7 +598,7 @@ def run(config: Config) -> None:
         ctx = zmq.Context()
         cleanup.callback(ctx.term)
         feed = TradeFeed(ctx, config.streamer.endpoint, book)
-        server = _Server((paper.host, paper.port), PaperExchange(config, book, feed))
+        server = _Server((paper.host, paper.port), PaperExchange(config, book, feed), listener)
         cleanup.callback(server.server_close)
         for symbol in book.symbols_with_open_orders():
             feed.want(symbol)
@@ -597,7 +608,7 @@ def run(config: Config) -> None:
         serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True)
         serving.start()
         cleanup.callback(server.shutdown)
-        log.info("paper exchange on %s (state %s, %d open orders), trades from %s", config.paper_url, path,
+        log.info("paper exchange on %s:%d (state %s, %d open orders), trades from %s", *server.server_address[:2], path,
                  len(book.open_orders(None)), config.streamer.endpoint)
         while True:
             received = signal.sigtimedwait(stop_signals, 1.0)
