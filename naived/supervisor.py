@@ -226,6 +226,8 @@ def _run_child(spec: ChildSpec, parent: int) -> None:
         code = spec.run()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
+        if isinstance(exc.code, str):
+            log.error("%s", exc.code)  # the one-line reason (a forked child has no interpreter to print it)
     except BaseException:
         log.exception("%s crashed", spec.title)
         code = 1
