@@ -129,7 +129,22 @@ class Paper(msgspec.Struct, forbid_unknown_fields=True):
     fill_on_touch: bool = False  # fill at <= / >= instead of the book's strict < / >
     partial_fills: bool = False  # fill at most the traded quantity per trade
     balances: dict[str, Decimal] = msgspec.field(default_factory=lambda: {"USDT": Decimal("10000")})
+    # Binance's standard spot rates (0.1%), charged on each fill from the asset it gives.
+    maker_commission: Decimal = Decimal("0.001")
+    taker_commission: Decimal = Decimal("0.001")
+    commission_in_bnb: bool = False  # pay from BNB at Binance's 25% discount when the BNB balance covers it
     faults: Faults = msgspec.field(default_factory=Faults)
+
+    def __post_init__(self) -> None:
+        for name in ("maker_commission", "taker_commission"):
+            value = getattr(self, name)
+            _finite(name, value)
+            if not (0 <= value < 1):
+                raise ValueError(f"{name}: must be >= 0 and < 1 (a fraction: 0.001 is 0.1%), got {value}")
+        for asset, amount in self.balances.items():
+            _finite(f"balances.{asset}", amount)
+            if amount < 0:
+                raise ValueError(f"balances.{asset}: must be >= 0, got {amount}")
 
 
 class Exchange(msgspec.Struct, forbid_unknown_fields=True):

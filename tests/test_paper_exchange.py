@@ -53,13 +53,17 @@ class Market:
         self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, also a restarted subscriber's repeat
         self.pub.bind(endpoint)
         self.next_id = 1
+        self.seen: set[bytes] = set()  # subscriptions reported and not yet waited for
 
     def wait_subscribed(self, symbol: str) -> None:
         wanted = b"\x01" + trade_topic(symbol)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if self.pub.poll(100) and self.pub.recv() == wanted:
+            if wanted in self.seen:
+                self.seen.discard(wanted)  # a restarted exchange subscribes again: wait for that one
                 return
+            if self.pub.poll(100):
+                self.seen.add(self.pub.recv())
         raise AssertionError(f"the exchange never subscribed to {symbol}")
 
     def trade(self, symbol: str, price: str, qty: str = "1000") -> int:
@@ -87,7 +91,8 @@ class Exchange:
             f'[paths]\nstate_dir = "{directory / "state"}"\nruntime_dir = "{directory / "run"}"\n'
             f'[streamer]\nendpoint = "{market_endpoint}"\n'
             f'[exchange]\ntimeout_seconds = 0.4\n'
-            f'[paper]\nport = {free_port() if listener else self.port}\nbalances = {{ USDT = "10000", XRP = "100" }}\n{extra}\n'
+            f'[paper]\nport = {free_port() if listener else self.port}\n{extra}\n'
+            + ("" if "balances" in extra else 'balances = { USDT = "10000", XRP = "100" }\n')
         )
         self.http = requests.Session()
         self.http.trust_env = False
@@ -258,8 +263,8 @@ def test_response_types(ex: Exchange, kind: str) -> None:
     status, body = ex.signed("POST", "/api/v3/order", order("BUY", "0.5", "20", f"r-{kind}") | {"newOrderRespType": kind}, body=True)
     assert status == 200, body
     ack = {"symbol", "orderId", "orderListId", "clientOrderId", "transactTime"}
-    result = ack | {"price", "origQty", "executedQty", "cummulativeQuoteQty", "status", "timeInForce", "type", "side",
-                    "workingTime", "selfTradePreventionMode"}
+    result = ack | {"price", "origQty", "executedQty", "origQuoteOrderQty", "cummulativeQuoteQty", "status", "timeInForce",
+                    "type", "side", "workingTime", "selfTradePreventionMode"}
     assert set(body) == {"ACK": ack, "RESULT": result, "FULL": result | {"fills"}}[kind]
     assert body["clientOrderId"] == f"r-{kind}"
     if kind != "ACK":
@@ -284,25 +289,31 @@ def test_query_open_orders_cancel_account(ex: Exchange) -> None:
 # --- fills -------------------------------------------------------------------------------------
 
 
-def assert_balances_follow_fills(ex: Exchange) -> None:
-    """Start balances + every fill == free + locked of each asset, and locked == what open orders hold."""
-    usdt, xrp = Decimal("10000"), Decimal("100")
-    locked_usdt = locked_xrp = Decimal(0)
+def assert_balances_follow_fills(ex: Exchange, start: dict[str, Decimal] | None = None) -> None:
+    """Start balances + every fill - every fee == free + locked of each asset, and locked ==
+    what open orders hold (the limit price times what remains of a BUY, the rest of a SELL)."""
+    total = dict(start or {"USDT": Decimal("10000"), "XRP": Decimal("100")})
+    locked = dict.fromkeys(total, Decimal(0))
     for o in ex.get("/paper/orders"):
-        price, bought = Decimal(o["price"]), sum((Decimal(f["qty"]) for f in o["fills"]), Decimal(0))
+        assert o["symbol"] == "XRPUSDT"
+        bought = sum((Decimal(f["qty"]) for f in o["fills"]), Decimal(0))
         assert bought == Decimal(o["executedQty"])
+        assert sum((Decimal(f["price"]) * Decimal(f["qty"]) for f in o["fills"]), Decimal(0)) == Decimal(o["cummulativeQuoteQty"])
         sign = 1 if o["side"] == "BUY" else -1
-        xrp += sign * bought
-        usdt -= sign * bought * price
+        for f in o["fills"]:
+            total["XRP"] += sign * Decimal(f["qty"])
+            total["USDT"] -= sign * Decimal(f["qty"]) * Decimal(f["price"])
+            total[f["commissionAsset"]] -= Decimal(f["commission"])
         if o["status"] in ("NEW", "PARTIALLY_FILLED"):
             remaining = Decimal(o["origQty"]) - bought
             if o["side"] == "BUY":
-                locked_usdt += remaining * price
+                locked["USDT"] += remaining * Decimal(o["price"])
             else:
-                locked_xrp += remaining
+                locked["XRP"] += remaining
     b = ex.balances()
-    assert b["USDT"]["free"] + b["USDT"]["locked"] == usdt and b["USDT"]["locked"] == locked_usdt
-    assert b["XRP"]["free"] + b["XRP"]["locked"] == xrp and b["XRP"]["locked"] == locked_xrp
+    for asset, amount in total.items():
+        have = b.get(asset, {"free": Decimal(0), "locked": Decimal(0)})
+        assert (have["free"] + have["locked"], have["locked"]) == (amount, locked[asset]), asset
 
 
 def test_strict_fills(ex: Exchange, market: Market) -> None:
@@ -320,8 +331,12 @@ def test_strict_fills(ex: Exchange, market: Market) -> None:
     ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.6001"))
     assert c.get_order("XRPUSDT", "s1").status == "FILLED"
     fills = ex.orders()["b1"]["fills"]
-    assert [(f["price"], f["qty"]) for f in fills] == [("0.50000000", "20.00000000")]  # at the limit price
-    assert ex.balances() == {"USDT": {"free": Decimal("10002"), "locked": Decimal(0)}, "XRP": {"free": Decimal("100"), "locked": Decimal(0)}}
+    # At the limit price, as a maker; 0.1% of the 20 XRP received is 0.02 XRP.
+    assert [(f["price"], f["qty"], f["commission"], f["commissionAsset"], f["isMaker"]) for f in fills] == [
+        ("0.50000000", "20.00000000", "0.02000000", "XRP", True)]
+    # The SELL gave 20 × 0.6 = 12 USDT, less 0.012 USDT: 10000 - 10 + 12 - 0.012; XRP 100 + 20 - 0.02 - 20.
+    assert ex.balances() == {"USDT": {"free": Decimal("10001.988"), "locked": Decimal(0)},
+                             "XRP": {"free": Decimal("99.98"), "locked": Decimal(0)}}
     assert_balances_follow_fills(ex)
 
 
@@ -354,6 +369,126 @@ def test_partial_fills(start: Callable[..., Exchange], market: Market) -> None:
     assert c.cancel_order("XRPUSDT", "b2").executed_qty == "5.00000000"
     assert_balances_follow_fills(ex)
     assert ex.balances()["USDT"] == {"free": Decimal("10000") - Decimal("0.5") * 35, "locked": Decimal(0)}
+
+
+def post(ex: Exchange, **params: str) -> tuple[int, Any]:
+    """A new order by hand (the client only sends LIMIT GTC with RESULT)."""
+    return ex.signed("POST", "/api/v3/order", {"symbol": "XRPUSDT", **params})
+
+
+def follow(ex: Exchange, market: Market, symbol: str = "XRPUSDT") -> None:
+    """Make the exchange subscribe to `symbol` (a trader asks exchangeInfo first) and see one trade at 0.5."""
+    ex.http.get(f"{ex.url}/api/v3/exchangeInfo", params={"symbol": symbol}, timeout=5)
+    market.wait_subscribed(symbol)
+
+
+def test_marketable_orders_fill_at_once_at_the_last_price_as_takers(start: Callable[..., Exchange], market: Market) -> None:
+    ex = start('maker_commission = "0.001"\ntaker_commission = "0.002"')
+    follow(ex, market)
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5"))
+    status, body = post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="0.6", quantity="20", newClientOrderId="b1")
+    assert status == 200, body
+    assert (body["status"], body["executedQty"], body["cummulativeQuoteQty"]) == ("FILLED", "20.00000000", "10.00000000")
+    # 20 XRP at 0.5 (not the 0.6 limit); taker 0.2% of the 20 XRP received = 0.04 XRP
+    assert [{k: f[k] for k in ("price", "qty", "commission", "commissionAsset")} for f in body["fills"]] == [
+        {"price": "0.50000000", "qty": "20.00000000", "commission": "0.04000000", "commissionAsset": "XRP"}]
+    assert ex.balances() == {"USDT": {"free": Decimal("9990"), "locked": Decimal(0)},
+                             "XRP": {"free": Decimal("119.96"), "locked": Decimal(0)}}
+    # A SELL at or below the last price takes it too: 10 × 0.5 = 5 USDT, less 0.2% = 0.01 USDT.
+    status, body = post(ex, side="SELL", type="LIMIT", timeInForce="GTC", price="0.5", quantity="10", newClientOrderId="s1")
+    assert (body["status"], body["fills"][0]["commission"], body["fills"][0]["commissionAsset"]) == ("FILLED", "0.01000000", "USDT")
+    assert ex.balances()["USDT"] == {"free": Decimal("9994.99"), "locked": Decimal(0)}
+    # MARKET by quantity and by quoteOrderQty (7.3 USDT at 0.5 buys 14 XRP on a step of 1: 7 USDT, never more)
+    status, body = post(ex, side="BUY", type="MARKET", quantity="4", newClientOrderId="m0")
+    assert (status, body) == (400, {"code": -1013, "msg": "Filter failure: NOTIONAL"})  # 2 USDT at the last price
+    status, body = post(ex, side="BUY", type="MARKET", quantity="12", newClientOrderId="m1")
+    assert (body["status"], body["cummulativeQuoteQty"], body["fills"][0]["commission"]) == ("FILLED", "6.00000000", "0.02400000")
+    status, body = post(ex, side="BUY", type="MARKET", quoteOrderQty="7.3", newClientOrderId="m2")
+    assert (body["status"], body["origQty"], body["origQuoteOrderQty"], body["cummulativeQuoteQty"]) == (
+        "FILLED", "14.00000000", "7.30000000", "7.00000000")
+    trades = ex.signed("GET", "/api/v3/myTrades", {"symbol": "XRPUSDT"})[1]
+    assert [(t["isBuyer"], t["isMaker"], t["qty"], t["quoteQty"], t["commission"], t["commissionAsset"]) for t in trades] == [
+        (True, False, "20.00000000", "10.00000000", "0.04000000", "XRP"),
+        (False, False, "10.00000000", "5.00000000", "0.01000000", "USDT"),
+        (True, False, "12.00000000", "6.00000000", "0.02400000", "XRP"),
+        (True, False, "14.00000000", "7.00000000", "0.02800000", "XRP"),
+    ]
+    assert len({t["id"] for t in trades}) == 4
+    assert_balances_follow_fills(ex)
+
+
+def test_resting_orders_fill_by_price_then_time_as_makers(start: Callable[..., Exchange], market: Market) -> None:
+    ex = start('partial_fills = true\nmaker_commission = "0.001"\ntaker_commission = "0.002"')
+    c = ex.client()
+    c.new_order("XRPUSDT", "BUY", "0.5", "10", "b1")
+    market.wait_subscribed("XRPUSDT")
+    c.new_order("XRPUSDT", "BUY", "0.52", "10", "b2")
+    c.new_order("XRPUSDT", "BUY", "0.52", "10", "b3")
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.49", "15"))  # b2 (best price) 10, then b3 (later) 5, b1 none
+    orders = ex.orders()
+    assert [(orders[c]["status"], orders[c]["executedQty"]) for c in ("b1", "b2", "b3")] == [
+        ("NEW", "0.00000000"), ("FILLED", "10.00000000"), ("PARTIALLY_FILLED", "5.00000000")]
+    assert [(f["price"], f["commission"], f["isMaker"]) for f in orders["b3"]["fills"]] == [("0.52000000", "0.00500000", True)]
+    assert_balances_follow_fills(ex)
+
+
+def test_partial_fills_leave_marketable_orders_what_the_last_trade_left(start: Callable[..., Exchange], market: Market) -> None:
+    ex = start("partial_fills = true")
+    follow(ex, market)
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5", "15"))
+    _, ioc = post(ex, side="BUY", type="LIMIT", timeInForce="IOC", price="0.6", quantity="20", newClientOrderId="i1")
+    assert (ioc["status"], ioc["executedQty"]) == ("EXPIRED", "15.00000000")
+    _, fok = post(ex, side="BUY", type="LIMIT", timeInForce="FOK", price="0.6", quantity="10", newClientOrderId="k1")
+    assert (fok["status"], fok["executedQty"], fok["fills"]) == ("EXPIRED", "0.00000000", [])  # nothing left of the trade
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5", "4"))
+    _, gtc = post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="0.6", quantity="10", newClientOrderId="g1")
+    assert (gtc["status"], gtc["executedQty"]) == ("PARTIALLY_FILLED", "4.00000000")
+    assert ex.balances()["USDT"]["locked"] == Decimal("3.6")  # the 6 resting, at their 0.6 limit
+    _, mkt = post(ex, side="SELL", type="MARKET", quantity="10", newClientOrderId="m1")
+    assert (mkt["status"], mkt["executedQty"]) == ("EXPIRED", "0.00000000")
+    assert_balances_follow_fills(ex)
+
+
+def test_without_a_trade_seen_marketable_limits_rest_and_market_orders_expire(ex: Exchange) -> None:
+    _, limit = post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="5", quantity="20", newClientOrderId="l1")
+    assert (limit["status"], limit["executedQty"]) == ("NEW", "0.00000000")
+    _, market_order = post(ex, side="BUY", type="MARKET", quantity="20", newClientOrderId="m1")
+    assert (market_order["status"], market_order["executedQty"]) == ("EXPIRED", "0.00000000")
+    assert ex.balances()["USDT"] == {"free": Decimal("9900"), "locked": Decimal("100")}
+
+
+def test_a_buy_of_an_asset_never_held(start: Callable[..., Exchange]) -> None:
+    ex = start('balances = { USDT = "100" }')
+    _, body = post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="0.5", quantity="20", newClientOrderId="b1")
+    assert body["status"] == "NEW", body
+    assert ex.balances() == {"USDT": {"free": Decimal("90"), "locked": Decimal("10")}, "XRP": {"free": Decimal(0), "locked": Decimal(0)}}
+
+
+def test_commission_in_bnb_at_the_discount_when_the_balance_covers_it(start: Callable[..., Exchange], market: Market) -> None:
+    ex = start('commission_in_bnb = true\nbalances = { USDT = "10000", BNB = "0.00004" }')
+    follow(ex, market)
+    market.wait_subscribed("BNBUSDT")
+    ex.processed("BNBUSDT", market.trade("BNBUSDT", "200"))
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5"))
+    # 20 XRP at 0.5 = 10 USDT; 0.1% × 75% = 0.0075 USDT = 0.0000375 BNB at 200
+    _, body = post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="0.5", quantity="20", newClientOrderId="b1")
+    assert (body["fills"][0]["commission"], body["fills"][0]["commissionAsset"]) == ("0.00003750", "BNB")
+    # 0.0000025 BNB left does not cover the next one: taken from the XRP received, undiscounted
+    _, body = post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="0.5", quantity="20", newClientOrderId="b2")
+    assert (body["fills"][0]["commission"], body["fills"][0]["commissionAsset"]) == ("0.02000000", "XRP")
+    assert ex.balances() == {"BNB": {"free": Decimal("0.0000025"), "locked": Decimal(0)},
+                             "USDT": {"free": Decimal("9980"), "locked": Decimal(0)},
+                             "XRP": {"free": Decimal("39.98"), "locked": Decimal(0)}}
+    rates = ex.signed("GET", "/api/v3/account/commission", {"symbol": "XRPUSDT"})[1]
+    assert rates == {
+        "symbol": "XRPUSDT",
+        "standardCommission": {"maker": "0.00100000", "taker": "0.00100000", "buyer": "0.00000000", "seller": "0.00000000"},
+        "specialCommission": {"maker": "0.00000000", "taker": "0.00000000", "buyer": "0.00000000", "seller": "0.00000000"},
+        "taxCommission": {"maker": "0.00000000", "taker": "0.00000000", "buyer": "0.00000000", "seller": "0.00000000"},
+        "discount": {"enabledForAccount": True, "enabledForSymbol": True, "discountAsset": "BNB", "discount": "0.25000000"},
+    }
+    account = ex.signed("GET", "/api/v3/account", {})[1]
+    assert (account["makerCommission"], account["commissionRates"]["taker"]) == (10, "0.00100000")
 
 
 # --- crashes and faults ----------------------------------------------------------------------------

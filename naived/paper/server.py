@@ -1,33 +1,51 @@
 """The paper exchange: Binance's spot REST API on 127.0.0.1, filled by the public trade stream.
 
-The book's BinanceMock as its own process. `run(config)` serves until SIGTERM/SIGINT.
-
-Binance endpoints (same paths, parameters in the query string and/or a form body,
-same JSON shapes, statuses, error codes and messages, `X-MBX-USED-WEIGHT-1M` header):
+The book's BinanceMock as its own process. `run(config, listener)` serves until SIGTERM/SIGINT.
+Binance's spot API documentation is the specification: same paths, parameters (query
+string and/or form body), JSON shapes, statuses, error codes and messages, and the
+`X-MBX-USED-WEIGHT-1M` header.
 
     GET    /api/v3/ping, /api/v3/time, /api/v3/exchangeInfo[?symbol=|?symbols=]
-    POST   /api/v3/order        LIMIT GTC; newOrderRespType ACK | RESULT | FULL   (signed)
-    GET    /api/v3/order        by orderId or origClientOrderId                  (signed)
-    DELETE /api/v3/order        by orderId or origClientOrderId                  (signed)
-    GET    /api/v3/openOrders[?symbol=]                                          (signed)
-    GET    /api/v3/account                                                       (signed)
+    POST   /api/v3/order        LIMIT (GTC, IOC, FOK), LIMIT_MAKER, MARKET by quantity or
+                                quoteOrderQty; newOrderRespType ACK | RESULT | FULL    (signed)
+    POST   /api/v3/order/test   the same checks, nothing placed; computeCommissionRates (signed)
+    GET    /api/v3/order        by orderId or origClientOrderId                      (signed)
+    DELETE /api/v3/order        by orderId or origClientOrderId                      (signed)
+    GET    /api/v3/openOrders[?symbol=]   DELETE /api/v3/openOrders?symbol=          (signed)
+    GET    /api/v3/allOrders, /api/v3/myTrades   (orderId/fromId, startTime, endTime, limit)
+    GET    /api/v3/account, /api/v3/account/commission                              (signed)
 
-Signed requests are checked like Binance does: `X-MBX-APIKEY` must be
-`paper.api_key`, the HMAC-SHA256 `signature` (key `paper.api_secret`) must match the
-query string followed by the body, and `timestamp` must be within `recvWindow`.
-Not implemented: order types other than LIMIT, time in force other than GTC,
-commissions (always 0), rate limits other than the injected faults.
+Signed requests are checked like Binance does: `X-MBX-APIKEY` must be `paper.api_key`,
+the HMAC-SHA256 `signature` (key `paper.api_secret`) must match the query string
+followed by the body, and `timestamp` (ms, or µs) must be within `recvWindow` (ms, up to
+three decimals, at most 60000) and not 1 s ahead.
 
-Fills: resting orders are matched by `naived.paper.book` against the trade events
-streamerd publishes (topic `TRADE_EVENTS:<SYMBOL>`); a symbol is subscribed when its
-first order is placed, and at start for every symbol with open orders.
+Matching and commission are `naived.paper.book`'s (see its docstring): marketable orders
+fill at once at the last trade price as takers, resting ones as makers when a later
+trade crosses them, and every fill pays the maker or taker rate from the asset it gives
+(or BNB at the discount). A symbol is subscribed when it is asked for in exchangeInfo
+(`symbol`/`symbols`), when its first order is placed, and at start for every symbol with
+open orders.
+
+Deliberate differences from Binance (the paper exchange is never kinder):
+- The only book is the last public trade: its price is the best opposite price, and with
+  `partial_fills` its quantity the liquidity; without a trade seen since start, limit
+  orders rest and MARKET orders expire unfilled. Our orders do not move the market.
+- Commission rounds up to 8 decimals; a commission in BNB converts at the last BNB<quote>
+  trade seen (Binance does not say which price it uses).
+- MARKET orders check the NOTIONAL minimum and the balance against the last trade price
+  (Binance: the average price over `avgPriceMins`); MARKET_LOT_SIZE is LOT_SIZE.
+- Not implemented, so not listed in exchangeInfo: stop and take-profit orders, iceberg
+  orders, order lists (OCO/OTO), cancel-replace, SOR, self-trade prevention modes other
+  than NONE, PERCENT_PRICE_BY_SIDE, MAX_NUM_ORDERS; rate limits other than injected faults.
 
 Inspection and control, unsigned (the server only listens on loopback):
 
     GET  /paper/orders[?symbol=]  every order ever placed, oldest first: the RESULT fields
                                   plus `time`, `updateTime`, `receivedNs` (wall clock in ns
-                                  when the request line arrived) and `fills`
-                                  [{price, qty, tradeId, time}]
+                                  when the request line arrived) and `fills` [{price, qty,
+                                  commission, commissionAsset, tradeId, time, isMaker,
+                                  marketTradeId}]
     GET  /paper/balances          {asset: {"free": "...", "locked": "..."}}
     GET  /paper/market            {symbol: {"lastPrice", "lastTradeId", "trades"}}: trades
                                   processed so far (tests wait on `lastTradeId`)
@@ -66,7 +84,7 @@ import zmq
 
 from naived.config import Config, Faults
 from naived.messages import decode_trade, trade_topic
-from naived.paper.book import Fill, PaperBook, PaperOrder, Rejected
+from naived.paper.book import BNB_DISCOUNT, Fees, Fill, NewOrder, PaperBook, PaperOrder, Rejected
 from naived.symbols import SymbolFilters, exchange_info_entry, table
 
 log = logging.getLogger(__name__)
@@ -75,6 +93,10 @@ EIGHT = Decimal("0.00000001")
 NUMBER_RE = re.compile(r"^([0-9]{1,20})(\.[0-9]{1,20})?$")
 CLIENT_ID_RE = re.compile(r"^[a-zA-Z0-9-_]{1,36}$")
 MAX_RECV_WINDOW = 60000
+RECV_WINDOW_RE = re.compile(r"^[0-9]{1,5}(\.[0-9]{1,3})?$")
+MICROSECOND_STAMPS = 10**14  # a ms timestamp stays below this until the year 5138
+ORDER_TYPES = ("LIMIT", "LIMIT_MAKER", "MARKET")  # what exchangeInfo lists: what is implemented
+TIME_IN_FORCE = ("GTC", "IOC", "FOK")
 RATE_LIMITS = [
     {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
     {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 50},
@@ -101,10 +123,11 @@ def _details(o: PaperOrder) -> dict[str, Any]:
         "price": _fmt(o.price),
         "origQty": _fmt(o.orig_qty),
         "executedQty": _fmt(o.executed_qty),
+        "origQuoteOrderQty": _fmt(o.orig_quote_qty),
         "cummulativeQuoteQty": _fmt(o.cum_quote),
         "status": o.status,
-        "timeInForce": "GTC",
-        "type": "LIMIT",
+        "timeInForce": o.time_in_force,
+        "type": o.type,
         "side": o.side,
     }
 
@@ -117,8 +140,7 @@ def _placed_json(o: PaperOrder, kind: str) -> dict[str, Any]:
         return body
     body |= _details(o) | {"workingTime": o.time_ms, "selfTradePreventionMode": "NONE"}
     if kind == "FULL":
-        zero = _fmt(Decimal(0))
-        body["fills"] = [_fill_json(f) | {"commission": zero, "commissionAsset": "USDT"} for f in o.fills]
+        body["fills"] = [_fill_json(f) for f in o.fills]
     return body
 
 
@@ -127,7 +149,7 @@ def _query_json(o: PaperOrder) -> dict[str, Any]:
     zero = _fmt(Decimal(0))
     return {"symbol": o.symbol, "orderId": o.order_id, "orderListId": -1, "clientOrderId": o.client_order_id} | _details(o) | {
         "stopPrice": zero, "icebergQty": zero, "time": o.time_ms, "updateTime": o.update_ms, "isWorking": True,
-        "workingTime": o.time_ms, "origQuoteOrderQty": zero, "selfTradePreventionMode": "NONE",
+        "workingTime": o.time_ms, "selfTradePreventionMode": "NONE",
     }
 
 
@@ -138,14 +160,33 @@ def _cancelled_json(o: PaperOrder, cancel_id: str) -> dict[str, Any]:
 
 
 def _fill_json(f: Fill) -> dict[str, Any]:
-    return {"price": _fmt(f.price), "qty": _fmt(f.qty), "tradeId": f.trade_id}
+    """One entry of a FULL answer's `fills`."""
+    return {"price": _fmt(f.price), "qty": _fmt(f.qty), "commission": _fmt(f.commission),
+            "commissionAsset": f.commission_asset, "tradeId": f.trade_id}
+
+
+def _trade_json(o: PaperOrder, f: Fill) -> dict[str, Any]:
+    """One entry of GET /api/v3/myTrades."""
+    return {"symbol": o.symbol, "id": f.trade_id, "orderId": o.order_id, "orderListId": -1, "price": _fmt(f.price),
+            "qty": _fmt(f.qty), "quoteQty": _fmt(f.price * f.qty), "commission": _fmt(f.commission),
+            "commissionAsset": f.commission_asset, "time": f.time_ms, "isBuyer": o.side == "BUY",
+            "isMaker": f.is_maker, "isBestMatch": True}
 
 
 def _inspection_json(o: PaperOrder) -> dict[str, Any]:
     return {"symbol": o.symbol, "orderId": o.order_id, "clientOrderId": o.client_order_id} | _details(o) | {
         "time": o.time_ms, "updateTime": o.update_ms, "receivedNs": o.received_ns,
-        "fills": [_fill_json(f) | {"time": f.time_ms} for f in o.fills],
+        "fills": [_fill_json(f) | {"time": f.time_ms, "isMaker": f.is_maker, "marketTradeId": f.market_trade_id}
+                  for f in o.fills],
     }
+
+
+def _rates(fees: Fees) -> dict[str, str]:
+    return {"maker": _fmt(fees.maker), "taker": _fmt(fees.taker), "buyer": _fmt(Decimal(0)), "seller": _fmt(Decimal(0))}
+
+
+def _discount(fees: Fees) -> dict[str, Any]:
+    return {"enabledForAccount": fees.bnb, "enabledForSymbol": True, "discountAsset": "BNB", "discount": _fmt(BNB_DISCOUNT)}
 
 
 def _generated_id() -> str:
@@ -184,6 +225,65 @@ def _int(params: Params, name: str) -> int | None:
         return int(text)
     except ValueError:
         raise Rejected(-1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.") from None
+
+
+def _optional_number(params: Params, name: str) -> Decimal | None:
+    return _number(params, name) if params.get(name) else None
+
+
+def _not_sent(params: Params, *names: str) -> None:
+    for name in names:
+        if params.get(name):
+            raise Rejected(-1106, f"Parameter '{name}' sent when not required.")
+
+
+def _limit(params: Params) -> int:
+    """`limit` of the list endpoints: default 500, at most 1000."""
+    limit = _int(params, "limit")
+    if limit is None:
+        return 500
+    if not 1 <= limit <= 1000:
+        raise Rejected(-1100, "Illegal characters found in parameter 'limit'; legal range is '1-1000'.")
+    return limit
+
+
+def _within(params: Params, time_ms: int) -> bool:
+    start, end = _int(params, "startTime"), _int(params, "endTime")
+    return (start is None or time_ms >= start) and (end is None or time_ms <= end)
+
+
+def parse_new_order(params: Params, received_ns: int) -> tuple[SymbolFilters, NewOrder]:
+    """POST /api/v3/order's parameters, checked in Binance's terms. Implemented: LIMIT
+    (GTC, IOC, FOK), LIMIT_MAKER, MARKET by `quantity` or by `quoteOrderQty`."""
+    f = _filters(_mandatory(params, "symbol"))
+    side = _mandatory(params, "side")
+    if side not in ("BUY", "SELL"):
+        raise Rejected(-1117, "Invalid side.")
+    kind = _mandatory(params, "type")
+    if kind not in ORDER_TYPES:
+        raise Rejected(-1116, "Invalid orderType.")
+    client_id = params.get("newClientOrderId") or _generated_id()
+    if not CLIENT_ID_RE.match(client_id):
+        raise Rejected(-1100, "Illegal characters found in parameter 'newClientOrderId'; legal range is '^[a-zA-Z0-9-_]{1,36}$'.")
+    new = NewOrder(side=side, type=kind, time_in_force="GTC", client_order_id=client_id, received_ns=received_ns)
+    if kind == "LIMIT":
+        tif = _mandatory(params, "timeInForce")
+        if tif not in TIME_IN_FORCE:
+            raise Rejected(-1115, "Invalid timeInForce.")
+        _not_sent(params, "quoteOrderQty")
+        new.time_in_force, new.qty, new.price = tif, _number(params, "quantity"), _number(params, "price")
+    elif kind == "LIMIT_MAKER":
+        _not_sent(params, "timeInForce", "quoteOrderQty")
+        new.qty, new.price = _number(params, "quantity"), _number(params, "price")
+    else:  # MARKET
+        _not_sent(params, "timeInForce", "price")
+        qty, quote = _optional_number(params, "quantity"), _optional_number(params, "quoteOrderQty")
+        if qty is None and quote is None:
+            raise Rejected(-1102, "Param 'quantity' or 'quoteOrderQty' must be sent, but both were empty/null!")
+        if qty is not None and quote is not None:
+            raise Rejected(-1106, "Parameter 'quoteOrderQty' sent when not required.")
+        new.qty, new.quote_qty = qty or Decimal(0), quote or Decimal(0)
+    return f, new
 
 
 def _filters(symbol: str) -> SymbolFilters:
@@ -302,10 +402,15 @@ class PaperExchange:
             ("GET", "/api/v3/time"): (lambda p, t: (200, {"serverTime": _now_ms()}), 1, False),
             ("GET", "/api/v3/exchangeInfo"): (self.exchange_info, 20, False),
             ("POST", "/api/v3/order"): (self.new_order, 1, True),
+            ("POST", "/api/v3/order/test"): (self.test_order, 1, True),
             ("GET", "/api/v3/order"): (self.get_order, 4, True),
             ("DELETE", "/api/v3/order"): (self.cancel_order, 1, True),
             ("GET", "/api/v3/openOrders"): (self.open_orders, 6, True),
+            ("DELETE", "/api/v3/openOrders"): (self.cancel_open_orders, 1, True),
+            ("GET", "/api/v3/allOrders"): (self.all_orders, 20, True),
+            ("GET", "/api/v3/myTrades"): (self.my_trades, 20, True),
             ("GET", "/api/v3/account"): (self.account, 20, True),
+            ("GET", "/api/v3/account/commission"): (self.commission, 20, True),
             ("GET", "/paper/orders"): (self.paper_orders, 0, False),
             ("GET", "/paper/balances"): (self.paper_balances, 0, False),
             ("GET", "/paper/market"): (lambda p, t: (200, self.feed.market()), 0, False),
@@ -342,13 +447,18 @@ class PaperExchange:
         stamp = _int(params, "timestamp")
         if stamp is None:
             raise Rejected(-1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed.")
-        window = _int(params, "recvWindow") or 5000
-        if window > MAX_RECV_WINDOW:
+        # Binance takes the timestamp in ms or µs, and recvWindow in ms with up to 3 decimals (µs).
+        stamp_us = stamp if stamp >= MICROSECOND_STAMPS else stamp * 1000
+        window_text = params.get("recvWindow") or "5000"
+        if not RECV_WINDOW_RE.match(window_text):
+            raise Rejected(-1100, "Illegal characters found in parameter 'recvWindow'; legal range is '^[0-9]{1,5}(\\.[0-9]{1,3})?$'.")
+        window_us = int(Decimal(window_text) * 1000)
+        if window_us > MAX_RECV_WINDOW * 1000:
             raise Rejected(-1131, "recvWindow must be less than 60000")
-        now = _now_ms()
-        if stamp >= now + 1000:
+        now_us = time.time_ns() // 1000
+        if stamp_us >= now_us + 1_000_000:
             raise Rejected(-1021, "Timestamp for this request was 1000ms ahead of the server's time.")
-        if now - stamp > window:
+        if now_us - stamp_us > window_us:
             raise Rejected(-1021, "Timestamp for this request is outside of the recvWindow.")
         signature = _mandatory(params, "signature")
         mac = self._mac.copy()
@@ -370,24 +480,71 @@ class PaperExchange:
             names = list(self._symbols)
         if any(n not in self._symbols for n in names):
             raise Rejected(-1121, "Invalid symbol.")
+        if "symbol" in params or "symbols" in params:
+            for name in names:  # a trader about to trade it: learn its price before the first order
+                self._want(table()[name])
         return 200, {"timezone": "UTC", "serverTime": _now_ms(), "rateLimits": RATE_LIMITS, "exchangeFilters": [],
                      "symbols": [self._symbols[n] for n in names]}
 
     def new_order(self, params: Params, received_ns: int) -> Reply:
-        f = _filters(_mandatory(params, "symbol"))
-        side = _choice(params, "side", ("BUY", "SELL"))
-        if _mandatory(params, "type") != "LIMIT":
-            raise Rejected(-1116, "Invalid orderType.")  # the paper exchange only rests LIMIT orders
-        if _mandatory(params, "timeInForce") != "GTC":
-            raise Rejected(-1115, "Invalid timeInForce.")
-        quantity, price = _number(params, "quantity"), _number(params, "price")
-        kind = _choice(params, "newOrderRespType", ("ACK", "RESULT", "FULL"), default="FULL")
-        client_id = params.get("newClientOrderId") or _generated_id()
-        if not CLIENT_ID_RE.match(client_id):
-            raise Rejected(-1100, "Illegal characters found in parameter 'newClientOrderId'; legal range is '^[a-zA-Z0-9-_]{1,36}$'.")
-        order = self.book.place(f, side, price, quantity, client_id, received_ns)
-        self.feed.want(f.symbol)
+        f, new = parse_new_order(params, received_ns)
+        # Binance answers MARKET and LIMIT orders in FULL by default, others in ACK.
+        default = "FULL" if new.type in ("MARKET", "LIMIT") else "ACK"
+        kind = _choice(params, "newOrderRespType", ("ACK", "RESULT", "FULL"), default=default)
+        self._want(f)
+        order, _ = self.book.place(f, new)
         return 200, _placed_json(order, kind)
+
+    def _want(self, f: SymbolFilters) -> None:
+        """Follow the symbol's trades (and BNB's price, when commission is paid in BNB)."""
+        self.feed.want(f.symbol)
+        if self.book.fees.bnb and "BNB" + f.quote in table():
+            self.feed.want("BNB" + f.quote)
+
+    def test_order(self, params: Params, received_ns: int) -> Reply:
+        """POST /api/v3/order/test: every check of a new order but the balance; nothing is placed."""
+        f, new = parse_new_order(params, received_ns)
+        self.book.check(f, new)
+        if params.get("computeCommissionRates") != "true":
+            return 200, {}
+        fees = self.book.fees
+        zero = _fmt(Decimal(0))
+        return 200, {
+            "standardCommissionForOrder": {"maker": _fmt(fees.maker), "taker": _fmt(fees.taker)},
+            "specialCommissionForOrder": {"maker": zero, "taker": zero},
+            "taxCommissionForOrder": {"maker": zero, "taker": zero},
+            "discount": _discount(fees),
+        }
+
+    def all_orders(self, params: Params, received_ns: int) -> Reply:
+        f = _filters(_mandatory(params, "symbol"))
+        from_id = _int(params, "orderId")
+        orders = [o for o in self.book.all_orders(f.symbol)
+                  if (from_id is None or o.order_id >= from_id) and _within(params, o.time_ms)]
+        limit = _limit(params)
+        # From orderId on: the oldest `limit`; otherwise the most recent `limit`, oldest first.
+        orders = orders[:limit] if from_id is not None else orders[-limit:]
+        return 200, [_query_json(o) for o in orders]
+
+    def my_trades(self, params: Params, received_ns: int) -> Reply:
+        f = _filters(_mandatory(params, "symbol"))
+        order_id, from_id = _int(params, "orderId"), _int(params, "fromId")
+        trades = [(o, t) for o, t in self.book.my_trades(f.symbol)
+                  if (order_id is None or o.order_id == order_id) and (from_id is None or t.trade_id >= from_id)
+                  and _within(params, t.time_ms)]
+        limit = _limit(params)
+        trades = trades[:limit] if from_id is not None else trades[-limit:]
+        return 200, [_trade_json(o, t) for o, t in trades]
+
+    def cancel_open_orders(self, params: Params, received_ns: int) -> Reply:
+        f = _filters(_mandatory(params, "symbol"))
+        return 200, [_cancelled_json(o, _generated_id()) for o in self.book.cancel_all(f)]
+
+    def commission(self, params: Params, received_ns: int) -> Reply:
+        f = _filters(_mandatory(params, "symbol"))
+        zeros = _rates(Fees(Decimal(0), Decimal(0)))
+        return 200, {"symbol": f.symbol, "standardCommission": _rates(self.book.fees), "specialCommission": zeros,
+                     "taxCommission": zeros, "discount": _discount(self.book.fees)}
 
     def _find(self, params: Params) -> tuple[SymbolFilters, int | None, str | None]:
         f = _filters(_mandatory(params, "symbol"))
@@ -414,11 +571,12 @@ class PaperExchange:
         return 200, [_query_json(o) for o in self.book.open_orders(symbol)]
 
     def account(self, params: Params, received_ns: int) -> Reply:
-        zero = _fmt(Decimal(0))
         balances = [{"asset": a, "free": _fmt(b.free), "locked": _fmt(b.locked)} for a, b in self.book.balance_sheet().items()]
+        fees = self.book.fees
         return 200, {
-            "makerCommission": 0, "takerCommission": 0, "buyerCommission": 0, "sellerCommission": 0,
-            "commissionRates": {"maker": zero, "taker": zero, "buyer": zero, "seller": zero},
+            # The integer fields are in basis points (0.001 → 10), as Binance's are.
+            "makerCommission": int(fees.maker * 10000), "takerCommission": int(fees.taker * 10000),
+            "buyerCommission": 0, "sellerCommission": 0, "commissionRates": _rates(fees),
             "canTrade": True, "canWithdraw": False, "canDeposit": False, "brokered": False,
             "requireSelfTradePrevention": False, "preventSor": False, "updateTime": _now_ms(),
             "accountType": "SPOT", "balances": balances, "permissions": ["SPOT"], "uid": 0,
@@ -593,7 +751,8 @@ def run(config: Config, listener: socket.socket | None = None) -> None:
     with ExitStack() as cleanup:
         cleanup.callback(signal.pthread_sigmask, signal.SIG_SETMASK, previous_mask)
         path = config.state_dir / "paper-exchange.sqlite"
-        book = PaperBook(path, paper.balances, fill_on_touch=paper.fill_on_touch, partial_fills=paper.partial_fills)
+        fees = Fees(paper.maker_commission, paper.taker_commission, paper.commission_in_bnb)
+        book = PaperBook(path, paper.balances, fees=fees, fill_on_touch=paper.fill_on_touch, partial_fills=paper.partial_fills)
         cleanup.callback(book.close)
         ctx = zmq.Context()
         cleanup.callback(ctx.term)
