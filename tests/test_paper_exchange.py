@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -149,9 +150,9 @@ class Exchange:
         wait_for(f"trade {trade_id} to be processed", lambda: self.get("/paper/market").get(symbol, {}).get("lastTradeId") == trade_id)
 
     def signed(self, method: str, path: str, params: dict[str, Any], *, body: bool = False,
-               stamp: int | None = None, secret: str = SECRET, key: str = KEY) -> tuple[int, Any]:
+               stamp: int | None = None, secret: str = SECRET, key: str = KEY, recv_window: str = "5000") -> tuple[int, Any]:
         """A hand-made signed request, to reach what the client never sends."""
-        query = urlencode({**params, "recvWindow": 5000, "timestamp": stamp or int(time.time() * 1000)})
+        query = urlencode({**params, "recvWindow": recv_window, "timestamp": stamp or int(time.time() * 1000)})
         query += "&signature=" + signature(secret, query)
         headers = {"X-MBX-APIKEY": key}
         if body:
@@ -489,6 +490,101 @@ def test_commission_in_bnb_at_the_discount_when_the_balance_covers_it(start: Cal
     }
     account = ex.signed("GET", "/api/v3/account", {})[1]
     assert (account["makerCommission"], account["commissionRates"]["taker"]) == (10, "0.00100000")
+
+
+# --- endpoints -------------------------------------------------------------------------------------
+
+REAL_EXCHANGE_INFO = Path("/work/shared/data/exchange-info/exchangeInfo.json")
+
+
+@pytest.mark.skipif(not REAL_EXCHANGE_INFO.exists(), reason="the recorded Binance exchangeInfo is not on this machine")
+def test_exchange_info_has_every_field_of_binances_symbol_entry(ex: Exchange) -> None:
+    real = next(s for s in json.loads(REAL_EXCHANGE_INFO.read_text())["symbols"] if s["symbol"] == "XRPUSDT")
+    ours = ex.get("/api/v3/exchangeInfo?symbol=XRPUSDT")["symbols"][0]
+    assert set(real) <= set(ours)
+    real_filters = {f["filterType"]: f for f in real["filters"]}
+    for f in ours["filters"]:
+        assert set(f) == set(real_filters[f["filterType"]]), f["filterType"]
+    for kind, key in [("PRICE_FILTER", "tickSize"), ("LOT_SIZE", "stepSize"), ("LOT_SIZE", "minQty"), ("NOTIONAL", "minNotional")]:
+        assert {f["filterType"]: f for f in ours["filters"]}[kind][key] == real_filters[kind][key]
+    assert ours["orderTypes"] == ["LIMIT", "LIMIT_MAKER", "MARKET"]  # only what it implements
+
+
+def test_every_listed_order_type_is_accepted_and_binances_errors(ex: Exchange, market: Market) -> None:
+    follow(ex, market)
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5"))
+    valid = {"LIMIT": {"timeInForce": "GTC", "price": "0.4", "quantity": "20"},
+             "LIMIT_MAKER": {"price": "0.4", "quantity": "20"}, "MARKET": {"quantity": "20"}}
+    for kind in ex.get("/api/v3/exchangeInfo?symbol=XRPUSDT")["symbols"][0]["orderTypes"]:
+        status, body = post(ex, side="BUY", type=kind, newClientOrderId=f"ok-{kind}", **valid[kind])
+        assert status == 200, (kind, body)
+    assert set(ex.orders()["ok-LIMIT_MAKER"]) >= {"status"}
+    for tif in ("IOC", "FOK"):
+        assert post(ex, side="BUY", type="LIMIT", timeInForce=tif, price="0.4", quantity="20")[0] == 200
+    # LIMIT_MAKER answers ACK by default (only LIMIT and MARKET default to FULL)
+    assert set(post(ex, side="SELL", type="LIMIT_MAKER", price="0.6", quantity="20")[1]) == {
+        "symbol", "orderId", "orderListId", "clientOrderId", "transactTime"}
+    cases = [
+        ({"type": "LIMIT_MAKER", "price": "0.5", "quantity": "20"}, -2010, "Order would immediately match and take."),
+        ({"type": "STOP_LOSS_LIMIT", "price": "0.5", "quantity": "20"}, -1116, "Invalid orderType."),
+        ({"type": "LIMIT", "timeInForce": "GTD", "price": "0.4", "quantity": "20"}, -1115, "Invalid timeInForce."),
+        ({"type": "LIMIT", "price": "0.4", "quantity": "20"}, -1102,
+         "Mandatory parameter 'timeInForce' was not sent, was empty/null, or malformed."),
+        ({"type": "MARKET"}, -1102, "Param 'quantity' or 'quoteOrderQty' must be sent, but both were empty/null!"),
+        ({"type": "MARKET", "quantity": "20", "price": "0.5"}, -1106, "Parameter 'price' sent when not required."),
+        ({"type": "LIMIT", "timeInForce": "GTC", "price": "0.4", "quantity": "20", "quoteOrderQty": "8"}, -1106,
+         "Parameter 'quoteOrderQty' sent when not required."),
+        ({"type": "MARKET", "quoteOrderQty": "4"}, -1013, "Filter failure: NOTIONAL"),
+    ]
+    for params, code, msg in cases:
+        assert post(ex, side="BUY", **params) == (400, {"code": code, "msg": msg}), params
+    assert post(ex, side="HOLD", type="MARKET", quantity="20") == (400, {"code": -1117, "msg": "Invalid side."})
+
+
+def test_all_orders_my_trades_and_cancel_all(ex: Exchange, market: Market) -> None:
+    c = ex.client()
+    ids = [c.new_order("XRPUSDT", "BUY", price, "20", f"o{i}").order_id for i, price in enumerate(["0.5", "0.4", "0.3"])]
+    market.wait_subscribed("XRPUSDT")
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.45"))  # fills o0
+    every = ex.signed("GET", "/api/v3/allOrders", {"symbol": "XRPUSDT"})[1]
+    assert [(o["clientOrderId"], o["status"], o["origQuoteOrderQty"]) for o in every] == [
+        ("o0", "FILLED", "0.00000000"), ("o1", "NEW", "0.00000000"), ("o2", "NEW", "0.00000000")]
+    assert [o["orderId"] for o in ex.signed("GET", "/api/v3/allOrders", {"symbol": "XRPUSDT", "limit": 2})[1]] == ids[1:]
+    assert [o["orderId"] for o in ex.signed("GET", "/api/v3/allOrders", {"symbol": "XRPUSDT", "orderId": ids[1], "limit": 1})[1]] == [ids[1]]
+    trades = ex.signed("GET", "/api/v3/myTrades", {"symbol": "XRPUSDT", "orderId": ids[0]})[1]
+    assert [(t["orderId"], t["price"], t["qty"], t["isMaker"], t["commission"]) for t in trades] == [
+        (ids[0], "0.50000000", "20.00000000", True, "0.02000000")]
+    status, cancelled = ex.signed("DELETE", "/api/v3/openOrders", {"symbol": "XRPUSDT"})
+    assert status == 200 and [(o["origClientOrderId"], o["status"]) for o in cancelled] == [("o1", "CANCELED"), ("o2", "CANCELED")]
+    assert ex.signed("DELETE", "/api/v3/openOrders", {"symbol": "XRPUSDT"}) == (400, {"code": -2011, "msg": "Unknown order sent."})
+    assert_balances_follow_fills(ex)
+
+
+def test_test_order_places_nothing_and_computes_commission_rates(ex: Exchange) -> None:
+    params = {"symbol": "XRPUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "price": "0.5", "quantity": "20"}
+    assert ex.signed("POST", "/api/v3/order/test", params) == (200, {})
+    status, rates = ex.signed("POST", "/api/v3/order/test", params | {"computeCommissionRates": "true"})
+    assert rates == {
+        "standardCommissionForOrder": {"maker": "0.00100000", "taker": "0.00100000"},
+        "specialCommissionForOrder": {"maker": "0.00000000", "taker": "0.00000000"},
+        "taxCommissionForOrder": {"maker": "0.00000000", "taker": "0.00000000"},
+        "discount": {"enabledForAccount": False, "enabledForSymbol": True, "discountAsset": "BNB", "discount": "0.25000000"},
+    }
+    assert ex.signed("POST", "/api/v3/order/test", params | {"price": "0.50005"}) == (400, {"code": -1013, "msg": "Filter failure: PRICE_FILTER"})
+    assert ex.orders() == {}
+
+
+def test_timestamps_in_microseconds_and_decimal_recv_windows(ex: Exchange) -> None:
+    now_us = time.time_ns() // 1000
+    assert ex.signed("GET", "/api/v3/account", {}, stamp=now_us)[0] == 200
+    assert ex.signed("GET", "/api/v3/account", {}, recv_window="5000.5")[0] == 200
+    stale = {"code": -1021, "msg": "Timestamp for this request is outside of the recvWindow."}
+    assert ex.signed("GET", "/api/v3/account", {}, stamp=now_us - 2_000_000, recv_window="1000") == (400, stale)
+    # 1.5 ms late with a 1.499 ms window: only µs resolution on both sides tells
+    assert ex.signed("GET", "/api/v3/account", {}, stamp=time.time_ns() // 1000 - 1500, recv_window="1.499") == (400, stale)
+    assert ex.signed("GET", "/api/v3/account", {}, recv_window="60000.001")[1]["code"] == -1131
+    ahead = ex.signed("GET", "/api/v3/account", {}, stamp=time.time_ns() // 1000 + 3_000_000)
+    assert ahead == (400, {"code": -1021, "msg": "Timestamp for this request was 1000ms ahead of the server's time."})
 
 
 # --- crashes and faults ----------------------------------------------------------------------------

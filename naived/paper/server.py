@@ -84,8 +84,8 @@ import zmq
 
 from naived.config import Config, Faults
 from naived.messages import decode_trade, trade_topic
-from naived.paper.book import BNB_DISCOUNT, Fees, Fill, NewOrder, PaperBook, PaperOrder, Rejected
-from naived.symbols import SymbolFilters, exchange_info_entry, table
+from naived.paper.book import BNB_DISCOUNT, MAX_PRICE, Fees, Fill, NewOrder, PaperBook, PaperOrder, Rejected
+from naived.symbols import SymbolFilters, table
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,31 @@ def _rates(fees: Fees) -> dict[str, str]:
 
 def _discount(fees: Fees) -> dict[str, Any]:
     return {"enabledForAccount": fees.bnb, "enabledForSymbol": True, "discountAsset": "BNB", "discount": _fmt(BNB_DISCOUNT)}
+
+
+def exchange_info_entry(f: SymbolFilters) -> dict[str, Any]:
+    """One symbol in Binance's `exchangeInfo` shape, every field Binance sends; what the paper
+    exchange does not implement is switched off (order types, icebergs, order lists, STP)."""
+    q = _fmt
+    lot = {"minQty": q(f.min_qty), "maxQty": q(f.max_qty), "stepSize": q(f.step_size)}
+    return {
+        "symbol": f.symbol, "status": f.status,
+        "baseAsset": f.base, "baseAssetPrecision": 8, "quoteAsset": f.quote, "quotePrecision": 8,
+        "quoteAssetPrecision": 8, "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8,
+        "orderTypes": list(ORDER_TYPES),
+        "icebergAllowed": False, "ocoAllowed": False, "otoAllowed": False, "quoteOrderQtyMarketAllowed": True,
+        "allowTrailingStop": False, "cancelReplaceAllowed": False, "isSpotTradingAllowed": True,
+        "isMarginTradingAllowed": False,
+        "filters": [
+            {"filterType": "PRICE_FILTER", "minPrice": q(f.tick_size), "maxPrice": q(MAX_PRICE), "tickSize": q(f.tick_size)},
+            {"filterType": "LOT_SIZE"} | lot,
+            {"filterType": "MARKET_LOT_SIZE"} | lot,  # MARKET orders are held to LOT_SIZE here
+            {"filterType": "NOTIONAL", "minNotional": q(f.min_notional), "applyMinToMarket": True,
+             "maxNotional": "9000000.00000000", "applyMaxToMarket": False, "avgPriceMins": 5},
+        ],
+        "permissions": [], "permissionSets": [["SPOT"]],
+        "defaultSelfTradePreventionMode": "NONE", "allowedSelfTradePreventionModes": ["NONE"],
+    }
 
 
 def _generated_id() -> str:
