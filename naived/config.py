@@ -18,6 +18,7 @@ from typing import Literal
 import msgspec
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
+LATE_ACCEPT_WINDOW = 10.0  # seconds: Binance's backend may still execute an order with an unknown status
 
 
 class ConfigError(Exception):
@@ -119,6 +120,26 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
     drop_connection: float = 0.0
     retry_after_seconds: int = 1
     seed: int = 0  # of the fault RNG: the same seed draws the same faults in the same order
+    # Late acceptance: answer "execution status unknown" (503 -1007, or nothing) with the
+    # order not yet in the book; it enters the book `late_accept_seconds` later.
+    late_accept_5xx: float = 0.0
+    late_accept_timeout: float = 0.0
+    late_accept_seconds: float = 2.0
+    # Per public trade of a symbol with open orders: the exchange cancels / expires one of them.
+    exchange_cancel: float = 0.0
+    exchange_expire: float = 0.0
+
+    def __post_init__(self) -> None:
+        _finite("late_accept_seconds", self.late_accept_seconds)
+        if not (0 < self.late_accept_seconds <= LATE_ACCEPT_WINDOW):
+            # Binance: an order with an unknown status may still execute within 10 s.
+            raise ValueError(f"late_accept_seconds: must be > 0 and <= {LATE_ACCEPT_WINDOW} (Binance's window), got {self.late_accept_seconds}")
+        for name in ("accept_then_timeout", "accept_then_5xx", "rate_limit_429", "ban_418", "stale_timestamp",
+                     "drop_connection", "late_accept_5xx", "late_accept_timeout", "exchange_cancel", "exchange_expire"):
+            value = getattr(self, name)
+            _finite(name, value)
+            if not (0 <= value <= 1):
+                raise ValueError(f"{name}: must be a probability between 0 and 1, got {value}")
 
 
 class Paper(msgspec.Struct, forbid_unknown_fields=True):

@@ -741,3 +741,53 @@ def test_an_unreadable_state_file_stops_it(ex: Exchange) -> None:
         assert str(path) in _refused_state(ex)
     finally:
         path.chmod(0o600)
+
+
+# --- exchange-side faults ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("answer", ["late_accept_5xx", "late_accept_timeout"])
+def test_late_acceptance_answers_unknown_then_places_the_order_later(ex: Exchange, answer: str) -> None:
+    c = ex.client()
+    c.server_time()
+    ex.faults(**{answer: 1.0, "late_accept_seconds": 1.0})
+    sent = time.monotonic()
+    with pytest.raises(OutcomeUnknown):
+        c.new_order("XRPUSDT", "BUY", "0.5", "20", "late")
+    ex.faults()
+    with pytest.raises(UnknownOrder):
+        ex.client().get_order("XRPUSDT", "late")  # not in the book while the answer is "unknown"
+    assert time.monotonic() - sent < 1.0, "too slow to see the gap; the assertion above proved nothing"
+    placed = wait_for("the late order", lambda: ex.orders().get("late"))
+    assert time.monotonic() - sent >= 1.0
+    assert (placed["status"], placed["origQty"]) == ("NEW", "20.00000000")
+    assert ex.balances()["USDT"] == {"free": Decimal("9990"), "locked": Decimal("10")}
+
+
+def test_a_late_order_is_refused_if_its_client_order_id_is_open_by_then(ex: Exchange) -> None:
+    c = ex.client()
+    c.server_time()
+    ex.faults(late_accept_5xx=1.0, late_accept_seconds=0.5)
+    with pytest.raises(OutcomeUnknown):
+        c.new_order("XRPUSDT", "BUY", "0.5", "20", "twice")
+    ex.faults()
+    c.new_order("XRPUSDT", "BUY", "0.5", "20", "twice")  # a client that did not wait out the window
+    wait_for("the late order to be refused", lambda: "twice, accepted late, was refused: Duplicate order sent." in ex.log())
+    assert len(ex.get("/paper/orders")) == 1
+
+
+def test_late_accept_seconds_stays_within_binances_window(ex: Exchange) -> None:
+    r = ex.http.post(f"{ex.url}/paper/faults", json={"late_accept_seconds": 10.5}, timeout=5)
+    assert r.status_code == 400 and "late_accept_seconds" in r.json()["msg"]
+
+
+@pytest.mark.parametrize("fault,status", [("exchange_cancel", "CANCELED"), ("exchange_expire", "EXPIRED")])
+def test_the_exchange_cancels_or_expires_an_open_order(ex: Exchange, market: Market, fault: str, status: str) -> None:
+    c = ex.client()
+    c.new_order("XRPUSDT", "SELL", "0.9", "30", "s1")
+    market.wait_subscribed("XRPUSDT")
+    ex.faults(**{fault: 1.0})
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5"))  # crosses nothing
+    found = wait_for(f"s1 {status}", lambda: (o := c.get_order("XRPUSDT", "s1")).status == status and o)
+    assert found.executed_qty == "0.00000000"
+    assert ex.balances()["XRP"] == {"free": Decimal("100"), "locked": Decimal(0)}

@@ -52,9 +52,12 @@ Inspection and control, unsigned (the server only listens on loopback):
     POST /paper/faults            JSON object of `config.Faults` fields: replaces the fault
                                   probabilities and reseeds the fault RNG; answers the faults
 
-Faults (`paper.faults`, probabilities drawn once per new-order request, seeded RNG):
-418/429 with `Retry-After`, -1021, drop the connection before processing, accept then
-answer 503, accept then answer nothing until the client has timed out.
+Faults (`paper.faults`, seeded RNGs). Drawn once per new-order request: 418/429 with
+`Retry-After`, -1021, drop the connection before processing, accept then answer 503,
+accept then answer nothing until the client has timed out, and late acceptance (answer
+503 -1007 "execution status unknown", or nothing, while the order is NOT in the book, and
+place it `late_accept_seconds` later). Drawn after each public trade of a symbol with open
+orders: the exchange cancels, or expires, one of them.
 """
 
 from __future__ import annotations
@@ -339,6 +342,7 @@ class TradeFeed(threading.Thread):
         self._wake_r, self._wake_w = os.pipe()
         self._stopping = False
         self._market: dict[str, dict[str, Any]] = {}  # symbol -> last price, last trade id, count
+        self.after_trade: Callable[[SymbolFilters], None] | None = None  # exchange-side faults
 
     def want(self, symbol: str) -> None:
         if symbol in self._wanted:  # the common case: no lock, no syscall
@@ -395,6 +399,8 @@ class TradeFeed(threading.Thread):
         if f is None:
             return
         self._book.on_trade(f, price, qty, event.t)
+        if self.after_trade is not None:
+            self.after_trade(f)
         with self._lock:
             seen = self._market.setdefault(event.s, {"trades": 0})
             seen.update(lastPrice=event.p, lastTradeId=event.t, trades=seen["trades"] + 1)
@@ -418,6 +424,7 @@ class PaperExchange:
         self._mac = hmac.new(config.paper.api_secret.encode(), digestmod=hashlib.sha256)
         self._hang_seconds = config.exchange.timeout_seconds + 1.0  # outlive the client's timeout
         self._set_faults(config.paper.faults)
+        feed.after_trade = self._book_faults
         self._weight_lock = threading.Lock()
         self._minute, self._weight = 0, 0
         self._symbols = {s: exchange_info_entry(f) for s, f in sorted(table().items())}
@@ -444,6 +451,45 @@ class PaperExchange:
     def _set_faults(self, faults: Faults) -> None:
         self.faults = faults
         self._rng = random.Random(faults.seed)
+        self._book_rng = random.Random(faults.seed + 1)  # drawn by the trade thread only
+
+    def _book_faults(self, f: SymbolFilters) -> None:
+        """After each public trade: the exchange itself may cancel or expire one open order of
+        the symbol (Binance does, e.g. on a symbol's halt or a self-trade prevention)."""
+        faults, rng = self.faults, self._book_rng
+        if not (faults.exchange_cancel or faults.exchange_expire):
+            return
+        open_orders = self.book.open_orders(f.symbol)
+        if not open_orders:
+            return
+        r = rng.random()
+        status = "CANCELED" if r < faults.exchange_cancel else "EXPIRED" if r < faults.exchange_cancel + faults.exchange_expire else None
+        if status is not None:
+            victim = rng.choice(open_orders)
+            if self.book.close_open(f, victim.order_id, status) is not None:
+                log.warning("fault: the exchange %s %s (orderId %d)", status.lower(), victim.client_order_id, victim.order_id)
+
+    def late_order(self, params: Params, received_ns: int) -> Reply:
+        """The late-acceptance fault: a valid order is answered "execution status unknown" while
+        it is not in the book yet, and enters it `late_accept_seconds` later (at most Binance's
+        10 s). A paper exchange killed in between never places it (one of the two outcomes
+        Binance leaves open)."""
+        f, new = parse_new_order(params, received_ns)
+        self.book.check(f, new)
+        self._want(f)
+        timer = threading.Timer(self.faults.late_accept_seconds, self._accept_late, (f, new))
+        timer.daemon = True
+        timer.start()
+        return 200, {}
+
+    def _accept_late(self, f: SymbolFilters, new: NewOrder) -> None:
+        try:
+            order, _ = self.book.place(f, new)
+            log.warning("fault: %s entered the book late (orderId %d)", new.client_order_id, order.order_id)
+        except Rejected as exc:
+            log.warning("fault: %s, accepted late, was refused: %s", new.client_order_id, exc.msg)
+        except Exception:
+            log.exception("fault: %s, accepted late, could not be placed", new.client_order_id)
 
     def _count_weight(self, weight: int) -> int:
         with self._weight_lock:
@@ -456,7 +502,9 @@ class PaperExchange:
     def _draw_fault(self) -> str | None:
         f = self.faults
         r, total = self._rng.random(), 0.0
-        for name in ("ban_418", "rate_limit_429", "stale_timestamp", "drop_connection", "accept_then_5xx", "accept_then_timeout"):
+        # New faults go last: a seed keeps drawing the same older faults in the same order.
+        for name in ("ban_418", "rate_limit_429", "stale_timestamp", "drop_connection", "accept_then_5xx", "accept_then_timeout",
+                     "late_accept_5xx", "late_accept_timeout"):
             total += getattr(f, name)
             if r < total:
                 return name
@@ -644,6 +692,8 @@ class PaperExchange:
         if fault in ("ban_418", "rate_limit_429", "stale_timestamp", "drop_connection"):
             self._refuse(request, fault, used, params)
             return
+        if fault in ("late_accept_5xx", "late_accept_timeout"):
+            handler = self.late_order
 
         def call() -> Reply:
             if signed:
@@ -653,10 +703,10 @@ class PaperExchange:
         status, reply = self._guarded(call)
         if fault is None and status != 200 and (method, url.path) == ("POST", "/api/v3/order"):
             log.info("rejected %s %s: %s", params.get("symbol"), params.get("newClientOrderId"), reply.get("msg"))
-        if fault == "accept_then_5xx" and status == 200:
+        if fault in ("accept_then_5xx", "late_accept_5xx") and status == 200:
             log.warning("fault: accepted %s, answering 503", params.get("newClientOrderId"))
             status, reply = 503, {"code": -1007, "msg": "Timeout waiting for response from backend server. Send status unknown; execution status unknown."}
-        elif fault == "accept_then_timeout" and status == 200:
+        elif fault in ("accept_then_timeout", "late_accept_timeout") and status == 200:
             log.warning("fault: accepted %s, answering nothing for %.1fs", params.get("newClientOrderId"), self._hang_seconds)
             time.sleep(self._hang_seconds)
             request.close_connection = True
