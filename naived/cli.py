@@ -52,9 +52,9 @@ def paper_exchange_command(config_path: str | None) -> None:
     """Run the paper exchange alone (naived starts its own when exchange = "paper")."""
     config = _load(config_path)
     setup_logging("paper-exchange")
-    from naived import paper_exchange
+    from naived import paper
 
-    paper_exchange.run(config)
+    paper.run(config)
 
 
 @main.command("check-config")

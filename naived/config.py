@@ -20,6 +20,7 @@ from typing import Literal
 import msgspec
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
+LATE_ACCEPT_WINDOW = 10.0  # seconds: Binance's backend may still execute an order with an unknown status
 
 
 class ConfigError(Exception):
@@ -149,11 +150,25 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
     drop_connection: float = 0.0
     retry_after_seconds: int = 1
     seed: int = 0  # of the fault RNG: the same seed draws the same faults in the same order
+    # Late acceptance: answer "execution status unknown" (503 -1007, or nothing) with the
+    # order not yet in the book; it enters the book `late_accept_seconds` later.
+    late_accept_5xx: float = 0.0
+    late_accept_timeout: float = 0.0
+    late_accept_seconds: float = 2.0
+    # Per public trade of a symbol with open orders: the exchange cancels / expires one of them.
+    exchange_cancel: float = 0.0
+    exchange_expire: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in self.__struct_fields__:
+        _finite("late_accept_seconds", self.late_accept_seconds)
+        if not (0 < self.late_accept_seconds <= LATE_ACCEPT_WINDOW):
+            # Binance: an order with an unknown status may still execute within 10 s.
+            raise ValueError(f"late_accept_seconds: must be > 0 and <= {LATE_ACCEPT_WINDOW} (Binance's window), got {self.late_accept_seconds}")
+        for name in ("accept_then_timeout", "accept_then_5xx", "rate_limit_429", "ban_418", "stale_timestamp",
+                     "drop_connection", "late_accept_5xx", "late_accept_timeout", "exchange_cancel", "exchange_expire"):
             value = getattr(self, name)
-            if isinstance(value, float) and not (math.isfinite(value) and 0 <= value <= 1):
+            _finite(name, value)
+            if not (0 <= value <= 1):
                 raise ValueError(f"{name}: must be a probability between 0 and 1, got {value}")
         if self.retry_after_seconds < 0:
             raise ValueError(f"retry_after_seconds: must be >= 0, got {self.retry_after_seconds}")
@@ -167,12 +182,25 @@ class Paper(msgspec.Struct, forbid_unknown_fields=True):
     fill_on_touch: bool = False  # fill at <= / >= instead of the book's strict < / >
     partial_fills: bool = False  # fill at most the traded quantity per trade
     balances: dict[str, Decimal] = msgspec.field(default_factory=lambda: {"USDT": Decimal("10000")})
+    # Binance's standard spot rates (0.1%), charged on each fill from the asset it gives.
+    maker_commission: Decimal = Decimal("0.001")
+    taker_commission: Decimal = Decimal("0.001")
+    commission_in_bnb: bool = False  # pay from BNB at Binance's 25% discount when the BNB balance covers it
     faults: Faults = msgspec.field(default_factory=Faults)
 
     def __post_init__(self) -> None:
         # The inspection endpoints are unsigned: only this machine may reach them.
         _loopback("host", self.host)
         _port("port", self.port)
+        for name in ("maker_commission", "taker_commission"):
+            value = getattr(self, name)
+            _finite(name, value)
+            if not (0 <= value < 1):
+                raise ValueError(f"{name}: must be >= 0 and < 1 (a fraction: 0.001 is 0.1%), got {value}")
+        for asset, amount in self.balances.items():
+            _finite(f"balances.{asset}", amount)
+            if amount < 0:
+                raise ValueError(f"balances.{asset}: must be >= 0, got {amount}")
 
 
 class Exchange(msgspec.Struct, forbid_unknown_fields=True):

@@ -34,7 +34,8 @@ import msgspec
 import setproctitle
 import zmq
 
-from naived import paper_exchange, sdnotify, symbol_supervisor
+from naived import paper as paper_exchange
+from naived import sdnotify, symbol_supervisor
 from naived.config import Config, check_symbol, reload_config
 from naived.ipc import bind, ipc_path, request
 from naived.messages import (

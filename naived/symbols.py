@@ -2,7 +2,8 @@
 
 The project ships a compact table (`symbols.csv`) of the USDT spot pairs that
 were TRADING, with the facts the bot needs: tick size, step size, quantity
-bounds and the minimum notional. The paper exchange serves it as `exchangeInfo`;
+bounds and the minimum notional. The paper exchange serves it as `exchangeInfo`
+(`naived.paper.server.exchange_info_entry`);
 the leader reads filters from whichever exchange it trades on, through
 `filters_from_exchange_info`.
 """
@@ -40,33 +41,6 @@ def table() -> dict[str, SymbolFilters]:
 
 def lookup(symbol: str) -> SymbolFilters | None:
     return table().get(symbol.upper())
-
-
-def _plain(value: Decimal) -> str:
-    return format(value, "f")
-
-
-def exchange_info_entry(f: SymbolFilters) -> dict[str, Any]:
-    """One symbol in Binance's `exchangeInfo` JSON shape (numbers as strings, 8 decimals)."""
-    eight = Decimal("0.00000001")
-    q = lambda v: _plain(v.quantize(eight))  # noqa: E731 - Binance prints 8 decimals
-    return {
-        "symbol": f.symbol,
-        "status": f.status,
-        "baseAsset": f.base,
-        "baseAssetPrecision": 8,
-        "quoteAsset": f.quote,
-        "quotePrecision": 8,
-        "quoteAssetPrecision": 8,
-        "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
-        "isSpotTradingAllowed": True,
-        "permissions": ["SPOT"],
-        "filters": [
-            {"filterType": "PRICE_FILTER", "minPrice": q(f.tick_size), "maxPrice": "1000000.00000000", "tickSize": q(f.tick_size)},
-            {"filterType": "LOT_SIZE", "minQty": q(f.min_qty), "maxQty": q(f.max_qty), "stepSize": q(f.step_size)},
-            {"filterType": "NOTIONAL", "minNotional": q(f.min_notional), "applyMinToMarket": True, "maxNotional": "9000000.00000000", "applyMaxToMarket": False, "avgPriceMins": 5},
-        ],
-    }
 
 
 def _dec(text: str) -> Decimal:

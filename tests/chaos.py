@@ -392,6 +392,8 @@ def check(tree: Tree, leader: dict[str, Any], orders: list[dict[str, Any]], repo
         for x in o["fills"]:
             expected[base] += sign * _dec(x["qty"])
             expected[quote] -= sign * _dec(x["price"]) * _dec(x["qty"])
+            if x["commissionAsset"] in expected:  # BNB, when fees are paid in it, is not checked here
+                expected[x["commissionAsset"]] -= _dec(x["commission"])
         if o["status"] in OPEN:
             remaining = _dec(o["origQty"]) - _dec(o["executedQty"])
             if o["side"] == "BUY":

@@ -166,7 +166,7 @@ def test_a_corrupt_paper_database_is_reported_with_its_reason(tmp_path: Path) ->
         tree.start_streamer()
         tree.start_naived()
         paper = wait_for("the paper exchange to give up", lambda: (p := tree.status()["paper_exchange"]) and p["error"] and p)
-        assert paper["error"].startswith("paper-exchange kept failing (exit status 1: ") and "not a database" in paper["error"]
+        assert paper["error"].startswith("paper-exchange kept failing (exit status 1: ") and "paper-exchange.sqlite" in paper["error"]
         assert tree.naived.poll() is None
         assert db.read_bytes() == b"garbage, not a database\n" * 200
         shown = tree.ctl("status")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -51,13 +54,17 @@ class Market:
         self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, also a restarted subscriber's repeat
         self.pub.bind(endpoint)
         self.next_id = 1
+        self.seen: set[bytes] = set()  # subscriptions reported and not yet waited for
 
     def wait_subscribed(self, symbol: str) -> None:
         wanted = b"\x01" + trade_topic(symbol)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if self.pub.poll(100) and self.pub.recv() == wanted:
+            if wanted in self.seen:
+                self.seen.discard(wanted)  # a restarted exchange subscribes again: wait for that one
                 return
+            if self.pub.poll(100):
+                self.seen.add(self.pub.recv())
         raise AssertionError(f"the exchange never subscribed to {symbol}")
 
     def trade(self, symbol: str, price: str, qty: str = "1000") -> int:
@@ -75,30 +82,37 @@ class Market:
 class Exchange:
     """One paper-exchange process (restartable on the same port and state) and HTTP helpers."""
 
-    def __init__(self, directory: Path, market_endpoint: str, extra: str = "") -> None:
+    def __init__(self, directory: Path, market_endpoint: str, extra: str = "", listener: socket.socket | None = None) -> None:
         self.dir = directory
-        self.port = free_port()
+        self.listener = listener  # served instead of binding paper.port, as under naived's root
+        self.port = listener.getsockname()[1] if listener else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = directory / "naive.toml"
         self.config.write_text(
             f'[paths]\nstate_dir = "{directory / "state"}"\nruntime_dir = "{directory / "run"}"\n'
             f'[streamer]\nendpoint = "{market_endpoint}"\n'
             f'[exchange]\ntimeout_seconds = 0.4\n'
-            f'[paper]\nport = {self.port}\nbalances = {{ USDT = "10000", XRP = "100" }}\n{extra}\n'
+            f'[paper]\nport = {free_port() if listener else self.port}\n{extra}\n'
+            + ("" if "balances" in extra else 'balances = { USDT = "10000", XRP = "100" }\n')
         )
         self.http = requests.Session()
         self.http.trust_env = False
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
-    def start(self) -> None:
+    def spawn(self) -> subprocess.Popen[bytes]:
         code = (
-            "import logging, sys; logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s');"
-            "from naived.config import load_config; from naived import paper_exchange;"
-            "paper_exchange.run(load_config(sys.argv[1]))"
+            "import logging, socket, sys; logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s');"
+            "from naived.config import load_config; from naived import paper;"
+            "fd = int(sys.argv[2]); paper.run(load_config(sys.argv[1]), socket.socket(fileno=fd) if fd >= 0 else None)"
         )
+        fd = self.listener.fileno() if self.listener else -1
         with open(self.dir / "paper-exchange.log", "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.config)], stderr=log, start_new_session=True)
+            return subprocess.Popen([sys.executable, "-c", code, str(self.config), str(fd)], stderr=log,
+                                    start_new_session=True, pass_fds=(fd,) if fd >= 0 else ())
+
+    def start(self) -> None:
+        self.proc = self.spawn()
 
         def up() -> bool:
             assert self.proc is not None and self.proc.poll() is None, self.log()
@@ -136,9 +150,9 @@ class Exchange:
         wait_for(f"trade {trade_id} to be processed", lambda: self.get("/paper/market").get(symbol, {}).get("lastTradeId") == trade_id)
 
     def signed(self, method: str, path: str, params: dict[str, Any], *, body: bool = False,
-               stamp: int | None = None, secret: str = SECRET, key: str = KEY) -> tuple[int, Any]:
+               stamp: int | None = None, secret: str = SECRET, key: str = KEY, recv_window: str = "5000") -> tuple[int, Any]:
         """A hand-made signed request, to reach what the client never sends."""
-        query = urlencode({**params, "recvWindow": 5000, "timestamp": stamp or int(time.time() * 1000)})
+        query = urlencode({**params, "recvWindow": recv_window, "timestamp": stamp or int(time.time() * 1000)})
         query += "&signature=" + signature(secret, query)
         headers = {"X-MBX-APIKEY": key}
         if body:
@@ -163,10 +177,10 @@ def market(tmp_path: Path) -> Iterator[Market]:
 def start(tmp_path: Path, market: Market) -> Iterator[Callable[..., Exchange]]:
     started: list[Exchange] = []
 
-    def make(extra: str = "") -> Exchange:
+    def make(extra: str = "", listener: socket.socket | None = None) -> Exchange:
         directory = tmp_path / f"x{len(started)}"
         directory.mkdir()
-        started.append(Exchange(directory, f"ipc://{tmp_path / 'market.sock'}", extra))
+        started.append(Exchange(directory, f"ipc://{tmp_path / 'market.sock'}", extra, listener))
         return started[-1]
 
     try:
@@ -250,8 +264,8 @@ def test_response_types(ex: Exchange, kind: str) -> None:
     status, body = ex.signed("POST", "/api/v3/order", order("BUY", "0.5", "20", f"r-{kind}") | {"newOrderRespType": kind}, body=True)
     assert status == 200, body
     ack = {"symbol", "orderId", "orderListId", "clientOrderId", "transactTime"}
-    result = ack | {"price", "origQty", "executedQty", "cummulativeQuoteQty", "status", "timeInForce", "type", "side",
-                    "workingTime", "selfTradePreventionMode"}
+    result = ack | {"price", "origQty", "executedQty", "origQuoteOrderQty", "cummulativeQuoteQty", "status", "timeInForce",
+                    "type", "side", "workingTime", "selfTradePreventionMode"}
     assert set(body) == {"ACK": ack, "RESULT": result, "FULL": result | {"fills"}}[kind]
     assert body["clientOrderId"] == f"r-{kind}"
     if kind != "ACK":
@@ -276,25 +290,31 @@ def test_query_open_orders_cancel_account(ex: Exchange) -> None:
 # --- fills -------------------------------------------------------------------------------------
 
 
-def assert_balances_follow_fills(ex: Exchange) -> None:
-    """Start balances + every fill == free + locked of each asset, and locked == what open orders hold."""
-    usdt, xrp = Decimal("10000"), Decimal("100")
-    locked_usdt = locked_xrp = Decimal(0)
+def assert_balances_follow_fills(ex: Exchange, start: dict[str, Decimal] | None = None) -> None:
+    """Start balances + every fill - every fee == free + locked of each asset, and locked ==
+    what open orders hold (the limit price times what remains of a BUY, the rest of a SELL)."""
+    total = dict(start or {"USDT": Decimal("10000"), "XRP": Decimal("100")})
+    locked = dict.fromkeys(total, Decimal(0))
     for o in ex.get("/paper/orders"):
-        price, bought = Decimal(o["price"]), sum((Decimal(f["qty"]) for f in o["fills"]), Decimal(0))
+        assert o["symbol"] == "XRPUSDT"
+        bought = sum((Decimal(f["qty"]) for f in o["fills"]), Decimal(0))
         assert bought == Decimal(o["executedQty"])
+        assert sum((Decimal(f["price"]) * Decimal(f["qty"]) for f in o["fills"]), Decimal(0)) == Decimal(o["cummulativeQuoteQty"])
         sign = 1 if o["side"] == "BUY" else -1
-        xrp += sign * bought
-        usdt -= sign * bought * price
+        for f in o["fills"]:
+            total["XRP"] += sign * Decimal(f["qty"])
+            total["USDT"] -= sign * Decimal(f["qty"]) * Decimal(f["price"])
+            total[f["commissionAsset"]] -= Decimal(f["commission"])
         if o["status"] in ("NEW", "PARTIALLY_FILLED"):
             remaining = Decimal(o["origQty"]) - bought
             if o["side"] == "BUY":
-                locked_usdt += remaining * price
+                locked["USDT"] += remaining * Decimal(o["price"])
             else:
-                locked_xrp += remaining
+                locked["XRP"] += remaining
     b = ex.balances()
-    assert b["USDT"]["free"] + b["USDT"]["locked"] == usdt and b["USDT"]["locked"] == locked_usdt
-    assert b["XRP"]["free"] + b["XRP"]["locked"] == xrp and b["XRP"]["locked"] == locked_xrp
+    for asset, amount in total.items():
+        have = b.get(asset, {"free": Decimal(0), "locked": Decimal(0)})
+        assert (have["free"] + have["locked"], have["locked"]) == (amount, locked[asset]), asset
 
 
 def test_strict_fills(ex: Exchange, market: Market) -> None:
@@ -312,8 +332,12 @@ def test_strict_fills(ex: Exchange, market: Market) -> None:
     ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.6001"))
     assert c.get_order("XRPUSDT", "s1").status == "FILLED"
     fills = ex.orders()["b1"]["fills"]
-    assert [(f["price"], f["qty"]) for f in fills] == [("0.50000000", "20.00000000")]  # at the limit price
-    assert ex.balances() == {"USDT": {"free": Decimal("10002"), "locked": Decimal(0)}, "XRP": {"free": Decimal("100"), "locked": Decimal(0)}}
+    # At the limit price, as a maker; 0.1% of the 20 XRP received is 0.02 XRP.
+    assert [(f["price"], f["qty"], f["commission"], f["commissionAsset"], f["isMaker"]) for f in fills] == [
+        ("0.50000000", "20.00000000", "0.02000000", "XRP", True)]
+    # The SELL gave 20 × 0.6 = 12 USDT, less 0.012 USDT: 10000 - 10 + 12 - 0.012; XRP 100 + 20 - 0.02 - 20.
+    assert ex.balances() == {"USDT": {"free": Decimal("10001.988"), "locked": Decimal(0)},
+                             "XRP": {"free": Decimal("99.98"), "locked": Decimal(0)}}
     assert_balances_follow_fills(ex)
 
 
@@ -346,6 +370,221 @@ def test_partial_fills(start: Callable[..., Exchange], market: Market) -> None:
     assert c.cancel_order("XRPUSDT", "b2").executed_qty == "5.00000000"
     assert_balances_follow_fills(ex)
     assert ex.balances()["USDT"] == {"free": Decimal("10000") - Decimal("0.5") * 35, "locked": Decimal(0)}
+
+
+def post(ex: Exchange, **params: str) -> tuple[int, Any]:
+    """A new order by hand (the client only sends LIMIT GTC with RESULT)."""
+    return ex.signed("POST", "/api/v3/order", {"symbol": "XRPUSDT", **params})
+
+
+def follow(ex: Exchange, market: Market, symbol: str = "XRPUSDT") -> None:
+    """Make the exchange subscribe to `symbol` (a trader asks exchangeInfo first) and see one trade at 0.5."""
+    ex.http.get(f"{ex.url}/api/v3/exchangeInfo", params={"symbol": symbol}, timeout=5)
+    market.wait_subscribed(symbol)
+
+
+def test_marketable_orders_fill_at_once_at_the_last_price_as_takers(start: Callable[..., Exchange], market: Market) -> None:
+    ex = start('maker_commission = "0.001"\ntaker_commission = "0.002"')
+    follow(ex, market)
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5"))
+    status, body = post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="0.6", quantity="20", newClientOrderId="b1")
+    assert status == 200, body
+    assert (body["status"], body["executedQty"], body["cummulativeQuoteQty"]) == ("FILLED", "20.00000000", "10.00000000")
+    # 20 XRP at 0.5 (not the 0.6 limit); taker 0.2% of the 20 XRP received = 0.04 XRP
+    assert [{k: f[k] for k in ("price", "qty", "commission", "commissionAsset")} for f in body["fills"]] == [
+        {"price": "0.50000000", "qty": "20.00000000", "commission": "0.04000000", "commissionAsset": "XRP"}]
+    assert ex.balances() == {"USDT": {"free": Decimal("9990"), "locked": Decimal(0)},
+                             "XRP": {"free": Decimal("119.96"), "locked": Decimal(0)}}
+    # A SELL at or below the last price takes it too: 10 × 0.5 = 5 USDT, less 0.2% = 0.01 USDT.
+    status, body = post(ex, side="SELL", type="LIMIT", timeInForce="GTC", price="0.5", quantity="10", newClientOrderId="s1")
+    assert (body["status"], body["fills"][0]["commission"], body["fills"][0]["commissionAsset"]) == ("FILLED", "0.01000000", "USDT")
+    assert ex.balances()["USDT"] == {"free": Decimal("9994.99"), "locked": Decimal(0)}
+    # MARKET by quantity and by quoteOrderQty (7.3 USDT at 0.5 buys 14 XRP on a step of 1: 7 USDT, never more)
+    status, body = post(ex, side="BUY", type="MARKET", quantity="4", newClientOrderId="m0")
+    assert (status, body) == (400, {"code": -1013, "msg": "Filter failure: NOTIONAL"})  # 2 USDT at the last price
+    status, body = post(ex, side="BUY", type="MARKET", quantity="12", newClientOrderId="m1")
+    assert (body["status"], body["cummulativeQuoteQty"], body["fills"][0]["commission"]) == ("FILLED", "6.00000000", "0.02400000")
+    status, body = post(ex, side="BUY", type="MARKET", quoteOrderQty="7.3", newClientOrderId="m2")
+    assert (body["status"], body["origQty"], body["origQuoteOrderQty"], body["cummulativeQuoteQty"]) == (
+        "FILLED", "14.00000000", "7.30000000", "7.00000000")
+    trades = ex.signed("GET", "/api/v3/myTrades", {"symbol": "XRPUSDT"})[1]
+    assert [(t["isBuyer"], t["isMaker"], t["qty"], t["quoteQty"], t["commission"], t["commissionAsset"]) for t in trades] == [
+        (True, False, "20.00000000", "10.00000000", "0.04000000", "XRP"),
+        (False, False, "10.00000000", "5.00000000", "0.01000000", "USDT"),
+        (True, False, "12.00000000", "6.00000000", "0.02400000", "XRP"),
+        (True, False, "14.00000000", "7.00000000", "0.02800000", "XRP"),
+    ]
+    assert len({t["id"] for t in trades}) == 4
+    assert_balances_follow_fills(ex)
+
+
+def test_resting_orders_fill_by_price_then_time_as_makers(start: Callable[..., Exchange], market: Market) -> None:
+    ex = start('partial_fills = true\nmaker_commission = "0.001"\ntaker_commission = "0.002"')
+    c = ex.client()
+    c.new_order("XRPUSDT", "BUY", "0.5", "10", "b1")
+    market.wait_subscribed("XRPUSDT")
+    c.new_order("XRPUSDT", "BUY", "0.52", "10", "b2")
+    c.new_order("XRPUSDT", "BUY", "0.52", "10", "b3")
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.49", "15"))  # b2 (best price) 10, then b3 (later) 5, b1 none
+    orders = ex.orders()
+    assert [(orders[c]["status"], orders[c]["executedQty"]) for c in ("b1", "b2", "b3")] == [
+        ("NEW", "0.00000000"), ("FILLED", "10.00000000"), ("PARTIALLY_FILLED", "5.00000000")]
+    assert [(f["price"], f["commission"], f["isMaker"]) for f in orders["b3"]["fills"]] == [("0.52000000", "0.00500000", True)]
+    assert_balances_follow_fills(ex)
+
+
+def test_partial_fills_leave_marketable_orders_what_the_last_trade_left(start: Callable[..., Exchange], market: Market) -> None:
+    ex = start("partial_fills = true")
+    follow(ex, market)
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5", "15"))
+    _, ioc = post(ex, side="BUY", type="LIMIT", timeInForce="IOC", price="0.6", quantity="20", newClientOrderId="i1")
+    assert (ioc["status"], ioc["executedQty"]) == ("EXPIRED", "15.00000000")
+    _, fok = post(ex, side="BUY", type="LIMIT", timeInForce="FOK", price="0.6", quantity="10", newClientOrderId="k1")
+    assert (fok["status"], fok["executedQty"], fok["fills"]) == ("EXPIRED", "0.00000000", [])  # nothing left of the trade
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5", "4"))
+    _, gtc = post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="0.6", quantity="10", newClientOrderId="g1")
+    assert (gtc["status"], gtc["executedQty"]) == ("PARTIALLY_FILLED", "4.00000000")
+    assert ex.balances()["USDT"]["locked"] == Decimal("3.6")  # the 6 resting, at their 0.6 limit
+    _, mkt = post(ex, side="SELL", type="MARKET", quantity="10", newClientOrderId="m1")
+    assert (mkt["status"], mkt["executedQty"]) == ("EXPIRED", "0.00000000")
+    assert_balances_follow_fills(ex)
+
+
+def test_without_a_trade_seen_marketable_limits_rest_and_market_orders_expire(ex: Exchange) -> None:
+    _, limit = post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="5", quantity="20", newClientOrderId="l1")
+    assert (limit["status"], limit["executedQty"]) == ("NEW", "0.00000000")
+    _, market_order = post(ex, side="BUY", type="MARKET", quantity="20", newClientOrderId="m1")
+    assert (market_order["status"], market_order["executedQty"]) == ("EXPIRED", "0.00000000")
+    assert ex.balances()["USDT"] == {"free": Decimal("9900"), "locked": Decimal("100")}
+
+
+def test_a_buy_of_an_asset_never_held(start: Callable[..., Exchange]) -> None:
+    ex = start('balances = { USDT = "100" }')
+    _, body = post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="0.5", quantity="20", newClientOrderId="b1")
+    assert body["status"] == "NEW", body
+    assert ex.balances() == {"USDT": {"free": Decimal("90"), "locked": Decimal("10")}, "XRP": {"free": Decimal(0), "locked": Decimal(0)}}
+
+
+def test_commission_in_bnb_at_the_discount_when_the_balance_covers_it(start: Callable[..., Exchange], market: Market) -> None:
+    ex = start('commission_in_bnb = true\nbalances = { USDT = "10000", BNB = "0.00004" }')
+    follow(ex, market)
+    market.wait_subscribed("BNBUSDT")
+    ex.processed("BNBUSDT", market.trade("BNBUSDT", "200"))
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5"))
+    # 20 XRP at 0.5 = 10 USDT; 0.1% × 75% = 0.0075 USDT = 0.0000375 BNB at 200
+    _, body = post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="0.5", quantity="20", newClientOrderId="b1")
+    assert (body["fills"][0]["commission"], body["fills"][0]["commissionAsset"]) == ("0.00003750", "BNB")
+    # 0.0000025 BNB left does not cover the next one: taken from the XRP received, undiscounted
+    _, body = post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="0.5", quantity="20", newClientOrderId="b2")
+    assert (body["fills"][0]["commission"], body["fills"][0]["commissionAsset"]) == ("0.02000000", "XRP")
+    assert ex.balances() == {"BNB": {"free": Decimal("0.0000025"), "locked": Decimal(0)},
+                             "USDT": {"free": Decimal("9980"), "locked": Decimal(0)},
+                             "XRP": {"free": Decimal("39.98"), "locked": Decimal(0)}}
+    rates = ex.signed("GET", "/api/v3/account/commission", {"symbol": "XRPUSDT"})[1]
+    assert rates == {
+        "symbol": "XRPUSDT",
+        "standardCommission": {"maker": "0.00100000", "taker": "0.00100000", "buyer": "0.00000000", "seller": "0.00000000"},
+        "specialCommission": {"maker": "0.00000000", "taker": "0.00000000", "buyer": "0.00000000", "seller": "0.00000000"},
+        "taxCommission": {"maker": "0.00000000", "taker": "0.00000000", "buyer": "0.00000000", "seller": "0.00000000"},
+        "discount": {"enabledForAccount": True, "enabledForSymbol": True, "discountAsset": "BNB", "discount": "0.25000000"},
+    }
+    account = ex.signed("GET", "/api/v3/account", {})[1]
+    assert (account["makerCommission"], account["commissionRates"]["taker"]) == (10, "0.00100000")
+
+
+# --- endpoints -------------------------------------------------------------------------------------
+
+REAL_EXCHANGE_INFO = Path("/work/shared/data/exchange-info/exchangeInfo.json")
+
+
+@pytest.mark.skipif(not REAL_EXCHANGE_INFO.exists(), reason="the recorded Binance exchangeInfo is not on this machine")
+def test_exchange_info_has_every_field_of_binances_symbol_entry(ex: Exchange) -> None:
+    real = next(s for s in json.loads(REAL_EXCHANGE_INFO.read_text())["symbols"] if s["symbol"] == "XRPUSDT")
+    ours = ex.get("/api/v3/exchangeInfo?symbol=XRPUSDT")["symbols"][0]
+    assert set(real) <= set(ours)
+    real_filters = {f["filterType"]: f for f in real["filters"]}
+    for f in ours["filters"]:
+        assert set(f) == set(real_filters[f["filterType"]]), f["filterType"]
+    for kind, key in [("PRICE_FILTER", "tickSize"), ("LOT_SIZE", "stepSize"), ("LOT_SIZE", "minQty"), ("NOTIONAL", "minNotional")]:
+        assert {f["filterType"]: f for f in ours["filters"]}[kind][key] == real_filters[kind][key]
+    assert ours["orderTypes"] == ["LIMIT", "LIMIT_MAKER", "MARKET"]  # only what it implements
+
+
+def test_every_listed_order_type_is_accepted_and_binances_errors(ex: Exchange, market: Market) -> None:
+    follow(ex, market)
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5"))
+    valid = {"LIMIT": {"timeInForce": "GTC", "price": "0.4", "quantity": "20"},
+             "LIMIT_MAKER": {"price": "0.4", "quantity": "20"}, "MARKET": {"quantity": "20"}}
+    for kind in ex.get("/api/v3/exchangeInfo?symbol=XRPUSDT")["symbols"][0]["orderTypes"]:
+        status, body = post(ex, side="BUY", type=kind, newClientOrderId=f"ok-{kind}", **valid[kind])
+        assert status == 200, (kind, body)
+    assert set(ex.orders()["ok-LIMIT_MAKER"]) >= {"status"}
+    for tif in ("IOC", "FOK"):
+        assert post(ex, side="BUY", type="LIMIT", timeInForce=tif, price="0.4", quantity="20")[0] == 200
+    # LIMIT_MAKER answers ACK by default (only LIMIT and MARKET default to FULL)
+    assert set(post(ex, side="SELL", type="LIMIT_MAKER", price="0.6", quantity="20")[1]) == {
+        "symbol", "orderId", "orderListId", "clientOrderId", "transactTime"}
+    cases = [
+        ({"type": "LIMIT_MAKER", "price": "0.5", "quantity": "20"}, -2010, "Order would immediately match and take."),
+        ({"type": "STOP_LOSS_LIMIT", "price": "0.5", "quantity": "20"}, -1116, "Invalid orderType."),
+        ({"type": "LIMIT", "timeInForce": "GTD", "price": "0.4", "quantity": "20"}, -1115, "Invalid timeInForce."),
+        ({"type": "LIMIT", "price": "0.4", "quantity": "20"}, -1102,
+         "Mandatory parameter 'timeInForce' was not sent, was empty/null, or malformed."),
+        ({"type": "MARKET"}, -1102, "Param 'quantity' or 'quoteOrderQty' must be sent, but both were empty/null!"),
+        ({"type": "MARKET", "quantity": "20", "price": "0.5"}, -1106, "Parameter 'price' sent when not required."),
+        ({"type": "LIMIT", "timeInForce": "GTC", "price": "0.4", "quantity": "20", "quoteOrderQty": "8"}, -1106,
+         "Parameter 'quoteOrderQty' sent when not required."),
+        ({"type": "MARKET", "quoteOrderQty": "4"}, -1013, "Filter failure: NOTIONAL"),
+    ]
+    for params, code, msg in cases:
+        assert post(ex, side="BUY", **params) == (400, {"code": code, "msg": msg}), params
+    assert post(ex, side="HOLD", type="MARKET", quantity="20") == (400, {"code": -1117, "msg": "Invalid side."})
+
+
+def test_all_orders_my_trades_and_cancel_all(ex: Exchange, market: Market) -> None:
+    c = ex.client()
+    ids = [c.new_order("XRPUSDT", "BUY", price, "20", f"o{i}").order_id for i, price in enumerate(["0.5", "0.4", "0.3"])]
+    market.wait_subscribed("XRPUSDT")
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.45"))  # fills o0
+    every = ex.signed("GET", "/api/v3/allOrders", {"symbol": "XRPUSDT"})[1]
+    assert [(o["clientOrderId"], o["status"], o["origQuoteOrderQty"]) for o in every] == [
+        ("o0", "FILLED", "0.00000000"), ("o1", "NEW", "0.00000000"), ("o2", "NEW", "0.00000000")]
+    assert [o["orderId"] for o in ex.signed("GET", "/api/v3/allOrders", {"symbol": "XRPUSDT", "limit": 2})[1]] == ids[1:]
+    assert [o["orderId"] for o in ex.signed("GET", "/api/v3/allOrders", {"symbol": "XRPUSDT", "orderId": ids[1], "limit": 1})[1]] == [ids[1]]
+    trades = ex.signed("GET", "/api/v3/myTrades", {"symbol": "XRPUSDT", "orderId": ids[0]})[1]
+    assert [(t["orderId"], t["price"], t["qty"], t["isMaker"], t["commission"]) for t in trades] == [
+        (ids[0], "0.50000000", "20.00000000", True, "0.02000000")]
+    status, cancelled = ex.signed("DELETE", "/api/v3/openOrders", {"symbol": "XRPUSDT"})
+    assert status == 200 and [(o["origClientOrderId"], o["status"]) for o in cancelled] == [("o1", "CANCELED"), ("o2", "CANCELED")]
+    assert ex.signed("DELETE", "/api/v3/openOrders", {"symbol": "XRPUSDT"}) == (400, {"code": -2011, "msg": "Unknown order sent."})
+    assert_balances_follow_fills(ex)
+
+
+def test_test_order_places_nothing_and_computes_commission_rates(ex: Exchange) -> None:
+    params = {"symbol": "XRPUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "price": "0.5", "quantity": "20"}
+    assert ex.signed("POST", "/api/v3/order/test", params) == (200, {})
+    status, rates = ex.signed("POST", "/api/v3/order/test", params | {"computeCommissionRates": "true"})
+    assert rates == {
+        "standardCommissionForOrder": {"maker": "0.00100000", "taker": "0.00100000"},
+        "specialCommissionForOrder": {"maker": "0.00000000", "taker": "0.00000000"},
+        "taxCommissionForOrder": {"maker": "0.00000000", "taker": "0.00000000"},
+        "discount": {"enabledForAccount": False, "enabledForSymbol": True, "discountAsset": "BNB", "discount": "0.25000000"},
+    }
+    assert ex.signed("POST", "/api/v3/order/test", params | {"price": "0.50005"}) == (400, {"code": -1013, "msg": "Filter failure: PRICE_FILTER"})
+    assert ex.orders() == {}
+
+
+def test_timestamps_in_microseconds_and_decimal_recv_windows(ex: Exchange) -> None:
+    now_us = time.time_ns() // 1000
+    assert ex.signed("GET", "/api/v3/account", {}, stamp=now_us)[0] == 200
+    assert ex.signed("GET", "/api/v3/account", {}, recv_window="5000.5")[0] == 200
+    stale = {"code": -1021, "msg": "Timestamp for this request is outside of the recvWindow."}
+    assert ex.signed("GET", "/api/v3/account", {}, stamp=now_us - 2_000_000, recv_window="1000") == (400, stale)
+    # 1.5 ms late with a 1.499 ms window: only µs resolution on both sides tells
+    assert ex.signed("GET", "/api/v3/account", {}, stamp=time.time_ns() // 1000 - 1500, recv_window="1.499") == (400, stale)
+    assert ex.signed("GET", "/api/v3/account", {}, recv_window="60000.001")[1]["code"] == -1131
+    ahead = ex.signed("GET", "/api/v3/account", {}, stamp=time.time_ns() // 1000 + 3_000_000)
+    assert ahead == (400, {"code": -1021, "msg": "Timestamp for this request was 1000ms ahead of the server's time."})
 
 
 # --- crashes and faults ----------------------------------------------------------------------------
@@ -438,3 +677,117 @@ def test_faults_are_deterministic_for_a_seed(ex: Exchange) -> None:
     first = pattern()
     assert any(first) and not all(first)
     assert pattern() == first
+
+
+# --- the process ------------------------------------------------------------------------------
+
+
+def test_serves_on_an_inherited_listening_socket(start: Callable[..., Exchange]) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        ex = start(listener=listener)  # paper.port in its config is another, unbound port
+        assert ex.client().exchange_info("XRPUSDT")["symbols"][0]["symbol"] == "XRPUSDT"
+        assert ex.kill(signal.SIGTERM) == 0
+
+
+def _refused_state(ex: Exchange) -> str:
+    """Start on the existing state file; it must exit at once, with one line naming the file."""
+    proc = ex.spawn()
+    assert proc.wait(10) == 1
+    lines = [line for line in ex.log().splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_corrupt_state_file_stops_it_and_is_left_as_it_was(ex: Exchange) -> None:
+    c = ex.client()
+    c.new_order("XRPUSDT", "BUY", "0.5", "20", "kept")
+    assert ex.kill(signal.SIGTERM) == 0
+    path = ex.dir / "state" / "paper-exchange.sqlite"
+    (ex.dir / "paper-exchange.log").write_text("")
+
+    garbage = b"this is not a database" * 300
+    path.write_bytes(garbage)
+    line = _refused_state(ex)
+    assert str(path) in line and "move it aside" in line
+    assert path.read_bytes() == garbage
+
+    # An intact SQLite file holding a value the book cannot read: refused the same way.
+    (ex.dir / "paper-exchange.log").write_text("")
+    path.unlink()
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); INSERT INTO meta VALUES ('initialized', '1');"
+                     "CREATE TABLE balances (asset TEXT PRIMARY KEY, free TEXT NOT NULL, locked TEXT NOT NULL);"
+                     "INSERT INTO balances VALUES ('USDT', 'lots', '0');")
+    db.close()
+
+    def rows() -> list[str]:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return list(db.iterdump())
+
+    before = rows()
+    assert str(path) in _refused_state(ex)
+    assert rows() == before  # what was committed is still there (the journal mode may have changed)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_state_file_stops_it(ex: Exchange) -> None:
+    assert ex.kill(signal.SIGTERM) == 0
+    path = ex.dir / "state" / "paper-exchange.sqlite"
+    (ex.dir / "paper-exchange.log").write_text("")
+    path.chmod(0)
+    try:
+        assert str(path) in _refused_state(ex)
+    finally:
+        path.chmod(0o600)
+
+
+# --- exchange-side faults ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("answer", ["late_accept_5xx", "late_accept_timeout"])
+def test_late_acceptance_answers_unknown_then_places_the_order_later(ex: Exchange, answer: str) -> None:
+    c = ex.client()
+    c.server_time()
+    ex.faults(**{answer: 1.0, "late_accept_seconds": 1.0})
+    sent = time.monotonic()
+    with pytest.raises(OutcomeUnknown):
+        c.new_order("XRPUSDT", "BUY", "0.5", "20", "late")
+    ex.faults()
+    with pytest.raises(UnknownOrder):
+        ex.client().get_order("XRPUSDT", "late")  # not in the book while the answer is "unknown"
+    assert time.monotonic() - sent < 1.0, "too slow to see the gap; the assertion above proved nothing"
+    placed = wait_for("the late order", lambda: ex.orders().get("late"))
+    assert time.monotonic() - sent >= 1.0
+    assert (placed["status"], placed["origQty"]) == ("NEW", "20.00000000")
+    assert ex.balances()["USDT"] == {"free": Decimal("9990"), "locked": Decimal("10")}
+
+
+def test_a_late_order_is_refused_if_its_client_order_id_is_open_by_then(ex: Exchange) -> None:
+    c = ex.client()
+    c.server_time()
+    ex.faults(late_accept_5xx=1.0, late_accept_seconds=0.5)
+    with pytest.raises(OutcomeUnknown):
+        c.new_order("XRPUSDT", "BUY", "0.5", "20", "twice")
+    ex.faults()
+    c.new_order("XRPUSDT", "BUY", "0.5", "20", "twice")  # a client that did not wait out the window
+    wait_for("the late order to be refused", lambda: "twice, accepted late, was refused: Duplicate order sent." in ex.log())
+    assert len(ex.get("/paper/orders")) == 1
+
+
+def test_late_accept_seconds_stays_within_binances_window(ex: Exchange) -> None:
+    r = ex.http.post(f"{ex.url}/paper/faults", json={"late_accept_seconds": 10.5}, timeout=5)
+    assert r.status_code == 400 and "late_accept_seconds" in r.json()["msg"]
+
+
+@pytest.mark.parametrize("fault,status", [("exchange_cancel", "CANCELED"), ("exchange_expire", "EXPIRED")])
+def test_the_exchange_cancels_or_expires_an_open_order(ex: Exchange, market: Market, fault: str, status: str) -> None:
+    c = ex.client()
+    c.new_order("XRPUSDT", "SELL", "0.9", "30", "s1")
+    market.wait_subscribed("XRPUSDT")
+    ex.faults(**{fault: 1.0})
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5"))  # crosses nothing
+    found = wait_for(f"s1 {status}", lambda: (o := c.get_order("XRPUSDT", "s1")).status == status and o)
+    assert found.executed_qty == "0.00000000"
+    assert ex.balances()["XRP"] == {"free": Decimal("100"), "locked": Decimal(0)}

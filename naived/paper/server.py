@@ -1,42 +1,63 @@
 """The paper exchange: Binance's spot REST API on 127.0.0.1, filled by the public trade stream.
 
-The book's BinanceMock as its own process. `run(config)` serves until SIGTERM/SIGINT.
-
-Binance endpoints (same paths, parameters in the query string and/or a form body,
-same JSON shapes, statuses, error codes and messages, `X-MBX-USED-WEIGHT-1M` header):
+The book's BinanceMock as its own process. `run(config, listener)` serves until SIGTERM/SIGINT.
+Binance's spot API documentation is the specification: same paths, parameters (query
+string and/or form body), JSON shapes, statuses, error codes and messages, and the
+`X-MBX-USED-WEIGHT-1M` header.
 
     GET    /api/v3/ping, /api/v3/time, /api/v3/exchangeInfo[?symbol=|?symbols=]
-    POST   /api/v3/order        LIMIT GTC; newOrderRespType ACK | RESULT | FULL   (signed)
-    GET    /api/v3/order        by orderId or origClientOrderId                  (signed)
-    DELETE /api/v3/order        by orderId or origClientOrderId                  (signed)
-    GET    /api/v3/openOrders[?symbol=]                                          (signed)
-    GET    /api/v3/account                                                       (signed)
+    POST   /api/v3/order        LIMIT (GTC, IOC, FOK), LIMIT_MAKER, MARKET by quantity or
+                                quoteOrderQty; newOrderRespType ACK | RESULT | FULL    (signed)
+    POST   /api/v3/order/test   the same checks, nothing placed; computeCommissionRates (signed)
+    GET    /api/v3/order        by orderId or origClientOrderId                      (signed)
+    DELETE /api/v3/order        by orderId or origClientOrderId                      (signed)
+    GET    /api/v3/openOrders[?symbol=]   DELETE /api/v3/openOrders?symbol=          (signed)
+    GET    /api/v3/allOrders, /api/v3/myTrades   (orderId/fromId, startTime, endTime, limit)
+    GET    /api/v3/account, /api/v3/account/commission                              (signed)
 
-Signed requests are checked like Binance does: `X-MBX-APIKEY` must be
-`paper.api_key`, the HMAC-SHA256 `signature` (key `paper.api_secret`) must match the
-query string followed by the body, and `timestamp` must be within `recvWindow`.
-Not implemented: order types other than LIMIT, time in force other than GTC,
-commissions (always 0), rate limits other than the injected faults.
+Signed requests are checked like Binance does: `X-MBX-APIKEY` must be `paper.api_key`,
+the HMAC-SHA256 `signature` (key `paper.api_secret`) must match the query string
+followed by the body, and `timestamp` (ms, or µs) must be within `recvWindow` (ms, up to
+three decimals, at most 60000) and not 1 s ahead.
 
-Fills: resting orders are matched by `naived.paper_book` against the trade events
-streamerd publishes (topic `TRADE_EVENTS:<SYMBOL>`); a symbol is subscribed when its
-first order is placed, and at start for every symbol with open orders.
+Matching and commission are `naived.paper.book`'s (see its docstring): marketable orders
+fill at once at the last trade price as takers, resting ones as makers when a later
+trade crosses them, and every fill pays the maker or taker rate from the asset it gives
+(or BNB at the discount). A symbol is subscribed when it is asked for in exchangeInfo
+(`symbol`/`symbols`), when its first order is placed, and at start for every symbol with
+open orders.
+
+Deliberate differences from Binance (the paper exchange is never kinder):
+- The only book is the last public trade: its price is the best opposite price, and with
+  `partial_fills` its quantity the liquidity; without a trade seen since start, limit
+  orders rest and MARKET orders expire unfilled. Our orders do not move the market.
+- Commission rounds up to 8 decimals; a commission in BNB converts at the last BNB<quote>
+  trade seen (Binance does not say which price it uses).
+- MARKET orders check the NOTIONAL minimum and the balance against the last trade price
+  (Binance: the average price over `avgPriceMins`); MARKET_LOT_SIZE is LOT_SIZE.
+- Not implemented, so not listed in exchangeInfo: stop and take-profit orders, iceberg
+  orders, order lists (OCO/OTO), cancel-replace, SOR, self-trade prevention modes other
+  than NONE, PERCENT_PRICE_BY_SIDE, MAX_NUM_ORDERS; rate limits other than injected faults.
 
 Inspection and control, unsigned (the server only listens on loopback):
 
     GET  /paper/orders[?symbol=]  every order ever placed, oldest first: the RESULT fields
                                   plus `time`, `updateTime`, `receivedNs` (wall clock in ns
-                                  when the request line arrived) and `fills`
-                                  [{price, qty, tradeId, time}]
+                                  when the request line arrived) and `fills` [{price, qty,
+                                  commission, commissionAsset, tradeId, time, isMaker,
+                                  marketTradeId}]
     GET  /paper/balances          {asset: {"free": "...", "locked": "..."}}
     GET  /paper/market            {symbol: {"lastPrice", "lastTradeId", "trades"}}: trades
                                   processed so far (tests wait on `lastTradeId`)
     POST /paper/faults            JSON object of `config.Faults` fields: replaces the fault
                                   probabilities and reseeds the fault RNG; answers the faults
 
-Faults (`paper.faults`, probabilities drawn once per new-order request, seeded RNG):
-418/429 with `Retry-After`, -1021, drop the connection before processing, accept then
-answer 503, accept then answer nothing until the client has timed out.
+Faults (`paper.faults`, seeded RNGs). Drawn once per new-order request: 418/429 with
+`Retry-After`, -1021, drop the connection before processing, accept then answer 503,
+accept then answer nothing until the client has timed out, and late acceptance (answer
+503 -1007 "execution status unknown", or nothing, while the order is NOT in the book, and
+place it `late_accept_seconds` later). Drawn after each public trade of a symbol with open
+orders: the exchange cancels, or expires, one of them.
 """
 
 from __future__ import annotations
@@ -66,8 +87,8 @@ import zmq
 
 from naived.config import Config, Faults
 from naived.messages import decode_trade, trade_topic
-from naived.paper_book import Fill, PaperBook, PaperOrder, Rejected
-from naived.symbols import SymbolFilters, exchange_info_entry, table
+from naived.paper.book import BNB_DISCOUNT, MAX_PRICE, Fees, Fill, NewOrder, PaperBook, PaperOrder, Rejected
+from naived.symbols import SymbolFilters, table
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +96,10 @@ EIGHT = Decimal("0.00000001")
 NUMBER_RE = re.compile(r"^([0-9]{1,20})(\.[0-9]{1,20})?$")
 CLIENT_ID_RE = re.compile(r"^[a-zA-Z0-9-_]{1,36}$")
 MAX_RECV_WINDOW = 60000
+RECV_WINDOW_RE = re.compile(r"^[0-9]{1,5}(\.[0-9]{1,3})?$")
+MICROSECOND_STAMPS = 10**14  # a ms timestamp stays below this until the year 5138
+ORDER_TYPES = ("LIMIT", "LIMIT_MAKER", "MARKET")  # what exchangeInfo lists: what is implemented
+TIME_IN_FORCE = ("GTC", "IOC", "FOK")
 RATE_LIMITS = [
     {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
     {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 50},
@@ -101,10 +126,11 @@ def _details(o: PaperOrder) -> dict[str, Any]:
         "price": _fmt(o.price),
         "origQty": _fmt(o.orig_qty),
         "executedQty": _fmt(o.executed_qty),
+        "origQuoteOrderQty": _fmt(o.orig_quote_qty),
         "cummulativeQuoteQty": _fmt(o.cum_quote),
         "status": o.status,
-        "timeInForce": "GTC",
-        "type": "LIMIT",
+        "timeInForce": o.time_in_force,
+        "type": o.type,
         "side": o.side,
     }
 
@@ -117,8 +143,7 @@ def _placed_json(o: PaperOrder, kind: str) -> dict[str, Any]:
         return body
     body |= _details(o) | {"workingTime": o.time_ms, "selfTradePreventionMode": "NONE"}
     if kind == "FULL":
-        zero = _fmt(Decimal(0))
-        body["fills"] = [_fill_json(f) | {"commission": zero, "commissionAsset": "USDT"} for f in o.fills]
+        body["fills"] = [_fill_json(f) for f in o.fills]
     return body
 
 
@@ -127,7 +152,7 @@ def _query_json(o: PaperOrder) -> dict[str, Any]:
     zero = _fmt(Decimal(0))
     return {"symbol": o.symbol, "orderId": o.order_id, "orderListId": -1, "clientOrderId": o.client_order_id} | _details(o) | {
         "stopPrice": zero, "icebergQty": zero, "time": o.time_ms, "updateTime": o.update_ms, "isWorking": True,
-        "workingTime": o.time_ms, "origQuoteOrderQty": zero, "selfTradePreventionMode": "NONE",
+        "workingTime": o.time_ms, "selfTradePreventionMode": "NONE",
     }
 
 
@@ -138,13 +163,57 @@ def _cancelled_json(o: PaperOrder, cancel_id: str) -> dict[str, Any]:
 
 
 def _fill_json(f: Fill) -> dict[str, Any]:
-    return {"price": _fmt(f.price), "qty": _fmt(f.qty), "tradeId": f.trade_id}
+    """One entry of a FULL answer's `fills`."""
+    return {"price": _fmt(f.price), "qty": _fmt(f.qty), "commission": _fmt(f.commission),
+            "commissionAsset": f.commission_asset, "tradeId": f.trade_id}
+
+
+def _trade_json(o: PaperOrder, f: Fill) -> dict[str, Any]:
+    """One entry of GET /api/v3/myTrades."""
+    return {"symbol": o.symbol, "id": f.trade_id, "orderId": o.order_id, "orderListId": -1, "price": _fmt(f.price),
+            "qty": _fmt(f.qty), "quoteQty": _fmt(f.price * f.qty), "commission": _fmt(f.commission),
+            "commissionAsset": f.commission_asset, "time": f.time_ms, "isBuyer": o.side == "BUY",
+            "isMaker": f.is_maker, "isBestMatch": True}
 
 
 def _inspection_json(o: PaperOrder) -> dict[str, Any]:
     return {"symbol": o.symbol, "orderId": o.order_id, "clientOrderId": o.client_order_id} | _details(o) | {
         "time": o.time_ms, "updateTime": o.update_ms, "receivedNs": o.received_ns,
-        "fills": [_fill_json(f) | {"time": f.time_ms} for f in o.fills],
+        "fills": [_fill_json(f) | {"time": f.time_ms, "isMaker": f.is_maker, "marketTradeId": f.market_trade_id}
+                  for f in o.fills],
+    }
+
+
+def _rates(fees: Fees) -> dict[str, str]:
+    return {"maker": _fmt(fees.maker), "taker": _fmt(fees.taker), "buyer": _fmt(Decimal(0)), "seller": _fmt(Decimal(0))}
+
+
+def _discount(fees: Fees) -> dict[str, Any]:
+    return {"enabledForAccount": fees.bnb, "enabledForSymbol": True, "discountAsset": "BNB", "discount": _fmt(BNB_DISCOUNT)}
+
+
+def exchange_info_entry(f: SymbolFilters) -> dict[str, Any]:
+    """One symbol in Binance's `exchangeInfo` shape, every field Binance sends; what the paper
+    exchange does not implement is switched off (order types, icebergs, order lists, STP)."""
+    q = _fmt
+    lot = {"minQty": q(f.min_qty), "maxQty": q(f.max_qty), "stepSize": q(f.step_size)}
+    return {
+        "symbol": f.symbol, "status": f.status,
+        "baseAsset": f.base, "baseAssetPrecision": 8, "quoteAsset": f.quote, "quotePrecision": 8,
+        "quoteAssetPrecision": 8, "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8,
+        "orderTypes": list(ORDER_TYPES),
+        "icebergAllowed": False, "ocoAllowed": False, "otoAllowed": False, "quoteOrderQtyMarketAllowed": True,
+        "allowTrailingStop": False, "cancelReplaceAllowed": False, "isSpotTradingAllowed": True,
+        "isMarginTradingAllowed": False,
+        "filters": [
+            {"filterType": "PRICE_FILTER", "minPrice": q(f.tick_size), "maxPrice": q(MAX_PRICE), "tickSize": q(f.tick_size)},
+            {"filterType": "LOT_SIZE"} | lot,
+            {"filterType": "MARKET_LOT_SIZE"} | lot,  # MARKET orders are held to LOT_SIZE here
+            {"filterType": "NOTIONAL", "minNotional": q(f.min_notional), "applyMinToMarket": True,
+             "maxNotional": "9000000.00000000", "applyMaxToMarket": False, "avgPriceMins": 5},
+        ],
+        "permissions": [], "permissionSets": [["SPOT"]],
+        "defaultSelfTradePreventionMode": "NONE", "allowedSelfTradePreventionModes": ["NONE"],
     }
 
 
@@ -186,6 +255,65 @@ def _int(params: Params, name: str) -> int | None:
         raise Rejected(-1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.") from None
 
 
+def _optional_number(params: Params, name: str) -> Decimal | None:
+    return _number(params, name) if params.get(name) else None
+
+
+def _not_sent(params: Params, *names: str) -> None:
+    for name in names:
+        if params.get(name):
+            raise Rejected(-1106, f"Parameter '{name}' sent when not required.")
+
+
+def _limit(params: Params) -> int:
+    """`limit` of the list endpoints: default 500, at most 1000."""
+    limit = _int(params, "limit")
+    if limit is None:
+        return 500
+    if not 1 <= limit <= 1000:
+        raise Rejected(-1100, "Illegal characters found in parameter 'limit'; legal range is '1-1000'.")
+    return limit
+
+
+def _within(params: Params, time_ms: int) -> bool:
+    start, end = _int(params, "startTime"), _int(params, "endTime")
+    return (start is None or time_ms >= start) and (end is None or time_ms <= end)
+
+
+def parse_new_order(params: Params, received_ns: int) -> tuple[SymbolFilters, NewOrder]:
+    """POST /api/v3/order's parameters, checked in Binance's terms. Implemented: LIMIT
+    (GTC, IOC, FOK), LIMIT_MAKER, MARKET by `quantity` or by `quoteOrderQty`."""
+    f = _filters(_mandatory(params, "symbol"))
+    side = _mandatory(params, "side")
+    if side not in ("BUY", "SELL"):
+        raise Rejected(-1117, "Invalid side.")
+    kind = _mandatory(params, "type")
+    if kind not in ORDER_TYPES:
+        raise Rejected(-1116, "Invalid orderType.")
+    client_id = params.get("newClientOrderId") or _generated_id()
+    if not CLIENT_ID_RE.match(client_id):
+        raise Rejected(-1100, "Illegal characters found in parameter 'newClientOrderId'; legal range is '^[a-zA-Z0-9-_]{1,36}$'.")
+    new = NewOrder(side=side, type=kind, time_in_force="GTC", client_order_id=client_id, received_ns=received_ns)
+    if kind == "LIMIT":
+        tif = _mandatory(params, "timeInForce")
+        if tif not in TIME_IN_FORCE:
+            raise Rejected(-1115, "Invalid timeInForce.")
+        _not_sent(params, "quoteOrderQty")
+        new.time_in_force, new.qty, new.price = tif, _number(params, "quantity"), _number(params, "price")
+    elif kind == "LIMIT_MAKER":
+        _not_sent(params, "timeInForce", "quoteOrderQty")
+        new.qty, new.price = _number(params, "quantity"), _number(params, "price")
+    else:  # MARKET
+        _not_sent(params, "timeInForce", "price")
+        qty, quote = _optional_number(params, "quantity"), _optional_number(params, "quoteOrderQty")
+        if qty is None and quote is None:
+            raise Rejected(-1102, "Param 'quantity' or 'quoteOrderQty' must be sent, but both were empty/null!")
+        if qty is not None and quote is not None:
+            raise Rejected(-1106, "Parameter 'quoteOrderQty' sent when not required.")
+        new.qty, new.quote_qty = qty or Decimal(0), quote or Decimal(0)
+    return f, new
+
+
 def _filters(symbol: str) -> SymbolFilters:
     f = table().get(symbol)
     if f is None:
@@ -214,6 +342,7 @@ class TradeFeed(threading.Thread):
         self._wake_r, self._wake_w = os.pipe()
         self._stopping = False
         self._market: dict[str, dict[str, Any]] = {}  # symbol -> last price, last trade id, count
+        self.after_trade: Callable[[SymbolFilters], None] | None = None  # exchange-side faults
 
     def want(self, symbol: str) -> None:
         if symbol in self._wanted:  # the common case: no lock, no syscall
@@ -270,6 +399,8 @@ class TradeFeed(threading.Thread):
         if f is None:
             return
         self._book.on_trade(f, price, qty, event.t)
+        if self.after_trade is not None:
+            self.after_trade(f)
         with self._lock:
             seen = self._market.setdefault(event.s, {"trades": 0})
             seen.update(lastPrice=event.p, lastTradeId=event.t, trades=seen["trades"] + 1)
@@ -293,6 +424,7 @@ class PaperExchange:
         self._mac = hmac.new(config.paper.api_secret.encode(), digestmod=hashlib.sha256)
         self._hang_seconds = config.exchange.timeout_seconds + 1.0  # outlive the client's timeout
         self._set_faults(config.paper.faults)
+        feed.after_trade = self._book_faults
         self._weight_lock = threading.Lock()
         self._minute, self._weight = 0, 0
         self._symbols = {s: exchange_info_entry(f) for s, f in sorted(table().items())}
@@ -302,10 +434,15 @@ class PaperExchange:
             ("GET", "/api/v3/time"): (lambda p, t: (200, {"serverTime": _now_ms()}), 1, False),
             ("GET", "/api/v3/exchangeInfo"): (self.exchange_info, 20, False),
             ("POST", "/api/v3/order"): (self.new_order, 1, True),
+            ("POST", "/api/v3/order/test"): (self.test_order, 1, True),
             ("GET", "/api/v3/order"): (self.get_order, 4, True),
             ("DELETE", "/api/v3/order"): (self.cancel_order, 1, True),
             ("GET", "/api/v3/openOrders"): (self.open_orders, 6, True),
+            ("DELETE", "/api/v3/openOrders"): (self.cancel_open_orders, 1, True),
+            ("GET", "/api/v3/allOrders"): (self.all_orders, 20, True),
+            ("GET", "/api/v3/myTrades"): (self.my_trades, 20, True),
             ("GET", "/api/v3/account"): (self.account, 20, True),
+            ("GET", "/api/v3/account/commission"): (self.commission, 20, True),
             ("GET", "/paper/orders"): (self.paper_orders, 0, False),
             ("GET", "/paper/balances"): (self.paper_balances, 0, False),
             ("GET", "/paper/market"): (lambda p, t: (200, self.feed.market()), 0, False),
@@ -314,6 +451,45 @@ class PaperExchange:
     def _set_faults(self, faults: Faults) -> None:
         self.faults = faults
         self._rng = random.Random(faults.seed)
+        self._book_rng = random.Random(faults.seed + 1)  # drawn by the trade thread only
+
+    def _book_faults(self, f: SymbolFilters) -> None:
+        """After each public trade: the exchange itself may cancel or expire one open order of
+        the symbol (Binance does, e.g. on a symbol's halt or a self-trade prevention)."""
+        faults, rng = self.faults, self._book_rng
+        if not (faults.exchange_cancel or faults.exchange_expire):
+            return
+        open_orders = self.book.open_orders(f.symbol)
+        if not open_orders:
+            return
+        r = rng.random()
+        status = "CANCELED" if r < faults.exchange_cancel else "EXPIRED" if r < faults.exchange_cancel + faults.exchange_expire else None
+        if status is not None:
+            victim = rng.choice(open_orders)
+            if self.book.close_open(f, victim.order_id, status) is not None:
+                log.warning("fault: the exchange %s %s (orderId %d)", status.lower(), victim.client_order_id, victim.order_id)
+
+    def late_order(self, params: Params, received_ns: int) -> Reply:
+        """The late-acceptance fault: a valid order is answered "execution status unknown" while
+        it is not in the book yet, and enters it `late_accept_seconds` later (at most Binance's
+        10 s). A paper exchange killed in between never places it (one of the two outcomes
+        Binance leaves open)."""
+        f, new = parse_new_order(params, received_ns)
+        self.book.check(f, new)
+        self._want(f)
+        timer = threading.Timer(self.faults.late_accept_seconds, self._accept_late, (f, new))
+        timer.daemon = True
+        timer.start()
+        return 200, {}
+
+    def _accept_late(self, f: SymbolFilters, new: NewOrder) -> None:
+        try:
+            order, _ = self.book.place(f, new)
+            log.warning("fault: %s entered the book late (orderId %d)", new.client_order_id, order.order_id)
+        except Rejected as exc:
+            log.warning("fault: %s, accepted late, was refused: %s", new.client_order_id, exc.msg)
+        except Exception:
+            log.exception("fault: %s, accepted late, could not be placed", new.client_order_id)
 
     def _count_weight(self, weight: int) -> int:
         with self._weight_lock:
@@ -326,7 +502,9 @@ class PaperExchange:
     def _draw_fault(self) -> str | None:
         f = self.faults
         r, total = self._rng.random(), 0.0
-        for name in ("ban_418", "rate_limit_429", "stale_timestamp", "drop_connection", "accept_then_5xx", "accept_then_timeout"):
+        # New faults go last: a seed keeps drawing the same older faults in the same order.
+        for name in ("ban_418", "rate_limit_429", "stale_timestamp", "drop_connection", "accept_then_5xx", "accept_then_timeout",
+                     "late_accept_5xx", "late_accept_timeout"):
             total += getattr(f, name)
             if r < total:
                 return name
@@ -342,13 +520,18 @@ class PaperExchange:
         stamp = _int(params, "timestamp")
         if stamp is None:
             raise Rejected(-1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed.")
-        window = _int(params, "recvWindow") or 5000
-        if window > MAX_RECV_WINDOW:
+        # Binance takes the timestamp in ms or µs, and recvWindow in ms with up to 3 decimals (µs).
+        stamp_us = stamp if stamp >= MICROSECOND_STAMPS else stamp * 1000
+        window_text = params.get("recvWindow") or "5000"
+        if not RECV_WINDOW_RE.match(window_text):
+            raise Rejected(-1100, "Illegal characters found in parameter 'recvWindow'; legal range is '^[0-9]{1,5}(\\.[0-9]{1,3})?$'.")
+        window_us = int(Decimal(window_text) * 1000)
+        if window_us > MAX_RECV_WINDOW * 1000:
             raise Rejected(-1131, "recvWindow must be less than 60000")
-        now = _now_ms()
-        if stamp >= now + 1000:
+        now_us = time.time_ns() // 1000
+        if stamp_us >= now_us + 1_000_000:
             raise Rejected(-1021, "Timestamp for this request was 1000ms ahead of the server's time.")
-        if now - stamp > window:
+        if now_us - stamp_us > window_us:
             raise Rejected(-1021, "Timestamp for this request is outside of the recvWindow.")
         signature = _mandatory(params, "signature")
         mac = self._mac.copy()
@@ -370,24 +553,71 @@ class PaperExchange:
             names = list(self._symbols)
         if any(n not in self._symbols for n in names):
             raise Rejected(-1121, "Invalid symbol.")
+        if "symbol" in params or "symbols" in params:
+            for name in names:  # a trader about to trade it: learn its price before the first order
+                self._want(table()[name])
         return 200, {"timezone": "UTC", "serverTime": _now_ms(), "rateLimits": RATE_LIMITS, "exchangeFilters": [],
                      "symbols": [self._symbols[n] for n in names]}
 
     def new_order(self, params: Params, received_ns: int) -> Reply:
-        f = _filters(_mandatory(params, "symbol"))
-        side = _choice(params, "side", ("BUY", "SELL"))
-        if _mandatory(params, "type") != "LIMIT":
-            raise Rejected(-1116, "Invalid orderType.")  # the paper exchange only rests LIMIT orders
-        if _mandatory(params, "timeInForce") != "GTC":
-            raise Rejected(-1115, "Invalid timeInForce.")
-        quantity, price = _number(params, "quantity"), _number(params, "price")
-        kind = _choice(params, "newOrderRespType", ("ACK", "RESULT", "FULL"), default="FULL")
-        client_id = params.get("newClientOrderId") or _generated_id()
-        if not CLIENT_ID_RE.match(client_id):
-            raise Rejected(-1100, "Illegal characters found in parameter 'newClientOrderId'; legal range is '^[a-zA-Z0-9-_]{1,36}$'.")
-        order = self.book.place(f, side, price, quantity, client_id, received_ns)
-        self.feed.want(f.symbol)
+        f, new = parse_new_order(params, received_ns)
+        # Binance answers MARKET and LIMIT orders in FULL by default, others in ACK.
+        default = "FULL" if new.type in ("MARKET", "LIMIT") else "ACK"
+        kind = _choice(params, "newOrderRespType", ("ACK", "RESULT", "FULL"), default=default)
+        self._want(f)
+        order, _ = self.book.place(f, new)
         return 200, _placed_json(order, kind)
+
+    def _want(self, f: SymbolFilters) -> None:
+        """Follow the symbol's trades (and BNB's price, when commission is paid in BNB)."""
+        self.feed.want(f.symbol)
+        if self.book.fees.bnb and "BNB" + f.quote in table():
+            self.feed.want("BNB" + f.quote)
+
+    def test_order(self, params: Params, received_ns: int) -> Reply:
+        """POST /api/v3/order/test: every check of a new order but the balance; nothing is placed."""
+        f, new = parse_new_order(params, received_ns)
+        self.book.check(f, new)
+        if params.get("computeCommissionRates") != "true":
+            return 200, {}
+        fees = self.book.fees
+        zero = _fmt(Decimal(0))
+        return 200, {
+            "standardCommissionForOrder": {"maker": _fmt(fees.maker), "taker": _fmt(fees.taker)},
+            "specialCommissionForOrder": {"maker": zero, "taker": zero},
+            "taxCommissionForOrder": {"maker": zero, "taker": zero},
+            "discount": _discount(fees),
+        }
+
+    def all_orders(self, params: Params, received_ns: int) -> Reply:
+        f = _filters(_mandatory(params, "symbol"))
+        from_id = _int(params, "orderId")
+        orders = [o for o in self.book.all_orders(f.symbol)
+                  if (from_id is None or o.order_id >= from_id) and _within(params, o.time_ms)]
+        limit = _limit(params)
+        # From orderId on: the oldest `limit`; otherwise the most recent `limit`, oldest first.
+        orders = orders[:limit] if from_id is not None else orders[-limit:]
+        return 200, [_query_json(o) for o in orders]
+
+    def my_trades(self, params: Params, received_ns: int) -> Reply:
+        f = _filters(_mandatory(params, "symbol"))
+        order_id, from_id = _int(params, "orderId"), _int(params, "fromId")
+        trades = [(o, t) for o, t in self.book.my_trades(f.symbol)
+                  if (order_id is None or o.order_id == order_id) and (from_id is None or t.trade_id >= from_id)
+                  and _within(params, t.time_ms)]
+        limit = _limit(params)
+        trades = trades[:limit] if from_id is not None else trades[-limit:]
+        return 200, [_trade_json(o, t) for o, t in trades]
+
+    def cancel_open_orders(self, params: Params, received_ns: int) -> Reply:
+        f = _filters(_mandatory(params, "symbol"))
+        return 200, [_cancelled_json(o, _generated_id()) for o in self.book.cancel_all(f)]
+
+    def commission(self, params: Params, received_ns: int) -> Reply:
+        f = _filters(_mandatory(params, "symbol"))
+        zeros = _rates(Fees(Decimal(0), Decimal(0)))
+        return 200, {"symbol": f.symbol, "standardCommission": _rates(self.book.fees), "specialCommission": zeros,
+                     "taxCommission": zeros, "discount": _discount(self.book.fees)}
 
     def _find(self, params: Params) -> tuple[SymbolFilters, int | None, str | None]:
         f = _filters(_mandatory(params, "symbol"))
@@ -414,11 +644,12 @@ class PaperExchange:
         return 200, [_query_json(o) for o in self.book.open_orders(symbol)]
 
     def account(self, params: Params, received_ns: int) -> Reply:
-        zero = _fmt(Decimal(0))
         balances = [{"asset": a, "free": _fmt(b.free), "locked": _fmt(b.locked)} for a, b in self.book.balance_sheet().items()]
+        fees = self.book.fees
         return 200, {
-            "makerCommission": 0, "takerCommission": 0, "buyerCommission": 0, "sellerCommission": 0,
-            "commissionRates": {"maker": zero, "taker": zero, "buyer": zero, "seller": zero},
+            # The integer fields are in basis points (0.001 → 10), as Binance's are.
+            "makerCommission": int(fees.maker * 10000), "takerCommission": int(fees.taker * 10000),
+            "buyerCommission": 0, "sellerCommission": 0, "commissionRates": _rates(fees),
             "canTrade": True, "canWithdraw": False, "canDeposit": False, "brokered": False,
             "requireSelfTradePrevention": False, "preventSor": False, "updateTime": _now_ms(),
             "accountType": "SPOT", "balances": balances, "permissions": ["SPOT"], "uid": 0,
@@ -461,6 +692,8 @@ class PaperExchange:
         if fault in ("ban_418", "rate_limit_429", "stale_timestamp", "drop_connection"):
             self._refuse(request, fault, used, params)
             return
+        if fault in ("late_accept_5xx", "late_accept_timeout"):
+            handler = self.late_order
 
         def call() -> Reply:
             if signed:
@@ -470,10 +703,10 @@ class PaperExchange:
         status, reply = self._guarded(call)
         if fault is None and status != 200 and (method, url.path) == ("POST", "/api/v3/order"):
             log.info("rejected %s %s: %s", params.get("symbol"), params.get("newClientOrderId"), reply.get("msg"))
-        if fault == "accept_then_5xx" and status == 200:
+        if fault in ("accept_then_5xx", "late_accept_5xx") and status == 200:
             log.warning("fault: accepted %s, answering 503", params.get("newClientOrderId"))
             status, reply = 503, {"code": -1007, "msg": "Timeout waiting for response from backend server. Send status unknown; execution status unknown."}
-        elif fault == "accept_then_timeout" and status == 200:
+        elif fault in ("accept_then_timeout", "late_accept_timeout") and status == 200:
             log.warning("fault: accepted %s, answering nothing for %.1fs", params.get("newClientOrderId"), self._hang_seconds)
             time.sleep(self._hang_seconds)
             request.close_connection = True
@@ -549,9 +782,11 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], app: PaperExchange, listener: socket.socket | None = None) -> None:
         self.app = app
         super().__init__(address, _Handler, bind_and_activate=listener is None)
-        if listener is not None:  # bound and listening in naived's root, inherited across fork
+        if listener is not None:
+            # Bound and listening already (naived's root, before fork): serve on it as it is.
             self.socket.close()
             self.socket = listener
+            self.server_address = listener.getsockname()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that died mid-request (a trader killed with -9) is not the exchange's error:
@@ -576,11 +811,14 @@ def _is_loopback(host: str) -> bool:
 def run(config: Config, listener: socket.socket | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then return. Starts its own zmq context and threads.
 
-    `listener`: a socket already bound and listening (naived's root binds it before READY and
-    keeps it across restarts); None binds `paper.host:paper.port` here."""
+    `listener`: a TCP socket already bound and listening (naived's root binds it before it
+    says READY, so the port is taken and answering from the start; it is inherited across
+    fork). Without it, bind `paper.host:paper.port` (the standalone `naived paper-exchange`).
+    A state file that cannot be read raises SystemExit with one line saying what to do."""
     paper = config.paper
-    if not _is_loopback(paper.host):
-        raise SystemExit(f"paper exchange: paper.host {paper.host!r} is not a loopback address; refusing to serve unsigned inspection endpoints")
+    host = listener.getsockname()[0] if listener is not None else paper.host
+    if not _is_loopback(host):
+        raise SystemExit(f"paper exchange: {host!r} is not a loopback address; refusing to serve unsigned inspection endpoints")
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     # Blocked before any thread exists, so every thread inherits the mask and the signals
     # wait for sigtimedwait below instead of interrupting a commit half way.
@@ -589,7 +827,8 @@ def run(config: Config, listener: socket.socket | None = None) -> None:
         cleanup.callback(signal.pthread_sigmask, signal.SIG_SETMASK, previous_mask)
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = config.state_dir / "paper-exchange.sqlite"
-        book = PaperBook(path, paper.balances, fill_on_touch=paper.fill_on_touch, partial_fills=paper.partial_fills)
+        fees = Fees(paper.maker_commission, paper.taker_commission, paper.commission_in_bnb)
+        book = PaperBook(path, paper.balances, fees=fees, fill_on_touch=paper.fill_on_touch, partial_fills=paper.partial_fills)
         cleanup.callback(book.close)
         ctx = zmq.Context()
         cleanup.callback(ctx.term)
@@ -604,7 +843,7 @@ def run(config: Config, listener: socket.socket | None = None) -> None:
         serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True)
         serving.start()
         cleanup.callback(server.shutdown)
-        log.info("paper exchange on %s (state %s, %d open orders), trades from %s", config.paper_url, path,
+        log.info("paper exchange on %s:%d (state %s, %d open orders), trades from %s", *server.server_address[:2], path,
                  len(book.open_orders(None)), config.streamer.endpoint)
         while True:
             received = signal.sigtimedwait(stop_signals, 1.0)

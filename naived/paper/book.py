@@ -1,0 +1,605 @@
+"""The paper exchange's state: orders, fills and balances, matched against public trades.
+
+Everything lives in memory for speed and in SQLite (WAL) for survival: each change
+is committed before the caller hears about it, so a `kill -9` loses nothing that
+was ever acknowledged. If a commit fails the memory is reloaded from the database,
+which stays the single truth.
+
+Matching. The public trade stream is the only book the paper exchange sees, so the
+last trade price of a symbol stands for the best price on the other side:
+- A new order is *marketable* when a BUY's limit is at or above the last trade price
+  (a SELL's at or below), as a Binance limit order at or through the best opposite
+  price is. It fills at once, as a taker, at the last trade price (Binance fills at
+  the prices of the resting orders it takes, which here is that one price). MARKET
+  orders fill the same way. With `fill_on_touch` off a limit exactly at the last
+  price still counts as marketable: on Binance a buy at the best ask takes it.
+- A symbol with no trade seen since the paper exchange started has no price: a
+  limit order cannot be known to be marketable and rests; a MARKET order finds no
+  liquidity and EXPIRES unfilled (Binance's answer to a market order on an empty book).
+- Resting orders fill as makers at their own limit price when a later trade crosses
+  them: a BUY when a trade prints strictly below its price, a SELL strictly above
+  (`fill_on_touch` makes it <= / >=; strict, because a trade at your price may have
+  been with an order ahead of yours in the queue). Crossing orders fill by price
+  priority (highest BUY, lowest SELL first), then time priority.
+- With `partial_fills` a trade's quantity is liquidity: resting orders take at most
+  what it traded, and marketable orders placed after it take at most what is left of
+  it (until the next trade); the rest of a GTC order rests, of an IOC or MARKET
+  order expires, and an FOK order that cannot fill entirely expires unfilled.
+  Without it every fill is for the whole remaining quantity.
+
+Commission (`Fees`), as Binance charges it: the maker or taker rate of each fill,
+taken from the asset the fill gives (BUY: the base asset, SELL: the quote asset),
+rounded up to 8 decimals (never below Binance's). With `bnb` on, it is taken from
+BNB instead at 75% of the standard rate (Binance's 25% discount) when the BNB
+balance covers it, converted at the last BNBUSDT-style price seen (Binance does not
+say which price it uses); without a BNB price or enough BNB it is taken from the
+received asset, undiscounted, as on Binance.
+
+One lock guards it all: HTTP threads place/cancel/query, the trade thread fills.
+Every change is also handed to the `listeners` (the user data stream) after it is
+committed, outside the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
+from pathlib import Path
+
+from naived.symbols import SymbolFilters
+
+log = logging.getLogger(__name__)
+
+OPEN = ("NEW", "PARTIALLY_FILLED")
+MAX_PRICE = Decimal("1000000")  # exchange_info_entry's maxPrice
+ZERO = Decimal(0)
+EIGHT = Decimal("0.00000001")
+BNB = "BNB"
+BNB_DISCOUNT = Decimal("0.25")  # Binance's discount on the standard commission paid in BNB
+
+
+class Rejected(Exception):
+    """A Binance error answer: HTTP status, code and message, as Binance words them."""
+
+    def __init__(self, code: int, msg: str, status: int = 400) -> None:
+        super().__init__(f"{code} {msg}")
+        self.code = code
+        self.msg = msg
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Fees:
+    """Commission rates of the paper account (fractions: 0.001 = 0.1%)."""
+
+    maker: Decimal = Decimal("0.001")
+    taker: Decimal = Decimal("0.001")
+    bnb: bool = False  # pay in BNB at the discounted rate when the balance covers it
+
+
+@dataclass
+class Fill:
+    price: Decimal
+    qty: Decimal
+    trade_id: int  # the paper exchange's own trade id (Binance's `tradeId` / myTrades `id`)
+    time_ms: int
+    commission: Decimal = ZERO
+    commission_asset: str = ""
+    is_maker: bool = True
+    market_trade_id: int = 0  # the public trade that made it happen (the last one seen, for a taker)
+
+
+@dataclass
+class NewOrder:
+    """A checked new-order request (the server parses and validates the parameters)."""
+
+    side: str
+    type: str  # LIMIT | LIMIT_MAKER | MARKET
+    time_in_force: str  # GTC | IOC | FOK; GTC for LIMIT_MAKER and MARKET, as Binance reports them
+    client_order_id: str
+    received_ns: int
+    price: Decimal = ZERO  # 0 for MARKET
+    qty: Decimal = ZERO  # 0 for a MARKET order by quoteOrderQty until it is known
+    quote_qty: Decimal = ZERO  # MARKET by quoteOrderQty
+
+
+@dataclass
+class PaperOrder:
+    order_id: int
+    symbol: str
+    client_order_id: str
+    side: str
+    price: Decimal
+    orig_qty: Decimal
+    time_ms: int
+    received_ns: int
+    executed_qty: Decimal = ZERO
+    cum_quote: Decimal = ZERO
+    status: str = "NEW"
+    update_ms: int = 0
+    fills: list[Fill] = field(default_factory=list)
+    type: str = "LIMIT"
+    time_in_force: str = "GTC"
+    orig_quote_qty: Decimal = ZERO
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.orig_qty - self.executed_qty
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN
+
+
+@dataclass
+class Balance:
+    free: Decimal = ZERO
+    locked: Decimal = ZERO
+
+
+@dataclass
+class Change:
+    """One committed change of an order, for the user data stream: Binance's execution type,
+    the fill it made (for TRADE), and the balances it moved."""
+
+    order: PaperOrder
+    execution: str  # NEW | TRADE | CANCELED | EXPIRED
+    fill: Fill | None
+    balances: dict[str, Balance]
+    time_ms: int
+
+
+@dataclass
+class _Market:
+    """The last public trade of a symbol: the paper exchange's whole order book."""
+
+    price: Decimal
+    left: Decimal  # its quantity not yet taken by paper orders (partial_fills)
+    trade_id: int
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (
+    order_id INTEGER PRIMARY KEY, symbol TEXT NOT NULL, client_order_id TEXT NOT NULL,
+    side TEXT NOT NULL, price TEXT NOT NULL, orig_qty TEXT NOT NULL, executed_qty TEXT NOT NULL,
+    cum_quote TEXT NOT NULL, status TEXT NOT NULL, time_ms INTEGER NOT NULL,
+    update_ms INTEGER NOT NULL, received_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS fills (
+    order_id INTEGER NOT NULL, seq INTEGER NOT NULL, price TEXT NOT NULL, qty TEXT NOT NULL,
+    trade_id INTEGER NOT NULL, time_ms INTEGER NOT NULL, PRIMARY KEY (order_id, seq));
+CREATE TABLE IF NOT EXISTS balances (asset TEXT PRIMARY KEY, free TEXT NOT NULL, locked TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+# Columns added since the first schema: older state files gain them with these defaults.
+_ADDED_COLUMNS = {
+    "orders": [("type", "TEXT NOT NULL DEFAULT 'LIMIT'"), ("time_in_force", "TEXT NOT NULL DEFAULT 'GTC'"),
+               ("orig_quote_qty", "TEXT NOT NULL DEFAULT '0'")],
+    "fills": [("commission", "TEXT NOT NULL DEFAULT '0'"), ("commission_asset", "TEXT NOT NULL DEFAULT ''"),
+              ("is_maker", "INTEGER NOT NULL DEFAULT 1"), ("market_trade_id", "INTEGER NOT NULL DEFAULT 0")],
+}
+_ORDER_COLUMNS = ("order_id, symbol, client_order_id, side, price, orig_qty, executed_qty, cum_quote, status, time_ms, "
+                  "update_ms, received_ns, type, time_in_force, orig_quote_qty")
+_FILL_COLUMNS = "order_id, seq, price, qty, trade_id, time_ms, commission, commission_asset, is_maker, market_trade_id"
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """Connect, refusing a file that is not an intact paper-exchange database before anything
+    is written to it (journal mode and schema creation both write)."""
+    existed = path.exists() and path.stat().st_size > 0
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    if existed:
+        problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(problems[:3]))
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" not in tables:
+            raise sqlite3.DatabaseError("not a paper exchange database (no meta table)")
+    # WAL + synchronous=NORMAL: a commit is in the OS before we answer, which is what
+    # surviving kill -9 needs; only a power cut could lose the last transactions.
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class PaperBook:
+    def __init__(
+        self, path: Path, starting_balances: dict[str, Decimal], *, fees: Fees = Fees(), fill_on_touch: bool = False,
+        partial_fills: bool = False,
+    ) -> None:
+        self.fees = fees
+        self.fill_on_touch = fill_on_touch
+        self.partial_fills = partial_fills
+        self.listeners: list[Callable[[list[Change]], None]] = []
+        self._lock = threading.Lock()
+        self._market: dict[str, _Market] = {}  # not kept on disk: after a restart, prices are unknown until a trade
+        try:
+            self._db = _open(path)
+            # Schema, first balances and the first load in one transaction: a file the book
+            # cannot read is rolled back to exactly what it held.
+            with self._transaction():
+                for statement in _SCHEMA.split(";"):
+                    self._db.execute(statement)
+                for table, columns in _ADDED_COLUMNS.items():
+                    have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                    for name, kind in columns:
+                        if name not in have:
+                            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                if self._db.execute("SELECT 1 FROM meta WHERE key = 'initialized'").fetchone() is None:
+                    for asset, amount in starting_balances.items():
+                        self._db.execute("INSERT INTO balances VALUES (?, ?, '0')", (asset, str(amount)))
+                    self._db.execute("INSERT INTO meta VALUES ('initialized', '1')")
+                self._load()
+        except (sqlite3.Error, OSError, ArithmeticError, ValueError, KeyError) as exc:
+            # Never start afresh over a file that may hold committed orders and balances:
+            # the operator decides (restore it, or move it aside), so say exactly that.
+            raise SystemExit(
+                f"paper exchange: cannot use its state file {path} ({type(exc).__name__}: {exc}); "
+                f"restore it from a backup, or move it aside to start with fresh balances"
+            ) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- storage --------------------------------------------------------------------
+
+    def _load(self) -> None:
+        self.orders: dict[int, PaperOrder] = {}
+        self.balances: dict[str, Balance] = {}
+        self._open: dict[str, dict[int, PaperOrder]] = {}  # symbol -> open orders, in time priority
+        self._by_client_id: dict[tuple[str, str], PaperOrder] = {}  # latest order with that id
+        for row in self._db.execute(f"SELECT {_ORDER_COLUMNS} FROM orders ORDER BY order_id"):
+            oid, symbol, cid, side, price, qty, executed, quote, status, t, updated, received, kind, tif, quote_qty = row
+            order = PaperOrder(oid, symbol, cid, side, Decimal(price), Decimal(qty), t, received, Decimal(executed),
+                               Decimal(quote), status, updated, type=kind, time_in_force=tif, orig_quote_qty=Decimal(quote_qty))
+            self._index(order)
+        self._next_trade_id = 1
+        for oid, _, price, qty, trade_id, t, fee, fee_asset, maker, market_id in self._db.execute(
+            f"SELECT {_FILL_COLUMNS} FROM fills ORDER BY order_id, seq"
+        ):
+            self.orders[oid].fills.append(Fill(Decimal(price), Decimal(qty), trade_id, t, Decimal(fee), fee_asset, bool(maker), market_id))
+            self._next_trade_id = max(self._next_trade_id, trade_id + 1)
+        for asset, free, locked in self._db.execute("SELECT asset, free, locked FROM balances"):
+            self.balances[asset] = Balance(Decimal(free), Decimal(locked))
+        self._next_id = max(self.orders, default=0) + 1
+
+    def _index(self, order: PaperOrder) -> None:
+        self.orders[order.order_id] = order
+        self._by_client_id[(order.symbol, order.client_order_id)] = order
+        if order.is_open:
+            self._open.setdefault(order.symbol, {})[order.order_id] = order
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # The connection is in autocommit mode, so transactions are explicit and obvious.
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _save(self, orders: list[PaperOrder], assets: set[str], fills: Sequence[tuple[PaperOrder, int, Fill]] = ()) -> None:
+        """Write what changed in one transaction; on failure memory goes back to the disk's truth."""
+        try:
+            with self._transaction():
+                self._db.executemany(
+                    f"INSERT OR REPLACE INTO orders ({_ORDER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [(o.order_id, o.symbol, o.client_order_id, o.side, str(o.price), str(o.orig_qty),
+                      str(o.executed_qty), str(o.cum_quote), o.status, o.time_ms, o.update_ms, o.received_ns,
+                      o.type, o.time_in_force, str(o.orig_quote_qty))
+                     for o in orders],
+                )
+                self._db.executemany(
+                    f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    [(o.order_id, seq, str(f.price), str(f.qty), f.trade_id, f.time_ms, str(f.commission),
+                      f.commission_asset, int(f.is_maker), f.market_trade_id) for o, seq, f in fills],
+                )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO balances VALUES (?,?,?)",
+                    [(a, str(self._balance(a).free), str(self._balance(a).locked)) for a in assets],
+                )
+        except sqlite3.Error:
+            log.exception("commit failed; reloading the paper exchange's state from disk")
+            self._load()
+            raise
+
+    def _balance(self, asset: str) -> Balance:
+        return self.balances.setdefault(asset, Balance())
+
+    def _publish(self, changes: list[Change]) -> None:
+        for listener in self.listeners:
+            try:
+                listener(changes)
+            except Exception:
+                log.exception("a listener failed on %d order changes", len(changes))
+
+    # --- orders ---------------------------------------------------------------------
+
+    def check(self, f: SymbolFilters, new: NewOrder) -> None:
+        """Binance's filters for a new order (also what POST /api/v3/order/test checks)."""
+        market = self._market.get(f.symbol)
+        if new.type != "MARKET":
+            if not (f.tick_size <= new.price <= MAX_PRICE) or new.price % f.tick_size:
+                raise Rejected(-1013, "Filter failure: PRICE_FILTER")
+        if new.type == "MARKET" and new.quote_qty:
+            if new.quote_qty < f.min_notional:
+                raise Rejected(-1013, "Filter failure: NOTIONAL")
+            return  # the quantity is computed at execution, on the step size (never breaks LOT_SIZE)
+        if not (f.min_qty <= new.qty <= f.max_qty) or (new.qty - f.min_qty) % f.step_size:
+            raise Rejected(-1013, "Filter failure: LOT_SIZE")
+        notional_price = new.price if new.type != "MARKET" else (market.price if market else None)
+        if notional_price is not None and notional_price * new.qty < f.min_notional:
+            raise Rejected(-1013, "Filter failure: NOTIONAL")
+
+    def place(self, f: SymbolFilters, new: NewOrder) -> tuple[PaperOrder, list[Change]]:
+        """Check filters, duplicates and balance; fill what is marketable at once (taker), rest
+        or expire the rest; commit. Returns the order and its changes (NEW, then TRADEs, then
+        EXPIRED if it expired)."""
+        self.check(f, new)
+        with self._lock:
+            existing = self._by_client_id.get((f.symbol, new.client_order_id))
+            if existing is not None and existing.is_open:
+                raise Rejected(-2010, "Duplicate order sent.")
+            market = self._market.get(f.symbol)
+            qty = new.qty
+            if new.type == "MARKET" and new.quote_qty and market is not None:
+                # As close to quoteOrderQty as the step size allows, never above it.
+                qty = (new.quote_qty / market.price / f.step_size).to_integral_value(ROUND_DOWN) * f.step_size
+                if qty < f.min_qty:
+                    raise Rejected(-1013, "Filter failure: LOT_SIZE")
+            marketable = market is not None and (
+                new.type == "MARKET" or (market.price <= new.price if new.side == "BUY" else market.price >= new.price)
+            )
+            if new.type == "LIMIT_MAKER" and marketable:
+                raise Rejected(-2010, "Order would immediately match and take.")
+            # Funds: a BUY commits its limit price (a MARKET BUY the last price) times its quantity.
+            spend_price = new.price if new.type != "MARKET" else (market.price if market else ZERO)
+            asset, amount = (f.quote, spend_price * qty) if new.side == "BUY" else (f.base, qty)
+            balance = self._balance(asset)
+            if balance.free < amount:
+                raise Rejected(-2010, "Account has insufficient balance for requested action.")
+            now = _now_ms()
+            order = PaperOrder(self._next_id, f.symbol, new.client_order_id, new.side, new.price, qty, now,
+                               new.received_ns, update_ms=now, type=new.type, time_in_force=new.time_in_force,
+                               orig_quote_qty=new.quote_qty)
+            self._next_id += 1
+            changes = [Change(_snapshot(order), "NEW", None, {}, now)]
+            rows: list[tuple[PaperOrder, int, Fill]] = []
+            assets = {f.base, f.quote}
+            take = ZERO
+            if marketable and market is not None:
+                take = min(qty, market.left) if self.partial_fills else qty
+                if new.time_in_force == "FOK" and take < qty:
+                    take = ZERO  # all or nothing
+            if take > 0 and market is not None:
+                if self.partial_fills:
+                    market.left -= take
+                fill, moved = self._fill(f, order, market.price, take, maker=False, locked=False, market_trade_id=market.trade_id, now=now)
+                assets |= moved
+                rows.append((order, 0, fill))
+                changes.append(Change(_snapshot(order), "TRADE", fill, {}, now))
+            if order.remaining > 0:
+                if new.type == "MARKET" or new.time_in_force in ("IOC", "FOK"):
+                    order.status = "EXPIRED"
+                    changes.append(Change(_snapshot(order), "EXPIRED", None, {}, now))
+                else:
+                    lock_asset, lock_amount = self._commitment(f, order)
+                    self._balance(lock_asset).free -= lock_amount
+                    self._balance(lock_asset).locked += lock_amount
+            self._index(order)
+            self._save([order], assets, rows)
+            sheet = {a: replace(self.balances[a]) for a in sorted(assets)}
+            changes[-1].balances = sheet
+            order = _snapshot(order)
+        log.info("placed %s %s %s %s %s %s @ %s (orderId %d): %s", f.symbol, new.client_order_id, new.type, new.time_in_force,
+                 new.side, qty, new.price, order.order_id, order.status)
+        self._publish(changes)
+        return order, changes
+
+    def _commitment(self, f: SymbolFilters, order: PaperOrder) -> tuple[str, Decimal]:
+        """What a resting order holds locked: the quote at its limit price for a BUY, the base for a SELL."""
+        return (f.quote, order.price * order.remaining) if order.side == "BUY" else (f.base, order.remaining)
+
+    def _fill(self, f: SymbolFilters, order: PaperOrder, price: Decimal, qty: Decimal, *, maker: bool, locked: bool,
+              market_trade_id: int, now: int) -> tuple[Fill, set[str]]:
+        """One fill of `order`: move the funds (from locked for a resting order, from free for a
+        taker), charge the commission, update the order. Returns the fill and the assets moved."""
+        quote = price * qty
+        if order.side == "BUY":
+            paid, paid_amount, received, received_amount = f.quote, quote, f.base, qty
+        else:
+            paid, paid_amount, received, received_amount = f.base, qty, f.quote, quote
+        if locked:
+            # A resting order locked its commitment at its limit price; it fills at that price.
+            self._balance(paid).locked -= paid_amount
+        else:
+            self._balance(paid).free -= paid_amount
+        self._balance(received).free += received_amount
+        fee, fee_asset = self._commission(f, price, received, received_amount, maker)
+        self._balance(fee_asset).free -= fee
+        fill = Fill(price, qty, self._next_trade_id, now, fee, fee_asset, maker, market_trade_id)
+        self._next_trade_id += 1
+        order.fills.append(fill)
+        order.executed_qty += qty
+        order.cum_quote += quote
+        order.update_ms = now
+        order.status = "FILLED" if order.remaining == 0 else "PARTIALLY_FILLED"
+        return fill, {paid, received, fee_asset}
+
+    def _commission(self, f: SymbolFilters, price: Decimal, received: str, amount: Decimal, maker: bool) -> tuple[Decimal, str]:
+        rate = self.fees.maker if maker else self.fees.taker
+        if self.fees.bnb and rate:
+            in_bnb = self._in_bnb(f, price, received, amount * rate * (1 - BNB_DISCOUNT))
+            if in_bnb is not None and self._balance(BNB).free >= in_bnb:
+                return in_bnb, BNB
+        return (amount * rate).quantize(EIGHT, ROUND_UP), received
+
+    def _in_bnb(self, f: SymbolFilters, price: Decimal, asset: str, amount: Decimal) -> Decimal | None:
+        """`amount` of `asset` (the symbol's base or quote) in BNB, at the last BNB price seen."""
+        if asset == BNB:
+            return amount.quantize(EIGHT, ROUND_UP)
+        in_quote = amount * price if asset == f.base else amount
+        if f.base == BNB:
+            bnb_price: Decimal | None = price
+        else:
+            bnb_market = self._market.get(BNB + f.quote)
+            bnb_price = bnb_market.price if bnb_market else None
+        return (in_quote / bnb_price).quantize(EIGHT, ROUND_UP) if bnb_price else None
+
+    def _lookup(self, symbol: str, order_id: int | None, client_order_id: str | None) -> PaperOrder | None:
+        order = self.orders.get(order_id) if order_id is not None else self._by_client_id.get((symbol, client_order_id or ""))
+        if order is None or order.symbol != symbol:
+            return None
+        if order_id is not None and client_order_id is not None and order.client_order_id != client_order_id:
+            return None
+        return order
+
+    def find(self, symbol: str, order_id: int | None, client_order_id: str | None) -> PaperOrder | None:
+        """By order id, else the latest order with that client order id (a copy, safe to read)."""
+        with self._lock:
+            order = self._lookup(symbol, order_id, client_order_id)
+            return _snapshot(order) if order else None
+
+    def cancel(self, f: SymbolFilters, order_id: int | None, client_order_id: str | None) -> PaperOrder:
+        """DELETE /api/v3/order: the order must be open."""
+        with self._lock:
+            order = self._lookup(f.symbol, order_id, client_order_id)
+            if order is None or not order.is_open:
+                raise Rejected(-2011, "Unknown order sent.")
+            change = self._close(f, order, "CANCELED")
+        self._publish([change])
+        return change.order
+
+    def cancel_all(self, f: SymbolFilters) -> list[PaperOrder]:
+        """DELETE /api/v3/openOrders: every open order of the symbol, in one commit."""
+        with self._lock:
+            book = self._open.get(f.symbol, {})
+            if not book:
+                raise Rejected(-2011, "Unknown order sent.")
+            changes = self._close_many(f, list(book.values()), "CANCELED")
+        self._publish(changes)
+        return [c.order for c in changes]
+
+    def close_open(self, f: SymbolFilters, order_id: int, status: str) -> Change | None:
+        """The exchange itself cancels or expires an open order (a seeded fault); None if it
+        is no longer open."""
+        with self._lock:
+            order = self.orders.get(order_id)
+            if order is None or not order.is_open:
+                return None
+            change = self._close(f, order, status)
+        self._publish([change])
+        return change
+
+    def _close(self, f: SymbolFilters, order: PaperOrder, status: str) -> Change:
+        return self._close_many(f, [order], status)[0]
+
+    def _close_many(self, f: SymbolFilters, orders: list[PaperOrder], status: str) -> list[Change]:
+        now = _now_ms()
+        assets: set[str] = set()
+        for order in orders:
+            asset, amount = self._commitment(f, order)
+            balance = self._balance(asset)
+            balance.locked -= amount
+            balance.free += amount
+            assets.add(asset)
+            order.status = status
+            order.update_ms = now
+            del self._open[f.symbol][order.order_id]
+        self._save(orders, assets)
+        sheet = {a: replace(self.balances[a]) for a in sorted(assets)}
+        for order in orders:
+            log.info("%s %s %s (orderId %d)", status.lower(), f.symbol, order.client_order_id, order.order_id)
+        return [Change(_snapshot(o), status, None, sheet, now) for o in orders]
+
+    def open_orders(self, symbol: str | None) -> list[PaperOrder]:
+        with self._lock:
+            books = [self._open.get(symbol, {})] if symbol else list(self._open.values())
+            return sorted((_snapshot(o) for book in books for o in book.values()), key=lambda o: o.order_id)
+
+    def all_orders(self, symbol: str | None = None) -> list[PaperOrder]:
+        with self._lock:
+            return [_snapshot(o) for o in self.orders.values() if symbol is None or o.symbol == symbol]
+
+    def balance_sheet(self) -> dict[str, Balance]:
+        with self._lock:
+            return {a: Balance(b.free, b.locked) for a, b in sorted(self.balances.items())}
+
+    def symbols_with_open_orders(self) -> set[str]:
+        with self._lock:
+            return {s for s, book in self._open.items() if book}
+
+    def last_price(self, symbol: str) -> Decimal | None:
+        with self._lock:
+            market = self._market.get(symbol)
+            return market.price if market else None
+
+    # --- matching -------------------------------------------------------------------
+
+    def on_trade(self, f: SymbolFilters, price: Decimal, qty: Decimal, trade_id: int) -> list[tuple[PaperOrder, Fill]]:
+        """Fill the resting orders this public trade crosses (makers, at their own price, by
+        price then time priority); what is left of its quantity is the liquidity for
+        marketable orders until the next trade."""
+        filled: list[tuple[PaperOrder, Fill]] = []
+        changes: list[Change] = []
+        with self._lock:
+            market = self._market[f.symbol] = _Market(price, qty, trade_id)
+            book = self._open.get(f.symbol)
+            if not book:
+                return filled
+            assets: set[str] = set()
+            rows: list[tuple[PaperOrder, int, Fill]] = []
+            now = _now_ms()
+            crossing = [o for o in book.values() if self._crosses(o, price)]
+            # Price priority (best price first: the highest BUY, the lowest SELL), then time (order id).
+            crossing.sort(key=lambda o: (-o.price if o.side == "BUY" else o.price, o.order_id))
+            for order in crossing:
+                amount = min(order.remaining, market.left) if self.partial_fills else order.remaining
+                if amount <= 0:
+                    break
+                if self.partial_fills:
+                    market.left -= amount
+                fill, moved = self._fill(f, order, order.price, amount, maker=True, locked=True, market_trade_id=trade_id, now=now)
+                assets |= moved
+                rows.append((order, len(order.fills) - 1, fill))
+                if order.status == "FILLED":
+                    del book[order.order_id]
+                filled.append((order, fill))
+                changes.append(Change(_snapshot(order), "TRADE", fill, {}, now))
+            if filled:
+                self._save([o for o, _ in filled], assets, rows)
+                changes[-1].balances = {a: replace(self.balances[a]) for a in sorted(assets)}
+        for order, fill in filled:
+            log.info("%s %s %s %s %s @ %s (orderId %d, trade %d)", order.status.lower().replace("_", " "), order.symbol,
+                     order.client_order_id, order.side, fill.qty, fill.price, order.order_id, trade_id)
+        self._publish(changes)
+        return filled
+
+    def _crosses(self, order: PaperOrder, price: Decimal) -> bool:
+        if order.side == "BUY":
+            return price < order.price or (self.fill_on_touch and price == order.price)
+        return price > order.price or (self.fill_on_touch and price == order.price)
+
+    def my_trades(self, symbol: str) -> list[tuple[PaperOrder, Fill]]:
+        """Every fill of the symbol, oldest first (GET /api/v3/myTrades)."""
+        with self._lock:
+            trades = [(o, fill) for o in self.orders.values() if o.symbol == symbol for fill in o.fills]
+            snapshots = {id(o): _snapshot(o) for o, _ in trades}
+            return sorted(((snapshots[id(o)], fill) for o, fill in trades), key=lambda t: t[1].trade_id)
+
+
+def _snapshot(order: PaperOrder) -> PaperOrder:
+    """A copy for callers outside the lock: the trade thread keeps filling the original."""
+    return replace(order, fills=list(order.fills))
