@@ -146,7 +146,9 @@ class TradingSettings(msgspec.Struct, forbid_unknown_fields=True):
     chunks: int = 2
     budget: Decimal = Decimal("100")
     buy_down_interval: Decimal = Decimal("0.0001")
-    profit_interval: Decimal = Decimal("-0.0012")  # the book's chapter-5 default: cycles finish fast
+    # Positive after fees: 0.1% each way makes 0.000002 the break-even (see BREAK_EVEN_PROFIT);
+    # the book's chapter-5 -0.0012 loses ~0.12% a cycle and is for demos on paper only.
+    profit_interval: Decimal = Decimal("0.001")
     rebuy_interval: Decimal = Decimal("0.001")
     # Traders started with the symbol; 0 = `chunks` (chapter 5). 1 = chapter 9: one trader,
     # and another each time a rebuy fires, up to `chunks`.
@@ -181,9 +183,19 @@ def _check_settings(s: TradingSettings | SymbolOverrides) -> None:
         raise ValueError(f"initial_traders must be >= 0, got {s.initial_traders}")
 
 
+# The smallest profit_interval that does not lose money at Binance's standard 0.1% commission,
+# paid from the received asset each way: the sell price is buy × 1.001 × (1 + p) × 1.001 and
+# what comes back per unit bought is 0.999 × sell × 0.999, so break-even is
+# (1 + p) = 1 / (1.001 × 0.999)², p = 0.000002000003. Rounded up to the sixth decimal.
+BREAK_EVEN_PROFIT = Decimal("0.000003")
+REAL_EXCHANGES = ("binance", "binance-testnet")
+
+
 class Trading(msgspec.Struct, forbid_unknown_fields=True):
     defaults: TradingSettings = msgspec.field(default_factory=TradingSettings)
     symbols: dict[str, SymbolOverrides] = {}
+    # Real exchanges refuse a profit_interval that loses money after fees unless this is true.
+    allow_losing_settings: bool = False
 
     def __post_init__(self) -> None:
         checked = {}
@@ -213,6 +225,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     exchange: Exchange = msgspec.field(default_factory=Exchange)
     trading: Trading = msgspec.field(default_factory=Trading)
 
+    def __post_init__(self) -> None:
+        if self.naived.exchange in REAL_EXCHANGES and not self.trading.allow_losing_settings:
+            _refuse_losing(self.trading, self.naived.exchange)
+
     @property
     def runtime_dir(self) -> Path:
         return runtime_dir(self.paths)
@@ -231,6 +247,18 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     @property
     def paper_url(self) -> str:
         return f"http://{self.paper.host}:{self.paper.port}"
+
+
+def _refuse_losing(trading: Trading, exchange: str) -> None:
+    """Real money: a profit interval below break-even loses on every cycle; say which key."""
+    places = [("trading.defaults", trading.defaults.profit_interval)]
+    places += [(f"trading.symbols.{sym}", o.profit_interval) for sym, o in trading.symbols.items() if o.profit_interval is not None]
+    for where, value in places:
+        if value < BREAK_EVEN_PROFIT:
+            raise ValueError(
+                f"{where}.profit_interval: {value} loses money on {exchange} after the 0.1% fee each way "
+                f"(break-even {BREAK_EVEN_PROFIT}); set trading.allow_losing_settings = true to trade it anyway"
+            )
 
 
 def _private_dir(path: Path) -> Path:
