@@ -4,13 +4,20 @@ One SQLite file per symbol in the state directory (WAL). A state is committed
 before the leader acks the trader, so whatever a trader was told is stored
 survives a crash of the trader, the leader, the symbol supervisor or naived.
 `synchronous=NORMAL` in WAL mode survives any process being killed; only a power
-loss could roll back the last commits.
+loss could roll back the last commits. The two facts client order ids derive from
+are committed with `synchronous=FULL` (fsync of the WAL) before they are used: the
+cycle counter (`next_cycle`) and the store's random client order id prefix
+(`id_prefix`), so no id is ever handed out twice, power cuts included.
 """
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import sqlite3
+import string
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -37,6 +44,9 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 """
+
+
+ID_ALPHABET = string.ascii_lowercase + string.digits  # Binance allows [.A-Z:/a-z0-9_-] in client order ids
 
 
 def store_path(state_dir: Path, symbol: str) -> Path:
@@ -102,13 +112,42 @@ class Store:
         return self._db.execute("SELECT count(*) FROM cycles").fetchone()[0]
 
     def next_cycle(self) -> int:
-        """A cycle number never handed out before for this symbol (client order ids derive from it)."""
-        with self._db:
+        """A cycle number never handed out before for this symbol (client order ids derive from it).
+
+        Durable before it is returned (fsync): after a power cut the counter cannot roll back
+        under an id that an order at the exchange already carries."""
+        with self._durably():
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute("SELECT value FROM meta WHERE key = 'last_cycle'").fetchone()
             cycle = int(row[0]) + 1 if row else 1
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_cycle', ?)", (str(cycle),))
         return cycle
+
+    def id_prefix(self) -> str:
+        """This store's client order id prefix: `nv` and 6 random characters, made once, durably.
+
+        Cycle numbers start again at 1 in a new store (a new installation, or a deleted state
+        directory); a new random prefix keeps its ids apart from every other store's, so two
+        installations trading one account never take each other's orders (36^6 ≈ 2·10^9)."""
+        prefix = self.get_meta("id_prefix")
+        if prefix is None:
+            candidate = "nv" + "".join(secrets.choice(ID_ALPHABET) for _ in range(6))
+            with self._durably():
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('id_prefix', ?)", (candidate,))
+            prefix = self.get_meta("id_prefix")
+            assert prefix is not None
+        return prefix
+
+    @contextlib.contextmanager
+    def _durably(self) -> Iterator[None]:
+        """One transaction committed with synchronous=FULL (the WAL is fsynced at the commit)."""
+        self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            with self._db:
+                yield
+        finally:
+            self._db.execute("PRAGMA synchronous=NORMAL")
 
     def get_meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
