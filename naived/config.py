@@ -140,6 +140,19 @@ class Exchange(msgspec.Struct, forbid_unknown_fields=True):
     key_file: str = ""  # lines API_KEY=..., API_SECRET=...; must be mode 0600
     recv_window_ms: int = 5000
     timeout_seconds: float = 5.0
+    # Binance: "APIs have a timeout of 10 seconds when processing a request" (-1007, execution
+    # status unknown): a request the exchange took in may still execute until recvWindow plus
+    # this has passed since it was sent. An intent with no order behind it is placed again only
+    # after that. Lower it only for an exchange known to decide sooner (the paper exchange).
+    backend_timeout_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        _positive("timeout_seconds", self.timeout_seconds)
+        _finite("backend_timeout_seconds", self.backend_timeout_seconds)
+        if self.backend_timeout_seconds < 0:
+            raise ValueError(f"backend_timeout_seconds: must be >= 0, got {self.backend_timeout_seconds}")
+        if not 0 < self.recv_window_ms <= 60000:
+            raise ValueError(f"recv_window_ms: must be between 1 and 60000 (Binance's maximum), got {self.recv_window_ms}")
 
 
 class TradingSettings(msgspec.Struct, forbid_unknown_fields=True):

@@ -121,7 +121,7 @@ class Leader:
         """Resume the trader's stored state, or begin a new cycle with a never-used number."""
         state = self.states.get(trader_id)
         if state is None:
-            state = TraderState(self.symbol, trader_id, self.store.next_cycle(), self.settings)
+            state = TraderState(self.symbol, trader_id, self.store.next_cycle(), self.settings, id_prefix=self.store.id_prefix())
             self.store.save(state)
             self.states[trader_id] = state
         spec = ChildSpec(
@@ -159,7 +159,7 @@ class Leader:
         except Exception as exc:  # reconciliation is a check, never a reason not to trade
             log.warning("%s: reconciliation skipped: %s", self.symbol, exc)
             return
-        prefix = f"{strategy.CLIENT_ID_PREFIX}-{self.symbol}-"
+        prefix = f"{self.store.id_prefix()}-"
         at_exchange = {o.client_order_id for o in open_orders if o.client_order_id.startswith(prefix)}
         orders = [o for s in self.states.values() for o in (s.buy_order, s.sell_order) if o is not None]
         # An acked intent may already be an order at the exchange: it is owned, not drift.

@@ -10,6 +10,7 @@ same JSON shapes, statuses, error codes and messages, `X-MBX-USED-WEIGHT-1M` hea
     GET    /api/v3/order        by orderId or origClientOrderId                  (signed)
     DELETE /api/v3/order        by orderId or origClientOrderId                  (signed)
     GET    /api/v3/openOrders[?symbol=]                                          (signed)
+    GET    /api/v3/myTrades?symbol=&orderId=[&fromId=&limit=]                    (signed)
     GET    /api/v3/account                                                       (signed)
 
 Signed requests are checked like Binance does: `X-MBX-APIKEY` must be
@@ -305,6 +306,7 @@ class PaperExchange:
             ("GET", "/api/v3/order"): (self.get_order, 4, True),
             ("DELETE", "/api/v3/order"): (self.cancel_order, 1, True),
             ("GET", "/api/v3/openOrders"): (self.open_orders, 6, True),
+            ("GET", "/api/v3/myTrades"): (self.my_trades, 5, True),
             ("GET", "/api/v3/account"): (self.account, 20, True),
             ("GET", "/paper/orders"): (self.paper_orders, 0, False),
             ("GET", "/paper/balances"): (self.paper_balances, 0, False),
@@ -406,6 +408,24 @@ class PaperExchange:
     def cancel_order(self, params: Params, received_ns: int) -> Reply:
         order = self.book.cancel(*self._find(params))
         return 200, _cancelled_json(order, params.get("newClientOrderId") or _generated_id())
+
+    def my_trades(self, params: Params, received_ns: int) -> Reply:
+        """The trades of one order (`symbol` + `orderId` [+ `fromId`], the one combination the
+        bot uses). Commission 0, as everywhere on this exchange."""
+        f = _filters(_mandatory(params, "symbol"))
+        order_id = _int(params, "orderId")
+        if order_id is None:
+            raise Rejected(-1102, "Mandatory parameter 'orderId' was not sent, was empty/null, or malformed.")
+        order = self.book.find(f.symbol, order_id, None)
+        from_id = _int(params, "fromId") or 0
+        trades = [
+            {"symbol": f.symbol, "id": fill.trade_id, "orderId": order_id, "orderListId": -1, "price": _fmt(fill.price),
+             "qty": _fmt(fill.qty), "quoteQty": _fmt(fill.price * fill.qty), "commission": _fmt(Decimal(0)),
+             "commissionAsset": f.quote, "time": fill.time_ms, "isBuyer": order.side == "BUY", "isMaker": True,
+             "isBestMatch": True}
+            for fill in (order.fills if order is not None else []) if fill.trade_id >= from_id
+        ]
+        return 200, trades[: _int(params, "limit") or 500]
 
     def open_orders(self, params: Params, received_ns: int) -> Reply:
         symbol = params.get("symbol")

@@ -53,6 +53,14 @@ def test_cycles_complete_at_the_exchange_and_the_next_cycle_starts(tree: Tree) -
     # No client order id was ever used twice.
     assert not [cid for cid, n in Counter(o["clientOrderId"] for o in orders).items() if n > 1]
 
+    # Each finished cycle keeps its books: what the buy delivered was sold or is dust; with times.
+    cycle = tree.history("XRPUSDT")[0]
+    r = cycle["result"]
+    assert Decimal(r["sold"]) + Decimal(r["dust"]) + Decimal(r["fees"].get("XRP", "0")) == Decimal(r["bought"]) > 0
+    assert cycle["started_at"] and cycle["finished_at"] >= cycle["started_at"]
+    text = tree.ctl("history", "XRPUSDT").stdout
+    assert f"cycle {cycle['cycle']} trader" in text and " UTC  bought " in text and "pnl" in text and "total USDT" in text
+
     # The trader that finished exited 0 and a fresh one runs the next cycle.
     def next_cycle() -> dict | None:
         t = tree.traders("XRPUSDT").get(0)

@@ -157,11 +157,18 @@ def test_status_answers_while_traders_restart(resting: Tree) -> None:
 
 
 def test_reconciliation_reports_an_order_no_trader_owns(resting: Tree) -> None:
+    resting.ctl("start-trading", "XRPUSDT")
+    prefix = open_buys(resting, "XRPUSDT", 2)[0]["state"]["id_prefix"]  # the symbol store's, made at its first start
+    resting.ctl("stop-trading", "XRPUSDT")
     stray = BinanceClient(resting.paper_url, "paper-key", "paper-secret")
-    stray.new_order("XRPUSDT", "BUY", "0.1000", "100", "nv-XRPUSDT-9-999B")
+    stray.new_order("XRPUSDT", "BUY", "0.1000", "100", f"{prefix}-9-999B")
+    stray.new_order("XRPUSDT", "BUY", "0.1000", "100", "nvother1-9-999B")  # another installation's: not ours
     resting.ctl("start-trading", "XRPUSDT")
     open_buys(resting, "XRPUSDT", 2)
-    assert "drift: exchange has open order nv-XRPUSDT-9-999B that no trader owns" in resting.log("naived")
+    wait_for("reconciliation", lambda: "drift" in resting.log("naived"))
+    assert f"drift: exchange has open order {prefix}-9-999B that no trader owns" in resting.log("naived")
+    assert "open order nvother1" not in resting.log("naived")
+    assert resting.symbol("XRPUSDT")["leader"]["counters"]["drift"] == 1
     assert resting.symbol("XRPUSDT")["leader"]["counters"]["drift"] == 1
 
 
