@@ -55,8 +55,9 @@ KINDS = {"trader": 12, "leader": 4, "supervisor": 2, "paper": 2, "naived": 1}
 # fills at the next lower print, the sell at the next higher one, so cycles take seconds of tape
 # and every leg of the protocol (intent, place, check, fill) runs many times. No restart intensity:
 # the killer restarts things on purpose. A 1 s exchange timeout keeps accept_then_timeout short;
-# a 1 s recvWindow keeps short the wait of a trader that finds no order behind an unknown intent
-# (it trusts "no such order" only once a request in flight would be refused as stale).
+# a 1 s recvWindow and a 0.5 s backend window (the paper exchange decides every order before it
+# answers) keep short the wait of a trader that finds no order behind an unknown intent (it trusts
+# "no such order" only once no request in flight can still execute).
 CONFIG = f"""
 [trading.defaults]
 chunks = {CHUNKS}
@@ -72,6 +73,7 @@ stop_timeout_seconds = 3.0
 [exchange]
 timeout_seconds = 1.0
 recv_window_ms = 1000
+backend_timeout_seconds = 0.5
 """
 
 FAULTS = """
