@@ -246,6 +246,7 @@ class Leader:
             shutting_down=self.shutting_down,
             last_error=self.store.get_meta("last_error"),
             counters={k: self.store.counter(k) for k in COUNTERS},
+            books=self.store.books(),
             last_trade=self.last_trade,
             used_weight=self.used_weight,
         )

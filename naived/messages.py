@@ -237,6 +237,8 @@ class LeaderStatus(msgspec.Struct, tag=True):
     counters: dict[str, int] = {}
     used_weight: int = 0
     last_trade: TradeEvent | None = None  # the symbol's latest trade on the market feed
+    # Totals over the symbol's finished cycles, quote asset, decimal strings: fees_quote, pnl_quote
+    books: dict[str, str] = {}
 
 
 LeaderReply = Ack | LeaderStatus

@@ -17,6 +17,7 @@ import secrets
 import sqlite3
 import string
 import time
+from decimal import Decimal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,14 +97,24 @@ class Store:
         return int(value) if value else 0
 
     def finish(self, state: TraderState) -> None:
-        """Record a finished cycle and forget the trader's state, in one transaction."""
+        """Record a finished cycle and forget the trader's state, in one transaction; its fees and
+        pnl join the symbol's running totals (`books`) in the same transaction."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
+            fresh = self._db.execute("SELECT 1 FROM cycles WHERE cycle = ?", (state.cycle,)).fetchone() is None
             self._db.execute(
                 "INSERT OR REPLACE INTO cycles (cycle, trader_id, state, finished_at) VALUES (?, ?, ?, ?)",
                 (state.cycle, state.trader_id, _encode(state).decode(), time.time()),
             )
             self._db.execute("DELETE FROM traders WHERE trader_id = ?", (state.trader_id,))
+            if fresh and state.result is not None:
+                for key, amount in (("fees_quote", state.result.fees_quote), ("pnl_quote", state.result.pnl)):
+                    total = Decimal(self.get_meta(key) or "0") + Decimal(amount)
+                    self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(total)))
+
+    def books(self) -> dict[str, str]:
+        """Totals over the finished cycles, in the quote asset (decimal strings): fees_quote, pnl_quote."""
+        return {key: self.get_meta(key) or "0" for key in ("fees_quote", "pnl_quote")}
 
     def finished_cycles(self) -> list[TraderState]:
         return [_decode(s) for (s,) in self._db.execute("SELECT state FROM cycles ORDER BY cycle")]

@@ -60,6 +60,8 @@ def test_cycles_complete_at_the_exchange_and_the_next_cycle_starts(tree: Tree) -
     assert cycle["started_at"] and cycle["finished_at"] >= cycle["started_at"]
     text = tree.ctl("history", "XRPUSDT").stdout
     assert f"cycle {cycle['cycle']} trader" in text and " UTC  bought " in text and "pnl" in text and "total USDT" in text
+    books = tree.symbol("XRPUSDT")["leader"]["books"]  # the leader's running totals, for naived/metrics
+    assert Decimal(books["pnl_quote"]) != 0 and "fees_quote" in books
 
     # The trader that finished exited 0 and a fresh one runs the next cycle.
     def next_cycle() -> dict | None:

@@ -34,3 +34,16 @@ def test_the_cycle_counter_and_the_prefix_are_committed_with_an_fsync(tmp_path: 
     assert re.search(r"synchronous=FULL.*?INSERT OR IGNORE INTO meta.*?COMMIT.*?synchronous=NORMAL", text, re.S)
     assert re.search(r"synchronous=FULL.*?last_cycle.*?COMMIT.*?synchronous=NORMAL", text, re.S)
     assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL for everything else
+
+
+def test_finished_cycles_add_their_fees_and_pnl_to_the_books_once(tmp_path: Path) -> None:
+    from naived.messages import CycleResult, Settings, TraderState
+
+    settings = Settings("XRPUSDT", 1, "100", "0", "0.001", "0.01", "0.0001", "1", "1", "5", "XRP", "USDT")
+    result = CycleResult("40", "19.8", "39", "19.3596", {"USDT": "0.0193596"}, "0.0391596", "0.01591608", "0.96", "0.47567568")
+    store = Store(tmp_path / "XRPUSDT.sqlite")
+    assert store.books() == {"fees_quote": "0", "pnl_quote": "0"}
+    for cycle in (1, 2):
+        store.finish(TraderState("XRPUSDT", 0, cycle, settings, status="done", result=result))
+    store.finish(TraderState("XRPUSDT", 0, 2, settings, status="done", result=result))  # recorded again: not counted twice
+    assert store.books() == {"fees_quote": "0.0783192", "pnl_quote": "0.03183216"}
