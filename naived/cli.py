@@ -23,6 +23,7 @@ def _load(config_path: str | None) -> Config:
 
 
 @click.group()
+@click.version_option(package_name="naive", prog_name="naived")
 def main() -> None:
     """naive: fault-tolerant trading of Binance spot symbols on a tree of OS processes."""
 

@@ -7,6 +7,8 @@ or invalid value is refused with its path, in one line (`ConfigError`).
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import math
 import os
 import re
@@ -43,6 +45,27 @@ def _in_range(name: str, value: Decimal | None, low: Decimal, high: Decimal) -> 
     _finite(name, value)
     if value is not None and not (low < value < high):
         raise ValueError(f"{name}: must be between {low} and {high} (exclusive), got {value}")
+
+
+def _port(name: str, value: int, zero_means_off: bool = False) -> None:
+    low = 0 if zero_means_off else 1
+    if not low <= value <= 65535:
+        raise ValueError(f"{name}: must be a TCP port {low}-65535{' (0 = off)' if zero_means_off else ''}, got {value}")
+
+
+def _loopback(name: str, host: str) -> None:
+    try:
+        ok = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        ok = host == "localhost"
+    if not ok:
+        raise ValueError(f"{name}: must be a loopback address (127.0.0.1, ::1, localhost), got {host!r}")
+
+
+def _existing_files(name: str, paths: list[str]) -> None:
+    for path in paths:
+        if path and not Path(path).is_file():
+            raise ValueError(f"{name}: no such file: {path}")
 
 
 def check_symbol(symbol: str) -> str:
@@ -83,6 +106,11 @@ class Streamer(msgspec.Struct, forbid_unknown_fields=True):
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds: must be >= 0, got {self.grace_seconds}")
         _positive("simulate_rate", self.simulate_rate)
+        _finite("replay_speed", self.replay_speed)
+        if self.replay_speed < 0:
+            raise ValueError(f"replay_speed: must be >= 0, got {self.replay_speed}")
+        _port("metrics_port", self.metrics_port, zero_means_off=True)
+        _existing_files("replay_files", self.replay_files)
 
 
 class Supervision(msgspec.Struct, forbid_unknown_fields=True):
@@ -95,6 +123,7 @@ class Supervision(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         _positive("max_restarts", self.max_restarts)
         _positive("period_seconds", self.period_seconds)
+        _positive("stop_timeout_seconds", self.stop_timeout_seconds)
 
 
 class Naived(msgspec.Struct, forbid_unknown_fields=True):
@@ -106,6 +135,7 @@ class Naived(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         self.autostart = _symbols("autostart", self.autostart)
+        _port("metrics_port", self.metrics_port, zero_means_off=True)
 
 
 class Faults(msgspec.Struct, forbid_unknown_fields=True):
@@ -120,6 +150,14 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
     retry_after_seconds: int = 1
     seed: int = 0  # of the fault RNG: the same seed draws the same faults in the same order
 
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if isinstance(value, float) and not (math.isfinite(value) and 0 <= value <= 1):
+                raise ValueError(f"{name}: must be a probability between 0 and 1, got {value}")
+        if self.retry_after_seconds < 0:
+            raise ValueError(f"retry_after_seconds: must be >= 0, got {self.retry_after_seconds}")
+
 
 class Paper(msgspec.Struct, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
@@ -130,6 +168,11 @@ class Paper(msgspec.Struct, forbid_unknown_fields=True):
     partial_fills: bool = False  # fill at most the traded quantity per trade
     balances: dict[str, Decimal] = msgspec.field(default_factory=lambda: {"USDT": Decimal("10000")})
     faults: Faults = msgspec.field(default_factory=Faults)
+
+    def __post_init__(self) -> None:
+        # The inspection endpoints are unsigned: only this machine may reach them.
+        _loopback("host", self.host)
+        _port("port", self.port)
 
 
 class Exchange(msgspec.Struct, forbid_unknown_fields=True):
@@ -147,12 +190,15 @@ class Exchange(msgspec.Struct, forbid_unknown_fields=True):
     backend_timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
+        # Binance refuses a recvWindow above 60000 ms (-1131).
+        if not 0 < self.recv_window_ms <= 60000:
+            raise ValueError(f"recv_window_ms: must be 1-60000 (Binance's limit), got {self.recv_window_ms}")
         _positive("timeout_seconds", self.timeout_seconds)
         _finite("backend_timeout_seconds", self.backend_timeout_seconds)
         if self.backend_timeout_seconds < 0:
             raise ValueError(f"backend_timeout_seconds: must be >= 0, got {self.backend_timeout_seconds}")
-        if not 0 < self.recv_window_ms <= 60000:
-            raise ValueError(f"recv_window_ms: must be between 1 and 60000 (Binance's maximum), got {self.recv_window_ms}")
+        if self.key_file and not Path(self.key_file).is_file():
+            raise ValueError(f"key_file: no such file: {self.key_file}")
 
 
 class TradingSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -250,6 +296,16 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     def state_dir(self) -> Path:
         return state_dir(self.paths)
 
+    def make_dirs(self) -> None:
+        """Create the runtime and state directories (0700); only the daemons do, never naivectl."""
+        for path in (self.runtime_dir, self.state_dir):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    @property
+    def reports_endpoint(self) -> str:
+        """The root's PULL socket: leaders push their status, workers their answers."""
+        return f"ipc://{self.runtime_dir / 'naived-reports.sock'}"
+
     @property
     def control_endpoint(self) -> str:
         return self.naived.control_endpoint or f"ipc://{self.runtime_dir / 'naived.sock'}"
@@ -274,27 +330,27 @@ def _refuse_losing(trading: Trading, exchange: str) -> None:
             )
 
 
-def _private_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+SYSTEMD_RUNTIME_DIR = Path("/run/naive")  # RuntimeDirectory=naive in naived.service
 
 
 def runtime_dir(paths: Paths) -> Path:
     if paths.runtime_dir:
-        return _private_dir(Path(paths.runtime_dir))
+        return Path(paths.runtime_dir)
     if os.environ.get("RUNTIME_DIRECTORY"):
-        return _private_dir(Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]))
+        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
     if os.environ.get("XDG_RUNTIME_DIR"):
-        return _private_dir(Path(os.environ["XDG_RUNTIME_DIR"]) / "naive")
-    return _private_dir(Path(tempfile.gettempdir()) / f"naive-{os.getuid()}")
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "naive"
+    return Path(tempfile.gettempdir()) / f"naive-{os.getuid()}"
 
 
 def state_dir(paths: Paths) -> Path:
     if paths.state_dir:
-        return _private_dir(Path(paths.state_dir))
+        return Path(paths.state_dir)
     if os.environ.get("STATE_DIRECTORY"):
-        return _private_dir(Path(os.environ["STATE_DIRECTORY"].split(":")[0]))
-    return _private_dir(Path.home() / ".local" / "state" / "naive")
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if os.environ.get("XDG_STATE_HOME"):
+        return Path(os.environ["XDG_STATE_HOME"]) / "naive"
+    return Path.home() / ".local" / "state" / "naive"
 
 
 DEFAULT_LOCATIONS = (Path("/etc/naive/naive.toml"),)
@@ -312,7 +368,36 @@ def find_config(explicit: str | None) -> Path | None:
     return None
 
 
+_explicit: str | None = None  # what load_config was last given: SIGHUP reads the same source again
+log = logging.getLogger(__name__)
+
+# Sections a running tree applies on SIGHUP; a change anywhere else needs a restart.
+RELOADABLE = ("trading", "naived.supervision", "naived.autostart")
+
+
+def reload_config(current: Config) -> Config:
+    """Read the configuration again (SIGHUP). A file that does not check out changes nothing."""
+    try:
+        new = load_config(_explicit)
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running configuration: %s", exc)
+        return current
+    needing_restart = [key for key in _changed_keys(current, new) if not key.startswith(RELOADABLE)]
+    if needing_restart:
+        log.warning("reloaded; these changes take effect only after a restart: %s", ", ".join(needing_restart))
+    return new
+
+
+def _changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
+    if isinstance(old, msgspec.Struct) and isinstance(new, msgspec.Struct):
+        return [k for f in old.__struct_fields__
+                for k in _changed_keys(getattr(old, f), getattr(new, f), f"{prefix}{f}.")]
+    return [prefix.rstrip(".")] if old != new else []
+
+
 def load_config(explicit: str | None = None) -> Config:
+    global _explicit
+    _explicit = explicit
     path = find_config(explicit)
     if path is None:
         return Config()

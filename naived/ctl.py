@@ -12,7 +12,7 @@ import click
 import msgspec
 import zmq
 
-from naived.config import ConfigError, load_config
+from naived.config import SYSTEMD_RUNTIME_DIR, Config, ConfigError, load_config
 from naived.ipc import ipc_path, request
 from naived.strategy import StrategyError, assets
 from naived.messages import (
@@ -32,7 +32,12 @@ from naived.messages import (
     control_reply_decoder,
 )
 
-TIMEOUT_MS = 10_000
+DEFAULT_TIMEOUT = 1.0  # seconds: naived answers from memory in well under a millisecond
+
+
+class Target(msgspec.Struct):
+    endpoint: str
+    timeout: float
 
 
 def _fail(message: str) -> None:
@@ -40,42 +45,61 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-def call(endpoint: str, message: ControlRequest) -> msgspec.Struct:
+def call(target: Target, message: ControlRequest) -> msgspec.Struct:
+    endpoint = target.endpoint
     path = ipc_path(endpoint)
     if path is not None and not os.path.exists(path):
         _fail(f"naived is not running (no control socket at {path})")
     ctx = zmq.Context()
     try:
-        reply = request(ctx, endpoint, message, control_reply_decoder, TIMEOUT_MS)
+        reply = request(ctx, endpoint, message, control_reply_decoder, int(target.timeout * 1000))
+    except zmq.ZMQError as exc:
+        _fail(f"cannot reach naived on {endpoint}: {exc}")
     finally:
         ctx.term()
     if reply is None:
-        _fail(f"naived is not running (no answer on {endpoint} in {TIMEOUT_MS // 1000}s)")
+        _fail(f"naived did not answer on {endpoint} within {target.timeout:g}s: it is not running (a stale socket "
+              "left by a crash?) or is overloaded; --timeout SECONDS waits longer")
     if isinstance(reply, Error):
         _fail(reply.message)
     return reply  # type: ignore[return-value]
 
 
+def find_endpoint(config: Config) -> str:
+    """The control endpoint as naived would compute it; failing that, where systemd runs it
+    (`RuntimeDirectory=naive`), so `naivectl status` works as the service user with no flags."""
+    endpoint = config.control_endpoint
+    configured = config.naived.control_endpoint or config.paths.runtime_dir or os.environ.get("RUNTIME_DIRECTORY")
+    path = ipc_path(endpoint)
+    systemd_socket = SYSTEMD_RUNTIME_DIR / "naived.sock"
+    if not configured and path is not None and not os.path.exists(path) and systemd_socket.exists():
+        return f"ipc://{systemd_socket}"
+    return endpoint
+
+
 @click.group()
+@click.version_option(package_name="naive", prog_name="naivectl")
 @click.option("--config", "config_path", metavar="PATH", help="naived's configuration (for its control endpoint).")
 @click.option("--endpoint", metavar="ENDPOINT", help="naived's control endpoint, e.g. ipc:///run/naive/naived.sock.")
+@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds to wait for naived's answer.")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, endpoint: str | None) -> None:
+def main(ctx: click.Context, config_path: str | None, endpoint: str | None, timeout: float) -> None:
     """Control a running naived."""
     if endpoint is None:
         try:
-            endpoint = load_config(config_path).control_endpoint
+            endpoint = find_endpoint(load_config(config_path))
         except ConfigError as exc:
             click.echo(f"naivectl: {exc}", err=True)
             sys.exit(2)
-    ctx.obj = endpoint
+    ctx.obj = Target(endpoint, timeout)
 
 
 def _simple(request_type: type) -> click.Command:
     @click.argument("symbol")
     @click.pass_obj
-    def command(endpoint: str, symbol: str) -> None:
-        reply = call(endpoint, request_type(symbol))
+    def command(target: Target, symbol: str) -> None:
+        reply = call(target, request_type(symbol))
         assert isinstance(reply, Ok)
         click.echo(reply.message)
 
@@ -95,9 +119,9 @@ main.command("shutdown-trading", help="Let SYMBOL's traders finish their cycles,
 @click.argument("symbol", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def status(endpoint: str, symbol: str | None, as_json: bool) -> None:
+def status(target: Target, symbol: str | None, as_json: bool) -> None:
     """The live process tree: PIDs, uptimes, restarts, each trader's cycle and orders."""
-    reply = call(endpoint, StatusRequest(symbol))
+    reply = call(target, StatusRequest(symbol))
     assert isinstance(reply, TreeStatus)
     if as_json:
         click.echo(msgspec.json.format(msgspec.json.encode(reply).decode(), indent=2))
@@ -109,9 +133,9 @@ def status(endpoint: str, symbol: str | None, as_json: bool) -> None:
 @click.argument("symbol")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def history(endpoint: str, symbol: str, as_json: bool) -> None:
+def history(target: Target, symbol: str, as_json: bool) -> None:
     """Finished cycles of SYMBOL, oldest first: times, fees, realised pnl and dust."""
-    reply = call(endpoint, HistoryRequest(symbol))
+    reply = call(target, HistoryRequest(symbol))
     assert isinstance(reply, History)
     if as_json:
         click.echo(msgspec.json.format(msgspec.json.encode(reply).decode(), indent=2))
@@ -184,7 +208,8 @@ def _num(text: str) -> str:
 
 def _proc(info: ProcessInfo | None, now: float) -> str:
     if info is None or info.pid is None:
-        return "not running" + (f", restarts {info.restarts}" if info else "")
+        return "not running" + (f", restarts {info.restarts}" if info else "") + (
+            f"  error: {info.error}" if info and info.error else "")
     return f"pid {info.pid}, up {_age(info.started_at, now)}, restarts {info.restarts}"
 
 

@@ -94,7 +94,7 @@ def run(seconds: float, symbols: list[str]) -> int:
     directory = Path(tempfile.mkdtemp(prefix="naive-demo-"))
     config_path = write_config(directory, symbols)
     config = load_config(str(config_path))
-    config.runtime_dir  # creates it (0700) before streamerd binds its ipc socket there
+    config.make_dirs()  # 0700, before streamerd binds its ipc socket there
     logs = {name: open(directory / f"{name}.log", "w") for name in ("streamerd", "naived")}
     print(f"naive demo: SIMULATED market, paper exchange, symbols {' '.join(symbols)}")
     print(f"  files and logs in {directory}; this demo stops after {seconds:g}s" if seconds else "  Ctrl-C stops it")

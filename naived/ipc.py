@@ -11,8 +11,12 @@ from naived.messages import encode
 
 
 def bind_rep(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
-    """Bind a REP socket; an ipc path left behind by a killed predecessor is replaced (mode 0600)."""
-    socket = ctx.socket(zmq.REP)
+    return bind(ctx, zmq.REP, endpoint)
+
+
+def bind(ctx: zmq.Context, kind: int, endpoint: str) -> zmq.Socket:
+    """Bind a socket; an ipc path left behind by a killed predecessor is replaced (mode 0600)."""
+    socket = ctx.socket(kind)
     socket.setsockopt(zmq.LINGER, 0)
     path = ipc_path(endpoint)
     if path is not None:

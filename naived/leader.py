@@ -5,26 +5,38 @@ last reported state in memory and in the durable store, and acks a state only
 once it is stored. A trader that exits 0 finished its cycle: it is recorded and
 a fresh trader starts the next cycle. A trader that is killed or fails is
 started again from its last state.
+
+The leader supervises, so it never talks to the exchange itself: the symbol's
+filters and the reconciliation of open orders are fetched by short-lived
+worker children that report back over the leader's own socket. Their failures
+are theirs: retried, counted against the restart intensity, and a symbol the
+exchange does not list gives up (exit 3) with that reason.
+
+A store that fails ends the leader with the reason as its last words: exit 1
+(restarted) for an error that may pass (locked, full, read-only), exit 3 (the
+symbol is marked failed) for a corrupt file, which is never overwritten.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import signal
+import sqlite3
 import time
+from decimal import Decimal
 
 import msgspec
 import zmq
 
 from naived import exchange, strategy, trader
-from naived.config import Config
+from naived.config import Config, reload_config
 from naived.ipc import bind_rep
 from naived.messages import (
     Ack,
+    FiltersFetched,
     LeaderStatus,
     LeaderStatusRequest,
+    OpenOrdersFetched,
     RebuyTriggered,
     Settings,
     ShutdownRequest,
@@ -33,20 +45,19 @@ from naived.messages import (
     TraderHello,
     TraderInfo,
     TraderState,
-    TradeEvent,
-    decode_trade,
     encode,
+    leader_reply_decoder,
     leader_request_decoder,
-    trade_topic,
 )
 from naived.store import Store, store_path
-from naived.supervisor import EXIT_GAVE_UP, ChildSpec, SignalQueue, Supervisor
+from naived.supervisor import EXIT_GAVE_UP, Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor, last_words
 from naived.symbols import SymbolFilters, filters_from_exchange_info
 
 log = logging.getLogger(__name__)
 
-FILTERS_DEADLINE = 30.0  # how long to wait for the exchange at start before giving up
-
+FILTERS_DEADLINE = 30.0  # a filters worker retries this long, then fails (and is restarted, counted)
+WORKER_REQUEST_TIMEOUT_MS = 5000
+FILTERS, RECONCILE = "filters", "reconcile"
 
 COUNTERS = ("leader_starts", "orders_placed", "orders_filled", "intents_unknown", "drift")
 
@@ -66,146 +77,247 @@ def counts(old: TraderState | None, new: TraderState) -> dict[str, int]:
     return result
 
 
-class Leader:
-    def __init__(self, config: Config, symbol: str) -> None:
+def store_failed(path: object, exc: sqlite3.Error) -> Exit:
+    """The exit a store failure calls for: a corrupt file will not heal by restarting."""
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+        return Exit(f"state store {path} is unreadable ({exc}); it was left as it is: restore it or move it "
+                    "aside, then naivectl start-trading again", EXIT_GAVE_UP)
+    return Exit(f"state store {path} failed ({exc})", 1)
+
+
+class Leader(Role):
+    def __init__(self, config: Config, symbol: str, shutting_down: bool) -> None:
         self.config = config
         self.symbol = symbol
+        self.shutting_down = shutting_down
         self.started_at = time.time()
-        self.signals = SignalQueue(signal.SIGTERM, signal.SIGINT)
+        self.path = store_path(config.state_dir, symbol)
+        try:
+            self.store = Store(self.path)
+            self.states: dict[int, TraderState] = self.store.traders()
+            self.store.bump("leader_starts")
+            self.counters = {k: self.store.counter(k) for k in COUNTERS}
+            self.cycles_finished = self.store.cycles_finished()
+            self.last_error = self.store.get_meta("last_error")
+            self.id_prefix = self.store.id_prefix()  # made once per store, durably: client order ids start with it
+            self.books = self.store.books()
+        except sqlite3.Error as exc:
+            raise store_failed(self.path, exc) from None
         self.ctx = zmq.Context()
+        self.supervisor = Supervisor(f"leader {symbol}", config.naived.supervision)
         self.rep = bind_rep(self.ctx, config.leader_endpoint(symbol))
-        # The symbol's last trade, for status. Drained in batches when readable: one wake-up
-        # per burst, not per trade.
-        self.market = self.ctx.socket(zmq.SUB)
-        self.market.setsockopt(zmq.LINGER, 0)
-        self.market.connect(config.streamer.endpoint)
-        self.market.setsockopt(zmq.SUBSCRIBE, trade_topic(symbol))
-        self.last_trade: TradeEvent | None = None
-        self.store = Store(store_path(config.state_dir, symbol))
-        self.poller = zmq.Poller()
-        self.supervisor = Supervisor(f"leader {symbol}", config.naived.supervision, self.poller)
-        self.client = exchange.client_for(config)
-        self.states: dict[int, TraderState] = self.store.traders()
+        self.supervisor.watch(self.rep, self.on_request)
+        # Status goes up to the root as it changes; CONFLATE: only the latest is worth sending.
+        self.report = self.ctx.socket(zmq.PUSH)
+        self.report.setsockopt(zmq.CONFLATE, 1)
+        self.report.setsockopt(zmq.LINGER, 0)
+        self.report.connect(config.reports_endpoint)
+        self.trading = config.trading.for_symbol(symbol)
+        self.settings: Settings | None = None  # for fresh cycles, once the filters worker has fetched them
+        self.waiting: set[int] = set()  # traders that start a fresh cycle once the settings are known
         self.ready_at: dict[int, float] = {}
         self.used_weight = 0
-        self.store.bump("leader_starts")
-        self.shutting_down = self.store.get_meta("shutting_down") == "1"
-        self.trading = config.trading.for_symbol(symbol)
         self.reconciled = False
+        self.open_when_asked: set[str] = set()
+        self.changed = True
 
-    @functools.cached_property
-    def settings(self) -> Settings:
-        """For fresh cycles only: a resumed trader keeps the settings its cycle began with, so a
-        restarted leader forks its traders without waiting for the exchange."""
-        return strategy.settings_for(self.symbol, self.trading, self._filters())
+    # --- traders ------------------------------------------------------------------
 
-    def _filters(self) -> SymbolFilters:
-        """Exchange filters, fetched once for all traders (the exchange may still be starting)."""
+    def trader_spec(self, trader_id: int) -> ChildSpec:
+        return ChildSpec(
+            key=str(trader_id),
+            title=f"trader {self.symbol}/{trader_id}",
+            # Evaluated in the child at fork time: a restart resumes the latest acked state.
+            run=lambda: trader.run(self.config, self.states[trader_id]),
+        )
+
+    def start_trader(self, trader_id: int) -> None:
+        """Resume the trader's stored state, or begin a new cycle once the settings are known."""
+        if trader_id not in self.states and not self.new_cycle(trader_id):
+            return
+        self.ready_at.pop(trader_id, None)
+        self.supervisor.start(self.trader_spec(trader_id))
+        self.changed = True
+
+    def new_cycle(self, trader_id: int) -> bool:
+        """A fresh state with a never-used cycle number; False (and the trader waits) while the
+        filters are not known yet."""
+        if self.settings is None:
+            self.waiting.add(trader_id)
+            self.start_worker(FILTERS)
+            return False
+        state = TraderState(self.symbol, trader_id, self.store.next_cycle(), self.settings, id_prefix=self.id_prefix)
+        self.store.save(state)
+        self.states[trader_id] = state
+        return True
+
+    def on_exit(self, child: Child, status: ExitStatus) -> Decision | None:
+        key = child.spec.key
+        self.changed = True
+        if key in (FILTERS, RECONCILE):
+            return None  # their restart types decide
+        trader_id = int(key)
+        self.ready_at.pop(trader_id, None)
+        if status.words:
+            self.last_error = f"trader {self.symbol}/{trader_id}: {status.words}"
+        state = self.states.get(trader_id)
+        if not (status.normal and state is not None and state.status == "done"):
+            return None  # killed or failed: restart from the last acked state, counted
+        try:
+            self.store.finish(state)
+            del self.states[trader_id]
+            self.cycles_finished += 1
+            self.books = self.store.books()
+            log.info("%s/%d: cycle %d finished", self.symbol, trader_id, state.cycle)
+            if self.shutting_down or trader_id >= self.trading.chunks:
+                return "forget"
+            return "restart_uncounted" if self.new_cycle(trader_id) else "forget"
+        except sqlite3.Error as exc:
+            raise store_failed(self.path, exc) from None
+
+    def on_give_up(self, child: Child, status: ExitStatus, reason: str) -> bool:
+        self.last_error = reason
+        return False  # the leader gives up too: its supervisor escalates, the root marks the symbol failed
+
+    # --- workers: whatever talks to the exchange -----------------------------------
+
+    def start_worker(self, key: str) -> None:
+        if key in self.supervisor.children:
+            return
+        if key == RECONCILE:
+            self.open_when_asked = self.open_ours()
+        run = self.fetch_filters if key == FILTERS else self.reconcile
+        # transient: a worker that fails is retried (counted); temporary: a check, once.
+        self.supervisor.start(ChildSpec(key, f"{key} {self.symbol}", run, "transient" if key == FILTERS else "temporary"))
+
+    def _tell_self(self, message: msgspec.Struct) -> None:
+        """From a worker child: one request to the leader's socket, on the child's own context."""
+        ctx = zmq.Context()
+        socket = ctx.socket(zmq.REQ)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.config.leader_endpoint(self.symbol))
+        socket.send(encode(message))
+        if not socket.poll(WORKER_REQUEST_TIMEOUT_MS, zmq.POLLIN):
+            raise SystemExit("the leader did not answer")
+        leader_reply_decoder.decode(socket.recv())
+        socket.close()
+        ctx.term()
+
+    def fetch_filters(self) -> int:
+        """Worker: the symbol's exchange filters, fetched once for all traders."""
+        client = exchange.client_for(self.config)
         deadline = time.monotonic() + FILTERS_DEADLINE
         delay = 0.02
         while True:
             try:
-                return filters_from_exchange_info(self.client.exchange_info(self.symbol), self.symbol)
-            except KeyError:
-                raise
+                info = client.exchange_info(self.symbol)
+                break
+            except exchange.BinanceError as exc:
+                if exc.code == -1121:  # Invalid symbol.
+                    last_words(f"{self.symbol} is not listed on the exchange ({exc.msg})")
+                    return EXIT_GAVE_UP
+                failure: Exception = exc
             except Exception as exc:  # not up yet, rate limited, connection refused...
-                if time.monotonic() > deadline:
-                    raise
-                log.info("%s: exchange not ready (%s), retrying", self.symbol, type(exc).__name__)
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-
-    # --- traders ------------------------------------------------------------------
-
-    def start_trader(self, trader_id: int) -> None:
-        """Resume the trader's stored state, or begin a new cycle with a never-used number."""
-        state = self.states.get(trader_id)
-        if state is None:
-            state = TraderState(self.symbol, trader_id, self.store.next_cycle(), self.settings, id_prefix=self.store.id_prefix())
-            self.store.save(state)
-            self.states[trader_id] = state
-        spec = ChildSpec(
-            key=str(trader_id),
-            title=f"trader {self.symbol}/{trader_id}",
-            run=functools.partial(trader.run, self.config, state),
-        )
-        self.ready_at.pop(trader_id, None)
-        self.supervisor.start(spec)
-
-    def on_trader_exit(self, pidfd: int) -> bool:
-        """Reap a trader and apply the book's rule; False when the leader must give up."""
-        child, status = self.supervisor.reap(pidfd)
-        trader_id = int(child.spec.key)
-        state = self.states[trader_id]
-        finished = status.normal and state.status == "done"
-        if finished:
-            self.store.finish(state)
-            del self.states[trader_id]
-            log.info("%s/%d: cycle %d finished", self.symbol, trader_id, state.cycle)
-            if self.shutting_down or trader_id >= self.trading.chunks:
-                return True
-        decision = self.supervisor.on_exit(child, status, count=not finished)
-        if decision == "give_up":
-            said = self.store.get_meta("last_error")
-            self.store.set_meta("last_error", f"trader {self.symbol}/{trader_id} kept failing ({status})" + (f"; {said}" if said else ""))
-            return False
-        self.start_trader(trader_id)
-        return True
-
-    def reconcile(self) -> None:
-        """Log any drift between the traders' orders and the exchange's open orders."""
+                failure = exc
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the exchange did not answer exchangeInfo for {FILTERS_DEADLINE:g}s: {failure}")
+            log.info("%s: exchange not ready (%s), retrying", self.symbol, type(failure).__name__)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
         try:
-            open_orders = self.client.open_orders(self.symbol)
-        except Exception as exc:  # reconciliation is a check, never a reason not to trade
-            log.warning("%s: reconciliation skipped: %s", self.symbol, exc)
-            return
-        prefix = f"{self.store.id_prefix()}-"
-        at_exchange = {o.client_order_id for o in open_orders if o.client_order_id.startswith(prefix)}
+            f = filters_from_exchange_info(info, self.symbol)
+        except KeyError:
+            last_words(f"{self.symbol} is not listed on the exchange")
+            return EXIT_GAVE_UP
+        self._tell_self(FiltersFetched(str(f.tick_size), str(f.step_size), str(f.min_qty), str(f.min_notional), f.base, f.quote))
+        return 0
+
+    def reconcile(self) -> int:
+        """Worker: the exchange's open orders of this symbol, for the leader to compare."""
+        open_orders = exchange.client_for(self.config).open_orders(self.symbol)
+        self._tell_self(OpenOrdersFetched([o.client_order_id for o in open_orders]))
+        return 0
+
+    def open_ours(self) -> set[str]:
         orders = [o for s in self.states.values() for o in (s.buy_order, s.sell_order) if o is not None]
-        # An acked intent may already be an order at the exchange: it is owned, not drift.
-        owned = {o.client_order_id for o in orders} | {s.intent.client_order_id for s in self.states.values() if s.intent}
-        ours = {o.client_order_id for o in orders if o.status in ("NEW", "PARTIALLY_FILLED")}
-        unowned, missing = at_exchange - owned, ours - at_exchange
-        for cid in sorted(unowned):
+        return {o.client_order_id for o in orders if o.status in ("NEW", "PARTIALLY_FILLED")}
+
+    def on_open_orders(self, client_order_ids: list[str]) -> None:
+        """Log any drift between the traders' orders and the exchange's open orders."""
+        prefix = f"{self.id_prefix}-"
+        at_exchange = {cid for cid in client_order_ids if cid.startswith(prefix)}
+        # Any order a trader has, or has an acked intent for, is owned, not drift.
+        owned = {o.client_order_id for s in self.states.values() for o in (s.buy_order, s.sell_order) if o} | {
+            s.intent.client_order_id for s in self.states.values() if s.intent}
+        # Only orders already open when the worker asked can be missing from its answer.
+        unowned, missing = sorted(at_exchange - owned), sorted((self.open_ours() & self.open_when_asked) - at_exchange)
+        for cid in unowned:
             log.warning("%s: drift: exchange has open order %s that no trader owns", self.symbol, cid)
-        for cid in sorted(missing):
+        for cid in missing:
             log.warning("%s: drift: a trader thinks %s is open; the exchange does not (it will re-check)", self.symbol, cid)
-        self.store.set_meta("drift", str(len(unowned) + len(missing)))
+        self.counters["drift"] = len(unowned) + len(missing)
+        self.store.set_meta("drift", str(self.counters["drift"]))
 
-    # --- requests from traders and the root --------------------------------------
+    # --- requests from traders and workers -----------------------------------------
 
-    def handle_raw(self, raw: bytes) -> msgspec.Struct:
+    def on_request(self) -> None:
+        frames = self.rep.recv_multipart()
         try:
-            request = leader_request_decoder.decode(raw)
-        except msgspec.DecodeError as exc:
-            log.warning("%s: ignored a malformed request: %s", self.symbol, exc)
-            return Ack()
-        return self.handle(request)
+            request = leader_request_decoder.decode(frames[-1]) if len(frames) == 1 else None
+        except msgspec.DecodeError:
+            request = None
+        if request is None:
+            log.warning("%s: ignored a malformed request (%d frames)", self.symbol, len(frames))
+            self.rep.send(encode(Ack()))
+            return
+        try:
+            reply = self.handle(request)
+        except sqlite3.Error as exc:
+            raise store_failed(self.path, exc) from None  # no ack: what was not stored was not acked
+        except Exception as exc:
+            raise Exit(f"handling {type(request).__name__} failed: {exc!r}", 1) from None
+        self.rep.send(encode(reply))
 
     def handle(self, request: msgspec.Struct) -> msgspec.Struct:
+        self.changed = True
         match request:
             case StateUpdated(state, used_weight):
                 # stored before the ack: the ack means durable
-                self.store.save(state, counts(self.states.get(state.trader_id), state))
+                delta = counts(self.states.get(state.trader_id), state)
+                self.store.save(state, delta)
+                for key, n in delta.items():
+                    self.counters[key] = self.counters.get(key, 0) + n
                 self.states[state.trader_id] = state
                 self.used_weight = used_weight
             case TraderHello(trader_id, pid):
                 self.ready_at[trader_id] = time.time()
                 log.debug("%s/%d: trader pid %d ready", self.symbol, trader_id, pid)
             case TraderFailed(trader_id, error):
-                self.store.set_meta("last_error", error)
+                self.last_error = f"trader {self.symbol}/{trader_id}: {error}"
+                self.store.set_meta("last_error", self.last_error)
             case RebuyTriggered(trader_id):
                 self.on_rebuy(trader_id)
+            case FiltersFetched(tick_size, step_size, min_qty, min_notional, base, quote):
+                self.on_filters(tick_size, step_size, min_qty, min_notional, base, quote)
+            case OpenOrdersFetched(client_order_ids):
+                self.on_open_orders(client_order_ids)
             case LeaderStatusRequest():
                 return self.status()
             case ShutdownRequest():
-                self.shutting_down = True
-                self.store.set_meta("shutting_down", "1")
-                log.info("%s: shutting down: no new cycles", self.symbol)
+                self.shutdown()
         return Ack()
 
+    def on_filters(self, tick_size: str, step_size: str, min_qty: str, min_notional: str, base: str = "", quote: str = "") -> None:
+        filters = SymbolFilters(self.symbol, base, quote, Decimal(tick_size), Decimal(step_size), Decimal(min_qty),
+                                Decimal("0"), Decimal(min_notional))
+        self.settings = strategy.settings_for(self.symbol, self.trading, filters)
+        waiting, self.waiting = sorted(self.waiting), set()
+        if not self.shutting_down:
+            for trader_id in waiting:
+                self.start_trader(trader_id)
+
     def on_rebuy(self, trader_id: int) -> None:
-        running = len(self.supervisor.children)
+        running = len(self.traders_running())
         if self.shutting_down or running >= self.trading.chunks:
             log.info("%s/%d: rebuy ignored (%d of %d traders running)", self.symbol, trader_id, running, self.trading.chunks)
             return
@@ -213,19 +325,44 @@ class Leader:
         log.info("%s/%d: rebuy: starting trader %d", self.symbol, trader_id, free)
         self.start_trader(free)
 
-    def drain_market(self) -> None:
-        payload = None
-        while True:
+    def traders_running(self) -> list[str]:
+        return [k for k in self.supervisor.children if k.isdigit()]
+
+    # --- signals -------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        if not self.shutting_down:
+            log.info("%s: shutting down: no new cycles", self.symbol)
+        self.shutting_down = True
+        self.waiting.clear()
+        self.changed = True
+
+    def reload(self) -> None:
+        """New trading settings apply to cycles that start from now on."""
+        self.config = reload_config(self.config)
+        self.trading = self.config.trading.for_symbol(self.symbol)
+        self.settings = None  # fetched again for the next fresh cycle, with the new settings
+        log.info("%s: configuration reloaded", self.symbol)
+
+    # --- the loop ------------------------------------------------------------------
+
+    def tick(self) -> None:
+        traders = self.traders_running()
+        if not self.reconciled and traders and all(int(k) in self.ready_at for k in traders):
+            self.reconciled = True  # once the traders are back: it only reports, it can wait
+            self.start_worker(RECONCILE)
+        if self.changed:
+            self.changed = False
             try:
-                _, payload = self.market.recv_multipart(zmq.NOBLOCK)
+                self.report.send(encode(self.status()), zmq.NOBLOCK)
             except zmq.Again:
-                break
-        if payload is not None:
-            self.last_trade = decode_trade(payload)
+                pass  # the root is not there (restarting): it gets the next one
+        if self.shutting_down and not traders and not self.states:
+            raise Exit("last trader finished, symbol stopped", 0)
 
     def status(self) -> LeaderStatus:
         traders = []
-        for trader_id in sorted(set(self.states) | {int(k) for k in self.supervisor.children}):
+        for trader_id in sorted(set(self.states) | {int(k) for k in self.traders_running()}):
             child = self.supervisor.children.get(str(trader_id))
             traders.append(
                 TraderInfo(
@@ -242,50 +379,31 @@ class Leader:
             pid=os.getpid(),
             started_at=self.started_at,
             traders=traders,
-            cycles_finished=self.store.cycles_finished(),
+            cycles_finished=self.cycles_finished,
             shutting_down=self.shutting_down,
-            last_error=self.store.get_meta("last_error"),
-            counters={k: self.store.counter(k) for k in COUNTERS},
-            books=self.store.books(),
-            last_trade=self.last_trade,
+            last_error=self.last_error,
+            counters=dict(self.counters),
+            books=self.books,
             used_weight=self.used_weight,
         )
-
-    # --- the loop --------------------------------------------------------------------
 
     def run(self) -> int:
         trader_ids = set(self.states)
         if not self.shutting_down:
             trader_ids |= set(range(self.trading.traders_at_start))
-        for trader_id in sorted(trader_ids):
-            self.start_trader(trader_id)
-        self.poller.register(self.rep, zmq.POLLIN)
-        self.poller.register(self.signals.fd, zmq.POLLIN)
-        self.poller.register(self.market, zmq.POLLIN)
-        while True:
-            for item, _ in self.poller.poll():
-                if item is self.rep:
-                    self.rep.send(encode(self.handle_raw(self.rep.recv())))
-                elif item is self.market:
-                    self.drain_market()
-                elif item == self.signals.fd:
-                    if self.signals.drain():
-                        log.info("%s: stopping %d traders", self.symbol, len(self.supervisor.children))
-                        self.supervisor.stop_all()
-                        return 0
-                elif self.supervisor.exited(item):
-                    if not self.on_trader_exit(item):
-                        self.supervisor.stop_all()
-                        return EXIT_GAVE_UP
-            if not self.reconciled and all(int(k) in self.ready_at for k in self.supervisor.children):
-                self.reconciled = True  # once the traders are back: it only reports, it can wait
-                self.reconcile()
-            if self.shutting_down and not self.supervisor.children:
-                log.info("%s: last trader finished, symbol stopped", self.symbol)
-                self.store.set_meta("shutting_down", None)
-                return 0
+        try:
+            for trader_id in sorted(trader_ids):
+                self.start_trader(trader_id)
+        except sqlite3.Error as exc:
+            raise store_failed(self.path, exc) from None
+        return self.supervisor.run(self)
 
 
-def run(config: Config, symbol: str) -> int:
+def run(config: Config, symbol: str, shutting_down: bool = False) -> int:
     """Entry point in the forked child."""
-    return Leader(config, symbol).run()
+    try:
+        return Leader(config, symbol, shutting_down).run()
+    except Exit as exc:  # at start, before the loop: the store could not be opened
+        log.error("leader %s: %s", symbol, exc)
+        last_words(str(exc))
+        return exc.code

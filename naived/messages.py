@@ -210,7 +210,27 @@ class ShutdownRequest(msgspec.Struct, tag=True):
     """`naivectl shutdown-trading`: start no new cycles; exit once the last trader finishes."""
 
 
-LeaderRequest = TraderHello | StateUpdated | RebuyTriggered | TraderFailed | LeaderStatusRequest | ShutdownRequest
+class FiltersFetched(msgspec.Struct, tag=True):
+    """From the leader's filters worker: the symbol's exchange filters, as exchangeInfo gave them."""
+
+    tick_size: str
+    step_size: str
+    min_qty: str
+    min_notional: str
+    base: str = ""  # assets: which one a commission is taken in decides what a buy delivers
+    quote: str = ""
+
+
+class OpenOrdersFetched(msgspec.Struct, tag=True):
+    """From the leader's reconciliation worker: the client order ids the exchange lists as open."""
+
+    client_order_ids: list[str]
+
+
+LeaderRequest = (
+    TraderHello | StateUpdated | RebuyTriggered | TraderFailed | LeaderStatusRequest | ShutdownRequest
+    | FiltersFetched | OpenOrdersFetched
+)
 
 
 class Ack(msgspec.Struct, tag=True):
@@ -286,6 +306,7 @@ class ProcessInfo(msgspec.Struct):
     pid: int | None
     started_at: float | None
     restarts: int
+    error: str | None = None  # why it is not running, when it gave up
 
 
 class SymbolStatus(msgspec.Struct):
@@ -310,6 +331,19 @@ class History(msgspec.Struct, tag=True):
     cycles: list[TraderState]
 
 
+# --- children -> root (PUSH/PULL), answers to the root's questions or news it keeps ---------
+
+
+class WorkerReply(msgspec.Struct, tag=True):
+    """A root worker's answer to one control request (e.g. history, read from a symbol's store)."""
+
+    request_id: int
+    reply: Ok | Error | History
+
+
+RootReport = LeaderStatus | WorkerReply
+
+
 ControlReply = Ok | Error | TreeStatus | History
 
 
@@ -326,3 +360,4 @@ leader_request_decoder = msgspec.msgpack.Decoder(LeaderRequest)
 leader_reply_decoder = msgspec.msgpack.Decoder(LeaderReply)
 control_request_decoder = msgspec.msgpack.Decoder(ControlRequest)
 control_reply_decoder = msgspec.msgpack.Decoder(ControlReply)
+root_report_decoder = msgspec.msgpack.Decoder(RootReport)

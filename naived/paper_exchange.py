@@ -566,9 +566,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], app: PaperExchange) -> None:
+    def __init__(self, address: tuple[str, int], app: PaperExchange, listener: socket.socket | None = None) -> None:
         self.app = app
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, bind_and_activate=listener is None)
+        if listener is not None:  # bound and listening in naived's root, inherited across fork
+            self.socket.close()
+            self.socket = listener
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that died mid-request (a trader killed with -9) is not the exchange's error:
@@ -590,8 +593,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def run(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT, then return. Starts its own zmq context and threads."""
+def run(config: Config, listener: socket.socket | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then return. Starts its own zmq context and threads.
+
+    `listener`: a socket already bound and listening (naived's root binds it before READY and
+    keeps it across restarts); None binds `paper.host:paper.port` here."""
     paper = config.paper
     if not _is_loopback(paper.host):
         raise SystemExit(f"paper exchange: paper.host {paper.host!r} is not a loopback address; refusing to serve unsigned inspection endpoints")
@@ -601,13 +607,14 @@ def run(config: Config) -> None:
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     with ExitStack() as cleanup:
         cleanup.callback(signal.pthread_sigmask, signal.SIG_SETMASK, previous_mask)
+        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = config.state_dir / "paper-exchange.sqlite"
         book = PaperBook(path, paper.balances, fill_on_touch=paper.fill_on_touch, partial_fills=paper.partial_fills)
         cleanup.callback(book.close)
         ctx = zmq.Context()
         cleanup.callback(ctx.term)
         feed = TradeFeed(ctx, config.streamer.endpoint, book)
-        server = _Server((paper.host, paper.port), PaperExchange(config, book, feed))
+        server = _Server((paper.host, paper.port), PaperExchange(config, book, feed), listener)
         cleanup.callback(server.server_close)
         for symbol in book.symbols_with_open_orders():
             feed.want(symbol)

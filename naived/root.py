@@ -1,273 +1,355 @@
 """The naived root: `Naive.Application` and `Naive.DynamicSymbolSupervisor` in one process.
 
-One loop (gunicorn's arbiter shape): the control socket, queued signals and the
-pidfds of its children — the paper exchange and one symbol supervisor per
-traded symbol. A symbol whose supervisor gave up is marked `failed` with its
-last error; the root itself never crash-loops and keeps serving the others.
+A `Role` in the one supervising loop (`supervisor.py`). Its children: the paper
+exchange (permanent) and one symbol supervisor per traded symbol (transient,
+restart intensity counted per symbol), plus short-lived workers that read a
+symbol's store for `history`. The root is the error kernel's last line:
+
+- it never talks to the exchange and never opens another role's files: a
+  symbol is checked against the symbol table, the leaders push their status up
+  (PUSH/PULL, latest only), and a store is read by a worker child that dies in
+  its place if the file is bad;
+- every control request is answered, whatever its frames hold (a ROUTER socket:
+  the reply can wait for a worker without blocking the loop);
+- a symbol whose supervisor gave up is marked `failed` with the reason its
+  processes left as last words; the root never crash-loops and keeps serving
+  the other symbols;
+- every port it needs is bound before READY=1: a port in use is one line and
+  exit status 1, not a restart loop.
 """
 
 from __future__ import annotations
 
-import functools
+import itertools
 import json
 import logging
 import os
-import select
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
-import requests
 import setproctitle
 import zmq
 
-from naived import exchange, paper_exchange, sdnotify, symbol_supervisor
-from naived.config import Config, check_symbol
-from naived.ipc import bind_rep, request
-from naived.metrics import Metrics, MetricsEndpoint
+from naived import paper_exchange, sdnotify, symbol_supervisor
+from naived.config import Config, check_symbol, reload_config
+from naived.ipc import bind, ipc_path, request
 from naived.messages import (
     ControlRequest,
     Error,
     History,
     HistoryRequest,
     LeaderStatus,
-    LeaderStatusRequest,
     Ok,
     ProcessInfo,
-    ShutdownRequest,
     ShutdownTrading,
     StartTrading,
     StatusRequest,
     StopTrading,
     SymbolStatus,
     TreeStatus,
+    WorkerReply,
     control_request_decoder,
     encode,
-    leader_reply_decoder,
+    root_report_decoder,
 )
+from naived.metrics import Metrics, MetricsEndpoint
 from naived.store import Store, store_path
-from naived.supervisor import EXIT_GAVE_UP, ChildSpec, SignalQueue, Supervisor
+from naived.supervisor import Child, ChildSpec, Decision, ExitStatus, Role, Supervisor
 from naived.symbols import lookup
 
 log = logging.getLogger(__name__)
 
 PAPER = "paper-exchange"
-PAPER_READY_DEADLINE = 15.0
-LEADER_STATUS_TIMEOUT_MS = 500
+WORKER = "worker-"  # key prefix of the root's short-lived workers
+REPORTS_PER_TURN = 1000  # drained per wake-up, so a flood of reports cannot starve the control socket
 
 
-class AlreadyRunning(Exception):
-    pass
+class StartError(Exception):
+    """naived cannot start: one line for the user, exit status 1."""
 
 
 @dataclass
 class SymbolEntry:
-    state: str = "running"  # running | failed | shutting-down
+    state: str = "running"  # running | shutting-down | failed
     error: str | None = None
 
 
 class TradingSet:
-    """Symbols that are trading, kept on disk so naived restarts them (autostart)."""
+    """Symbols that are trading and how (running or shutting down), on disk for autostart."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.modes: dict[str, str] = {}
         try:
-            self.symbols: list[str] = json.loads(path.read_text())
+            raw = json.loads(path.read_text())
+            # An older naived wrote a plain list of running symbols.
+            self.modes = {check_symbol(s): "running" for s in raw} if isinstance(raw, list) else {
+                check_symbol(s): ("shutting-down" if m == "shutting-down" else "running") for s, m in raw.items()
+            }
         except FileNotFoundError:
-            self.symbols = []
+            pass
+        except (ValueError, AttributeError, TypeError) as exc:  # not ours to lose: keep it for the user
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            os.replace(path, aside)
+            log.error("%s was unreadable (%s); moved to %s, no symbol autostarts from it", path, exc, aside)
 
-    def set(self, symbol: str, trading: bool) -> None:
-        others = [s for s in self.symbols if s != symbol]
-        self.symbols = sorted(others + [symbol] if trading else others)
+    def set(self, symbol: str, mode: str | None) -> None:
+        if mode is None:
+            self.modes.pop(symbol, None)
+        else:
+            self.modes[symbol] = mode
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.symbols))
+        tmp.write_text(json.dumps(dict(sorted(self.modes.items()))))
         os.replace(tmp, self.path)  # atomic: a crash leaves the old or the new list
 
 
-class Root:
+def _listen(host: str, port: int, what: str, key: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart right after a kill -9
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise StartError(f"cannot listen on {host}:{port} for {what}: {exc.strerror} (set {key})") from None
+    return sock
+
+
+class Root(Role):
     def __init__(self, config: Config) -> None:
         self.config = config
         self.started_at = time.time()
+        config.make_dirs()
         self.ctx = zmq.Context()
         if request(self.ctx, config.control_endpoint, StatusRequest(), msgspec.msgpack.Decoder(), 300) is not None:
-            raise AlreadyRunning(f"naived is already running on {config.control_endpoint}")
-        self.signals = SignalQueue(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        self.control = bind_rep(self.ctx, config.control_endpoint)
-        self.poller = zmq.Poller()
-        self.poller.register(self.control, zmq.POLLIN)
-        self.poller.register(self.signals.fd, zmq.POLLIN)
-        self.supervisor = Supervisor("naived", config.naived.supervision, self.poller)
-        self.symbols: dict[str, SymbolEntry] = {}
-        self.trading = TradingSet(config.state_dir / "trading.json")
-        self.paper_failed: str | None = None
+            raise StartError(f"naived is already running on {config.control_endpoint}")
+        self.supervisor = Supervisor("naived", config.naived.supervision, scope="child")
+        try:
+            self.control = bind(self.ctx, zmq.ROUTER, config.control_endpoint)
+            self.reports = bind(self.ctx, zmq.PULL, config.reports_endpoint)
+        except zmq.ZMQError as exc:
+            raise StartError(f"cannot bind {config.control_endpoint}: {exc}") from None
+        self.supervisor.watch(self.control, self.on_control)
+        self.supervisor.watch(self.reports, self.on_reports)
+        self.paper_listener: socket.socket | None = None
+        if config.naived.exchange == "paper":
+            self.paper_listener = _listen(config.paper.host, config.paper.port, "the paper exchange", "[paper] port")
         self.metrics: MetricsEndpoint | None = None
         if config.naived.metrics_port:
-            self.metrics = MetricsEndpoint(config.naived.metrics_port, self.collect_metrics)
-            self.poller.register(self.metrics.fd, zmq.POLLIN)
+            try:
+                self.metrics = MetricsEndpoint(config.naived.metrics_port, self.collect_metrics)
+            except OSError as exc:
+                raise StartError(f"cannot listen on 127.0.0.1:{config.naived.metrics_port} for metrics: "
+                                 f"{exc.strerror} (set [naived] metrics_port)") from None
+            self.supervisor.watch(self.metrics.fd, self.metrics.serve)
+        self.symbols: dict[str, SymbolEntry] = {}
+        self.leaders: dict[str, LeaderStatus] = {}  # as each leader last pushed it
+        self.trading = TradingSet(config.state_dir / "trading.json")
+        self.paper_failed: str | None = None
+        self.pending: dict[int, list[bytes]] = {}  # worker request id -> the client's envelope
+        self.request_ids = itertools.count(1)
+        self.watchdog = sdnotify.watchdog_interval()
+        self.next_ping = time.monotonic()
 
     # --- children --------------------------------------------------------------------
 
     def start_paper_exchange(self) -> None:
-        spec = ChildSpec(
+        listener = self.paper_listener
+        assert listener is not None
+        self.supervisor.start(ChildSpec(
             key=PAPER,
             title="paper-exchange",
-            run=lambda: paper_exchange.run(self.config) or 0,
+            run=lambda: paper_exchange.run(self.config, listener) or 0,
             new_process_group=True,
-        )
-        child = self.supervisor.start(spec)
-        # Wait for it to answer (or die) before any leader asks it for filters.
-        deadline = time.monotonic() + PAPER_READY_DEADLINE
-        session = requests.Session()
-        session.trust_env = False
-        while time.monotonic() < deadline:
-            try:
-                session.get(f"{self.config.paper_url}/api/v3/ping", timeout=1).raise_for_status()
-                log.info("paper exchange ready on %s", self.config.paper_url)
-                return
-            except requests.RequestException:
-                if select.select([child.pidfd], [], [], 0.02)[0]:
-                    return  # it died; the loop reaps it and applies the restart rule
-        log.error("paper exchange did not answer on %s within %gs", self.config.paper_url, PAPER_READY_DEADLINE)
+            keep_fds=(listener.fileno(),),
+        ))
 
-    def start_symbol(self, symbol: str) -> None:
-        self.symbols[symbol] = SymbolEntry()
-        self.supervisor.start(
-            ChildSpec(
-                key=symbol,
-                title=f"supervisor {symbol}",
-                run=functools.partial(symbol_supervisor.run, self.config, symbol),
-                restart="transient",  # exit 0 = shut down on request
-                new_process_group=True,
-            )
-        )
+    def start_symbol(self, symbol: str, mode: str = "running") -> None:
+        self.symbols[symbol] = SymbolEntry(mode)
+        self.supervisor.start(ChildSpec(
+            key=symbol,
+            title=f"supervisor {symbol}",
+            # the mode as of fork time: a supervisor restarted after a shutdown-trading keeps it
+            run=lambda: symbol_supervisor.run(self.config, symbol, self.symbols[symbol].state == "shutting-down"),
+            restart="transient",  # exit 0 = shut down on request
+            new_process_group=True,
+            supervises=True,
+        ))
 
-    def on_child_exit(self, pidfd: int) -> None:
-        child, status = self.supervisor.reap(pidfd)
+    def on_exit(self, child: Child, status: ExitStatus) -> Decision | None:
         key = child.spec.key
-        decision = self.supervisor.on_exit(child, status)
+        if key.startswith(WORKER):
+            request_id = int(key.removeprefix(WORKER))
+            if request_id in self.pending:  # it died without answering
+                self.reply(self.pending.pop(request_id), Error(f"could not read the store: {status.reason()}"))
+            return "forget"
         if key == PAPER:
-            if decision == "give_up":
-                self.paper_failed = f"paper exchange kept failing ({status})"
-                log.error("%s; orders cannot be placed until naived restarts", self.paper_failed)
-            else:
-                self.start_paper_exchange()
-            return
-        entry = self.symbols.get(key)
-        if entry is None:
-            return  # stopped on request
-        if decision == "forget":
+            return None
+        self.leaders.pop(key, None)
+        if child.stop_deadline is not None:
+            return None  # stop-trading: already forgotten
+        if status.normal and key in self.symbols:
             log.info("%s: shut down", key)
             del self.symbols[key]
-            self.trading.set(key, False)
-        elif decision == "give_up" or status.code == EXIT_GAVE_UP:
-            entry.state, entry.error = "failed", self.last_error(key, str(status))
-            log.error("%s: failed: %s", key, entry.error)
-        else:
-            self.start_symbol(key)
+            self.trading.set(key, None)
+            return "forget"
+        return None
 
-    def last_error(self, symbol: str, status: str) -> str:
-        store = Store(store_path(self.config.state_dir, symbol))
-        try:
-            detail = store.get_meta("last_error")
-        finally:
-            store.close()
-        return f"supervisor {status}" + (f"; last error: {detail}" if detail else "")
+    def on_give_up(self, child: Child, status: ExitStatus, reason: str) -> bool:
+        key = child.spec.key
+        if key == PAPER:
+            self.paper_failed = reason
+            log.error("%s; orders cannot be placed until naived restarts", reason)
+        elif key in self.symbols:
+            entry = self.symbols[key]
+            entry.state, entry.error = "failed", reason
+            log.error("%s: failed: %s", key, reason)
+        return True  # the root never gives up: the other symbols keep trading
+
+    # --- reports pushed by the children -----------------------------------------------
+
+    def on_reports(self) -> None:
+        for _ in range(REPORTS_PER_TURN):
+            try:
+                raw = self.reports.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                report = root_report_decoder.decode(raw)
+            except msgspec.DecodeError as exc:
+                log.warning("ignored a malformed report: %s", exc)
+                continue
+            match report:
+                case LeaderStatus(symbol=symbol) if symbol in self.symbols:
+                    self.leaders[symbol] = report
+                case WorkerReply(request_id, reply) if request_id in self.pending:
+                    self.reply(self.pending.pop(request_id), reply)
 
     # --- control requests --------------------------------------------------------------
 
-    def handle(self, raw: bytes) -> msgspec.Struct:
+    def on_control(self) -> None:
+        frames = self.control.recv_multipart()
+        # A REQ client's message is [identity, b"", body]; anything else is refused, not fatal.
+        if frames[1:2] == [b""]:
+            envelope, body = frames[:2], frames[2:]
+        else:  # a DEALER or raw client: no delimiter
+            envelope, body = frames[:1], frames[1:]
+        if len(body) != 1:
+            log.warning("control: refused a request of %d frames", len(body))
+            self.reply(envelope, Error(f"bad request: expected one frame, got {len(body)}"))
+            return
         try:
-            req = control_request_decoder.decode(raw)
-        except msgspec.DecodeError as exc:
-            return Error(f"bad request: {exc}")
+            req = control_request_decoder.decode(body[0])
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("control: refused a malformed request: %s", exc)
+            self.reply(envelope, Error(f"bad request: {exc}"))
+            return
         try:
-            return self._dispatch(req)
+            reply = self.dispatch(req, envelope)
         except ValueError as exc:
-            return Error(str(exc))
+            reply = Error(str(exc))
+        except Exception as exc:
+            log.exception("control: %s failed", type(req).__name__)
+            reply = Error(f"naived could not handle {type(req).__name__}: {exc}")
+        if reply is not None:
+            self.reply(envelope, reply)
 
-    def _dispatch(self, req: ControlRequest) -> msgspec.Struct:
+    def reply(self, envelope: list[bytes], reply: msgspec.Struct) -> None:
+        try:
+            self.control.send_multipart([*envelope, encode(reply)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # the client went away: its loss
+            log.info("control: reply not delivered: %s", exc)
+
+    def dispatch(self, req: ControlRequest, envelope: list[bytes]) -> msgspec.Struct | None:
         match req:
             case StartTrading(symbol):
                 return self.start_trading(check_symbol(symbol))
             case StopTrading(symbol):
-                symbol = check_symbol(symbol)
-                if symbol not in self.symbols:
-                    return Error(f"{symbol} is not trading")
-                del self.symbols[symbol]
-                self.supervisor.stop(symbol)
-                self.supervisor.forget_history(symbol)
-                self.trading.set(symbol, False)
-                return Ok(f"stopped trading {symbol}; its open orders stay on the exchange")
+                return self.stop_trading(check_symbol(symbol))
             case ShutdownTrading(symbol):
-                symbol = check_symbol(symbol)
-                entry = self.symbols.get(symbol)
-                if entry is None or entry.state != "running":
-                    return Error(f"{symbol} is not trading")
-                reply = request(self.ctx, self.config.leader_endpoint(symbol), ShutdownRequest(), leader_reply_decoder, 2000)
-                if reply is None:
-                    return Error(f"{symbol}: the leader did not answer; try again")
-                entry.state = "shutting-down"
-                return Ok(f"shutting down {symbol}: no new cycles; it stops when its traders finish")
+                return self.shutdown_trading(check_symbol(symbol))
             case StatusRequest(symbol):
                 return self.status(check_symbol(symbol) if symbol else None)
             case HistoryRequest(symbol):
-                symbol = check_symbol(symbol)
-                path = store_path(self.config.state_dir, symbol)
-                if not path.exists():
-                    return Error(f"{symbol} has never traded here")
-                store = Store(path)
-                try:
-                    return History(symbol, store.finished_cycles())
-                finally:
-                    store.close()
+                return self.history(check_symbol(symbol), envelope)
         return Error("unknown request")
 
     def start_trading(self, symbol: str) -> msgspec.Struct:
         entry = self.symbols.get(symbol)
         if entry is not None and entry.state != "failed":
             return Ok(f"{symbol} is already trading")
-        if not self.symbol_exists(symbol):
-            return Error(f"unknown symbol {symbol}: the {self.config.naived.exchange} exchange does not list it")
+        if self.supervisor.stopping(symbol):
+            return Error(f"{symbol} is still stopping; try again in a moment")
+        if lookup(symbol) is None:
+            return Error(f"unknown symbol {symbol}: the symbol table does not list it")
         if entry is not None:  # failed before: a fresh start with a fresh restart budget
             self.supervisor.forget_history(symbol)
+        self.leaders.pop(symbol, None)
         self.start_symbol(symbol)
-        self.trading.set(symbol, True)
+        self.trading.set(symbol, "running")
         return Ok(f"started trading {symbol}")
 
-    def symbol_exists(self, symbol: str) -> bool:
-        if self.config.naived.exchange == "paper":
-            return lookup(symbol) is not None
-        try:
-            exchange.client_for(self.config).exchange_info(symbol)
-            return True
-        except exchange.BinanceError:
-            return False
+    def stop_trading(self, symbol: str) -> msgspec.Struct:
+        if symbol not in self.symbols:
+            return Error(f"{symbol} is not trading")
+        del self.symbols[symbol]
+        self.leaders.pop(symbol, None)
+        self.supervisor.stop(symbol)
+        self.supervisor.forget_history(symbol)
+        self.trading.set(symbol, None)
+        return Ok(f"stopped trading {symbol}; its open orders stay on the exchange")
+
+    def shutdown_trading(self, symbol: str) -> msgspec.Struct:
+        entry = self.symbols.get(symbol)
+        if entry is None or entry.state == "failed":
+            return Error(f"{symbol} is not trading")
+        entry.state = "shutting-down"
+        self.trading.set(symbol, "shutting-down")
+        child = self.supervisor.children.get(symbol)
+        if child is not None:  # else it is restarting, and starts in shutdown mode
+            try:
+                os.kill(child.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass  # it just died: its restart starts in shutdown mode
+        return Ok(f"shutting down {symbol}: no new cycles; it stops when its traders finish")
+
+    def history(self, symbol: str, envelope: list[bytes]) -> msgspec.Struct | None:
+        """Read by a worker child: a bad store fails there, not here."""
+        if not store_path(self.config.state_dir, symbol).exists():
+            return Error(f"{symbol} has never traded here")
+        request_id = next(self.request_ids)
+        self.pending[request_id] = envelope
+        self.supervisor.start(ChildSpec(
+            key=f"{WORKER}{request_id}",
+            title=f"history {symbol}",
+            run=lambda: read_history(self.config, symbol, request_id),
+            restart="temporary",
+        ))
+        return None  # answered when the worker reports (or dies)
 
     def status(self, only: str | None) -> TreeStatus:
-        symbols = []
-        for symbol, entry in sorted(self.symbols.items()):
-            if only and symbol != only:
-                continue
-            child = self.supervisor.children.get(symbol)
-            leader = None
-            if child is not None:
-                reply = request(
-                    self.ctx, self.config.leader_endpoint(symbol), LeaderStatusRequest(), leader_reply_decoder,
-                    LEADER_STATUS_TIMEOUT_MS,
-                )
-                leader = reply if isinstance(reply, LeaderStatus) else None
-            symbols.append(
-                SymbolStatus(
-                    symbol=symbol,
-                    state=entry.state,
-                    supervisor=self._process_info(symbol),
-                    leader=leader,
-                    error=entry.error,
-                )
+        if only and only not in self.symbols:
+            raise ValueError(f"{only} is not trading (naivectl start-trading {only})")
+        symbols = [
+            SymbolStatus(
+                symbol=symbol,
+                state=entry.state,
+                supervisor=self._process_info(symbol),
+                leader=self.leaders.get(symbol) if symbol in self.supervisor.children else None,
+                error=entry.error,
             )
-        paper = self._process_info(PAPER) if self.config.naived.exchange == "paper" else None
+            for symbol, entry in sorted(self.symbols.items())
+            if not only or symbol == only
+        ]
+        paper = None
+        if self.config.naived.exchange == "paper":
+            paper = self._process_info(PAPER)
+            paper.error = self.paper_failed
         return TreeStatus(
             pid=os.getpid(),
             started_at=self.started_at,
@@ -321,64 +403,83 @@ class Root:
         return m.render()
 
     def status_line(self) -> str:
-        running = sum(1 for e in self.symbols.values() if e.state == "running")
+        running = sum(1 for e in self.symbols.values() if e.state != "failed")
         failed = [s for s, e in self.symbols.items() if e.state == "failed"]
         restarts = sum(self.supervisor.restarts(k) for k in self.symbols)
         line = f"{running} symbols trading, {restarts} symbol restarts"
         return line + (f", failed: {' '.join(failed)}" if failed else "")
 
-    # --- the loop -----------------------------------------------------------------------
+    # --- signals and the loop -----------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: the trading settings and restart limits change at run time; the rest is
+        reported as needing a restart. Each symbol supervisor passes it to its leader."""
+        self.config = reload_config(self.config)
+        self.supervisor.limits = self.config.naived.supervision
+        for key, child in self.supervisor.children.items():
+            if child.spec.supervises:
+                os.kill(child.pid, signal.SIGHUP)
+
+    def next_tick(self) -> float | None:
+        return self.next_ping if self.watchdog else None
+
+    def tick(self) -> None:
+        # Healthy = this loop turns and the paper exchange has not given up; otherwise systemd's
+        # watchdog restarts naived as a whole.
+        if self.watchdog and time.monotonic() >= self.next_ping and self.paper_failed is None:
+            sdnotify.notify("WATCHDOG=1", f"STATUS={self.status_line()}")
+            self.next_ping = time.monotonic() + self.watchdog
 
     def run(self) -> int:
-        if self.config.naived.exchange == "paper":
+        if self.paper_listener is not None:
             self.start_paper_exchange()
-        for symbol in dict.fromkeys(self.config.naived.autostart + self.trading.symbols):
+        for symbol in dict.fromkeys(self.config.naived.autostart + list(self.trading.modes)):
             log.info("%s: autostart", symbol)
-            reply = self.start_trading(symbol)
-            if isinstance(reply, Error):
-                log.error("%s", reply.message)
+            mode = self.trading.modes.get(symbol, "running")
+            if lookup(symbol) is None:
+                log.error("%s: not autostarted: the symbol table does not list it", symbol)
+                continue
+            self.start_symbol(symbol, mode)
+            self.trading.set(symbol, mode)
         sdnotify.notify("READY=1", f"STATUS={self.status_line()}")
         log.info("naived ready: control %s, exchange %s", self.config.control_endpoint, self.config.naived.exchange)
-        watchdog = sdnotify.watchdog_interval()
-        next_ping = time.monotonic()
-        while True:
-            timeout_ms = max(0, int((next_ping - time.monotonic()) * 1000)) if watchdog else None
-            for item, _ in self.poller.poll(timeout_ms):
-                if item is self.control:
-                    self.control.send(encode(self.handle(self.control.recv())))
-                elif item == self.signals.fd:
-                    if self.signals.drain():
-                        return self.shutdown()
-                elif self.supervisor.exited(item):
-                    self.on_child_exit(item)
-                elif self.metrics is not None and item == self.metrics.fd:
-                    self.metrics.serve()
-            # Healthy = this loop turns and the paper exchange has not given up; otherwise
-            # systemd's watchdog restarts naived as a whole.
-            if watchdog and time.monotonic() >= next_ping and self.paper_failed is None:
-                sdnotify.notify("WATCHDOG=1", f"STATUS={self.status_line()}")
-                next_ping = time.monotonic() + watchdog
+        return self.supervisor.run(self)
 
-    def shutdown(self) -> int:
-        """Stop the symbols first (their traders first of all), the paper exchange last."""
+    def before_stop(self) -> None:
+        """The symbols first (their traders first of all), the paper exchange last."""
         sdnotify.notify("STOPPING=1")
-        log.info("naived stopping")
         self.supervisor.stop_all(keep=frozenset({PAPER}))
-        self.supervisor.stop_all()
-        self.control.close()
-        path = self.config.control_endpoint.removeprefix("ipc://")
-        if path != self.config.control_endpoint and os.path.exists(path):
-            os.unlink(path)
+
+    def on_stop(self) -> None:
+        for sock in (self.control, self.reports):
+            sock.close()
+        for endpoint in (self.config.control_endpoint, self.config.reports_endpoint):
+            path = ipc_path(endpoint)
+            if path is not None and os.path.exists(path):
+                os.unlink(path)
         self.ctx.term()
         log.info("naived stopped")
-        return 0
+
+
+def read_history(config: Config, symbol: str, request_id: int) -> int:
+    """Worker: a symbol's finished cycles, read-only, pushed to the root."""
+    store = Store(store_path(config.state_dir, symbol), readonly=True)
+    reply = WorkerReply(request_id, History(symbol, store.finished_cycles()))
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 2000)
+    push.connect(config.reports_endpoint)
+    push.send(encode(reply))
+    push.close()
+    ctx.term()
+    return 0
 
 
 def run(config: Config) -> int:
     setproctitle.setproctitle("naive: naived")
     try:
         root = Root(config)
-    except AlreadyRunning as exc:
+    except StartError as exc:
         log.error("%s", exc)
         return 1
     return root.run()

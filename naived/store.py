@@ -55,9 +55,16 @@ def store_path(state_dir: Path, symbol: str) -> Path:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        """Open (creating it if new) a symbol's store. Raises sqlite3.Error for a file that is not
+        a healthy store, and then writes nothing to it. `readonly`: for readers beside the leader."""
+        if readonly:
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=1)
+            self._db.execute("SELECT count(*) FROM cycles").fetchone()  # a bad file fails here, not later
+            return
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=10)
+        # A short busy timeout: the leader's loop must not wait long on a lock someone else holds.
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=1)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)

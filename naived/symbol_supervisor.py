@@ -1,53 +1,67 @@
 """The symbol supervisor: the book's `Naive.SymbolSupervisor`, strategy one_for_all.
 
 Its only child is the leader, which runs in a process group of its own with its
-traders. When the leader dies, the whole group is killed (the traders also die
-with their parent through PR_SET_PDEATHSIG) and a new leader starts, resuming
-every trader from the durable store.
+traders: when the leader dies the whole group is killed (the traders also die
+with their parent through PR_SET_PDEATHSIG), and a new leader resumes every
+trader from the durable store. The leader is significant: when it ends
+normally (the symbol was shut down), so does this supervisor.
+
+Signals from the root are passed down: SIGUSR1 (shutdown-trading) and SIGHUP
+(reload). A shutdown is remembered, so a leader restarted later starts in
+shutdown mode too.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
+import os
 import signal
 
-import zmq
-
 from naived import leader
-from naived.config import Config
-from naived.supervisor import EXIT_GAVE_UP, ChildSpec, SignalQueue, Supervisor
+from naived.config import Config, reload_config
+from naived.supervisor import ChildSpec, Role, Supervisor
 
 log = logging.getLogger(__name__)
 
 
-def leader_spec(config: Config, symbol: str) -> ChildSpec:
-    return ChildSpec(
-        key="leader",
-        title=f"leader {symbol}",
-        run=functools.partial(leader.run, config, symbol),
-        restart="transient",  # exit 0 = the symbol was shut down: nothing to restart
-        new_process_group=True,
-    )
+class SymbolSupervisor(Role):
+    def __init__(self, config: Config, symbol: str, shutting_down: bool) -> None:
+        self.config = config
+        self.symbol = symbol
+        self.shutting_down = shutting_down
+        self.supervisor = Supervisor(f"supervisor {symbol}", config.naived.supervision, strategy="one_for_all")
+
+    def leader_spec(self) -> ChildSpec:
+        # Read at fork time, not now: a restarted leader gets the config and mode of that moment.
+        return ChildSpec(
+            key="leader",
+            title=f"leader {self.symbol}",
+            run=lambda: leader.run(self.config, self.symbol, self.shutting_down),
+            restart="transient",  # exit 0 = the symbol was shut down: nothing to restart
+            significant=True,
+            new_process_group=True,
+            supervises=True,
+        )
+
+    def _tell_leader(self, sig: int) -> None:
+        child = self.supervisor.children.get("leader")
+        if child is not None:
+            os.kill(child.pid, sig)
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+        log.info("%s: shutdown-trading: passing it to the leader", self.symbol)
+        self._tell_leader(signal.SIGUSR1)
+
+    def reload(self) -> None:
+        self.config = reload_config(self.config)
+        self._tell_leader(signal.SIGHUP)
+
+    def run(self) -> int:
+        self.supervisor.start(self.leader_spec())
+        return self.supervisor.run(self)
 
 
-def run(config: Config, symbol: str) -> int:
+def run(config: Config, symbol: str, shutting_down: bool = False) -> int:
     """Entry point in the forked child."""
-    signals = SignalQueue(signal.SIGTERM, signal.SIGINT)
-    poller = zmq.Poller()
-    poller.register(signals.fd, zmq.POLLIN)
-    supervisor = Supervisor(f"supervisor {symbol}", config.naived.supervision, poller)
-    supervisor.start(leader_spec(config, symbol))
-    while True:
-        for item, _ in poller.poll():
-            if item == signals.fd and signals.drain():
-                supervisor.stop_all()
-                return 0
-            if supervisor.exited(item):
-                child, status = supervisor.reap(item)
-                decision = supervisor.on_exit(child, status)
-                if decision == "forget":
-                    return 0
-                if decision == "give_up":
-                    return EXIT_GAVE_UP
-                supervisor.start(leader_spec(config, symbol))
+    return SymbolSupervisor(config, symbol, shutting_down).run()

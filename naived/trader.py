@@ -23,6 +23,7 @@ import requests
 import zmq
 
 from naived import exchange, strategy
+from naived.supervisor import last_words
 from naived.config import Config
 from naived.messages import (
     Intent,
@@ -304,6 +305,7 @@ class Trader:
                     return 0
         except (strategy.StrategyError, exchange.BinanceError) as exc:
             log.error("%s/%d: %s", s.symbol, s.trader_id, exc)
+            last_words(str(exc))
             self.leader.call(TraderFailed(s.trader_id, str(exc)))
             return 2
 
