@@ -153,8 +153,7 @@ class Root(Role):
         self.paper_failed: str | None = None
         self.pending: dict[int, list[bytes]] = {}  # worker request id -> the client's envelope
         self.request_ids = itertools.count(1)
-        self.watchdog = sdnotify.watchdog_interval()
-        self.next_ping = time.monotonic()
+        self.watchdog = sdnotify.Watchdog()
 
     # --- children --------------------------------------------------------------------
 
@@ -421,14 +420,12 @@ class Root(Role):
                 os.kill(child.pid, signal.SIGHUP)
 
     def next_tick(self) -> float | None:
-        return self.next_ping if self.watchdog else None
+        return self.watchdog.deadline()
 
     def tick(self) -> None:
         # Healthy = this loop turns and the paper exchange has not given up; otherwise systemd's
         # watchdog restarts naived as a whole.
-        if self.watchdog and time.monotonic() >= self.next_ping and self.paper_failed is None:
-            sdnotify.notify("WATCHDOG=1", f"STATUS={self.status_line()}")
-            self.next_ping = time.monotonic() + self.watchdog
+        self.watchdog.tick(self.paper_failed is None, self.status_line)
 
     def run(self) -> int:
         if self.paper_listener is not None:

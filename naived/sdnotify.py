@@ -2,6 +2,7 @@
 
     notify("READY=1", "STATUS=2 symbols trading")   # one datagram "READY=1\\nSTATUS=..."
     interval = watchdog_interval()                    # seconds between WATCHDOG=1, or None
+    dog = Watchdog()                                  # paces WATCHDOG=1 inside a poll loop
 
 `$NOTIFY_SOCKET` is an `AF_UNIX` datagram socket: a filesystem path, or an abstract
 namespace name when it starts with `@`. Without it (not under systemd, or not
@@ -21,6 +22,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +109,43 @@ def watchdog_interval() -> float | None:
     if value <= 0:
         return None
     return value / 2 / 1_000_000
+
+
+class Watchdog:
+    """Paces WATCHDOG=1 from the caller's own poll loop, every `watchdog_interval()` seconds.
+
+    Deliberately no thread: the keep-alive must stop when the loop stops turning, which is
+    exactly what systemd's watchdog is there to notice. The loop folds `deadline()` or
+    `timeout_ms()` into its poll timeout and calls `tick()` after every wake-up.
+    """
+
+    def __init__(self, interval: float | None = None) -> None:
+        self.interval = watchdog_interval() if interval is None else interval
+        self.next_ping = time.monotonic()  # first ping at once: READY=1 may have taken a while
+
+    def deadline(self) -> float | None:
+        """When (time.monotonic()) the next ping is due; None without a watchdog."""
+        return self.next_ping if self.interval else None
+
+    def timeout_ms(self) -> int | None:
+        """A poll timeout (ms) that wakes in time for the next ping; None without a watchdog."""
+        if not self.interval:
+            return None
+        return max(0, int((self.next_ping - time.monotonic()) * 1000 + 0.999))
+
+    def tick(self, healthy: bool = True, status: Callable[[], str] | None = None) -> bool:
+        """Send WATCHDOG=1 (with STATUS=`status()`, computed only then) when due and `healthy`.
+
+        An unhealthy process skips the ping but still moves the deadline on, so its loop
+        does not spin on a zero timeout while systemd's watchdog runs out. Returns True
+        when a ping was sent.
+        """
+        if not self.interval:
+            return False
+        now = time.monotonic()
+        if now < self.next_ping:
+            return False
+        self.next_ping = now + self.interval
+        if not healthy:
+            return False
+        return notify("WATCHDOG=1", *([f"STATUS={status()}"] if status else []))

@@ -51,6 +51,7 @@ def make_source(settings: Streamer) -> Any:
 
 
 @click.group()
+@click.version_option(package_name="naive", prog_name="streamerd")
 def main() -> None:
     """streamerd: trade events on ZeroMQ topics TRADE_EVENTS:<SYMBOL>."""
 

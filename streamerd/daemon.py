@@ -54,6 +54,7 @@ class Daemon:
         self.demand = demand
         self.source = make_source(self.publisher.publish, self.stats)
         self._stop = False
+        self.watchdog = sdnotify.Watchdog()
         self.metrics = MetricsEndpoint(metrics_port, self.collect_metrics) if metrics_port else None
 
     def run(self) -> None:
@@ -89,6 +90,9 @@ class Daemon:
                 deadline = self.source.next_deadline()
                 if deadline is not None and deadline <= now:
                     self.source.on_timer(now)
+                # Pinged here, between turns of this loop and nowhere else: a loop stuck in
+                # a source call stops the pings, and systemd restarts streamerd.
+                self.watchdog.tick()
         finally:
             sdnotify.notify("STOPPING=1")
             signal.set_wakeup_fd(old_fd)
@@ -103,7 +107,8 @@ class Daemon:
         self._stop = True
 
     def _timeout_ms(self) -> int | None:
-        deadlines = [d for d in (self.demand.next_deadline(), self.source.next_deadline()) if d is not None]
+        candidates = (self.demand.next_deadline(), self.source.next_deadline(), self.watchdog.deadline())
+        deadlines = [d for d in candidates if d is not None]
         if not deadlines:
             return None
         return max(0, int((min(deadlines) - time.monotonic()) * 1000 + 0.999))

@@ -24,6 +24,8 @@ import psutil
 import requests
 
 BIN = Path(sys.executable).parent
+UNITS = Path(__file__).resolve().parent.parent / "systemd"
+SANDBOX = Path(__file__).resolve().parent / "sandbox.py"
 T = TypeVar("T")
 
 
@@ -50,11 +52,15 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0, in
 
 class Tree:
     def __init__(
-        self, directory: Path, extra_config: str = "", market: str = "simulate", streamer: str = "", paper: str = ""
+        self, directory: Path, extra_config: str = "", market: str = "simulate", streamer: str = "", paper: str = "",
+        market_endpoint: str = "", sandboxed: bool = False,
     ) -> None:
         """`streamer` and `paper`: extra lines for the [streamer] and [paper] tables (TOML allows a
-        table once, so they cannot go into `extra_config`)."""
+        table once, so they cannot go into `extra_config`). `market_endpoint`: streamerd's XPUB
+        (default: ipc in the run directory). `sandboxed`: each daemon runs under its unit file's
+        seccomp filters (tests/sandbox.py)."""
         self.dir = directory
+        self.sandboxed = sandboxed
         self.paper_port = free_port()
         run = directory / "run"
         run.mkdir(mode=0o700, exist_ok=True)
@@ -66,7 +72,7 @@ runtime_dir = "{run}"
 state_dir = "{directory / 'state'}"
 
 [streamer]
-endpoint = "ipc://{run / 'market.sock'}"
+endpoint = "{market_endpoint or f"ipc://{run / 'market.sock'}"}"
 source = "{market}"
 simulate_rate = 50.0
 grace_seconds = 30.0
@@ -89,8 +95,9 @@ port = {self.paper_port}
 
     def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.dir / f"{name}.log", "ab")
+        sandbox = [sys.executable, str(SANDBOX), str(UNITS / f"{name}.service"), "--"] if self.sandboxed else []
         proc = subprocess.Popen(
-            [str(BIN / name), *args, "--config", str(self.config_path)],
+            [*sandbox, str(BIN / name), *args, "--config", str(self.config_path)],
             stderr=log,
             start_new_session=True,
             env={**os.environ, **(env or {})},
@@ -98,8 +105,8 @@ port = {self.paper_port}
         self.procs.append(proc)
         return proc
 
-    def start_streamer(self) -> subprocess.Popen[bytes]:
-        self.streamer = self._spawn("streamerd", "start")
+    def start_streamer(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self.streamer = self._spawn("streamerd", "start", env=env)
         return self.streamer
 
     def stop_streamer(self, timeout: float = 15.0) -> None:

@@ -157,3 +157,31 @@ def test_watchdog_invalid_pid(monkeypatch):
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")
     monkeypatch.setenv("WATCHDOG_PID", "not-a-pid")
     assert sdnotify.watchdog_interval() is None
+
+
+# --- Watchdog: the pacer both daemons' loops use -------------------------------------------
+
+
+def test_watchdog_pacer_without_a_watchdog_never_wakes_or_sends(path_socket):
+    dog = sdnotify.Watchdog()
+    assert dog.deadline() is None and dog.timeout_ms() is None
+    assert dog.tick() is False
+
+
+def test_watchdog_pacer_pings_once_per_interval(path_socket, monkeypatch):
+    monkeypatch.setenv("WATCHDOG_USEC", "600000000")  # 5 min: the second tick is never due in this test
+    dog = sdnotify.Watchdog()
+    assert dog.timeout_ms() == 0  # due at once
+    assert dog.tick(status=lambda: "fine") is True
+    assert path_socket.recv(4096) == b"WATCHDOG=1\nSTATUS=fine"
+    assert dog.tick() is False
+    assert 299_000 <= dog.timeout_ms() <= 300_000
+
+
+def test_watchdog_pacer_unhealthy_skips_the_ping_but_not_the_deadline(path_socket):
+    dog = sdnotify.Watchdog(interval=300.0)
+    assert dog.tick(healthy=False) is False
+    assert dog.timeout_ms() > 0  # no busy loop while systemd's watchdog runs out
+    path_socket.settimeout(0)
+    with pytest.raises(BlockingIOError):
+        path_socket.recv(4096)

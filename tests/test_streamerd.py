@@ -7,11 +7,12 @@ from __future__ import annotations
 import gzip
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import zmq
@@ -26,13 +27,15 @@ TAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-
 class Streamerd:
     """`streamerd start ...` as a subprocess in its own process group, logs in a file."""
 
-    def __init__(self, tmp: Path, *args: str) -> None:
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> None:
+        """`env`: extra environment; `prefix`: a launcher that ends by exec'ing the command
+        (so `proc.pid` is streamerd's pid, as systemd's main pid is)."""
         self.endpoint = f"ipc://{tmp}/trades.sock"
         self.log_path = tmp / "streamerd.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamerd.cli", "start", "--endpoint", self.endpoint, *args],
+            [*prefix, sys.executable, "-m", "streamerd.cli", "start", "--endpoint", self.endpoint, *args],
             stdout=subprocess.DEVNULL, stderr=open(self.log_path, "wb"), start_new_session=True,
-            env=_env(),
+            env={**_env(), **(env or {})},
         )
 
     def log(self) -> str:
@@ -73,10 +76,10 @@ def ctx() -> Iterator[zmq.Context]:
 def start_streamerd(tmp_path: Path) -> Iterator:
     started: list[Streamerd] = []
 
-    def start(*args: str) -> Streamerd:
+    def start(*args: str, **kwargs: Any) -> Streamerd:
         run_dir = tmp_path / f"s{len(started)}"
         run_dir.mkdir()
-        daemon = Streamerd(run_dir, *args)
+        daemon = Streamerd(run_dir, *args, **kwargs)
         started.append(daemon)
         return daemon
 
@@ -282,6 +285,88 @@ def test_simulate_is_seeded_and_binance_shaped(ctx, start_streamerd):
         assert price.count(".") == 1 and len(price.split(".")[1]) == 8
         assert (float(price) * 10_000) % 1 < 1e-6  # XRPUSDT tick 0.0001
         assert float(qty) >= 1
+
+
+# --- systemd: readiness and watchdog ---------------------------------------------
+
+# As systemd starts a Type=notify service: WATCHDOG_PID is the main pid, known only once
+# the process exists, so a shell sets it to its own pid and execs streamerd in its place.
+AS_MAIN_PID = ("sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh")
+
+
+class NotifySocket:
+    """The test's end of $NOTIFY_SOCKET: one datagram per sd_notify call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+
+    def next(self, timeout: float) -> tuple[list[str], float]:
+        """The next datagram's fields and when it arrived (monotonic); fails at the deadline."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(4096)
+        except TimeoutError:
+            raise AssertionError(f"no sd_notify datagram within {timeout}s") from None
+        return data.decode().split("\n"), time.monotonic()
+
+    def pings(self, count: int, timeout: float) -> list[float]:
+        """Arrival times of the next `count` WATCHDOG=1, each within `timeout` of the one before."""
+        times = []
+        while len(times) < count:
+            fields, at = self.next(timeout)
+            if "WATCHDOG=1" in fields:
+                times.append(at)
+        return times
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(tmp_path / "notify.sock")
+    yield sock
+    sock.sock.close()
+
+
+def _metrics_config(tmp_path: Path, port: int) -> str:
+    path = tmp_path / "metrics.toml"
+    path.write_text(f"[streamer]\nmetrics_port = {port}\n")
+    return str(path)
+
+
+def test_watchdog_pings_come_from_the_main_loop(start_streamerd, notify_socket, tmp_path, free_tcp_port):
+    # WatchdogSec=0.2 s: a ping is due every 0.1 s (half the interval, as sd_watchdog_enabled(3) advises).
+    daemon = start_streamerd(
+        "--source", "simulate", "--symbols", "XRPUSDT", "--config", _metrics_config(tmp_path, free_tcp_port),
+        env={"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "200000"}, prefix=AS_MAIN_PID,
+    )
+    fields, _ = notify_socket.next(15)
+    assert fields[0] == "READY=1", fields
+    steady = notify_socket.pings(10, timeout=0.6)
+    assert steady[-1] - steady[0] < 3.0, "pings too slow for a 0.2 s watchdog"
+
+    # Hold the main loop: a metrics client that connects and sends nothing keeps `serve()`
+    # in its 1 s read timeout. Pings sent by anything but the loop would keep coming.
+    with socket.create_connection(("127.0.0.1", free_tcp_port)):
+        held = notify_socket.pings(3, timeout=5)
+    gaps = [b - a for a, b in zip([steady[-1], *held], held)]
+    assert max(gaps) > 0.7, f"pings kept coming while the main loop was held: gaps {gaps}"
+
+    notify_socket.pings(5, timeout=0.6)  # and they resume at the watchdog's pace
+    assert daemon.stop() == 0
+    assert any("STOPPING=1" in notify_socket.next(5)[0] for _ in range(20))
+
+
+def test_watchdog_meant_for_another_pid_is_not_pinged(start_streamerd, notify_socket):
+    daemon = start_streamerd(
+        "--source", "simulate", "--symbols", "XRPUSDT",
+        env={"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"},
+    )
+    fields, _ = notify_socket.next(15)
+    assert fields[0] == "READY=1", fields
+    with pytest.raises(AssertionError, match="no sd_notify datagram"):
+        notify_socket.next(1.0)  # not synchronisation: five ping intervals in which nothing may come
+    assert daemon.stop() == 0
 
 
 # --- command line and pure units -------------------------------------------------

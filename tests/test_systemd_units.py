@@ -76,20 +76,37 @@ def test_directories_environment_and_user(unit):
 
 
 def test_hardening(unit):
+    # What the settings do to the daemons is tested for real in test_systemd_sandbox.py
+    # (address families, syscall filter, W^X) and by the exposure score below.
     _, u = unit
     expected = {
+        "CapabilityBoundingSet": "",
         "NoNewPrivileges": "yes",
         "ProtectSystem": "strict",
         "ProtectHome": "yes",
         "PrivateTmp": "yes",
         "PrivateDevices": "yes",
+        "ProtectProc": "invisible",
         "ProtectKernelTunables": "yes",
         "ProtectControlGroups": "yes",
         "LockPersonality": "yes",
-        "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+        "MemoryDenyWriteExecute": "yes",
     }
     for key, value in expected.items():
         assert one(u, "Service", key) == value, key
+    assert u["Service"]["SystemCallFilter"][0] == "@system-service"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_security_exposure_stays_low(unit):
+    name, _ = unit
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(UNITS_DIR / name)],
+        capture_output=True, text=True, timeout=60,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout + result.stderr)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) < 2.5, result.stdout
 
 
 def test_ordering():
