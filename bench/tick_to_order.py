@@ -109,12 +109,12 @@ class Bench:
         reply = request(self.ctx, self.config.leader_endpoint(SYMBOL), LeaderStatusRequest(), leader_reply_decoder, 500)
         return reply if isinstance(reply, LeaderStatus) else None
 
-    def trader(self) -> tuple[int, int, float] | None:
-        """(pid, cycle, ready_at) of trader 0 once it said hello with a fresh cycle (no buy yet)."""
+    def trader(self) -> tuple[int, int, float, str] | None:
+        """(pid, cycle, ready_at, id prefix) of trader 0 once it said hello with a fresh cycle (no buy yet)."""
         status = self.leader()
         t = next((t for t in status.traders if t.trader_id == 0), None) if status else None
         if t and t.pid and t.ready_at and t.state and t.state.buy_order is None and t.state.intent is None:
-            return t.pid, t.state.cycle, t.ready_at
+            return t.pid, t.state.cycle, t.ready_at, t.state.id_prefix
         return None
 
     def push(self, price: str) -> int:
@@ -147,9 +147,9 @@ class Bench:
                 sends.append((self.push(price), self.trade_id))
 
     def cycle(self, tap: Tap, settle: float = 0.01) -> tuple[float, float | None]:
-        pid, cycle, _ = wait_for("a fresh trader", self.trader, interval=0.002)
+        pid, cycle, _, prefix = wait_for("a fresh trader", self.trader, interval=0.002)
         time.sleep(settle)  # its SUB subscription reaches streamerd's XPUB right after the hello; be sure
-        buy_id = f"nv-{SYMBOL}-0-{cycle}B"
+        buy_id = f"{prefix}-0-{cycle}B"
         buy, sends = self.until("the buy", str(PRICE), lambda: self.order(buy_id))
         received = buy["receivedNs"]
         sent, trade_id = max((s for s in sends if s[0] <= received), default=sends[0])
@@ -157,7 +157,7 @@ class Bench:
         tapped = tap.seen.get(trade_id)
         streamer = (tapped - sent) / 1e6 if tapped else None
         # finish the cycle: fill the buy, then the sell; the trader exits and the next one starts
-        sell_id = f"nv-{SYMBOL}-0-{cycle}S"
+        sell_id = f"{prefix}-0-{cycle}S"
         self.until("the sell", LOW, lambda: self.order(sell_id))
         self.until("the next cycle", HIGH, lambda: (t := self.trader()) and t[0] != pid)
         return total, streamer

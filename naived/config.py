@@ -211,12 +211,20 @@ class Exchange(msgspec.Struct, forbid_unknown_fields=True):
     key_file: str = ""  # lines API_KEY=..., API_SECRET=...; must be mode 0600
     recv_window_ms: int = 5000
     timeout_seconds: float = 5.0
+    # Binance: "APIs have a timeout of 10 seconds when processing a request" (-1007, execution
+    # status unknown): a request the exchange took in may still execute until recvWindow plus
+    # this has passed since it was sent. An intent with no order behind it is placed again only
+    # after that. Lower it only for an exchange known to decide sooner (the paper exchange).
+    backend_timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         # Binance refuses a recvWindow above 60000 ms (-1131).
         if not 0 < self.recv_window_ms <= 60000:
             raise ValueError(f"recv_window_ms: must be 1-60000 (Binance's limit), got {self.recv_window_ms}")
         _positive("timeout_seconds", self.timeout_seconds)
+        _finite("backend_timeout_seconds", self.backend_timeout_seconds)
+        if self.backend_timeout_seconds < 0:
+            raise ValueError(f"backend_timeout_seconds: must be >= 0, got {self.backend_timeout_seconds}")
         if self.key_file and not Path(self.key_file).is_file():
             raise ValueError(f"key_file: no such file: {self.key_file}")
 
@@ -225,7 +233,9 @@ class TradingSettings(msgspec.Struct, forbid_unknown_fields=True):
     chunks: int = 2
     budget: Decimal = Decimal("100")
     buy_down_interval: Decimal = Decimal("0.0001")
-    profit_interval: Decimal = Decimal("-0.0012")  # the book's chapter-5 default: cycles finish fast
+    # Positive after fees: 0.1% each way makes 0.000002 the break-even (see BREAK_EVEN_PROFIT);
+    # the book's chapter-5 -0.0012 loses ~0.12% a cycle and is for demos on paper only.
+    profit_interval: Decimal = Decimal("0.001")
     rebuy_interval: Decimal = Decimal("0.001")
     # Traders started with the symbol; 0 = `chunks` (chapter 5). 1 = chapter 9: one trader,
     # and another each time a rebuy fires, up to `chunks`.
@@ -260,9 +270,19 @@ def _check_settings(s: TradingSettings | SymbolOverrides) -> None:
         raise ValueError(f"initial_traders must be >= 0, got {s.initial_traders}")
 
 
+# The smallest profit_interval that does not lose money at Binance's standard 0.1% commission,
+# paid from the received asset each way: the sell price is buy × 1.001 × (1 + p) × 1.001 and
+# what comes back per unit bought is 0.999 × sell × 0.999, so break-even is
+# (1 + p) = 1 / (1.001 × 0.999)², p = 0.000002000003. Rounded up to the sixth decimal.
+BREAK_EVEN_PROFIT = Decimal("0.000003")
+REAL_EXCHANGES = ("binance", "binance-testnet")
+
+
 class Trading(msgspec.Struct, forbid_unknown_fields=True):
     defaults: TradingSettings = msgspec.field(default_factory=TradingSettings)
     symbols: dict[str, SymbolOverrides] = {}
+    # Real exchanges refuse a profit_interval that loses money after fees unless this is true.
+    allow_losing_settings: bool = False
 
     def __post_init__(self) -> None:
         checked = {}
@@ -292,6 +312,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     exchange: Exchange = msgspec.field(default_factory=Exchange)
     trading: Trading = msgspec.field(default_factory=Trading)
 
+    def __post_init__(self) -> None:
+        if self.naived.exchange in REAL_EXCHANGES and not self.trading.allow_losing_settings:
+            _refuse_losing(self.trading, self.naived.exchange)
+
     @property
     def runtime_dir(self) -> Path:
         return runtime_dir(self.paths)
@@ -320,6 +344,18 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     @property
     def paper_url(self) -> str:
         return f"http://{self.paper.host}:{self.paper.port}"
+
+
+def _refuse_losing(trading: Trading, exchange: str) -> None:
+    """Real money: a profit interval below break-even loses on every cycle; say which key."""
+    places = [("trading.defaults", trading.defaults.profit_interval)]
+    places += [(f"trading.symbols.{sym}", o.profit_interval) for sym, o in trading.symbols.items() if o.profit_interval is not None]
+    for where, value in places:
+        if value < BREAK_EVEN_PROFIT:
+            raise ValueError(
+                f"{where}.profit_interval: {value} loses money on {exchange} after the 0.1% fee each way "
+                f"(break-even {BREAK_EVEN_PROFIT}); set trading.allow_losing_settings = true to trade it anyway"
+            )
 
 
 SYSTEMD_RUNTIME_DIR = Path("/run/naive")  # RuntimeDirectory=naive in naived.service

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 import time
+from decimal import Decimal
 
 import click
 import msgspec
@@ -12,6 +14,7 @@ import zmq
 
 from naived.config import SYSTEMD_RUNTIME_DIR, Config, ConfigError, load_config
 from naived.ipc import ipc_path, request
+from naived.strategy import StrategyError, assets
 from naived.messages import (
     ControlRequest,
     Error,
@@ -131,19 +134,57 @@ def status(target: Target, symbol: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def history(target: Target, symbol: str, as_json: bool) -> None:
-    """Finished cycles of SYMBOL, oldest first."""
+    """Finished cycles of SYMBOL, oldest first: times, fees, realised pnl and dust."""
     reply = call(target, HistoryRequest(symbol))
     assert isinstance(reply, History)
     if as_json:
         click.echo(msgspec.json.format(msgspec.json.encode(reply).decode(), indent=2))
         return
+    for line in history_lines(reply):
+        click.echo(line)
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "?"
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def history_lines(reply: History) -> list[str]:
+    """One line per finished cycle (times UTC, from the exchange), then the totals per quote asset."""
+    lines = []
+    totals: dict[str, list[Decimal]] = {}  # quote asset -> [fees in quote, pnl]
     for s in reply.cycles:
-        buy, sell = s.buy_order, s.sell_order
-        click.echo(
-            f"cycle {s.cycle} trader {s.trader_id}: "
-            f"bought {buy.executed_qty if buy else '-'} @ {buy.price if buy else '-'}, "
-            f"sold {sell.executed_qty if sell else '-'} @ {sell.price if sell else '-'}"
+        head = f"cycle {s.cycle} trader {s.trader_id}  {_when(s.started_at)} → {_when(s.finished_at)} UTC"
+        r = s.result
+        if r is None:  # finished before cycles kept their books
+            buy, sell = s.buy_order, s.sell_order
+            lines.append(
+                f"{head}  bought {_num(buy.executed_qty) if buy else '-'} @ {_num(buy.price) if buy else '-'}, "
+                f"sold {_num(sell.executed_qty) if sell else '-'} @ {_num(sell.price) if sell else '-'}"
+            )
+            continue
+        try:
+            base, quote = assets(s.settings)
+        except StrategyError:
+            base, quote = "", ""
+        fees = " + ".join(f"{_num(v)} {a}" for a, v in sorted(r.fees.items())) or "none"
+        pnl = Decimal(r.pnl)
+        line = (
+            f"{head}  bought {_num(r.bought)} {base} for {_num(r.cost)} {quote}, sold {_num(r.sold)} for {_num(r.proceeds)}, "
+            f"fees {fees} ({_num(r.fees_quote)} {quote}), pnl {'+' if pnl > 0 else ''}{_num(r.pnl)} {quote}"
         )
+        if Decimal(r.dust):
+            line += f", dust {_num(r.dust)} {base} (cost {_num(r.dust_cost)})"
+        if r.note:
+            line += f"  [{r.note}]"
+        lines.append(line)
+        total = totals.setdefault(quote, [Decimal(0), Decimal(0)])
+        total[0] += Decimal(r.fees_quote)
+        total[1] += pnl
+    for quote, (fees_quote, pnl) in sorted(totals.items()):
+        lines.append(f"total {quote}: fees {_num(str(fees_quote))}, pnl {'+' if pnl > 0 else ''}{_num(str(pnl))}")
+    return lines
 
 
 # --- the tree as text ---------------------------------------------------------------

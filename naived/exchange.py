@@ -34,12 +34,15 @@ import msgspec
 import requests
 
 from naived.config import Config, ConfigError
-from naived.messages import Order
+from naived.messages import Fill, Order
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_ORDER = -2013
 INVALID_TIMESTAMP = -1021
+# errors.md: -1006 UNEXPECTED_RESP and -1007 TIMEOUT say "execution status unknown", whatever the
+# HTTP status that carries them.
+EXECUTION_UNKNOWN = (-1006, -1007)
 
 
 class BinanceError(Exception):
@@ -77,6 +80,16 @@ def signature(secret: str, payload: str) -> str:
 
 
 # Only the fields the bot reads; msgspec skips the rest of Binance's order JSON.
+class _FillBody(msgspec.Struct):
+    """`fills[]` of a FULL order answer."""
+
+    price: str
+    qty: str
+    commission: str
+    commissionAsset: str
+    tradeId: int = 0
+
+
 class _OrderBody(msgspec.Struct):
     clientOrderId: str
     side: str
@@ -85,7 +98,22 @@ class _OrderBody(msgspec.Struct):
     status: str
     orderId: int
     executedQty: str
+    cummulativeQuoteQty: str = "0"
     origClientOrderId: str | None = None  # DELETE answers carry the cancel's own id in clientOrderId
+    updateTime: int | None = None  # GET answers
+    transactTime: int | None = None  # POST and DELETE answers
+    fills: list[_FillBody] | None = None  # FULL answers only
+
+
+class _TradeBody(msgspec.Struct):
+    """One entry of GET /api/v3/myTrades."""
+
+    id: int
+    orderId: int
+    price: str
+    qty: str
+    commission: str
+    commissionAsset: str
 
 
 class _ErrorBody(msgspec.Struct):
@@ -99,12 +127,17 @@ class _ServerTime(msgspec.Struct):
 
 _order_decoder = msgspec.json.Decoder(_OrderBody)
 _orders_decoder = msgspec.json.Decoder(list[_OrderBody])
+_trades_decoder = msgspec.json.Decoder(list[_TradeBody])
 _error_decoder = msgspec.json.Decoder(_ErrorBody)
 _time_decoder = msgspec.json.Decoder(_ServerTime)
 
 
+FINAL_STATUSES = frozenset({"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"})
+MY_TRADES_LIMIT = 1000  # Binance's maximum page
+
+
 def _order(body: _OrderBody) -> Order:
-    return Order(
+    order = Order(
         client_order_id=body.origClientOrderId or body.clientOrderId,
         side=body.side,  # type: ignore[arg-type] - the exchange only says BUY or SELL
         price=body.price,
@@ -112,7 +145,14 @@ def _order(body: _OrderBody) -> Order:
         status=body.status,
         order_id=body.orderId,
         executed_qty=body.executedQty,
+        quote_qty=body.cummulativeQuoteQty,
+        update_time=body.updateTime or body.transactTime,
     )
+    if body.fills is None or body.status not in FINAL_STATUSES:
+        return order  # an order still open may trade more: its commissions are learned at its end
+    # Final at once (a taker fill): the answer has all its trades. The strategy sums them.
+    fills = [Fill(f.price, f.qty, f.commission, f.commissionAsset, f.tradeId) for f in body.fills]
+    return msgspec.structs.replace(order, fills=fills)
 
 
 class BinanceClient:
@@ -171,13 +211,28 @@ class BinanceClient:
             "quantity": quantity,
             "price": price,
             "newClientOrderId": client_order_id,
-            "newOrderRespType": "RESULT",
+            "newOrderRespType": "FULL",  # an order filled at once comes with its fills and commissions
         }
         return _order(_order_decoder.decode(self._call("POST", "/api/v3/order", params, signed=True)))
 
     def get_order(self, symbol: str, client_order_id: str) -> Order:
         params = {"symbol": symbol, "origClientOrderId": client_order_id}
         return _order(_order_decoder.decode(self._call("GET", "/api/v3/order", params, signed=True)))
+
+    def my_trades(self, symbol: str, order_id: int) -> list[Fill]:
+        """Every trade of one order, with its commission (weight 5 per page, with orderId).
+
+        `GET /api/v3/order` does not say what commission was paid; this does. Paged forward
+        from trade id 0 (`symbol` + `orderId` + `fromId` is a supported combination)."""
+        fills: list[Fill] = []
+        from_id = 0
+        while True:
+            params = {"symbol": symbol, "orderId": str(order_id), "fromId": str(from_id), "limit": str(MY_TRADES_LIMIT)}
+            page = _trades_decoder.decode(self._call("GET", "/api/v3/myTrades", params, signed=True))
+            fills += [Fill(t.price, t.qty, t.commission, t.commissionAsset, t.id) for t in page if t.orderId == order_id]
+            if len(page) < MY_TRADES_LIMIT:
+                return fills
+            from_id = max(t.id for t in page) + 1
 
     def cancel_order(self, symbol: str, client_order_id: str) -> Order:
         params = {"symbol": symbol, "origClientOrderId": client_order_id}
@@ -241,6 +296,8 @@ class BinanceClient:
             error = _error_decoder.decode(response.content)
         except msgspec.DecodeError:
             raise BinanceError(0, f"HTTP {status} without a Binance error body", status) from None
+        if error.code in EXECUTION_UNKNOWN:
+            raise OutcomeUnknown(f"{method} {path}: Binance error {error.code}: {error.msg}")
         kind = UnknownOrder if error.code == UNKNOWN_ORDER else BinanceError
         raise kind(error.code, error.msg, status)
 

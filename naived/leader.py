@@ -99,6 +99,8 @@ class Leader(Role):
             self.counters = {k: self.store.counter(k) for k in COUNTERS}
             self.cycles_finished = self.store.cycles_finished()
             self.last_error = self.store.get_meta("last_error")
+            self.id_prefix = self.store.id_prefix()  # made once per store, durably: client order ids start with it
+            self.books = self.store.books()
         except sqlite3.Error as exc:
             raise store_failed(self.path, exc) from None
         self.ctx = zmq.Context()
@@ -144,7 +146,7 @@ class Leader(Role):
             self.waiting.add(trader_id)
             self.start_worker(FILTERS)
             return False
-        state = TraderState(self.symbol, trader_id, self.store.next_cycle(), self.settings)
+        state = TraderState(self.symbol, trader_id, self.store.next_cycle(), self.settings, id_prefix=self.id_prefix)
         self.store.save(state)
         self.states[trader_id] = state
         return True
@@ -165,6 +167,7 @@ class Leader(Role):
             self.store.finish(state)
             del self.states[trader_id]
             self.cycles_finished += 1
+            self.books = self.store.books()
             log.info("%s/%d: cycle %d finished", self.symbol, trader_id, state.cycle)
             if self.shutting_down or trader_id >= self.trading.chunks:
                 return "forget"
@@ -226,7 +229,7 @@ class Leader(Role):
         except KeyError:
             last_words(f"{self.symbol} is not listed on the exchange")
             return EXIT_GAVE_UP
-        self._tell_self(FiltersFetched(str(f.tick_size), str(f.step_size), str(f.min_qty), str(f.min_notional)))
+        self._tell_self(FiltersFetched(str(f.tick_size), str(f.step_size), str(f.min_qty), str(f.min_notional), f.base, f.quote))
         return 0
 
     def reconcile(self) -> int:
@@ -241,7 +244,7 @@ class Leader(Role):
 
     def on_open_orders(self, client_order_ids: list[str]) -> None:
         """Log any drift between the traders' orders and the exchange's open orders."""
-        prefix = f"{strategy.CLIENT_ID_PREFIX}-{self.symbol}-"
+        prefix = f"{self.id_prefix}-"
         at_exchange = {cid for cid in client_order_ids if cid.startswith(prefix)}
         # Any order a trader has, or has an acked intent for, is owned, not drift.
         owned = {o.client_order_id for s in self.states.values() for o in (s.buy_order, s.sell_order) if o} | {
@@ -294,8 +297,8 @@ class Leader(Role):
                 self.store.set_meta("last_error", self.last_error)
             case RebuyTriggered(trader_id):
                 self.on_rebuy(trader_id)
-            case FiltersFetched(tick_size, step_size, min_qty, min_notional):
-                self.on_filters(tick_size, step_size, min_qty, min_notional)
+            case FiltersFetched(tick_size, step_size, min_qty, min_notional, base, quote):
+                self.on_filters(tick_size, step_size, min_qty, min_notional, base, quote)
             case OpenOrdersFetched(client_order_ids):
                 self.on_open_orders(client_order_ids)
             case LeaderStatusRequest():
@@ -304,8 +307,8 @@ class Leader(Role):
                 self.shutdown()
         return Ack()
 
-    def on_filters(self, tick_size: str, step_size: str, min_qty: str, min_notional: str) -> None:
-        filters = SymbolFilters(self.symbol, "", "", Decimal(tick_size), Decimal(step_size), Decimal(min_qty),
+    def on_filters(self, tick_size: str, step_size: str, min_qty: str, min_notional: str, base: str = "", quote: str = "") -> None:
+        filters = SymbolFilters(self.symbol, base, quote, Decimal(tick_size), Decimal(step_size), Decimal(min_qty),
                                 Decimal("0"), Decimal(min_notional))
         self.settings = strategy.settings_for(self.symbol, self.trading, filters)
         waiting, self.waiting = sorted(self.waiting), set()
@@ -380,6 +383,7 @@ class Leader(Role):
             shutting_down=self.shutting_down,
             last_error=self.last_error,
             counters=dict(self.counters),
+            books=self.books,
             used_weight=self.used_weight,
         )
 

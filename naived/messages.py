@@ -75,9 +75,23 @@ class Settings(msgspec.Struct, frozen=True):
     step_size: str
     min_qty: str
     min_notional: str
+    # Which asset a commission is taken in decides what a buy delivers; "" in states stored
+    # before these existed (the strategy then reads the shipped symbol table).
+    base_asset: str = ""
+    quote_asset: str = ""
 
 
 Side = Literal["BUY", "SELL"]
+
+
+class Fill(msgspec.Struct, frozen=True):
+    """One trade of one of our orders (`fills[]` of a FULL answer, or `GET /api/v3/myTrades`)."""
+
+    price: str
+    qty: str
+    commission: str
+    commission_asset: str
+    trade_id: int = 0
 
 
 class Order(msgspec.Struct, frozen=True):
@@ -90,6 +104,16 @@ class Order(msgspec.Struct, frozen=True):
     status: str  # Binance order status: NEW, PARTIALLY_FILLED, FILLED, CANCELED, ...
     order_id: int | None = None
     executed_qty: str = "0"
+    quote_qty: str = "0"  # cummulativeQuoteQty: quote spent (BUY) or received (SELL), before fees
+    update_time: int | None = None  # ms, the exchange's time of the order's last change
+    # Commission per asset summed over the order's fills, and the quote value of the part paid
+    # in the base or quote asset. Known only once the order is final: None = not learned yet
+    # (a GET /api/v3/order answer never carries commissions; myTrades does).
+    fees: dict[str, str] | None = None
+    fees_quote: str | None = None
+    # Trades carried by an answer (FULL, order final at once); the strategy turns them into
+    # `fees` and drops them, so stored states stay small.
+    fills: list[Fill] | None = None
 
 
 class Intent(msgspec.Struct, frozen=True):
@@ -104,9 +128,35 @@ class Intent(msgspec.Struct, frozen=True):
     price: str
     quantity: str
     unknown: bool = False  # a placement was attempted and its outcome is not known
+    # Wall clock just before the last send was attempted, acked before that send; None = never
+    # sent, so a restarted trader may place it at once. Not used as a deadline: the send came
+    # after it was stored, by an unknown delay (see trader.Trader.settle_window).
+    sent_at: float | None = None
 
 
 TraderStatus = Literal["new", "buying", "selling", "done"]
+
+
+class CycleResult(msgspec.Struct, frozen=True):
+    """What a finished cycle did, in decimal strings (base asset for quantities, quote for money).
+
+    `pnl` is realised: proceeds of the sells minus their quote-asset fees minus the cost of the
+    units sold (the buy's quote spent, plus any quote fee on it, per unit actually received).
+    Dust is what was received and not sold (step truncation, a remainder below the exchange's
+    minimum); its cost is `dust_cost`, not in `pnl`. Fees in a third asset (BNB) are listed in
+    `fees` but have no quote value here.
+    """
+
+    bought: str
+    cost: str
+    sold: str
+    proceeds: str
+    fees: dict[str, str]
+    fees_quote: str
+    pnl: str
+    dust: str
+    dust_cost: str
+    note: str = ""  # why the cycle ended short of a full sell, e.g. "buy CANCELED, nothing bought"
 
 
 class TraderState(msgspec.Struct, frozen=True):
@@ -119,6 +169,11 @@ class TraderState(msgspec.Struct, frozen=True):
     sell_order: Order | None = None
     intent: Intent | None = None
     rebuy_notified: bool = False
+    id_prefix: str = "nv"  # the store's random client order id prefix ("nv" in older states)
+    sells: list[Order] = []  # earlier sells of this cycle that ended unfilled (cancelled, expired)
+    started_at: int | None = None  # ms, exchange time of the trade that started the cycle
+    finished_at: int | None = None  # ms, exchange time of the order change that ended it
+    result: CycleResult | None = None  # set when status becomes "done"
 
 
 # --- trader -> leader (REQ/REP) ------------------------------------------------
@@ -162,6 +217,8 @@ class FiltersFetched(msgspec.Struct, tag=True):
     step_size: str
     min_qty: str
     min_notional: str
+    base: str = ""  # assets: which one a commission is taken in decides what a buy delivers
+    quote: str = ""
 
 
 class OpenOrdersFetched(msgspec.Struct, tag=True):
@@ -200,6 +257,8 @@ class LeaderStatus(msgspec.Struct, tag=True):
     counters: dict[str, int] = {}
     used_weight: int = 0
     last_trade: TradeEvent | None = None  # the symbol's latest trade on the market feed
+    # Totals over the symbol's finished cycles, quote asset, decimal strings: fees_quote, pnl_quote
+    books: dict[str, str] = {}
 
 
 LeaderReply = Ack | LeaderStatus

@@ -4,13 +4,21 @@ One SQLite file per symbol in the state directory (WAL). A state is committed
 before the leader acks the trader, so whatever a trader was told is stored
 survives a crash of the trader, the leader, the symbol supervisor or naived.
 `synchronous=NORMAL` in WAL mode survives any process being killed; only a power
-loss could roll back the last commits.
+loss could roll back the last commits. The two facts client order ids derive from
+are committed with `synchronous=FULL` (fsync of the WAL) before they are used: the
+cycle counter (`next_cycle`) and the store's random client order id prefix
+(`id_prefix`), so no id is ever handed out twice, power cuts included.
 """
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import sqlite3
+import string
 import time
+from decimal import Decimal
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -37,6 +45,9 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 """
+
+
+ID_ALPHABET = string.ascii_lowercase + string.digits  # Binance allows [.A-Z:/a-z0-9_-] in client order ids
 
 
 def store_path(state_dir: Path, symbol: str) -> Path:
@@ -93,14 +104,24 @@ class Store:
         return int(value) if value else 0
 
     def finish(self, state: TraderState) -> None:
-        """Record a finished cycle and forget the trader's state, in one transaction."""
+        """Record a finished cycle and forget the trader's state, in one transaction; its fees and
+        pnl join the symbol's running totals (`books`) in the same transaction."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
+            fresh = self._db.execute("SELECT 1 FROM cycles WHERE cycle = ?", (state.cycle,)).fetchone() is None
             self._db.execute(
                 "INSERT OR REPLACE INTO cycles (cycle, trader_id, state, finished_at) VALUES (?, ?, ?, ?)",
                 (state.cycle, state.trader_id, _encode(state).decode(), time.time()),
             )
             self._db.execute("DELETE FROM traders WHERE trader_id = ?", (state.trader_id,))
+            if fresh and state.result is not None:
+                for key, amount in (("fees_quote", state.result.fees_quote), ("pnl_quote", state.result.pnl)):
+                    total = Decimal(self.get_meta(key) or "0") + Decimal(amount)
+                    self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(total)))
+
+    def books(self) -> dict[str, str]:
+        """Totals over the finished cycles, in the quote asset (decimal strings): fees_quote, pnl_quote."""
+        return {key: self.get_meta(key) or "0" for key in ("fees_quote", "pnl_quote")}
 
     def finished_cycles(self) -> list[TraderState]:
         return [_decode(s) for (s,) in self._db.execute("SELECT state FROM cycles ORDER BY cycle")]
@@ -109,13 +130,42 @@ class Store:
         return self._db.execute("SELECT count(*) FROM cycles").fetchone()[0]
 
     def next_cycle(self) -> int:
-        """A cycle number never handed out before for this symbol (client order ids derive from it)."""
-        with self._db:
+        """A cycle number never handed out before for this symbol (client order ids derive from it).
+
+        Durable before it is returned (fsync): after a power cut the counter cannot roll back
+        under an id that an order at the exchange already carries."""
+        with self._durably():
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute("SELECT value FROM meta WHERE key = 'last_cycle'").fetchone()
             cycle = int(row[0]) + 1 if row else 1
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_cycle', ?)", (str(cycle),))
         return cycle
+
+    def id_prefix(self) -> str:
+        """This store's client order id prefix: `nv` and 6 random characters, made once, durably.
+
+        Cycle numbers start again at 1 in a new store (a new installation, or a deleted state
+        directory); a new random prefix keeps its ids apart from every other store's, so two
+        installations trading one account never take each other's orders (36^6 ≈ 2·10^9)."""
+        prefix = self.get_meta("id_prefix")
+        if prefix is None:
+            candidate = "nv" + "".join(secrets.choice(ID_ALPHABET) for _ in range(6))
+            with self._durably():
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('id_prefix', ?)", (candidate,))
+            prefix = self.get_meta("id_prefix")
+            assert prefix is not None
+        return prefix
+
+    @contextlib.contextmanager
+    def _durably(self) -> Iterator[None]:
+        """One transaction committed with synchronous=FULL (the WAL is fsynced at the commit)."""
+        self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            with self._db:
+                yield
+        finally:
+            self._db.execute("PRAGMA synchronous=NORMAL")
 
     def get_meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -45,7 +45,25 @@ T = TypeVar("T")
 LEADER_TIMEOUT_MS = 2000
 CHECK_INTERVAL = 0.05  # at most one order query per this many seconds while the price sits on our order
 BACKOFF_MAX = 2.0
-STALE_MARGIN = 0.25  # seconds on top of recvWindow: our estimate of the exchange's clock may be off by an RTT
+# Binance refuses a timestamp 1 s or more ahead of its clock, so the clock of any request it
+# took in was less than 1 s ahead of the server's: at most 1 s of validity beyond recvWindow.
+CLOCK_MARGIN = 1.0
+
+
+def settle_deadline(started: float, last_unknown_send: float | None, intent: Intent, window: float) -> float:
+    """Monotonic time after which "no order with this client order id" is definite: no request
+    for it that could still execute is in flight. 0 when none was ever sent.
+
+    A send from this process with an unknown outcome bounds it from the moment that send
+    returned (its timestamp was taken before). A predecessor's send (the intent says one was
+    attempted: `sent_at`) happened before this process started, at an unknown moment after
+    `sent_at` was stored, so it counts from `started`: conservative, and a monotonic clock needs
+    no trust in the wall clock across a restart.
+    """
+    deadline = started + window if intent.sent_at is not None else 0.0
+    if last_unknown_send is not None:
+        deadline = max(deadline, last_unknown_send + window)
+    return deadline
 
 
 class LeaderLink:
@@ -71,6 +89,7 @@ class LeaderLink:
 class Trader:
     def __init__(self, config: Config, state: TraderState) -> None:
         self.state = state
+        self.acked: TraderState | None = None  # the last state the leader acked
         self.symbol = state.symbol
         self.ctx = zmq.Context()
         self.sub = self.ctx.socket(zmq.SUB)
@@ -79,17 +98,22 @@ class Trader:
         self.sub.setsockopt(zmq.SUBSCRIBE, trade_topic(self.symbol))
         self.leader = LeaderLink(self.ctx, config.leader_endpoint(self.symbol))
         self.client = exchange.client_for(config)
-        self.recv_window = config.exchange.recv_window_ms / 1000
-        # The latest moment an order request for our intent may have left: a predecessor that
-        # died cannot have sent one after this process was forked.
-        self.last_sent = time.time()
+        # How long a sent order request may still execute: recvWindow, then the exchange's
+        # processing timeout, plus the clock margin Binance's timestamp rule allows.
+        self.window = config.exchange.recv_window_ms / 1000 + config.exchange.backend_timeout_seconds + CLOCK_MARGIN
+        # A predecessor that died cannot have sent anything after this process was forked.
+        self.started = time.monotonic()
+        self.last_unknown_send: float | None = None  # monotonic, after a send of unknown outcome returned
         self.last_check = 0.0
         self.recheck: str | None = None  # an order to query again once the poll goes quiet
 
     # --- talking to the leader ---------------------------------------------------
 
     def report(self) -> None:
+        if self.state is self.acked:
+            return  # already stored
         self.leader.call(StateUpdated(self.state, self.client.used_weight))
+        self.acked = self.state
 
     # --- talking to the exchange ---------------------------------------------------
 
@@ -118,42 +142,50 @@ class Trader:
 
         return self._retrying(f"look up {intent.client_order_id}", get)
 
-    def lookup_once_stale(self, intent: Intent) -> Order | None:
-        """Ask again once a request still in flight would be refused as stale.
+    def lookup_settled(self, intent: Intent) -> Order | None:
+        """The order behind an intent, or None once no request for it can still execute.
 
-        "No such order" is definite only for requests the exchange has already seen: one sent
-        just before a crash may still arrive, be accepted, and make a second placement a
-        duplicate (Binance refuses a repeated client order id only while the first is open).
-        A request older than recvWindow is rejected (-1021), so after that it cannot execute.
-        """
-        wait = self.last_sent + self.recv_window + STALE_MARGIN - time.time()
-        if wait > 0:
-            log.info("%s not at the exchange; asking again in %.1fs, when no request in flight can still execute", intent.client_order_id, wait)
+        "No such order" is definite only for requests the exchange has already decided: one in
+        flight, or taken in and still in the matching engine (-1007, 5XX, no answer), may still
+        be accepted, and a second placement would then be a duplicate (Binance refuses a
+        repeated client order id only while the first is open)."""
+        found = self.lookup(intent)
+        wait = settle_deadline(self.started, self.last_unknown_send, intent, self.window) - time.monotonic()
+        if found is None and wait > 0:
+            log.info(
+                "%s/%d: %s not at the exchange; asking again in %.1fs, when no request in flight can still execute",
+                self.symbol, self.state.trader_id, intent.client_order_id, wait,
+            )
             time.sleep(wait)
-        return self.lookup(intent)
+            found = self.lookup(intent)
+        return found
 
     def place(self, intent: Intent) -> Order:
         """Place the intent's order exactly once, whatever fails on the way."""
         delay = 0.05
         while True:
-            if intent.unknown:
-                found = self.lookup(intent) or self.lookup_once_stale(intent)
+            if intent.sent_at is not None:  # a send was attempted (here or by a predecessor)
+                found = self.lookup_settled(intent)
                 if found is not None:
-                    log.info("adopted %s %s: %s", intent.side, intent.client_order_id, found.status)
+                    log.info("%s/%d: adopted %s %s: %s", self.symbol, self.state.trader_id, intent.side, intent.client_order_id, found.status)
                     return found
+            # Acked before the send: a successor then knows a request may be out there.
+            self.state = strategy.intent_sending(self.state, time.time())
+            intent = self.state.intent  # type: ignore[assignment]
+            self.report()
             try:
-                self.last_sent = time.time()
                 order = self.client.new_order(
                     self.symbol, intent.side, intent.price, intent.quantity, intent.client_order_id
                 )
-                log.info("placed %s %s %s @ %s", intent.side, intent.client_order_id, intent.quantity, intent.price)
+                log.info("%s/%d: placed %s %s %s @ %s", self.symbol, self.state.trader_id, intent.side, intent.client_order_id, intent.quantity, intent.price)
                 return order
-            except exchange.RateLimited as exc:
-                log.warning("place %s: rate limited, waiting %.1fs", intent.client_order_id, exc.retry_after)
+            except exchange.RateLimited as exc:  # refused before the matching engine: not placed
+                log.warning("%s/%d: place %s: rate limited, waiting %.1fs", self.symbol, self.state.trader_id, intent.client_order_id, exc.retry_after)
                 time.sleep(exc.retry_after)
             except (exchange.OutcomeUnknown, requests.RequestException) as exc:
-                # The exchange may or may not have the order: record that, then ask it.
-                log.warning("place %s: outcome unknown (%s)", intent.client_order_id, type(exc).__name__)
+                # The exchange may or may not have the order, now or later: record that, then ask.
+                self.last_unknown_send = time.monotonic()
+                log.warning("%s/%d: place %s: outcome unknown (%s)", self.symbol, self.state.trader_id, intent.client_order_id, exc)
                 if not intent.unknown:
                     self.state = strategy.intent_unknown(self.state)
                     intent = self.state.intent  # type: ignore[assignment]
@@ -162,9 +194,22 @@ class Trader:
                 delay = min(delay * 2, BACKOFF_MAX)
             except exchange.BinanceError as exc:
                 if exc.code == -2010 and "Duplicate" in exc.msg:
-                    intent = msgspec.structs.replace(intent, unknown=True)  # it is there: adopt it
-                    continue
+                    continue  # it is there: the lookup at the top adopts it
                 raise
+
+    def fetch_fills(self, order: Order) -> strategy.Action:
+        """The trades (and commissions) of a final order; the trade list may lag its status."""
+        assert order.order_id is not None
+        delay = 0.05
+        while True:
+            fills = self._retrying(f"trades of {order.client_order_id}", lambda: self.client.my_trades(self.symbol, order.order_id))  # type: ignore[arg-type]
+            self.state, action = strategy.fills_learned(self.state, order, fills)
+            if not (isinstance(action, strategy.FetchFills) and action.order == order):
+                self.report()
+                return action
+            log.info("%s/%d: trades of %s do not add up to %s yet, asking again", self.symbol, self.state.trader_id, order.client_order_id, order.executed_qty)
+            time.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
 
     def check(self, client_order_id: str, follow_up: bool = True) -> strategy.Action:
         """Query one of our orders. The paper exchange sees the same trade we just saw and may
@@ -175,7 +220,7 @@ class Trader:
         self.state, action = strategy.on_order(self.state, order)
         if self.state != previous:
             self.report()
-        self.recheck = client_order_id if follow_up and order.status != "FILLED" else None
+        self.recheck = client_order_id if follow_up and order.status not in strategy.FINAL else None
         return action
 
     def warm_up(self) -> None:
@@ -202,8 +247,16 @@ class Trader:
                         self.recheck = client_order_id
                         return False
                     action = self.check(client_order_id)
+                case strategy.FetchFills(order):
+                    action = self.fetch_fills(order)
                 case strategy.Finish():
-                    log.info("cycle %d finished", self.state.cycle)
+                    self.report()  # the result is stored before the exit says "done"
+                    r = self.state.result
+                    log.info(
+                        "%s/%d: cycle %d finished: bought %s, sold %s, fees %s (%s in quote), pnl %s, dust %s%s",
+                        self.symbol, self.state.trader_id, self.state.cycle, r and r.bought, r and r.sold,
+                        r and r.fees, r and r.fees_quote, r and r.pnl, r and r.dust, f" ({r.note})" if r and r.note else "",
+                    )
                     return True
         return False
 
@@ -213,7 +266,7 @@ class Trader:
         if state.status == "done":
             return True
         if state.intent is not None:
-            order = self.place(msgspec.structs.replace(state.intent, unknown=True))
+            order = self.place(state.intent)
             self.state, action = strategy.placed(self.state, order)
             self.report()
             return self.act(action)
@@ -251,7 +304,7 @@ class Trader:
                 if self.act(action):
                     return 0
         except (strategy.StrategyError, exchange.BinanceError) as exc:
-            log.error("%s", exc)
+            log.error("%s/%d: %s", s.symbol, s.trader_id, exc)
             last_words(str(exc))
             self.leader.call(TraderFailed(s.trader_id, str(exc)))
             return 2

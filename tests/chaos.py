@@ -45,8 +45,9 @@ TAPE_FILES = [TAPES / "btcusdt_20240808.gz", TAPES / "btcusdt_20240809.gz"]
 SYMBOL = "BTCUSDT"
 CHUNKS = 4
 START_USDT = Decimal("10000")
-CID = re.compile(r"^nv-([A-Z0-9]+)-(\d+)-(\d+)([BS])$")
+CID = re.compile(r"^(nv[a-z0-9]{6})-(\d+)-(\d+)(B|S\d*)$")  # <store prefix>-<trader>-<cycle><leg>
 OPEN = ("NEW", "PARTIALLY_FILLED")
+FINAL = ("FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED")
 # How often each is the victim. naived itself too: the killer then starts it again, as systemd would.
 KINDS = {"trader": 12, "leader": 4, "supervisor": 2, "paper": 2, "naived": 1}
 
@@ -54,8 +55,9 @@ KINDS = {"trader": 12, "leader": 4, "supervisor": 2, "paper": 2, "naived": 1}
 # fills at the next lower print, the sell at the next higher one, so cycles take seconds of tape
 # and every leg of the protocol (intent, place, check, fill) runs many times. No restart intensity:
 # the killer restarts things on purpose. A 1 s exchange timeout keeps accept_then_timeout short;
-# a 1 s recvWindow keeps short the wait of a trader that finds no order behind an unknown intent
-# (it trusts "no such order" only once a request in flight would be refused as stale).
+# a 1 s recvWindow and a 0.5 s backend window (the paper exchange decides every order before it
+# answers) keep short the wait of a trader that finds no order behind an unknown intent (it trusts
+# "no such order" only once no request in flight can still execute).
 CONFIG = f"""
 [trading.defaults]
 chunks = {CHUNKS}
@@ -71,6 +73,7 @@ stop_timeout_seconds = 3.0
 [exchange]
 timeout_seconds = 1.0
 recv_window_ms = 1000
+backend_timeout_seconds = 0.5
 """
 
 FAULTS = """
@@ -283,7 +286,7 @@ def check(tree: Tree, leader: dict[str, Any], orders: list[dict[str, Any]], repo
     report.cycles = len(history)
     report.orders = len(orders)
 
-    # 1. No two orders share a (symbol, trader, cycle, leg).
+    # 1. No two orders share a (store prefix, trader, cycle, leg).
     by_key: dict[tuple[str, int, int, str], list[dict[str, Any]]] = {}
     for o in orders:
         m = CID.match(o["clientOrderId"])
@@ -305,11 +308,13 @@ def check(tree: Tree, leader: dict[str, Any], orders: list[dict[str, Any]], repo
 
     def own(state: dict[str, Any], who: str) -> None:
         cycles_seen[state["cycle"]] += 1
-        for leg, order in (("B", state["buy_order"]), ("S", state["sell_order"])):
+        sells = [*state["sells"], state["sell_order"]]
+        legs = [("B", state["buy_order"])] + [("S" if i == 0 else f"S{i + 1}", o) for i, o in enumerate(sells)]
+        for leg, order in legs:
             if order is None:
                 continue
             cid = order["client_order_id"]
-            expected = f"nv-{SYMBOL}-{state['trader_id']}-{state['cycle']}{leg}"
+            expected = f"{state['id_prefix']}-{state['trader_id']}-{state['cycle']}{leg}"
             if cid != expected:
                 problems.append(f"{who} names {cid} as its {leg} leg; expected {expected}")
             owners.setdefault(cid, []).append(who)
@@ -334,17 +339,19 @@ def check(tree: Tree, leader: dict[str, Any], orders: list[dict[str, Any]], repo
         ok = {
             "new": buy is None and sell is None,
             "buying": buy is not None and buy["status"] in OPEN and sell is None,
-            "selling": buy is not None and buy["status"] == "FILLED" and sell is not None and sell["status"] in OPEN,
+            "selling": buy is not None and buy["status"] in FINAL and sell is not None and sell["status"] in OPEN,
         }.get(s["status"], False)
         if not ok:
             problems.append(f"{who} is not a consistent mid-cycle state: buy {buy}, sell {sell}")
     for c in history:
         who = f"finished cycle {c['cycle']} (trader {c['trader_id']})"
         own(c, who)
-        buy, sell = c["buy_order"], c["sell_order"]
-        if not (c["status"] == "done" and buy and sell and buy["status"] == sell["status"] == "FILLED"
-                and _dec(sell["executed_qty"]) == _dec(buy["executed_qty"]) > 0):
-            problems.append(f"{who} did not finish with a filled buy and sell of the same quantity: {c}")
+        buy, sells, r = c["buy_order"], [*c["sells"], c["sell_order"]], c["result"]
+        # Done, every order final, and the books add up: what the buy delivered was sold or is dust.
+        if not (c["status"] == "done" and r is not None and buy and buy["status"] in FINAL
+                and all(o["status"] in FINAL for o in sells if o)
+                and _dec(r["sold"]) + _dec(r["dust"]) + _dec(r["fees"].get(SYMBOL.removesuffix("USDT"))) == _dec(buy["executed_qty"])):
+            problems.append(f"{who} did not finish with final orders whose books add up: {c}")
     for cycle, n in cycles_seen.items():
         if n > 1:
             problems.append(f"cycle {cycle} belongs to {n} traders or finished cycles")

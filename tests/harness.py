@@ -26,10 +26,6 @@ import requests
 BIN = Path(sys.executable).parent
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 SANDBOX = Path(__file__).resolve().parent / "sandbox.py"
-# The trader still sells the quantity it bought, not what a fee-charged buy delivered, and
-# Binance (so the paper exchange, at its default 0.1%) refuses that sell. Until the trader
-# sells what it received, trees run without commission; a test may set its own rates.
-NO_COMMISSION = 'maker_commission = "0"\ntaker_commission = "0"'
 
 T = TypeVar("T")
 
@@ -86,7 +82,6 @@ grace_seconds = 30.0
 [paper]
 port = {self.paper_port}
 {paper}
-{"" if "commission" in paper else NO_COMMISSION}
 
 {extra_config}
 """

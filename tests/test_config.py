@@ -130,3 +130,36 @@ def test_for_symbol_applies_overrides_over_defaults():
 
 def test_for_symbol_without_overrides_is_the_defaults():
     assert Config().trading.for_symbol("XRPUSDT") == TradingSettings()
+
+
+def test_the_default_profit_interval_makes_money_after_fees():
+    # sell = buy × 1.001 × (1 + p) × 1.001; what comes back per unit bought is 0.999 × sell × 0.999
+    p = Config().trading.defaults.profit_interval
+    assert (Decimal("1.001") * (1 + p) * Decimal("1.001")) * Decimal("0.999") ** 2 > 1
+    break_even = 1 / (Decimal("1.001") * Decimal("0.999")) ** 2 - 1
+    assert Decimal("0.000002") < break_even < Decimal("0.000003")
+
+
+@pytest.mark.parametrize("exchange", ["binance", "binance-testnet"])
+@pytest.mark.parametrize(
+    ("trading", "key"),
+    [
+        ('[trading.defaults]\nprofit_interval = "-0.0012"\n', "trading.defaults.profit_interval"),
+        ('[trading.defaults]\nprofit_interval = "0"\n', "trading.defaults.profit_interval"),
+        ('[trading.symbols.XRPUSDT]\nprofit_interval = "-0.0001"\n', "trading.symbols.XRPUSDT.profit_interval"),
+    ],
+)
+def test_real_exchanges_refuse_losing_settings_in_one_line(exchange, trading, key):
+    raw = f'[naived]\nexchange = "{exchange}"\n{trading}'.encode()
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, "naive.toml")
+    message = str(err.value)
+    assert message.startswith(f"naive.toml: {key}: ") and "trading.allow_losing_settings" in message
+    assert "\n" not in message
+    allowed = parse_config(raw + b"[trading]\nallow_losing_settings = true\n")
+    assert allowed.trading.allow_losing_settings
+
+
+def test_paper_trades_losing_settings_without_asking():
+    config = parse_config(b'[trading.defaults]\nprofit_interval = "-0.0012"\n')
+    assert config.trading.defaults.profit_interval == Decimal("-0.0012")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness import Tree, running_tree, wait_for
+from naived.symbols import lookup
 
 # The book's chapter-5 settings: buy at the market, sell slightly *below* the buy price plus
 # fees (negative profit interval), so cycles complete within seconds on a random walk.
@@ -40,7 +41,8 @@ def test_cycles_complete_at_the_exchange_and_the_next_cycle_starts(tree: Tree) -
     first = wait_for("trader 0 to start", lambda: tree.traders("XRPUSDT").get(0))
     wait_for("a finished cycle", lambda: finished_cycles(tree, "XRPUSDT") >= 1, timeout=60)
 
-    # The exchange saw full cycles: a filled BUY and a filled SELL of the same quantity.
+    # The exchange saw full cycles: a filled BUY, then a filled SELL of what the buy delivered
+    # after its commission (0.1% of the XRP bought), down to the step size.
     orders = tree.paper_orders("XRPUSDT")
     filled = [o for o in orders if o["status"] == "FILLED"]
     by_cycle: dict[str, list[dict]] = {}
@@ -49,9 +51,21 @@ def test_cycles_complete_at_the_exchange_and_the_next_cycle_starts(tree: Tree) -
     complete = [legs for legs in by_cycle.values() if sorted(o["side"] for o in legs) == ["BUY", "SELL"]]
     assert complete, orders
     buy, sell = sorted(complete[0], key=lambda o: o["side"])
-    assert Decimal(buy["executedQty"]) == Decimal(sell["executedQty"]) > 0
+    fee = sum((Decimal(f["commission"]) for f in buy["fills"] if f["commissionAsset"] == "XRP"), Decimal(0))
+    received, sold, step = Decimal(buy["executedQty"]) - fee, Decimal(sell["executedQty"]), lookup("XRPUSDT").step_size
+    assert fee > 0 and 0 < sold <= received and received - sold < step
     # No client order id was ever used twice.
     assert not [cid for cid, n in Counter(o["clientOrderId"] for o in orders).items() if n > 1]
+
+    # Each finished cycle keeps its books: what the buy delivered was sold or is dust; with times.
+    cycle = tree.history("XRPUSDT")[0]
+    r = cycle["result"]
+    assert Decimal(r["sold"]) + Decimal(r["dust"]) + Decimal(r["fees"].get("XRP", "0")) == Decimal(r["bought"]) > 0
+    assert cycle["started_at"] and cycle["finished_at"] >= cycle["started_at"]
+    text = tree.ctl("history", "XRPUSDT").stdout
+    assert f"cycle {cycle['cycle']} trader" in text and " UTC  bought " in text and "pnl" in text and "total USDT" in text
+    books = tree.symbol("XRPUSDT")["leader"]["books"]  # the leader's running totals, for naived/metrics
+    assert Decimal(books["pnl_quote"]) != 0 and "fees_quote" in books
 
     # The trader that finished exited 0 and a fresh one runs the next cycle.
     def next_cycle() -> dict | None:

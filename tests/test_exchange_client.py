@@ -112,7 +112,7 @@ def test_signed_order_request_shape(stub: tuple[Script, BinanceClient]) -> None:
     payload, _, sig = query.rpartition("&signature=")
     assert signature(SECRET, payload) == sig  # signature last, over the exact query string
     params = dict(parse_qsl(payload))
-    assert params["type"] == "LIMIT" and params["timeInForce"] == "GTC" and params["newOrderRespType"] == "RESULT"
+    assert params["type"] == "LIMIT" and params["timeInForce"] == "GTC" and params["newOrderRespType"] == "FULL"
     assert params["newClientOrderId"] == "cid-1" and params["recvWindow"] == "5000"
     assert abs(int(params["timestamp"]) - script.server_time) < 5000
     assert client.used_weight == 2

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fake_exchange import FakeExchange
 from harness import BIN, Tree, open_buys, running_tree, wait_for
 from naived.exchange import BinanceClient
 
@@ -160,11 +161,18 @@ def test_status_answers_while_traders_restart(tmp_path: Path) -> None:
 
 
 def test_reconciliation_reports_an_order_no_trader_owns(resting: Tree) -> None:
+    resting.ctl("start-trading", "XRPUSDT")
+    prefix = open_buys(resting, "XRPUSDT", 2)[0]["state"]["id_prefix"]  # the symbol store's, made at its first start
+    resting.ctl("stop-trading", "XRPUSDT")
     stray = BinanceClient(resting.paper_url, "paper-key", "paper-secret")
-    stray.new_order("XRPUSDT", "BUY", "0.1000", "100", "nv-XRPUSDT-9-999B")
+    stray.new_order("XRPUSDT", "BUY", "0.1000", "100", f"{prefix}-9-999B")
+    stray.new_order("XRPUSDT", "BUY", "0.1000", "100", "nvother1-9-999B")  # another installation's: not ours
     resting.ctl("start-trading", "XRPUSDT")
     open_buys(resting, "XRPUSDT", 2)
-    assert "drift: exchange has open order nv-XRPUSDT-9-999B that no trader owns" in resting.log("naived")
+    wait_for("reconciliation", lambda: "drift" in resting.log("naived"))
+    assert f"drift: exchange has open order {prefix}-9-999B that no trader owns" in resting.log("naived")
+    assert "open order nvother1" not in resting.log("naived")
+    assert resting.symbol("XRPUSDT")["leader"]["counters"]["drift"] == 1
     assert resting.symbol("XRPUSDT")["leader"]["counters"]["drift"] == 1
 
 
@@ -172,7 +180,8 @@ def test_an_unknown_outcome_is_settled_by_asking_never_by_resending_blindly(tmp_
     # Every order request is dropped before the exchange processes it: the traders cannot know
     # whether their buy exists. They mark the intent unknown, ask, and place again only once a
     # request still in flight would be refused as stale (recvWindow, 1 s here).
-    config = RESTING + '\n[exchange]\nrecv_window_ms = 1000\n\n[paper.faults]\ndrop_connection = 1.0\n'
+    # The paper exchange decides every order before it answers: a short backend window is true of it.
+    config = RESTING + '\n[exchange]\nrecv_window_ms = 1000\nbackend_timeout_seconds = 0.5\n\n[paper.faults]\ndrop_connection = 1.0\n'
     with running_tree(tmp_path, config) as tree:
         tree.ctl("start-trading", "XRPUSDT")
 
@@ -188,3 +197,47 @@ def test_an_unknown_outcome_is_settled_by_asking_never_by_resending_blindly(tmp_
         assert sorted(o["clientOrderId"] for o in orders) == sorted(t["state"]["buy_order"]["client_order_id"] for t in placed.values())
         assert "when no request in flight can still execute" in tree.log("naived")
         assert tree.symbol("XRPUSDT")["leader"]["counters"]["intents_unknown"] == 2
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["same-trader", "restarted-trader"])
+def test_an_order_accepted_late_is_adopted_not_placed_twice(tmp_path: Path, restart: bool) -> None:
+    # Binance answers -1007 ("execution status unknown") and the order shows up 2 s later.
+    # "Not there" is definite only recvWindow (1 s) + the backend timeout (1 s) + 1 s after
+    # the send: a trader that asks before that and places again makes a duplicate. A trader
+    # killed while it waits is replaced by one that waits from its own start.
+    with FakeExchange(late_after=2.0) as fake:
+        config = f"""
+[naived]
+exchange = "binance-testnet"
+
+[exchange]
+testnet_url = "{fake.url}"
+recv_window_ms = 1000
+backend_timeout_seconds = 1.0
+timeout_seconds = 2.0
+
+[trading.defaults]
+chunks = 1
+buy_down_interval = "0.5"
+"""
+        tree = Tree(tmp_path, config)
+        try:
+            tree.start_streamer()
+            tree.start_naived(env={"BINANCE_API_KEY": "k", "BINANCE_API_SECRET": "s"})
+            assert tree.ctl("start-trading", "XRPUSDT").returncode == 0
+            if restart:
+                def unknown() -> dict | None:
+                    t = tree.traders("XRPUSDT").get(0)
+                    return t if t and t["state"]["intent"] and t["state"]["intent"]["unknown"] else None
+
+                victim = wait_for("the trader to hold an intent of unknown outcome", unknown, interval=0.01)
+                os.kill(victim["pid"], signal.SIGKILL)
+            placed = open_buys(tree, "XRPUSDT", 1)[0]
+            cid = placed["state"]["buy_order"]["client_order_id"]
+            assert fake.posts == {cid: 1}, fake.posts
+            assert placed["state"]["buy_order"]["status"] == "NEW"
+            assert "when no request in flight can still execute" in tree.log("naived")
+            if restart:
+                assert placed["pid"] != victim["pid"]
+        finally:
+            tree.stop()
