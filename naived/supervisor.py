@@ -357,8 +357,6 @@ class Supervisor:
             self._guarded(lambda: role.on_exit(child, status), f"exit of {spec.title}")
             return None  # stopped on purpose: nothing to decide
         decision = self._guarded(lambda: role.on_exit(child, status), f"exit of {spec.title}") or self._rule(spec, status)
-        if decision in ("restart", "restart_uncounted") and not status.normal and status.code == EXIT_GAVE_UP:
-            decision = "give_up"
         if decision == "restart" and self._intensity_exceeded(spec.key):
             log.error("%s: more than %d restarts in %gs, giving up", self.name, self.limits.max_restarts,
                       self.limits.period_seconds)
