@@ -69,6 +69,18 @@ def _existing_files(name: str, paths: list[str]) -> None:
             raise ValueError(f"{name}: no such file: {path}")
 
 
+_ENDPOINT = re.compile(r"^(ipc://.+|tcp://(\*|[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5}))$")
+
+
+def _endpoint(name: str, value: str, empty_ok: bool = False) -> None:
+    """A ZeroMQ endpoint naive can bind or connect: ipc://PATH or tcp://HOST:PORT."""
+    if empty_ok and not value:
+        return
+    match = _ENDPOINT.match(value)
+    if not match or (match[3] and not 1 <= int(match[3]) <= 65535):
+        raise ValueError(f"{name}: must be ipc://PATH or tcp://HOST:PORT (port 1-65535), got {value!r}")
+
+
 def check_symbol(symbol: str) -> str:
     """Upper-case a symbol and check its shape; raises ValueError with a readable message."""
     upper = symbol.strip().upper()
@@ -112,6 +124,7 @@ class Streamer(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError(f"replay_speed: must be >= 0, got {self.replay_speed}")
         _port("metrics_port", self.metrics_port, zero_means_off=True)
         _existing_files("replay_files", self.replay_files)
+        _endpoint("endpoint", self.endpoint)
 
 
 class Supervision(msgspec.Struct, forbid_unknown_fields=True):
@@ -137,6 +150,7 @@ class Naived(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         self.autostart = _symbols("autostart", self.autostart)
         _port("metrics_port", self.metrics_port, zero_means_off=True)
+        _endpoint("control_endpoint", self.control_endpoint, empty_ok=True)
 
 
 class Faults(msgspec.Struct, forbid_unknown_fields=True):

@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import msgspec
+import pytest
 import zmq
 
 from harness import BIN, Tree, open_buys, running_tree, wait_for
@@ -129,6 +131,8 @@ def test_config_values_that_cannot_work_are_refused_up_front(tmp_path: Path) -> 
         "[naived]\nmetrics_port = -1\n": "naived.metrics_port: must be a TCP port 0-65535 (0 = off), got -1",
         '[exchange]\nkey_file = "/nonexistent/keys"\n': "exchange.key_file: no such file: /nonexistent/keys",
         "[naived.supervision]\nstop_timeout_seconds = 0\n": "naived.supervision.stop_timeout_seconds: must be > 0",
+        '[streamer]\nendpoint = "tcp://127.0.0.1:99999"\n': "streamer.endpoint: must be ipc://PATH or tcp://HOST:PORT",
+        '[naived]\ncontrol_endpoint = "/run/naive.sock"\n': "naived.control_endpoint: must be ipc://PATH or tcp://HOST:PORT",
     }
     for text, message in cases.items():
         path = tmp_path / "bad.toml"
@@ -202,6 +206,22 @@ def test_naivectl_creates_no_directories(tmp_path: Path) -> None:
     result = subprocess.run([str(BIN / "naivectl"), "status"], capture_output=True, text=True, timeout=30, env=env)
     assert result.returncode == 1 and "naived is not running" in result.stderr
     assert list((tmp_path / "xdg").iterdir()) == [] and not (tmp_path / "state").exists()
+
+
+def test_naivectl_finds_naived_where_systemd_runs_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from naived import ctl
+    from naived.config import Config
+
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))  # no naived.sock there
+    monkeypatch.setattr(ctl, "SYSTEMD_RUNTIME_DIR", tmp_path / "run-naive")
+    assert ctl.find_endpoint(Config()) == f"ipc://{tmp_path / 'xdg' / 'naive' / 'naived.sock'}"
+    (tmp_path / "run-naive").mkdir()
+    (tmp_path / "run-naive" / "naived.sock").touch()
+    assert ctl.find_endpoint(Config()) == f"ipc://{tmp_path / 'run-naive' / 'naived.sock'}"
+    # An endpoint the user configured is never second-guessed.
+    configured = msgspec.convert({"naived": {"control_endpoint": "ipc:///elsewhere.sock"}}, Config)
+    assert ctl.find_endpoint(configured) == "ipc:///elsewhere.sock"
 
 
 def test_status_of_a_symbol_that_is_not_trading_says_so(tmp_path: Path) -> None:
