@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 PAPER = "paper-exchange"
 WORKER = "worker-"  # key prefix of the root's short-lived workers
+WORKER_ANSWER_GRACE = 2.0  # seconds for a worker's pushed answer to arrive after its exit
 REPORTS_PER_TURN = 1000  # drained per wake-up, so a flood of reports cannot starve the control socket
 
 
@@ -153,6 +154,7 @@ class Root(Role):
         self.trading = TradingSet(config.state_dir / "trading.json")
         self.paper_failed: str | None = None
         self.pending: dict[int, list[bytes]] = {}  # worker request id -> the client's envelope
+        self.late: dict[int, float] = {}  # request id -> deadline, for workers that exited before their answer came
         self.request_ids = itertools.count(1)
         self.watchdog = sdnotify.Watchdog()
 
@@ -185,8 +187,12 @@ class Root(Role):
         key = child.spec.key
         if key.startswith(WORKER):
             request_id = int(key.removeprefix(WORKER))
-            if request_id in self.pending:  # it died without answering
-                self.reply(self.pending.pop(request_id), Error(f"could not read the store: {status.reason()}"))
+            self.on_reports()  # its answer may be waiting on the report socket
+            if request_id in self.pending:
+                if status.normal:  # it answered and exited; the answer is still on its way
+                    self.late[request_id] = time.monotonic() + WORKER_ANSWER_GRACE
+                else:
+                    self.reply(self.pending.pop(request_id), Error(f"could not read the store: {status.reason()}"))
             return "forget"
         if key == PAPER:
             return None
@@ -421,9 +427,16 @@ class Root(Role):
                 os.kill(child.pid, signal.SIGHUP)
 
     def next_tick(self) -> float | None:
-        return self.watchdog.deadline()
+        return min((t for t in (self.watchdog.deadline(), *self.late.values()) if t is not None), default=None)
 
     def tick(self) -> None:
+        now = time.monotonic()
+        for request_id, deadline in list(self.late.items()):
+            if request_id not in self.pending:
+                del self.late[request_id]
+            elif now >= deadline:
+                del self.late[request_id]
+                self.reply(self.pending.pop(request_id), Error("the store reader exited without an answer"))
         # Healthy = this loop turns and the paper exchange has not given up; otherwise systemd's
         # watchdog restarts naived as a whole.
         self.watchdog.tick(self.paper_failed is None, self.status_line)
