@@ -407,7 +407,7 @@ def test_handover_holds_successor_trades_until_the_old_connection_fills_the_gap(
     from streamerd.publisher import Stats
 
     out: list[int] = []
-    source = BinanceSource(lambda e: out.append(e.t), Stats(), "ws://unused")
+    source = BinanceSource(lambda e, raw=None: out.append(e.t), Stats(), "ws://unused")
     source.wanted = {"XRPUSDT", "ADAUSDT"}
     old, new = Connection(1), Connection(2)
     old.sent = new.sent = {"xrpusdt@trade", "adausdt@trade"}
@@ -434,7 +434,7 @@ def test_more_than_1024_streams_open_another_connection():
     from streamerd.binance import MAX_STREAMS, BinanceSource
     from streamerd.publisher import Stats
 
-    source = BinanceSource(lambda e: None, Stats(), "ws://unused")
+    source = BinanceSource(lambda e, raw=None: None, Stats(), "ws://unused")
     symbols = {f"S{i:04d}USDT" for i in range(1500)}
     source.set_wanted(symbols)
     assert [len(c.streams) for c in source.conns] == [MAX_STREAMS, 1500 - MAX_STREAMS]
