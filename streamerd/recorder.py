@@ -186,7 +186,7 @@ class _Writer:
             if TAPE_NAME.match(path.name) and path.is_file():
                 self.sizes[path] = path.stat().st_size
         self._keep_budget()
-        log.info("recorder: recording to %s (budget %.1f MB, %.1f MB there already)",
+        log.info("recorder: recording to %s (budget %g MB, %.1f MB there already)",
                  self.directory, self.budget / 1e6, sum(self.sizes.values()) / 1e6)
         next_flush = time.monotonic() + FLUSH_SECONDS
         while True:
@@ -284,11 +284,11 @@ class _Writer:
                 pass  # removed by someone else: its room is free all the same
             self.stats.deleted += 1
             total -= size
-            log.info("recorder: over the %.1f MB budget, deleted %s (%.1f MB)", self.budget / 1e6, path, size / 1e6)
+            log.info("recorder: over the %g MB budget, deleted %s (%.1f MB)", self.budget / 1e6, path, size / 1e6)
             if total <= self.budget:
                 return
         raise RecorderFailed(
-            f"the files being written ({total / 1e6:.1f} MB) exceed record_budget_mb ({self.budget / 1e6:.1f})"
+            f"the files being written ({total / 1e6:.1f} MB) exceed record_budget_mb ({self.budget / 1e6:g})"
         )
 
     def _fail(self, message: str) -> None:
