@@ -9,9 +9,12 @@ made strictly increasing across all symbols so that a replay merges the files ba
 order; files rotate at UTC midnight of that same time (as the recorded tapes do), so a file
 never receives a line from another day.
 
-The publish path only timestamps the trade and appends it to a list, handed over to a writer
-thread once per loop turn (or every `HANDOVER_EVENTS`): compression runs there, and zlib
-releases the GIL while it deflates, so it uses the other core. A writer that falls
+The publish path formats the line (one `%` on bytes) and appends it to its symbol's list; the
+lists are handed over to a writer thread once per loop turn (a turn publishes at most a
+source's batch, 2000 trades). The writer joins and deflates each list in one call, and zlib
+releases the GIL while it deflates: the writer runs almost no Python per line, because a
+thread that holds the GIL line by line makes the publisher wait for it at every socket call
+(measured: +5 µs per trade when the writer formatted the lines). A writer that falls
 `MAX_PENDING` events behind makes the publish path drop (and count) whole batches, never wait.
 Every `FLUSH_SECONDS` each file is flushed with a gzip sync flush: a streamerd killed with -9
 leaves a gzip that reads up to its last flush (without the trailer, which `replay.py` tolerates).
@@ -40,16 +43,16 @@ from naived.messages import TradeEvent
 
 log = logging.getLogger(__name__)
 
-# Level 6 deflates ~240k trade lines/s on one core here at 12.6x (level 9: ~100k/s at 13.8x,
-# level 1: ~600k/s at 9.7x); it runs off the publish path, so the middle ground.
-COMPRESS_LEVEL = 6
+# Deflate of trade lines on one core here (bench/record.py): level 1 0.6 µs/line at 9.7x,
+# level 6 2.0 µs at 12.6x, level 9 6.3 µs at 13.8x. Off the publish path, but on a 2-core
+# machine the other core is the traders': CPU is dearer than 12% of a budgeted disk.
+COMPRESS_LEVEL = 1
 FLUSH_SECONDS = 1.0  # at most this much recorded data is lost when streamerd is killed
-HANDOVER_EVENTS = 1024  # hand over within a long loop turn too (a replay at full speed)
 MAX_PENDING = 200_000  # events handed over but not yet written: ~3 s at streamerd's top rate
 DAY_NS = 86_400 * 10**9
 TAPE_NAME = re.compile(r"^[a-z0-9]+_(\d{8})(?:\.(\d+))?\.gz$")  # <symbol>_<YYYYMMDD>[.<part>].gz
 
-Batch = list[tuple[int, TradeEvent, bytes | None]]  # (receive ns, trade, raw frame or None)
+Batch = tuple[int, int, dict[str, list[bytes]]]  # (first ns, last ns, symbol -> its lines)
 
 
 @dataclass
@@ -87,8 +90,10 @@ class Recorder:
         self.symbols = symbols
         self.stats = RecordStats()
         self._clock = clock
+        self._lines: dict[str, list[bytes]] = {}
+        self._count = 0  # events in self._lines
+        self._first_ns = 0
         self._last_ns = 0
-        self._batch: Batch = []
         self._handed = 0
         self._dropping = False
         self._queue: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
@@ -107,26 +112,32 @@ class Recorder:
         self._thread.start()
 
     def record(self, event: TradeEvent, raw: bytes | None = None) -> None:
+        """On the publish path: a time, a line, an append."""
         if self.symbols and event.s not in self.symbols:
             return
         stamp = self._clock()
-        if stamp <= self._last_ns:  # same ns, or the wall clock stepped back
+        if stamp <= self._last_ns:  # the same ns, or the wall clock stepped back
             stamp = self._last_ns + 1
         self._last_ns = stamp
-        self._batch.append((stamp, event, raw))
-        if len(self._batch) >= HANDOVER_EVENTS:
-            self.hand_over()
+        lines = self._lines.get(event.s)
+        if lines is None:
+            lines = self._lines[event.s] = []
+            if not self._count:
+                self._first_ns = stamp
+        lines.append(b"%d %b\n" % (stamp, raw or encode_frame(event)))
+        self._count += 1
 
     def hand_over(self) -> None:
-        batch = self._batch
-        if not batch:
+        count = self._count
+        if not count:
             return
-        self._batch = []
+        batch = (self._first_ns, self._last_ns, self._lines)
+        self._lines, self._count = {}, 0
         if self._writer.failed:
             return  # stopped, said once by the writer
         behind = self._handed - self._writer.taken
         if behind >= MAX_PENDING:
-            self.stats.dropped += len(batch)
+            self.stats.dropped += count
             if not self._dropping:
                 self._dropping = True
                 log.warning("recorder: writer %d events behind, dropping trades (never the publish path)", behind)
@@ -134,7 +145,7 @@ class Recorder:
         if self._dropping:
             self._dropping = False
             log.warning("recorder: writer caught up, recording again (%d trades dropped so far)", self.stats.dropped)
-        self._handed += len(batch)
+        self._handed += count
         self._queue.put(batch)
 
     def close(self) -> None:
@@ -194,35 +205,45 @@ class _Writer:
             try:
                 batch = self.batches.get(timeout=timeout)
             except queue.Empty:
-                batch = []
+                batch = (0, 0, {})  # time to flush
             if batch is None:
                 break
-            if batch:
-                self._write(batch)
-                self.taken += len(batch)
+            if batch[2]:
+                self.taken += self._write(*batch)
             if self.tapes and time.monotonic() >= next_flush:
                 self._flush()
                 next_flush = time.monotonic() + FLUSH_SECONDS
         self._close_all()
 
-    def _write(self, batch: Batch) -> None:
-        lines: dict[str, list[bytes]] = {}
-        for stamp, event, raw in batch:
-            if stamp >= self.day_end:
-                self._write_lines(lines)
-                lines = {}
-                self._close_all()
-                self._new_day(stamp)
-            if raw is None or b"\n" in raw:  # a line must stay one line
-                raw = encode_frame(event)
-            lines.setdefault(event.s, []).append(b"%d %b\n" % (stamp, raw))
-        self._write_lines(lines)
+    def _write(self, first_ns: int, last_ns: int, lines: dict[str, list[bytes]]) -> int:
+        """Write one handed-over batch; returns its number of events."""
+        if first_ns >= self.day_end:
+            self._close_all()
+            self._new_day(first_ns)
+        if last_ns >= self.day_end:  # the batch spans midnight: split it by each line's time
+            for symbol, chunk in lines.items():
+                split = next((i for i, line in enumerate(chunk) if int(line[: line.index(b" ")]) >= self.day_end),
+                             len(chunk))
+                self._write_lines({symbol: chunk[:split]})
+                lines[symbol] = chunk[split:]
+            self._close_all()
+            self._new_day(last_ns)
+        return self._write_lines(lines)
 
-    def _write_lines(self, lines: dict[str, list[bytes]]) -> None:
+    def _write_lines(self, lines: dict[str, list[bytes]]) -> int:
+        count = 0
         for symbol, chunk in lines.items():
+            if not chunk:
+                continue
+            count += len(chunk)
+            data = b"".join(chunk)
+            if data.count(b"\n") != len(chunk):  # one pass in C instead of a test per frame
+                # A newline in a JSON frame can only be whitespace: a space keeps it one line.
+                data = b"".join(line[:-1].replace(b"\n", b" ") + b"\n" for line in chunk)
             tape = self.tapes.get(symbol) or self._open(symbol)
-            tape.gz.write(b"".join(chunk))  # one deflate call: the GIL is released meanwhile
+            tape.gz.write(data)  # one deflate call: the GIL is released meanwhile
             tape.unflushed += len(chunk)
+        return count
 
     def _new_day(self, stamp: int) -> None:
         start = stamp - stamp % DAY_NS
@@ -275,7 +296,7 @@ class _Writer:
         if total <= self.budget:
             return
         writing = {tape.path for tape in self.tapes.values()}
-        # oldest day first, and within a day the parts in the order they were written
+        # oldest day first; within a day the parts in the order they were written
         for path in sorted(set(self.sizes) - writing, key=_age):
             size = self.sizes.pop(path)
             try:
@@ -304,7 +325,8 @@ class _Writer:
         self.tapes = {}
 
 
-def _age(path: Path) -> tuple[str, int]:
+def _age(path: Path) -> tuple[str, int, str]:
+    """Day, part, then name: a deterministic order for the budget's deletions."""
     match = TAPE_NAME.match(path.name)
     assert match is not None
-    return match.group(1), int(match.group(2) or 0)
+    return match.group(1), int(match.group(2) or 0), path.name
