@@ -570,6 +570,16 @@ def test_a_recorded_simulation_replays_identically(ctx, start_streamerd, tmp_pat
     assert replayed[: len(received)] == received
 
 
+def test_tapes_merge_by_ns_not_by_us(ctx, start_streamerd, tmp_path):
+    # Two trades within the same µs, in two files: only their ns tell the publish order.
+    frames = {name: trade_json(name.upper(), 1, time_ms=1723161600000) for name in ("xrpusdt", "adausdt")}
+    for name, stamp in (("xrpusdt", 1723161600000000700), ("adausdt", 1723161600000000300)):
+        with gzip.open(tmp_path / f"{name}_20240809.gz", "wt") as f:
+            f.write(f"{stamp} {frames[name]}\n")
+    files = [tmp_path / "xrpusdt_20240809.gz", tmp_path / "adausdt_20240809.gz"]
+    assert [e.s for e in _replay_everything(ctx, start_streamerd, files, "XRPUSDT")] == ["ADAUSDT", "XRPUSDT"]
+
+
 def test_binance_frames_are_recorded_as_sent(ctx, fake, start_streamerd, tmp_path):
     record_dir = tmp_path / "rec"
     daemon = start_streamerd("--source", "binance", "--binance-url", fake.url, "--record-dir", str(record_dir))
