@@ -81,15 +81,18 @@ def measure_recv(variant: str, count: int) -> float | None:
 # --- part 2: the whole daemon ----------------------------------------------------------
 
 
-def measure_streamer(symbols: int, count: int, idle: float) -> dict[str, float]:
+def measure_streamer(symbols: int, count: int, idle: float, extra_args: tuple[str, ...] = ()) -> dict[str, float]:
+    """`extra_args` go to `streamerd start`; the result's "log" is streamerd's log once it stopped."""
     names = [f"S{i:03d}USDT" for i in range(symbols)]
     with FakeBinance() as fake, tempfile.TemporaryDirectory() as tmp:
         endpoint = f"ipc://{tmp}/trades.sock"
+        log_path = Path(tmp) / "streamerd.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamerd.cli", "start", "--source", "binance", "--binance-url", fake.url,
-             "--endpoint", endpoint],
-            stderr=open(Path(tmp) / "streamerd.log", "wb"), start_new_session=True,
+             "--endpoint", endpoint, *extra_args],
+            stderr=open(log_path, "wb"), start_new_session=True,
         )
+        result: dict = {}
         ctx = zmq.Context()
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.RCVHWM, 0)
@@ -125,7 +128,7 @@ def measure_streamer(symbols: int, count: int, idle: float) -> dict[str, float]:
                 last = time.perf_counter()
             sender.join()
             cpu = sum(process.cpu_times()[:2]) - cpu_before
-            return {
+            result = {
                 "symbols": symbols,
                 "sent": count,
                 "received": received,
@@ -133,6 +136,7 @@ def measure_streamer(symbols: int, count: int, idle: float) -> dict[str, float]:
                 "cpu_us": cpu / max(received, 1) * 1e6,
                 "loss": 1 - received / count,
             }
+            return result
         finally:
             sub.close()
             ctx.term()
@@ -143,6 +147,7 @@ def measure_streamer(symbols: int, count: int, idle: float) -> dict[str, float]:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(5)
+            result["log"] = log_path.read_text()
 
 
 def main() -> None:

@@ -112,9 +112,14 @@ class Streamer(msgspec.Struct, forbid_unknown_fields=True):
     simulate_seed: int = 42
     simulate_rate: float = 20.0  # trades per second per symbol
     metrics_port: int = 0  # Prometheus text metrics on 127.0.0.1:<port>; 0 = off
+    record_dir: str = ""  # record published trades here as <symbol>_<YYYYMMDD>.gz tapes; "" = off
+    record_budget_mb: float = 10240.0  # disk budget of all recorded files; the oldest days are deleted first
+    record_symbols: list[str] = []  # record only these; [] = every published symbol
 
     def __post_init__(self) -> None:
         self.symbols = _symbols("symbols", self.symbols)
+        self.record_symbols = _symbols("record_symbols", self.record_symbols)
+        _positive("record_budget_mb", self.record_budget_mb)
         _finite("grace_seconds", self.grace_seconds)
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds: must be >= 0, got {self.grace_seconds}")

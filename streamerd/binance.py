@@ -97,7 +97,7 @@ class BinanceSource:
         self.by_fd: dict[int, Connection] = {}
         self.wanted: set[str] = set()  # symbols
         self.last_id: dict[str, int] = {}
-        self.held: dict[str, list[TradeEvent]] = {}  # successor trades waiting for the old connection
+        self.held: dict[str, list[tuple[TradeEvent, bytes | None]]] = {}  # successor trades waiting for the old connection
         self.attempts: collections.deque[float] = collections.deque()
         self.backlog: set[Connection] = set()
         self._numbers = 0
@@ -323,7 +323,7 @@ class BinanceSource:
         self.stats.events_in += 1
         if c.failures:
             c.failures = 0  # it works again: the next loss starts the backoff afresh
-        self._on_trade(c, event)
+        self._on_trade(c, event, data)
 
     def _on_other(self, c: Connection, data: bytes) -> None:
         try:
@@ -346,7 +346,8 @@ class BinanceSource:
         if self.stats.malformed <= 10 or self.stats.malformed % 1000 == 0:
             log.warning("connection %d: unexpected frame (%d so far): %r", c.number, self.stats.malformed, data[:200])
 
-    def _on_trade(self, c: Connection, event: TradeEvent) -> None:
+    def _on_trade(self, c: Connection, event: TradeEvent, raw: bytes | None = None) -> None:
+        """`raw`: the frame as Binance sent it, for the recorder."""
         symbol, trade_id = event.s, event.t
         if symbol not in self.wanted:
             return  # unsubscribed, the UNSUBSCRIBE is on its way
@@ -361,23 +362,23 @@ class BinanceSource:
             if trade_id > last + 1:
                 if old is not None and symbol not in c.caught_up and stream_of(symbol) in old.sent:
                     # The old connection may still deliver the missing ids: wait for it.
-                    self.held.setdefault(symbol, []).append(event)
+                    self.held.setdefault(symbol, []).append((event, raw))
                     return
                 self._gap(symbol, last, trade_id)
             elif old is not None:
                 self.last_id[symbol] = trade_id
-                self.emit(event)
+                self.emit(event, raw)
                 self._caught_up(c, symbol)
                 return
         self.last_id[symbol] = trade_id
-        self.emit(event)
+        self.emit(event, raw)
         if c.successor is not None and symbol in self.held:
             self._release(symbol)
 
     def _release(self, symbol: str, final: bool = False) -> None:
         """Publish held successor trades that now follow on; all of them when `final`."""
         held = self.held.pop(symbol, [])
-        for i, event in enumerate(held):
+        for i, (event, raw) in enumerate(held):
             last = self.last_id.get(symbol, event.t - 1)
             if event.t <= last:
                 self.stats.duplicates += 1
@@ -388,7 +389,7 @@ class BinanceSource:
                     return
                 self._gap(symbol, last, event.t)
             self.last_id[symbol] = event.t
-            self.emit(event)
+            self.emit(event, raw)
 
     def _gap(self, symbol: str, last: int, trade_id: int) -> None:
         missing = trade_id - last - 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,6 +15,7 @@ from naived.config import ConfigError, Streamer, load_config
 from naived.log import setup_logging
 from streamerd.daemon import Daemon
 from streamerd.publisher import Demand
+from streamerd.recorder import Recorder
 from streamerd.replay import ReplayError, check_files
 
 log = logging.getLogger("streamerd")
@@ -67,6 +69,7 @@ def main() -> None:
 @click.option("--grace-seconds", type=float, help="keep streaming this long after the last subscriber left")
 @click.option("--seed", type=int, help="simulate: random seed")
 @click.option("--rate", type=float, help="simulate: trades per second per symbol")
+@click.option("--record-dir", help="record what is published as <symbol>_<YYYYMMDD>.gz tapes here")
 def start(
     config_path: str | None,
     source: str | None,
@@ -78,6 +81,7 @@ def start(
     grace_seconds: float | None,
     seed: int | None,
     rate: float | None,
+    record_dir: str | None,
 ) -> None:
     """Run the market-data daemon until SIGTERM/SIGINT."""
     setup_logging("streamerd")
@@ -94,6 +98,7 @@ def start(
                 "grace_seconds": grace_seconds,
                 "simulate_seed": seed,
                 "simulate_rate": rate,
+                "record_dir": record_dir,
             },
         )
         factory = make_source(settings)
@@ -102,15 +107,20 @@ def start(
         sys.exit(2)
 
     demand = Demand(always=frozenset(settings.symbols), grace_seconds=settings.grace_seconds)
+    recorder = None
+    if settings.record_dir:
+        recorder = Recorder(Path(settings.record_dir), int(settings.record_budget_mb * 1e6),
+                            frozenset(settings.record_symbols))
     try:
-        daemon = Daemon(settings.endpoint, demand, factory, settings.metrics_port)
+        daemon = Daemon(settings.endpoint, demand, factory, settings.metrics_port, recorder)
     except zmq.ZMQError as exc:
         click.echo(f"streamerd: cannot bind {settings.endpoint}: {exc}", err=True)
         sys.exit(1)
     label = " (SIMULATED market, not real prices)" if settings.source == "simulate" else ""
     log.info(
-        "start: source=%s%s endpoint=%s always=%s grace=%gs",
+        "start: source=%s%s endpoint=%s always=%s grace=%gs record=%s",
         settings.source, label, settings.endpoint, ",".join(settings.symbols) or "-", settings.grace_seconds,
+        settings.record_dir or "off",
     )
     daemon.run()
 

@@ -16,6 +16,7 @@ from naived import sdnotify
 from naived.messages import TradeEvent
 from naived.metrics import Metrics, MetricsEndpoint
 from streamerd.publisher import Demand, Publisher, Stats
+from streamerd.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +42,43 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-Emit = Callable[[TradeEvent], None]
+class Emit(Protocol):
+    """Publish a trade; `raw` is the frame as the exchange sent it, when the source has it
+    (the recorder writes it as it came)."""
+
+    def __call__(self, event: TradeEvent, raw: bytes | None = None) -> None: ...
 
 
 class Daemon:
     def __init__(
-        self, endpoint: str, demand: Demand, make_source: Callable[[Emit, Stats], Source], metrics_port: int = 0
+        self, endpoint: str, demand: Demand, make_source: Callable[[Emit, Stats], Source], metrics_port: int = 0,
+        recorder: Recorder | None = None,
     ) -> None:
         self.stats = Stats()
         self.ctx = zmq.Context()
         self.publisher = Publisher(self.ctx, endpoint, self.stats)
         self.demand = demand
-        self.source = make_source(self.publisher.publish, self.stats)
+        self.recorder = recorder
+        self.source = make_source(self._emit(), self.stats)
         self._stop = False
         self.watchdog = sdnotify.Watchdog()
         self.metrics = MetricsEndpoint(metrics_port, self.collect_metrics) if metrics_port else None
 
+    def _emit(self) -> Emit:
+        publish = self.publisher.publish
+        if self.recorder is None:
+            return publish  # no extra call on the hot path when not recording
+        record = self.recorder.record
+
+        def publish_and_record(event: TradeEvent, raw: bytes | None = None) -> None:
+            publish(event)
+            record(event, raw)
+
+        return publish_and_record
+
     def run(self) -> None:
+        if self.recorder is not None:
+            self.recorder.start()
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -90,6 +111,8 @@ class Daemon:
                 deadline = self.source.next_deadline()
                 if deadline is not None and deadline <= now:
                     self.source.on_timer(now)
+                if self.recorder is not None:
+                    self.recorder.hand_over()  # once per turn: the writer thread takes it from here
                 # Pinged here, between turns of this loop and nowhere else: a loop stuck in
                 # a source call stops the pings, and systemd restarts streamerd.
                 self.watchdog.tick()
@@ -130,6 +153,7 @@ class Daemon:
             ("gaps", "gaps in trade ids"),
             ("missing", "trade ids skipped by gaps"),
             ("malformed", "frames that were not a trade and not expected"),
+            ("truncated", "replayed gzip files cut short (read up to the cut)"),
         ):
             m.add(f"naive_streamer_{name}_total", "counter", help_text, getattr(self.stats, name))
         now = time.monotonic()
@@ -137,12 +161,26 @@ class Daemon:
             m.add("naive_streamer_seconds_since_last_trade", "gauge", "age of the last trade published", round(now - at, 3), symbol=symbol)
         for symbol in sorted(self.demand.wanted):
             m.add("naive_streamer_streaming", "gauge", "1 for each symbol being streamed", 1, symbol=symbol)
+        if self.recorder is not None:
+            r = self.recorder.stats
+            m.add("naive_streamer_recording", "gauge", "1 while the recorder writes, 0 once an error stopped it",
+                  int(self.recorder.active))
+            for name, help_text in (
+                ("recorded", "trades recorded (flushed to disk)"),
+                ("bytes", "compressed bytes recorded"),
+                ("dropped", "trades not recorded because the writer was too far behind"),
+                ("errors", "write errors (each stops the recorder)"),
+                ("deleted", "recorded files deleted to stay within the disk budget"),
+            ):
+                m.add(f"naive_streamer_record_{name}_total", "counter", help_text, getattr(r, name))
         return m.render()
 
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
         self.source.close()
+        if self.recorder is not None:
+            self.recorder.close()
         self.publisher.close()
         self.ctx.term()
         log.info("stopped: %s", self.stats.line())

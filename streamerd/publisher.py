@@ -38,6 +38,7 @@ class Stats:
     gaps: int = 0
     missing: int = 0  # trade ids skipped by gaps
     malformed: int = 0
+    truncated: int = 0  # replayed gzip files cut short (no end-of-stream marker)
 
     def line(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.__dict__.items())
@@ -64,7 +65,9 @@ class Publisher:
         self.last_trade: dict[str, float] = {}  # symbol -> time.monotonic() of its last published trade
         self._encode = msgspec.msgpack.Encoder().encode
 
-    def publish(self, event: TradeEvent) -> None:
+    def publish(self, event: TradeEvent, raw: bytes | None = None) -> None:
+        """`raw` (the frame as received) is the recorder's business, accepted so that every
+        source can call the same `Emit`."""
         topic = self._topics.get(event.s)
         if topic is None:
             topic = self._topics[event.s] = TRADE_TOPIC_PREFIX + event.s.encode()

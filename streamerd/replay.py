@@ -6,6 +6,8 @@ Formats (detected from the first line; `.gz` and `.zip` are opened transparently
   in ms before 2025 and in µs from 2025 on, told apart by magnitude.
 - Tapes: `<receive_ns> <combined-stream JSON>` lines; only `<sym>@trade` streams
   are replayed, everything else (bookTicker, depth, REST snapshots) is skipped.
+  streamerd's recordings (`recorder.py`) are tapes; one cut short (streamerd killed,
+  disk full) lacks gzip's end-of-stream marker and is replayed up to the cut.
 
 Several files are merged by time. The replay starts when something is wanted
 (a subscriber, or symbols in the config), so a subscriber that starts it sees
@@ -38,7 +40,10 @@ BATCH = 2000  # events per loop turn at full speed, so subscriptions and signals
 MICROS_THRESHOLD = 10**14  # ms timestamps are ~1.7e12 today, µs ~1.7e15
 CSV_NAME = re.compile(r"^([A-Z0-9]+)-(?:trades|aggTrades)-")
 
-Timed = tuple[int, int, TradeEvent]  # (time µs, file order, event): merge key first
+# (time ns, file order, event, raw frame of a tape line or None): merge key first. Tapes
+# keep their ns so that a recording, whose receive times strictly increase, merges back in
+# exactly the order it was published.
+Timed = tuple[int, int, TradeEvent, bytes | None]
 
 
 class ReplayError(Exception):
@@ -63,7 +68,8 @@ class _Progress:
         return min(1.0, done / self.total) if self.total else 1.0
 
 
-def _open_lines(path: Path, progress: _Progress) -> Iterator[bytes]:
+def _open_lines(path: Path, progress: _Progress, stats: Stats | None = None) -> Iterator[bytes]:
+    """The file's lines; `stats` counts (and a line logs) a gzip cut short, when given."""
     raw = open(path, "rb")  # noqa: SIM115 - closed by the generator below
     progress.add(raw, path.stat().st_size)
     try:
@@ -74,7 +80,16 @@ def _open_lines(path: Path, progress: _Progress) -> Iterator[bytes]:
             stream = gzip.GzipFile(fileobj=raw)
         else:
             stream = raw
-        yield from stream
+        try:
+            yield from stream
+        except EOFError:
+            # No end-of-stream marker: a recording whose writer was killed or whose disk
+            # filled up. Every complete line before the cut has been read; the partial line
+            # at the cut never is (the line reader drops it with the error).
+            if stats is not None:
+                stats.truncated += 1
+                log.warning("%s: ends without gzip's end-of-stream marker (cut short while recording), "
+                            "replayed up to the cut", path)
     finally:
         raw.close()
 
@@ -94,12 +109,14 @@ def _is_tape(path: Path) -> bool:
         raise ReplayError(f"{path}: cannot read: {exc}") from None
     finally:
         lines.close()
-    return re.match(rb"^\d+ \{", first) is not None
+    # An empty file (a recording killed before its first flush) has nothing to replay: it
+    # needs no symbol in its name.
+    return first == b"" or re.match(rb"^\d+ \{", first) is not None
 
 
 def read_file(path: Path, order: int, stats: Stats, progress: _Progress) -> Iterator[Timed]:
     """The trades of one file, in file order."""
-    lines = _open_lines(path, progress)
+    lines = _open_lines(path, progress, stats)
     if _is_tape(path):
         yield from _tape(path, order, lines, stats)
     else:
@@ -120,7 +137,7 @@ def _tape(path: Path, order: int, lines: Iterator[bytes], stats: Stats) -> Itera
             if not envelope.stream.endswith("@trade"):
                 continue
             event = _trade.decode(envelope.data)
-            yield int(stamp) // 1000, order, event
+            yield int(stamp), order, event, text.rstrip(b"\r\n")
         except (msgspec.DecodeError, ValueError) as exc:
             _malformed(stats, f"{path}:{number}: {exc}")
 
@@ -136,7 +153,7 @@ def _csv(path: Path, order: int, symbol: str, lines: Iterator[bytes], stats: Sta
             stamp = int(fields[4])
             micros = stamp if stamp >= MICROS_THRESHOLD else stamp * 1000
             millis = micros // 1000
-            yield micros, order, TradeEvent(
+            yield micros * 1000, order, TradeEvent(
                 e="trade",
                 E=millis,
                 s=symbol,
@@ -146,7 +163,7 @@ def _csv(path: Path, order: int, symbol: str, lines: Iterator[bytes], stats: Sta
                 T=millis,
                 m=fields[5].lower() == b"true",
                 M=len(fields) < 7 or fields[6].lower() == b"true",
-            )
+            ), None
         except ValueError as exc:
             _malformed(stats, f"{path}:{number}: {exc}")
 
@@ -207,7 +224,7 @@ class ReplaySource:
         pass
 
     def _due(self, item: Timed) -> float:
-        return self.start_wall + (item[0] - self.start_data) / 1e6 / self.speed
+        return self.start_wall + (item[0] - self.start_data) / 1e9 / self.speed
 
     def next_deadline(self) -> float | None:
         if self.pending is None:
@@ -224,7 +241,7 @@ class ReplaySource:
                 break
             self.stats.events_in += 1
             self.count += 1
-            self.emit(item[2])
+            self.emit(item[2], item[3])
             self.pending = next(self.events, None)
         if self.tty:
             self._draw(now)

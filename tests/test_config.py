@@ -87,6 +87,11 @@ def test_load_config_error_names_the_file(tmp_path):
         ("[streamer]\ngrace_seconds = -1.0\n", "streamer.grace_seconds: must be >= 0, got -1.0"),
         ("[streamer]\ngrace_seconds = nan\n", "streamer.grace_seconds: must be a finite number, got nan"),
         ('[streamer]\nsymbols = ["X"]\n', "streamer.symbols: bad symbol 'X': expected letters and digits like XRPUSDT"),
+        ("[streamer]\nrecord_budget_mb = 0\n", "streamer.record_budget_mb: must be > 0, got 0.0"),
+        (
+            '[streamer]\nrecord_symbols = ["btc-usdt"]\n',
+            "streamer.record_symbols: bad symbol 'btc-usdt': expected letters and digits like XRPUSDT",
+        ),
         ("[naived.supervision]\nmax_restarts = 0\n", "naived.supervision.max_restarts: must be > 0, got 0"),
     ],
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,12 +15,14 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import msgspec
 import pytest
+import requests
 import zmq
 
 from naived.messages import TradeEvent, decode_trade
 from streamerd.publisher import Demand, symbol_of_subscription
-from fake_binance import FakeBinance
+from fake_binance import FakeBinance, trade_json
 
 TAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-tapes"
 
@@ -407,7 +410,7 @@ def test_handover_holds_successor_trades_until_the_old_connection_fills_the_gap(
     from streamerd.publisher import Stats
 
     out: list[int] = []
-    source = BinanceSource(lambda e: out.append(e.t), Stats(), "ws://unused")
+    source = BinanceSource(lambda e, raw=None: out.append(e.t), Stats(), "ws://unused")
     source.wanted = {"XRPUSDT", "ADAUSDT"}
     old, new = Connection(1), Connection(2)
     old.sent = new.sent = {"xrpusdt@trade", "adausdt@trade"}
@@ -434,7 +437,7 @@ def test_more_than_1024_streams_open_another_connection():
     from streamerd.binance import MAX_STREAMS, BinanceSource
     from streamerd.publisher import Stats
 
-    source = BinanceSource(lambda e: None, Stats(), "ws://unused")
+    source = BinanceSource(lambda e, raw=None: None, Stats(), "ws://unused")
     symbols = {f"S{i:04d}USDT" for i in range(1500)}
     source.set_wanted(symbols)
     assert [len(c.streams) for c in source.conns] == [MAX_STREAMS, 1500 - MAX_STREAMS]
@@ -442,3 +445,258 @@ def test_more_than_1024_streams_open_another_connection():
     assert [len(c.streams) for c in source.conns] == [10, 0]
     source.set_wanted(symbols)  # the free room is reused before a third connection is opened
     assert len(source.conns) == 2 and sum(len(c.streams) for c in source.conns) == 1500
+
+
+# --- recording ---------------------------------------------------------------------
+
+# A file-size limit on streamerd alone: its writes past it fail with EFBIG, as on a full disk.
+FSIZE_LIMIT = (sys.executable, "-c",
+               "import os, resource, sys; n = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (n, n));"
+               " os.execv(sys.argv[2], sys.argv[2:])")
+
+
+def _record_config(tmp_path: Path, record_dir: Path, **keys: Any) -> str:
+    path = tmp_path / "record.toml"
+    lines = [f"record_dir = {str(record_dir)!r}", *(f"{k} = {v!r}" for k, v in keys.items())]
+    path.write_text("[streamer]\n" + "\n".join(lines) + "\n")
+    return str(path)
+
+
+def _metric(port: int, name: str) -> float | None:
+    """A sample without labels from streamerd's metrics; None while nothing answers yet."""
+    http = requests.Session()
+    http.trust_env = False  # never a proxy for loopback
+    try:
+        text = http.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except requests.ConnectionError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def _wait_metric(port: int, name: str, ok: Any, timeout: float = 15.0) -> float:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = _metric(port, name)
+        if value is not None and ok(value):
+            return value
+        assert time.monotonic() < deadline, f"{name} = {value}"
+        time.sleep(0.05)
+
+
+def _stopped_counter(daemon: Streamerd, name: str) -> int:
+    """A counter from the recorder's last log line (`recorder stopped: recorded=N ...`)."""
+    line = next(line for line in daemon.log().splitlines() if "recorder stopped:" in line)
+    return int(line.split(f" {name}=")[1].split()[0])
+
+
+def _replay_everything(ctx, start_streamerd, files: list[Path], *symbols: str) -> list[TradeEvent]:
+    """Every trade a replay of `files` publishes, in order (the count read from its log)."""
+    args = [arg for f in files for arg in ("--replay-file", str(f))]
+    daemon = start_streamerd("--source", "replay", *args, "--speed", "0")
+    sub = everything_subscriber(ctx, daemon.endpoint, *symbols)
+    daemon.wait_log("replay finished", timeout=30)
+    count = int(daemon.log().split("replay finished: ")[1].split()[0])
+    events = receive(sub, count, timeout=30)
+    assert_quiet(sub)
+    assert daemon.stop() == 0
+    sub.close()
+    return events
+
+
+def everything_subscriber(ctx: zmq.Context, endpoint: str, *symbols: str) -> zmq.Socket:
+    """Subscribed to every topic before its symbols start the stream, so nothing is missed."""
+    sub = subscriber(ctx, endpoint)
+    sub.subscribe(b"TRADE_EVENTS:")  # names no symbol: demand comes from the next ones
+    for symbol in symbols:
+        sub.subscribe(f"TRADE_EVENTS:{symbol}".encode())
+    return sub
+
+
+def _tape_lines(path: Path) -> list[bytes]:
+    """The trade frames of a tape, as written (receive times dropped)."""
+    with gzip.open(path) as f:
+        return [line.split(b" ", 1)[1].rstrip(b"\n") for line in f if b'@trade"' in line]
+
+
+def _today() -> str:
+    return time.strftime("%Y%m%d", time.gmtime())
+
+
+def test_a_recorded_replay_replays_identically_with_the_frames_as_received(ctx, start_streamerd, tmp_path):
+    tapes = [TAPES / "btcusdt_20240808.gz", TAPES / "ethusdt_20240808.gz"]
+    if not all(t.exists() for t in tapes):
+        pytest.skip(f"recorded tapes not available at {TAPES}")
+    record_dir = tmp_path / "rec"
+    args = [arg for t in tapes for arg in ("--replay-file", str(t))]
+    daemon = start_streamerd("--source", "replay", *args, "--speed", "0", "--record-dir", str(record_dir))
+    sub = everything_subscriber(ctx, daemon.endpoint, "BTCUSDT")
+    published = receive(sub, 9757 + 6106, timeout=30)
+    daemon.wait_log("replay finished: 15863 trades")
+    assert daemon.stop() == 0
+    assert _stopped_counter(daemon, "recorded") == 15863 and _stopped_counter(daemon, "dropped") == 0
+
+    recorded = sorted(record_dir.iterdir())
+    assert [p.name for p in recorded] == [f"btcusdt_{_today()}.gz", f"ethusdt_{_today()}.gz"]
+    for tape, recording in zip(tapes, recorded):
+        assert _tape_lines(recording) == _tape_lines(tape)  # byte for byte, as Binance sent them
+    with gzip.open(recorded[0]) as f:
+        stamps = [int(line.split(b" ", 1)[0]) for line in f]
+    assert all(a < b for a, b in zip(stamps, stamps[1:]))
+
+    assert _replay_everything(ctx, start_streamerd, recorded, "BTCUSDT") == published  # same trades, same order
+
+
+def test_a_recorded_simulation_replays_identically(ctx, start_streamerd, tmp_path):
+    record_dir = tmp_path / "rec"
+    daemon = start_streamerd("--source", "simulate", "--rate", "1000", "--record-dir", str(record_dir))
+    sub = everything_subscriber(ctx, daemon.endpoint, "XRPUSDT", "ADAUSDT")
+    received = receive(sub, 400)
+    assert daemon.stop() == 0
+    recorded = _stopped_counter(daemon, "recorded")
+    assert recorded >= 400 and f"events_out={recorded} " in daemon.log()
+
+    files = sorted(record_dir.iterdir())
+    assert [p.name for p in files] == [f"adausdt_{_today()}.gz", f"xrpusdt_{_today()}.gz"]
+    shape = re.compile(rb'^\d{19} \{"stream":"xrpusdt@trade","data":\{"e":"trade","E":\d+,"s":"XRPUSDT","t":\d+,'
+                       rb'"p":"\d+\.\d{8}","q":"\d+\.\d{8}","T":\d+,"m":(true|false),"M":true\}\}\n$')
+    with gzip.open(files[1]) as f:
+        assert all(shape.match(line) for line in f)  # Binance's field order, no b/a
+
+    replayed = _replay_everything(ctx, start_streamerd, files, "XRPUSDT")
+    assert len(replayed) == recorded
+    assert replayed[: len(received)] == received
+
+
+def test_tapes_merge_by_ns_not_by_us(ctx, start_streamerd, tmp_path):
+    # Two trades within the same µs, in two files: only their ns tell the publish order.
+    frames = {name: trade_json(name.upper(), 1, time_ms=1723161600000) for name in ("xrpusdt", "adausdt")}
+    for name, stamp in (("xrpusdt", 1723161600000000700), ("adausdt", 1723161600000000300)):
+        with gzip.open(tmp_path / f"{name}_20240809.gz", "wt") as f:
+            f.write(f"{stamp} {frames[name]}\n")
+    files = [tmp_path / "xrpusdt_20240809.gz", tmp_path / "adausdt_20240809.gz"]
+    assert [e.s for e in _replay_everything(ctx, start_streamerd, files, "XRPUSDT")] == ["ADAUSDT", "XRPUSDT"]
+
+
+def test_binance_frames_are_recorded_as_sent(ctx, fake, start_streamerd, tmp_path):
+    record_dir = tmp_path / "rec"
+    daemon = start_streamerd("--source", "binance", "--binance-url", fake.url, "--record-dir", str(record_dir))
+    sub = subscriber(ctx, daemon.endpoint, "XRPUSDT")
+    fake.wait_for_subscription("xrpusdt@trade", timeout=10)
+    frames = [trade_json("XRPUSDT", i, price="0.51230000") for i in range(1, 21)]
+    frames[3] = frames[3].replace(',"data":', ', "data": ')  # whitespace a re-encoding would lose
+    for frame in frames:
+        fake.send_raw(frame)
+    assert [e.t for e in receive(sub, 20)] == list(range(1, 21))
+    assert daemon.stop() == 0
+    assert _tape_lines(record_dir / f"xrpusdt_{_today()}.gz") == [f.encode() for f in frames]
+
+
+def test_kill_9_leaves_a_readable_recording_and_a_restart_never_appends_to_it(ctx, start_streamerd, tmp_path,
+                                                                                free_tcp_port):
+    record_dir = tmp_path / "rec"
+    config = _record_config(tmp_path, record_dir, metrics_port=free_tcp_port)
+    daemon = start_streamerd("--source", "simulate", "--symbols", "XRPUSDT", "--rate", "2000", "--config", config)
+    flushed = _wait_metric(free_tcp_port, "naive_streamer_record_recorded_total", lambda v: v >= 2000)
+    daemon.kill()
+    first = record_dir / f"xrpusdt_{_today()}.gz"
+    size = first.stat().st_size
+
+    again = start_streamerd("--source", "simulate", "--symbols", "XRPUSDT", "--config", config)
+    again.wait_log("opened")
+    assert again.stop() == 0
+    second = record_dir / f"xrpusdt_{_today()}.1.gz"
+    assert second.exists() and first.stat().st_size == size  # a new part, the cut file untouched
+
+    replay = start_streamerd("--source", "replay", "--replay-file", str(first), "--speed", "0")
+    sub = subscriber(ctx, replay.endpoint, "XRPUSDT")
+    replay.wait_log("replay finished", timeout=30)
+    count = int(replay.log().split("replay finished: ")[1].split()[0])
+    assert count >= flushed
+    ids = [e.t for e in receive(sub, count, timeout=30)]
+    assert ids == list(range(ids[0], ids[0] + count))
+    assert replay.stop() == 0
+    assert "cut short while recording" in replay.log() and re.search(r" truncated=1\b", replay.log())
+    assert "malformed=0 " in replay.log()
+
+
+def test_a_full_disk_stops_the_recorder_and_publishing_goes_on(ctx, start_streamerd, tmp_path, free_tcp_port):
+    record_dir = tmp_path / "rec"
+    config = _record_config(tmp_path, record_dir, metrics_port=free_tcp_port)
+    # ~30 kB/s of gzip: the first flush fits under the limit, a later write does not
+    daemon = start_streamerd("--source", "simulate", "--symbols", "XRPUSDT", "--rate", "2000", "--config", config,
+                             prefix=(*FSIZE_LIMIT, "60000"))
+    daemon.wait_log("recording stopped, publishing goes on:", timeout=20)
+    [error] = [line for line in daemon.log().splitlines() if "recording stopped" in line]
+    assert "ERROR" in error and "File too large" in error
+    assert _metric(free_tcp_port, "naive_streamer_record_errors_total") == 1
+    assert _metric(free_tcp_port, "naive_streamer_recording") == 0
+    flushed = _metric(free_tcp_port, "naive_streamer_record_recorded_total")
+    assert flushed and flushed > 0
+
+    sub = subscriber(ctx, daemon.endpoint, "XRPUSDT")  # publishing goes on
+    ids = [e.t for e in receive(sub, 1000)]
+    assert ids == list(range(ids[0], ids[0] + 1000))
+    assert daemon.stop() == 0
+
+    # What reached the disk stays readable, up to the failed write.
+    replayed = _replay_everything(ctx, start_streamerd, [record_dir / f"xrpusdt_{_today()}.gz"], "XRPUSDT")
+    assert len(replayed) >= flushed
+    assert [e.t for e in replayed] == list(range(replayed[0].t, replayed[0].t + len(replayed)))
+
+
+def test_an_unusable_record_dir_is_one_error_line_and_publishing_goes_on(ctx, start_streamerd, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    daemon = start_streamerd("--source", "simulate", "--rate", "500", "--record-dir", str(blocker / "rec"))
+    sub = subscriber(ctx, daemon.endpoint, "XRPUSDT")
+    assert len(receive(sub, 50)) == 50
+    assert daemon.stop() == 0
+    [error] = [line for line in daemon.log().splitlines() if "recording stopped" in line]
+    assert "Not a directory" in error and str(blocker) in error
+
+
+def test_the_budget_deletes_the_oldest_days_first_then_stops_recording(ctx, start_streamerd, tmp_path):
+    record_dir = tmp_path / "rec"
+    record_dir.mkdir()
+    old = ["btcusdt_20240101.gz", "ethusdt_20240101.gz", "btcusdt_20240102.gz"]
+    for name in reversed(old):  # written newest first: the order comes from the names
+        (record_dir / name).write_bytes(os.urandom(100_000))
+    (record_dir / "notes.txt").write_bytes(b"x" * 500_000)  # not a recording: not counted, not touched
+    config = _record_config(tmp_path, record_dir, record_budget_mb=0.25)
+    daemon = start_streamerd("--source", "simulate", "--symbols", "XRPUSDT", "--rate", "5000", "--config", config)
+    daemon.wait_log("recording stopped", timeout=30)
+    lines = daemon.log().splitlines()
+    deleted = [line.split("deleted ")[1].split()[0] for line in lines if "over the 0.25 MB budget, deleted" in line]
+    assert deleted == [str(record_dir / name) for name in old]
+    [error] = [line for line in lines if "recording stopped" in line]
+    assert "exceed record_budget_mb" in error
+    assert sorted(p.name for p in record_dir.iterdir()) == ["notes.txt", f"xrpusdt_{_today()}.gz"]
+    sub = subscriber(ctx, daemon.endpoint, "XRPUSDT")
+    assert len(receive(sub, 100)) == 100
+    assert daemon.stop() == 0
+    assert _stopped_counter(daemon, "deleted") == 3 and _stopped_counter(daemon, "errors") == 1
+
+
+def test_files_rotate_at_utc_midnight_of_the_receive_time(tmp_path):
+    from streamerd.recorder import Recorder
+
+    midnight = 1723161600 * 10**9  # 2024-08-09T00:00:00Z
+    times = iter([midnight - 2, midnight - 2, midnight - 1, midnight, midnight + 5])  # a repeat, then across
+    recorder = Recorder(tmp_path, 10**9, frozenset({"XRPUSDT"}), clock=lambda: next(times))
+    recorder.start()
+    for trade_id in range(1, 6):
+        recorder.record(_trade("XRPUSDT", trade_id))
+        recorder.record(_trade("ADAUSDT", trade_id))  # not in record_symbols
+    recorder.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["xrpusdt_20240808.gz", "xrpusdt_20240809.gz"]
+
+    def stamps_and_ids(name: str) -> list[tuple[int, int]]:
+        with gzip.open(tmp_path / name) as f:
+            return [(int(s), msgspec.json.decode(j)["data"]["t"]) for s, j in (line.split(b" ", 1) for line in f)]
+
+    assert stamps_and_ids("xrpusdt_20240808.gz") == [(midnight - 2, 1), (midnight - 1, 2)]  # repeat made unique
+    assert stamps_and_ids("xrpusdt_20240809.gz") == [(midnight, 3), (midnight + 1, 4), (midnight + 5, 5)]
+    assert recorder.stats.recorded == 5 and recorder.stats.errors == 0
