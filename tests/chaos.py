@@ -76,13 +76,23 @@ recv_window_ms = 1000
 backend_timeout_seconds = 0.5
 """
 
+# Exchange-side faults on top of kill -9: per order request, the classic failures, a rare 418
+# ban, and late acceptance (answered "execution status unknown", the order enters the book 1 s
+# later: inside the trader's 2.5 s window of recvWindow + backend + 1 s, as Binance promises);
+# per public trade of a symbol with open orders, the exchange cancels or expires one of them.
 FAULTS = """
 [paper.faults]
 accept_then_timeout = 0.03
 accept_then_5xx = 0.04
 rate_limit_429 = 0.02
+ban_418 = 0.005
 stale_timestamp = 0.02
 drop_connection = 0.04
+late_accept_5xx = 0.02
+late_accept_timeout = 0.01
+late_accept_seconds = 1.0
+exchange_cancel = 0.002
+exchange_expire = 0.002
 retry_after_seconds = 1
 seed = {seed}
 """
@@ -180,6 +190,7 @@ class Report:
     duplicated: list[str] = field(default_factory=list)  # (symbol, trader, cycle, leg) placed twice
     problems: list[str] = field(default_factory=list)  # every broken invariant, lost/duplicated included
     traders: dict[str, int] = field(default_factory=dict)  # live traders by status at the end
+    faults: Counter = field(default_factory=Counter)  # exchange-side faults injected, by kind
 
     @property
     def killed(self) -> int:
@@ -198,9 +209,27 @@ class Report:
         for kind, samples in self.recovery_ms.items():
             if samples:
                 lines.append(f"{kind} kill -> all traders ready: {percentiles(samples)} ({len(samples)} kills)")
+        lines.append("exchange faults: " + (", ".join(f"{k} {n}" for k, n in sorted(self.faults.items())) or "none"))
         lines.append(f"settled in {self.settle_seconds:.1f}s after the market stopped")
         lines += [f"PROBLEM: {p}" for p in self.problems]
         return "\n".join(lines)
+
+
+FAULT_LINES = {  # what the paper exchange logs when it injects each fault
+    "accept then 503": "answering 503",
+    "accept then silence": "answering nothing for",
+    "late acceptance": "entered the book late",
+    "429": "fault rate_limit_429",
+    "418": "fault ban_418",
+    "stale timestamp": "fault stale_timestamp",
+    "dropped connection": "fault drop_connection",
+    "exchange cancel": "the exchange canceled",
+    "exchange expire": "the exchange expired",
+}
+
+
+def count_faults(log: str) -> Counter:
+    return Counter({kind: n for kind, text in FAULT_LINES.items() if (n := log.count(text))})
 
 
 def percentiles(samples: list[float]) -> str:
@@ -439,6 +468,7 @@ def run(
         leader, orders = settle(tree)
         report.settle_seconds = time.monotonic() - stopped
         check(tree, leader, orders, report)
+        report.faults = count_faults(tree.log("naived"))
         sym = tree.symbol(SYMBOL)
         if sym["state"] != "running":
             report.problems.append(f"{SYMBOL} is {sym['state']}: {sym['error']}")
