@@ -8,12 +8,19 @@ drawing only: every figure in the report stays Decimal.
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from naived.backtest import Backtest, BacktestError
+from naived.backtest import BacktestError, Curve, Ledger
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+
+
+class Books(Protocol):
+    """A backtest's account per symbol and per quote (in-process `Backtest` or the tree's)."""
+
+    ledgers: dict[str, Ledger]
+    curves: dict[str, Curve]
 
 WIDTH_IN, DPI = 12.0, 100  # a fixed size, so a test can check it
 PANEL_IN = 2.6  # height of each panel: equity, one price panel per symbol, drawdown
@@ -36,7 +43,7 @@ def _times(ms: list[int]) -> list[datetime.datetime]:
     return [datetime.datetime.fromtimestamp(t / 1000, datetime.timezone.utc) for t in ms]
 
 
-def plot(bt: Backtest, path: str) -> None:
+def plot(bt: Books, path: str) -> None:
     check_available()
     import matplotlib
 

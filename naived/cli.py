@@ -74,8 +74,11 @@ def check_config(config_path: str | None) -> None:
 @click.option("--symbol", "symbols", multiple=True, help="Only these symbols (default: every symbol in the input).")
 @click.option("--plot", "plot_path", metavar="FILE.png", help="Draw equity, price with fills, and drawdown (needs .[plot]).")
 @click.option("--through-tree", is_flag=True, help="Replay through streamerd, naived and the paper exchange instead.")
+@click.option("--speed", default=20.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="--through-tree: replay this many times faster than the tape's own time.")
+@click.option("--keep", metavar="DIR", help="--through-tree: run the tree in DIR and keep its logs and state.")
 def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, sets: tuple[str, ...],
-             symbols: tuple[str, ...], plot_path: str | None, through_tree: bool) -> None:
+             symbols: tuple[str, ...], plot_path: str | None, through_tree: bool, speed: float, keep: str | None) -> None:
     """Run the naive strategy over recorded trades (tapes or data.binance.vision CSVs) and report
     cycles, fees, realised and unrealised P&L, return on budget and maximum drawdown."""
     config = _load(config_path)
@@ -95,7 +98,7 @@ def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, set
                 raise bt.BacktestError("--through-tree runs one setting: give one value per --set")
             from naived import backtest_tree
 
-            result = backtest_tree.run(bt.apply_settings(config, combos[0]), list(files), wanted)
+            result = backtest_tree.run(bt.apply_settings(config, combos[0]), list(files), wanted, speed, keep)
             reports = [(combos[0], result.report)]
             plotted = result.backtest
         else:

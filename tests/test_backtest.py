@@ -220,3 +220,20 @@ def test_without_matplotlib_plot_says_so_in_one_line(tmp_path: Path, monkeypatch
     result = CliRunner().invoke(main, ["backtest", str(write_csv(tmp_path, HAND_TRADES)), "--plot", str(tmp_path / "x.png")])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == ["naived backtest: --plot needs matplotlib: pip install -e '.[plot]'"]
+
+
+def test_through_the_tree_the_report_is_the_same(tmp_path: Path) -> None:
+    """streamerd's replay, naived and its paper exchange as processes, the same report. The
+    trades are a second apart on the tape and replayed 2× faster: 500 ms each, time for a trader
+    to learn of a fill, and for the next cycle's trader to be forked and subscribed, before the
+    next trade (docs/architecture.md: fill timing, start of trading)."""
+    (tmp_path / "in").mkdir()
+    trades = [(p, t * 1000) for p, t in HAND_TRADES]
+    args = [str(write_csv(tmp_path / "in", trades)), "--config", str(write_config(tmp_path))]
+    in_process = report_of(*args)
+    keep = tmp_path / "tree"
+    through = report_of(*args, "--through-tree", "--speed", "2", "--keep", str(keep))
+    assert through.mode == "through-tree" and in_process.mode == "backtest"
+    assert through.symbols == in_process.symbols and through.totals == in_process.totals
+    assert through.symbols[0].cycles_completed == 1
+    assert "naived stopped" in (keep / "naived.log").read_text()  # stopped in order, nothing left behind
