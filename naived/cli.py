@@ -66,6 +66,64 @@ def check_config(config_path: str | None) -> None:
 
 
 @main.command()
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON (byte-identical for the same input and settings).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=V1[,V2...]",
+              help="Override a trading setting for every symbol; several values sweep (one row each).")
+@click.option("--symbol", "symbols", multiple=True, help="Only these symbols (default: every symbol in the input).")
+@click.option("--plot", "plot_path", metavar="FILE.png", help="Draw equity, price with fills, and drawdown (needs .[plot]).")
+@click.option("--through-tree", is_flag=True, help="Replay through streamerd, naived and the paper exchange instead.")
+@click.option("--speed", default=20.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="--through-tree: replay this many times faster than the tape's own time.")
+@click.option("--keep", metavar="DIR", help="--through-tree: run the tree in DIR and keep its logs and state.")
+def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, sets: tuple[str, ...],
+             symbols: tuple[str, ...], plot_path: str | None, through_tree: bool, speed: float, keep: str | None) -> None:
+    """Run the naive strategy over recorded trades (tapes or data.binance.vision CSVs) and report
+    cycles, fees, realised and unrealised P&L, return on budget and maximum drawdown."""
+    config = _load(config_path)
+    from naived import backtest as bt
+
+    try:
+        combos = bt.parse_sets(sets)
+        if plot_path and len(combos) > 1:
+            raise bt.BacktestError("--plot draws one run: give one value per --set")
+        if plot_path:
+            from naived import backtest_plot
+
+            backtest_plot.check_available()
+        wanted = [s.upper() for s in symbols] or None
+        if through_tree:
+            if len(combos) > 1:
+                raise bt.BacktestError("--through-tree runs one setting: give one value per --set")
+            from naived import backtest_tree
+
+            result = backtest_tree.run(bt.apply_settings(config, combos[0]), list(files), wanted, speed, keep)
+            reports = [(combos[0], result.report)]
+            plotted = result.backtest
+        else:
+            outcome = bt.run(config, list(files), combos, keep_samples=bool(plot_path), symbols=wanted)
+            reports = [(changes, b.report(list(files))) for changes, b in outcome.runs]
+            plotted = outcome.runs[0][1]
+            click.echo(f"{outcome.trades:,} trades in {outcome.seconds:.2f}s "
+                       f"({outcome.trades / max(outcome.seconds, 1e-9):,.0f} trades/s"
+                       f"{f' × {len(combos)} settings' if len(combos) > 1 else ''})", err=True)
+        if plot_path:
+            backtest_plot.plot(plotted, plot_path)
+    except bt.BacktestError as exc:
+        click.echo(f"naived backtest: {exc}", err=True)
+        sys.exit(2)
+    if len(reports) == 1:
+        click.echo(bt.encode(reports[0][1]) if as_json else bt.render(reports[0][1]))
+    elif as_json:
+        click.echo(bt.encode([{"set": changes, "report": report} for changes, report in reports]))
+    else:
+        click.echo(bt.render_sweep(reports))
+    if plot_path:
+        click.echo(f"plot: {plot_path}", err=True)
+
+
+@main.command()
 @click.option("--seconds", default=30.0, show_default=True, help="How long to run; 0 runs until Ctrl-C.")
 @click.option("--symbol", "symbols", multiple=True, default=["XRPUSDT", "BTCUSDT"], show_default=True)
 def demo(seconds: float, symbols: tuple[str, ...]) -> None:

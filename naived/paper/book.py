@@ -214,8 +214,11 @@ def _now_ms() -> int:
 class PaperBook:
     def __init__(
         self, path: Path, starting_balances: dict[str, Decimal], *, fees: Fees = Fees(), fill_on_touch: bool = False,
-        partial_fills: bool = False,
+        partial_fills: bool = False, clock: Callable[[], int] = _now_ms,
     ) -> None:
+        # `clock` (ms) stamps orders and fills; a backtest passes the tape's time so its books
+        # are the same on every run. `path` may be ":memory:" (a backtest keeps nothing).
+        self.clock = clock
         self.fees = fees
         self.fill_on_touch = fill_on_touch
         self.partial_fills = partial_fills
@@ -370,7 +373,7 @@ class PaperBook:
             balance = self._balance(asset)
             if balance.free < amount:
                 raise Rejected(-2010, "Account has insufficient balance for requested action.")
-            now = _now_ms()
+            now = self.clock()
             order = PaperOrder(self._next_id, f.symbol, new.client_order_id, new.side, new.price, qty, now,
                                new.received_ns, update_ms=now, type=new.type, time_in_force=new.time_in_force,
                                orig_quote_qty=new.quote_qty)
@@ -507,7 +510,7 @@ class PaperBook:
         return self._close_many(f, [order], status)[0]
 
     def _close_many(self, f: SymbolFilters, orders: list[PaperOrder], status: str) -> list[Change]:
-        now = _now_ms()
+        now = self.clock()
         assets: set[str] = set()
         for order in orders:
             asset, amount = self._commitment(f, order)
@@ -559,10 +562,12 @@ class PaperBook:
             book = self._open.get(f.symbol)
             if not book:
                 return filled
+            crossing = [o for o in book.values() if self._crosses(o, price)]
+            if not crossing:
+                return filled  # most trades: nothing to sort, save or tell the listeners
             assets: set[str] = set()
             rows: list[tuple[PaperOrder, int, Fill]] = []
-            now = _now_ms()
-            crossing = [o for o in book.values() if self._crosses(o, price)]
+            now = self.clock()
             # Price priority (best price first: the highest BUY, the lowest SELL), then time (order id).
             crossing.sort(key=lambda o: (-o.price if o.side == "BUY" else o.price, o.order_id))
             for order in crossing:

@@ -1,0 +1,239 @@
+"""`naived backtest`: the report's arithmetic, determinism, the daemon's own rules, real tapes, the plot."""
+
+from __future__ import annotations
+
+import struct
+from decimal import Decimal
+from pathlib import Path
+
+import msgspec
+import pytest
+from click.testing import CliRunner
+
+from naived import backtest, strategy
+from naived.cli import main
+from naived.config import parse_config
+from naived.paper.book import PaperBook
+
+TAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-tapes"
+BTC_TAPES = [TAPES / "btcusdt_20240808.gz", TAPES / "btcusdt_20240809.gz"]
+
+# One trader, no rebuy: buy 1% under the first price, sell 1% (plus both fees) over the buy.
+HAND_CONFIG = b"""
+[trading.defaults]
+chunks = 1
+budget = "100"
+buy_down_interval = "0.01"
+profit_interval = "0.01"
+rebuy_interval = "0.5"
+"""
+# XRPUSDT: tick 0.0001, step 1. (price, time ms) of each trade.
+HAND_TRADES = [("1.0000", 1), ("0.9800", 2), ("1.0019", 3), ("1.0100", 4), ("1.0000", 5), ("0.9500", 6), ("0.9700", 7)]
+T0 = 1_704_067_200_000  # 2024-01-01, ms: data.binance.vision's CSVs before 2025
+
+
+def write_csv(directory: Path, trades: list[tuple[str, int]], micros: bool = False, symbol: str = "XRPUSDT") -> Path:
+    path = directory / f"{symbol}-trades-2024-01-01.csv"
+    scale = 1000 if micros else 1
+    path.write_text("".join(f"{100 + i},{p},10.0,0,{(T0 + t) * scale},true,true\n" for i, (p, t) in enumerate(trades)))
+    return path
+
+
+def write_config(directory: Path, text: bytes = HAND_CONFIG) -> Path:
+    path = directory / "naive.toml"
+    path.write_bytes(text)
+    return path
+
+
+def cli(*args: str) -> str:
+    result = CliRunner().invoke(main, ["backtest", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def report_of(*args: str) -> backtest.Report:
+    return msgspec.json.decode(cli("--json", *args), type=backtest.Report)
+
+
+def test_the_report_of_a_hand_computed_tape(tmp_path: Path) -> None:
+    report = report_of(str(write_csv(tmp_path, HAND_TRADES)), "--config", str(write_config(tmp_path)))
+    (s,) = report.symbols
+    D = Decimal
+    # Trade 1 (1.0000): buy 1% lower, 0.9900, 100 / 0.99 = 101.01 → 101 XRP (step 1), rests.
+    # Trade 2 (0.9800) crosses it: 101 @ 0.99 = 99.99 USDT, commission 0.1% of 101 XRP = 0.101 XRP,
+    # so 100.899 received; sell 100 (step) @ 0.99 × 1.001 × 1.01 × 1.001 = 1.0019007999 → 1.0019.
+    # Trade 3 (1.0019) touches it: no fill (strict). Trade 4 (1.0100): sold, 100.19 USDT, commission
+    # 0.10019 USDT. Cycle 1 done, 0.899 XRP dust. Trade 5 (1.0000): cycle 2 buys 101 @ 0.99;
+    # trade 6 (0.9500) fills it; its sell rests at 1.0019. Trade 7 (0.9700) ends the tape.
+    unit_cost = D("99.99") / D("100.899")
+    realised = D("100.19") - D("0.10019") - 100 * unit_cost
+    cash = 100 - D("99.99") + D("100.19") - D("0.10019") - D("99.99")
+    held = D("0.899") + D("100.899")
+    pnl = cash + held * D("0.97") - 100
+    peak = 100 - D("99.99") + D("100.899") * D("1.0019")  # after trade 3
+    trough = cash + held * D("0.95")  # after trade 6
+    q = backtest._q
+    assert (s.symbol, s.trades, s.cycles_completed, s.open_cycles, s.open_positions, s.orders_placed) == ("XRPUSDT", 7, 1, 1, 1, 4)
+    assert s.first_price == "1" and s.last_price == "0.97"
+    assert s.fees == q(D("0.101") * D("0.99") + D("0.10019") + D("0.101") * D("0.99")) == "0.30017000"
+    assert s.held == "101.798" and s.held_value == q(held * D("0.97"))
+    assert s.realised_pnl == q(realised)
+    assert s.pnl == q(pnl) == "-1.14613000"
+    assert s.unrealised_pnl == q(pnl - realised)
+    # Unrealised is what is held, at the last price, minus what it cost (both cycles' units at the
+    # same unit cost here): the report's residual agrees with the positions.
+    assert Decimal(s.unrealised_pnl) == (held * D("0.97") - held * unit_cost).quantize(backtest.EIGHT)
+    assert s.return_on_budget == q(pnl / 100)
+    assert s.max_drawdown == q(peak - trough) == "4.28279810"
+    assert s.max_drawdown_fraction == q((peak - trough) / peak)
+    (total,) = report.totals
+    assert (total.quote, total.pnl, total.max_drawdown, total.cycles_completed) == ("USDT", s.pnl, s.max_drawdown, 1)
+
+
+def test_a_trader_decides_again_at_a_price_it_has_seen_once_its_state_changed(tmp_path: Path) -> None:
+    """The backtest skips a trader on a repeated price only while its state is the same."""
+    # 1.0200 while buying: nothing to do; 0.9800 fills the buy (sell at 1.0019); 1.0200 again:
+    # now it is the sell's price, and the cycle ends.
+    trades = [("1.0000", 1), ("1.0200", 2), ("0.9800", 3), ("1.0200", 4)]
+    report = report_of(str(write_csv(tmp_path, trades)), "--config", str(write_config(tmp_path)))
+    assert report.symbols[0].cycles_completed == 1
+
+
+def test_an_open_sell_part_filled_is_unrealised_until_it_ends(tmp_path: Path) -> None:
+    config = write_config(tmp_path, HAND_CONFIG + b"[paper]\npartial_fills = true\n")
+    # The buy (101 @ 0.99) fills whole on 1000 traded; the sell (100 @ 1.0019) gets 40 of it.
+    path = tmp_path / "XRPUSDT-trades-2024-01-01.csv"
+    path.write_text("".join(f"{100 + i},{p},{q},0,{T0 + i},true,true\n"
+                            for i, (p, q) in enumerate([("1.0000", "1000"), ("0.9800", "1000"), ("1.0100", "40")])))
+    (s,) = report_of(str(path), "--config", str(config)).symbols
+    assert (s.cycles_completed, s.open_positions, s.held) == (0, 1, "60.899")
+    assert s.realised_pnl == "0.00000000" and s.unrealised_pnl == s.pnl
+    # cash: −99.99 + 40 × 1.0019 − its 0.1% commission; held 100.899 − 40 at 1.01.
+    cash = -Decimal("99.99") + Decimal("40.076") - Decimal("0.040076")
+    assert s.pnl == backtest._q(cash + Decimal("60.899") * Decimal("1.01"))
+
+
+def test_the_books_agree_with_the_paper_account(tmp_path: Path) -> None:
+    """The ledger (from fills) and the paper exchange's balances are the same account."""
+    config = parse_config(HAND_CONFIG)
+    outcome = backtest.run(config, [str(write_csv(tmp_path, HAND_TRADES))])
+    (_, bt), = outcome.runs
+    balances = bt.exchange.book.balance_sheet()
+    ledger = bt.ledgers["XRPUSDT"]
+    usdt, xrp = balances["USDT"], balances["XRP"]
+    assert usdt.free + usdt.locked - Decimal(10000) == ledger.cash - ledger.budget
+    assert xrp.free + xrp.locked == ledger.units
+
+
+def test_ms_and_us_timestamps_give_the_same_report(tmp_path: Path) -> None:
+    (tmp_path / "ms").mkdir()
+    (tmp_path / "us").mkdir()
+    config = str(write_config(tmp_path))
+    ms = cli("--json", str(write_csv(tmp_path / "ms", HAND_TRADES)), "--config", config)
+    us = cli("--json", str(write_csv(tmp_path / "us", HAND_TRADES, micros=True)), "--config", config)
+    assert ms == us
+
+
+def test_two_runs_give_byte_identical_json(tmp_path: Path) -> None:
+    inputs = [str(p) for p in BTC_TAPES if p.exists()] or [str(write_csv(tmp_path, HAND_TRADES))]
+    first = cli("--json", *inputs)
+    assert cli("--json", *inputs) == first
+    assert "bt-0-1B" in repr(backtest.run(parse_config(b""), inputs).runs[0][1].exchange.book.all_orders())
+
+
+def test_the_strategy_functions_decide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backtest calls the daemon's strategy: change a rule there and the result changes."""
+    args = (str(write_csv(tmp_path, HAND_TRADES)), "--config", str(write_config(tmp_path)))
+    before = report_of(*args).symbols[0]
+    real = strategy.sell_price
+    monkeypatch.setattr(strategy, "sell_price", lambda state: real(state) + Decimal("0.0200"))  # sells at 1.0219
+    after = report_of(*args).symbols[0]
+    assert (before.cycles_completed, after.cycles_completed) == (1, 0)
+    monkeypatch.undo()
+    real_buy = strategy.buy_intent
+    monkeypatch.setattr(strategy, "buy_intent", lambda state, price: msgspec.structs.replace(real_buy(state, price), quantity="50"))
+    # 50 bought, 49.95 received, 49 sold, 0.95 dust; cycle 2 holds 49.95.
+    assert report_of(*args).symbols[0].held == "50.9"
+
+
+def test_the_paper_books_commission_is_charged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backtest fills through the paper exchange's book: change its commission and the fees change."""
+    args = (str(write_csv(tmp_path, HAND_TRADES)), "--config", str(write_config(tmp_path)))
+    assert report_of(*args).symbols[0].fees == "0.30017000"
+    real = PaperBook._commission
+    monkeypatch.setattr(PaperBook, "_commission", lambda self, *a: (real(self, *a)[0] * 2, real(self, *a)[1]))
+    assert report_of(*args).symbols[0].fees == "0.60034000"
+
+
+def test_a_sweep_prints_one_row_per_setting(tmp_path: Path) -> None:
+    args = [str(write_csv(tmp_path, HAND_TRADES)), "--config", str(write_config(tmp_path))]
+    out = cli(*args, "--set", "profit_interval=0.01,0.03", "--set", "chunks=1,2")
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:3] == ["profit_interval", "chunks", "quote"]
+    assert [line.split()[:2] for line in lines[1:]] == [["0.01", "1"], ["0.01", "2"], ["0.03", "1"], ["0.03", "2"]]
+    # One value is the same run as the config file saying it.
+    assert report_of(*args, "--set", "profit_interval=0.01").symbols == report_of(*args).symbols
+    result = CliRunner().invoke(main, ["backtest", *args, "--set", "profit=0.1"])
+    assert result.exit_code == 2 and "profit: not a trading setting" in result.output
+    result = CliRunner().invoke(main, ["backtest", *args, "--set", "chunks=0"])
+    assert result.exit_code == 2 and "chunks" in result.output
+
+
+def test_a_recorded_btcusdt_day(tmp_path: Path) -> None:
+    missing = [p for p in BTC_TAPES if not p.exists()]
+    if missing:
+        pytest.skip(f"the recorded tapes are not here: {', '.join(map(str, missing))} (../shared/data/binance-spot-tapes)")
+    report = report_of(*map(str, BTC_TAPES))
+    (s,) = report.symbols
+    assert s.trades == 9_757 + 10_147  # the README's counts: every trade, none twice
+    assert (s.first_price, s.last_price) == ("61837.63", "61602.02")
+    assert Decimal(s.realised_pnl) + Decimal(s.unrealised_pnl) == Decimal(s.pnl)
+    assert s.orders_placed >= 2 and Decimal(s.fees) > 0 and Decimal(s.max_drawdown) > 0
+    assert s.failed is None
+
+
+def test_a_symbol_the_exchange_does_not_list_is_a_clear_error(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, HAND_TRADES, symbol="NOSUCHUSDT")
+    result = CliRunner().invoke(main, ["backtest", str(path)])
+    assert result.exit_code == 2 and "NOSUCHUSDT: not in the paper exchange's symbol table" in result.output
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_the_plot_is_a_png_of_the_expected_size(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="matplotlib is the optional extra: pip install -e '.[plot]'")
+    from naived import backtest_plot
+
+    out = tmp_path / "bt.png"
+    cli(str(write_csv(tmp_path, HAND_TRADES)), "--config", str(write_config(tmp_path)), "--plot", str(out))
+    assert png_size(out) == backtest_plot.size_px(1)
+
+
+def test_without_matplotlib_plot_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    result = CliRunner().invoke(main, ["backtest", str(write_csv(tmp_path, HAND_TRADES)), "--plot", str(tmp_path / "x.png")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["naived backtest: --plot needs matplotlib: pip install -e '.[plot]'"]
+
+
+def test_through_the_tree_the_report_is_the_same(tmp_path: Path) -> None:
+    """streamerd's replay, naived and its paper exchange as processes, the same report. The
+    trades are a second apart on the tape and replayed 2× faster: 500 ms each, time for a trader
+    to learn of a fill, and for the next cycle's trader to be forked and subscribed, before the
+    next trade (docs/architecture.md: fill timing, start of trading)."""
+    (tmp_path / "in").mkdir()
+    trades = [(p, t * 1000) for p, t in HAND_TRADES]
+    args = [str(write_csv(tmp_path / "in", trades)), "--config", str(write_config(tmp_path))]
+    in_process = report_of(*args)
+    keep = tmp_path / "tree"
+    through = report_of(*args, "--through-tree", "--speed", "2", "--keep", str(keep))
+    assert through.mode == "through-tree" and in_process.mode == "backtest"
+    assert through.symbols == in_process.symbols and through.totals == in_process.totals
+    assert through.symbols[0].cycles_completed == 1
+    assert "naived stopped" in (keep / "naived.log").read_text()  # stopped in order, nothing left behind
