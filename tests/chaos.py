@@ -49,7 +49,9 @@ CID = re.compile(r"^(nv[a-z0-9]{6})-(\d+)-(\d+)(B|S\d*)$")  # <store prefix>-<tr
 OPEN = ("NEW", "PARTIALLY_FILLED")
 FINAL = ("FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED")
 # How often each is the victim. naived itself too: the killer then starts it again, as systemd would.
-KINDS = {"trader": 12, "leader": 4, "supervisor": 2, "paper": 2, "naived": 1}
+# streamerd too: the killer starts it again (a replay starts the tape over), and the traders, the
+# paper exchange and the leaders reconnect to the new publisher.
+KINDS = {"trader": 12, "leader": 4, "supervisor": 2, "paper": 2, "naived": 1, "streamer": 1}
 
 # Buy 0.0001% under the first price (~0.06 USDT on BTCUSDT), sell ~0.1% *below* the buy: the buy
 # fills at the next lower print, the sell at the next higher one, so cycles take seconds of tape
@@ -139,6 +141,8 @@ def victims(tree: Tree, status: dict[str, Any]) -> dict[str, list[int]]:
     """PIDs by kind, from one status answer."""
     found: dict[str, list[int]] = {kind: [] for kind in KINDS}
     found["naived"].append(status["pid"])
+    if tree.streamer.poll() is None:
+        found["streamer"].append(tree.streamer.pid)
     paper = status.get("paper_exchange")
     if paper and paper["pid"]:
         found["paper"].append(paper["pid"])
@@ -156,6 +160,8 @@ def ours(tree: Tree, pid: int) -> bool:
     """Is `pid` (still) a process of this tree: a descendant of our naived, titled `naive: ...`?"""
     if pid == tree.naived.pid:
         return tree.naived.poll() is None
+    if pid == tree.streamer.pid:
+        return tree.streamer.poll() is None
     try:
         process = psutil.Process(pid)
         if not " ".join(process.cmdline()).startswith("naive: "):
@@ -256,11 +262,17 @@ def kill_loop(
         if not ours(tree, pid):
             continue  # died (and maybe reused) since the status: pick again
         killed_at = time.time()
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue  # it exited between the check and the kill
         report.kills[kind] += 1
         if kind == "naived":
             tree.naived.wait(10)
             tree.start_naived()  # it resumes every symbol, leader and trader from the state directory
+        if kind == "streamer":
+            tree.streamer.wait(10)
+            tree.start_streamer()
         if kind in ("leader", "supervisor", "naived"):
             ready = wait_for(f"{SYMBOL}'s traders after a {kind} kill", lambda: recovered(tree, old_leader), timeout=60)
             report.recovery_ms[kind].append((ready - killed_at) * 1000)
