@@ -73,6 +73,17 @@ def test_a_header_counts_for_the_minute_its_request_was_sent_in() -> None:
     assert b.state(MINUTE + 1.0).weight_header == 30
 
 
+def test_binances_figure_plus_what_was_sent_after_it() -> None:
+    b = local()
+    at = MINUTE + 50.0
+    ticket = b.acquire(4, "read", at)
+    b.acquire(4, "read", at)  # sent while the first was answered: maybe not in its header
+    b.record(at, 100, None, None, spent=ticket)
+    assert b.state(at).weight == 104
+    b.acquire(1, "order", at)
+    assert b.state(at).weight == 105
+
+
 def test_orders_per_10_seconds() -> None:
     b = local(orders_per_10s=3)
     at = MINUTE + 1.0
