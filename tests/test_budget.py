@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
+from harness import running_tree, wait_for
 from naived import budget
 from naived.config import load_config
-from test_paper_exchange import Exchange, wait_for
+from test_paper_exchange import Exchange
 
 WORKER = Path(__file__).resolve().parent / "budget_worker.py"
 MINUTE = 60 * 29_000_000  # an epoch second at the start of a minute (and of a 10 s window)
@@ -218,3 +219,28 @@ def test_a_process_killed_while_holding_the_lock_holds_nobody_up(tmp_path: Path)
         if holder.poll() is None:
             holder.kill()
             holder.wait()
+
+
+CYCLING = """
+[trading.defaults]
+chunks = 2
+buy_down_interval = "0.0001"
+profit_interval = "-0.0012"
+
+[exchange]
+weight_budget_per_minute = 100
+"""
+
+
+def test_traders_of_a_real_tree_keep_the_exchange_within_the_budget(tmp_path: Path) -> None:
+    """Two traders whose orders the price keeps reaching would ask about them 20 times a second
+    each (weight 4 each time); with a budget of 100 a minute the exchange counts no more than that
+    in any minute, and they still trade."""
+    with running_tree(tmp_path, CYCLING) as tree:
+        assert tree.ctl("start-trading", "XRPUSDT").returncode == 0
+        path = load_config(str(tree.config_path)).budget_path
+        wait_for("the budget to hold requests back", lambda: (s := budget.snapshot(path)) is not None and s.held_total > 0,
+                 timeout=60, interval=0.2)
+        wait_for("an order placed", lambda: tree.paper_orders("XRPUSDT"), timeout=60)
+        minutes = tree.http.get(f"{tree.paper_url}/paper/usage", timeout=5).json()["minutes"]
+        assert 0 < max(minutes.values()) <= 100, minutes
