@@ -8,11 +8,13 @@ BTCUSDT did (~16 trades/s at speed 1). naived trades every symbol with 2 traders
 below the market and selling just above (the book's chapter-5 settings: cycles complete, and
 the price keeps reaching the traders' orders, so they keep asking about them).
 
-Once every trader has said hello, the script reads the paper exchange's own counter
-(`/paper/usage`, or the `X-MBX-USED-WEIGHT-1M` header of a ping for code without it) for
-`--seconds` and prints the weight per minute the exchange saw, and the host's budget figures.
+Once every trader has said hello (start-up: the leaders' exchangeInfo, the traders' clock
+sync), streamerd starts and the replay begins, so every run measures the same market: for
+`--seconds` the script reads the paper exchange's own counter (`/paper/usage`, or the
+`X-MBX-USED-WEIGHT-1M` header of a ping for code without it) and prints the weight per minute
+the exchange saw, and the host's budget figures.
 
-    .venv/bin/python bench/weight.py [--symbols 200] [--seconds 60] [--speed 1] [--json]
+    .venv/bin/python bench/weight.py [--symbols 200] [--seconds 60] [--speed 1] [--quick] [--json]
     .venv/bin/python bench/weight.py --code DIR    # the same run on another checkout (e.g. before the budget)
 
 It starts ~400 processes: run it alone on the machine, and `nice` it on a shared one.
@@ -135,7 +137,10 @@ def main() -> None:
     parser.add_argument("--speed", type=float, default=1.0, help="replay speed (1 = as the tape was recorded)")
     parser.add_argument("--code", help="run naived and streamerd from this source tree (PYTHONPATH)")
     parser.add_argument("--json", action="store_true", help="also print one BENCH-JSON line for bench/run_all")
+    parser.add_argument("--quick", action="store_true", help="20 symbols, 20 s")
     args = parser.parse_args()
+    if args.quick:
+        args.symbols, args.seconds = 20, 20.0
     env = {"PYTHONPATH": str(Path(args.code).resolve())} if args.code else None
     ctx = zmq.Context()
     with tempfile.TemporaryDirectory(prefix="naive-weight-") as directory:
@@ -146,7 +151,6 @@ def main() -> None:
         streamer = f"replay_files = {json.dumps([str(p) for p in files])}\nreplay_speed = {args.speed}"
         tree = Tree(Path(directory), CONFIG, market="replay", streamer=streamer)
         try:
-            tree._spawn("streamerd", "start", env=env)
             tree.start_naived(env=env)
             config = load_config(str(tree.config_path))
             start = time.time()
@@ -155,8 +159,13 @@ def main() -> None:
                 assert not isinstance(reply, Error) and reply is not None, (name, reply)
             times = wait_for("every trader ready", lambda: ready_times(tree_status(ctx, config.control_endpoint), 2),
                              timeout=900, interval=0.5)
-            print(f"{len(names)} symbols x 2 traders: all {len(times)} ready {max(times) - start:.1f} s after the first request",
-                  flush=True)
+            ready = max(times) - start
+            print(f"{len(names)} symbols x 2 traders: all {len(times)} ready {ready:.1f} s after the first request"
+                  f" (exchange weight so far: {sum(usage(tree)['minutes'].values())})", flush=True)
+            # The market starts now, from the tape's first trade, whatever the start-up took: every
+            # run sees the same market in its measured seconds (the traders' SUB sockets connect
+            # when streamerd binds; the replay starts at the first subscription).
+            tree._spawn("streamerd", "start", env=env)
             tree.status()  # every PID, for the harness's clean-up
             procs = [psutil.Process(p.pid) for p in tree.procs] + [c for p in tree.procs for c in psutil.Process(p.pid).children(recursive=True)]
             cpu0 = sum(sum(p.cpu_times()[:2]) for p in procs if p.is_running())
