@@ -244,3 +244,22 @@ def test_traders_of_a_real_tree_keep_the_exchange_within_the_budget(tmp_path: Pa
         wait_for("an order placed", lambda: tree.paper_orders("XRPUSDT"), timeout=60)
         minutes = tree.http.get(f"{tree.paper_url}/paper/usage", timeout=5).json()["minutes"]
         assert 0 < max(minutes.values()) <= 100, minutes
+
+
+def test_a_forked_child_takes_the_lock_on_its_own_descriptor(tmp_path: Path) -> None:
+    """A flock belongs to the open file description, which fork shares: a child using its
+    parent's descriptor would walk into a section its parent holds. It reopens the file."""
+    shared = budget.SharedBudget(tmp_path / "rate-budget")
+    statuses: list[int] = []
+
+    def fork_while_holding(state: budget.State) -> None:
+        pid = os.fork()
+        if pid == 0:  # the child: blocked until the parent lets go (the alarm ends the wait)
+            signal.signal(signal.SIGALRM, lambda *_: os._exit(0))
+            signal.alarm(1)
+            shared.acquire(1, "read")
+            os._exit(1)  # got in while the parent holds the lock
+        statuses.append(os.waitpid(pid, 0)[1])
+
+    shared._locked(fork_while_holding)
+    assert os.waitstatus_to_exitcode(statuses[0]) == 0
