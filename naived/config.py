@@ -235,8 +235,20 @@ class Exchange(msgspec.Struct, forbid_unknown_fields=True):
     # this has passed since it was sent. An intent with no order behind it is placed again only
     # after that. Lower it only for an exchange known to decide sooner (the paper exchange).
     backend_timeout_seconds: float = 10.0
+    # The host's own rate budget, shared by all its processes (naived/budget.py). Binance allows
+    # 6000 request weight per minute per IP (exchangeInfo REQUEST_WEIGHT); keeping a fifth of it
+    # spare leaves room for another program on the same IP and for our count lagging Binance's.
+    weight_budget_per_minute: int = 4800
+    # Binance's ORDERS limits (50 unfilled orders per 10 s, 160,000 per day per account); every
+    # placement counts here, filled or not, so this errs on the safe side.
+    orders_budget_per_10s: int = 45
+    orders_budget_per_day: int = 150_000
 
     def __post_init__(self) -> None:
+        for name, binance in (("weight_budget_per_minute", 6000), ("orders_budget_per_10s", 50), ("orders_budget_per_day", 160_000)):
+            value = getattr(self, name)
+            if not 0 < value <= binance:
+                raise ValueError(f"{name}: must be 1-{binance} (Binance's limit), got {value}")
         # Binance refuses a recvWindow above 60000 ms (-1131).
         if not 0 < self.recv_window_ms <= 60000:
             raise ValueError(f"recv_window_ms: must be 1-60000 (Binance's limit), got {self.recv_window_ms}")
@@ -359,6 +371,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
 
     def leader_endpoint(self, symbol: str) -> str:
         return f"ipc://{self.runtime_dir / f'leader-{symbol}.sock'}"
+
+    @property
+    def budget_path(self) -> Path:
+        """The host's shared rate budget (naived/budget.py): every process of the tree maps it."""
+        return self.runtime_dir / "rate-budget"
 
     @property
     def paper_url(self) -> str:

@@ -10,7 +10,13 @@ guarantees to callers:
 - `RateLimited` carries Binance's `Retry-After`. Until it has passed the client
   refuses to send anything (raising `RateLimited` again without touching the
   network): after a 418 that is what keeps the IP ban from growing, after a 429
-  it is what keeps a 429 from becoming a 418.
+  it is what keeps a 429 from becoming a 418. With a `SharedBudget` (what
+  `client_for` builds) that holds for every process of the host at once: Binance
+  counts per IP.
+- `OverBudget` (a `RateLimited`, not banned) means the host's own budget held
+  the request back before it was sent: the minute's weight (Binance's header, or
+  our count of what the host sent) would pass its share, or the order counts
+  would. Reads give way first (see `naived.budget`).
 - Timestamps follow the server's clock: the offset is fetched on first use and
   again whenever Binance says -1021 (outside recvWindow); the request is then
   retried once. -1021 is a rejection before matching, so even an order retry is safe.
@@ -33,6 +39,7 @@ from urllib.parse import urlencode
 import msgspec
 import requests
 
+from naived import budget as rate_budget
 from naived.config import Config, ConfigError
 from naived.messages import Fill, Order
 
@@ -67,11 +74,50 @@ class OutcomeUnknown(Exception):
 class RateLimited(Exception):
     """429 (slow down) or 418 (IP banned). Nothing is sent before `retry_after` seconds."""
 
-    def __init__(self, retry_after: float, banned: bool) -> None:
-        kind = "banned (418)" if banned else "rate limited (429)"
+    def __init__(self, retry_after: float, banned: bool, kind: str = "") -> None:
+        kind = kind or ("banned (418)" if banned else "rate limited (429)")
         super().__init__(f"{kind}, retry after {retry_after:.1f}s")
         self.retry_after = retry_after
         self.banned = banned
+
+
+class OverBudget(RateLimited):
+    """Held back by the host's own rate budget; nothing was sent. Safe to send again later."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(retry_after, False, "over the host's rate budget")
+
+
+# Request weight per endpoint (rest-api.md, each endpoint's "Weight"), for the host's own count:
+# what the next request costs is known before Binance's header says what it cost.
+WEIGHTS = {
+    ("GET", "/api/v3/ping"): 1,
+    ("GET", "/api/v3/time"): 1,
+    ("GET", "/api/v3/exchangeInfo"): 20,
+    ("POST", "/api/v3/order"): 1,
+    ("GET", "/api/v3/order"): 4,
+    ("DELETE", "/api/v3/order"): 1,
+    ("GET", "/api/v3/openOrders"): 6,  # with a symbol; 80 without (see `request_weight`)
+    ("GET", "/api/v3/myTrades"): 20,  # 5 with orderId
+    ("GET", "/api/v3/account"): 20,
+}
+
+
+def request_weight(method: str, path: str, params: dict[str, str]) -> int:
+    if path == "/api/v3/openOrders" and method == "GET" and "symbol" not in params:
+        return 80
+    if path == "/api/v3/myTrades" and "orderId" in params:
+        return 5
+    return WEIGHTS.get((method, path), 20)  # an endpoint not listed: assume a heavy one
+
+
+def request_kind(method: str, path: str) -> str:
+    """Orders and cancels come before reads when the budget is tight."""
+    if path == "/api/v3/order" and method == "POST":
+        return "order"
+    if path == "/api/v3/order" and method == "DELETE":
+        return "cancel"
+    return "read"
 
 
 def signature(secret: str, payload: str) -> str:
@@ -157,7 +203,8 @@ def _order(body: _OrderBody) -> Order:
 
 class BinanceClient:
     def __init__(
-        self, base_url: str, api_key: str, api_secret: str, *, recv_window_ms: int = 5000, timeout: float = 5.0
+        self, base_url: str, api_key: str, api_secret: str, *, recv_window_ms: int = 5000, timeout: float = 5.0,
+        budget: rate_budget.Budget | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.used_weight = 0
@@ -165,8 +212,8 @@ class BinanceClient:
         self._timeout = timeout
         self._mac = hmac.new(api_secret.encode(), digestmod=hashlib.sha256)  # copied per request
         self._offset_ms: int | None = None  # server clock minus ours
-        self._blocked_until = 0.0  # monotonic; after a 429/418 nothing is sent before it
-        self._banned = False
+        # Bans, weight and order counts: shared by the host's processes when `client_for` built it.
+        self.budget = budget or rate_budget.LocalBudget()
         self._session = requests.Session()
         self._session.trust_env = False  # no proxy/netrc lookups per request, no surprise proxy
         self._session.headers["X-MBX-APIKEY"] = api_key
@@ -259,13 +306,18 @@ class BinanceClient:
         return self._send(method, path, params, signed)
 
     def _send(self, method: str, path: str, params: dict[str, str], signed: bool) -> bytes:
-        now = time.monotonic()
-        if now < self._blocked_until:
-            raise RateLimited(self._blocked_until - now, self._banned)
+        if signed and self._offset_ms is None:
+            self.server_time()
+        # Binance's windows follow its clock: ours, corrected by the offset once it is known.
+        wall = time.time() + (self._offset_ms or 0) / 1000
+        try:
+            spent = self.budget.acquire(request_weight(method, path, params), request_kind(method, path), wall)
+        except rate_budget.Refused as held:
+            if held.status:  # a 429/418 seen by any process of this host: nothing goes out
+                raise RateLimited(held.retry_after, held.status == 418) from None
+            raise OverBudget(held.retry_after) from None
         query = urlencode(params)
         if signed:
-            if self._offset_ms is None:
-                self.server_time()
             stamp = int(time.time() * 1000) + self._offset_ms  # type: ignore[operator]
             timing = f"recvWindow={self._recv_window}&timestamp={stamp}"
             query = f"{query}&{timing}" if query else timing
@@ -279,17 +331,19 @@ class BinanceClient:
         except requests.RequestException as exc:
             # Whatever it was (timeout, reset, refused), we cannot know what the exchange did.
             raise OutcomeUnknown(f"{method} {path}: no answer ({type(exc).__name__})") from None
-        weight = response.headers.get("X-MBX-USED-WEIGHT-1M")
+        headers = response.headers
+        weight = _header_int(headers, "X-MBX-USED-WEIGHT-1M")
         if weight is not None:
-            self.used_weight = int(weight)
+            self.used_weight = weight
         status = response.status_code
+        limited = status if status in (418, 429) else 0
+        retry_after = _retry_after(response, 60.0 if status == 418 else 1.0) if limited else 0.0
+        self.budget.record(wall, weight, _header_int(headers, "X-MBX-ORDER-COUNT-10S"),
+                           _header_int(headers, "X-MBX-ORDER-COUNT-1D"), limited, retry_after, spent)
         if status < 300:
             return response.content
-        if status in (418, 429):
-            self._banned = status == 418
-            retry_after = _retry_after(response, 60.0 if self._banned else 1.0)
-            self._blocked_until = time.monotonic() + retry_after
-            raise RateLimited(retry_after, self._banned)
+        if limited:
+            raise RateLimited(retry_after, status == 418)
         if status >= 500:
             raise OutcomeUnknown(f"{method} {path}: HTTP {status}, execution status unknown")
         try:
@@ -300,6 +354,13 @@ class BinanceClient:
             raise OutcomeUnknown(f"{method} {path}: Binance error {error.code}: {error.msg}")
         kind = UnknownOrder if error.code == UNKNOWN_ORDER else BinanceError
         raise kind(error.code, error.msg, status)
+
+
+def _header_int(headers: Any, name: str) -> int | None:
+    try:
+        return int(headers[name])
+    except (KeyError, ValueError):
+        return None
 
 
 def _retry_after(response: requests.Response, default: float) -> float:
@@ -313,14 +374,27 @@ def _retry_after(response: requests.Response, default: float) -> float:
 
 
 def client_for(config: Config) -> BinanceClient:
-    """The client for `config.naived.exchange`. Real targets need keys (see `_credentials`)."""
+    """The client for `config.naived.exchange`, on the host's shared rate budget. Real targets
+    need keys (see `_credentials`)."""
     target = config.naived.exchange
-    options = {"recv_window_ms": config.exchange.recv_window_ms, "timeout": config.exchange.timeout_seconds}
     if target == "paper":
-        return BinanceClient(config.paper_url, config.paper.api_key, config.paper.api_secret, **options)
-    url = config.exchange.testnet_url if target == "binance-testnet" else config.exchange.binance_url
-    key, secret = _credentials(config.exchange.key_file)
-    return BinanceClient(url, key, secret, **options)
+        url, key, secret = config.paper_url, config.paper.api_key, config.paper.api_secret
+    else:
+        url = config.exchange.testnet_url if target == "binance-testnet" else config.exchange.binance_url
+        key, secret = _credentials(config.exchange.key_file)
+    return BinanceClient(url, key, secret, recv_window_ms=config.exchange.recv_window_ms,
+                         timeout=config.exchange.timeout_seconds, budget=shared_budget(config))
+
+
+def budget_limits(config: Config) -> rate_budget.Limits:
+    e = config.exchange
+    return rate_budget.Limits(e.weight_budget_per_minute, e.orders_budget_per_10s, e.orders_budget_per_day)
+
+
+def shared_budget(config: Config) -> rate_budget.SharedBudget:
+    """The host's budget file in the runtime directory (naived's root made it; else made here)."""
+    config.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return rate_budget.SharedBudget(config.budget_path, budget_limits(config))
 
 
 def _credentials(key_file: str) -> tuple[str, str]:

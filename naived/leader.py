@@ -212,6 +212,10 @@ class Leader(Role):
             try:
                 info = client.exchange_info(self.symbol)
                 break
+            except exchange.OverBudget as exc:  # the host's own pacing, not a failing exchange: wait it out
+                deadline += exc.retry_after
+                time.sleep(exc.retry_after)
+                continue
             except exchange.BinanceError as exc:
                 if exc.code == -1121:  # Invalid symbol.
                     last_words(f"{self.symbol} is not listed on the exchange ({exc.msg})")

@@ -34,6 +34,7 @@ import msgspec
 import setproctitle
 import zmq
 
+from naived import budget as rate_budget
 from naived import paper as paper_exchange
 from naived import sdnotify, symbol_supervisor
 from naived.config import Config, check_symbol, reload_config
@@ -131,6 +132,10 @@ class Root(Role):
         if request(self.ctx, config.control_endpoint, StatusRequest(), msgspec.msgpack.Decoder(), 300) is not None:
             raise StartError(f"naived is already running on {config.control_endpoint}")
         self.supervisor = Supervisor("naived", config.naived.supervision, scope="child")
+        try:  # before any fork: every process of the tree maps this one file (naived/budget.py)
+            rate_budget.ensure(config.budget_path)
+        except OSError as exc:
+            raise StartError(f"cannot create the rate budget {config.budget_path}: {exc.strerror}") from None
         try:
             self.control = bind(self.ctx, zmq.ROUTER, config.control_endpoint)
             self.reports = bind(self.ctx, zmq.PULL, config.reports_endpoint)
@@ -406,7 +411,30 @@ class Root(Role):
             m.add("naive_cycles_finished_total", "counter", "cycles finished", leader.cycles_finished, symbol=sym.symbol)
             weight = max(weight, leader.used_weight)
         m.add("naive_exchange_used_weight", "gauge", "X-MBX-USED-WEIGHT-1M last seen by a trader", weight)
+        self._budget_metrics(m)
         return m.render()
+
+    def _budget_metrics(self, m: Metrics) -> None:
+        """The host's shared rate budget, read without blocking; a missing or bad file only
+        leaves these gauges out (the traders' own opening of it says what is wrong)."""
+        try:
+            b = rate_budget.snapshot(self.config.budget_path)
+        except Exception as exc:  # never let a metrics scrape take the root down
+            log.warning("rate budget unreadable: %s", exc)
+            return
+        if b is None:
+            return
+        limits = self.config.exchange
+        m.add("naive_budget_weight_used", "gauge", "request weight of this minute, host-wide: Binance's figure plus what was sent since, or our count", b.weight)
+        m.add("naive_budget_weight_header", "gauge", "largest X-MBX-USED-WEIGHT-1M seen this minute by any process", b.weight_header)
+        m.add("naive_budget_weight_limit", "gauge", "[exchange] weight_budget_per_minute (Binance: 6000 per IP)", limits.weight_budget_per_minute)
+        m.add("naive_budget_orders_10s", "gauge", "orders placed in this 10 s window, host-wide", b.orders)
+        m.add("naive_budget_orders_day", "gauge", "orders placed today (UTC), host-wide", max(b.orders_day, b.orders_day_header))
+        remaining = b.ban_remaining(time.monotonic_ns())
+        m.add("naive_budget_banned_seconds", "gauge", "seconds until a 429/418 Retry-After has passed; nothing is sent before", round(remaining, 3))
+        m.add("naive_budget_ban_status", "gauge", "418 (banned) or 429 while the host holds its requests for it, else 0", b.ban_status if remaining > 0 else 0)
+        m.add("naive_budget_limited_total", "counter", "429/418 answers seen by any process", b.limited_total)
+        m.add("naive_budget_held_total", "counter", "requests the host's budget held back (never sent)", b.held_total)
 
     def status_line(self) -> str:
         running = sum(1 for e in self.symbols.values() if e.state != "failed")

@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LEADER_TIMEOUT_MS = 2000
-CHECK_INTERVAL = 0.05  # at most one order query per this many seconds while the price sits on our order
+# At most one order query per this many seconds while the price sits on our order; longer while
+# the host's rate budget is tight (`Budget.recheck_interval`).
+CHECK_INTERVAL = 0.05
 BACKOFF_MAX = 2.0
 # Binance refuses a timestamp 1 s or more ahead of its clock, so the clock of any request it
 # took in was less than 1 s ahead of the server's: at most 1 s of validity beyond recvWindow.
@@ -64,6 +66,10 @@ def settle_deadline(started: float, last_unknown_send: float | None, intent: Int
     if last_unknown_send is not None:
         deadline = max(deadline, last_unknown_send + window)
     return deadline
+
+
+def _level(refusal: exchange.RateLimited) -> int:
+    return logging.DEBUG if isinstance(refusal, exchange.OverBudget) else logging.WARNING
 
 
 class LeaderLink:
@@ -124,7 +130,8 @@ class Trader:
             try:
                 return call()
             except exchange.RateLimited as exc:
-                log.warning("%s: rate limited, waiting %.1fs", what, exc.retry_after)
+                # The budget holding a read back is pacing, not news: hundreds of traders do it.
+                log.log(_level(exc), "%s: %s, waiting", what, exc)
                 time.sleep(exc.retry_after)
             except (exchange.OutcomeUnknown, requests.RequestException) as exc:
                 log.warning("%s: %s, retrying in %.2fs", what, type(exc).__name__, delay)
@@ -174,14 +181,9 @@ class Trader:
             intent = self.state.intent  # type: ignore[assignment]
             self.report()
             try:
-                order = self.client.new_order(
-                    self.symbol, intent.side, intent.price, intent.quantity, intent.client_order_id
-                )
+                order = self.send_order(intent)
                 log.info("%s/%d: placed %s %s %s @ %s", self.symbol, self.state.trader_id, intent.side, intent.client_order_id, intent.quantity, intent.price)
                 return order
-            except exchange.RateLimited as exc:  # refused before the matching engine: not placed
-                log.warning("%s/%d: place %s: rate limited, waiting %.1fs", self.symbol, self.state.trader_id, intent.client_order_id, exc.retry_after)
-                time.sleep(exc.retry_after)
             except (exchange.OutcomeUnknown, requests.RequestException) as exc:
                 # The exchange may or may not have the order, now or later: record that, then ask.
                 self.last_unknown_send = time.monotonic()
@@ -196,6 +198,16 @@ class Trader:
                 if exc.code == -2010 and "Duplicate" in exc.msg:
                     continue  # it is there: the lookup at the top adopts it
                 raise
+
+    def send_order(self, intent: Intent) -> Order:
+        """Send the order, waiting out refusals: a 429/418, or the host's budget, refuses before
+        the matching engine, so nothing was placed and the same send is safe after the wait."""
+        while True:
+            try:
+                return self.client.new_order(self.symbol, intent.side, intent.price, intent.quantity, intent.client_order_id)
+            except exchange.RateLimited as exc:
+                log.log(_level(exc), "%s/%d: place %s: %s, waiting", self.symbol, self.state.trader_id, intent.client_order_id, exc)
+                time.sleep(exc.retry_after)
 
     def fetch_fills(self, order: Order) -> strategy.Action:
         """The trades (and commissions) of a final order; the trade list may lag its status."""
@@ -243,7 +255,7 @@ class Trader:
                     self.state, action = strategy.placed(self.state, order)
                     self.report()
                 case strategy.Check(client_order_id):
-                    if time.monotonic() - self.last_check < CHECK_INTERVAL:
+                    if time.monotonic() - self.last_check < self.client.budget.recheck_interval(CHECK_INTERVAL):
                         self.recheck = client_order_id
                         return False
                     action = self.check(client_order_id)
@@ -289,7 +301,7 @@ class Trader:
                 self.warm_up()
             while True:
                 # Idle traders sleep until a trade arrives: hundreds of them cost no CPU.
-                timeout = int(CHECK_INTERVAL * 1000) if self.recheck else None
+                timeout = int(self.client.budget.recheck_interval(CHECK_INTERVAL) * 1000) if self.recheck else None
                 if not self.sub.poll(timeout, zmq.POLLIN):
                     if self.recheck and self.act(self.check(self.recheck, follow_up=False)):
                         return 0

@@ -214,7 +214,9 @@ def test_secrets_stay_out_of_reprs_and_errors(stub: tuple[Script, BinanceClient]
 
 
 def _config(tmp_path: Path, key_file: str = "", target: str = "binance") -> Any:
-    return parse_config(f'[naived]\nexchange = "{target}"\n[exchange]\nkey_file = "{key_file}"\n'.encode())
+    # runtime_dir: client_for maps the host's rate budget there
+    return parse_config(f'[paths]\nruntime_dir = "{tmp_path}"\n[naived]\nexchange = "{target}"\n'
+                        f'[exchange]\nkey_file = "{key_file}"\n'.encode())
 
 
 def test_key_file_must_be_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -241,8 +243,8 @@ def test_key_file_must_be_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert exchange.client_for(_config(tmp_path)).base_url == "https://api.binance.com"
 
 
-def test_paper_target_uses_paper_settings() -> None:
-    config = parse_config(b"[paper]\nport = 6123\napi_key = 'k'\napi_secret = 's'\n")
+def test_paper_target_uses_paper_settings(tmp_path: Path) -> None:
+    config = parse_config(f"[paths]\nruntime_dir = '{tmp_path}'\n[paper]\nport = 6123\napi_key = 'k'\napi_secret = 's'\n".encode())
     client = exchange.client_for(config)
     assert client.base_url == "http://127.0.0.1:6123"
     assert client._session.headers["X-MBX-APIKEY"] == "k"  # never the BINANCE_API_KEY of the environment

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import requests
 
 from harness import Tree, free_port, wait_for
+from naived import budget
+from naived.config import load_config
 from naived.metrics import Metrics
 
 
@@ -84,5 +87,19 @@ buy_down_interval = "0.5"
         assert sample(streamer.text, "naive_streamer_streaming", symbol="XRPUSDT") == 1
         assert sample(streamer.text, "naive_streamer_seconds_since_last_trade", symbol="XRPUSDT") < 5
         assert http.get(f"http://127.0.0.1:{naived_port}/other", timeout=5).status_code == 404
+
+        # The host's rate budget: what every process of it wrote, read by the root.
+        text = http.get(naived_url, timeout=5).text
+        assert sample(text, "naive_budget_weight_limit") == 4800
+        assert sample(text, "naive_budget_orders_day") >= 2  # the traders' buys (and any restarted trader's)
+        assert sample(text, "naive_budget_ban_status") == 0
+        path = load_config(str(tree.config_path)).budget_path
+        budget.SharedBudget(path).record(time.time(), None, None, None, limited=418, retry_after=30)  # as a trader does
+        text = http.get(naived_url, timeout=5).text
+        assert sample(text, "naive_budget_ban_status") == 418 and 29 < sample(text, "naive_budget_banned_seconds") <= 30
+        assert sample(text, "naive_budget_limited_total") == 1
+        path.write_bytes(b"not a budget")  # a bad file costs the gauges, never the root
+        text = http.get(naived_url, timeout=5).text
+        assert sample(text, "naive_up") == 1 and sample(text, "naive_budget_ban_status") is None
     finally:
         tree.stop()

@@ -791,3 +791,19 @@ def test_the_exchange_cancels_or_expires_an_open_order(ex: Exchange, market: Mar
     found = wait_for(f"s1 {status}", lambda: (o := c.get_order("XRPUSDT", "s1")).status == status and o)
     assert found.executed_qty == "0.00000000"
     assert ex.balances()["XRP"] == {"free": Decimal("100"), "locked": Decimal(0)}
+
+
+def test_usage_counts_every_request_at_binances_weight(ex: Exchange) -> None:
+    before = ex.get("/paper/usage")
+    assert ex.get("/paper/usage") == before  # inspection is free
+    ex.signed("GET", "/api/v3/myTrades", {"symbol": "XRPUSDT", "orderId": "1"})  # 5 with orderId
+    ex.signed("GET", "/api/v3/myTrades", {"symbol": "XRPUSDT"})  # 20
+    ex.signed("GET", "/api/v3/openOrders", {"symbol": "XRPUSDT"})  # 6
+    ex.signed("GET", "/api/v3/openOrders", {})  # 80: every symbol
+    ex.faults(ban_418=1.0, retry_after_seconds=1)
+    status, _ = ex.signed("POST", "/api/v3/order", order("BUY", "0.5", "20", "u1"))  # refused, still counted
+    assert status == 418
+    after = ex.get("/paper/usage")
+    assert after["requests"] - before["requests"] == 5
+    assert after["weight"] - before["weight"] == 5 + 20 + 6 + 80 + 1
+    assert sum(after["minutes"].values()) == after["weight"]

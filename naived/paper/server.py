@@ -49,6 +49,9 @@ Inspection and control, unsigned (the server only listens on loopback):
     GET  /paper/balances          {asset: {"free": "...", "locked": "..."}}
     GET  /paper/market            {symbol: {"lastPrice", "lastTradeId", "trades"}}: trades
                                   processed so far (tests wait on `lastTradeId`)
+    GET  /paper/usage             {"requests", "weight", "minutes": {epoch minute: weight}}:
+                                  requests to Binance's paths and their weight since start,
+                                  and the weight of each of the last 60 minutes
     POST /paper/faults            JSON object of `config.Faults` fields: replaces the fault
                                   probabilities and reseeds the fault RNG; answers the faults
 
@@ -107,6 +110,7 @@ RATE_LIMITS = [
 ]
 Params = dict[str, str]
 Reply = tuple[int, Any]
+USAGE_MINUTES = 60  # minutes of weight history /paper/usage keeps
 
 
 def _fmt(value: Decimal) -> str:
@@ -314,6 +318,15 @@ def parse_new_order(params: Params, received_ns: int) -> tuple[SymbolFilters, Ne
     return f, new
 
 
+def _weight(method: str, path: str, params: Params, weight: int) -> int:
+    """Binance's weights that depend on the parameters (rest-api.md)."""
+    if (method, path) == ("GET", "/api/v3/openOrders") and not params.get("symbol"):
+        return 80  # every symbol
+    if (method, path) == ("GET", "/api/v3/myTrades") and params.get("orderId"):
+        return 5
+    return weight
+
+
 def _filters(symbol: str) -> SymbolFilters:
     f = table().get(symbol)
     if f is None:
@@ -427,6 +440,8 @@ class PaperExchange:
         feed.after_trade = self._book_faults
         self._weight_lock = threading.Lock()
         self._minute, self._weight = 0, 0
+        self._requests, self._weight_total = 0, 0
+        self._minutes: dict[int, int] = {}  # epoch minute -> weight counted in it (the last USAGE_MINUTES)
         self._symbols = {s: exchange_info_entry(f) for s, f in sorted(table().items())}
         # (method, path) -> (handler, request weight, signed)
         self.routes: dict[tuple[str, str], tuple[Callable[[Params, int], Reply], int, bool]] = {
@@ -446,6 +461,7 @@ class PaperExchange:
             ("GET", "/paper/orders"): (self.paper_orders, 0, False),
             ("GET", "/paper/balances"): (self.paper_balances, 0, False),
             ("GET", "/paper/market"): (lambda p, t: (200, self.feed.market()), 0, False),
+            ("GET", "/paper/usage"): (self.usage, 0, False),
         }
 
     def _set_faults(self, faults: Faults) -> None:
@@ -492,12 +508,29 @@ class PaperExchange:
             log.exception("fault: %s, accepted late, could not be placed", new.client_order_id)
 
     def _count_weight(self, weight: int) -> int:
+        """Every request to Binance's paths, refused or not, counts (Binance: per IP, per minute)."""
         with self._weight_lock:
             minute = int(time.time() // 60)
             if minute != self._minute:
                 self._minute, self._weight = minute, 0
             self._weight += weight
+            self._requests += 1
+            self._weight_total += weight
+            self._minutes[minute] = self._weight
+            while len(self._minutes) > USAGE_MINUTES:
+                del self._minutes[min(self._minutes)]
             return self._weight
+
+    def _weight_now(self) -> int:
+        with self._weight_lock:
+            return self._weight if self._minute == int(time.time() // 60) else 0
+
+    def usage(self, params: Params, received_ns: int) -> Reply:
+        """GET /paper/usage: what the exchange counted (tests and benchmarks read the exchange's
+        own figures, not the client's): requests and weight since start, and weight per minute."""
+        with self._weight_lock:
+            return 200, {"requests": self._requests, "weight": self._weight_total,
+                         "minutes": {str(m): w for m, w in sorted(self._minutes.items())}}
 
     def _draw_fault(self) -> str | None:
         f = self.faults
@@ -684,10 +717,10 @@ class PaperExchange:
             self._respond(request, 404, {"code": -1000, "msg": f"Unknown endpoint {method} {url.path}"}, 0)
             return
         handler, weight, signed = route
-        used = self._count_weight(weight)
         form = body.decode("latin-1")
         params = dict(parse_qsl(url.query, keep_blank_values=True))
         params.update(parse_qsl(form, keep_blank_values=True))
+        used = self._count_weight(_weight(method, url.path, params, weight)) if weight else self._weight_now()
         fault = self._draw_fault() if (method, url.path) == ("POST", "/api/v3/order") else None
         if fault in ("ban_418", "rate_limit_429", "stale_timestamp", "drop_connection"):
             self._refuse(request, fault, used, params)
