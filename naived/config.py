@@ -158,6 +158,8 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
     # Per public trade of a symbol with open orders: the exchange cancels / expires one of them.
     exchange_cancel: float = 0.0
     exchange_expire: float = 0.0
+    # Per user data stream event and connection: the connection drops instead of delivering it.
+    user_stream_drop: float = 0.0
 
     def __post_init__(self) -> None:
         _finite("late_accept_seconds", self.late_accept_seconds)
@@ -165,7 +167,8 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
             # Binance: an order with an unknown status may still execute within 10 s.
             raise ValueError(f"late_accept_seconds: must be > 0 and <= {LATE_ACCEPT_WINDOW} (Binance's window), got {self.late_accept_seconds}")
         for name in ("accept_then_timeout", "accept_then_5xx", "rate_limit_429", "ban_418", "stale_timestamp",
-                     "drop_connection", "late_accept_5xx", "late_accept_timeout", "exchange_cancel", "exchange_expire"):
+                     "drop_connection", "late_accept_5xx", "late_accept_timeout", "exchange_cancel", "exchange_expire",
+                     "user_stream_drop"):
             value = getattr(self, name)
             _finite(name, value)
             if not (0 <= value <= 1):
@@ -177,6 +180,11 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
 class Paper(msgspec.Struct, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 5681
+    ws_port: int = 5682  # the user data stream: ws://<host>:<ws_port>/ws/<listenKey>
+    # Binance: a listen key is valid 60 minutes after its creation or last keep-alive, and a
+    # stream connection for 24 hours. Shorter only in tests.
+    listen_key_seconds: float = 3600.0
+    user_stream_connection_seconds: float = 86400.0
     api_key: str = "paper-key"
     api_secret: str = "paper-secret"
     fill_on_touch: bool = False  # fill at <= / >= instead of the book's strict < / >
@@ -192,6 +200,11 @@ class Paper(msgspec.Struct, forbid_unknown_fields=True):
         # The inspection endpoints are unsigned: only this machine may reach them.
         _loopback("host", self.host)
         _port("port", self.port)
+        _port("ws_port", self.ws_port)
+        if self.ws_port == self.port:
+            raise ValueError(f"ws_port: must differ from port ({self.port}): the user data stream has its own listener")
+        _positive("listen_key_seconds", self.listen_key_seconds)
+        _positive("user_stream_connection_seconds", self.user_stream_connection_seconds)
         for name in ("maker_commission", "taker_commission"):
             value = getattr(self, name)
             _finite(name, value)
@@ -344,6 +357,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     @property
     def paper_url(self) -> str:
         return f"http://{self.paper.host}:{self.paper.port}"
+
+    @property
+    def paper_ws_url(self) -> str:
+        return f"ws://{self.paper.host}:{self.paper.ws_port}"
 
 
 def _refuse_losing(trading: Trading, exchange: str) -> None:

@@ -138,8 +138,11 @@ class Root(Role):
         self.supervisor.watch(self.control, self.on_control)
         self.supervisor.watch(self.reports, self.on_reports)
         self.paper_listener: socket.socket | None = None
+        self.paper_ws_listener: socket.socket | None = None
         if config.naived.exchange == "paper":
             self.paper_listener = _listen(config.paper.host, config.paper.port, "the paper exchange", "[paper] port")
+            self.paper_ws_listener = _listen(config.paper.host, config.paper.ws_port, "the paper exchange's user data stream",
+                                             "[paper] ws_port")
         self.metrics: MetricsEndpoint | None = None
         if config.naived.metrics_port:
             try:
@@ -159,14 +162,14 @@ class Root(Role):
     # --- children --------------------------------------------------------------------
 
     def start_paper_exchange(self) -> None:
-        listener = self.paper_listener
-        assert listener is not None
+        listener, ws_listener = self.paper_listener, self.paper_ws_listener
+        assert listener is not None and ws_listener is not None
         self.supervisor.start(ChildSpec(
             key=PAPER,
             title="paper-exchange",
-            run=lambda: paper_exchange.run(self.config, listener) or 0,
+            run=lambda: paper_exchange.run(self.config, listener, ws_listener) or 0,
             new_process_group=True,
-            keep_fds=(listener.fileno(),),
+            keep_fds=(listener.fileno(), ws_listener.fileno()),
         ))
 
     def start_symbol(self, symbol: str, mode: str = "running") -> None:

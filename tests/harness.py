@@ -63,6 +63,7 @@ class Tree:
         self.dir = directory
         self.sandboxed = sandboxed
         self.paper_port = free_port()
+        self.paper_ws_port = free_port()
         run = directory / "run"
         run.mkdir(mode=0o700, exist_ok=True)
         self.config_path = directory / "naive.toml"
@@ -81,6 +82,7 @@ grace_seconds = 30.0
 
 [paper]
 port = {self.paper_port}
+ws_port = {self.paper_ws_port}
 {paper}
 
 {extra_config}
