@@ -53,6 +53,9 @@ Inspection and control, unsigned (the server only listens on loopback):
                                   processed so far (tests wait on `lastTradeId`)
     POST /paper/faults            JSON object of `config.Faults` fields: replaces the fault
                                   probabilities and reseeds the fault RNG; answers the faults
+    POST /paper/trade             {"symbol", "price", "qty"}: a public trade the exchange matches
+                                  on that no subscriber of the trade stream sees (an outage of
+                                  the public stream): tests of fills that no trade announces
 
 Faults (`paper.faults`, seeded RNGs). Drawn once per new-order request: 418/429 with
 `Retry-After`, -1021, drop the connection before processing, accept then answer 503,
@@ -698,6 +701,17 @@ class PaperExchange:
     def paper_balances(self, params: Params, received_ns: int) -> Reply:
         return 200, {a: {"free": _fmt(b.free), "locked": _fmt(b.locked)} for a, b in self.book.balance_sheet().items()}
 
+    def unseen_trade(self, body: bytes) -> Reply:
+        try:
+            trade = msgspec.json.decode(body, type=dict[str, str])
+            f, price, qty = _filters(trade["symbol"]), Decimal(trade["price"]), Decimal(trade["qty"])
+        except (msgspec.DecodeError, KeyError, InvalidOperation):
+            raise Rejected(-1100, "bad trade: expected {\"symbol\", \"price\", \"qty\"} as strings") from None
+        trade_id = int(self.feed.market().get(f.symbol, {}).get("lastTradeId", 0)) + 1
+        filled = self.book.on_trade(f, price, qty, trade_id)
+        log.warning("unseen trade %s %s @ %s: %d fills", f.symbol, qty, price, len(filled))
+        return 200, {"fills": len(filled)}
+
     def set_faults(self, body: bytes) -> Reply:
         try:
             faults = msgspec.json.decode(body or b"{}", type=Faults)
@@ -715,6 +729,9 @@ class PaperExchange:
         body = request.rfile.read(length) if length else b""
         if (method, url.path) == ("POST", "/paper/faults"):
             self._respond(request, *self._guarded(lambda: self.set_faults(body)), 0)
+            return
+        if (method, url.path) == ("POST", "/paper/trade"):
+            self._respond(request, *self._guarded(lambda: self.unseen_trade(body)), 0)
             return
         route = self.routes.get((method, url.path))
         if route is None:
