@@ -150,12 +150,16 @@ class Naived(msgspec.Struct, forbid_unknown_fields=True):
     exchange: Literal["paper", "binance-testnet", "binance"] = "paper"
     autostart: list[str] = []
     metrics_port: int = 0  # 0 = no metrics endpoint
+    # Each leader compares its traders' open orders with one openOrders call per this many
+    # seconds (weight 6) and asks a trader whose order is no longer open to look it up.
+    reconcile_seconds: float = 30.0
     supervision: Supervision = msgspec.field(default_factory=Supervision)
 
     def __post_init__(self) -> None:
         self.autostart = _symbols("autostart", self.autostart)
         _port("metrics_port", self.metrics_port, zero_means_off=True)
         _endpoint("control_endpoint", self.control_endpoint, empty_ok=True)
+        _positive("reconcile_seconds", self.reconcile_seconds)
 
 
 class Faults(msgspec.Struct, forbid_unknown_fields=True):
@@ -177,6 +181,8 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
     # Per public trade of a symbol with open orders: the exchange cancels / expires one of them.
     exchange_cancel: float = 0.0
     exchange_expire: float = 0.0
+    # Per user data stream event and connection: the connection drops instead of delivering it.
+    user_stream_drop: float = 0.0
 
     def __post_init__(self) -> None:
         _finite("late_accept_seconds", self.late_accept_seconds)
@@ -184,7 +190,8 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
             # Binance: an order with an unknown status may still execute within 10 s.
             raise ValueError(f"late_accept_seconds: must be > 0 and <= {LATE_ACCEPT_WINDOW} (Binance's window), got {self.late_accept_seconds}")
         for name in ("accept_then_timeout", "accept_then_5xx", "rate_limit_429", "ban_418", "stale_timestamp",
-                     "drop_connection", "late_accept_5xx", "late_accept_timeout", "exchange_cancel", "exchange_expire"):
+                     "drop_connection", "late_accept_5xx", "late_accept_timeout", "exchange_cancel", "exchange_expire",
+                     "user_stream_drop"):
             value = getattr(self, name)
             _finite(name, value)
             if not (0 <= value <= 1):
@@ -196,6 +203,11 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
 class Paper(msgspec.Struct, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 5681
+    ws_port: int = 5682  # the user data stream: ws://<host>:<ws_port>/ws/<listenKey>
+    # Binance: a listen key is valid 60 minutes after its creation or last keep-alive, and a
+    # stream connection for 24 hours. Shorter only in tests.
+    listen_key_seconds: float = 3600.0
+    user_stream_connection_seconds: float = 86400.0
     api_key: str = "paper-key"
     api_secret: str = "paper-secret"
     fill_on_touch: bool = False  # fill at <= / >= instead of the book's strict < / >
@@ -211,6 +223,11 @@ class Paper(msgspec.Struct, forbid_unknown_fields=True):
         # The inspection endpoints are unsigned: only this machine may reach them.
         _loopback("host", self.host)
         _port("port", self.port)
+        _port("ws_port", self.ws_port)
+        if self.ws_port == self.port:
+            raise ValueError(f"ws_port: must differ from port ({self.port}): the user data stream has its own listener")
+        _positive("listen_key_seconds", self.listen_key_seconds)
+        _positive("user_stream_connection_seconds", self.user_stream_connection_seconds)
         for name in ("maker_commission", "taker_commission"):
             value = getattr(self, name)
             _finite(name, value)
@@ -227,6 +244,9 @@ class Exchange(msgspec.Struct, forbid_unknown_fields=True):
 
     binance_url: str = "https://api.binance.com"
     testnet_url: str = "https://testnet.binance.vision"
+    # The user data stream's websocket base (the account-stream connects to <url>/ws/<listenKey>).
+    binance_ws_url: str = "wss://stream.binance.com:9443"
+    testnet_ws_url: str = "wss://stream.testnet.binance.vision"
     key_file: str = ""  # lines API_KEY=..., API_SECRET=...; must be mode 0600
     recv_window_ms: int = 5000
     timeout_seconds: float = 5.0
@@ -258,6 +278,28 @@ class Exchange(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError(f"backend_timeout_seconds: must be >= 0, got {self.backend_timeout_seconds}")
         if self.key_file and not Path(self.key_file).is_file():
             raise ValueError(f"key_file: no such file: {self.key_file}")
+
+
+class AccountStreamSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """The account-stream process (the user data stream -> ZeroMQ) and how traders rely on it."""
+
+    endpoint: str = ""  # its PUB socket; "" = ipc://<runtime dir>/account-stream.sock
+    heartbeat_seconds: float = 2.0  # "up" while connected; a trader hearing none for 3 of these falls back to REST
+    keepalive_seconds: float = 1800.0  # Binance: a listen key lives 60 min; keep it alive every 30
+    rollover_seconds: float = 84600.0  # a new connection before Binance's 24 h limit ends this one (23.5 h)
+    reconnect_max_seconds: float = 30.0  # backoff cap between connection attempts
+    # A trader waiting for a fill while the stream is not known to be up asks by REST this often
+    # (weight 4 each; also on the trades crossing its price, as without the stream).
+    fallback_check_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat_seconds", "keepalive_seconds", "rollover_seconds", "reconnect_max_seconds",
+                     "fallback_check_seconds"):
+            _positive(name, getattr(self, name))
+        if self.keepalive_seconds >= 3600:
+            raise ValueError(f"keepalive_seconds: must be below 3600 (a listen key's validity), got {self.keepalive_seconds}")
+        if self.rollover_seconds >= 86400:
+            raise ValueError(f"rollover_seconds: must be below 86400 (Binance ends a connection at 24 h), got {self.rollover_seconds}")
 
 
 class TradingSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -342,6 +384,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     paper: Paper = msgspec.field(default_factory=Paper)
     exchange: Exchange = msgspec.field(default_factory=Exchange)
     trading: Trading = msgspec.field(default_factory=Trading)
+    account_stream: AccountStreamSettings = msgspec.field(default_factory=AccountStreamSettings)
 
     def __post_init__(self) -> None:
         if self.naived.exchange in REAL_EXCHANGES and not self.trading.allow_losing_settings:
@@ -372,6 +415,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     def leader_endpoint(self, symbol: str) -> str:
         return f"ipc://{self.runtime_dir / f'leader-{symbol}.sock'}"
 
+    def leader_pub_endpoint(self, symbol: str) -> str:
+        """The leader's PUB socket: requests to its traders (look an order up)."""
+        return f"ipc://{self.runtime_dir / f'leader-{symbol}-pub.sock'}"
+
     @property
     def budget_path(self) -> Path:
         """The host's shared rate budget (naived/budget.py): every process of the tree maps it."""
@@ -380,6 +427,22 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     @property
     def paper_url(self) -> str:
         return f"http://{self.paper.host}:{self.paper.port}"
+
+    @property
+    def paper_ws_url(self) -> str:
+        return f"ws://{self.paper.host}:{self.paper.ws_port}"
+
+    @property
+    def user_stream_url(self) -> str:
+        """The user data stream's websocket base of the exchange traded on."""
+        target = self.naived.exchange
+        if target == "paper":
+            return self.paper_ws_url
+        return (self.exchange.testnet_ws_url if target == "binance-testnet" else self.exchange.binance_ws_url).rstrip("/")
+
+    @property
+    def account_stream_endpoint(self) -> str:
+        return self.account_stream.endpoint or f"ipc://{self.runtime_dir / 'account-stream.sock'}"
 
 
 def _refuse_losing(trading: Trading, exchange: str) -> None:

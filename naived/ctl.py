@@ -256,6 +256,8 @@ def render(tree: TreeStatus, now: float) -> str:
     branches: list[list[str]] = []
     if tree.paper_exchange is not None:
         branches.append([f"paper-exchange  {_proc(tree.paper_exchange, now)}"])
+    if tree.account_stream is not None:
+        branches.append([f"account-stream  {_proc(tree.account_stream, now)}"])
     for sym in tree.symbols:
         head = f"{sym.symbol} [{sym.state}]  supervisor {_proc(sym.supervisor, now)}"
         if sym.error:

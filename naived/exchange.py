@@ -46,6 +46,7 @@ from naived.messages import Fill, Order
 log = logging.getLogger(__name__)
 
 UNKNOWN_ORDER = -2013
+UNKNOWN_LISTEN_KEY = -1125  # "This listenKey does not exist."
 INVALID_TIMESTAMP = -1021
 # errors.md: -1006 UNEXPECTED_RESP and -1007 TIMEOUT say "execution status unknown", whatever the
 # HTTP status that carries them.
@@ -162,6 +163,10 @@ class _TradeBody(msgspec.Struct):
     commissionAsset: str
 
 
+class _ListenKey(msgspec.Struct):
+    listenKey: str
+
+
 class _ErrorBody(msgspec.Struct):
     code: int
     msg: str
@@ -176,6 +181,7 @@ _orders_decoder = msgspec.json.Decoder(list[_OrderBody])
 _trades_decoder = msgspec.json.Decoder(list[_TradeBody])
 _error_decoder = msgspec.json.Decoder(_ErrorBody)
 _time_decoder = msgspec.json.Decoder(_ServerTime)
+_listen_key_decoder = msgspec.json.Decoder(_ListenKey)
 
 
 FINAL_STATUSES = frozenset({"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"})
@@ -220,7 +226,7 @@ class BinanceClient:
         # Prepared once per method: each call only copies one and sets its URL.
         self._templates = {
             method: self._session.prepare_request(requests.Request(method, self.base_url + "/"))
-            for method in ("GET", "POST", "DELETE")
+            for method in ("GET", "POST", "PUT", "DELETE")
         }
 
     def __repr__(self) -> str:
@@ -288,6 +294,20 @@ class BinanceClient:
     def open_orders(self, symbol: str) -> list[Order]:
         body = self._call("GET", "/api/v3/openOrders", {"symbol": symbol}, signed=True)
         return [_order(o) for o in _orders_decoder.decode(body)]
+
+    # --- the user data stream's listen key (USER_STREAM: API key, no signature) -----------------
+    # The key is a credential for the account's events: callers keep it out of logs and argv.
+
+    def new_listen_key(self) -> str:
+        """The account's active listen key (Binance extends it), or a new one."""
+        return _listen_key_decoder.decode(self._call("POST", "/api/v3/userDataStream", {}, signed=False)).listenKey
+
+    def keepalive_listen_key(self, listen_key: str) -> None:
+        """Another 60 minutes of validity. `BinanceError` -1125: the key is gone (make a new one)."""
+        self._call("PUT", "/api/v3/userDataStream", {"listenKey": listen_key}, signed=False)
+
+    def close_listen_key(self, listen_key: str) -> None:
+        self._call("DELETE", "/api/v3/userDataStream", {"listenKey": listen_key}, signed=False)
 
     def account(self) -> dict[str, Any]:
         return msgspec.json.decode(self._call("GET", "/api/v3/account", {}, signed=True))

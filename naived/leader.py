@@ -30,7 +30,7 @@ import zmq
 
 from naived import exchange, strategy, trader
 from naived.config import Config, reload_config
-from naived.ipc import bind_rep
+from naived.ipc import bind, bind_rep
 from naived.messages import (
     Ack,
     FiltersFetched,
@@ -45,6 +45,7 @@ from naived.messages import (
     TraderHello,
     TraderInfo,
     TraderState,
+    check_topic,
     encode,
     leader_reply_decoder,
     leader_request_decoder,
@@ -107,6 +108,10 @@ class Leader(Role):
         self.supervisor = Supervisor(f"leader {symbol}", config.naived.supervision)
         self.rep = bind_rep(self.ctx, config.leader_endpoint(symbol))
         self.supervisor.watch(self.rep, self.on_request)
+        # Requests to the traders: look up an order the reconcile found no longer open.
+        self.pub = bind(self.ctx, zmq.PUB, config.leader_pub_endpoint(symbol))
+        self.next_reconcile: float | None = None  # monotonic; set when the first reconcile starts
+        self.drift_counted = False  # the first reconcile after a (re)start counts drift
         # Status goes up to the root as it changes; CONFLATE: only the latest is worth sending.
         self.report = self.ctx.socket(zmq.PUSH)
         self.report.setsockopt(zmq.CONFLATE, 1)
@@ -255,12 +260,21 @@ class Leader(Role):
             s.intent.client_order_id for s in self.states.values() if s.intent}
         # Only orders already open when the worker asked can be missing from its answer.
         unowned, missing = sorted(at_exchange - owned), sorted((self.open_ours() & self.open_when_asked) - at_exchange)
+        first, self.drift_counted = not self.drift_counted, True
         for cid in unowned:
             log.warning("%s: drift: exchange has open order %s that no trader owns", self.symbol, cid)
         for cid in missing:
-            log.warning("%s: drift: a trader thinks %s is open; the exchange does not (it will re-check)", self.symbol, cid)
-        self.counters["drift"] = len(unowned) + len(missing)
-        self.store.set_meta("drift", str(self.counters["drift"]))
+            # After the start a trader may simply not have heard yet (a fill with no push, no trade).
+            log.log(logging.WARNING if first else logging.INFO,
+                    "%s: %s: a trader thinks %s is open; the exchange does not: asking it to look it up",
+                    self.symbol, "drift" if first else "reconcile", cid)
+            owner = next((t for t, s in self.states.items() for o in (s.buy_order, s.sell_order)
+                          if o is not None and o.client_order_id == cid), None)
+            if owner is not None:
+                self.pub.send_multipart([check_topic(owner), cid.encode()], zmq.NOBLOCK)
+        if first:  # drift is what a (re)started leader found; later misses are news not yet heard
+            self.counters["drift"] = len(unowned) + len(missing)
+            self.store.set_meta("drift", str(self.counters["drift"]))
 
     # --- requests from traders and workers -----------------------------------------
 
@@ -350,10 +364,19 @@ class Leader(Role):
 
     # --- the loop ------------------------------------------------------------------
 
+    def next_tick(self) -> float | None:
+        return self.next_reconcile if self.open_ours() else None
+
     def tick(self) -> None:
         traders = self.traders_running()
         if not self.reconciled and traders and all(int(k) in self.ready_at for k in traders):
             self.reconciled = True  # once the traders are back: it only reports, it can wait
+            self.next_reconcile = time.monotonic() + self.config.naived.reconcile_seconds
+            self.start_worker(RECONCILE)
+        elif self.next_reconcile is not None and time.monotonic() >= self.next_reconcile and self.open_ours():
+            # Every reconcile_seconds while an order is open: one openOrders call for the symbol,
+            # so no cycle waits on a fill that no push and no trade announces.
+            self.next_reconcile = time.monotonic() + self.config.naived.reconcile_seconds
             self.start_worker(RECONCILE)
         if self.changed:
             self.changed = False

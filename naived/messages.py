@@ -59,6 +59,72 @@ def decode_trade(payload: bytes) -> TradeEvent:
     return _trade_decoder.decode(payload)
 
 
+# --- the account's user data stream (account-stream -> traders, PUB/SUB) -----------
+
+EXECUTION_TOPIC_PREFIX = b"EXECUTION_REPORT:"
+STREAM_STATUS_TOPIC = b"ACCOUNT_STREAM"
+
+
+class ExecutionReport(msgspec.Struct, frozen=True):
+    """Binance's `executionReport` (user data stream), the fields the bot reads; msgspec skips
+    the rest. Amounts stay decimal strings. A CANCELED report names the cancel request in `c`
+    and the cancelled order in `C`."""
+
+    e: str  # "executionReport"
+    E: int  # event time, ms
+    s: str  # symbol
+    c: str  # client order id (of the cancel request, for CANCELED)
+    S: Literal["BUY", "SELL"]
+    q: str  # order quantity
+    p: str  # order price
+    x: str  # execution type: NEW, TRADE, CANCELED, EXPIRED, REJECTED, TRADE_PREVENTION...
+    X: str  # order status
+    i: int  # order id
+    l: str  # noqa: E741 - Binance's name: last executed quantity
+    z: str  # cumulative filled quantity
+    L: str  # last executed price
+    n: str  # commission of this fill
+    N: str | None  # its asset
+    T: int  # transaction time, ms
+    t: int  # trade id, -1 without a fill
+    Z: str  # cumulative quote quantity
+    C: str = ""  # original client order id (CANCELED)
+
+    @property
+    def client_order_id(self) -> str:
+        """The order's own client order id, whatever the execution type."""
+        return self.C if self.x == "CANCELED" and self.C else self.c
+
+
+class StreamStatus(msgspec.Struct, frozen=True):
+    """The account-stream's heartbeat: `up` while its connection to the user data stream is
+    open. A new `session` (a new connection, a restarted process) means events may have been
+    missed before it: an order waiting for a push must be asked about once."""
+
+    session: str
+    up: bool
+
+
+def execution_topic(client_order_id: str) -> bytes:
+    return EXECUTION_TOPIC_PREFIX + client_order_id.encode()
+
+
+def trader_execution_topic(id_prefix: str, trader_id: int) -> bytes:
+    """A trader's subscription: its ids are `<prefix>-<trader>-<cycle><leg>`, so the trailing
+    dash keeps trader 1 from matching trader 10's orders."""
+    return execution_topic(f"{id_prefix}-{trader_id}-")
+
+
+def check_topic(trader_id: int) -> bytes:
+    """The leader asks one of its traders to look its open order up (`CHECK:<trader>.`)."""
+    return f"CHECK:{trader_id}.".encode()
+
+
+execution_report_json_decoder = msgspec.json.Decoder(ExecutionReport)
+execution_report_decoder = msgspec.msgpack.Decoder(ExecutionReport)
+stream_status_decoder = msgspec.msgpack.Decoder(StreamStatus)
+
+
 # --- trader state ------------------------------------------------------------
 
 
@@ -324,6 +390,7 @@ class TreeStatus(msgspec.Struct, tag=True):
     market: str
     symbols: list[SymbolStatus]
     paper_exchange: ProcessInfo | None = None
+    account_stream: ProcessInfo | None = None
 
 
 class History(msgspec.Struct, tag=True):

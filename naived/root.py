@@ -1,7 +1,7 @@
 """The naived root: `Naive.Application` and `Naive.DynamicSymbolSupervisor` in one process.
 
 A `Role` in the one supervising loop (`supervisor.py`). Its children: the paper
-exchange (permanent) and one symbol supervisor per traded symbol (transient,
+exchange and the account stream (permanent) and one symbol supervisor per traded symbol (transient,
 restart intensity counted per symbol), plus short-lived workers that read a
 symbol's store for `history`. The root is the error kernel's last line:
 
@@ -36,7 +36,7 @@ import zmq
 
 from naived import budget as rate_budget
 from naived import paper as paper_exchange
-from naived import sdnotify, symbol_supervisor
+from naived import account_stream, sdnotify, symbol_supervisor
 from naived.config import Config, check_symbol, reload_config
 from naived.ipc import bind, ipc_path, request
 from naived.messages import (
@@ -66,6 +66,7 @@ from naived.symbols import lookup
 log = logging.getLogger(__name__)
 
 PAPER = "paper-exchange"
+ACCOUNT_STREAM = "account-stream"
 WORKER = "worker-"  # key prefix of the root's short-lived workers
 WORKER_ANSWER_GRACE = 2.0  # seconds for a worker's pushed answer to arrive after its exit
 REPORTS_PER_TURN = 1000  # drained per wake-up, so a flood of reports cannot starve the control socket
@@ -144,8 +145,11 @@ class Root(Role):
         self.supervisor.watch(self.control, self.on_control)
         self.supervisor.watch(self.reports, self.on_reports)
         self.paper_listener: socket.socket | None = None
+        self.paper_ws_listener: socket.socket | None = None
         if config.naived.exchange == "paper":
             self.paper_listener = _listen(config.paper.host, config.paper.port, "the paper exchange", "[paper] port")
+            self.paper_ws_listener = _listen(config.paper.host, config.paper.ws_port, "the paper exchange's user data stream",
+                                             "[paper] ws_port")
         self.metrics: MetricsEndpoint | None = None
         if config.naived.metrics_port:
             try:
@@ -158,6 +162,7 @@ class Root(Role):
         self.leaders: dict[str, LeaderStatus] = {}  # as each leader last pushed it
         self.trading = TradingSet(config.state_dir / "trading.json")
         self.paper_failed: str | None = None
+        self.account_stream_failed: str | None = None
         self.pending: dict[int, list[bytes]] = {}  # worker request id -> the client's envelope
         self.late: dict[int, float] = {}  # request id -> deadline, for workers that exited before their answer came
         self.request_ids = itertools.count(1)
@@ -166,14 +171,24 @@ class Root(Role):
     # --- children --------------------------------------------------------------------
 
     def start_paper_exchange(self) -> None:
-        listener = self.paper_listener
-        assert listener is not None
+        listener, ws_listener = self.paper_listener, self.paper_ws_listener
+        assert listener is not None and ws_listener is not None
         self.supervisor.start(ChildSpec(
             key=PAPER,
             title="paper-exchange",
-            run=lambda: paper_exchange.run(self.config, listener) or 0,
+            run=lambda: paper_exchange.run(self.config, listener, ws_listener) or 0,
             new_process_group=True,
-            keep_fds=(listener.fileno(),),
+            keep_fds=(listener.fileno(), ws_listener.fileno()),
+        ))
+
+    def start_account_stream(self) -> None:
+        """The account's user data stream, for every exchange: it talks to the exchange, so it is
+        a child; it holds the listen key, so it is one per naived."""
+        self.supervisor.start(ChildSpec(
+            key=ACCOUNT_STREAM,
+            title="account-stream",
+            run=lambda: account_stream.run(self.config),
+            new_process_group=True,
         ))
 
     def start_symbol(self, symbol: str, mode: str = "running") -> None:
@@ -199,7 +214,7 @@ class Root(Role):
                 else:
                     self.reply(self.pending.pop(request_id), Error(f"could not read the store: {status.reason()}"))
             return "forget"
-        if key == PAPER:
+        if key in (PAPER, ACCOUNT_STREAM):
             return None
         self.leaders.pop(key, None)
         if child.stop_deadline is not None:
@@ -216,6 +231,9 @@ class Root(Role):
         if key == PAPER:
             self.paper_failed = reason
             log.error("%s; orders cannot be placed until naived restarts", reason)
+        elif key == ACCOUNT_STREAM:
+            self.account_stream_failed = reason
+            log.error("%s; traders learn of fills by asking the exchange until naived restarts", reason)
         elif key in self.symbols:
             entry = self.symbols[key]
             entry.state, entry.error = "failed", reason
@@ -361,6 +379,8 @@ class Root(Role):
         if self.config.naived.exchange == "paper":
             paper = self._process_info(PAPER)
             paper.error = self.paper_failed
+        stream = self._process_info(ACCOUNT_STREAM)
+        stream.error = self.account_stream_failed
         return TreeStatus(
             pid=os.getpid(),
             started_at=self.started_at,
@@ -368,6 +388,7 @@ class Root(Role):
             market=self.config.streamer.endpoint,
             symbols=symbols,
             paper_exchange=paper,
+            account_stream=stream,
         )
 
     def _process_info(self, key: str) -> ProcessInfo:
@@ -386,6 +407,8 @@ class Root(Role):
         restarts_help = "process restarts by level of the tree"
         if tree.paper_exchange is not None:
             m.add(restarts, "counter", restarts_help, tree.paper_exchange.restarts, level="paper_exchange", symbol="")
+        if tree.account_stream is not None:
+            m.add(restarts, "counter", restarts_help, tree.account_stream.restarts, level="account_stream", symbol="")
         weight = 0
         for sym in tree.symbols:
             m.add("naive_symbol_state", "gauge", "1 for the state each symbol is in", 1, symbol=sym.symbol, state=sym.state)
@@ -472,6 +495,7 @@ class Root(Role):
     def run(self) -> int:
         if self.paper_listener is not None:
             self.start_paper_exchange()
+        self.start_account_stream()
         for symbol in dict.fromkeys(self.config.naived.autostart + list(self.trading.modes)):
             log.info("%s: autostart", symbol)
             mode = self.trading.modes.get(symbol, "running")
@@ -485,9 +509,9 @@ class Root(Role):
         return self.supervisor.run(self)
 
     def before_stop(self) -> None:
-        """The symbols first (their traders first of all), the paper exchange last."""
+        """The symbols first (their traders first of all), the account stream and paper exchange last."""
         sdnotify.notify("STOPPING=1")
-        self.supervisor.stop_all(keep=frozenset({PAPER}))
+        self.supervisor.stop_all(keep=frozenset({PAPER, ACCOUNT_STREAM}))
 
     def on_stop(self) -> None:
         for sock in (self.control, self.reports):

@@ -17,7 +17,7 @@ import msgspec
 
 from naived import symbols
 from naived.config import TradingSettings
-from naived.messages import CycleResult, Fill, Intent, Order, Settings, TradeEvent, TraderState
+from naived.messages import CycleResult, ExecutionReport, Fill, Intent, Order, Settings, TradeEvent, TraderState
 from naived.symbols import SymbolFilters
 
 FEE = Decimal("1.001")  # Binance's 0.1% fee, paid on the buy and on the sell
@@ -284,6 +284,68 @@ def on_order(state: TraderState, order: Order) -> tuple[TraderState, Action]:
     # Cancelled or expired (by a user, STP, the exchange): what it did not sell is sold anew.
     ended = msgspec.structs.replace(state, sells=[*state.sells, order], sell_order=None)
     return _sell_the_rest(ended, order)
+
+
+# --- pushed reports (the user data stream) ------------------------------------------------
+
+
+def order_from_report(report: ExecutionReport) -> Order:
+    """The order an `executionReport` describes, as a REST answer would (its fill travels apart)."""
+    return Order(
+        client_order_id=report.client_order_id, side=report.S, price=report.p, quantity=report.q, status=report.X,
+        order_id=report.i, executed_qty=report.z, quote_qty=report.Z, update_time=report.T,
+    )
+
+
+def fill_from_report(report: ExecutionReport) -> Fill | None:
+    """The trade a TRADE report carries, with its commission (so a pushed fill needs no myTrades)."""
+    if report.x != "TRADE":
+        return None
+    return Fill(report.L, report.l, report.n, report.N or "", report.t)
+
+
+def open_order(state: TraderState) -> Order | None:
+    """The order this trader waits on, if any."""
+    for order in (state.sell_order, state.buy_order):
+        if order is not None and order.status not in FINAL:
+            return order
+    return None
+
+
+def is_news(known: Order, order: Order) -> bool:
+    """Does a pushed report tell more than what the state knows? Pushes race the REST answers
+    (a taker's FILLED answer comes before the NEW and TRADE pushes of the same order), so an
+    older report must never take the state back."""
+    if known.status in FINAL:
+        return False
+    executed, before = Decimal(order.executed_qty), Decimal(known.executed_qty)
+    if executed != before:
+        return executed > before
+    return order.status != known.status and order.status != "NEW"
+
+
+def on_report(state: TraderState, order: Order, fills: list[Fill]) -> tuple[TraderState, Action]:
+    """A pushed report about one of our orders: decide as for a REST answer. `fills`: every fill
+    of the order pushed so far; once they add up to what it executed, its commissions are known
+    without asking (otherwise a final order asks myTrades, as after a REST lookup)."""
+    known = next((o for o in (state.buy_order, state.sell_order)
+                  if o is not None and o.client_order_id == order.client_order_id), None)
+    if state.intent is not None or known is None or not is_news(known, order):
+        return state, None  # not the order waited on (an older leg, an old cycle), or old news
+    if order.status in FINAL and Decimal(order.executed_qty) and \
+            sum((Decimal(f.qty) for f in fills), ZERO) == Decimal(order.executed_qty):
+        order = msgspec.structs.replace(order, fills=list(fills))
+    return on_order(state, order)
+
+
+def wants_trades(state: TraderState, rebuy_possible: bool, stream_up: bool) -> bool:
+    """Must the trader wake for public trades? For its first buy price, and while the stream is
+    not known to be up (trades crossing the order's price then trigger a REST check, as without
+    the stream); otherwise only while chapter 9's rebuy can still fire: it needs the prices while
+    the buy rests (and after: the book fires it whenever the price falls below the buy)."""
+    if state.status == "new" or state.intent is not None or not stream_up:
+        return True
+    return rebuy_possible and not state.rebuy_notified and state.buy_order is not None and state.status != "done"
 
 
 def fills_learned(state: TraderState, order: Order, fills: list[Fill]) -> tuple[TraderState, Action]:

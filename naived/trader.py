@@ -26,17 +26,24 @@ from naived import exchange, strategy
 from naived.supervisor import last_words
 from naived.config import Config
 from naived.messages import (
+    STREAM_STATUS_TOPIC,
+    Fill,
     Intent,
     Order,
     RebuyTriggered,
+    StreamStatus,
     StateUpdated,
     TraderFailed,
     TraderHello,
     TraderState,
+    check_topic,
     decode_trade,
     encode,
+    execution_report_decoder,
     leader_reply_decoder,
+    stream_status_decoder,
     trade_topic,
+    trader_execution_topic,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,7 @@ BACKOFF_MAX = 2.0
 # Binance refuses a timestamp 1 s or more ahead of its clock, so the clock of any request it
 # took in was less than 1 s ahead of the server's: at most 1 s of validity beyond recvWindow.
 CLOCK_MARGIN = 1.0
+STALE_HEARTBEATS = 3  # the account stream is taken for down after this many heartbeats unheard
 
 
 def settle_deadline(started: float, last_unknown_send: float | None, intent: Intent, window: float) -> float:
@@ -102,6 +110,27 @@ class Trader:
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.connect(config.streamer.endpoint)
         self.sub.setsockopt(zmq.SUBSCRIBE, trade_topic(self.symbol))
+        self.trades_on = True
+        # Pushed fills: the account stream's reports of this trader's orders and its heartbeat
+        # (subscribed together on one socket: hearing the heartbeat proves both took effect),
+        # and the leader's requests to look an order up (its reconcile found it no longer open).
+        self.reports = self.ctx.socket(zmq.SUB)
+        self.reports.setsockopt(zmq.LINGER, 0)
+        self.reports.connect(config.account_stream_endpoint)
+        self.reports.connect(config.leader_pub_endpoint(self.symbol))
+        for topic in (trader_execution_topic(state.id_prefix, state.trader_id), STREAM_STATUS_TOPIC,
+                      check_topic(state.trader_id)):
+            self.reports.setsockopt(zmq.SUBSCRIBE, topic)
+        self.stream_session: str | None = None  # the account stream's connection last heard of
+        self.stream_up = False
+        self.stream_heard = 0.0  # monotonic
+        self.stale_after = STALE_HEARTBEATS * config.account_stream.heartbeat_seconds
+        self.fallback_every = config.account_stream.fallback_check_seconds
+        self.next_fallback = 0.0  # monotonic: the next REST check while the stream is not up
+        self.pushed: dict[str, dict[int, Fill]] = {}  # client order id -> its pushed fills by trade id
+        trading = config.trading.for_symbol(state.symbol)
+        # The leader starts another trader on a rebuy only while fewer than `chunks` run.
+        self.rebuy_possible = trading.traders_at_start < trading.chunks
         self.leader = LeaderLink(self.ctx, config.leader_endpoint(self.symbol))
         self.client = exchange.client_for(config)
         # How long a sent order request may still execute: recvWindow, then the exchange's
@@ -287,6 +316,92 @@ class Trader:
             return self.act(strategy.Check(open_order.client_order_id))
         return False
 
+    # --- pushed fills ---------------------------------------------------------------
+
+    def live(self) -> bool:
+        """Is the account stream known to be up (heard within its heartbeat tolerance)?"""
+        return self.stream_up and time.monotonic() - self.stream_heard < self.stale_after
+
+    def look_up_open(self, why: str) -> bool:
+        """Ask the exchange about the order waited on; True when the cycle is over."""
+        order = strategy.open_order(self.state)
+        if order is None:
+            return False
+        log.info("%s/%d: asking about %s: %s", self.symbol, self.state.trader_id, order.client_order_id, why)
+        return self.act(self.check(order.client_order_id, follow_up=False))
+
+    def on_stream_status(self, status: StreamStatus) -> bool:
+        was_live = self.live()
+        if not status.up:
+            self.stream_up = False
+            if was_live:
+                log.info("%s/%d: the account stream is down; asking the exchange every %gs", self.symbol,
+                         self.state.trader_id, self.fallback_every)
+            self.next_fallback = time.monotonic()  # what was pushed just before may be lost
+            return False
+        new_session = status.session != self.stream_session
+        self.stream_session, self.stream_up, self.stream_heard = status.session, True, time.monotonic()
+        # Reports between two sessions (or before this trader's subscription took effect) may be
+        # lost: one look-up covers them; from here on, every change is pushed.
+        return new_session and self.look_up_open(f"account stream session {status.session}")
+
+    def on_reports(self) -> bool:
+        """Drain the reports socket; True when the cycle is over."""
+        while self.reports.poll(0, zmq.POLLIN):
+            topic, payload = self.reports.recv_multipart()
+            if topic == STREAM_STATUS_TOPIC:
+                done = self.on_stream_status(stream_status_decoder.decode(payload))
+            elif topic == check_topic(self.state.trader_id):
+                done = self.look_up_open("the leader's reconcile found it no longer open")
+            else:
+                done = self.on_report(execution_report_decoder.decode(payload))
+            if done:
+                return True
+        return False
+
+    def on_report(self, report: object) -> bool:
+        order = strategy.order_from_report(report)  # type: ignore[arg-type]
+        fill = strategy.fill_from_report(report)  # type: ignore[arg-type]
+        fills = self.pushed.setdefault(order.client_order_id, {})
+        if fill is not None:
+            fills[fill.trade_id] = fill
+        previous = self.state
+        self.state, action = strategy.on_report(self.state, order, list(fills.values()))
+        if self.state is previous:
+            return False
+        log.info("%s/%d: pushed: %s %s (%s executed)", self.symbol, self.state.trader_id, order.client_order_id,
+                 order.status, order.executed_qty)
+        self.report()
+        return self.act(action)
+
+    def follow_trades(self) -> None:
+        """Subscribe to trades only while something needs them (see `strategy.wants_trades`)."""
+        want = strategy.wants_trades(self.state, self.rebuy_possible, self.live())
+        if want != self.trades_on:
+            self.sub.setsockopt(zmq.SUBSCRIBE if want else zmq.UNSUBSCRIBE, trade_topic(self.symbol))
+            self.trades_on = want
+            log.info("%s/%d: %s", self.symbol, self.state.trader_id,
+                     "following trades" if want else "waiting for pushes only, trades unsubscribed")
+
+    def timeout_ms(self) -> int | None:
+        now = time.monotonic()
+        deadlines = []
+        if self.recheck:
+            deadlines.append(now + self.client.budget.recheck_interval(CHECK_INTERVAL))
+        if strategy.open_order(self.state) is not None:
+            deadlines.append(self.stream_heard + self.stale_after if self.live() else self.next_fallback)
+        if not deadlines:
+            return None
+        return max(0, int((min(deadlines) - now) * 1000) + 1)
+
+    def on_timers(self) -> bool:
+        if self.live() or strategy.open_order(self.state) is None:
+            return False
+        if time.monotonic() >= self.next_fallback:
+            self.next_fallback = time.monotonic() + self.fallback_every
+            return self.look_up_open("the account stream is not up")
+        return False
+
     def run(self) -> int:
         s = self.state
         log.info(
@@ -294,25 +409,38 @@ class Trader:
             s.symbol, s.trader_id, s.cycle, s.status, ", with a pending intent" if s.intent else "",
         )
         self.leader.call(TraderHello(s.trader_id, os.getpid()))
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        poller.register(self.reports, zmq.POLLIN)
         try:
             if self.resume():
                 return 0
             if self.state.status == "new":
                 self.warm_up()
+            self.next_fallback = time.monotonic() + self.fallback_every  # resume() has just asked
             while True:
-                # Idle traders sleep until a trade arrives: hundreds of them cost no CPU.
-                timeout = int(self.client.budget.recheck_interval(CHECK_INTERVAL) * 1000) if self.recheck else None
-                if not self.sub.poll(timeout, zmq.POLLIN):
-                    if self.recheck and self.act(self.check(self.recheck, follow_up=False)):
+                self.follow_trades()
+                # Idle traders sleep until a trade, a push or a deadline: hundreds of them cost no CPU.
+                ready = dict(poller.poll(self.timeout_ms()))
+                if self.reports in ready and self.on_reports():
+                    return 0
+                if self.on_timers():
+                    return 0
+                if self.sub not in ready:
+                    if self.recheck and not ready and self.act(self.check(self.recheck, follow_up=False)):
                         return 0
                     continue
                 _, payload = self.sub.recv_multipart()
+                if not self.trades_on:
+                    continue  # queued before the unsubscribe
                 event = decode_trade(payload)
                 if strategy.rebuy_due(self.state, event):
                     self.state = msgspec.structs.replace(self.state, rebuy_notified=True)
                     self.report()
                     self.leader.call(RebuyTriggered(self.state.trader_id))
                 self.state, action = strategy.on_trade(self.state, event)
+                if isinstance(action, strategy.Check) and self.live():
+                    continue  # the stream pushes whatever the exchange does with it
                 if self.act(action):
                     return 0
         except (strategy.StrategyError, exchange.BinanceError) as exc:

@@ -5,9 +5,10 @@ Shared by `tests/test_chaos.py` (short, in CI) and `bench/chaos.py` (long, on de
 The market is the real BTCUSDT tape (`../shared/data/binance-spot-tapes`, replayed by
 streamerd at a speed that makes it last the run) or, without it, streamerd's simulated
 market. naived trades it with several traders and a negative profit interval, so cycles
-finish within seconds; the paper exchange injects faults (seeded) on order requests.
+finish within seconds; the paper exchange injects faults (seeded) on order requests and drops
+user data stream connections.
 
-A killer sends SIGKILL at random moments to random traders, leaders, symbol supervisors,
+A killer sends SIGKILL at random moments to random traders, leaders, symbol supervisors, the account stream,
 the paper exchange and naived itself (started again, as systemd would), taking PIDs from
 `naivectl status --json` (never by name). After a naived,
 leader or supervisor kill it waits, with a deadline, until the new leader's traders have
@@ -49,9 +50,9 @@ CID = re.compile(r"^(nv[a-z0-9]{6})-(\d+)-(\d+)(B|S\d*)$")  # <store prefix>-<tr
 OPEN = ("NEW", "PARTIALLY_FILLED")
 FINAL = ("FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED")
 # How often each is the victim. naived itself too: the killer then starts it again, as systemd would.
-# streamerd too: the killer starts it again (a replay starts the tape over), and the traders, the
+# streamerd and the account stream too: the killer starts it again (a replay starts the tape over), and the traders, the
 # paper exchange and the leaders reconnect to the new publisher.
-KINDS = {"trader": 12, "leader": 4, "supervisor": 2, "paper": 2, "naived": 1, "streamer": 1}
+KINDS = {"trader": 12, "leader": 4, "supervisor": 2, "paper": 2, "account_stream": 2, "naived": 1, "streamer": 1}
 
 # Buy 0.0001% under the first price (~0.06 USDT on BTCUSDT), sell ~0.1% *below* the buy: the buy
 # fills at the next lower print, the sell at the next higher one, so cycles take seconds of tape
@@ -95,6 +96,7 @@ late_accept_timeout = 0.01
 late_accept_seconds = 1.0
 exchange_cancel = 0.002
 exchange_expire = 0.002
+user_stream_drop = 0.02
 retry_after_seconds = 1
 seed = {seed}
 """
@@ -146,6 +148,9 @@ def victims(tree: Tree, status: dict[str, Any]) -> dict[str, list[int]]:
     paper = status.get("paper_exchange")
     if paper and paper["pid"]:
         found["paper"].append(paper["pid"])
+    stream = status.get("account_stream")
+    if stream and stream["pid"]:
+        found["account_stream"].append(stream["pid"])
     for sym in status["symbols"]:
         if sym["supervisor"]["pid"]:
             found["supervisor"].append(sym["supervisor"]["pid"])

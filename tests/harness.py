@@ -63,6 +63,7 @@ class Tree:
         self.dir = directory
         self.sandboxed = sandboxed
         self.paper_port = free_port()
+        self.paper_ws_port = free_port()
         run = directory / "run"
         run.mkdir(mode=0o700, exist_ok=True)
         self.config_path = directory / "naive.toml"
@@ -81,6 +82,7 @@ grace_seconds = 30.0
 
 [paper]
 port = {self.paper_port}
+ws_port = {self.paper_ws_port}
 {paper}
 
 {extra_config}
@@ -197,9 +199,10 @@ port = {self.paper_port}
 
 
 @contextmanager
-def running_tree(directory: Path, extra_config: str = "") -> Iterator[Tree]:
-    """streamerd + naived up and answering; everything stopped and killed on the way out."""
-    tree = Tree(directory, extra_config)
+def running_tree(directory: Path, extra_config: str = "", **options: Any) -> Iterator[Tree]:
+    """streamerd + naived up and answering; everything stopped and killed on the way out.
+    `options`: more of `Tree`'s arguments (e.g. `paper` lines)."""
+    tree = Tree(directory, extra_config, **options)
     try:
         tree.start_streamer()
         tree.start_naived()
@@ -220,8 +223,9 @@ def open_buys(tree: Tree, symbol: str, count: int) -> dict[int, dict[str, Any]]:
 
 def tree_pids(tree: dict[str, Any]) -> list[int]:
     pids = [tree["pid"]]
-    if tree.get("paper_exchange") and tree["paper_exchange"]["pid"]:
-        pids.append(tree["paper_exchange"]["pid"])
+    for name in ("paper_exchange", "account_stream"):
+        if tree.get(name) and tree[name]["pid"]:
+            pids.append(tree[name]["pid"])
     for sym in tree["symbols"]:
         if sym["supervisor"]["pid"]:
             pids.append(sym["supervisor"]["pid"])

@@ -87,12 +87,14 @@ class Exchange:
         self.listener = listener  # served instead of binding paper.port, as under naived's root
         self.port = listener.getsockname()[1] if listener else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_port = free_port()
+        self.ws_url = f"ws://127.0.0.1:{self.ws_port}"
         self.config = directory / "naive.toml"
         self.config.write_text(
             f'[paths]\nstate_dir = "{directory / "state"}"\nruntime_dir = "{directory / "run"}"\n'
             f'[streamer]\nendpoint = "{market_endpoint}"\n'
             f'[exchange]\ntimeout_seconds = 0.4\n'
-            f'[paper]\nport = {free_port() if listener else self.port}\n{extra}\n'
+            f'[paper]\nport = {free_port() if listener else self.port}\nws_port = {self.ws_port}\n{extra}\n'
             + ("" if "balances" in extra else 'balances = { USDT = "10000", XRP = "100" }\n')
         )
         self.http = requests.Session()

@@ -36,8 +36,9 @@ say which price it uses); without a BNB price or enough BNB it is taken from the
 received asset, undiscounted, as on Binance.
 
 One lock guards it all: HTTP threads place/cancel/query, the trade thread fills.
-Every change is also handed to the `listeners` (the user data stream) after it is
-committed, outside the lock.
+Every change is also handed to the `listeners` (the user data stream) once it is
+committed, still under the lock, so that they see the changes in commit order: a listener
+must only queue them (it must not block, nor call the book).
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ class Change:
     fill: Fill | None
     balances: dict[str, Balance]
     time_ms: int
+    cancel_id: str = ""  # CANCELED by a request: that request's client order id (Binance's `c`)
 
 
 @dataclass
@@ -322,6 +324,7 @@ class PaperBook:
         return self.balances.setdefault(asset, Balance())
 
     def _publish(self, changes: list[Change]) -> None:
+        """Under the lock, after the commit: listeners get changes in commit order."""
         for listener in self.listeners:
             try:
                 listener(changes)
@@ -381,6 +384,7 @@ class PaperBook:
             changes = [Change(_snapshot(order), "NEW", None, {}, now)]
             rows: list[tuple[PaperOrder, int, Fill]] = []
             assets = {f.base, f.quote}
+            changed: set[str] = set()  # what the account position lists: only balances this order moved
             take = ZERO
             if marketable and market is not None:
                 take = min(qty, market.left) if self.partial_fills else qty
@@ -391,6 +395,7 @@ class PaperBook:
                     market.left -= take
                 fill, moved = self._fill(f, order, market.price, take, maker=False, locked=False, market_trade_id=market.trade_id, now=now)
                 assets |= moved
+                changed |= moved
                 rows.append((order, 0, fill))
                 changes.append(Change(_snapshot(order), "TRADE", fill, {}, now))
             if order.remaining > 0:
@@ -401,14 +406,14 @@ class PaperBook:
                     lock_asset, lock_amount = self._commitment(f, order)
                     self._balance(lock_asset).free -= lock_amount
                     self._balance(lock_asset).locked += lock_amount
+                    changed.add(lock_asset)
             self._index(order)
             self._save([order], assets, rows)
-            sheet = {a: replace(self.balances[a]) for a in sorted(assets)}
-            changes[-1].balances = sheet
+            changes[-1].balances = {a: replace(self.balances[a]) for a in sorted(changed)}
             order = _snapshot(order)
+            self._publish(changes)
         log.info("placed %s %s %s %s %s %s @ %s (orderId %d): %s", f.symbol, new.client_order_id, new.type, new.time_in_force,
                  new.side, qty, new.price, order.order_id, order.status)
-        self._publish(changes)
         return order, changes
 
     def _commitment(self, f: SymbolFilters, order: PaperOrder) -> tuple[str, Decimal]:
@@ -475,41 +480,36 @@ class PaperBook:
             order = self._lookup(symbol, order_id, client_order_id)
             return _snapshot(order) if order else None
 
-    def cancel(self, f: SymbolFilters, order_id: int | None, client_order_id: str | None) -> PaperOrder:
-        """DELETE /api/v3/order: the order must be open."""
+    def cancel(self, f: SymbolFilters, order_id: int | None, client_order_id: str | None, cancel_id: str = "") -> PaperOrder:
+        """DELETE /api/v3/order: the order must be open. `cancel_id`: the request's own id."""
         with self._lock:
             order = self._lookup(f.symbol, order_id, client_order_id)
             if order is None or not order.is_open:
                 raise Rejected(-2011, "Unknown order sent.")
-            change = self._close(f, order, "CANCELED")
-        self._publish([change])
-        return change.order
+            return self._close(f, order, "CANCELED", lambda o: cancel_id).order
 
-    def cancel_all(self, f: SymbolFilters) -> list[PaperOrder]:
+    def cancel_all(self, f: SymbolFilters, cancel_id: Callable[[PaperOrder], str] = lambda o: "") -> list[Change]:
         """DELETE /api/v3/openOrders: every open order of the symbol, in one commit."""
         with self._lock:
             book = self._open.get(f.symbol, {})
             if not book:
                 raise Rejected(-2011, "Unknown order sent.")
-            changes = self._close_many(f, list(book.values()), "CANCELED")
-        self._publish(changes)
-        return [c.order for c in changes]
+            return self._close_many(f, list(book.values()), "CANCELED", cancel_id)
 
-    def close_open(self, f: SymbolFilters, order_id: int, status: str) -> Change | None:
+    def close_open(self, f: SymbolFilters, order_id: int, status: str, cancel_id: str = "") -> Change | None:
         """The exchange itself cancels or expires an open order (a seeded fault); None if it
         is no longer open."""
         with self._lock:
             order = self.orders.get(order_id)
             if order is None or not order.is_open:
                 return None
-            change = self._close(f, order, status)
-        self._publish([change])
-        return change
+            return self._close(f, order, status, lambda o: cancel_id)
 
-    def _close(self, f: SymbolFilters, order: PaperOrder, status: str) -> Change:
-        return self._close_many(f, [order], status)[0]
+    def _close(self, f: SymbolFilters, order: PaperOrder, status: str, cancel_id: Callable[[PaperOrder], str]) -> Change:
+        return self._close_many(f, [order], status, cancel_id)[0]
 
-    def _close_many(self, f: SymbolFilters, orders: list[PaperOrder], status: str) -> list[Change]:
+    def _close_many(self, f: SymbolFilters, orders: list[PaperOrder], status: str,
+                    cancel_id: Callable[[PaperOrder], str]) -> list[Change]:
         now = self.clock()
         assets: set[str] = set()
         for order in orders:
@@ -525,7 +525,9 @@ class PaperBook:
         sheet = {a: replace(self.balances[a]) for a in sorted(assets)}
         for order in orders:
             log.info("%s %s %s (orderId %d)", status.lower(), f.symbol, order.client_order_id, order.order_id)
-        return [Change(_snapshot(o), status, None, sheet, now) for o in orders]
+        changes = [Change(_snapshot(o), status, None, sheet, now, cancel_id(o)) for o in orders]
+        self._publish(changes)
+        return changes
 
     def open_orders(self, symbol: str | None) -> list[PaperOrder]:
         with self._lock:
@@ -586,10 +588,10 @@ class PaperBook:
             if filled:
                 self._save([o for o, _ in filled], assets, rows)
                 changes[-1].balances = {a: replace(self.balances[a]) for a in sorted(assets)}
+                self._publish(changes)
         for order, fill in filled:
             log.info("%s %s %s %s %s @ %s (orderId %d, trade %d)", order.status.lower().replace("_", " "), order.symbol,
                      order.client_order_id, order.side, fill.qty, fill.price, order.order_id, trade_id)
-        self._publish(changes)
         return filled
 
     def _crosses(self, order: PaperOrder, price: Decimal) -> bool:

@@ -14,6 +14,8 @@ string and/or form body), JSON shapes, statuses, error codes and messages, and t
     GET    /api/v3/openOrders[?symbol=]   DELETE /api/v3/openOrders?symbol=          (signed)
     GET    /api/v3/allOrders, /api/v3/myTrades   (orderId/fromId, startTime, endTime, limit)
     GET    /api/v3/account, /api/v3/account/commission                              (signed)
+    POST | PUT | DELETE /api/v3/userDataStream   listen keys (API key, no signature); the
+                                stream itself: ws://<host>:<ws_port>/ws/<listenKey> (userstream.py)
 
 Signed requests are checked like Binance does: `X-MBX-APIKEY` must be `paper.api_key`,
 the HMAC-SHA256 `signature` (key `paper.api_secret`) must match the query string
@@ -54,6 +56,9 @@ Inspection and control, unsigned (the server only listens on loopback):
                                   and the weight of each of the last 60 minutes
     POST /paper/faults            JSON object of `config.Faults` fields: replaces the fault
                                   probabilities and reseeds the fault RNG; answers the faults
+    POST /paper/trade             {"symbol", "price", "qty"}: a public trade the exchange matches
+                                  on that no subscriber of the trade stream sees (an outage of
+                                  the public stream): tests of fills that no trade announces
 
 Faults (`paper.faults`, seeded RNGs). Drawn once per new-order request: 418/429 with
 `Retry-After`, -1021, drop the connection before processing, accept then answer 503,
@@ -91,6 +96,7 @@ import zmq
 from naived.config import Config, Faults
 from naived.messages import decode_trade, trade_topic
 from naived.paper.book import BNB_DISCOUNT, MAX_PRICE, Fees, Fill, NewOrder, PaperBook, PaperOrder, Rejected
+from naived.paper.userstream import UNKNOWN_KEY, UserStreamServer
 from naived.symbols import SymbolFilters, table
 
 log = logging.getLogger(__name__)
@@ -430,9 +436,10 @@ class TradeFeed(threading.Thread):
 class PaperExchange:
     """Request routing, Binance's checks, fault injection. Called from the HTTP threads."""
 
-    def __init__(self, config: Config, book: PaperBook, feed: TradeFeed) -> None:
+    def __init__(self, config: Config, book: PaperBook, feed: TradeFeed, stream: UserStreamServer | None = None) -> None:
         self.book = book
         self.feed = feed
+        self.stream = stream
         self._key = config.paper.api_key
         self._mac = hmac.new(config.paper.api_secret.encode(), digestmod=hashlib.sha256)
         self._hang_seconds = config.exchange.timeout_seconds + 1.0  # outlive the client's timeout
@@ -458,6 +465,10 @@ class PaperExchange:
             ("GET", "/api/v3/myTrades"): (self.my_trades, 20, True),
             ("GET", "/api/v3/account"): (self.account, 20, True),
             ("GET", "/api/v3/account/commission"): (self.commission, 20, True),
+            # USER_STREAM: the API key, no signature (checked in `handle`)
+            ("POST", "/api/v3/userDataStream"): (self.listen_key_create, 2, False),
+            ("PUT", "/api/v3/userDataStream"): (self.listen_key_keepalive, 2, False),
+            ("DELETE", "/api/v3/userDataStream"): (self.listen_key_close, 2, False),
             ("GET", "/paper/orders"): (self.paper_orders, 0, False),
             ("GET", "/paper/balances"): (self.paper_balances, 0, False),
             ("GET", "/paper/market"): (lambda p, t: (200, self.feed.market()), 0, False),
@@ -468,6 +479,7 @@ class PaperExchange:
         self.faults = faults
         self._rng = random.Random(faults.seed)
         self._book_rng = random.Random(faults.seed + 1)  # drawn by the trade thread only
+        self.stream_faults = (faults, random.Random(faults.seed + 2))  # the user stream's thread only; swapped whole
 
     def _book_faults(self, f: SymbolFilters) -> None:
         """After each public trade: the exchange itself may cancel or expire one open order of
@@ -482,7 +494,10 @@ class PaperExchange:
         status = "CANCELED" if r < faults.exchange_cancel else "EXPIRED" if r < faults.exchange_cancel + faults.exchange_expire else None
         if status is not None:
             victim = rng.choice(open_orders)
-            if self.book.close_open(f, victim.order_id, status) is not None:
+            # A cancel the account did not ask for still names a cancel request in `c`, as another
+            # client's (or Binance's web page's) cancel would; an expiry names none.
+            cancel_id = _generated_id() if status == "CANCELED" else ""
+            if self.book.close_open(f, victim.order_id, status, cancel_id) is not None:
                 log.warning("fault: the exchange %s %s (orderId %d)", status.lower(), victim.client_order_id, victim.order_id)
 
     def late_order(self, params: Params, received_ns: int) -> Reply:
@@ -543,13 +558,17 @@ class PaperExchange:
                 return name
         return None
 
-    def check_signed(self, headers: Any, query: str, body: str, params: Params) -> None:
-        """Binance's SIGNED checks: API key, timestamp within recvWindow, signature."""
+    def check_key(self, headers: Any) -> None:
+        """USER_STREAM and SIGNED endpoints: the API key header."""
         key = headers.get("X-MBX-APIKEY")
         if not key:
             raise Rejected(-2014, "API-key format invalid.", 401)
         if not hmac.compare_digest(key, self._key):
             raise Rejected(-2015, "Invalid API-key, IP, or permissions for action.", 401)
+
+    def check_signed(self, headers: Any, query: str, body: str, params: Params) -> None:
+        """Binance's SIGNED checks: API key, timestamp within recvWindow, signature."""
+        self.check_key(headers)
         stamp = _int(params, "timestamp")
         if stamp is None:
             raise Rejected(-1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed.")
@@ -644,7 +663,7 @@ class PaperExchange:
 
     def cancel_open_orders(self, params: Params, received_ns: int) -> Reply:
         f = _filters(_mandatory(params, "symbol"))
-        return 200, [_cancelled_json(o, _generated_id()) for o in self.book.cancel_all(f)]
+        return 200, [_cancelled_json(c.order, c.cancel_id) for c in self.book.cancel_all(f, lambda o: _generated_id())]
 
     def commission(self, params: Params, received_ns: int) -> Reply:
         f = _filters(_mandatory(params, "symbol"))
@@ -667,8 +686,9 @@ class PaperExchange:
         return 200, _query_json(order)
 
     def cancel_order(self, params: Params, received_ns: int) -> Reply:
-        order = self.book.cancel(*self._find(params))
-        return 200, _cancelled_json(order, params.get("newClientOrderId") or _generated_id())
+        cancel_id = params.get("newClientOrderId") or _generated_id()
+        order = self.book.cancel(*self._find(params), cancel_id)
+        return 200, _cancelled_json(order, cancel_id)
 
     def open_orders(self, params: Params, received_ns: int) -> Reply:
         symbol = params.get("symbol")
@@ -688,11 +708,42 @@ class PaperExchange:
             "accountType": "SPOT", "balances": balances, "permissions": ["SPOT"], "uid": 0,
         }
 
+    def _user_stream(self) -> UserStreamServer:
+        if self.stream is None:
+            raise Rejected(-1000, "The user data stream is not served by this paper exchange.")
+        return self.stream
+
+    def listen_key_create(self, params: Params, received_ns: int) -> Reply:
+        return 200, {"listenKey": self._user_stream().keys.create()}
+
+    def listen_key_keepalive(self, params: Params, received_ns: int) -> Reply:
+        if not self._user_stream().keys.keepalive(_mandatory(params, "listenKey")):
+            raise Rejected(UNKNOWN_KEY["code"], UNKNOWN_KEY["msg"])
+        return 200, {}
+
+    def listen_key_close(self, params: Params, received_ns: int) -> Reply:
+        stream, key = self._user_stream(), _mandatory(params, "listenKey")
+        if not stream.keys.close(key):
+            raise Rejected(UNKNOWN_KEY["code"], UNKNOWN_KEY["msg"])
+        stream.closed_key(key)
+        return 200, {}
+
     def paper_orders(self, params: Params, received_ns: int) -> Reply:
         return 200, [_inspection_json(o) for o in self.book.all_orders(params.get("symbol"))]
 
     def paper_balances(self, params: Params, received_ns: int) -> Reply:
         return 200, {a: {"free": _fmt(b.free), "locked": _fmt(b.locked)} for a, b in self.book.balance_sheet().items()}
+
+    def unseen_trade(self, body: bytes) -> Reply:
+        try:
+            trade = msgspec.json.decode(body, type=dict[str, str])
+            f, price, qty = _filters(trade["symbol"]), Decimal(trade["price"]), Decimal(trade["qty"])
+        except (msgspec.DecodeError, KeyError, InvalidOperation):
+            raise Rejected(-1100, "bad trade: expected {\"symbol\", \"price\", \"qty\"} as strings") from None
+        trade_id = int(self.feed.market().get(f.symbol, {}).get("lastTradeId", 0)) + 1
+        filled = self.book.on_trade(f, price, qty, trade_id)
+        log.warning("unseen trade %s %s @ %s: %d fills", f.symbol, qty, price, len(filled))
+        return 200, {"fills": len(filled)}
 
     def set_faults(self, body: bytes) -> Reply:
         try:
@@ -711,6 +762,9 @@ class PaperExchange:
         body = request.rfile.read(length) if length else b""
         if (method, url.path) == ("POST", "/paper/faults"):
             self._respond(request, *self._guarded(lambda: self.set_faults(body)), 0)
+            return
+        if (method, url.path) == ("POST", "/paper/trade"):
+            self._respond(request, *self._guarded(lambda: self.unseen_trade(body)), 0)
             return
         route = self.routes.get((method, url.path))
         if route is None:
@@ -731,6 +785,8 @@ class PaperExchange:
         def call() -> Reply:
             if signed:
                 self.check_signed(request.headers, url.query, form, params)
+            elif url.path == "/api/v3/userDataStream":
+                self.check_key(request.headers)
             return handler(params, request.received_ns)
 
         status, reply = self._guarded(call)
@@ -803,6 +859,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self.server.app.handle(self, "DELETE")
 
+    def do_PUT(self) -> None:
+        self.server.app.handle(self, "PUT")
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         pass  # the exchange logs events (placed, filled, cancelled), not every request
 
@@ -841,12 +900,27 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def run(config: Config, listener: socket.socket | None = None) -> None:
+def _listen(host: str, port: int) -> socket.socket:
+    """The standalone paper exchange binds its own websocket port (naived's root binds it before READY)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"paper exchange: cannot listen on {host}:{port} for the user data stream: {exc.strerror} "
+                         "(set [paper] ws_port)") from None
+    return sock
+
+
+def run(config: Config, listener: socket.socket | None = None, ws_listener: socket.socket | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then return. Starts its own zmq context and threads.
 
-    `listener`: a TCP socket already bound and listening (naived's root binds it before it
-    says READY, so the port is taken and answering from the start; it is inherited across
-    fork). Without it, bind `paper.host:paper.port` (the standalone `naived paper-exchange`).
+    `listener`, `ws_listener`: TCP sockets already bound and listening, for the REST API and
+    the user data stream (naived's root binds them before it says READY, so the ports are
+    taken and answering from the start; they are inherited across fork). Without them, bind
+    `paper.host:paper.port` and `paper.ws_port` (the standalone `naived paper-exchange`).
     A state file that cannot be read raises SystemExit with one line saying what to do."""
     paper = config.paper
     host = listener.getsockname()[0] if listener is not None else paper.host
@@ -866,7 +940,14 @@ def run(config: Config, listener: socket.socket | None = None) -> None:
         ctx = zmq.Context()
         cleanup.callback(ctx.term)
         feed = TradeFeed(ctx, config.streamer.endpoint, book)
-        server = _Server((paper.host, paper.port), PaperExchange(config, book, feed), listener)
+        app = PaperExchange(config, book, feed)
+        ws_listener = ws_listener if ws_listener is not None else _listen(paper.host, paper.ws_port)
+        cleanup.callback(ws_listener.close)
+        stream = UserStreamServer(ws_listener, paper.listen_key_seconds, paper.user_stream_connection_seconds,
+                                  lambda: app.stream_faults)
+        app.stream = stream
+        book.listeners.append(stream.publish)
+        server = _Server((paper.host, paper.port), app, listener)
         cleanup.callback(server.server_close)
         for symbol in book.symbols_with_open_orders():
             feed.want(symbol)
@@ -876,12 +957,15 @@ def run(config: Config, listener: socket.socket | None = None) -> None:
         serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True)
         serving.start()
         cleanup.callback(server.shutdown)
-        log.info("paper exchange on %s:%d (state %s, %d open orders), trades from %s", *server.server_address[:2], path,
-                 len(book.open_orders(None)), config.streamer.endpoint)
+        stream.start()
+        cleanup.callback(stream.join, 5.0)
+        cleanup.callback(stream.stop)
+        log.info("paper exchange on %s:%d, user data stream on port %d (state %s, %d open orders), trades from %s",
+                 *server.server_address[:2], stream.address[1], path, len(book.open_orders(None)), config.streamer.endpoint)
         while True:
             received = signal.sigtimedwait(stop_signals, 1.0)
             if received is not None:
                 log.info("%s: stopping", signal.Signals(received.si_signo).name)
                 return
-            if not feed.is_alive() or not serving.is_alive():
+            if not feed.is_alive() or not serving.is_alive() or not stream.is_alive():
                 raise RuntimeError("paper exchange: a worker thread died; exiting so the supervisor restarts it")

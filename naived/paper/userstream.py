@@ -1,0 +1,303 @@
+"""The paper exchange's user data stream: Binance's listenKey stream of the paper account.
+
+Binance's `user-data-stream.md` is the specification:
+
+- `POST /api/v3/userDataStream` (API key, no signature) answers `{"listenKey": ...}`; the
+  account has one active key, so a POST while one is active returns it and extends it.
+  `PUT` extends a key's validity to 60 minutes from now (`paper.listen_key_seconds`),
+  `DELETE` closes it. An unknown key is -1125 "This listenKey does not exist.".
+- `ws://<paper.host>:<paper.ws_port>/ws/<listenKey>` pushes, for every committed order change
+  of the book (`PaperBook.listeners`), an `executionReport` with Binance's field set, then an
+  `outboundAccountPosition` with the balances that change moved. A key that expires gets
+  `listenKeyExpired` and its connections are closed; a DELETE closes them without it.
+  A connection lasts at most `paper.user_stream_connection_seconds` (Binance: 24 hours).
+- Fault: `paper.faults.user_stream_drop`, a probability per event and connection of dropping
+  the connection (no close frame) instead of delivering the event: the event is lost for that
+  connection, as on a real network failure.
+
+Deliberate differences: only `/ws/<listenKey>` (not the combined `/stream?streams=`); a
+handshake with an unknown key is refused with HTTP 400 and -1125 (Binance's behaviour there
+is not documented); `REJECTED` executionReports never occur (Binance sends them only for
+cancel-replace, which is not implemented: a rejected order request is an error answer and
+no event, as on Binance).
+
+Threads: the websocket server runs its own asyncio loop in one thread. The book hands over
+its changes under its lock, in commit order (`publish` only queues them onto the loop), and
+the HTTP threads create and close keys through the same thread-safe `ListenKeys`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import socket
+import string
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from http import HTTPStatus
+from typing import Any
+
+import msgspec
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from naived.config import Faults
+from naived.paper.book import Change, PaperOrder
+
+log = logging.getLogger(__name__)
+
+KEY_ALPHABET = string.ascii_letters + string.digits
+KEY_LENGTH = 60  # Binance's listen keys are 60 letters and digits
+EIGHT = Decimal("0.00000001")
+UNKNOWN_KEY = {"code": -1125, "msg": "This listenKey does not exist."}
+PING_INTERVAL, PING_TIMEOUT = 20.0, 60.0  # Binance pings every 20 s and drops a client silent for a minute
+_CLOSE, _ABORT = object(), object()  # queue sentinels: close normally / drop the connection
+
+
+def _fmt(value: Decimal) -> str:
+    return format(value.quantize(EIGHT), "f")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ListenKeys:
+    """Listen keys and their expiry (monotonic). Shared by the HTTP threads and the stream loop."""
+
+    def __init__(self, validity: float, on_change: Callable[[], None] = lambda: None) -> None:
+        self.validity = validity
+        self._expiry: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._on_change = on_change  # wakes the expiry timer
+
+    def create(self) -> str:
+        """Binance: the account's active key, extended, or a new one."""
+        now = time.monotonic()
+        with self._lock:
+            key = next((k for k, at in self._expiry.items() if at > now), None)
+            if key is None:
+                key = "".join(secrets.choice(KEY_ALPHABET) for _ in range(KEY_LENGTH))
+            self._expiry[key] = now + self.validity
+        self._on_change()
+        return key
+
+    def keepalive(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if self._expiry.get(key, 0.0) <= now:
+                return False
+            self._expiry[key] = now + self.validity
+            return True
+
+    def close(self, key: str) -> bool:
+        with self._lock:
+            return self._expiry.pop(key, 0.0) > time.monotonic()
+
+    def valid(self, key: str) -> bool:
+        with self._lock:
+            return self._expiry.get(key, 0.0) > time.monotonic()
+
+    def take_expired(self) -> tuple[list[str], float | None]:
+        """Forget the keys past their expiry; returns them and the next expiry (monotonic)."""
+        now = time.monotonic()
+        with self._lock:
+            expired = [k for k, at in self._expiry.items() if at <= now]
+            for key in expired:
+                del self._expiry[key]
+            return expired, min(self._expiry.values(), default=None)
+
+
+# --- Binance's payloads -------------------------------------------------------------------------
+
+
+def execution_report(change: Change, execution_id: int, event_ms: int) -> dict[str, Any]:
+    """`executionReport` for one order change, with Binance's field set (and its conditional
+    `W`: our orders are all working from their placement, none is a triggered stop)."""
+    o: PaperOrder = change.order
+    f = change.fill
+    canceled = change.execution == "CANCELED"
+    return {
+        "e": "executionReport", "E": event_ms, "s": o.symbol,
+        # A cancel's report names the cancel request in `c` and the cancelled order in `C`.
+        "c": change.cancel_id if canceled and change.cancel_id else o.client_order_id,
+        "S": o.side, "o": o.type, "f": o.time_in_force, "q": _fmt(o.orig_qty), "p": _fmt(o.price),
+        "P": _fmt(Decimal(0)), "F": _fmt(Decimal(0)), "g": -1,
+        "C": o.client_order_id if canceled and change.cancel_id else "",
+        "x": change.execution, "X": o.status, "r": "NONE", "i": o.order_id,
+        "l": _fmt(f.qty if f else Decimal(0)), "z": _fmt(o.executed_qty), "L": _fmt(f.price if f else Decimal(0)),
+        "n": _fmt(f.commission) if f else "0", "N": f.commission_asset if f else None,
+        "T": change.time_ms, "t": f.trade_id if f else -1, "I": execution_id,
+        "w": o.is_open and o.type != "MARKET" and o.time_in_force == "GTC", "m": f.is_maker if f else False,
+        "M": False, "O": o.time_ms, "Z": _fmt(o.cum_quote), "Y": _fmt(f.price * f.qty if f else Decimal(0)),
+        "Q": _fmt(o.orig_quote_qty), "W": o.time_ms, "V": "NONE",
+    }
+
+
+def account_position(change: Change, event_ms: int) -> dict[str, Any]:
+    return {"e": "outboundAccountPosition", "E": event_ms, "u": change.time_ms,
+            "B": [{"a": a, "f": _fmt(b.free), "l": _fmt(b.locked)} for a, b in change.balances.items()]}
+
+
+# --- the websocket server -----------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Connection:
+    key: str
+    ws: ServerConnection
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    dead: bool = False  # closing: nothing more is queued
+
+
+class UserStreamServer(threading.Thread):
+    """Serves `/ws/<listenKey>` on a listening socket, in its own asyncio loop."""
+
+    def __init__(self, listener: socket.socket, validity: float, connection_seconds: float,
+                 faults: Callable[[], tuple[Faults, Any]]) -> None:
+        super().__init__(name="user-stream", daemon=True)
+        self.loop = asyncio.new_event_loop()
+        self.keys = ListenKeys(validity, self._keys_changed)
+        self._listener = listener
+        self._connection_seconds = connection_seconds
+        self._faults = faults  # (faults, their RNG for stream events): replaced by POST /paper/faults
+        self._connections: set[_Connection] = set()
+        self._wake: asyncio.Event | None = None
+        self._ids = itertools.count(1)
+        self._ready = threading.Event()
+        self._server: Server | None = None
+        self.address = listener.getsockname()[:2]
+
+    # --- from other threads ---------------------------------------------------------------
+
+    def publish(self, changes: list[Change]) -> None:
+        """A `PaperBook` listener: called under the book's lock, in commit order; only queues."""
+        self.loop.call_soon_threadsafe(self._dispatch, changes)
+
+    def closed_key(self, key: str) -> None:
+        """DELETE: the key's connections close, without listenKeyExpired."""
+        self.loop.call_soon_threadsafe(self._close_key, key, None)
+
+    def stop(self) -> None:
+        if self._ready.is_set() and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._shutdown)
+
+    def _keys_changed(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(lambda: self._wake and self._wake.set())
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._main())
+        finally:
+            self.loop.close()
+
+    async def _main(self) -> None:
+        self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
+        async with serve(self._serve, sock=self._listener, process_request=self._handshake,
+                         ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT, close_timeout=2) as server:
+            self._server = server
+            self._ready.set()
+            expiry = asyncio.create_task(self._expire())
+            await self._stopped.wait()
+            expiry.cancel()
+
+    def _shutdown(self) -> None:
+        for conn in list(self._connections):
+            self._enqueue(conn, _CLOSE)
+        self._stopped.set()
+
+    def _handshake(self, ws: ServerConnection, request: Request) -> Response | None:
+        key = request.path.removeprefix("/ws/")
+        if not request.path.startswith("/ws/") or not self.keys.valid(key):
+            return ws.respond(HTTPStatus.BAD_REQUEST, msgspec.json.encode(UNKNOWN_KEY).decode())
+        return None
+
+    async def _serve(self, ws: ServerConnection) -> None:
+        conn = _Connection(ws.request.path.removeprefix("/ws/"), ws)  # type: ignore[union-attr]
+        self._connections.add(conn)
+        log.info("user data stream: connection from %s:%d", *ws.remote_address[:2])
+        writer = asyncio.create_task(self._write(conn))
+        try:
+            done, _ = await asyncio.wait({writer}, timeout=self._connection_seconds)
+            if not done:  # Binance: a connection is only valid for 24 hours
+                log.info("user data stream: connection from %s:%d reached its %gs limit", *ws.remote_address[:2],
+                         self._connection_seconds)
+                await ws.close(1000, "connection lifetime reached")
+        finally:
+            conn.dead = True
+            self._connections.discard(conn)
+            writer.cancel()
+
+    async def _write(self, conn: _Connection) -> None:
+        """One writer per connection: events leave in the order they were committed."""
+        try:
+            while True:
+                item = await conn.queue.get()
+                if item is _ABORT:
+                    conn.ws.transport.abort()
+                    return
+                if item is _CLOSE:
+                    await conn.ws.close(1000)
+                    return
+                await conn.ws.send(item)
+        except ConnectionClosed:
+            return
+
+    def _enqueue(self, conn: _Connection, item: Any) -> None:
+        if not conn.dead:
+            conn.queue.put_nowait(item)
+            conn.dead = item is _CLOSE or item is _ABORT
+
+    def _dispatch(self, changes: list[Change]) -> None:
+        live = [c for c in self._connections if not c.dead and self.keys.valid(c.key)]
+        if not live:
+            return
+        faults, rng = self._faults()
+        for change in changes:
+            now = _now_ms()
+            events = [msgspec.json.encode(execution_report(change, next(self._ids), now)).decode()]
+            if change.balances:
+                events.append(msgspec.json.encode(account_position(change, now)).decode())
+            for event in events:
+                for conn in live:
+                    if conn.dead:
+                        continue
+                    if faults.user_stream_drop and rng.random() < faults.user_stream_drop:
+                        log.warning("fault: user data stream connection from %s:%d dropped", *conn.ws.remote_address[:2])
+                        self._enqueue(conn, _ABORT)
+                    else:
+                        self._enqueue(conn, event)
+
+    def _close_key(self, key: str, expired_event: str | None) -> None:
+        for conn in list(self._connections):
+            if conn.key == key:
+                if expired_event is not None:
+                    self._enqueue(conn, expired_event)
+                self._enqueue(conn, _CLOSE)
+
+    async def _expire(self) -> None:
+        """Keys past their validity: listenKeyExpired to their connections, then close them."""
+        assert self._wake is not None
+        while True:
+            expired, next_at = self.keys.take_expired()
+            for key in expired:
+                log.info("user data stream: a listen key expired")
+                event = msgspec.json.encode({"e": "listenKeyExpired", "E": str(_now_ms()), "listenKey": key}).decode()
+                self._close_key(key, event)
+            self._wake.clear()
+            timeout = None if next_at is None else max(0.0, next_at - time.monotonic())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
