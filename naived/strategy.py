@@ -251,7 +251,18 @@ def _sell_the_rest(state: TraderState, last: Order) -> tuple[TraderState, Action
 
 
 def on_order(state: TraderState, order: Order) -> tuple[TraderState, Action]:
-    """Take in what the exchange says about one of our orders and decide the next step."""
+    """Take in what the exchange says about one of our orders and decide the next step.
+
+    Only the legs the state names count: an answer about an older leg (a sell the exchange
+    cancelled, asked about again after its successor was placed) or another cycle's order
+    changes nothing, or it would stand in for the current leg."""
+    current = state.buy_order if order.side == "BUY" else state.sell_order
+    if current is None or current.client_order_id != order.client_order_id:
+        return state, None
+    return _decide(state, order)
+
+
+def _decide(state: TraderState, order: Order) -> tuple[TraderState, Action]:
     if order.fills is not None:  # an answer with the order's trades: keep their sum, not them
         order = msgspec.structs.replace(with_fills(order, order.fills, state.settings) or order, fills=None)
     if order.side == "BUY":
@@ -358,7 +369,7 @@ def fills_learned(state: TraderState, order: Order, fills: list[Fill]) -> tuple[
 
 def placed(state: TraderState, order: Order) -> tuple[TraderState, Action]:
     """The intent's order exists at the exchange (placed or adopted): clear the intent."""
-    return on_order(msgspec.structs.replace(state, intent=None), order)
+    return _decide(msgspec.structs.replace(state, intent=None), order)
 
 
 def intent_unknown(state: TraderState) -> TraderState:

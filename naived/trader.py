@@ -255,6 +255,9 @@ class Trader:
     def check(self, client_order_id: str, follow_up: bool = True) -> strategy.Action:
         """Query one of our orders. The paper exchange sees the same trade we just saw and may
         not have filled on it yet: `follow_up` asks once more when the stream goes quiet."""
+        if client_order_id not in {o.client_order_id for o in (self.state.buy_order, self.state.sell_order) if o}:
+            self.recheck = None  # an older leg, replaced since the check was planned
+            return None
         self.last_check = time.monotonic()
         order = self._retrying(f"check {client_order_id}", lambda: self.client.get_order(self.symbol, client_order_id))
         previous = self.state

@@ -128,7 +128,8 @@ def test_commission_in_a_third_asset_is_listed_not_valued() -> None:
     buy = Order("nvq7x2k9-3-17B", "BUY", "61831.44", "0.00080", "FILLED", 11, "0.00080", "49.465152")
     order = strategy.with_fills(buy, [Fill("61831.44", "0.00080", "0.0000371", "BNB", 9)], btc)
     assert order is not None and (order.fees, order.fees_quote) == ({"BNB": "0.0000371"}, "0")
-    s = TraderState("BTCUSDT", 0, 1, btc, id_prefix="nvq7x2k9")
+    placed = msgspec.structs.replace(buy, status="NEW", executed_qty="0", quote_qty="0")
+    s = TraderState("BTCUSDT", 0, 1, btc, status="buying", buy_order=placed, id_prefix="nvq7x2k9")
     s2, action = strategy.on_order(s, order)
     # nothing was taken from the BTC: all of it is sold
     assert isinstance(action, strategy.Place) and action.intent.quantity == "0.00080"
@@ -248,6 +249,19 @@ def test_a_sell_ended_with_no_fill_is_placed_again_under_a_new_id(status: str) -
     s, _ = strategy.placed(s, sell2)
     s, action = strategy.on_order(s, filled(sell2, "0", "0", status))
     assert isinstance(action, strategy.Place) and action.intent.client_order_id == "nvq7x2k9-3-17S3"
+
+
+def test_an_answer_about_an_older_sell_leg_changes_nothing() -> None:
+    # Found by the chaos test: a check of S planned before S was cancelled and S2 placed came back
+    # "CANCELED" and stood in for S2, which was never tracked again.
+    s, sell = full_cycle()
+    s, _ = strategy.on_order(s, filled(sell, "0", "0", "CANCELED"))
+    sell2 = Order("nvq7x2k9-3-17S2", "SELL", "0.4964", "39", "NEW", 13)
+    s, _ = strategy.placed(s, sell2)
+    after, action = strategy.on_order(s, filled(sell, "0", "0", "CANCELED"))
+    assert (after, action) == (s, None)
+    other_cycle = Order("nvq7x2k9-3-16S", "SELL", "0.4964", "39", "FILLED", 9, executed_qty="39")
+    assert strategy.on_order(s, other_cycle) == (s, None)
 
 
 def test_a_sell_rejected_with_no_fill_stops_the_trader() -> None:
