@@ -241,3 +241,31 @@ buy_down_interval = "0.5"
                 assert placed["pid"] != victim["pid"]
         finally:
             tree.stop()
+
+
+def test_the_paper_exchanges_late_acceptance_is_adopted_not_placed_twice(tmp_path: Path) -> None:
+    # The paper exchange's own fault: every order is answered 503 -1007 ("execution status
+    # unknown") and enters the book 2 s later, where the buys (1% above the market) fill at once.
+    # A filled order no longer blocks its client order id, so a trader that trusted the first
+    # "not there" and placed again would buy twice. The traders' window (recvWindow 1 s +
+    # backend 1 s + 1 s) outlasts the 2 s: each adopts its late, filled buy.
+    config = """
+[trading.defaults]
+chunks = 2
+buy_down_interval = "-0.01"
+
+[exchange]
+recv_window_ms = 1000
+backend_timeout_seconds = 1.0
+
+[paper.faults]
+late_accept_5xx = 1.0
+late_accept_seconds = 2.0
+"""
+    with running_tree(tmp_path, config) as tree:
+        tree.ctl("start-trading", "XRPUSDT")
+        selling = wait_for("both traders to hold a filled buy", lambda: (t := tree.traders("XRPUSDT")) and len(t) == 2 and all(
+            x["state"]["buy_order"] and x["state"]["buy_order"]["status"] == "FILLED" for x in t.values()) and t)
+        buys = [o for o in tree.paper_orders("XRPUSDT") if o["side"] == "BUY"]
+        assert sorted(o["clientOrderId"] for o in buys) == sorted(t["state"]["buy_order"]["client_order_id"] for t in selling.values())
+        assert "entered the book late" in tree.log("naived")
