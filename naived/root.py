@@ -28,6 +28,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import msgspec
@@ -432,6 +433,11 @@ class Root(Role):
             m.add("naive_intents_unknown", "gauge", "unknown outcomes not yet resolved", pending, symbol=sym.symbol)
             m.add("naive_order_drift", "gauge", "orders the exchange and the traders disagree on, at the leader's start", c.get("drift", 0), symbol=sym.symbol)
             m.add("naive_cycles_finished_total", "counter", "cycles finished", leader.cycles_finished, symbol=sym.symbol)
+            # Decimal strings from the store, summed once per finished cycle (quote asset of the symbol).
+            m.add("naive_fees_quote_total", "counter", "fees paid by finished cycles, valued in the quote asset",
+                  Decimal(leader.books.get("fees_quote", "0")), symbol=sym.symbol)
+            m.add("naive_realised_pnl_quote", "gauge", "realised profit and loss of finished cycles, in the quote asset",
+                  Decimal(leader.books.get("pnl_quote", "0")), symbol=sym.symbol)
             weight = max(weight, leader.used_weight)
         m.add("naive_exchange_used_weight", "gauge", "X-MBX-USED-WEIGHT-1M last seen by a trader", weight)
         self._budget_metrics(m)

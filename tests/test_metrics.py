@@ -73,6 +73,8 @@ buy_down_interval = "0.5"
         assert sample(text, "naive_up") == 1
         assert sample(text, "naive_traders", symbol="XRPUSDT", status="buying") == 2
         assert sample(text, "naive_restarts_total", level="trader", symbol="XRPUSDT") == 0
+        assert "# TYPE naive_fees_quote_total counter" in text and "# TYPE naive_realised_pnl_quote gauge" in text
+        assert sample(text, "naive_fees_quote_total", symbol="XRPUSDT") == 0  # no cycle finished yet
 
         trader = tree.traders("XRPUSDT")[0]
         os.kill(trader["pid"], signal.SIGKILL)
