@@ -35,7 +35,7 @@ import setproctitle
 import zmq
 
 from naived import paper as paper_exchange
-from naived import sdnotify, symbol_supervisor
+from naived import sdnotify, symbol_supervisor, trader
 from naived.config import Config, check_symbol, reload_config
 from naived.ipc import bind, ipc_path, request
 from naived.messages import (
@@ -442,6 +442,7 @@ class Root(Role):
         self.watchdog.tick(self.paper_failed is None, self.status_line)
 
     def run(self) -> int:
+        trader.prepare(self.config)  # shared by every trader forked below us (see trader.prepare)
         if self.paper_listener is not None:
             self.start_paper_exchange()
         for symbol in dict.fromkeys(self.config.naived.autostart + list(self.trading.modes)):
