@@ -316,8 +316,8 @@ _prepared: exchange.BinanceClient | None = None
 def prepare(config: Config) -> None:
     """In the root, before it forks anything: build the traders' exchange client once and never
     use it (no connection, no request). Every trader inherits it and takes it instead of
-    building its own: a requests Session is a graph of ~2,000 objects, which each forked trader
-    would otherwise allocate into its parent's half-used pages (~1.5 MiB private per trader).
+    building its own, which ran URL parsing, HMAC and header set-up code in every forked trader
+    and copied the pages it touched (measured: 0.2 MiB private per trader).
     The exchange settings it is built from only change with a restart of naived."""
     global _prepared
     _prepared = exchange.client_for(config)
