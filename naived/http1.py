@@ -18,9 +18,10 @@ socket reads as closed) and replaced, as urllib3 does; nothing is ever sent twic
 
 from __future__ import annotations
 
-import select
+import encodings.idna  # noqa: F401 - socket.create_connection encodes host names with it: import it
+import select           # here, in the parent, not lazily in every forked child (~1 MiB each)
 import socket
-import ssl
+from typing import Any
 from urllib.parse import urlsplit
 
 MAX_HEADER_BYTES = 65536  # a status line and headers larger than this are not an exchange's
@@ -172,12 +173,15 @@ class Connection:
             self._read_exactly(2)  # the CRLF after each chunk
 
 
-_context: ssl.SSLContext | None = None
+_context: Any = None  # ssl.SSLContext, once https is used
 
 
-def _tls_context() -> ssl.SSLContext:
+def _tls_context() -> Any:
     """Verified TLS (certificates and host name), with certifi's CA bundle when it is installed,
-    as requests used; created on first use, in the process that uses it."""
+    as requests used; created on first use, in the process that uses it. `ssl` is imported only
+    then: a tree on the paper exchange never maps OpenSSL into the processes it forks."""
+    import ssl
+
     global _context
     if _context is None:
         try:

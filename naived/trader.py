@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import msgspec
-import requests
 import zmq
 
 from naived import exchange, strategy
@@ -126,7 +125,7 @@ class Trader:
             except exchange.RateLimited as exc:
                 log.warning("%s: rate limited, waiting %.1fs", what, exc.retry_after)
                 time.sleep(exc.retry_after)
-            except (exchange.OutcomeUnknown, requests.RequestException) as exc:
+            except exchange.OutcomeUnknown as exc:  # every transport failure arrives as this
                 log.warning("%s: %s, retrying in %.2fs", what, type(exc).__name__, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
@@ -182,7 +181,7 @@ class Trader:
             except exchange.RateLimited as exc:  # refused before the matching engine: not placed
                 log.warning("%s/%d: place %s: rate limited, waiting %.1fs", self.symbol, self.state.trader_id, intent.client_order_id, exc.retry_after)
                 time.sleep(exc.retry_after)
-            except (exchange.OutcomeUnknown, requests.RequestException) as exc:
+            except exchange.OutcomeUnknown as exc:  # every transport failure arrives as this
                 # The exchange may or may not have the order, now or later: record that, then ask.
                 self.last_unknown_send = time.monotonic()
                 log.warning("%s/%d: place %s: outcome unknown (%s)", self.symbol, self.state.trader_id, intent.client_order_id, exc)
