@@ -276,11 +276,12 @@ class Trader:
 
     def run(self) -> int:
         s = self.state
+        # Hello first: the leader counts this trader ready from it; the log line can wait.
+        self.leader.call(TraderHello(s.trader_id, os.getpid()))
         log.info(
-            "trader %s/%d cycle %d starting (%s%s)",
+            "trader %s/%d cycle %d started (%s%s)",
             s.symbol, s.trader_id, s.cycle, s.status, ", with a pending intent" if s.intent else "",
         )
-        self.leader.call(TraderHello(s.trader_id, os.getpid()))
         try:
             if self.resume():
                 return 0
