@@ -64,14 +64,24 @@ CONFIG = """
 chunks = 2
 buy_down_interval = "0.5"    # buys rest: traders idle after their first trade
 
-[paper.balances]
-USDT = "100000000"           # every symbol's traders can afford their buys (other quote assets: default_balance)
 
 [naived.supervision]
 max_restarts = 5
 period_seconds = 10.0
 stop_timeout_seconds = 30.0
 """
+
+
+def budgets(names: list[str]) -> str:
+    """A budget per symbol whose 2 chunks each clear its minimum notional (100 of the quote asset
+    is below it for some quotes, e.g. 20,000 BIDR); every quote asset is funded by the paper
+    exchange's default_balance."""
+    out = []
+    for name in names:
+        floor = table()[name].min_notional * 4
+        if floor > 100:
+            out.append(f'[trading.symbols.{name}]\nbudget = "{floor}"\n')
+    return "\n".join(out)
 
 
 def default_tapes() -> Path:
@@ -172,7 +182,8 @@ def main() -> None:
         rate = total / len(names)
     ctx = zmq.Context()
     with tempfile.TemporaryDirectory(prefix="naive-bench-") as directory:
-        tree = Tree(Path(directory), CONFIG)
+        # every quote asset funded: every symbol's traders can afford their buys
+        tree = Tree(Path(directory), CONFIG + budgets(names), paper='default_balance = "1000000000"')
         try:
             streamer = tree._spawn("streamerd", "start", "--rate", f"{rate:.6f}")
             tree.start_naived()
@@ -196,6 +207,9 @@ def main() -> None:
             # every trader sees a trade or two and places its buy; then the tree only waits
             time.sleep(5.0 if args.quick else min(60.0, max(10.0, 2 / rate)))
             status = tree_status(ctx, endpoint)
+            failed = [s for s in status.symbols if s.state == "failed"]
+            if failed:
+                print(f"{len(failed)} symbols failed, e.g. {failed[0].symbol}: {failed[0].error}")
             tree.seen.update({p: psutil.Process(p).create_time() for p in kinds_of(status, streamer.pid)})  # clean-up
             kinds = kinds_of(status, streamer.pid)
             procs = {pid: psutil.Process(pid) for pid in kinds}
