@@ -49,6 +49,12 @@ def setup_logging(name: str, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Nothing we print needs the caller's file and line, the thread or the multiprocessing name:
+    # not gathering them is less work per line, and less code each forked process first runs
+    # (and so copies the pages of) when it logs (logging's documented switches for this).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
 
 
 def rename_process_logs(name: str) -> None:
