@@ -39,7 +39,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 import zmq
@@ -54,6 +56,7 @@ from naived.ipc import request  # noqa: E402
 from naived.messages import Error, StartTrading, StatusRequest, TreeStatus, control_reply_decoder  # noqa: E402
 from naived.symbols import table  # noqa: E402
 
+T = TypeVar("T")
 ALL_TRADING = 1340  # TRADING symbols in the real exchangeInfo of 2023-09-08 (the shipped table)
 TAPES_RATE = 52.9  # trades/s of the BTCUSDT + ETHUSDT tapes together, as measured from them
 TARGET_TREE_GIB, TARGET_READY_S, TARGET_IDLE_CPU = 12.0, 30.0, 5.0
@@ -140,6 +143,33 @@ def kinds_of(status: TreeStatus, streamer: int) -> dict[int, str]:
     return kinds
 
 
+def alive(kinds: dict[int, str]) -> dict[int, tuple[str, psutil.Process]]:
+    found = {}
+    for pid, kind in kinds.items():
+        try:
+            found[pid] = (kind, psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass  # ended since the status was taken
+    return found
+
+
+def measure(found: dict[int, tuple[str, psutil.Process]], what: Callable[[int, psutil.Process], T]) -> dict[int, T]:
+    out = {}
+    for pid, (_, proc) in found.items():
+        try:
+            out[pid] = what(pid, proc)
+        except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError, KeyError):
+            pass  # ended meanwhile
+    return out
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores have spent not idle since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def switches(pid: int) -> int:
     """Context switches of every thread of the process (each one a wake-up or a preemption)."""
     total = 0
@@ -189,6 +219,7 @@ def main() -> None:
             tree.start_naived()
             endpoint = load_config(str(tree.config_path)).control_endpoint
             start = time.time()
+            busy0 = machine_busy()
             asked = len(names)
             for i, name in enumerate(names):
                 if i % 20 == 0 and psutil.virtual_memory().available < args.min_available_gib * 2**30:
@@ -202,27 +233,39 @@ def main() -> None:
             sent = time.time()
             times = wait_for("every trader ready", lambda: ready_times(tree_status(ctx, endpoint), 2), timeout=900, interval=0.5)
             all_ready = max(times) - start
+            busy = machine_busy() - busy0
             print(f"{len(names)} symbols x 2 traders: all {len(times)} ready {all_ready:.2f} s after the first request"
                   f" (requests sent in {sent - start:.2f} s)", flush=True)
+            started = alive(kinds_of(tree_status(ctx, endpoint), streamer.pid))
+            by_kind = Counter()
+            for pid, (kind, proc) in started.items():
+                try:
+                    by_kind[kind] += sum(proc.cpu_times()[:2])
+                except psutil.NoSuchProcess:
+                    pass
+            print(f"CPU while starting: {busy:.1f} s of the machine's cores busy ({1000 * busy / len(names):.0f} ms per symbol;"
+                  " other users of the machine included); by the tree's processes since their start: "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in by_kind.items()), flush=True)
             # every trader sees a trade or two and places its buy; then the tree only waits
             time.sleep(5.0 if args.quick else min(60.0, max(10.0, 2 / rate)))
             status = tree_status(ctx, endpoint)
             failed = [s for s in status.symbols if s.state == "failed"]
             if failed:
                 print(f"{len(failed)} symbols failed, e.g. {failed[0].symbol}: {failed[0].error}")
-            tree.seen.update({p: psutil.Process(p).create_time() for p in kinds_of(status, streamer.pid)})  # clean-up
-            kinds = kinds_of(status, streamer.pid)
-            procs = {pid: psutil.Process(pid) for pid in kinds}
-            # the market trades on; how much CPU does the tree use, and who wakes?
-            cpu0 = {pid: sum(p.cpu_times()[:2]) for pid, p in procs.items()}
-            woke0 = {pid: switches(pid) for pid in procs}
+            found = alive(kinds_of(status, streamer.pid))
+            tree.seen.update({pid: proc.create_time() for pid, (_, proc) in found.items()})  # for the clean-up
+            # the market trades on; how much CPU does the tree use, and who wakes? (a process that
+            # ends meanwhile, e.g. a trader restarted, is left out of every figure)
+            cpu0 = measure(found, lambda pid, proc: sum(proc.cpu_times()[:2]))
+            woke0 = measure(found, lambda pid, proc: switches(pid))
             t0 = time.monotonic()
             time.sleep(args.idle_seconds)
             elapsed = time.monotonic() - t0
-            cpu = {pid: sum(p.cpu_times()[:2]) - cpu0[pid] for pid, p in procs.items()}
-            woke = {pid: switches(pid) - woke0[pid] for pid in procs}
-            mem = {pid: memory.rollup(pid) for pid in procs}
-            fds = {pid: p.num_fds() for pid, p in procs.items()}
+            cpu = measure(found, lambda pid, proc: sum(proc.cpu_times()[:2]) - cpu0[pid])
+            woke = measure(found, lambda pid, proc: switches(pid) - woke0[pid])
+            mem = measure(found, lambda pid, proc: memory.rollup(pid))
+            fds = measure(found, lambda pid, proc: proc.num_fds())
+            kinds = {pid: kind for pid, (kind, _) in found.items() if all(pid in d for d in (cpu0, woke0, cpu, woke, mem, fds))}
             orders = len(tree.paper_orders())
             report(args, names, kinds, mem, cpu, woke, fds, elapsed, rate, origin, all_ready, times, orders)
         finally:
