@@ -1,67 +1,121 @@
-"""Scale: every symbol the paper exchange lists, 2 traders each, on one machine.
+"""Scale: every symbol of the symbol table, 2 traders each, on one machine.
 
-A real tree in a temp dir (simulated market at a low rate per symbol, paper
-exchange). The script sends `StartTrading` for every symbol over the control
-socket (the request `naivectl start-trading` sends; one naivectl process per
-symbol would mostly time Python start-ups), then measures:
+A real tree in a temp dir (simulated market, paper exchange). The script sends
+`StartTrading` for every symbol over the control socket (the request `naivectl
+start-trading` sends; one naivectl process per symbol would mostly time Python
+start-ups), then measures:
 - time from the first request to the last trader's hello (`ready_at`);
-- USS/PSS (psutil `memory_full_info`) of the whole tree and per trader;
-- CPU of the whole tree (streamerd included) while idle, over 10 s;
-- file descriptors, total and per trader.
+- memory of the whole tree per kind of process (root, paper exchange, streamerd,
+  symbol supervisors, leaders, traders): USS and PSS from /proc/PID/smaps_rollup, and
+  where each kind's private pages are (bench/memory.py: /proc/PID/smaps by mapping);
+- CPU of the whole tree (streamerd included) while the market trades at the recorded
+  tapes' real rate, and which processes woke at all (voluntary context switches): an idle
+  symbol supervisor must not wake;
+- file descriptors and threads.
 
-The traders' buys rest far below the market (`buy_down_interval = 0.5`), so after
-their first trade they idle like a trader waiting for a fill.
-`[naived.supervision]`: the defaults (5 restarts in 10 s per child) are kept; a
-stop timeout of 10 s gives ~1100 processes time to stop in order.
+The market rate: the recorded tapes (`../shared/data/binance-spot-tapes`, or --tapes DIR)
+hold every trade of BTCUSDT and ETHUSDT over the same minutes; their combined real rate
+(trades per second) is spread evenly over every symbol traded here (the simulator draws each
+symbol's trades as a Poisson stream at that rate). Without the tapes it uses the rate they gave
+when measured (TAPES_RATE). `--rate R` sets trades/s per symbol instead. The CPU per market
+trade is printed too, to scale the figure to any other rate.
 
-    .venv/bin/python bench/scale.py [--symbols 400] [--idle-seconds 10] [--quick] [--json]
+The traders' buys rest far below the market (`buy_down_interval = 0.5`), so after their first
+trade they idle like a trader waiting for a fill. `[naived.supervision]`: the defaults (5
+restarts in 10 s per child) are kept; a stop timeout of 30 s gives thousands of processes time
+to stop in order.
+
+    .venv/bin/python bench/scale.py [--symbols 100 | --all-symbols] [--idle-seconds 20] [--quick] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from harness import Tree, tree_pids, wait_for  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import memory  # noqa: E402
+from harness import Tree, wait_for  # noqa: E402
 
 from naived.config import load_config  # noqa: E402
 from naived.ipc import request  # noqa: E402
-from naived.symbols import table  # noqa: E402
 from naived.messages import Error, StartTrading, StatusRequest, TreeStatus, control_reply_decoder  # noqa: E402
+from naived.symbols import table  # noqa: E402
 
-RATE = 0.2  # simulated trades per second per symbol: a quiet market, for the idle figure
-TARGET_USS_MB, TARGET_IDLE_CPU = 4.0, 5.0
+T = TypeVar("T")
+ALL_TRADING = 1340  # TRADING symbols in the real exchangeInfo of 2023-09-08 (the shipped table)
+TAPES_RATE = 52.9  # trades/s of the BTCUSDT + ETHUSDT tapes together, as measured from them
+TARGET_TREE_GIB, TARGET_READY_S, TARGET_IDLE_CPU = 12.0, 30.0, 5.0
+KINDS = ("root", "paper-exchange", "streamerd", "supervisor", "leader", "trader")
 
 CONFIG = """
 [trading.defaults]
 chunks = 2
 buy_down_interval = "0.5"    # buys rest: traders idle after their first trade
 
-[paper.balances]
-USDT = "100000000"           # every symbol's traders can afford their buys
 
 [naived.supervision]
 max_restarts = 5
 period_seconds = 10.0
-stop_timeout_seconds = 10.0
+stop_timeout_seconds = 30.0
 """
 
 
-def symbols(limit: int) -> list[str]:
-    return sorted(table())[:limit]  # the paper exchange's table: USDT pairs
+def budgets(names: list[str]) -> str:
+    """A budget per symbol whose 2 chunks each clear its minimum notional (100 of the quote asset
+    is below it for some quotes, e.g. 20,000 BIDR); every quote asset is funded by the paper
+    exchange's default_balance."""
+    out = []
+    for name in names:
+        floor = table()[name].min_notional * 4
+        if floor > 100:
+            out.append(f'[trading.symbols.{name}]\nbudget = "{floor}"\n')
+    return "\n".join(out)
+
+
+def default_tapes() -> Path:
+    here = Path(__file__).resolve().parents[1]
+    for candidate in (os.environ.get("NAIVE_TAPES"), here.parent / "shared" / "data" / "binance-spot-tapes",
+                      "/work/shared/data/binance-spot-tapes"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return here / "no-tapes"
+
+
+def tapes_rate(directory: Path) -> tuple[float, str]:
+    """Trades per second of all the tapes together: per symbol, trades over the span of their
+    trade times (Binance's `T`), summed over symbols."""
+    per_symbol: dict[str, list[int]] = {}
+    for path in sorted(directory.glob("*.gz")):
+        times = per_symbol.setdefault(path.name.split("_")[0].upper(), [])
+        with gzip.open(path, "rt") as f:
+            for line in f:
+                if '@trade"' in line:
+                    data = json.loads(line.split(" ", 1)[1])["data"]
+                    times.append(data["T"])
+    rates = {s: (len(t) - 1) / ((max(t) - min(t)) / 1000) for s, t in per_symbol.items() if len(t) > 1}
+    if not rates:
+        return TAPES_RATE, f"no tapes in {directory}: the rate they gave when measured"
+    detail = ", ".join(f"{s} {r:.1f}/s" for s, r in sorted(rates.items()))
+    return sum(rates.values()), f"tapes {detail}"
 
 
 def tree_status(ctx: zmq.Context, endpoint: str) -> TreeStatus:
-    reply = request(ctx, endpoint, StatusRequest(), control_reply_decoder, 60_000)
+    reply = request(ctx, endpoint, StatusRequest(), control_reply_decoder, 120_000)
     assert isinstance(reply, TreeStatus), reply
     return reply
 
@@ -76,94 +130,224 @@ def ready_times(status: TreeStatus, traders: int) -> list[float] | None:
     return times
 
 
-def mb(n: float) -> float:
+def kinds_of(status: TreeStatus, streamer: int) -> dict[int, str]:
+    kinds = {status.pid: "root", streamer: "streamerd"}
+    if status.paper_exchange and status.paper_exchange.pid:
+        kinds[status.paper_exchange.pid] = "paper-exchange"
+    for sym in status.symbols:
+        if sym.supervisor.pid:
+            kinds[sym.supervisor.pid] = "supervisor"
+        if sym.leader:
+            kinds[sym.leader.pid] = "leader"
+            kinds.update({t.pid: "trader" for t in sym.leader.traders if t.pid})
+    return kinds
+
+
+def alive(kinds: dict[int, str]) -> dict[int, tuple[str, psutil.Process]]:
+    found = {}
+    for pid, kind in kinds.items():
+        try:
+            found[pid] = (kind, psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass  # ended since the status was taken
+    return found
+
+
+def measure(found: dict[int, tuple[str, psutil.Process]], what: Callable[[int, psutil.Process], T]) -> dict[int, T]:
+    out = {}
+    for pid, (_, proc) in found.items():
+        try:
+            out[pid] = what(pid, proc)
+        except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError, KeyError):
+            pass  # ended meanwhile
+    return out
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores have spent not idle since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def switches(pid: int) -> int:
+    """Context switches of every thread of the process (each one a wake-up or a preemption)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                total += sum(int(line.split()[1]) for line in f if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
+        except FileNotFoundError:
+            pass  # a thread that just ended
+    return total
+
+
+def mib(n: float) -> float:
     return n / 2**20
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--symbols", type=int, default=400, help="at most this many (the table has ~359 USDT symbols)")
-    parser.add_argument("--idle-seconds", type=float, default=10.0)
-    parser.add_argument("--quick", action="store_true", help="20 symbols, 3 s idle")
+    parser.add_argument("--symbols", type=int, default=100, help="the first N symbols of the table (default 100)")
+    parser.add_argument("--all-symbols", action="store_true", help=f"every symbol of the table ({ALL_TRADING} TRADING)")
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--rate", type=float, help="trades/s per symbol (default: the tapes' real rate, spread evenly)")
+    parser.add_argument("--tapes", type=Path, default=default_tapes())
+    parser.add_argument("--min-available-gib", type=float, default=4.0,
+                        help="stop starting symbols while the machine has less memory available (default 4)")
+    parser.add_argument("--quick", action="store_true", help="20 symbols, 5 s idle")
     parser.add_argument("--json", action="store_true", help="also print one BENCH-JSON line for bench/run_all")
     args = parser.parse_args()
     if args.quick:
-        args.symbols, args.idle_seconds = 20, 3.0
-    names = symbols(args.symbols)
+        args.symbols, args.idle_seconds = 20, 5.0
+    names = sorted(table())
+    if not args.all_symbols:
+        # spread over the table (every quote asset), not the first N alphabetically
+        step = max(1, len(names) // args.symbols)
+        names = names[::step][: args.symbols]
+    if args.rate:
+        rate, origin = args.rate, "--rate"
+    else:
+        total, origin = tapes_rate(args.tapes)
+        rate = total / len(names)
     ctx = zmq.Context()
     with tempfile.TemporaryDirectory(prefix="naive-bench-") as directory:
-        tree = Tree(Path(directory), CONFIG)
+        # every quote asset funded: every symbol's traders can afford their buys
+        tree = Tree(Path(directory), CONFIG + budgets(names), paper='default_balance = "1000000000"')
         try:
-            streamer = tree._spawn("streamerd", "start", "--rate", str(RATE))
+            streamer = tree._spawn("streamerd", "start", "--rate", f"{rate:.6f}")
             tree.start_naived()
             endpoint = load_config(str(tree.config_path)).control_endpoint
             start = time.time()
-            for name in names:
+            busy0 = machine_busy()
+            asked = len(names)
+            for i, name in enumerate(names):
+                if i % 20 == 0 and psutil.virtual_memory().available < args.min_available_gib * 2**30:
+                    # the machine is shared: never push it into the OOM killer; extrapolate instead
+                    print(f"stopped starting symbols at {i} of {asked}: less than {args.min_available_gib:g} GiB"
+                          " of memory available", flush=True)
+                    names = names[:i]
+                    break
                 reply = request(ctx, endpoint, StartTrading(name), control_reply_decoder, 30_000)
                 assert not isinstance(reply, Error) and reply is not None, (name, reply)
             sent = time.time()
-            times = wait_for("every trader ready", lambda: ready_times(tree_status(ctx, endpoint), 2), timeout=600, interval=0.2)
+            times = wait_for("every trader ready", lambda: ready_times(tree_status(ctx, endpoint), 2), timeout=900, interval=0.5)
             all_ready = max(times) - start
-            # let every trader see its first trade and place its buy, then settle
+            busy = machine_busy() - busy0
             print(f"{len(names)} symbols x 2 traders: all {len(times)} ready {all_ready:.2f} s after the first request"
                   f" (requests sent in {sent - start:.2f} s)", flush=True)
-            settle = 2.0 if args.quick else 3 / RATE  # most traders have seen a trade and placed their buy
-            time.sleep(settle)
+            started = alive(kinds_of(tree_status(ctx, endpoint), streamer.pid))
+            by_kind = Counter()
+            for pid, (kind, proc) in started.items():
+                try:
+                    by_kind[kind] += sum(proc.cpu_times()[:2])
+                except psutil.NoSuchProcess:
+                    pass
+            print(f"CPU while starting: {busy:.1f} s of the machine's cores busy ({1000 * busy / len(names):.0f} ms per symbol;"
+                  " other users of the machine included); by the tree's processes since their start: "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in by_kind.items()), flush=True)
+            # every trader sees a trade or two and places its buy; then the tree only waits
+            time.sleep(5.0 if args.quick else min(60.0, max(10.0, 2 / rate)))
             status = tree_status(ctx, endpoint)
-            tree.status()  # records every PID for the harness's clean-up
-            pids = tree_pids(msgspec_to_dict(status))
-            trader_pids = {t.pid for s in status.symbols if s.leader for t in s.leader.traders if t.pid}
-            procs = [psutil.Process(p) for p in pids] + [psutil.Process(streamer.pid)]
-            # idle CPU of the whole tree
-            before = {p.pid: sum(p.cpu_times()[:2]) for p in procs}
+            failed = [s for s in status.symbols if s.state == "failed"]
+            if failed:
+                print(f"{len(failed)} symbols failed, e.g. {failed[0].symbol}: {failed[0].error}")
+            found = alive(kinds_of(status, streamer.pid))
+            tree.seen.update({pid: proc.create_time() for pid, (_, proc) in found.items()})  # for the clean-up
+            # the market trades on; how much CPU does the tree use, and who wakes? (a process that
+            # ends meanwhile, e.g. a trader restarted, is left out of every figure)
+            cpu0 = measure(found, lambda pid, proc: sum(proc.cpu_times()[:2]))
+            woke0 = measure(found, lambda pid, proc: switches(pid))
             t0 = time.monotonic()
             time.sleep(args.idle_seconds)
             elapsed = time.monotonic() - t0
-            used = sum(sum(p.cpu_times()[:2]) - before[p.pid] for p in procs)
-            cpu_pct = 100 * used / elapsed
-            mem = {p.pid: p.memory_full_info() for p in procs}
-            fds = {p.pid: p.num_fds() for p in procs}
-            uss_t = sorted(mb(mem[p].uss) for p in trader_pids)
-            pss_t = sorted(mb(mem[p].pss) for p in trader_pids)
-            fds_t = sorted(fds[p] for p in trader_pids)
-            total_uss, total_pss = mb(sum(m.uss for m in mem.values())), mb(sum(m.pss for m in mem.values()))
+            cpu = measure(found, lambda pid, proc: sum(proc.cpu_times()[:2]) - cpu0[pid])
+            woke = measure(found, lambda pid, proc: switches(pid) - woke0[pid])
+            mem = measure(found, lambda pid, proc: memory.rollup(pid))
+            fds = measure(found, lambda pid, proc: proc.num_fds())
+            kinds = {pid: kind for pid, (kind, _) in found.items() if all(pid in d for d in (cpu0, woke0, cpu, woke, mem, fds))}
             orders = len(tree.paper_orders())
-            vm = psutil.virtual_memory()
-            print(f"processes: {len(procs)} ({len(trader_pids)} traders), orders resting: {orders}")
-            print(f"memory, whole tree: USS {total_uss:.0f} MiB, PSS {total_pss:.0f} MiB"
-                  f" (machine: {mb(vm.total) / 1024:.1f} GiB, {mb(vm.available) / 1024:.1f} GiB available)")
-            print(f"memory per trader: USS p50 {statistics.median(uss_t):.2f} MiB, max {uss_t[-1]:.2f} MiB;"
-                  f" PSS p50 {statistics.median(pss_t):.2f} MiB, max {pss_t[-1]:.2f} MiB")
-            print(f"idle CPU, whole tree over {elapsed:.0f} s: {cpu_pct:.2f} % of one core (market: {RATE} trades/s per symbol)")
-            print(f"file descriptors: {sum(fds.values())} in all; per trader p50 {statistics.median(fds_t):.0f}, max {fds_t[-1]}")
-            met = statistics.median(uss_t) <= TARGET_USS_MB and cpu_pct < TARGET_IDLE_CPU
-            print(f"targets USS <= {TARGET_USS_MB:g} MB per trader, idle CPU < {TARGET_IDLE_CPU:g} %: {'met' if met else 'MISSED'}")
-            if args.json:
-                n = len(names)
-                rows = [
-                    {"figure": f"scale: {n} symbols x 2 traders all ready", "unit": "s", "p50": all_ready, "p99": None,
-                     "peer": None, "ratio": None, "target": "fits the machine", "n": len(times)},
-                    {"figure": "scale: USS per trader", "unit": "MiB", "p50": statistics.median(uss_t), "p99": uss_t[-1],
-                     "peer": None, "ratio": None, "target": "<=4 MB", "n": len(uss_t)},
-                    {"figure": "scale: PSS per trader", "unit": "MiB", "p50": statistics.median(pss_t), "p99": pss_t[-1],
-                     "peer": None, "ratio": None, "target": "", "n": len(pss_t)},
-                    {"figure": "scale: whole tree USS / PSS", "unit": "MiB", "p50": total_uss, "p99": total_pss,
-                     "peer": None, "ratio": None, "target": "", "n": len(procs), "note": "p50 column = USS, p99 column = PSS"},
-                    {"figure": "scale: idle CPU, whole tree", "unit": "% core", "p50": cpu_pct, "p99": None,
-                     "peer": None, "ratio": None, "target": "<5 %", "n": 1},
-                    {"figure": "scale: fds total / per trader max", "unit": "fds", "p50": sum(fds.values()), "p99": fds_t[-1],
-                     "peer": None, "ratio": None, "target": "", "n": len(procs)},
-                ]
-                print("BENCH-JSON: " + json.dumps(rows))
+            report(args, names, kinds, mem, cpu, woke, fds, elapsed, rate, origin, all_ready, times, orders)
         finally:
             tree.stop()
             ctx.term()
 
 
-def msgspec_to_dict(status: TreeStatus) -> dict:
-    import msgspec
-
-    return msgspec.to_builtins(status)
+def report(args: argparse.Namespace, names: list[str], kinds: dict[int, str], mem: dict[int, dict[str, int]],
+           cpu: dict[int, float], woke: dict[int, int], fds: dict[int, int], elapsed: float, rate: float, origin: str,
+           all_ready: float, times: list[float], orders: int) -> None:
+    n = len(names)
+    by_kind: dict[str, list[int]] = {k: [p for p, kind in kinds.items() if kind == k] for k in KINDS}
+    total_uss, total_pss = sum(m["USS"] for m in mem.values()), sum(m["Pss"] for m in mem.values())
+    vm = psutil.virtual_memory()
+    print(f"processes: {len(kinds)} ({len(by_kind['trader'])} traders), orders resting: {orders}")
+    print(f"memory, whole tree: USS {mib(total_uss):,.0f} MiB, PSS {mib(total_pss):,.0f} MiB"
+          f" ({mib(total_uss) / len(kinds):.2f} / {mib(total_pss) / len(kinds):.2f} MiB per process;"
+          f" machine: {mib(vm.total) / 1024:.1f} GiB, {mib(vm.available) / 1024:.1f} GiB available)")
+    print(f"{'memory by kind (MiB)':<22}{'n':>6}{'USS p50':>9}{'PSS p50':>9}{'USS sum':>10}{'PSS sum':>10}{'threads':>8}")
+    rows = []
+    for kind in KINDS:
+        pids = by_kind[kind]
+        if not pids:
+            continue
+        uss = [mib(mem[p]["USS"]) for p in pids]
+        pss = [mib(mem[p]["Pss"]) for p in pids]
+        print(f"  {kind:<20}{len(pids):>6}{statistics.median(uss):9.2f}{statistics.median(pss):9.2f}"
+              f"{sum(uss):10,.0f}{sum(pss):10,.0f}{memory.threads(pids[0]):8d}")
+        rows.append((kind, pids, uss, pss))
+    print("where the private pages are (USS, MiB, mean of up to 20 processes per kind):")
+    print(f"  {'':<20}" + "".join(f"{k.split(' ')[0][:10]:>11}" for k in memory.KINDS))
+    for kind, pids, _, _ in rows:
+        sample = pids[:20]
+        parts = Counter()
+        for p in sample:
+            parts.update(memory.breakdown(p))
+        print(f"  {kind:<20}" + "".join(f"{mib(parts[k]) / len(sample):11.2f}" for k in memory.KINDS))
+    per_symbol_pss = sum(sum(pss) for kind, _, _, pss in rows if kind in ("supervisor", "leader", "trader")) / n
+    per_symbol_uss = sum(sum(uss) for kind, _, uss, _ in rows if kind in ("supervisor", "leader", "trader")) / n
+    fixed_uss = sum(sum(uss) for kind, _, uss, _ in rows if kind not in ("supervisor", "leader", "trader"))
+    at_all_uss = (fixed_uss + per_symbol_uss * ALL_TRADING) / 1024
+    at_all_pss = (total_pss / 2**20 - per_symbol_pss * n + per_symbol_pss * ALL_TRADING) / 1024
+    print(f"per symbol (supervisor + leader + 2 traders): USS {per_symbol_uss:.2f} MiB, PSS {per_symbol_pss:.2f} MiB;"
+          f" at {ALL_TRADING} symbols: USS ~{at_all_uss:.1f} GiB, PSS ~{at_all_pss:.1f} GiB")
+    cpu_pct = 100 * sum(cpu.values()) / elapsed
+    market = rate * n
+    print(f"idle CPU, whole tree over {elapsed:.0f} s: {cpu_pct:.2f} % of one core, market {market:.1f} trades/s"
+          f" ({rate:.4f}/s per symbol; {origin}): {1e6 * sum(cpu.values()) / max(1.0, market * elapsed):,.0f} µs of CPU per trade")
+    for kind, pids, _, _ in rows:
+        woken = [p for p in pids if woke[p] > 0]
+        share = 100 * sum(cpu[p] for p in pids) / elapsed
+        print(f"  {kind:<20}{share:6.2f} % of a core; {len(woken)} of {len(pids)} woke"
+              f" ({sum(woke[p] for p in pids):,} context switches)")
+    fds_t = sorted(fds[p] for p in by_kind["trader"])
+    print(f"file descriptors: {sum(fds.values())} in all; per trader p50 {statistics.median(fds_t):.0f}, max {fds_t[-1]}")
+    tree_gib = mib(total_uss) / 1024 if args.all_symbols else at_all_uss
+    verdicts = [
+        (f"whole tree USS <= {TARGET_TREE_GIB:g} GiB at {ALL_TRADING} symbols" + ("" if args.all_symbols else " (extrapolated)"),
+         tree_gib <= TARGET_TREE_GIB, f"{tree_gib:.1f} GiB"),
+        (f"all traders ready <= {TARGET_READY_S:g} s" + ("" if args.all_symbols else f" (at {n} symbols)"),
+         all_ready <= TARGET_READY_S, f"{all_ready:.1f} s"),
+        (f"idle CPU < {TARGET_IDLE_CPU:g} % of a core", cpu_pct < TARGET_IDLE_CPU, f"{cpu_pct:.2f} %"),
+        ("idle supervisors never wake", not any(woke[p] for p in by_kind["supervisor"]),
+         f"{sum(1 for p in by_kind['supervisor'] if woke[p])} woke"),
+    ]
+    for name, met, figure in verdicts:
+        print(f"target {name}: {'met' if met else 'MISSED'} ({figure})")
+    if args.json:
+        trader = next(r for r in rows if r[0] == "trader")
+        out = [
+            {"figure": f"scale: {n} symbols x 2 traders all ready", "unit": "s", "p50": all_ready, "p99": None,
+             "peer": None, "ratio": None, "target": f"<={TARGET_READY_S:g} s", "n": len(times)},
+            {"figure": "scale: whole tree USS / PSS", "unit": "MiB", "p50": mib(total_uss), "p99": mib(total_pss),
+             "peer": None, "ratio": None, "target": f"<={TARGET_TREE_GIB:g} GiB at {ALL_TRADING}", "n": len(kinds),
+             "note": "p50 column = USS, p99 column = PSS"},
+            {"figure": "scale: USS / PSS per trader (p50)", "unit": "MiB", "p50": statistics.median(trader[2]),
+             "p99": statistics.median(trader[3]), "peer": None, "ratio": None, "target": "", "n": len(trader[1]),
+             "note": "p50 column = USS, p99 column = PSS"},
+            {"figure": "scale: idle CPU, whole tree", "unit": "% core", "p50": cpu_pct, "p99": None,
+             "peer": None, "ratio": None, "target": f"<{TARGET_IDLE_CPU:g} %", "n": 1},
+        ]
+        print("BENCH-JSON: " + json.dumps(out))
 
 
 if __name__ == "__main__":

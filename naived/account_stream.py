@@ -28,7 +28,6 @@ import random
 import time
 
 import msgspec
-import requests
 import websocket
 import zmq
 from websocket import ABNF
@@ -105,7 +104,7 @@ class AccountStream:
                 self.key = None
                 raise KeyGone(exc.msg) from None
             self._keepalive_failed(exc)
-        except (exchange.OutcomeUnknown, exchange.RateLimited, requests.RequestException) as exc:
+        except (exchange.OutcomeUnknown, exchange.RateLimited) as exc:
             self._keepalive_failed(exc)
 
     def _keepalive_failed(self, exc: Exception) -> None:
@@ -196,7 +195,7 @@ class AccountStream:
             try:
                 ws = self.connect()
             except (KeyGone, exchange.BinanceError, exchange.OutcomeUnknown, exchange.RateLimited,
-                    requests.RequestException, websocket.WebSocketException, OSError) as exc:
+                    websocket.WebSocketException, OSError) as exc:
                 failures += 1
                 delay = min(self.settings.reconnect_max_seconds, BACKOFF_BASE * 2 ** min(failures, 16))
                 if isinstance(exc, exchange.RateLimited):

@@ -49,7 +49,7 @@ from naived.config import Config, TradingSettings
 from naived.messages import CycleResult, Fill, Order, TradeEvent, TraderState
 from naived.paper.book import Change, Fees, PaperBook, Rejected
 from naived.paper.server import PaperExchange
-from naived.symbols import SymbolFilters, table
+from naived.symbols import SymbolFilters, quote_assets, table
 from streamerd.publisher import Stats
 from streamerd.replay import ReplayError, _Progress, check_files, read_file
 
@@ -105,7 +105,7 @@ class InProcessExchange:
         paper = config.paper
         self.clock = clock
         fees = Fees(paper.maker_commission, paper.taker_commission, paper.commission_in_bnb)
-        self.book = PaperBook(Path(":memory:"), paper.balances, fees=fees, fill_on_touch=paper.fill_on_touch,
+        self.book = PaperBook(Path(":memory:"), paper.starting_balances(quote_assets()), fees=fees, fill_on_touch=paper.fill_on_touch,
                               partial_fills=paper.partial_fills, clock=clock)
         self.app = PaperExchange(config, self.book, _NoFeed())  # type: ignore[arg-type]
 

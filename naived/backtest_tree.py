@@ -92,7 +92,7 @@ def tree_configs(config: Config, directory: Path, files: list[str], symbols: lis
     naived = _table("paths", paths) + _table("streamer", {"endpoint": market}) + _table("naived", {
         "exchange": "paper", "autostart": symbols}) + _table("paper", {
         "port": paper_port, "fill_on_touch": paper.fill_on_touch, "partial_fills": paper.partial_fills,
-        "balances": paper.balances, "maker_commission": paper.maker_commission,
+        "balances": paper.balances, "default_balance": paper.default_balance, "maker_commission": paper.maker_commission,
         "taker_commission": paper.taker_commission, "commission_in_bnb": paper.commission_in_bnb,
     }) + _table("trading", {"allow_losing_settings": trading.allow_losing_settings}) + _table(
         "trading.defaults", msgspec.structs.asdict(trading.defaults))

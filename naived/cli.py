@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -16,10 +17,14 @@ config_option = click.option(
 
 def _load(config_path: str | None) -> Config:
     try:
-        return load_config(config_path)
+        config = load_config(config_path)
     except ConfigError as exc:
         click.echo(f"naived: {exc}", err=True)
         sys.exit(2)
+    from naived import symbols
+
+    symbols.use_state_dir(config.state_dir)  # a table `refresh-symbols` wrote there wins over the shipped one
+    return config
 
 
 @click.group()
@@ -63,6 +68,56 @@ def check_config(config_path: str | None) -> None:
     """Validate the configuration and exit (0 valid, 2 invalid)."""
     _load(config_path)
     click.echo("configuration OK")
+
+
+@main.command("refresh-symbols")
+@config_option
+@click.option("--from", "source", metavar="FILE", help="A saved exchangeInfo answer (JSON) instead of asking the exchange.")
+@click.option("--output", metavar="PATH", help="Write here instead of <state_dir>/symbols.csv (e.g. naived/symbols.csv).")
+def refresh_symbols(config_path: str | None, source: str | None, output: str | None) -> None:
+    """Regenerate the symbol table from exchangeInfo: every TRADING symbol, all quote assets.
+
+    Without --from it asks GET /api/v3/exchangeInfo of Binance (of the testnet when exchange =
+    "binance-testnet"; public, no keys). The table goes to <state_dir>/symbols.csv, replaced
+    atomically, which naived prefers over the shipped table from its next start."""
+    config = _load(config_path)
+    import msgspec
+
+    from naived import symbols
+
+    if source:
+        origin = source
+        try:
+            raw = open(source, "rb").read()
+        except OSError as exc:
+            click.echo(f"naived refresh-symbols: cannot read {source}: {exc.strerror}", err=True)
+            sys.exit(2)
+    else:
+        import requests
+
+        base = config.exchange.testnet_url if config.naived.exchange == "binance-testnet" else config.exchange.binance_url
+        origin = f"{base.rstrip('/')}/api/v3/exchangeInfo"
+        try:
+            response = requests.get(origin, timeout=config.exchange.timeout_seconds * 6)  # a ~4 MB answer
+            response.raise_for_status()
+        except requests.RequestException as exc:
+            click.echo(f"naived refresh-symbols: {origin}: {exc}", err=True)
+            sys.exit(1)
+        raw = response.content
+    try:
+        info = msgspec.json.decode(raw)
+        rows = symbols.trading_filters(info)
+    except (msgspec.DecodeError, symbols.TableError) as exc:
+        click.echo(f"naived refresh-symbols: {origin}: {exc}", err=True)
+        sys.exit(2)
+    path = Path(output) if output else config.state_dir / symbols.TABLE_NAME
+    try:
+        symbols.write_table(path, symbols.render_table(rows, Path(origin).name if source else origin, info.get("serverTime")))
+    except OSError as exc:
+        click.echo(f"naived refresh-symbols: cannot write {path}: {exc.strerror}", err=True)
+        sys.exit(1)
+    quotes = sorted({f.quote for f in rows})
+    click.echo(f"{len(rows)} TRADING symbols, {len(quotes)} quote assets ({' '.join(quotes)}) -> {path}")
 
 
 @main.command()

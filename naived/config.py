@@ -213,6 +213,10 @@ class Paper(msgspec.Struct, forbid_unknown_fields=True):
     fill_on_touch: bool = False  # fill at <= / >= instead of the book's strict < / >
     partial_fills: bool = False  # fill at most the traded quantity per trade
     balances: dict[str, Decimal] = msgspec.field(default_factory=lambda: {"USDT": Decimal("10000")})
+    # Every quote asset of the symbol table that `balances` does not name starts with this much
+    # (in that asset's units, as `trading.budget` is), so a trader on ETHBTC can buy; 0 = none.
+    # Only the start is generous: orders beyond the balance are refused as Binance refuses them.
+    default_balance: Decimal = Decimal("10000")
     # Binance's standard spot rates (0.1%), charged on each fill from the asset it gives.
     maker_commission: Decimal = Decimal("0.001")
     taker_commission: Decimal = Decimal("0.001")
@@ -237,6 +241,18 @@ class Paper(msgspec.Struct, forbid_unknown_fields=True):
             _finite(f"balances.{asset}", amount)
             if amount < 0:
                 raise ValueError(f"balances.{asset}: must be >= 0, got {amount}")
+        _finite("default_balance", self.default_balance)
+        if self.default_balance < 0:
+            raise ValueError(f"default_balance: must be >= 0, got {self.default_balance}")
+
+    def starting_balances(self, quote_assets: list[str]) -> dict[str, Decimal]:
+        """The account a fresh paper exchange starts with: `balances`, and `default_balance` of
+        every other quote asset the symbol table trades."""
+        start = dict(self.balances)
+        if self.default_balance > 0:
+            for asset in quote_assets:
+                start.setdefault(asset, self.default_balance)
+        return start
 
 
 class Exchange(msgspec.Struct, forbid_unknown_fields=True):

@@ -37,9 +37,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 import msgspec
-import requests
 
 from naived import budget as rate_budget
+from naived import http1
 from naived.config import Config, ConfigError
 from naived.messages import Fill, Order
 
@@ -215,25 +215,18 @@ class BinanceClient:
         self.base_url = base_url.rstrip("/")
         self.used_weight = 0
         self._recv_window = str(recv_window_ms)
-        self._timeout = timeout
         self._mac = hmac.new(api_secret.encode(), digestmod=hashlib.sha256)  # copied per request
         self._offset_ms: int | None = None  # server clock minus ours
         # Bans, weight and order counts: shared by the host's processes when `client_for` built it.
         self.budget = budget or rate_budget.LocalBudget()
-        self._session = requests.Session()
-        self._session.trust_env = False  # no proxy/netrc lookups per request, no surprise proxy
-        self._session.headers["X-MBX-APIKEY"] = api_key
-        # Prepared once per method: each call only copies one and sets its URL.
-        self._templates = {
-            method: self._session.prepare_request(requests.Request(method, self.base_url + "/"))
-            for method in ("GET", "POST", "PUT", "DELETE")
-        }
+        # One keep-alive connection, no proxy from the environment; see http1 for why not requests.
+        self._http = http1.Connection(self.base_url, timeout, {"X-MBX-APIKEY": api_key})
 
     def __repr__(self) -> str:
         return f"BinanceClient({self.base_url!r})"
 
     def close(self) -> None:
-        self._session.close()
+        self._http.close()
 
     # --- public endpoints ----------------------------------------------------------------
 
@@ -344,13 +337,11 @@ class BinanceClient:
             mac = self._mac.copy()
             mac.update(query.encode())
             query = f"{query}&signature={mac.hexdigest()}"
-        request = self._templates[method].copy()
-        request.url = f"{self.base_url}{path}?{query}" if query else self.base_url + path
         try:
-            response = self._session.send(request, timeout=self._timeout)
-        except requests.RequestException as exc:
+            response = self._http.request(method, f"{path}?{query}" if query else path)
+        except http1.TransportError as exc:
             # Whatever it was (timeout, reset, refused), we cannot know what the exchange did.
-            raise OutcomeUnknown(f"{method} {path}: no answer ({type(exc).__name__})") from None
+            raise OutcomeUnknown(f"{method} {path}: no answer ({exc})") from None
         headers = response.headers
         weight = _header_int(headers, "X-MBX-USED-WEIGHT-1M")
         if weight is not None:
@@ -383,7 +374,7 @@ def _header_int(headers: Any, name: str) -> int | None:
         return None
 
 
-def _retry_after(response: requests.Response, default: float) -> float:
+def _retry_after(response: http1.Response, default: float) -> float:
     try:
         return max(0.0, float(response.headers["Retry-After"]))
     except (KeyError, ValueError):

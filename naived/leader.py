@@ -100,6 +100,7 @@ class Leader(Role):
             self.counters = {k: self.store.counter(k) for k in COUNTERS}
             self.cycles_finished = self.store.cycles_finished()
             self.last_error = self.store.get_meta("last_error")
+            new_store = self.store.get_meta("id_prefix") is None
             self.id_prefix = self.store.id_prefix()  # made once per store, durably: client order ids start with it
             self.books = self.store.books()
         except sqlite3.Error as exc:
@@ -122,7 +123,9 @@ class Leader(Role):
         self.waiting: set[int] = set()  # traders that start a fresh cycle once the settings are known
         self.ready_at: dict[int, float] = {}
         self.used_weight = 0
-        self.reconciled = False
+        # A store made just now has a prefix no order at the exchange can carry: nothing to
+        # reconcile, so no worker (one fork and one weight-6 request less per symbol started).
+        self.reconciled = new_store
         self.open_when_asked: set[str] = set()
         self.changed = True
 

@@ -1,22 +1,36 @@
-"""Exchange filters per symbol.
+"""Exchange filters per symbol: the symbol table.
 
-The project ships a compact table (`symbols.csv`) of the USDT spot pairs that
-were TRADING, with the facts the bot needs: tick size, step size, quantity
-bounds and the minimum notional. The paper exchange serves it as `exchangeInfo`
-(`naived.paper.server.exchange_info_entry`);
-the leader reads filters from whichever exchange it trades on, through
-`filters_from_exchange_info`.
+The project ships a compact table (`symbols.csv`) of every spot symbol that was
+TRADING on Binance, all quote assets, with the facts the bot needs: tick size,
+step size, quantity bounds and the minimum notional. `naived refresh-symbols`
+regenerates it from an `exchangeInfo` answer (Binance's, or a saved file) and
+writes it to `<state_dir>/symbols.csv`, which this module prefers over the
+shipped table once `use_state_dir` has been called (the `naived` commands do):
+an installed package is never rewritten, and a refresh survives upgrades.
+`--output naived/symbols.csv` regenerates the shipped table itself.
+
+The paper exchange serves the table as `exchangeInfo`
+(`naived.paper.server.exchange_info_entry`); the leader reads filters from
+whichever exchange it trades on, through `filters_from_exchange_info`.
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import io
+import os
+import time
 from decimal import Decimal
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import msgspec
+
+TABLE_NAME = "symbols.csv"
+COLUMNS = ("symbol", "base", "quote", "tick_size", "step_size", "min_qty", "max_qty", "min_notional")
+_override: Path | None = None  # <state_dir>/symbols.csv, preferred when it exists
 
 
 class SymbolFilters(msgspec.Struct, frozen=True):
@@ -31,10 +45,35 @@ class SymbolFilters(msgspec.Struct, frozen=True):
     status: str = "TRADING"
 
 
+def use_state_dir(state_dir: Path) -> None:
+    """Prefer the table `naived refresh-symbols` wrote into `state_dir`, if there is one."""
+    global _override
+    _override = Path(state_dir) / TABLE_NAME
+    table.cache_clear()
+
+
+def table_path() -> str:
+    """Where the table in use comes from, for messages."""
+    if _override is not None and _override.exists():
+        return str(_override)
+    return "naived/symbols.csv (shipped)"
+
+
 @functools.cache
 def table() -> dict[str, SymbolFilters]:
-    """The shipped table, by symbol."""
-    text = resources.files("naived").joinpath("symbols.csv").read_text()
+    """The table in use, by symbol: the state directory's refreshed one, else the shipped one."""
+    text = None
+    if _override is not None:
+        try:
+            text = _override.read_text()
+        except FileNotFoundError:
+            pass
+    if text is None:
+        text = resources.files("naived").joinpath(TABLE_NAME).read_text()
+    return parse_table(text)
+
+
+def parse_table(text: str) -> dict[str, SymbolFilters]:
     rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
     return {row["symbol"]: msgspec.convert(row, SymbolFilters, strict=False) for row in rows}
 
@@ -43,28 +82,83 @@ def lookup(symbol: str) -> SymbolFilters | None:
     return table().get(symbol.upper())
 
 
+def quote_assets() -> list[str]:
+    """Every quote asset of the table in use (the paper exchange funds each one)."""
+    return sorted({f.quote for f in table().values()})
+
+
 def _dec(text: str) -> Decimal:
     # normalize() turns "9000.00000000" into 9E+3; keep plain notation for readable logs
     value = Decimal(text).normalize()
     return value.quantize(Decimal(1)) if value == value.to_integral() else value
 
 
+def _filters(entry: dict[str, Any]) -> SymbolFilters:
+    by_type = {f["filterType"]: f for f in entry.get("filters", [])}
+    notional = by_type.get("NOTIONAL") or by_type.get("MIN_NOTIONAL") or {"minNotional": "0"}
+    return SymbolFilters(
+        symbol=entry["symbol"],
+        base=entry.get("baseAsset", ""),
+        quote=entry.get("quoteAsset", ""),
+        status=entry.get("status", "TRADING"),
+        tick_size=_dec(by_type["PRICE_FILTER"]["tickSize"]),
+        step_size=_dec(by_type["LOT_SIZE"]["stepSize"]),
+        min_qty=_dec(by_type["LOT_SIZE"]["minQty"]),
+        max_qty=_dec(by_type["LOT_SIZE"]["maxQty"]),
+        min_notional=_dec(notional["minNotional"]),
+    )
+
+
 def filters_from_exchange_info(info: dict[str, Any], symbol: str) -> SymbolFilters:
     """Read a symbol's filters from an `exchangeInfo` response (NOTIONAL or the older MIN_NOTIONAL)."""
     for entry in info.get("symbols", []):
-        if entry.get("symbol") != symbol:
-            continue
-        by_type = {f["filterType"]: f for f in entry.get("filters", [])}
-        notional = by_type.get("NOTIONAL") or by_type.get("MIN_NOTIONAL") or {"minNotional": "0"}
-        return SymbolFilters(
-            symbol=symbol,
-            base=entry.get("baseAsset", ""),
-            quote=entry.get("quoteAsset", ""),
-            status=entry.get("status", "TRADING"),
-            tick_size=_dec(by_type["PRICE_FILTER"]["tickSize"]),
-            step_size=_dec(by_type["LOT_SIZE"]["stepSize"]),
-            min_qty=_dec(by_type["LOT_SIZE"]["minQty"]),
-            max_qty=_dec(by_type["LOT_SIZE"]["maxQty"]),
-            min_notional=_dec(notional["minNotional"]),
-        )
+        if entry.get("symbol") == symbol:
+            return _filters(entry)
     raise KeyError(symbol)
+
+
+class TableError(Exception):
+    """An exchangeInfo answer that cannot make a table: one line for the user."""
+
+
+def trading_filters(info: dict[str, Any]) -> list[SymbolFilters]:
+    """Every TRADING symbol of an exchangeInfo answer (all quote assets), sorted by symbol.
+    A symbol without a price or lot filter cannot be traded by the strategy and is left out."""
+    if not isinstance(info, dict) or not isinstance(info.get("symbols"), list):
+        raise TableError("not an exchangeInfo answer (no \"symbols\" list)")
+    rows = []
+    for entry in info["symbols"]:
+        if entry.get("status") != "TRADING":
+            continue
+        try:
+            rows.append(_filters(entry))
+        except KeyError:
+            continue
+    if not rows:
+        raise TableError("no TRADING symbol in the exchangeInfo answer")
+    return sorted(rows, key=lambda f: f.symbol)
+
+
+def render_table(rows: list[SymbolFilters], origin: str, server_time_ms: int | None) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(server_time_ms / 1000)) if server_time_ms else "unknown time"
+    out = io.StringIO()
+    out.write(f"# Spot symbols TRADING on Binance (all quote assets), from exchangeInfo of {when} ({origin});"
+              " regenerate with `naived refresh-symbols`\n")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for f in rows:
+        # plain notation ("0.00000001", not "1E-8"): the table is read by people too
+        writer.writerow([format(v, "f") if isinstance(v := getattr(f, c), Decimal) else v for c in COLUMNS])
+    return out.getvalue()
+
+
+def write_table(path: Path, text: str) -> None:
+    """Replace `path` atomically: a reader sees the old table or the new one, never half of one."""
+    parse_table(text)  # never write what this module could not read back
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import msgspec
-import requests
 import zmq
 
 from naived import exchange, strategy
@@ -132,7 +131,7 @@ class Trader:
         # The leader starts another trader on a rebuy only while fewer than `chunks` run.
         self.rebuy_possible = trading.traders_at_start < trading.chunks
         self.leader = LeaderLink(self.ctx, config.leader_endpoint(self.symbol))
-        self.client = exchange.client_for(config)
+        self.client = _take_prepared() or exchange.client_for(config)
         # How long a sent order request may still execute: recvWindow, then the exchange's
         # processing timeout, plus the clock margin Binance's timestamp rule allows.
         self.window = config.exchange.recv_window_ms / 1000 + config.exchange.backend_timeout_seconds + CLOCK_MARGIN
@@ -162,7 +161,7 @@ class Trader:
                 # The budget holding a read back is pacing, not news: hundreds of traders do it.
                 log.log(_level(exc), "%s: %s, waiting", what, exc)
                 time.sleep(exc.retry_after)
-            except (exchange.OutcomeUnknown, requests.RequestException) as exc:
+            except exchange.OutcomeUnknown as exc:  # every transport failure arrives as this
                 log.warning("%s: %s, retrying in %.2fs", what, type(exc).__name__, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
@@ -213,7 +212,7 @@ class Trader:
                 order = self.send_order(intent)
                 log.info("%s/%d: placed %s %s %s @ %s", self.symbol, self.state.trader_id, intent.side, intent.client_order_id, intent.quantity, intent.price)
                 return order
-            except (exchange.OutcomeUnknown, requests.RequestException) as exc:
+            except exchange.OutcomeUnknown as exc:  # every transport failure arrives as this
                 # The exchange may or may not have the order, now or later: record that, then ask.
                 self.last_unknown_send = time.monotonic()
                 log.warning("%s/%d: place %s: outcome unknown (%s)", self.symbol, self.state.trader_id, intent.client_order_id, exc)
@@ -407,11 +406,12 @@ class Trader:
 
     def run(self) -> int:
         s = self.state
+        # Hello first: the leader counts this trader ready from it; the log line can wait.
+        self.leader.call(TraderHello(s.trader_id, os.getpid()))
         log.info(
-            "trader %s/%d cycle %d starting (%s%s)",
+            "trader %s/%d cycle %d started (%s%s)",
             s.symbol, s.trader_id, s.cycle, s.status, ", with a pending intent" if s.intent else "",
         )
-        self.leader.call(TraderHello(s.trader_id, os.getpid()))
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         poller.register(self.reports, zmq.POLLIN)
@@ -451,6 +451,26 @@ class Trader:
             last_words(str(exc))
             self.leader.call(TraderFailed(s.trader_id, str(exc)))
             return 2
+
+
+_prepared: exchange.BinanceClient | None = None
+
+
+def prepare(config: Config) -> None:
+    """In the root, before it forks anything: build the traders' exchange client once and never
+    use it (no connection, no request). Every trader inherits it and takes it instead of
+    building its own, which ran URL parsing, HMAC and header set-up code in every forked trader
+    and copied the pages it touched (measured: 0.2 MiB private per trader).
+    The exchange settings it is built from only change with a restart of naived."""
+    global _prepared
+    _prepared = exchange.client_for(config)
+
+
+def _take_prepared() -> exchange.BinanceClient | None:
+    """The inherited, never-used client, once per process (a second Trader builds its own)."""
+    global _prepared
+    client, _prepared = _prepared, None
+    return client
 
 
 def run(config: Config, state: TraderState) -> int:

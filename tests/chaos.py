@@ -132,7 +132,8 @@ def make_tree(directory: Path, seed: int, market_seconds: float, faults: bool = 
         streamer = f"simulate_seed = {seed}"  # at the harness's 50 trades/s: cycles within seconds
         market = "simulate"
     extra = CONFIG + (FAULTS.format(seed=seed) if faults else "")
-    paper = "partial_fills = true" if partial_fills else ""  # a trade fills at most its own quantity
+    paper = "partial_fills = true\n" if partial_fills else ""  # a trade fills at most its own quantity
+    paper += 'default_balance = "0"'  # the account holds USDT only: the checker counts every unit of both assets
     return Tree(directory, extra, market=market, streamer=streamer, paper=paper)
 
 

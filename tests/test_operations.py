@@ -163,6 +163,7 @@ def test_status_answers_while_traders_restart(tmp_path: Path) -> None:
 def test_reconciliation_reports_an_order_no_trader_owns(resting: Tree) -> None:
     resting.ctl("start-trading", "XRPUSDT")
     prefix = open_buys(resting, "XRPUSDT", 2)[0]["state"]["id_prefix"]  # the symbol store's, made at its first start
+    assert "started reconcile XRPUSDT" not in resting.log("naived")  # a new store: no order can carry its prefix
     resting.ctl("stop-trading", "XRPUSDT")
     stray = BinanceClient(resting.paper_url, "paper-key", "paper-secret")
     stray.new_order("XRPUSDT", "BUY", "0.1000", "100", f"{prefix}-9-999B")

@@ -96,6 +96,8 @@ class Exchange:
             f'[exchange]\ntimeout_seconds = 0.4\n'
             f'[paper]\nport = {free_port() if listener else self.port}\nws_port = {self.ws_port}\n{extra}\n'
             + ("" if "balances" in extra else 'balances = { USDT = "10000", XRP = "100" }\n')
+            # these tests compare whole balance sheets: only the assets they name
+            + ("" if "default_balance" in extra else 'default_balance = "0"\n')
         )
         self.http = requests.Session()
         self.http.trust_env = False

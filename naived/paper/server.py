@@ -97,7 +97,7 @@ from naived.config import Config, Faults
 from naived.messages import decode_trade, trade_topic
 from naived.paper.book import BNB_DISCOUNT, MAX_PRICE, Fees, Fill, NewOrder, PaperBook, PaperOrder, Rejected
 from naived.paper.userstream import UNKNOWN_KEY, UserStreamServer
-from naived.symbols import SymbolFilters, table
+from naived.symbols import SymbolFilters, quote_assets, table
 
 log = logging.getLogger(__name__)
 
@@ -935,7 +935,7 @@ def run(config: Config, listener: socket.socket | None = None, ws_listener: sock
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = config.state_dir / "paper-exchange.sqlite"
         fees = Fees(paper.maker_commission, paper.taker_commission, paper.commission_in_bnb)
-        book = PaperBook(path, paper.balances, fees=fees, fill_on_touch=paper.fill_on_touch, partial_fills=paper.partial_fills)
+        book = PaperBook(path, paper.starting_balances(quote_assets()), fees=fees, fill_on_touch=paper.fill_on_touch, partial_fills=paper.partial_fills)
         cleanup.callback(book.close)
         ctx = zmq.Context()
         cleanup.callback(ctx.term)
