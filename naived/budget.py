@@ -298,6 +298,9 @@ class LocalBudget(Budget):
         return change(self._state)
 
 
+_INHERITED: list[object] = []  # a forked child's copies of its parent's mappings, kept, never closed
+
+
 class SharedBudget(Budget):
     """The budget in `path` (mode 0600), shared by every process that opens it."""
 
@@ -333,7 +336,10 @@ class SharedBudget(Budget):
 
     def _locked(self, change: Callable[[State], int | None]) -> int | None:
         if self._pid != os.getpid():  # forked: the parent's descriptor would share its lock
-            self._map = None
+            # Never let the parent's mmap be freed here: it would close the descriptor it holds,
+            # whose number the child closed at fork and may have handed to someone else since
+            # (libzmq's eventfd: epoll then aborts the process).
+            _INHERITED.append(self._map)
             self._open()
         assert self._map is not None
         fcntl.flock(self._fd, fcntl.LOCK_EX)
