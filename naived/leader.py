@@ -126,6 +126,8 @@ class Leader(Role):
         # A store made just now has a prefix no order at the exchange can carry: nothing to
         # reconcile, so no worker (one fork and one weight-6 request less per symbol started).
         self.reconciled = new_store
+        if new_store:  # ...but the periodic reconcile runs as for any store, once orders exist
+            self.next_reconcile = time.monotonic() + self.config.naived.reconcile_seconds
         self.open_when_asked: set[str] = set()
         self.changed = True
 
