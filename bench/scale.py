@@ -20,7 +20,7 @@ symbol's trades as a Poisson stream at that rate). Without the tapes it uses the
 when measured (TAPES_RATE). `--rate R` sets trades/s per symbol instead. The CPU per market
 trade is printed too, to scale the figure to any other rate.
 
-The traders' buys rest far below the market (`buy_down_interval = 0.5`), so after their first
+The traders' buys rest below the market (`buy_down_interval = 0.05`; the simulated walk stays within ~0.2%), so after their first
 trade they idle like a trader waiting for a fill. `[naived.supervision]`: the defaults (5
 restarts in 10 s per child) are kept; a stop timeout of 30 s gives thousands of processes time
 to stop in order.
@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from decimal import Decimal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -55,8 +56,10 @@ from naived.config import load_config  # noqa: E402
 from naived.ipc import request  # noqa: E402
 from naived.messages import Error, StartTrading, StatusRequest, TreeStatus, control_reply_decoder  # noqa: E402
 from naived.symbols import table  # noqa: E402
+from streamerd.simulate import START_PRICES  # noqa: E402
 
 T = TypeVar("T")
+BUY_DOWN = Decimal("0.05")
 ALL_TRADING = 1340  # TRADING symbols in the real exchangeInfo of 2023-09-08 (the shipped table)
 TAPES_RATE = 52.9  # trades/s of the BTCUSDT + ETHUSDT tapes together, as measured from them
 TARGET_TREE_GIB, TARGET_READY_S, TARGET_IDLE_CPU = 12.0, 30.0, 5.0
@@ -65,7 +68,7 @@ KINDS = ("root", "paper-exchange", "streamerd", "supervisor", "leader", "trader"
 CONFIG = """
 [trading.defaults]
 chunks = 2
-buy_down_interval = "0.5"    # buys rest: traders idle after their first trade
+buy_down_interval = "0.05"   # buys rest (the simulated walk stays within ~0.2%): traders idle after their first trade
 
 
 [naived.supervision]
@@ -76,14 +79,16 @@ stop_timeout_seconds = 30.0
 
 
 def budgets(names: list[str]) -> str:
-    """A budget per symbol whose 2 chunks each clear its minimum notional (100 of the quote asset
-    is below it for some quotes, e.g. 20,000 BIDR); every quote asset is funded by the paper
-    exchange's default_balance."""
+    """A budget per symbol in its own quote asset (100 BTC, the default's 100, would break most
+    BTC pairs' LOT_SIZE maximum): each of the 2 chunks twice the symbol's minimum order (notional
+    and quantity) at the simulated market's buy price (streamerd's start price less
+    BUY_DOWN); every quote asset is funded by the paper exchange's default_balance."""
     out = []
     for name in names:
-        floor = table()[name].min_notional * 4
-        if floor > 100:
-            out.append(f'[trading.symbols.{name}]\nbudget = "{floor}"\n')
+        f = table()[name]
+        buy = START_PRICES.get(name, f.tick_size * 10_000) * (1 - BUY_DOWN)
+        chunk = 2 * max(f.min_notional, f.min_qty * buy, f.tick_size)
+        out.append(f'[trading.symbols.{name}]\nbudget = "{2 * chunk}"\n')
     return "\n".join(out)
 
 
@@ -163,6 +168,19 @@ def measure(found: dict[int, tuple[str, psutil.Process]], what: Callable[[int, p
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of the process, in ns precision (/proc/PID/task/*/schedstat):
+    the clock-tick figures of /proc/PID/stat round a trader's few ms away."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a thread that just ended
+    return total / 1e9
+
+
 def machine_busy() -> float:
     """CPU seconds all cores have spent not idle since boot (/proc/stat)."""
     with open("/proc/stat") as f:
@@ -240,8 +258,8 @@ def main() -> None:
             by_kind = Counter()
             for pid, (kind, proc) in started.items():
                 try:
-                    by_kind[kind] += sum(proc.cpu_times()[:2])
-                except psutil.NoSuchProcess:
+                    by_kind[kind] += cpu_seconds(pid)
+                except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
                     pass
             print(f"CPU while starting: {busy:.1f} s of the machine's cores busy ({1000 * busy / len(names):.0f} ms per symbol;"
                   " other users of the machine included); by the tree's processes since their start: "
@@ -256,18 +274,21 @@ def main() -> None:
             tree.seen.update({pid: proc.create_time() for pid, (_, proc) in found.items()})  # for the clean-up
             # the market trades on; how much CPU does the tree use, and who wakes? (a process that
             # ends meanwhile, e.g. a trader restarted, is left out of every figure)
-            cpu0 = measure(found, lambda pid, proc: sum(proc.cpu_times()[:2]))
+            cpu0 = measure(found, lambda pid, proc: cpu_seconds(pid))
+            busy0 = machine_busy()
             woke0 = measure(found, lambda pid, proc: switches(pid))
             t0 = time.monotonic()
             time.sleep(args.idle_seconds)
             elapsed = time.monotonic() - t0
-            cpu = measure(found, lambda pid, proc: sum(proc.cpu_times()[:2]) - cpu0[pid])
+            busy = machine_busy() - busy0
+            cpu = measure(found, lambda pid, proc: cpu_seconds(pid) - cpu0[pid])
             woke = measure(found, lambda pid, proc: switches(pid) - woke0[pid])
             mem = measure(found, lambda pid, proc: memory.rollup(pid))
             fds = measure(found, lambda pid, proc: proc.num_fds())
             kinds = {pid: kind for pid, (kind, _) in found.items() if all(pid in d for d in (cpu0, woke0, cpu, woke, mem, fds))}
             orders = len(tree.paper_orders())
             report(args, names, kinds, mem, cpu, woke, fds, elapsed, rate, origin, all_ready, times, orders)
+            print(f"  (the whole machine was busy {100 * busy / elapsed:.1f} % of one core meanwhile, other users included)")
         finally:
             tree.stop()
             ctx.term()

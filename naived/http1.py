@@ -97,7 +97,7 @@ class Connection:
 
     def _usable(self) -> socket.socket:
         sock = self._sock
-        if sock is not None and not self._buffer and select.select([sock], [], [], 0)[0]:
+        if sock is not None and not self._buffer and _readable(sock):
             self.close()  # idle and readable = closed by the server (or junk): never write to it
             sock = None
         if sock is None:
@@ -171,6 +171,13 @@ class Connection:
                 return b"".join(parts)
             parts.append(self._read_exactly(size))
             self._read_exactly(2)  # the CRLF after each chunk
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Without waiting (poll, not select: a descriptor above 1023 is fine)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 _context: Any = None  # ssl.SSLContext, once https is used

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ class Server:
         self.answers = answers
         self.heads: list[bytes] = []
         self.connections = 0
+        self.closed = threading.Semaphore(0)  # released each time the server has closed a connection
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/base"
         self.thread = threading.Thread(target=self.serve, daemon=True)
@@ -32,20 +34,22 @@ class Server:
             except OSError:
                 return
             self.connections += 1
-            with conn:
-                data = b""
-                while self.answers:
-                    while b"\r\n\r\n" not in data:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
-                    if b"\r\n\r\n" not in data:
-                        break
-                    head, _, data = data.partition(b"\r\n\r\n")
-                    self.heads.append(head)
-                    if not self.answers.pop(0)(conn, head):
-                        break
+            with contextlib.closing(conn):
+                self._serve_one(conn)
+            self.closed.release()
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        data = b""
+        while self.answers:
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, data = data.partition(b"\r\n\r\n")
+            self.heads.append(head)
+            if not self.answers.pop(0)(conn, head):
+                return
 
     def close(self) -> None:
         self.listener.close()
@@ -89,6 +93,7 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_before_sending(se
     server = serve([reply(b"1", keep=False), reply(b"2")])
     http = Connection(server.url, 2.0)
     assert http.request("GET", "/x").content == b"1"
+    assert server.closed.acquire(timeout=5)  # idle, and closed by the server (not while we send)
     assert http.request("GET", "/y").content == b"2"
     assert server.connections == 2 and len(server.heads) == 2  # each request sent exactly once
 
