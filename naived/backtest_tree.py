@@ -38,6 +38,7 @@ from naived.backtest import BacktestError, Curve, Finished, Ledger, Report, _Pro
 from naived.config import Config
 from naived.ipc import request
 from naived.messages import History, HistoryRequest, StatusRequest, TraderState, TreeStatus, control_reply_decoder, trade_topic
+from naived.supervisor import die_with_parent
 from naived.symbols import table
 
 SETTLE_SECONDS = 1.5  # the traders' states unchanged this long after the last trade: done
@@ -191,7 +192,8 @@ class _Tree:
     def spawn(self, module: str, config: Path) -> subprocess.Popen[bytes]:
         log = open(self.dir / f"{module.split('.')[0]}.log", "ab")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen([sys.executable, "-m", module, "start", "--config", str(config)], stdout=log,
-                                stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+                                stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=die_with_parent)  # a killed backtest leaves no tree
         log.close()
         self.procs.append(proc)
         return proc

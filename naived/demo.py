@@ -25,6 +25,7 @@ import zmq
 from naived.ctl import render
 from naived.ipc import request
 from naived.messages import StatusRequest, TreeStatus, control_reply_decoder
+from naived.supervisor import die_with_parent
 
 STATUS_EVERY = 5.0
 
@@ -99,8 +100,10 @@ def run(seconds: float, symbols: list[str]) -> int:
     print(f"naive demo: SIMULATED market, paper exchange, symbols {' '.join(symbols)}")
     print(f"  files and logs in {directory}; this demo stops after {seconds:g}s" if seconds else "  Ctrl-C stops it")
     procs = [
-        subprocess.Popen(_command("streamerd") + ["start", "--config", str(config_path)], stderr=logs["streamerd"], start_new_session=True),
-        subprocess.Popen(_command("naived") + ["start", "--config", str(config_path)], stderr=logs["naived"], start_new_session=True),
+        subprocess.Popen(_command("streamerd") + ["start", "--config", str(config_path)], stderr=logs["streamerd"], start_new_session=True,
+                         preexec_fn=die_with_parent),
+        subprocess.Popen(_command("naived") + ["start", "--config", str(config_path)], stderr=logs["naived"], start_new_session=True,
+                         preexec_fn=die_with_parent),
     ]
     ctx = zmq.Context()
     start = time.monotonic()

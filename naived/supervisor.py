@@ -418,6 +418,13 @@ class Supervisor:
         return code
 
 
+def die_with_parent() -> None:
+    """PR_SET_PDEATHSIG(SIGKILL) for this process: it dies when the thread that forked it does.
+    Forked children get it in `_run_child`; tools that start whole daemons (the demo, a backtest
+    through the tree, the tests) pass it as `preexec_fn`, so a tool killed with -9 leaves none."""
+    _prctl(_PR_SET_PDEATHSIG, _csignal.SIGKILL, 0, 0, 0)
+
+
 def last_words(message: str) -> None:
     """In a forked child: tell the parent why we are about to exit (one line, kept short)."""
     if _last_words_fd < 0 or not message:
@@ -468,7 +475,7 @@ def _run_child(spec: ChildSpec, parent: int, words_fd: int) -> None:
         if spec.new_process_group:
             os.setpgid(0, 0)
         # Die with the parent; if it already died between fork() and here, prctl comes too late.
-        _prctl(_PR_SET_PDEATHSIG, _csignal.SIGKILL, 0, 0, 0)
+        die_with_parent()
         if os.getppid() != parent:
             os._exit(1)
         # The parent's descriptors (its ZeroMQ context, pidfds, databases) are not ours.

@@ -23,7 +23,12 @@ from typing import Any, TypeVar
 import psutil
 import requests
 
+from naived.supervisor import die_with_parent
+
 BIN = Path(sys.executable).parent
+# Every daemon a test starts dies with the test process (PR_SET_PDEATHSIG, surviving exec), so a
+# test run killed with -9 (a timeout, an interrupted loop) leaves no tree behind.
+die_with_test = die_with_parent
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 SANDBOX = Path(__file__).resolve().parent / "sandbox.py"
 
@@ -103,6 +108,7 @@ ws_port = {self.paper_ws_port}
             [*sandbox, str(BIN / name), *args, "--config", str(self.config_path)],
             stderr=log,
             start_new_session=True,
+            preexec_fn=die_with_test,
             env={**os.environ, **(env or {})},
         )
         self.procs.append(proc)

@@ -21,17 +21,12 @@ import pytest
 import requests
 import zmq
 
+from harness import die_with_test, free_port
 from naived.exchange import BinanceClient, BinanceError, OutcomeUnknown, RateLimited, UnknownOrder, signature
 from naived.messages import TradeEvent, encode_trade, trade_topic
 
 KEY, SECRET = "paper-key", "paper-secret"
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 10.0) -> T:
@@ -102,7 +97,6 @@ class Exchange:
         self.http = requests.Session()
         self.http.trust_env = False
         self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
 
     def spawn(self) -> subprocess.Popen[bytes]:
         code = (
@@ -112,11 +106,14 @@ class Exchange:
         )
         fd = self.listener.fileno() if self.listener else -1
         with open(self.dir / "paper-exchange.log", "ab") as log:
-            return subprocess.Popen([sys.executable, "-c", code, str(self.config), str(fd)], stderr=log,
-                                    start_new_session=True, pass_fds=(fd,) if fd >= 0 else ())
+            # Kept as `self.proc` at once: the fixture kills it by PID whatever the test does next.
+            self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.config), str(fd)], stderr=log,
+                                         start_new_session=True, pass_fds=(fd,) if fd >= 0 else (),
+                                         preexec_fn=die_with_test)
+        return self.proc
 
     def start(self) -> None:
-        self.proc = self.spawn()
+        self.spawn()
 
         def up() -> bool:
             assert self.proc is not None and self.proc.poll() is None, self.log()
@@ -185,6 +182,7 @@ def start(tmp_path: Path, market: Market) -> Iterator[Callable[..., Exchange]]:
         directory = tmp_path / f"x{len(started)}"
         directory.mkdir()
         started.append(Exchange(directory, f"ipc://{tmp_path / 'market.sock'}", extra, listener))
+        started[-1].start()  # after the append: one that never answers is still killed below
         return started[-1]
 
     try:

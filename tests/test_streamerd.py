@@ -20,6 +20,7 @@ import pytest
 import requests
 import zmq
 
+from harness import die_with_test
 from naived.messages import TradeEvent, decode_trade
 from streamerd.publisher import Demand, symbol_of_subscription
 from fake_binance import FakeBinance, trade_json
@@ -38,7 +39,7 @@ class Streamerd:
         self.proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "streamerd.cli", "start", "--endpoint", self.endpoint, *args],
             stdout=subprocess.DEVNULL, stderr=open(self.log_path, "wb"), start_new_session=True,
-            env={**_env(), **(env or {})},
+            preexec_fn=die_with_test, env={**_env(), **(env or {})},
         )
 
     def log(self) -> str:
