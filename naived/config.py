@@ -189,10 +189,10 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
         if not (0 < self.late_accept_seconds <= LATE_ACCEPT_WINDOW):
             # Binance: an order with an unknown status may still execute within 10 s.
             raise ValueError(f"late_accept_seconds: must be > 0 and <= {LATE_ACCEPT_WINDOW} (Binance's window), got {self.late_accept_seconds}")
-        for name in ("accept_then_timeout", "accept_then_5xx", "rate_limit_429", "ban_418", "stale_timestamp",
-                     "drop_connection", "late_accept_5xx", "late_accept_timeout", "exchange_cancel", "exchange_expire",
-                     "user_stream_drop"):
+        for name in self.__struct_fields__:  # every float but the delay is a probability
             value = getattr(self, name)
+            if not isinstance(value, float) or name == "late_accept_seconds":
+                continue
             _finite(name, value)
             if not (0 <= value <= 1):
                 raise ValueError(f"{name}: must be a probability between 0 and 1, got {value}")
