@@ -160,6 +160,7 @@ def worker(config: Path, *args: str, timeout: float = 30) -> list[dict[str, Any]
 def paper(tmp_path: Path) -> Iterator[Exchange]:
     ex = Exchange(tmp_path, f"ipc://{tmp_path / 'no-market.sock'}")
     try:
+        ex.start()
         yield ex
     finally:
         if ex.proc is not None and ex.proc.poll() is None:
