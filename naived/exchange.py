@@ -33,7 +33,8 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import msgspec
@@ -395,6 +396,36 @@ def client_for(config: Config) -> BinanceClient:
         key, secret = _credentials(config.exchange.key_file)
     return BinanceClient(url, key, secret, recv_window_ms=config.exchange.recv_window_ms,
                          timeout=config.exchange.timeout_seconds, budget=shared_budget(config))
+
+
+T = TypeVar("T")
+
+
+def patiently(call: Callable[[], T], seconds: float, what: str, final: Callable[[BinanceError], bool]) -> T:
+    """For a worker child: `call` retried with backoff (20 ms doubling to 1 s) until it answers or
+    `seconds` have passed (then SystemExit: the worker fails, its supervisor decides). Time held back
+    by the host's own rate budget does not count; a refusal that `final` says will not change is
+    raised at once."""
+    deadline = time.monotonic() + seconds
+    delay = 0.02
+    while True:
+        try:
+            return call()
+        except OverBudget as exc:  # the host's own pacing, not a failing exchange: wait it out
+            deadline += exc.retry_after
+            time.sleep(exc.retry_after)
+            continue
+        except BinanceError as exc:
+            if final(exc):
+                raise
+            failure: Exception = exc
+        except Exception as exc:  # not up yet, rate limited, connection refused...
+            failure = exc
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what}: the exchange did not answer for {seconds:g}s: {failure}")
+        log.info("%s: exchange not ready (%s), retrying", what, type(failure).__name__)
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def budget_limits(config: Config) -> rate_budget.Limits:

@@ -87,7 +87,7 @@ def store_failed(path: object, exc: sqlite3.Error) -> Exit:
 
 
 class Leader(Role):
-    def __init__(self, config: Config, symbol: str, shutting_down: bool) -> None:
+    def __init__(self, config: Config, symbol: str, shutting_down: bool, filters: SymbolFilters | None = None) -> None:
         self.config = config
         self.symbol = symbol
         self.shutting_down = shutting_down
@@ -119,7 +119,10 @@ class Leader(Role):
         self.report.setsockopt(zmq.LINGER, 0)
         self.report.connect(config.reports_endpoint)
         self.trading = config.trading.for_symbol(symbol)
-        self.settings: Settings | None = None  # for fresh cycles, once the filters worker has fetched them
+        # Fresh cycles need the exchange's filters: from the root, which fetched every symbol's at
+        # once, or else (not fetched yet, or the symbol missing there) from a filters worker.
+        self.filters = filters
+        self.settings: Settings | None = strategy.settings_for(symbol, self.trading, filters) if filters else None
         self.waiting: set[int] = set()  # traders that start a fresh cycle once the settings are known
         self.ready_at: dict[int, float] = {}
         self.used_weight = 0
@@ -214,36 +217,19 @@ class Leader(Role):
         ctx.term()
 
     def fetch_filters(self) -> int:
-        """Worker: the symbol's exchange filters, fetched once for all traders."""
+        """Worker: the symbol's exchange filters, when the root did not have them (see root.py)."""
         client = exchange.client_for(self.config)
-        deadline = time.monotonic() + FILTERS_DEADLINE
-        delay = 0.02
-        while True:
-            try:
-                info = client.exchange_info(self.symbol)
-                break
-            except exchange.OverBudget as exc:  # the host's own pacing, not a failing exchange: wait it out
-                deadline += exc.retry_after
-                time.sleep(exc.retry_after)
-                continue
-            except exchange.BinanceError as exc:
-                if exc.code == -1121:  # Invalid symbol.
-                    last_words(f"{self.symbol} is not listed on the exchange ({exc.msg})")
-                    return EXIT_GAVE_UP
-                failure: Exception = exc
-            except Exception as exc:  # not up yet, rate limited, connection refused...
-                failure = exc
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the exchange did not answer exchangeInfo for {FILTERS_DEADLINE:g}s: {failure}")
-            log.info("%s: exchange not ready (%s), retrying", self.symbol, type(failure).__name__)
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
         try:
+            info = exchange.patiently(lambda: client.exchange_info(self.symbol), FILTERS_DEADLINE, f"{self.symbol}: exchangeInfo",
+                                      final=lambda exc: exc.code == -1121)  # Invalid symbol.
             f = filters_from_exchange_info(info, self.symbol)
+        except exchange.BinanceError as exc:
+            last_words(f"{self.symbol} is not listed on the exchange ({exc.msg})")
+            return EXIT_GAVE_UP
         except KeyError:
             last_words(f"{self.symbol} is not listed on the exchange")
             return EXIT_GAVE_UP
-        self._tell_self(FiltersFetched(str(f.tick_size), str(f.step_size), str(f.min_qty), str(f.min_notional), f.base, f.quote))
+        self._tell_self(FiltersFetched(f))
         return 0
 
     def reconcile(self) -> int:
@@ -320,8 +306,8 @@ class Leader(Role):
                 self.store.set_meta("last_error", self.last_error)
             case RebuyTriggered(trader_id):
                 self.on_rebuy(trader_id)
-            case FiltersFetched(tick_size, step_size, min_qty, min_notional, base, quote):
-                self.on_filters(tick_size, step_size, min_qty, min_notional, base, quote)
+            case FiltersFetched(filters):
+                self.on_filters(filters)
             case OpenOrdersFetched(client_order_ids):
                 self.on_open_orders(client_order_ids)
             case LeaderStatusRequest():
@@ -330,9 +316,8 @@ class Leader(Role):
                 self.shutdown()
         return Ack()
 
-    def on_filters(self, tick_size: str, step_size: str, min_qty: str, min_notional: str, base: str = "", quote: str = "") -> None:
-        filters = SymbolFilters(self.symbol, base, quote, Decimal(tick_size), Decimal(step_size), Decimal(min_qty),
-                                Decimal("0"), Decimal(min_notional))
+    def on_filters(self, filters: SymbolFilters) -> None:
+        self.filters = filters
         self.settings = strategy.settings_for(self.symbol, self.trading, filters)
         waiting, self.waiting = sorted(self.waiting), set()
         if not self.shutting_down:
@@ -364,7 +349,8 @@ class Leader(Role):
         """New trading settings apply to cycles that start from now on."""
         self.config = reload_config(self.config)
         self.trading = self.config.trading.for_symbol(self.symbol)
-        self.settings = None  # fetched again for the next fresh cycle, with the new settings
+        # the next fresh cycle gets the new settings; filters not known yet are fetched then
+        self.settings = strategy.settings_for(self.symbol, self.trading, self.filters) if self.filters else None
         log.info("%s: configuration reloaded", self.symbol)
 
     # --- the loop ------------------------------------------------------------------
@@ -431,10 +417,10 @@ class Leader(Role):
         return self.supervisor.run(self)
 
 
-def run(config: Config, symbol: str, shutting_down: bool = False) -> int:
+def run(config: Config, symbol: str, shutting_down: bool = False, filters: SymbolFilters | None = None) -> int:
     """Entry point in the forked child."""
     try:
-        return Leader(config, symbol, shutting_down).run()
+        return Leader(config, symbol, shutting_down, filters).run()
     except Exit as exc:  # at start, before the loop: the store could not be opened
         log.error("leader %s: %s", symbol, exc)
         last_words(str(exc))

@@ -14,6 +14,8 @@ from typing import Literal
 
 import msgspec
 
+from naived.symbols import SymbolFilters
+
 TRADE_TOPIC_PREFIX = b"TRADE_EVENTS:"
 
 
@@ -277,14 +279,10 @@ class ShutdownRequest(msgspec.Struct, tag=True):
 
 
 class FiltersFetched(msgspec.Struct, tag=True):
-    """From the leader's filters worker: the symbol's exchange filters, as exchangeInfo gave them."""
+    """From the leader's filters worker: the symbol's exchange filters, as exchangeInfo gave them
+    (its assets too: which one a commission is taken in decides what a buy delivers)."""
 
-    tick_size: str
-    step_size: str
-    min_qty: str
-    min_notional: str
-    base: str = ""  # assets: which one a commission is taken in decides what a buy delivers
-    quote: str = ""
+    filters: SymbolFilters
 
 
 class OpenOrdersFetched(msgspec.Struct, tag=True):
@@ -408,7 +406,14 @@ class WorkerReply(msgspec.Struct, tag=True):
     reply: Ok | Error | History
 
 
-RootReport = LeaderStatus | WorkerReply
+class ExchangeFilters(msgspec.Struct, tag=True):
+    """From the root's exchange-info worker: every TRADING symbol's filters, from one exchangeInfo
+    call (weight 20 once, where a call per symbol started costs 20 each)."""
+
+    symbols: list[SymbolFilters]
+
+
+RootReport = LeaderStatus | WorkerReply | ExchangeFilters
 
 
 ControlReply = Ok | Error | TreeStatus | History

@@ -36,11 +36,12 @@ import setproctitle
 import zmq
 
 from naived import budget as rate_budget
-from naived import account_stream, sdnotify, symbol_supervisor, trader
+from naived import account_stream, exchange, sdnotify, symbol_supervisor, trader
 from naived.config import Config, check_symbol, reload_config
 from naived.ipc import bind, ipc_path, request
 from naived.messages import (
     ControlRequest,
+    ExchangeFilters,
     Error,
     History,
     HistoryRequest,
@@ -61,12 +62,16 @@ from naived.messages import (
 from naived.metrics import Metrics, MetricsEndpoint
 from naived.store import Store, store_path
 from naived.supervisor import Child, ChildSpec, Decision, ExitStatus, Role, Supervisor
-from naived.symbols import lookup
+from naived.symbols import SymbolFilters, lookup, trading_filters
 
 log = logging.getLogger(__name__)
 
 PAPER = "paper-exchange"
 ACCOUNT_STREAM = "account-stream"
+EXCHANGE_INFO = "exchange-info"  # the worker that fetches every symbol's filters at once
+FILTERS_REFRESH = 3600.0  # seconds between two fetches of every symbol's filters
+FILTERS_RETRY = 30.0  # ...after a fetch that failed
+FILTERS_DEADLINE = 30.0  # a fetch retries this long, then fails
 WORKER = "worker-"  # key prefix of the root's short-lived workers
 WORKER_ANSWER_GRACE = 2.0  # seconds for a worker's pushed answer to arrive after its exit
 REPORTS_PER_TURN = 1000  # drained per wake-up, so a flood of reports cannot starve the control socket
@@ -160,6 +165,10 @@ class Root(Role):
             self.supervisor.watch(self.metrics.fd, self.metrics.serve)
         self.symbols: dict[str, SymbolEntry] = {}
         self.leaders: dict[str, LeaderStatus] = {}  # as each leader last pushed it
+        # Every symbol's exchange filters, fetched by a worker in one call and handed to each leader
+        # at fork; a leader started before they came (or for a symbol missing here) fetches its own.
+        self.filters: dict[str, SymbolFilters] = {}
+        self.next_filters: float | None = None  # monotonic: when the exchange-info worker runs again
         self.trading = TradingSet(config.state_dir / "trading.json")
         self.paper_failed: str | None = None
         self.account_stream_failed: str | None = None
@@ -197,14 +206,24 @@ class Root(Role):
             key=symbol,
             title=f"supervisor {symbol}",
             # the mode as of fork time: a supervisor restarted after a shutdown-trading keeps it
-            run=lambda: symbol_supervisor.run(self.config, symbol, self.symbols[symbol].state == "shutting-down"),
+            run=lambda: symbol_supervisor.run(self.config, symbol, self.symbols[symbol].state == "shutting-down",
+                                              self.filters.get(symbol)),
             restart="transient",  # exit 0 = shut down on request
             new_process_group=True,
             supervises=True,
         ))
 
+    def start_exchange_info(self) -> None:
+        self.next_filters = None
+        self.supervisor.start(ChildSpec(EXCHANGE_INFO, "exchange-info", lambda: fetch_filters(self.config), "temporary"))
+
     def on_exit(self, child: Child, status: ExitStatus) -> Decision | None:
         key = child.spec.key
+        if key == EXCHANGE_INFO:
+            if not status.normal:
+                log.warning("fetching every symbol's filters failed (%s); leaders fetch their own meanwhile", status.reason())
+            self.next_filters = time.monotonic() + (FILTERS_REFRESH if status.normal else FILTERS_RETRY)
+            return None  # temporary
         if key.startswith(WORKER):
             request_id = int(key.removeprefix(WORKER))
             self.on_reports()  # its answer may be waiting on the report socket
@@ -258,6 +277,9 @@ class Root(Role):
                     self.leaders[symbol] = report
                 case WorkerReply(request_id, reply) if request_id in self.pending:
                     self.reply(self.pending.pop(request_id), reply)
+                case ExchangeFilters(symbols):
+                    self.filters = {f.symbol: f for f in symbols}
+                    log.info("exchange filters of %d symbols fetched", len(self.filters))
 
     # --- control requests --------------------------------------------------------------
 
@@ -483,10 +505,12 @@ class Root(Role):
                 os.kill(child.pid, signal.SIGHUP)
 
     def next_tick(self) -> float | None:
-        return min((t for t in (self.watchdog.deadline(), *self.late.values()) if t is not None), default=None)
+        return min((t for t in (self.watchdog.deadline(), self.next_filters, *self.late.values()) if t is not None), default=None)
 
     def tick(self) -> None:
         now = time.monotonic()
+        if self.next_filters is not None and now >= self.next_filters:
+            self.start_exchange_info()
         for request_id, deadline in list(self.late.items()):
             if request_id not in self.pending:
                 del self.late[request_id]
@@ -502,6 +526,7 @@ class Root(Role):
         if self.paper_listener is not None:
             self.start_paper_exchange()
         self.start_account_stream()
+        self.start_exchange_info()
         for symbol in dict.fromkeys(self.config.naived.autostart + list(self.trading.modes)):
             log.info("%s: autostart", symbol)
             mode = self.trading.modes.get(symbol, "running")
@@ -540,17 +565,29 @@ def _run_paper_exchange(config: Config, listener: socket.socket, ws_listener: so
     return paper.run(config, listener, ws_listener) or 0
 
 
-def read_history(config: Config, symbol: str, request_id: int) -> int:
-    """Worker: a symbol's finished cycles, read-only, pushed to the root."""
-    store = Store(store_path(config.state_dir, symbol), readonly=True)
-    reply = WorkerReply(request_id, History(symbol, store.finished_cycles()))
+def fetch_filters(config: Config) -> int:
+    """Worker: every TRADING symbol's filters from one exchangeInfo call, pushed to the root."""
+    client = exchange.client_for(config)
+    info = exchange.patiently(client.exchange_info, FILTERS_DEADLINE, "exchangeInfo of every symbol", final=lambda exc: False)
+    push_report(config, ExchangeFilters(trading_filters(info)))
+    return 0
+
+
+def push_report(config: Config, report: msgspec.Struct) -> None:
+    """From a worker child, on its own context: one report to the root."""
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 2000)
     push.connect(config.reports_endpoint)
-    push.send(encode(reply))
+    push.send(encode(report))
     push.close()
     ctx.term()
+
+
+def read_history(config: Config, symbol: str, request_id: int) -> int:
+    """Worker: a symbol's finished cycles, read-only, pushed to the root."""
+    store = Store(store_path(config.state_dir, symbol), readonly=True)
+    push_report(config, WorkerReply(request_id, History(symbol, store.finished_cycles())))
     return 0
 
 

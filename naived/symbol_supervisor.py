@@ -20,13 +20,15 @@ import signal
 from naived import leader
 from naived.config import Config, reload_config
 from naived.supervisor import ChildSpec, Role, Supervisor
+from naived.symbols import SymbolFilters
 
 log = logging.getLogger(__name__)
 
 
 class SymbolSupervisor(Role):
-    def __init__(self, config: Config, symbol: str, shutting_down: bool) -> None:
+    def __init__(self, config: Config, symbol: str, shutting_down: bool, filters: SymbolFilters | None) -> None:
         self.config = config
+        self.filters = filters  # the exchange's, as the root knew them: the leader needs no worker for them
         self.symbol = symbol
         self.shutting_down = shutting_down
         self.supervisor = Supervisor(f"supervisor {symbol}", config.naived.supervision, strategy="one_for_all")
@@ -36,7 +38,7 @@ class SymbolSupervisor(Role):
         return ChildSpec(
             key="leader",
             title=f"leader {self.symbol}",
-            run=lambda: leader.run(self.config, self.symbol, self.shutting_down),
+            run=lambda: leader.run(self.config, self.symbol, self.shutting_down, self.filters),
             restart="transient",  # exit 0 = the symbol was shut down: nothing to restart
             significant=True,
             new_process_group=True,
@@ -62,6 +64,6 @@ class SymbolSupervisor(Role):
         return self.supervisor.run(self)
 
 
-def run(config: Config, symbol: str, shutting_down: bool = False) -> int:
+def run(config: Config, symbol: str, shutting_down: bool = False, filters: SymbolFilters | None = None) -> int:
     """Entry point in the forked child."""
-    return SymbolSupervisor(config, symbol, shutting_down).run()
+    return SymbolSupervisor(config, symbol, shutting_down, filters).run()

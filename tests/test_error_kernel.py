@@ -110,8 +110,9 @@ def test_an_unreachable_exchange_does_not_take_the_root_down(tmp_path: Path) -> 
         tree.start_naived(env={"BINANCE_API_KEY": "k", "BINANCE_API_SECRET": "s"})
         result = tree.ctl("start-trading", "XRPUSDT")
         assert result.returncode == 0, result.stderr
-        # The leader asks the exchange from a worker child, which retries; the root answers on.
-        wait_for("the filters worker to retry", lambda: "XRPUSDT: exchange not ready (" in tree.log("naived"))
+        # The root's worker could not fetch every symbol's filters, so the leader asks the exchange
+        # from a worker child of its own, which retries; the root answers on.
+        wait_for("the filters worker to retry", lambda: "XRPUSDT: exchangeInfo: exchange not ready (" in tree.log("naived"))
         for _ in range(5):
             assert tree.ctl("status").returncode == 0
         assert tree.symbol("XRPUSDT")["state"] == "running"

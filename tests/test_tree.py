@@ -131,3 +131,16 @@ def test_naivectl_errors_are_one_clear_line(tree: Tree, tmp_path: Path) -> None:
     )
     assert lonely.returncode == 1 and "naived is not running" in lonely.stderr
     assert "Traceback" not in lonely.stderr and lonely.stderr.count("\n") == 1
+
+
+def test_leaders_get_their_filters_from_the_roots_one_exchange_info_call(tree: Tree) -> None:
+    """exchangeInfo weighs 20: fetched once for every symbol, not once per symbol started."""
+    wait_for("the root's filters", lambda: "exchange filters of" in tree.log("naived"))
+    symbols = ("XRPUSDT", "ETHUSDT", "BTCUSDT")
+    for symbol in symbols:
+        assert tree.ctl("start-trading", symbol).returncode == 0
+    for symbol in symbols:
+        open_buys(tree, symbol, 2)
+    log = tree.log("naived")
+    assert log.count("started exchange-info") == 1
+    assert "started filters" not in log  # no leader needed a worker of its own
