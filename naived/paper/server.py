@@ -20,7 +20,9 @@ string and/or form body), JSON shapes, statuses, error codes and messages, and t
 Signed requests are checked like Binance does: `X-MBX-APIKEY` must be `paper.api_key`,
 the HMAC-SHA256 `signature` (key `paper.api_secret`) must match the query string
 followed by the body, and `timestamp` (ms, or µs) must be within `recvWindow` (ms, up to
-three decimals, at most 60000) and not 1 s ahead.
+three decimals, at most 60000) and not 1 s ahead. `startTime`/`endTime` are also taken in ms or
+µs, and `X-MBX-TIME-UNIT: MICROSECOND` puts the time fields of the answers in µs (the book keeps
+ms: whole milliseconds × 1000); any value but MILLISECOND/MICROSECOND (either case) is -1194.
 
 Matching and commission are `naived.paper.book`'s (see its docstring): marketable orders
 fill at once at the last trade price as takers, resting ones as makers when a later
@@ -107,6 +109,9 @@ CLIENT_ID_RE = re.compile(r"^[a-zA-Z0-9-_]{1,36}$")
 MAX_RECV_WINDOW = 60000
 RECV_WINDOW_RE = re.compile(r"^[0-9]{1,5}(\.[0-9]{1,3})?$")
 MICROSECOND_STAMPS = 10**14  # a ms timestamp stays below this until the year 5138
+# X-MBX-TIME-UNIT's accepted values (True: µs), and the answers' time fields that µs rescales
+TIME_UNITS = {"MILLISECOND": False, "millisecond": False, "MICROSECOND": True, "microsecond": True}
+TIME_FIELDS = frozenset({"serverTime", "transactTime", "time", "updateTime", "workingTime"})
 ORDER_TYPES = ("LIMIT", "LIMIT_MAKER", "MARKET")  # what exchangeInfo lists: what is implemented
 TIME_IN_FORCE = ("GTC", "IOC", "FOK")
 RATE_LIMITS = [
@@ -126,6 +131,27 @@ def _fmt(value: Decimal) -> str:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _stamp_us(stamp: int) -> int:
+    """A timestamp parameter in µs: Binance takes `timestamp`, `startTime`, `endTime` in ms or µs."""
+    return stamp if stamp >= MICROSECOND_STAMPS else stamp * 1000
+
+
+def _wants_microseconds(headers: Any) -> bool:
+    unit = headers.get("X-MBX-TIME-UNIT")
+    if unit is not None and unit not in TIME_UNITS:
+        raise Rejected(-1194, "Invalid value for time unit; expected either MICROSECOND or MILLISECOND.")
+    return unit is not None and TIME_UNITS[unit]
+
+
+def _in_microseconds(reply: Any) -> Any:
+    """An answer's time fields (ms, as the book keeps them) in µs, for `X-MBX-TIME-UNIT: MICROSECOND`."""
+    if isinstance(reply, list):
+        return [_in_microseconds(r) for r in reply]
+    if isinstance(reply, dict):
+        return {k: v * 1000 if k in TIME_FIELDS and type(v) is int else _in_microseconds(v) for k, v in reply.items()}
+    return reply
 
 
 # --- Binance JSON shapes ---------------------------------------------------------------------
@@ -287,7 +313,7 @@ def _limit(params: Params) -> int:
 
 def _within(params: Params, time_ms: int) -> bool:
     start, end = _int(params, "startTime"), _int(params, "endTime")
-    return (start is None or time_ms >= start) and (end is None or time_ms <= end)
+    return (start is None or time_ms * 1000 >= _stamp_us(start)) and (end is None or time_ms * 1000 <= _stamp_us(end))
 
 
 def parse_new_order(params: Params, received_ns: int) -> tuple[SymbolFilters, NewOrder]:
@@ -573,7 +599,7 @@ class PaperExchange:
         if stamp is None:
             raise Rejected(-1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed.")
         # Binance takes the timestamp in ms or µs, and recvWindow in ms with up to 3 decimals (µs).
-        stamp_us = stamp if stamp >= MICROSECOND_STAMPS else stamp * 1000
+        stamp_us = _stamp_us(stamp)
         window_text = params.get("recvWindow") or "5000"
         if not RECV_WINDOW_RE.match(window_text):
             raise Rejected(-1100, "Illegal characters found in parameter 'recvWindow'; legal range is '^[0-9]{1,5}(\\.[0-9]{1,3})?$'.")
@@ -783,11 +809,13 @@ class PaperExchange:
             handler = self.late_order
 
         def call() -> Reply:
+            microseconds = _wants_microseconds(request.headers)
             if signed:
                 self.check_signed(request.headers, url.query, form, params)
             elif url.path == "/api/v3/userDataStream":
                 self.check_key(request.headers)
-            return handler(params, request.received_ns)
+            status, reply = handler(params, request.received_ns)
+            return status, _in_microseconds(reply) if microseconds else reply
 
         status, reply = self._guarded(call)
         if fault is None and status != 200 and (method, url.path) == ("POST", "/api/v3/order"):

@@ -15,7 +15,8 @@ Binance's `user-data-stream.md` is the specification:
   the connection (no close frame) instead of delivering the event: the event is lost for that
   connection, as on a real network failure.
 
-Deliberate differences: only `/ws/<listenKey>` (not the combined `/stream?streams=`); a
+Deliberate differences: only `/ws/<listenKey>` (not the combined `/stream?streams=`), without
+the `timeUnit` URL parameter (times are in ms; a URL with a query is an unknown key); a
 handshake with an unknown key is refused with HTTP 400 and -1125 (Binance's behaviour there
 is not documented); `REJECTED` executionReports never occur (Binance sends them only for
 cancel-replace, which is not implemented: a rejected order request is an error answer and
