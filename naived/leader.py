@@ -124,6 +124,7 @@ class Leader(Role):
         self.filters = filters
         self.settings: Settings | None = strategy.settings_for(symbol, self.trading, filters) if filters else None
         self.waiting: set[int] = set()  # traders that start a fresh cycle once the settings are known
+        self.reserved: list[int] = []  # cycle numbers taken at start, in one durable commit, for the fresh traders
         self.ready_at: dict[int, float] = {}
         self.used_weight = 0
         # A store made just now has a prefix no order at the exchange can carry: nothing to
@@ -159,7 +160,8 @@ class Leader(Role):
             self.waiting.add(trader_id)
             self.start_worker(FILTERS)
             return False
-        state = TraderState(self.symbol, trader_id, self.store.next_cycle(), self.settings, id_prefix=self.id_prefix)
+        cycle = self.reserved.pop(0) if self.reserved else self.store.next_cycle()
+        state = TraderState(self.symbol, trader_id, cycle, self.settings, id_prefix=self.id_prefix)
         self.store.save(state)
         self.states[trader_id] = state
         return True
@@ -410,6 +412,9 @@ class Leader(Role):
         if not self.shutting_down:
             trader_ids |= set(range(self.trading.traders_at_start))
         try:
+            fresh = len(trader_ids - set(self.states))
+            if fresh > 1 and self.settings is not None:
+                self.reserved = self.store.next_cycles(fresh)  # one fsync, not one per trader
             for trader_id in sorted(trader_ids):
                 self.start_trader(trader_id)
         except sqlite3.Error as exc:

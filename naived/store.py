@@ -67,7 +67,7 @@ class Store:
         self._db = sqlite3.connect(path, isolation_level=None, timeout=1)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(f"BEGIN; {_SCHEMA} COMMIT;")  # a new store's tables in one commit
 
     def close(self) -> None:
         self._db.close()
@@ -130,16 +130,20 @@ class Store:
         return self._db.execute("SELECT count(*) FROM cycles").fetchone()[0]
 
     def next_cycle(self) -> int:
-        """A cycle number never handed out before for this symbol (client order ids derive from it).
+        """A cycle number never handed out before for this symbol (client order ids derive from it)."""
+        return self.next_cycles(1)[0]
 
-        Durable before it is returned (fsync): after a power cut the counter cannot roll back
+    def next_cycles(self, n: int) -> list[int]:
+        """`n` cycle numbers never handed out before, in one commit (a leader starting its traders).
+
+        Durable before they are returned (fsync): after a power cut the counter cannot roll back
         under an id that an order at the exchange already carries."""
         with self._durably():
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute("SELECT value FROM meta WHERE key = 'last_cycle'").fetchone()
-            cycle = int(row[0]) + 1 if row else 1
-            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_cycle', ?)", (str(cycle),))
-        return cycle
+            first = int(row[0]) + 1 if row else 1
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_cycle', ?)", (str(first + n - 1),))
+        return list(range(first, first + n))
 
     def id_prefix(self) -> str:
         """This store's client order id prefix: `nv` and 6 random characters, made once, durably.

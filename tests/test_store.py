@@ -47,3 +47,11 @@ def test_finished_cycles_add_their_fees_and_pnl_to_the_books_once(tmp_path: Path
         store.finish(TraderState("XRPUSDT", 0, cycle, settings, status="done", result=result))
     store.finish(TraderState("XRPUSDT", 0, 2, settings, status="done", result=result))  # recorded again: not counted twice
     assert store.books() == {"fees_quote": "0.0783192", "pnl_quote": "0.03183216"}
+
+
+def test_cycles_taken_together_are_never_handed_out_again(tmp_path: Path) -> None:
+    store = Store(tmp_path / "X.sqlite")
+    assert store.next_cycles(2) == [1, 2]
+    store.close()
+    again = Store(tmp_path / "X.sqlite")
+    assert again.next_cycle() == 3 and again.next_cycles(3) == [4, 5, 6]
