@@ -1,0 +1,45 @@
+"""The supervising loop alone, in a process of its own (it forks and reaps real children)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import os, resource
+    from naived.config import Supervision
+    from naived.supervisor import ChildSpec, Exit, Role, Supervisor
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range({held})]  # a root with many children has as many pidfds
+
+    class Count(Role):
+        def __init__(self):
+            self.exits = []
+
+        def on_exit(self, child, status):
+            self.exits.append((child.spec.key, status.code))
+            if len(self.exits) == {children}:
+                raise Exit("all reaped", 0)
+            return "forget"
+
+    sup = Supervisor("test", Supervision())
+    role = Count()
+    for i in range({children}):
+        sup.start(ChildSpec(str(i), f"child {{i}}", lambda i=i: i % 7, "temporary"))
+    print(sup.run(role), sorted(role.exits, key=lambda e: int(e[0])) == [(str(i), i % 7) for i in range({children})])
+""")
+
+
+def run(held: int, children: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", SCRIPT.format(held=held, children=children)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_children_are_reaped_whatever_their_pidfd_numbers() -> None:
+    # pidfds above 1023 cannot be select()ed: a root with ~1,000 symbols has them
+    result = run(held=1100, children=50)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "True"]
