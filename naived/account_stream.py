@@ -11,10 +11,19 @@ stream as Binance). It holds the account's listen key, so no other process needs
 - each `executionReport` is published as `[EXECUTION_REPORT:<clientOrderId>, msgpack]`:
   client order ids are `<prefix>-<trader>-<cycle><leg>`, so each trader subscribes to
   `EXECUTION_REPORT:<prefix>-<trader>-` and receives exactly its own orders' reports;
-- `[ACCOUNT_STREAM, StreamStatus(session, up)]` every `heartbeat_seconds` while connected,
-  `up=False` at once when the connection is lost. A session is one connection of one process:
-  events between two sessions may be lost (Binance does not replay them), so a trader that
-  sees a new session asks the exchange once about an order it waits on.
+- `[ACCOUNT_STREAM, StreamStatus(session, up)]` to every trader when that changes: `up` with
+  a new session when a connection opens, `up=False` at once when it is lost. A session is one
+  connection of one process: events between two sessions may be lost (Binance does not replay
+  them), so a trader that sees a new session asks the exchange once about an order it waits on.
+- No heartbeat wakes the traders: the PUB is an XPUB (verbose), so this process sees each
+  trader's subscription arrive (a trader starting, or every trader reconnecting to a restarted
+  account stream) and tells that trader alone the current status, on the trader's own topic
+  `EXECUTION_REPORT:<prefix>-<trader>-`. A process that has not tried to connect yet says
+  nothing: its first attempt's outcome goes to everyone.
+- Its liveness is the root's business: every `heartbeat_seconds` (and before each call that may
+  block, with that call's timeout) it pushes `StreamAlive(within)` to the root, which kills a
+  process that stays silent longer (a hung stream is restarted, and its successor's new session
+  makes the waiting traders ask).
 
 The listen key is a credential for the account's events: it is never logged, never in argv
 (the process title is fixed), and the websocket URL that contains it is never printed.
@@ -25,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import ssl
 import time
 
 import msgspec
@@ -36,7 +46,9 @@ from naived import exchange
 from naived.config import Config
 from naived.ipc import bind
 from naived.messages import (
+    EXECUTION_TOPIC_PREFIX,
     STREAM_STATUS_TOPIC,
+    StreamAlive,
     StreamStatus,
     encode,
     execution_report_json_decoder,
@@ -67,18 +79,37 @@ class AccountStream:
         self.settings = config.account_stream
         self.url = config.user_stream_url
         self.ctx = zmq.Context()
-        self.pub = bind(self.ctx, zmq.PUB, config.account_stream_endpoint)
+        self.pub = bind(self.ctx, zmq.XPUB, config.account_stream_endpoint)
+        self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, a restarted trader's too
+        self.root = self.ctx.socket(zmq.PUSH)  # liveness, for the root's watchdog
+        self.root.setsockopt(zmq.CONFLATE, 1)
+        self.root.setsockopt(zmq.LINGER, 0)
+        self.root.connect(config.reports_endpoint)
+        self.call_timeout = config.exchange.timeout_seconds
+        self.up: bool | None = None  # None: no connection tried yet by this process
         self.client = exchange.client_for(config)
         self.key: str | None = None
         self.keepalive_at = 0.0  # monotonic: when the key is due for a keep-alive
         self.connections = 0
         self.ws: websocket.WebSocket | None = None
         self.session = ""
+        self.next_alive = 0.0  # monotonic
 
     # --- the listen key ------------------------------------------------------------------
 
+    def alive(self, within: float | None = None) -> None:
+        """Tell the root this process turns: the next word comes within `within` seconds (a call
+        that may block that long is next), else within a heartbeat."""
+        heartbeat = self.settings.heartbeat_seconds
+        try:
+            self.root.send(encode(StreamAlive(heartbeat + (within or 0.0))), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the root is restarting: the next one will do
+        self.next_alive = time.monotonic() + heartbeat
+
     def listen_key(self) -> str:
         """A key the exchange knows: the current one after a keep-alive proves it, else a new one."""
+        self.alive(2 * self.call_timeout)
         if self.key is not None:
             try:
                 self.client.keepalive_listen_key(self.key)
@@ -95,6 +126,7 @@ class AccountStream:
 
     def keep_alive(self) -> None:
         assert self.key is not None
+        self.alive(self.call_timeout)
         try:
             self.client.keepalive_listen_key(self.key)
             self.keepalive_at = time.monotonic() + self.settings.keepalive_seconds
@@ -115,6 +147,7 @@ class AccountStream:
 
     def connect(self) -> websocket.WebSocket:
         key = self.listen_key()
+        self.alive(CONNECT_TIMEOUT)
         ws = websocket.create_connection(f"{self.url}/ws/{key}", timeout=CONNECT_TIMEOUT, enable_multithread=False)
         self.connections += 1
         self.session = f"{os.getpid()}.{self.connections}"
@@ -122,7 +155,38 @@ class AccountStream:
         return ws
 
     def status(self, up: bool) -> None:
+        """A change: said to every trader."""
+        self.up = up
         self.pub.send_multipart([STREAM_STATUS_TOPIC, encode(StreamStatus(self.session, up))])
+
+    def on_subscriptions(self) -> None:
+        """A trader's subscription arrived: tell that trader alone the status, on its own topic."""
+        while True:
+            try:
+                message = self.pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            topic = message[1:]
+            if message[:1] == b"\x01" and topic.startswith(EXECUTION_TOPIC_PREFIX) and self.up is not None:
+                self.pub.send_multipart([topic, encode(StreamStatus(self.session, self.up))])
+
+    def wait(self, seconds: float, ws: websocket.WebSocket | None = None) -> bool:
+        """Up to `seconds`, answering subscriptions; True as soon as `ws` has data to read."""
+        if ws is not None and isinstance(ws.sock, ssl.SSLSocket) and ws.sock.pending():
+            return True  # decrypted already: the socket itself may never become readable for it
+        poller = zmq.Poller()
+        poller.register(self.pub, zmq.POLLIN)
+        if ws is not None:
+            poller.register(ws.sock, zmq.POLLIN)
+        deadline = time.monotonic() + seconds
+        while True:
+            ready = dict(poller.poll(max(0, int((deadline - time.monotonic()) * 1000)) + 1))
+            if self.pub in ready:
+                self.on_subscriptions()
+            if ws is not None and ws.sock.fileno() in ready:  # a descriptor is returned as its number
+                return True
+            if time.monotonic() >= deadline:
+                return False
 
     def on_frame(self, data: bytes) -> None:
         try:
@@ -139,17 +203,16 @@ class AccountStream:
             log.warning("account stream: ignored an undecodable event: %s", exc)
 
     def serve(self, ws: websocket.WebSocket) -> None:
-        """Read one connection until it ends; keep-alives, heartbeats and the rollover on the way."""
+        """Read one connection until it ends; keep-alives, liveness and the rollover on the way."""
         self.ws = ws
-        heartbeat = self.settings.heartbeat_seconds
         now = time.monotonic()
-        next_heartbeat, rollover_at, last_recv = now, now + self.settings.rollover_seconds, now
+        rollover_at, last_recv = now + self.settings.rollover_seconds, now
+        self.status(True)
         try:
             while True:
                 now = time.monotonic()
-                if now >= next_heartbeat:
-                    self.status(True)
-                    next_heartbeat = now + heartbeat
+                if now >= self.next_alive:
+                    self.alive()
                 if now >= self.keepalive_at:
                     self.keep_alive()
                 if now >= rollover_at:
@@ -165,15 +228,12 @@ class AccountStream:
                         self.ws = ws = successor
                         rollover_at, last_recv = now + self.settings.rollover_seconds, now
                         self.status(True)
-                        next_heartbeat = now + heartbeat
                 if now - last_recv > IDLE_TIMEOUT:
                     log.warning("account stream: nothing received for %gs; reconnecting", IDLE_TIMEOUT)
                     return
-                ws.settimeout(max(0.001, min(next_heartbeat, self.keepalive_at, rollover_at) - time.monotonic()))
-                try:
-                    opcode, frame = ws.recv_data_frame(True)  # pings are answered inside
-                except websocket.WebSocketTimeoutException:
+                if not self.wait(min(self.next_alive, self.keepalive_at, rollover_at) - time.monotonic(), ws):
                     continue
+                opcode, frame = ws.recv_data_frame(True)  # pings are answered inside
                 last_recv = time.monotonic()
                 if opcode == ABNF.OPCODE_CLOSE:
                     log.warning("account stream: the exchange closed the connection")
@@ -204,7 +264,12 @@ class AccountStream:
                     self.key = None  # refused at the handshake: the key is no good there
                 delay *= random.uniform(0.5, 1.0)  # jitter: many hosts never retry in step
                 log.warning("account stream: cannot connect (%s); retrying in %.2fs", type(exc).__name__, delay)
-                time.sleep(delay)
+                if self.up is not False:
+                    self.status(False)  # said once: the traders ask the exchange meanwhile
+                deadline = time.monotonic() + delay
+                while (left := deadline - time.monotonic()) > 0:
+                    self.alive()
+                    self.wait(min(left, self.settings.heartbeat_seconds))
                 continue
             failures = 0
             self.serve(ws)

@@ -300,7 +300,9 @@ class AccountStreamSettings(msgspec.Struct, forbid_unknown_fields=True):
     """The account-stream process (the user data stream -> ZeroMQ) and how traders rely on it."""
 
     endpoint: str = ""  # its PUB socket; "" = ipc://<runtime dir>/account-stream.sock
-    heartbeat_seconds: float = 2.0  # "up" while connected; a trader hearing none for 3 of these falls back to REST
+    # It tells the root it is alive this often; silent for one more beyond that (and beyond any
+    # call it said it was in), the root kills it and it is restarted. Traders are never woken by it.
+    heartbeat_seconds: float = 2.0
     keepalive_seconds: float = 1800.0  # Binance: a listen key lives 60 min; keep it alive every 30
     rollover_seconds: float = 84600.0  # a new connection before Binance's 24 h limit ends this one (23.5 h)
     reconnect_max_seconds: float = 30.0  # backoff cap between connection attempts

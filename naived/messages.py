@@ -99,9 +99,9 @@ class ExecutionReport(msgspec.Struct, frozen=True):
 
 
 class StreamStatus(msgspec.Struct, frozen=True):
-    """The account-stream's heartbeat: `up` while its connection to the user data stream is
-    open. A new `session` (a new connection, a restarted process) means events may have been
-    missed before it: an order waiting for a push must be asked about once."""
+    """The account-stream's status: `up` while its connection to the user data stream is open.
+    A new `session` (a new connection, a restarted process) means events may have been missed
+    before it: an order waiting for a push must be asked about once."""
 
     session: str
     up: bool
@@ -413,7 +413,13 @@ class ExchangeFilters(msgspec.Struct, tag=True):
     symbols: list[SymbolFilters]
 
 
-RootReport = LeaderStatus | WorkerReply | ExchangeFilters
+class StreamAlive(msgspec.Struct, tag=True):
+    """From the account stream to the root's watchdog: it turns, and says more `within` seconds."""
+
+    within: float
+
+
+RootReport = LeaderStatus | WorkerReply | ExchangeFilters | StreamAlive
 
 
 ControlReply = Ok | Error | TreeStatus | History

@@ -42,6 +42,7 @@ from naived.ipc import bind, ipc_path, request
 from naived.messages import (
     ControlRequest,
     ExchangeFilters,
+    StreamAlive,
     Error,
     History,
     HistoryRequest,
@@ -169,6 +170,7 @@ class Root(Role):
         # at fork; a leader started before they came (or for a symbol missing here) fetches its own.
         self.filters: dict[str, SymbolFilters] = {}
         self.next_filters: float | None = None  # monotonic: when the exchange-info worker runs again
+        self.stream_due: float | None = None  # monotonic: the account stream's next word is due by then
         self.trading = TradingSet(config.state_dir / "trading.json")
         self.paper_failed: str | None = None
         self.account_stream_failed: str | None = None
@@ -233,6 +235,8 @@ class Root(Role):
                 else:
                     self.reply(self.pending.pop(request_id), Error(f"could not read the store: {status.reason()}"))
             return "forget"
+        if key == ACCOUNT_STREAM:
+            self.stream_due = None  # its successor's first word starts the watch again
         if key in (PAPER, ACCOUNT_STREAM):
             return None
         self.leaders.pop(key, None)
@@ -277,6 +281,8 @@ class Root(Role):
                     self.leaders[symbol] = report
                 case WorkerReply(request_id, reply) if request_id in self.pending:
                     self.reply(self.pending.pop(request_id), reply)
+                case StreamAlive(within):
+                    self.stream_due = time.monotonic() + within + self.config.account_stream.heartbeat_seconds
                 case ExchangeFilters(symbols):
                     self.filters = {f.symbol: f for f in symbols}
                     log.info("exchange filters of %d symbols fetched", len(self.filters))
@@ -505,12 +511,20 @@ class Root(Role):
                 os.kill(child.pid, signal.SIGHUP)
 
     def next_tick(self) -> float | None:
-        return min((t for t in (self.watchdog.deadline(), self.next_filters, *self.late.values()) if t is not None), default=None)
+        return min((t for t in (self.watchdog.deadline(), self.next_filters, self.stream_due, *self.late.values())
+                    if t is not None), default=None)
 
     def tick(self) -> None:
         now = time.monotonic()
         if self.next_filters is not None and now >= self.next_filters:
             self.start_exchange_info()
+        stream = self.supervisor.children.get(ACCOUNT_STREAM)
+        if self.stream_due is not None and now >= self.stream_due and stream is not None:
+            # Hung (its traders would wait on pushes that never come): killed, and restarted by the
+            # loop like any crash; the new process's session makes the traders ask once.
+            log.warning("account stream: silent past its word; killing pid %d", stream.pid)
+            os.kill(stream.pid, signal.SIGKILL)
+            self.stream_due = None
         for request_id, deadline in list(self.late.items()):
             if request_id not in self.pending:
                 del self.late[request_id]

@@ -56,7 +56,6 @@ BACKOFF_MAX = 2.0
 # Binance refuses a timestamp 1 s or more ahead of its clock, so the clock of any request it
 # took in was less than 1 s ahead of the server's: at most 1 s of validity beyond recvWindow.
 CLOCK_MARGIN = 1.0
-STALE_HEARTBEATS = 3  # the account stream is taken for down after this many heartbeats unheard
 
 
 def settle_deadline(started: float, last_unknown_send: float | None, intent: Intent, window: float) -> float:
@@ -110,20 +109,19 @@ class Trader:
         self.sub.connect(config.streamer.endpoint)
         self.sub.setsockopt(zmq.SUBSCRIBE, trade_topic(self.symbol))
         self.trades_on = True
-        # Pushed fills: the account stream's reports of this trader's orders and its heartbeat
-        # (subscribed together on one socket: hearing the heartbeat proves both took effect),
-        # and the leader's requests to look an order up (its reconcile found it no longer open).
+        # Pushed fills: the account stream's reports of this trader's orders, its status (said to
+        # everyone when it changes, and to this trader alone, on this trader's own topic, whenever
+        # this subscription reaches a new account-stream process: no periodic wake-ups), and the
+        # leader's requests to look an order up (its reconcile found it no longer open).
         self.reports = self.ctx.socket(zmq.SUB)
         self.reports.setsockopt(zmq.LINGER, 0)
         self.reports.connect(config.account_stream_endpoint)
         self.reports.connect(config.leader_pub_endpoint(self.symbol))
-        for topic in (trader_execution_topic(state.id_prefix, state.trader_id), STREAM_STATUS_TOPIC,
-                      check_topic(state.trader_id)):
+        self.own_topic = trader_execution_topic(state.id_prefix, state.trader_id)
+        for topic in (self.own_topic, STREAM_STATUS_TOPIC, check_topic(state.trader_id)):
             self.reports.setsockopt(zmq.SUBSCRIBE, topic)
         self.stream_session: str | None = None  # the account stream's connection last heard of
         self.stream_up = False
-        self.stream_heard = 0.0  # monotonic
-        self.stale_after = STALE_HEARTBEATS * config.account_stream.heartbeat_seconds
         self.fallback_every = config.account_stream.fallback_check_seconds
         self.next_fallback = 0.0  # monotonic: the next REST check while the stream is not up
         self.pushed: dict[str, dict[int, Fill]] = {}  # client order id -> its pushed fills by trade id
@@ -321,8 +319,9 @@ class Trader:
     # --- pushed fills ---------------------------------------------------------------
 
     def live(self) -> bool:
-        """Is the account stream known to be up (heard within its heartbeat tolerance)?"""
-        return self.stream_up and time.monotonic() - self.stream_heard < self.stale_after
+        """Is the account stream known to be up? It says so when that changes; a process of it
+        that hangs is killed by the root's watchdog, and its successor says it anew."""
+        return self.stream_up
 
     def look_up_open(self, why: str) -> bool:
         """Ask the exchange about the order waited on; True when the cycle is over."""
@@ -342,7 +341,7 @@ class Trader:
             self.next_fallback = time.monotonic()  # what was pushed just before may be lost
             return False
         new_session = status.session != self.stream_session
-        self.stream_session, self.stream_up, self.stream_heard = status.session, True, time.monotonic()
+        self.stream_session, self.stream_up = status.session, True
         # Reports between two sessions (or before this trader's subscription took effect) may be
         # lost: one look-up covers them; from here on, every change is pushed.
         return new_session and self.look_up_open(f"account stream session {status.session}")
@@ -351,7 +350,7 @@ class Trader:
         """Drain the reports socket; True when the cycle is over."""
         while self.reports.poll(0, zmq.POLLIN):
             topic, payload = self.reports.recv_multipart()
-            if topic == STREAM_STATUS_TOPIC:
+            if topic in (STREAM_STATUS_TOPIC, self.own_topic):  # a report's topic is longer: its order id
                 done = self.on_stream_status(stream_status_decoder.decode(payload))
             elif topic == check_topic(self.state.trader_id):
                 done = self.look_up_open("the leader's reconcile found it no longer open")
@@ -390,8 +389,8 @@ class Trader:
         deadlines = []
         if self.recheck:
             deadlines.append(now + self.client.budget.recheck_interval(CHECK_INTERVAL))
-        if strategy.open_order(self.state) is not None:
-            deadlines.append(self.stream_heard + self.stale_after if self.live() else self.next_fallback)
+        if strategy.open_order(self.state) is not None and not self.live():
+            deadlines.append(self.next_fallback)
         if not deadlines:
             return None
         return max(0, int((min(deadlines) - now) * 1000) + 1)

@@ -42,18 +42,19 @@ class Listener:
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.connect(f"ipc://{tree.dir / 'run' / 'account-stream.sock'}")
+        self.own = set(topics)  # a trader's own topic: the status is said to it alone there, and its reports
         for topic in (STREAM_STATUS_TOPIC, *topics):
             self.sub.setsockopt(zmq.SUBSCRIBE, topic)
 
     def next(self, timeout: float = 10.0) -> tuple[bytes, StreamStatus | ExecutionReport]:
         assert self.sub.poll(int(timeout * 1000)), f"nothing from the account stream in {timeout}s"
         topic, payload = self.sub.recv_multipart()
-        if topic == STREAM_STATUS_TOPIC:
+        if topic == STREAM_STATUS_TOPIC or topic in self.own:
             return topic, stream_status_decoder.decode(payload)
         return topic, execution_report_decoder.decode(payload)
 
     def status(self, timeout: float = 10.0, up: bool | None = None) -> StreamStatus:
-        """The next heartbeat (the next with this `up`, if given), within one overall deadline."""
+        """The next status (the next with this `up`, if given), within one overall deadline."""
         deadline = time.monotonic() + timeout
         while True:
             _, message = self.next(max(0.0, deadline - time.monotonic()))
@@ -92,7 +93,7 @@ def up_session(listener: Listener, not_in: set[str] = set()) -> str:
 
 def test_each_trader_gets_exactly_its_own_reports_and_keys_stay_secret(tree: Tree) -> None:
     mine = Listener(tree, trader_execution_topic("nvtest1", 1))
-    up_session(mine)
+    first = up_session(mine)
     c = client(tree)
     c.new_order("XRPUSDT", "BUY", "0.3", "20", "nvtest1-10-1B")  # trader 10: not trader 1's
     c.new_order("XRPUSDT", "BUY", "0.3", "20", "nvtest1-1-7B")
@@ -104,11 +105,16 @@ def test_each_trader_gets_exactly_its_own_reports_and_keys_stay_secret(tree: Tre
     topic, cancel = mine.report()
     # A cancel names the cancel request in `c`: it is routed by the order's own id (`C`).
     assert topic == b"EXECUTION_REPORT:nvtest1-1-7B" and cancel.x == "CANCELED" and cancel.c != "nvtest1-1-7B"
-    # The key outlives several validities only through the keep-alives: still the first session.
-    first = mine.status().session
+    # The key outlives several validities only through the keep-alives, and an idle trader is never
+    # woken meanwhile: 4 s (20 heartbeats, over 2 validities) without a message, then a trader that
+    # subscribes now is told, alone, that the first session is still up.
     key = tree.http.post(f"{tree.paper_url}/api/v3/userDataStream", headers={"X-MBX-APIKEY": "paper-key"}).json()["listenKey"]
-    sessions = {mine.status(timeout=5).session for _ in range(20)}  # 20 heartbeats, 4 s: over 2 validities
-    assert sessions == {first}
+    assert not mine.sub.poll(4000), "an idle subscriber was woken"
+    other = Listener(tree, trader_execution_topic("nvtest1", 2))
+    topic, status = other.next()
+    assert topic == b"EXECUTION_REPORT:nvtest1-2-" and status == StreamStatus(first, True)
+    assert not mine.sub.poll(200)  # said to the new subscriber only
+    other.close()
     for name in ("naived", "streamerd"):
         assert key not in tree.log(name)
     for pid in [tree.status()["account_stream"]["pid"]]:
@@ -150,3 +156,18 @@ def test_rollover_opens_a_new_session_without_going_down(tmp_path: Path) -> None
                 sessions.append(status.session)
         assert tree.status()["account_stream"]["restarts"] == 0
         listener.close()
+
+
+def test_a_hung_stream_is_killed_by_the_root_and_its_successor_says_a_new_session(tree: Tree) -> None:
+    listener = Listener(tree, trader_execution_topic("nvtest3", 0))
+    first = up_session(listener)
+    pid = tree.status()["account_stream"]["pid"]
+    os.kill(pid, signal.SIGSTOP)  # alive, connected, silent: as if it hung
+    # heartbeat 0.2 s: killed within about 0.4 s; the successor's status reaches this subscriber
+    # when its subscription reconnects, on its own topic
+    second = up_session(listener, {first})
+    assert not second.startswith(f"{pid}.")
+    assert "account stream: silent past its word; killing pid" in tree.log("naived")
+    client(tree).new_order("XRPUSDT", "BUY", "0.3", "20", "nvtest3-0-1B")
+    assert listener.report()[1].client_order_id == "nvtest3-0-1B"
+    listener.close()

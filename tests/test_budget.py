@@ -230,14 +230,20 @@ profit_interval = "-0.0012"
 
 [exchange]
 weight_budget_per_minute = 100
+
+[account_stream]
+heartbeat_seconds = 3000  # the root's watchdog leaves the stopped stream alone
 """
 
 
 def test_traders_of_a_real_tree_keep_the_exchange_within_the_budget(tmp_path: Path) -> None:
     """Two traders whose orders the price keeps reaching would ask about them 20 times a second
-    each (weight 4 each time); with a budget of 100 a minute the exchange counts no more than that
-    in any minute, and they still trade."""
+    each (weight 4 each time) while no account stream pushes their fills (stopped before they
+    start, it never tells them it is up); with a budget of 100 a minute the exchange counts no more
+    than that in any minute, and they still trade."""
     with running_tree(tmp_path, CYCLING) as tree:
+        stream = wait_for("the account stream", lambda: tree.status()["account_stream"]["pid"])
+        os.kill(stream, signal.SIGSTOP)
         assert tree.ctl("start-trading", "XRPUSDT").returncode == 0
         path = load_config(str(tree.config_path)).budget_path
         wait_for("the budget to hold requests back", lambda: (s := budget.snapshot(path)) is not None and s.held_total > 0,
