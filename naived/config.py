@@ -150,8 +150,8 @@ class Naived(msgspec.Struct, forbid_unknown_fields=True):
     exchange: Literal["paper", "binance-testnet", "binance"] = "paper"
     autostart: list[str] = []
     metrics_port: int = 0  # 0 = no metrics endpoint
-    # Each leader compares its traders' open orders with one openOrders call per this many
-    # seconds (weight 6) and asks a trader whose order is no longer open to look it up.
+    # Every this many seconds one openOrders call for every symbol (weight 80) is compared with the
+    # traders' open orders; a trader whose order is no longer open is asked to look it up.
     reconcile_seconds: float = 30.0
     supervision: Supervision = msgspec.field(default_factory=Supervision)
 

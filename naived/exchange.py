@@ -179,6 +179,14 @@ class _ServerTime(msgspec.Struct):
 
 _order_decoder = msgspec.json.Decoder(_OrderBody)
 _orders_decoder = msgspec.json.Decoder(list[_OrderBody])
+
+
+class _Listed(msgspec.Struct):
+    symbol: str
+    clientOrderId: str
+
+
+_listed_decoder = msgspec.json.Decoder(list[_Listed])
 _trades_decoder = msgspec.json.Decoder(list[_TradeBody])
 _error_decoder = msgspec.json.Decoder(_ErrorBody)
 _time_decoder = msgspec.json.Decoder(_ServerTime)
@@ -288,6 +296,14 @@ class BinanceClient:
     def open_orders(self, symbol: str) -> list[Order]:
         body = self._call("GET", "/api/v3/openOrders", {"symbol": symbol}, signed=True)
         return [_order(o) for o in _orders_decoder.decode(body)]
+
+    def open_order_ids(self) -> dict[str, list[str]]:
+        """Every open order of the account, client order ids by symbol: one call for all symbols
+        (weight 80, where a call per symbol costs 6 each: 8,040 for 1,340 symbols)."""
+        result: dict[str, list[str]] = {}
+        for order in _listed_decoder.decode(self._call("GET", "/api/v3/openOrders", {}, signed=True)):
+            result.setdefault(order.symbol, []).append(order.clientOrderId)
+        return result
 
     # --- the user data stream's listen key (USER_STREAM: API key, no signature) -----------------
     # The key is a credential for the account's events: callers keep it out of logs and argv.

@@ -111,7 +111,6 @@ class Leader(Role):
         self.supervisor.watch(self.rep, self.on_request)
         # Requests to the traders: look up an order the reconcile found no longer open.
         self.pub = bind(self.ctx, zmq.PUB, config.leader_pub_endpoint(symbol))
-        self.next_reconcile: float | None = None  # monotonic; set when the first reconcile starts
         self.drift_counted = False  # the first reconcile after a (re)start counts drift
         # Status goes up to the root as it changes; CONFLATE: only the latest is worth sending.
         self.report = self.ctx.socket(zmq.PUSH)
@@ -130,9 +129,10 @@ class Leader(Role):
         # A store made just now has a prefix no order at the exchange can carry: nothing to
         # reconcile, so no worker (one fork and one weight-6 request less per symbol started).
         self.reconciled = new_store
-        if new_store:  # ...but the periodic reconcile runs as for any store, once orders exist
-            self.next_reconcile = time.monotonic() + self.config.naived.reconcile_seconds
         self.open_when_asked: set[str] = set()
+        # Since when (wall clock) each of the traders' orders is known here to be open: the root's
+        # periodic reconcile can only find missing what was open before it asked.
+        self.open_since = dict.fromkeys(self.open_ours(), self.started_at)
         self.changed = True
 
     # --- traders ------------------------------------------------------------------
@@ -244,16 +244,25 @@ class Leader(Role):
         orders = [o for s in self.states.values() for o in (s.buy_order, s.sell_order) if o is not None]
         return {o.client_order_id for o in orders if o.status in ("NEW", "PARTIALLY_FILLED")}
 
-    def on_open_orders(self, client_order_ids: list[str]) -> None:
+    def note_open_orders(self) -> None:
+        now, still = time.time(), self.open_ours()
+        self.open_since = {cid: self.open_since.get(cid, now) for cid in still}
+
+    def on_open_orders(self, client_order_ids: list[str], asked_at: float | None = None) -> None:
         """Log any drift between the traders' orders and the exchange's open orders."""
         prefix = f"{self.id_prefix}-"
         at_exchange = {cid for cid in client_order_ids if cid.startswith(prefix)}
         # Any order a trader has, or has an acked intent for, is owned, not drift.
         owned = {o.client_order_id for s in self.states.values() for o in (s.buy_order, s.sell_order) if o} | {
             s.intent.client_order_id for s in self.states.values() if s.intent}
-        # Only orders already open when the worker asked can be missing from its answer.
-        unowned, missing = sorted(at_exchange - owned), sorted((self.open_ours() & self.open_when_asked) - at_exchange)
-        first, self.drift_counted = not self.drift_counted, True
+        # Only orders already open when the exchange was asked can be missing from its answer.
+        if asked_at is None:
+            asked = self.open_when_asked
+        else:
+            asked = {cid for cid, since in self.open_since.items() if since < asked_at}
+        unowned, missing = sorted(at_exchange - owned), sorted((self.open_ours() & asked) - at_exchange)
+        first = asked_at is None and not self.drift_counted  # the root's periodic check counts no drift
+        self.drift_counted = self.drift_counted or asked_at is None
         for cid in unowned:
             log.warning("%s: drift: exchange has open order %s that no trader owns", self.symbol, cid)
         for cid in missing:
@@ -300,6 +309,7 @@ class Leader(Role):
                     self.counters[key] = self.counters.get(key, 0) + n
                 self.states[state.trader_id] = state
                 self.used_weight = used_weight
+                self.note_open_orders()
             case TraderHello(trader_id, pid):
                 self.ready_at[trader_id] = time.time()
                 log.debug("%s/%d: trader pid %d ready", self.symbol, trader_id, pid)
@@ -310,8 +320,8 @@ class Leader(Role):
                 self.on_rebuy(trader_id)
             case FiltersFetched(filters):
                 self.on_filters(filters)
-            case OpenOrdersFetched(client_order_ids):
-                self.on_open_orders(client_order_ids)
+            case OpenOrdersFetched(client_order_ids, asked_at):
+                self.on_open_orders(client_order_ids, asked_at)
             case LeaderStatusRequest():
                 return self.status()
             case ShutdownRequest():
@@ -357,20 +367,12 @@ class Leader(Role):
 
     # --- the loop ------------------------------------------------------------------
 
-    def next_tick(self) -> float | None:
-        return self.next_reconcile if self.open_ours() else None
-
     def tick(self) -> None:
         traders = self.traders_running()
         if not self.reconciled and traders and all(int(k) in self.ready_at for k in traders):
             self.reconciled = True  # once the traders are back: it only reports, it can wait
-            self.next_reconcile = time.monotonic() + self.config.naived.reconcile_seconds
             self.start_worker(RECONCILE)
-        elif self.next_reconcile is not None and time.monotonic() >= self.next_reconcile and self.open_ours():
-            # Every reconcile_seconds while an order is open: one openOrders call for the symbol,
-            # so no cycle waits on a fill that no push and no trade announces.
-            self.next_reconcile = time.monotonic() + self.config.naived.reconcile_seconds
-            self.start_worker(RECONCILE)
+        # Later checks are the root's: one openOrders call for every symbol (root.reconcile_all).
         if self.changed:
             self.changed = False
             try:

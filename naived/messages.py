@@ -286,9 +286,12 @@ class FiltersFetched(msgspec.Struct, tag=True):
 
 
 class OpenOrdersFetched(msgspec.Struct, tag=True):
-    """From the leader's reconciliation worker: the client order ids the exchange lists as open."""
+    """The client order ids the exchange lists as open for the symbol: from the leader's own
+    reconcile worker (after a (re)start), or from the root's, which asks once for every symbol
+    (`asked_at`: the wall time it asked; only orders open before then can be missing)."""
 
     client_order_ids: list[str]
+    asked_at: float | None = None
 
 
 LeaderRequest = (

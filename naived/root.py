@@ -42,6 +42,7 @@ from naived.ipc import bind, ipc_path, request
 from naived.messages import (
     ControlRequest,
     ExchangeFilters,
+    OpenOrdersFetched,
     StreamAlive,
     Error,
     History,
@@ -58,6 +59,7 @@ from naived.messages import (
     WorkerReply,
     control_request_decoder,
     encode,
+    leader_reply_decoder,
     root_report_decoder,
 )
 from naived.metrics import Metrics, MetricsEndpoint
@@ -70,6 +72,7 @@ log = logging.getLogger(__name__)
 PAPER = "paper-exchange"
 ACCOUNT_STREAM = "account-stream"
 EXCHANGE_INFO = "exchange-info"  # the worker that fetches every symbol's filters at once
+RECONCILE = "reconcile"  # the worker that checks every symbol's open orders at once
 FILTERS_REFRESH = 3600.0  # seconds between two fetches of every symbol's filters
 FILTERS_RETRY = 30.0  # ...after a fetch that failed
 FILTERS_DEADLINE = 30.0  # a fetch retries this long, then fails
@@ -171,6 +174,7 @@ class Root(Role):
         self.filters: dict[str, SymbolFilters] = {}
         self.next_filters: float | None = None  # monotonic: when the exchange-info worker runs again
         self.stream_due: float | None = None  # monotonic: the account stream's next word is due by then
+        self.next_reconcile = time.monotonic() + config.naived.reconcile_seconds
         self.trading = TradingSet(config.state_dir / "trading.json")
         self.paper_failed: str | None = None
         self.account_stream_failed: str | None = None
@@ -219,8 +223,30 @@ class Root(Role):
         self.next_filters = None
         self.supervisor.start(ChildSpec(EXCHANGE_INFO, "exchange-info", lambda: fetch_filters(self.config), "temporary"))
 
+    def open_orders_known(self) -> dict[str, tuple[str, list[str]]]:
+        """Per symbol, the id prefix and the orders its traders last said are open (as pushed up)."""
+        known: dict[str, tuple[str, list[str]]] = {}
+        for symbol, leader in self.leaders.items():
+            states = [t.state for t in leader.traders if t.state is not None]
+            open_ids = [o.client_order_id for s in states for o in (s.buy_order, s.sell_order)
+                        if o is not None and o.status in ("NEW", "PARTIALLY_FILLED")]
+            if open_ids:
+                known[symbol] = (states[0].id_prefix, open_ids)
+        return known
+
+    def start_reconcile(self) -> None:
+        """Every reconcile_seconds: one openOrders call for every symbol (weight 80, not 6 per
+        symbol), so no cycle waits on a fill that no push and no trade announced. The worker tells
+        only the leaders whose traders wait on an order the exchange no longer lists."""
+        self.next_reconcile = time.monotonic() + self.config.naived.reconcile_seconds
+        known = self.open_orders_known()
+        if known and RECONCILE not in self.supervisor.children:
+            self.supervisor.start(ChildSpec(RECONCILE, "reconcile", lambda: reconcile_all(self.config, known), "temporary"))
+
     def on_exit(self, child: Child, status: ExitStatus) -> Decision | None:
         key = child.spec.key
+        if key == RECONCILE:
+            return None  # temporary; a failed check is logged by the loop, the next one comes anyway
         if key == EXCHANGE_INFO:
             if not status.normal:
                 log.warning("fetching every symbol's filters failed (%s); leaders fetch their own meanwhile", status.reason())
@@ -511,13 +537,16 @@ class Root(Role):
                 os.kill(child.pid, signal.SIGHUP)
 
     def next_tick(self) -> float | None:
-        return min((t for t in (self.watchdog.deadline(), self.next_filters, self.stream_due, *self.late.values())
+        return min((t for t in (self.watchdog.deadline(), self.next_filters, self.stream_due, self.next_reconcile,
+                                *self.late.values())
                     if t is not None), default=None)
 
     def tick(self) -> None:
         now = time.monotonic()
         if self.next_filters is not None and now >= self.next_filters:
             self.start_exchange_info()
+        if now >= self.next_reconcile:
+            self.start_reconcile()
         stream = self.supervisor.children.get(ACCOUNT_STREAM)
         if self.stream_due is not None and now >= self.stream_due and stream is not None:
             # Hung (its traders would wait on pushes that never come): killed, and restarted by the
@@ -584,6 +613,22 @@ def fetch_filters(config: Config) -> int:
     client = exchange.client_for(config)
     info = exchange.patiently(client.exchange_info, FILTERS_DEADLINE, "exchangeInfo of every symbol", final=lambda exc: False)
     push_report(config, ExchangeFilters(trading_filters(info)))
+    return 0
+
+
+def reconcile_all(config: Config, known: dict[str, tuple[str, list[str]]]) -> int:
+    """Worker: the account's open orders (one call), and each leader whose traders wait on an order
+    no longer listed is handed that symbol's list, which it checks against its own state."""
+    asked_at = time.time()
+    listed = exchange.client_for(config).open_order_ids()
+    ctx = zmq.Context()
+    for symbol, (prefix, ours) in known.items():
+        at_exchange = listed.get(symbol, [])
+        if not set(ours) - {cid for cid in at_exchange if cid.startswith(f"{prefix}-")}:
+            continue  # nothing missing: the leader is not woken
+        if request(ctx, config.leader_endpoint(symbol), OpenOrdersFetched(at_exchange, asked_at), leader_reply_decoder, 2000) is None:
+            log.warning("%s: reconcile: the leader did not answer", symbol)
+    ctx.term()
     return 0
 
 

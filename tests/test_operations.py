@@ -6,14 +6,19 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 
 from fake_exchange import FakeExchange
 from harness import BIN, Tree, open_buys, running_tree, wait_for
+from naived.config import load_config
 from naived.exchange import BinanceClient
+from naived.ipc import request
+from naived.messages import Ack, OpenOrdersFetched, leader_reply_decoder
 
 RESTING = """
 [trading.defaults]
@@ -270,3 +275,25 @@ late_accept_seconds = 2.0
         buys = [o for o in tree.paper_orders("XRPUSDT") if o["side"] == "BUY"]
         assert sorted(o["clientOrderId"] for o in buys) == sorted(t["state"]["buy_order"]["client_order_id"] for t in selling.values())
         assert "entered the book late" in tree.log("naived")
+
+
+def test_the_roots_reconcile_finds_missing_only_what_was_open_before_it_asked(resting: Tree) -> None:
+    """The root's periodic check (one openOrders call for every symbol) hands a leader the list
+    with the time it asked: an order opened after that time is not missing, one opened before is."""
+    resting.ctl("start-trading", "XRPUSDT")
+    buys = open_buys(resting, "XRPUSDT", 2)
+    endpoint = load_config(str(resting.config_path)).leader_endpoint("XRPUSDT")
+    ctx = zmq.Context()
+    try:
+        asked_before = OpenOrdersFetched([], asked_at=time.time() - 3600)  # before the buys were placed
+        assert isinstance(request(ctx, endpoint, asked_before, leader_reply_decoder, 5000), Ack)
+        assert "reconcile: a trader thinks" not in resting.log("naived")
+        asked_now = OpenOrdersFetched([], asked_at=time.time())  # the buys were open: missing now
+        assert isinstance(request(ctx, endpoint, asked_now, leader_reply_decoder, 5000), Ack)
+    finally:
+        ctx.term()
+    for trader in buys.values():
+        cid = trader["state"]["buy_order"]["client_order_id"]
+        wait_for(f"{cid} looked up", lambda: f"asking about {cid}: the leader's reconcile found it no longer open"
+                 in resting.log("naived"))
+    assert resting.symbol("XRPUSDT")["leader"]["counters"].get("drift", 0) == 0  # a periodic check counts no drift
