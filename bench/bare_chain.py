@@ -51,6 +51,7 @@ def ack(endpoint: str) -> None:
 
 
 def trader(sub_endpoint: str, rep_endpoint: str, paper_url: str) -> None:
+    from naived.budget import LocalBudget, Limits
     from naived.exchange import BinanceClient
 
     ctx = zmq.Context()
@@ -59,7 +60,8 @@ def trader(sub_endpoint: str, rep_endpoint: str, paper_url: str) -> None:
     sub.setsockopt(zmq.SUBSCRIBE, trade_topic("XRPUSDT"))
     req = ctx.socket(zmq.REQ)
     req.connect(rep_endpoint)
-    client = BinanceClient(paper_url, "paper-key", "paper-secret")
+    # the same bookkeeping as a trader's budget, with limits these ~20 orders a second never reach
+    client = BinanceClient(paper_url, "paper-key", "paper-secret", budget=LocalBudget(Limits(10**9, 10**9, 10**9)))
     client.server_time()  # warm: the connection is open and the clock offset known
     while True:
         _, payload = sub.recv_multipart()

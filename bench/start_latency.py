@@ -62,9 +62,11 @@ def main() -> None:
             tree.start_streamer()
             tree.start_naived()
             endpoint = load_config(str(tree.config_path)).control_endpoint
+            # as on a running naived: every symbol's filters are in the root (one exchangeInfo call)
+            wait_for("the root's exchange filters", lambda: "exchange filters of" in tree.log("naived"))
 
             steps: dict[str, list[float]] = {"symbol supervisor forked": [], "leader forked (it then opens its store)": [],
-                                             "last trader forked (after the filters worker)": [], "last trader ready": []}
+                                             "last trader forked (after the store)": [], "last trader ready": []}
 
             def all_ready(symbol: str) -> tuple | None:
                 reply = request(ctx, endpoint, StatusRequest(symbol), control_reply_decoder, 5000)
