@@ -26,11 +26,17 @@ restarts in 10 s per child) are kept; a stop timeout of 30 s gives thousands of 
 to stop in order.
 
     .venv/bin/python bench/scale.py [--symbols 100 | --all-symbols] [--idle-seconds 20] [--quick] [--json]
+                                    [--latency | --no-latency]
+
+With --all-symbols (or --latency) it then runs the issue's latency benchmarks on trees of their
+own, each against its bare baseline in the same run: bench/start_latency.py, bench/recovery.py,
+bench/tick_to_order.py. So one command prints every figure of issue 13.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import gzip
 import json
 import os
@@ -218,6 +224,9 @@ def main() -> None:
                         help="stop starting symbols while the machine has less memory available (default 4)")
     parser.add_argument("--quick", action="store_true", help="20 symbols, 5 s idle")
     parser.add_argument("--json", action="store_true", help="also print one BENCH-JSON line for bench/run_all")
+    parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=None,
+                        help="then the issue's latency figures: start-trading, recovery, tick to order "
+                             "(default: with --all-symbols)")
     args = parser.parse_args()
     if args.quick:
         args.symbols, args.idle_seconds = 20, 5.0
@@ -301,6 +310,8 @@ def main() -> None:
         finally:
             tree.stop()
             ctx.term()
+    if args.latency or (args.latency is None and args.all_symbols):
+        latency_figures(args.quick)
 
 
 def report(args: argparse.Namespace, names: list[str], kinds: dict[int, str], mem: dict[int, dict[str, int]],
@@ -378,6 +389,18 @@ def report(args: argparse.Namespace, names: list[str], kinds: dict[int, str], me
              "peer": None, "ratio": None, "target": f"<{TARGET_IDLE_CPU:g} %", "n": 1},
         ]
         print("BENCH-JSON: " + json.dumps(out))
+
+
+LATENCY = (("start_latency.py", "--samples", "30"), ("recovery.py", "--kills", "100", "--peer-kills", "30", "--leader-kills", "10"),
+           ("tick_to_order.py", "--samples", "60"))
+
+
+def latency_figures(quick: bool) -> None:
+    """The targets measured on a tree of their own, after the big one is gone: each script's own
+    output (each compares with its bare baseline in the same run)."""
+    for script, *argv in LATENCY:
+        print(f"\n$ bench/{script} {' '.join(['--quick'] if quick else argv)}", flush=True)
+        subprocess.run([sys.executable, str(Path(__file__).resolve().parent / script), *(["--quick"] if quick else argv)], check=False)
 
 
 if __name__ == "__main__":
