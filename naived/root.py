@@ -620,7 +620,11 @@ def reconcile_all(config: Config, known: dict[str, tuple[str, list[str]]]) -> in
     """Worker: the account's open orders (one call), and each leader whose traders wait on an order
     no longer listed is handed that symbol's list, which it checks against its own state."""
     asked_at = time.time()
-    listed = exchange.client_for(config).open_order_ids()
+    try:
+        listed = exchange.client_for(config).open_order_ids()
+    except (exchange.BinanceError, exchange.OutcomeUnknown, exchange.RateLimited, OSError) as exc:
+        log.warning("reconcile: the exchange did not list the open orders (%s: %s); next time", type(exc).__name__, exc)
+        return 1
     ctx = zmq.Context()
     for symbol, (prefix, ours) in known.items():
         at_exchange = listed.get(symbol, [])
