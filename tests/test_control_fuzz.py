@@ -19,6 +19,7 @@ from naived.messages import (
     StartTrading,
     StatusRequest,
     StopTrading,
+    TreeStatus,
     control_reply_decoder,
     encode,
 )
@@ -93,9 +94,16 @@ def test_naived_answers_or_refuses_every_control_message_and_keeps_trading(tmp_p
 
         try:
             answered()
+            # Hypothesis may draw no valid request at all (it did, once in ~40 runs): one, sent after
+            # the fuzzing, is answered, not refused.
+            sock = ctx.socket(zmq.REQ)
+            sock.connect(endpoint)
+            sock.send(encode(StatusRequest(None)))
+            assert sock.poll(5000, zmq.POLLIN), "no answer to a valid status request"
+            assert isinstance(control_reply_decoder.decode(sock.recv()), TreeStatus)
         finally:
             ctx.destroy(linger=0)
-        assert counts["refused"] > 100 and counts["answered"] > 0, counts
+        assert counts["refused"] > 100, counts
         assert tree.naived.poll() is None
         for symbol in TRADING:
             wait_for(f"{symbol} to keep completing cycles",
