@@ -7,9 +7,12 @@ for the balances a change moved, `listenKeyExpired`, and the `user_stream_drop` 
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -257,3 +260,68 @@ def test_ws_port_is_validated() -> None:
         assert message in str(info.value), info.value
     with pytest.raises(ConfigError, match="paper.faults.user_stream_drop: must be a probability"):
         parse_config(b"[paper.faults]\nuser_stream_drop = 2\n")
+
+
+TAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-tapes"
+
+
+def tape_trades(path: Path, count: int) -> list[tuple[str, str]]:
+    """(price, quantity) of the tape's first `count` trades, in the order Binance sent them."""
+    out = []
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            frame = json.loads(line.split(" ", 1)[1])
+            if str(frame.get("stream", "")).endswith("@trade"):  # depth updates and others are skipped
+                out.append((frame["data"]["p"], frame["data"]["q"]))
+                if len(out) == count:
+                    break
+    return out
+
+
+def test_every_fill_of_a_replayed_real_tape_is_pushed_in_order(start: Callable[..., Exchange], market: Market) -> None:
+    tape = TAPES / "btcusdt_20240808.gz"
+    if not tape.exists():
+        pytest.skip(f"the recorded tapes are not here: {tape} (../shared/data/binance-spot-tapes)")
+    trades = tape_trades(tape, 3000)
+    first, low = Decimal(trades[0][0]), min(Decimal(p) for p, _ in trades)
+    ex = start("partial_fills = true")
+    stream = Stream(ex.ws_url, listen_key(ex))
+    c = ex.client()
+    # Eight buys between the tape's first price and its lowest: the tape crosses each at its own
+    # time, with real quantities, so several fill in parts, makers, over many trades.
+    step = (first - low) / 9
+    ids = []
+    for i in range(1, 9):
+        price = (first - step * i).quantize(Decimal("0.01"))
+        ids.append(c.new_order("BTCUSDT", "BUY", str(price), "0.01000", f"tape-{i}").order_id)
+        assert stream.report()["x"] == "NEW"
+        stream.position()
+    market.wait_subscribed("BTCUSDT")
+    last = 0
+    for n, (price, qty) in enumerate(trades, 1):
+        last = market.trade("BTCUSDT", price, qty)
+        if n % 200 == 0:  # a PUB drops what its subscriber has not taken past 1,000 messages
+            ex.processed("BTCUSDT", last)
+    ex.processed("BTCUSDT", last)
+    pushed = []
+    while True:
+        try:
+            event = stream.next(timeout=1.0)
+        except websocket.WebSocketTimeoutException:
+            break
+        if event["e"] == "executionReport":
+            pushed.append(event)
+    fills = [e for e in pushed if e["x"] == "TRADE"]
+    assert len(fills) > 8, "the tape filled too little to test anything"
+    # Every fill REST knows of was pushed, once, with the same trade, quantity, price and commission...
+    at_rest = sorted((t.trade_id, i, t.qty, t.price, t.commission) for i in ids for t in c.my_trades("BTCUSDT", i))
+    assert sorted((e["t"], e["i"], e["l"], e["L"], e["n"]) for e in fills) == at_rest
+    # ...in the order the exchange made them, each order's cumulative quantity growing to FILLED.
+    assert [e["t"] for e in fills] == sorted(e["t"] for e in fills)
+    for k, order_id in enumerate(ids, 1):
+        mine = [e for e in fills if e["i"] == order_id]
+        assert [Decimal(e["z"]) for e in mine] == sorted({Decimal(e["z"]) for e in mine})
+        state = c.get_order("BTCUSDT", f"tape-{k}")
+        if mine:
+            assert (mine[-1]["X"], Decimal(mine[-1]["z"])) == (state.status, Decimal(state.executed_qty))
+    stream.close()
