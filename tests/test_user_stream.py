@@ -287,12 +287,13 @@ def test_every_fill_of_a_replayed_real_tape_is_pushed_in_order(start: Callable[.
     ex = start("partial_fills = true")
     stream = Stream(ex.ws_url, listen_key(ex))
     c = ex.client()
-    # Eight buys between the tape's first price and its lowest: the tape crosses each at its own
-    # time, with real quantities, so several fill in parts, makers, over many trades.
-    step = (first - low) / 9
+    # Eight buys, two at each of four prices between the tape's first price and its lowest: the tape
+    # crosses each price at its own time, with real quantities, so orders fill in parts, as makers,
+    # and one trade can fill both orders of a price (two changes in one commit, in time priority).
+    step = (first - low) / 5
     ids = []
     for i in range(1, 9):
-        price = (first - step * i).quantize(Decimal("0.01"))
+        price = (first - step * ((i + 1) // 2)).quantize(Decimal("0.01"))
         ids.append(c.new_order("BTCUSDT", "BUY", str(price), "0.01000", f"tape-{i}").order_id)
         assert stream.report()["x"] == "NEW"
         stream.position()
