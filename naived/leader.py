@@ -23,7 +23,6 @@ import logging
 import os
 import sqlite3
 import time
-from decimal import Decimal
 
 import msgspec
 import zmq
