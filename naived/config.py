@@ -153,6 +153,9 @@ class Naived(msgspec.Struct, forbid_unknown_fields=True):
     # Every this many seconds one openOrders call for every symbol (weight 80) is compared with the
     # traders' open orders; a trader whose order is no longer open is asked to look it up.
     reconcile_seconds: float = 30.0
+    # Offer the tree's memory to the kernel's samepage merging (KSM): forked processes hold many
+    # identical copies of the same pages. Nothing is merged unless the host runs KSM.
+    memory_merge: bool = True
     supervision: Supervision = msgspec.field(default_factory=Supervision)
 
     def __post_init__(self) -> None:

@@ -64,7 +64,7 @@ from naived.messages import (
 )
 from naived.metrics import Metrics, MetricsEndpoint
 from naived.store import Store, store_path
-from naived.supervisor import Child, ChildSpec, Decision, ExitStatus, Role, Supervisor
+from naived.supervisor import Child, ChildSpec, Decision, ExitStatus, Role, Supervisor, merge_identical_pages
 from naived.symbols import SymbolFilters, lookup, trading_filters
 
 log = logging.getLogger(__name__)
@@ -656,6 +656,8 @@ def read_history(config: Config, symbol: str, request_id: int) -> int:
 
 def run(config: Config) -> int:
     setproctitle.setproctitle("naive: naived")
+    if config.naived.memory_merge:  # before any fork: every child inherits it
+        log.info("%s", merge_identical_pages())
     try:
         root = Root(config)
     except StartError as exc:

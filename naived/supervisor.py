@@ -42,6 +42,7 @@ import os
 import select
 import signal
 import time
+from pathlib import Path
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +69,8 @@ WORDS_MAX = 1000  # bytes of last words kept: one line for status and logs
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_MEMORY_MERGE = 67  # Linux >= 6.4
+KSM_RUN = Path("/sys/kernel/mm/ksm/run")
 _libc = ctypes.CDLL(None, use_errno=True)
 # Resolved here, in the parent, once: ctypes builds a function object on first use, and a forked
 # child that did it would allocate (and so copy pages) for nothing.
@@ -428,6 +431,27 @@ def die_with_parent() -> None:
     Forked children get it in `_run_child`; tools that start whole daemons (the demo, a backtest
     through the tree, the tests) pass it as `preexec_fn`, so a tool killed with -9 leaves none."""
     _prctl(_PR_SET_PDEATHSIG, _csignal.SIGKILL, 0, 0, 0)
+
+
+def merge_identical_pages() -> str:
+    """Offer this process's memory, and so every child it forks later, to the kernel's samepage
+    merging (KSM, `PR_SET_MEMORY_MERGE`); returns one line saying what it did, for the log.
+
+    Why: a forked CPython copies every inherited page it writes, and most of those writes only
+    move reference counts up and back down or specialise the same bytecode the same way, so
+    thousands of traders hold thousands of identical copies (docs/benchmarks.md). KSM merges them
+    back. It is the kernel feature Linux 6.4 added for exactly this (forked Python workers); the
+    host decides whether it runs at all (`/sys/kernel/mm/ksm/run`), and its scanner's CPU is the
+    price, measured in docs/benchmarks.md."""
+    if _prctl(_PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0:
+        return f"memory merge: the kernel refused it ({os.strerror(ctypes.get_errno())}; Linux >= 6.4 with KSM needed)"
+    try:
+        running = KSM_RUN.read_text().strip() == "1"
+    except OSError:
+        running = False
+    if running:
+        return "memory merge: on (the host's KSM is running)"
+    return f"memory merge: offered, but the host's KSM is not running ({KSM_RUN} is not 1): nothing is merged"
 
 
 def last_words(message: str) -> None:
