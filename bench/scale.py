@@ -20,6 +20,11 @@ symbol's trades as a Poisson stream at that rate). Without the tapes it uses the
 when measured (TAPES_RATE). `--rate R` sets trades/s per symbol instead. The CPU per market
 trade is printed too, to scale the figure to any other rate.
 
+With `--ksm` (root) the host's kernel samepage merging runs for the benchmark and is put back
+after: naived offers the tree's pages (`[naived] memory_merge`, on by default), ksmd merges the
+identical copies that forked CPython processes make. Memory is measured once merging has settled,
+and ksmd's CPU in the idle window (at the kernel's default scan rate) counts with the tree's.
+
 The traders' buys rest below the market (`buy_down_interval = 0.05`; the simulated walk stays within ~0.2%), so after their first
 trade they idle like a trader waiting for a fill. `[naived.supervision]`: the defaults (5
 restarts in 10 s per child) are kept; a stop timeout of 30 s gives thousands of processes time
@@ -69,6 +74,7 @@ BUY_DOWN = Decimal("0.05")
 ALL_TRADING = 1340  # TRADING symbols in the real exchangeInfo of 2023-09-08 (the shipped table)
 TAPES_RATE = 52.9  # trades/s of the BTCUSDT + ETHUSDT tapes together, as measured from them
 TARGET_TREE_GIB, TARGET_READY_S, TARGET_IDLE_CPU = 12.0, 30.0, 5.0
+KSM = Path("/sys/kernel/mm/ksm")
 KINDS = ("root", "paper-exchange", "streamerd", "supervisor", "leader", "trader")
 
 CONFIG = """
@@ -222,6 +228,13 @@ def main() -> None:
     parser.add_argument("--tapes", type=Path, default=default_tapes())
     parser.add_argument("--min-available-gib", type=float, default=4.0,
                         help="stop starting symbols while the machine has less memory available (default 4)")
+    parser.add_argument("--ksm", action="store_true",
+                        help="run the host's KSM for the benchmark (needs root; restored after): naived offers the "
+                             "tree's pages ([naived] memory_merge), ksmd merges the identical ones")
+    parser.add_argument("--ksm-pages", type=int, default=1000,
+                        help="with --ksm: pages ksmd scans per 20 ms while the tree starts and settles (default 1000)")
+    parser.add_argument("--ksm-idle-pages", type=int, default=100,
+                        help="with --ksm: pages per 20 ms during the idle window, whose CPU counts (default 100, the kernel's)")
     parser.add_argument("--quick", action="store_true", help="20 symbols, 5 s idle")
     parser.add_argument("--json", action="store_true", help="also print one BENCH-JSON line for bench/run_all")
     parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=None,
@@ -240,6 +253,84 @@ def main() -> None:
     else:
         total, origin = tapes_rate(args.tapes)
         rate = total / len(names)
+    host_ksm = HostKsm.switch_on(args.ksm_pages) if args.ksm else None
+    try:
+        run(args, names, rate, origin, host_ksm)
+    finally:
+        if host_ksm:
+            host_ksm.restore()
+    if args.latency or (args.latency is None and args.all_symbols):
+        latency_figures(args.quick)
+
+
+class HostKsm:
+    """The host's kernel samepage merging, switched on for a run and put back as it was after."""
+
+    SETTINGS = ("run", "pages_to_scan", "sleep_millisecs")
+
+    def __init__(self, saved: dict[str, str]) -> None:
+        self.saved = saved
+
+    @classmethod
+    def switch_on(cls, pages: int) -> HostKsm:
+        if not KSM.is_dir():
+            sys.exit(f"--ksm: this kernel has no KSM ({KSM} is missing)")
+        saved = {name: (KSM / name).read_text().strip() for name in cls.SETTINGS}
+        try:
+            cls.scan(pages)
+            (KSM / "run").write_text("1")
+        except PermissionError:
+            sys.exit(f"--ksm: cannot switch the host's KSM on ({KSM}/run is root's); run as root, or without --ksm")
+        print(f"host KSM on for this run: {pages} pages per 20 ms while starting and settling"
+              f" (was run={saved['run']}, pages_to_scan={saved['pages_to_scan']})", flush=True)
+        return cls(saved)
+
+    @staticmethod
+    def scan(pages: int) -> None:
+        (KSM / "sleep_millisecs").write_text("20")
+        (KSM / "pages_to_scan").write_text(str(pages))
+
+    @staticmethod
+    def stat(name: str) -> int:
+        return int((KSM / name).read_text())
+
+    def settle(self, timeout: float) -> None:
+        """Wait until ksmd merges no more than 1% more in two full scans (or the timeout)."""
+        t0 = time.monotonic()
+        scans, sharing = self.stat("full_scans"), self.stat("pages_sharing")
+        while time.monotonic() - t0 < timeout:
+            time.sleep(1.0)
+            if self.stat("full_scans") >= scans + 2:
+                now = self.stat("pages_sharing")
+                if now <= sharing * 1.01 and now > 0:
+                    break
+                scans, sharing = self.stat("full_scans"), now
+        # (KSM's own counts; they include pages the processes already shared by fork, so the saving
+        # is read from USS and PSS below, not from them)
+        print(f"KSM settled after {time.monotonic() - t0:.0f} s: {self.stat('pages_sharing'):,} mappings of"
+              f" {self.stat('pages_shared'):,} merged pages", flush=True)
+
+    def catch_up(self, gib: float, timeout: float) -> float:
+        """Low on memory while starting symbols: wait (up to `timeout`) until ksmd merged enough for
+        `gib` GiB to be available again. Returns the seconds waited."""
+        t0 = time.monotonic()
+        while psutil.virtual_memory().available < gib * 2**30 and time.monotonic() - t0 < timeout:
+            time.sleep(1.0)
+        waited = time.monotonic() - t0
+        print(f"paused {waited:.0f} s for KSM to merge ({mib(psutil.virtual_memory().available) / 1024:.1f} GiB available)",
+              flush=True)
+        return waited
+
+    def restore(self) -> None:
+        for name in ("pages_to_scan", "sleep_millisecs", "run"):
+            (KSM / name).write_text(self.saved[name])
+
+
+def ksmd_pid() -> int | None:
+    return next((p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "ksmd"), None)
+
+
+def run(args: argparse.Namespace, names: list[str], rate: float, origin: str, host_ksm: HostKsm | None) -> None:
     ctx = zmq.Context()
     with tempfile.TemporaryDirectory(prefix="naive-bench-") as directory:
         # every quote asset funded: every symbol's traders can afford their buys
@@ -251,7 +342,10 @@ def main() -> None:
             start = time.time()
             busy0 = machine_busy()
             asked = len(names)
+            paused = 0.0
             for i, name in enumerate(names):
+                if i % 20 == 0 and host_ksm and psutil.virtual_memory().available < args.min_available_gib * 2**30:
+                    paused += host_ksm.catch_up(args.min_available_gib + 1, timeout=600)
                 if i % 20 == 0 and psutil.virtual_memory().available < args.min_available_gib * 2**30:
                     # the machine is shared: never push it into the OOM killer; extrapolate instead
                     print(f"stopped starting symbols at {i} of {asked}: less than {args.min_available_gib:g} GiB"
@@ -265,7 +359,8 @@ def main() -> None:
             all_ready = max(times) - start
             busy = machine_busy() - busy0
             print(f"{len(names)} symbols x 2 traders: all {len(times)} ready {all_ready:.2f} s after the first request"
-                  f" (requests sent in {sent - start:.2f} s)", flush=True)
+                  f" (requests sent in {sent - start:.2f} s"
+                  + (f"; of which {paused:.0f} s paused for KSM to merge" if paused else "") + ")", flush=True)
             started = alive(kinds_of(tree_status(ctx, endpoint), streamer.pid))
             by_kind = Counter()
             for pid, (kind, proc) in started.items():
@@ -288,8 +383,14 @@ def main() -> None:
             failed = [s for s in status.symbols if s.state == "failed"]
             if failed:
                 print(f"{len(failed)} symbols failed, e.g. {failed[0].symbol}: {failed[0].error}")
+            if host_ksm:
+                host_ksm.settle(timeout=600)
+                HostKsm.scan(args.ksm_idle_pages)  # the idle window pays the steady rate, which counts
             found = alive(kinds_of(status, streamer.pid))
             tree.seen.update({pid: proc.create_time() for pid, (_, proc) in found.items()})  # for the clean-up
+            # While the host runs KSM its scanner works for the tree: its CPU counts with the tree's.
+            ksmd = ksmd_pid() if KSM.is_dir() and HostKsm.stat("run") == 1 else None
+            ksmd0 = cpu_seconds(ksmd) if ksmd else 0.0
             # the market trades on; how much CPU does the tree use, and who wakes? (a process that
             # ends meanwhile, e.g. a trader restarted, is left out of every figure)
             cpu0 = measure(found, lambda pid, proc: cpu_seconds(pid))
@@ -304,24 +405,25 @@ def main() -> None:
             mem = measure(found, lambda pid, proc: memory.rollup(pid))
             fds = measure(found, lambda pid, proc: proc.num_fds())
             kinds = {pid: kind for pid, (kind, _) in found.items() if all(pid in d for d in (cpu0, woke0, cpu, woke, mem, fds))}
+            ksmd_cpu = cpu_seconds(ksmd) - ksmd0 if ksmd else None
             orders = len(tree.paper_orders())
-            report(args, names, kinds, mem, cpu, woke, fds, elapsed, rate, origin, all_ready, times, orders)
+            report(args, names, kinds, mem, cpu, woke, fds, elapsed, rate, origin, all_ready, times, orders, ksmd_cpu)
             print(f"  (the whole machine was busy {100 * busy / elapsed:.1f} % of one core meanwhile, other users included)")
         finally:
             tree.stop()
             ctx.term()
-    if args.latency or (args.latency is None and args.all_symbols):
-        latency_figures(args.quick)
 
 
 def report(args: argparse.Namespace, names: list[str], kinds: dict[int, str], mem: dict[int, dict[str, int]],
            cpu: dict[int, float], woke: dict[int, int], fds: dict[int, int], elapsed: float, rate: float, origin: str,
-           all_ready: float, times: list[float], orders: int) -> None:
+           all_ready: float, times: list[float], orders: int, ksmd_cpu: float | None) -> None:
     n = len(names)
     by_kind: dict[str, list[int]] = {k: [p for p, kind in kinds.items() if kind == k] for k in KINDS}
     total_uss, total_pss = sum(m["USS"] for m in mem.values()), sum(m["Pss"] for m in mem.values())
     vm = psutil.virtual_memory()
     print(f"processes: {len(kinds)} ({len(by_kind['trader'])} traders), orders resting: {orders}")
+    if ksmd_cpu is not None:
+        print("the host runs KSM: pages it merged are shared, so in no process's USS (PSS splits them)")
     print(f"memory, whole tree: USS {mib(total_uss):,.0f} MiB, PSS {mib(total_pss):,.0f} MiB"
           f" ({mib(total_uss) / len(kinds):.2f} / {mib(total_pss) / len(kinds):.2f} MiB per process;"
           f" machine: {mib(vm.total) / 1024:.1f} GiB, {mib(vm.available) / 1024:.1f} GiB available)")
@@ -351,15 +453,18 @@ def report(args: argparse.Namespace, names: list[str], kinds: dict[int, str], me
     at_all_pss = (total_pss / 2**20 - per_symbol_pss * n + per_symbol_pss * ALL_TRADING) / 1024
     print(f"per symbol (supervisor + leader + 2 traders): USS {per_symbol_uss:.2f} MiB, PSS {per_symbol_pss:.2f} MiB;"
           f" at {ALL_TRADING} symbols: USS ~{at_all_uss:.1f} GiB, PSS ~{at_all_pss:.1f} GiB")
-    cpu_pct = 100 * sum(cpu.values()) / elapsed
+    cpu_pct = 100 * (sum(cpu.values()) + (ksmd_cpu or 0.0)) / elapsed
     market = rate * n
-    print(f"idle CPU, whole tree over {elapsed:.0f} s: {cpu_pct:.2f} % of one core, market {market:.1f} trades/s"
+    print(f"idle CPU, whole tree{' and ksmd' if ksmd_cpu is not None else ''} over {elapsed:.0f} s: {cpu_pct:.2f} % of one core, market {market:.1f} trades/s"
           f" ({rate:.4f}/s per symbol; {origin}): {1e6 * sum(cpu.values()) / max(1.0, market * elapsed):,.0f} µs of CPU per trade")
     for kind, pids, _, _ in rows:
         woken = [p for p in pids if woke[p] > 0]
         share = 100 * sum(cpu[p] for p in pids) / elapsed
         print(f"  {kind:<20}{share:6.2f} % of a core; {len(woken)} of {len(pids)} woke"
               f" ({sum(woke[p] for p in pids):,} context switches)")
+    if ksmd_cpu is not None:
+        print(f"  {'ksmd (kernel, KSM)':<20}{100 * ksmd_cpu / elapsed:6.2f} % of a core, at"
+              f" {HostKsm.stat('pages_to_scan')} pages per {HostKsm.stat('sleep_millisecs')} ms")
     fds_t = sorted(fds[p] for p in by_kind["trader"])
     print(f"file descriptors: {sum(fds.values())} in all; per trader p50 {statistics.median(fds_t):.0f}, max {fds_t[-1]}")
     tree_gib = mib(total_uss) / 1024 if args.all_symbols else at_all_uss
