@@ -23,14 +23,14 @@ trade is printed too, to scale the figure to any other rate.
 With `--ksm` (root) the host's kernel samepage merging runs for the benchmark and is put back
 after: naived offers the tree's pages (`[naived] memory_merge`, on by default), ksmd merges the
 identical copies that forked CPython processes make. Memory is measured once merging has settled,
-and ksmd's CPU in the idle window (at the kernel's default scan rate) counts with the tree's.
+and ksmd's CPU in the idle window (at the `--ksm-idle-*` scan rate) counts with the tree's.
 
 The traders' buys rest below the market (`buy_down_interval = 0.05`; the simulated walk stays within ~0.2%), so after their first
 trade they idle like a trader waiting for a fill. `[naived.supervision]`: the defaults (5
 restarts in 10 s per child) are kept; a stop timeout of 30 s gives thousands of processes time
 to stop in order.
 
-    .venv/bin/python bench/scale.py [--symbols 100 | --all-symbols] [--idle-seconds 20] [--quick] [--json]
+    .venv/bin/python bench/scale.py [--symbols 100 | --all-symbols] [--ksm] [--idle-seconds 20] [--quick] [--json]
                                     [--latency | --no-latency]
 
 With --all-symbols (or --latency) it then runs the issue's latency benchmarks on trees of their
@@ -45,6 +45,7 @@ import subprocess
 import gzip
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -231,10 +232,12 @@ def main() -> None:
     parser.add_argument("--ksm", action="store_true",
                         help="run the host's KSM for the benchmark (needs root; restored after): naived offers the "
                              "tree's pages ([naived] memory_merge), ksmd merges the identical ones")
-    parser.add_argument("--ksm-pages", type=int, default=1000,
-                        help="with --ksm: pages ksmd scans per 20 ms while the tree starts and settles (default 1000)")
+    parser.add_argument("--ksm-pages", type=int, default=10_000,
+                        help="with --ksm: pages ksmd scans per 20 ms while the tree starts and settles (default 10000)")
     parser.add_argument("--ksm-idle-pages", type=int, default=100,
-                        help="with --ksm: pages per 20 ms during the idle window, whose CPU counts (default 100, the kernel's)")
+                        help="with --ksm: pages per wake-up during the idle window, whose CPU counts (default 100, the kernel's)")
+    parser.add_argument("--ksm-idle-sleep-ms", type=int, default=200,
+                        help="with --ksm: ksmd's sleep between wake-ups during the idle window (default 200; the kernel's is 20)")
     parser.add_argument("--quick", action="store_true", help="20 symbols, 5 s idle")
     parser.add_argument("--json", action="store_true", help="also print one BENCH-JSON line for bench/run_all")
     parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=None,
@@ -253,6 +256,8 @@ def main() -> None:
     else:
         total, origin = tapes_rate(args.tapes)
         rate = total / len(names)
+    # SIGTERM too stops the tree and puts the host's KSM back (the finally blocks run)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     host_ksm = HostKsm.switch_on(args.ksm_pages) if args.ksm else None
     try:
         run(args, names, rate, origin, host_ksm)
@@ -286,8 +291,8 @@ class HostKsm:
         return cls(saved)
 
     @staticmethod
-    def scan(pages: int) -> None:
-        (KSM / "sleep_millisecs").write_text("20")
+    def scan(pages: int, sleep_ms: int = 20) -> None:
+        (KSM / "sleep_millisecs").write_text(str(sleep_ms))
         (KSM / "pages_to_scan").write_text(str(pages))
 
     @staticmethod
@@ -345,7 +350,7 @@ def run(args: argparse.Namespace, names: list[str], rate: float, origin: str, ho
             paused = 0.0
             for i, name in enumerate(names):
                 if i % 20 == 0 and host_ksm and psutil.virtual_memory().available < args.min_available_gib * 2**30:
-                    paused += host_ksm.catch_up(args.min_available_gib + 1, timeout=600)
+                    paused += host_ksm.catch_up(args.min_available_gib + 1, timeout=900)
                 if i % 20 == 0 and psutil.virtual_memory().available < args.min_available_gib * 2**30:
                     # the machine is shared: never push it into the OOM killer; extrapolate instead
                     print(f"stopped starting symbols at {i} of {asked}: less than {args.min_available_gib:g} GiB"
@@ -385,7 +390,7 @@ def run(args: argparse.Namespace, names: list[str], rate: float, origin: str, ho
                 print(f"{len(failed)} symbols failed, e.g. {failed[0].symbol}: {failed[0].error}")
             if host_ksm:
                 host_ksm.settle(timeout=600)
-                HostKsm.scan(args.ksm_idle_pages)  # the idle window pays the steady rate, which counts
+                HostKsm.scan(args.ksm_idle_pages, args.ksm_idle_sleep_ms)  # the idle window pays the steady rate
             found = alive(kinds_of(status, streamer.pid))
             tree.seen.update({pid: proc.create_time() for pid, (_, proc) in found.items()})  # for the clean-up
             # While the host runs KSM its scanner works for the tree: its CPU counts with the tree's.
@@ -407,7 +412,7 @@ def run(args: argparse.Namespace, names: list[str], rate: float, origin: str, ho
             kinds = {pid: kind for pid, (kind, _) in found.items() if all(pid in d for d in (cpu0, woke0, cpu, woke, mem, fds))}
             ksmd_cpu = cpu_seconds(ksmd) - ksmd0 if ksmd else None
             orders = len(tree.paper_orders())
-            report(args, names, kinds, mem, cpu, woke, fds, elapsed, rate, origin, all_ready, times, orders, ksmd_cpu)
+            report(args, names, kinds, mem, cpu, woke, fds, elapsed, rate, origin, all_ready, times, orders, ksmd_cpu, paused)
             print(f"  (the whole machine was busy {100 * busy / elapsed:.1f} % of one core meanwhile, other users included)")
         finally:
             tree.stop()
@@ -416,7 +421,7 @@ def run(args: argparse.Namespace, names: list[str], rate: float, origin: str, ho
 
 def report(args: argparse.Namespace, names: list[str], kinds: dict[int, str], mem: dict[int, dict[str, int]],
            cpu: dict[int, float], woke: dict[int, int], fds: dict[int, int], elapsed: float, rate: float, origin: str,
-           all_ready: float, times: list[float], orders: int, ksmd_cpu: float | None) -> None:
+           all_ready: float, times: list[float], orders: int, ksmd_cpu: float | None, paused: float) -> None:
     n = len(names)
     by_kind: dict[str, list[int]] = {k: [p for p, kind in kinds.items() if kind == k] for k in KINDS}
     total_uss, total_pss = sum(m["USS"] for m in mem.values()), sum(m["Pss"] for m in mem.values())
@@ -463,7 +468,7 @@ def report(args: argparse.Namespace, names: list[str], kinds: dict[int, str], me
         print(f"  {kind:<20}{share:6.2f} % of a core; {len(woken)} of {len(pids)} woke"
               f" ({sum(woke[p] for p in pids):,} context switches)")
     if ksmd_cpu is not None:
-        print(f"  {'ksmd (kernel, KSM)':<20}{100 * ksmd_cpu / elapsed:6.2f} % of a core, at"
+        print(f"  {'ksmd (kernel, KSM)':<20}{100 * ksmd_cpu / elapsed:6.2f} % of a core, scanning"
               f" {HostKsm.stat('pages_to_scan')} pages per {HostKsm.stat('sleep_millisecs')} ms")
     fds_t = sorted(fds[p] for p in by_kind["trader"])
     print(f"file descriptors: {sum(fds.values())} in all; per trader p50 {statistics.median(fds_t):.0f}, max {fds_t[-1]}")
@@ -472,7 +477,8 @@ def report(args: argparse.Namespace, names: list[str], kinds: dict[int, str], me
         (f"whole tree USS <= {TARGET_TREE_GIB:g} GiB at {ALL_TRADING} symbols" + ("" if args.all_symbols else " (extrapolated)"),
          tree_gib <= TARGET_TREE_GIB, f"{tree_gib:.1f} GiB"),
         (f"all traders ready <= {TARGET_READY_S:g} s" + ("" if args.all_symbols else f" (at {n} symbols)"),
-         all_ready <= TARGET_READY_S, f"{all_ready:.1f} s"),
+         all_ready <= TARGET_READY_S,
+         f"{all_ready:.1f} s" + (f"; {all_ready - paused:.1f} s without the pauses for KSM" if paused else "")),
         (f"idle CPU < {TARGET_IDLE_CPU:g} % of a core", cpu_pct < TARGET_IDLE_CPU, f"{cpu_pct:.2f} %"),
         ("idle supervisors never wake", not any(woke[p] for p in by_kind["supervisor"]),
          f"{sum(1 for p in by_kind['supervisor'] if woke[p])} woke"),
