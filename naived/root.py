@@ -656,11 +656,11 @@ def read_history(config: Config, symbol: str, request_id: int) -> int:
 
 def run(config: Config) -> int:
     setproctitle.setproctitle("naive: naived")
-    if config.naived.memory_merge:  # before any fork: every child inherits it
-        log.info("%s", merge_identical_pages())
     try:
         root = Root(config)
     except StartError as exc:
         log.error("%s", exc)
         return 1
+    if config.naived.memory_merge:  # before the first fork (in run): every child inherits it
+        log.info("%s", merge_identical_pages())
     return root.run()
