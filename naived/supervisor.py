@@ -42,10 +42,10 @@ import os
 import select
 import signal
 import time
-from pathlib import Path
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import setproctitle
@@ -437,10 +437,10 @@ def merge_identical_pages() -> str:
     """Offer this process's memory, and so every child it forks later, to the kernel's samepage
     merging (KSM, `PR_SET_MEMORY_MERGE`); returns one line saying what it did, for the log.
 
-    Why: a forked CPython copies every inherited page it writes, and most of those writes only
-    move reference counts up and back down or specialise the same bytecode the same way, so
-    thousands of traders hold thousands of identical copies (docs/benchmarks.md). KSM merges them
-    back. It is the kernel feature Linux 6.4 added for exactly this (forked Python workers); the
+    Why: a forked CPython copies every inherited page it writes, and its siblings write the same
+    pages the same way (reference counts, the same bytecode specialised alike, the same objects
+    allocated), so thousands of traders hold thousands of identical copies (docs/benchmarks.md).
+    KSM merges them back. It is the kernel feature Linux 6.4 added for exactly this (forked Python workers); the
     host decides whether it runs at all (`/sys/kernel/mm/ksm/run`), and its scanner's CPU is the
     price, measured in docs/benchmarks.md."""
     if _prctl(_PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0:
