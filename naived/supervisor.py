@@ -440,9 +440,9 @@ def merge_identical_pages() -> str:
     Why: a forked CPython copies every inherited page it writes, and its siblings write the same
     pages the same way (reference counts, the same bytecode specialised alike, the same objects
     allocated), so thousands of traders hold thousands of identical copies (docs/benchmarks.md).
-    KSM merges them back. It is the kernel feature Linux 6.4 added for exactly this (forked Python workers); the
-    host decides whether it runs at all (`/sys/kernel/mm/ksm/run`), and its scanner's CPU is the
-    price, measured in docs/benchmarks.md."""
+    KSM merges them back. Since Linux 6.4 a whole process opts in with one call, inherited by the
+    children it forks (before, only `madvise` per mapping). The host decides whether KSM runs at
+    all (`/sys/kernel/mm/ksm/run`); its scanner's CPU is the price, measured in docs/benchmarks.md."""
     if _prctl(_PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0:
         return f"memory merge: the kernel refused it ({os.strerror(ctypes.get_errno())}; Linux >= 6.4 with KSM needed)"
     try:
