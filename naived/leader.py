@@ -240,8 +240,7 @@ class Leader(Role):
         return 0
 
     def open_ours(self) -> set[str]:
-        orders = [o for s in self.states.values() for o in (s.buy_order, s.sell_order) if o is not None]
-        return {o.client_order_id for o in orders if o.status in ("NEW", "PARTIALLY_FILLED")}
+        return strategy.listed_open_ids(self.states.values())
 
     def note_open_orders(self) -> None:
         now, still = time.time(), self.open_ours()

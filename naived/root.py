@@ -36,7 +36,7 @@ import setproctitle
 import zmq
 
 from naived import budget as rate_budget
-from naived import account_stream, exchange, sdnotify, symbol_supervisor, trader
+from naived import account_stream, exchange, sdnotify, strategy, symbol_supervisor, trader
 from naived.config import Config, check_symbol, reload_config
 from naived.ipc import bind, ipc_path, request
 from naived.messages import (
@@ -223,14 +223,12 @@ class Root(Role):
         self.next_filters = None
         self.supervisor.start(ChildSpec(EXCHANGE_INFO, "exchange-info", lambda: fetch_filters(self.config), "temporary"))
 
-    def open_orders_known(self) -> dict[str, tuple[str, list[str]]]:
+    def open_orders_known(self) -> dict[str, tuple[str, set[str]]]:
         """Per symbol, the id prefix and the orders its traders last said are open (as pushed up)."""
-        known: dict[str, tuple[str, list[str]]] = {}
+        known: dict[str, tuple[str, set[str]]] = {}
         for symbol, leader in self.leaders.items():
             states = [t.state for t in leader.traders if t.state is not None]
-            open_ids = [o.client_order_id for s in states for o in (s.buy_order, s.sell_order)
-                        if o is not None and o.status in ("NEW", "PARTIALLY_FILLED")]
-            if open_ids:
+            if open_ids := strategy.listed_open_ids(states):
                 known[symbol] = (states[0].id_prefix, open_ids)
         return known
 
@@ -616,7 +614,7 @@ def fetch_filters(config: Config) -> int:
     return 0
 
 
-def reconcile_all(config: Config, known: dict[str, tuple[str, list[str]]]) -> int:
+def reconcile_all(config: Config, known: dict[str, tuple[str, set[str]]]) -> int:
     """Worker: the account's open orders (one call), and each leader whose traders wait on an order
     no longer listed is handed that symbol's list, which it checks against its own state."""
     asked_at = time.time()
@@ -628,7 +626,7 @@ def reconcile_all(config: Config, known: dict[str, tuple[str, list[str]]]) -> in
     ctx = zmq.Context()
     for symbol, (prefix, ours) in known.items():
         at_exchange = listed.get(symbol, [])
-        if not set(ours) - {cid for cid in at_exchange if cid.startswith(f"{prefix}-")}:
+        if not ours - {cid for cid in at_exchange if cid.startswith(f"{prefix}-")}:
             continue  # nothing missing: the leader is not woken
         if request(ctx, config.leader_endpoint(symbol), OpenOrdersFetched(at_exchange, asked_at), leader_reply_decoder, 2000) is None:
             log.warning("%s: reconcile: the leader did not answer", symbol)

@@ -9,6 +9,7 @@ processes. Every final order status has a defined next step (the table in
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from typing import Literal
@@ -24,8 +25,15 @@ FEE = Decimal("1.001")  # Binance's 0.1% fee, paid on the buy and on the sell
 CLIENT_ID_MAX = 36  # Binance: newClientOrderId matches ^[\.A-Z\:/a-z0-9_-]{1,36}$
 OPEN = frozenset({"NEW", "PARTIALLY_FILLED", "PENDING_NEW", "PENDING_CANCEL"})
 FINAL = frozenset({"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"})
+LISTED = frozenset({"NEW", "PARTIALLY_FILLED"})  # acknowledged open: the exchange's openOrders must list them
 EIGHT = Decimal("0.00000001")  # Binance's precision for amounts
 ZERO = Decimal(0)
+
+
+def listed_open_ids(states: Iterable[TraderState]) -> set[str]:
+    """Client order ids of the traders' orders the exchange acknowledged as open: the ones its
+    `openOrders` must list (a reconcile that misses one has found a fill or a cancel unheard)."""
+    return {o.client_order_id for s in states for o in (s.buy_order, s.sell_order) if o is not None and o.status in LISTED}
 
 
 class StrategyError(Exception):
