@@ -49,12 +49,11 @@ from naived.symbols import SymbolFilters, table  # noqa: E402
 
 TAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-tapes"
 BINANCE_LIMIT = 6000
-PER_TRADER = Decimal(50)  # trading.defaults budget 100 / chunks 2
+PER_TRADER = Decimal(50)  # trading.budgets USDT 100 / chunks 2
 
 CONFIG = """
 [trading.defaults]
 chunks = 2
-budget = "100"
 buy_down_interval = "0.0001"   # just below the market: the price keeps reaching the buys
 profit_interval = "-0.0012"    # the book's chapter 5: sells just above, cycles complete
 

@@ -45,7 +45,7 @@ from typing import Any
 import msgspec
 
 from naived import exchange, strategy
-from naived.config import Config, TradingSettings
+from naived.config import Config, NoBudget, TradingSettings
 from naived.messages import CycleResult, Fill, Order, TradeEvent, TraderState
 from naived.paper.book import Change, Fees, PaperBook, Rejected
 from naived.paper.server import PaperExchange
@@ -519,7 +519,11 @@ class Backtest:
         f = table().get(symbol)
         if f is None:
             raise BacktestError(f"{symbol}: not in the paper exchange's symbol table (naived/symbols.csv)")
-        trading = self.config.trading.for_symbol(symbol)
+        try:
+            trading = self.config.trading.for_symbol(symbol, f.quote)
+        except NoBudget as exc:
+            raise BacktestError(str(exc)) from None
+        assert trading.budget is not None
         ledger = Ledger(symbol, f.base, f.quote, trading.budget)
         if self.keep_samples:
             ledger.samples, ledger.markers = [], []
@@ -576,7 +580,9 @@ def apply_settings(config: Config, changes: dict[str, str]) -> Config:
     if unknown:
         raise BacktestError(f"--set {unknown[0]}: not a trading setting (one of {', '.join(sorted(allowed))})")
     raw = msgspec.to_builtins(config.trading)
-    raw["defaults"].update(changes)
+    if "budget" in changes:  # every symbol's budget, each in its own quote asset
+        raw["budgets"] = dict.fromkeys(quote_assets(), changes["budget"])
+    raw["defaults"].update({k: v for k, v in changes.items() if k != "budget"})
     for overrides in raw["symbols"].values():
         overrides.update(changes)
     try:

@@ -34,6 +34,7 @@ import msgspec
 import requests
 import zmq
 
+from naived import validate
 from naived.backtest import BacktestError, Curve, Finished, Ledger, Report, _ProgressBar, read_trades, settings_dict, summarize, totals
 from naived.config import Config
 from naived.ipc import request
@@ -96,7 +97,7 @@ def tree_configs(config: Config, directory: Path, files: list[str], symbols: lis
         "balances": paper.balances, "default_balance": paper.default_balance, "maker_commission": paper.maker_commission,
         "taker_commission": paper.taker_commission, "commission_in_bnb": paper.commission_in_bnb,
     }) + _table("trading", {"allow_losing_settings": trading.allow_losing_settings}) + _table(
-        "trading.defaults", msgspec.structs.asdict(trading.defaults))
+        "trading.defaults", msgspec.structs.asdict(trading.defaults)) + _table("trading.budgets", trading.budgets)
     for symbol, overrides in trading.symbols.items():
         naived += _table(f"trading.symbols.{symbol}", msgspec.structs.asdict(overrides))
     (directory / "streamerd.toml").write_text(streamer)
@@ -226,6 +227,9 @@ def run(config: Config, files: list[str], symbols: list[str] | None = None, spee
     if unknown:
         raise BacktestError(f"{unknown[0]}: not in the paper exchange's symbol table (naived/symbols.csv)")
     names = sorted(counts)
+    for symbol in names:  # as the tree's autostart would refuse it, but before starting anything
+        if problem := validate.symbol_problem(config, symbol):
+            raise BacktestError(problem)
     total = sum(1 for _ in read_trades(files)[0])  # the replay publishes every trade, asked for or not
     with tempfile.TemporaryDirectory(prefix="naive-backtest-") as tmp:
         directory = Path(keep or tmp)
@@ -234,7 +238,7 @@ def run(config: Config, files: list[str], symbols: list[str] | None = None, spee
         streamer_toml, naived_toml, upstream, market = tree_configs(config, directory, files, names, speed, port)
         # Per symbol: the paper exchange and the traders a leader starts with (the ones that trade;
         # anyone else subscribing only makes the count come sooner).
-        expected = {s: 1 + config.trading.for_symbol(s).traders_at_start for s in names}
+        expected = {s: 1 + config.trading.merged(s).traders_at_start for s in names}
         forwarder = Forwarder(upstream, market, expected, total)
         forwarder.start()
         forwarder.bound.wait(10)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from naived.config import Config, ConfigError, load_config
+from naived.config import Config, ConfigError, find_config, load_config
 from naived.log import setup_logging
 
 config_option = click.option(
@@ -39,14 +39,12 @@ def start(config_path: str | None) -> None:
     """Run the root of the tree in the foreground (as systemd runs it)."""
     config = _load(config_path)
     setup_logging("naived")
-    from naived import exchange, root
+    from naived import root, validate
 
-    if config.naived.exchange != "paper":
-        try:
-            exchange.client_for(config)  # refuse to start without usable keys, before forking anything
-        except ConfigError as exc:
-            click.echo(f"naived: {exc}", err=True)
-            sys.exit(2)
+    problem = validate.config_problem(config)  # check-config refuses the same, by the same function
+    if problem is not None:  # e.g. no usable keys: refused before forking anything
+        click.echo(f"naived: {_origin(config_path)}: {problem}", err=True)
+        sys.exit(2)
 
     sys.exit(root.run(config))
 
@@ -65,9 +63,23 @@ def paper_exchange_command(config_path: str | None) -> None:
 @main.command("check-config")
 @config_option
 def check_config(config_path: str | None) -> None:
-    """Validate the configuration and exit (0 valid, 2 invalid)."""
-    _load(config_path)
-    click.echo("configuration OK")
+    """Validate the configuration as `start` does, and every symbol it names as `start-trading`
+    does (budget, minimum notional); exit 0 valid, 2 invalid (one line per problem)."""
+    config = _load(config_path)
+    from naived import validate
+
+    found = validate.problems(config)
+    for problem in found:
+        click.echo(f"naived: {_origin(config_path)}: {problem}", err=True)
+    if found:
+        sys.exit(2)
+    click.echo(f"configuration OK: {_origin(config_path)}")
+
+
+def _origin(config_path: str | None) -> str:
+    """The file a command read, for its messages."""
+    path = find_config(config_path)
+    return str(path) if path is not None else "no file (the embedded defaults)"
 
 
 @main.command("refresh-symbols")

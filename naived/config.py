@@ -13,11 +13,14 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
 import msgspec
+
+from naived.symbols import lookup as lookup_symbol
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 LATE_ACCEPT_WINDOW = 10.0  # seconds: Binance's backend may still execute an order with an unknown status
@@ -217,7 +220,7 @@ class Paper(msgspec.Struct, forbid_unknown_fields=True):
     partial_fills: bool = False  # fill at most the traded quantity per trade
     balances: dict[str, Decimal] = msgspec.field(default_factory=lambda: {"USDT": Decimal("10000")})
     # Every quote asset of the symbol table that `balances` does not name starts with this much
-    # (in that asset's units, as `trading.budget` is), so a trader on ETHBTC can buy; 0 = none.
+    # (in that asset's units, as `trading.budgets` are), so a trader on ETHBTC can buy; 0 = none.
     # Only the start is generous: orders beyond the balance are refused as Binance refuses them.
     default_balance: Decimal = Decimal("10000")
     # Binance's standard spot rates (0.1%), charged on each fill from the asset it gives.
@@ -324,8 +327,11 @@ class AccountStreamSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class TradingSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """`[trading.defaults]` as written (no budget: a budget names its asset, see `Trading`), and
+    a symbol's settings as `Trading.for_symbol` resolves them (with its budget)."""
+
     chunks: int = 2
-    budget: Decimal = Decimal("100")
+    budget: Decimal | None = None  # in the symbol's quote asset; None only in [trading.defaults]
     buy_down_interval: Decimal = Decimal("0.0001")
     # Positive after fees: 0.1% each way makes 0.000002 the break-even (see BREAK_EVEN_PROFIT);
     # the book's chapter-5 -0.0012 loses ~0.12% a cycle and is for demos on paper only.
@@ -372,13 +378,33 @@ BREAK_EVEN_PROFIT = Decimal("0.000003")
 REAL_EXCHANGES = ("binance", "binance-testnet")
 
 
+class NoBudget(ValueError):
+    """A symbol whose quote asset has no budget configured: one line saying what to set."""
+
+
 class Trading(msgspec.Struct, forbid_unknown_fields=True):
     defaults: TradingSettings = msgspec.field(default_factory=TradingSettings)
+    # A budget always names its asset: per quote asset here (each symbol quoted in it gets this
+    # much, in that asset), or per symbol in `symbols` (in the symbol's quote asset). A symbol
+    # whose quote asset is in neither is refused on every exchange: 100 BTC must never be a default.
+    budgets: dict[str, Decimal] = msgspec.field(default_factory=lambda: {"USDT": Decimal("100")})
     symbols: dict[str, SymbolOverrides] = {}
     # Real exchanges refuse a profit_interval that loses money after fees unless this is true.
     allow_losing_settings: bool = False
 
     def __post_init__(self) -> None:
+        if self.defaults.budget is not None:
+            # Before budgets named their asset this was "100 of whatever the symbol is quoted in".
+            raise ValueError(
+                f'defaults.budget: a budget names its asset now: write [trading.budgets] USDT = "{self.defaults.budget}" '
+                f"(one line per quote asset) or budget under [trading.symbols.<SYMBOL>] (in its quote asset)")
+        budgets = {}
+        for asset, amount in self.budgets.items():
+            if not SYMBOL_RE.match(asset.upper()):
+                raise ValueError(f"budgets: bad asset {asset!r}: expected letters and digits like USDT")
+            _positive(f"budgets.{asset}", amount)
+            budgets[asset.upper()] = amount
+        self.budgets = budgets
         checked = {}
         for name, overrides in self.symbols.items():
             (symbol,) = _symbols("symbols", [name])
@@ -389,8 +415,32 @@ class Trading(msgspec.Struct, forbid_unknown_fields=True):
             checked[symbol] = overrides
         self.symbols = checked
 
-    def for_symbol(self, symbol: str) -> TradingSettings:
-        """Defaults with the symbol's overrides applied."""
+    def budget_for(self, symbol: str, quote: str) -> tuple[Decimal, str] | None:
+        """The symbol's budget (in `quote`, its quote asset) and the key that set it, if any."""
+        overrides = self.symbols.get(symbol)
+        if overrides is not None and overrides.budget is not None:
+            return overrides.budget, f"trading.symbols.{symbol}.budget"
+        if quote in self.budgets:
+            return self.budgets[quote], f"trading.budgets.{quote}"
+        return None
+
+    def for_symbol(self, symbol: str, quote: str | None = None) -> TradingSettings:
+        """Defaults with the symbol's overrides applied and its budget, in `quote` (default: its
+        quote asset in the symbol table). Raises NoBudget when none is configured."""
+        if quote is None:
+            known = lookup_symbol(symbol)
+            if known is None:
+                raise NoBudget(f"{symbol}: no budget: the symbol table does not list it, so its quote asset is unknown")
+            quote = known.quote
+        budget = self.budget_for(symbol, quote)
+        if budget is None:
+            raise NoBudget(f'{symbol}: no budget in {quote}, its quote asset: set [trading.budgets] {quote} = "<amount>" '
+                           f'or [trading.symbols.{symbol}] budget = "<amount>" (in {quote})')
+        return msgspec.structs.replace(self.merged(symbol), budget=budget[0])
+
+    def merged(self, symbol: str) -> TradingSettings:
+        """Defaults with the symbol's overrides applied, for what needs no budget (chunks, intervals):
+        the budget is there only if the symbol sets its own; trade with `for_symbol`."""
         overrides = self.symbols.get(symbol)
         if overrides is None:
             return self.defaults
@@ -523,13 +573,18 @@ log = logging.getLogger(__name__)
 RELOADABLE = ("trading", "naived.supervision", "naived.autostart")
 
 
-def reload_config(current: Config) -> Config:
-    """Read the configuration again (SIGHUP). A file that does not check out changes nothing."""
+def reload_config(current: Config, check: Callable[[Config], str | None] = lambda new: None) -> Config | None:
+    """Read the configuration again (SIGHUP): the new one, or None when it does not check out
+    (parsing, then `check`, the caller's own problems with it: one error line) and nothing changes."""
     try:
         new = load_config(_explicit)
     except ConfigError as exc:
         log.error("reload refused, keeping the running configuration: %s", exc)
-        return current
+        return None
+    problem = check(new)
+    if problem is not None:
+        log.error("reload refused, keeping the running configuration: %s", problem)
+        return None
     needing_restart = [key for key in _changed_keys(current, new) if not key.startswith(RELOADABLE)]
     if needing_restart:
         log.warning("reloaded; these changes take effect only after a restart: %s", ", ".join(needing_restart))

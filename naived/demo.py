@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import msgspec
@@ -26,6 +27,7 @@ from naived.ctl import render
 from naived.ipc import request
 from naived.messages import StatusRequest, TreeStatus, control_reply_decoder
 from naived.supervisor import die_with_parent
+from naived.symbols import lookup
 
 STATUS_EVERY = 5.0
 
@@ -57,9 +59,24 @@ port = {free_port()}
 
 [trading.defaults]
 profit_interval = "-0.0012"  # the book's chapter 5: a loss per cycle, so cycles finish while you watch (paper only)
+
+[trading.budgets]  # a budget names its asset: one per quote asset of the symbols shown
+{demo_budgets(symbols)}
 """
     )
     return path
+
+
+def demo_budgets(symbols: list[str]) -> str:
+    """TOML lines: 100 USDT as the documented default does; any other quote asset (ETHBTC's BTC)
+    gets ten times what 2 traders need to pass its minimum notional, so the demo shows every
+    symbol asked for trading. An unknown symbol gets nothing: naived says why it is not traded."""
+    budgets = {"USDT": Decimal("100")}
+    for symbol in symbols:
+        filters = lookup(symbol)
+        if filters is not None and filters.quote not in budgets:
+            budgets[filters.quote] = filters.min_notional * 2 * 10
+    return "\n".join(f'{asset} = "{amount}"' for asset, amount in budgets.items())
 
 
 def _command(name: str) -> list[str]:

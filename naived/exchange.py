@@ -414,6 +414,12 @@ def client_for(config: Config) -> BinanceClient:
                          timeout=config.exchange.timeout_seconds, budget=shared_budget(config))
 
 
+def check_keys(config: Config) -> None:
+    """Raise ConfigError unless the exchange traded on has usable keys; reads only the key file."""
+    if config.naived.exchange != "paper":
+        _credentials(config.exchange.key_file)
+
+
 T = TypeVar("T")
 
 

@@ -27,7 +27,7 @@ import time
 import msgspec
 import zmq
 
-from naived import exchange, strategy, trader
+from naived import exchange, strategy, trader, validate
 from naived.config import Config, reload_config
 from naived.ipc import bind, bind_rep
 from naived.messages import (
@@ -116,7 +116,7 @@ class Leader(Role):
         self.report.setsockopt(zmq.CONFLATE, 1)
         self.report.setsockopt(zmq.LINGER, 0)
         self.report.connect(config.reports_endpoint)
-        self.trading = config.trading.for_symbol(symbol)
+        self.trading = config.trading.for_symbol(symbol, filters.quote if filters else None)
         # Fresh cycles need the exchange's filters: from the root, which fetched every symbol's at
         # once, or else (not fetched yet, or the symbol missing there) from a filters worker.
         self.filters = filters
@@ -357,8 +357,11 @@ class Leader(Role):
 
     def reload(self) -> None:
         """New trading settings apply to cycles that start from now on."""
-        self.config = reload_config(self.config)
-        self.trading = self.config.trading.for_symbol(self.symbol)
+        new = reload_config(self.config, lambda new: validate.symbol_problem(new, self.symbol, self.filters))
+        if new is None:
+            return  # refused and logged: the running settings stay, and nothing says "reloaded"
+        self.config = new
+        self.trading = self.config.trading.for_symbol(self.symbol, self.filters.quote if self.filters else None)
         # the next fresh cycle gets the new settings; filters not known yet are fetched then
         self.settings = strategy.settings_for(self.symbol, self.trading, self.filters) if self.filters else None
         log.info("%s: configuration reloaded", self.symbol)

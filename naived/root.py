@@ -36,7 +36,7 @@ import setproctitle
 import zmq
 
 from naived import budget as rate_budget
-from naived import account_stream, exchange, sdnotify, strategy, symbol_supervisor, trader
+from naived import account_stream, exchange, sdnotify, strategy, symbol_supervisor, trader, validate
 from naived.config import Config, check_symbol, reload_config
 from naived.ipc import bind, ipc_path, request
 from naived.messages import (
@@ -65,7 +65,7 @@ from naived.messages import (
 from naived.metrics import Metrics, MetricsEndpoint
 from naived.store import Store, store_path
 from naived.supervisor import Child, ChildSpec, Decision, ExitStatus, Role, Supervisor, merge_identical_pages
-from naived.symbols import SymbolFilters, lookup, trading_filters
+from naived.symbols import SymbolFilters, trading_filters
 
 log = logging.getLogger(__name__)
 
@@ -366,8 +366,10 @@ class Root(Role):
             return Ok(f"{symbol} is already trading")
         if self.supervisor.stopping(symbol):
             return Error(f"{symbol} is still stopping; try again in a moment")
-        if lookup(symbol) is None:
-            return Error(f"unknown symbol {symbol}: the symbol table does not list it")
+        problem = validate.symbol_problem(self.config, symbol, self.filters.get(symbol))
+        if problem is not None:  # no budget in its quote asset, below the minimum notional, unknown
+            log.warning("start-trading refused: %s", problem)
+            return Error(problem)
         if entry is not None:  # failed before: a fresh start with a fresh restart budget
             self.supervisor.forget_history(symbol)
         self.leaders.pop(symbol, None)
@@ -528,11 +530,21 @@ class Root(Role):
     def reload(self) -> None:
         """SIGHUP: the trading settings and restart limits change at run time; the rest is
         reported as needing a restart. Each symbol supervisor passes it to its leader."""
-        self.config = reload_config(self.config)
+        new = reload_config(self.config, self.reload_problem)
+        if new is None:
+            return  # refused (logged): nothing changes, and no level below is told to reload
+        self.config = new
         self.supervisor.limits = self.config.naived.supervision
         for key, child in self.supervisor.children.items():
             if child.spec.supervises:
                 os.kill(child.pid, signal.SIGHUP)
+
+    def reload_problem(self, new: Config) -> str | None:
+        """A reload may not take away what a trading symbol needs (its budget, enough of it)."""
+        for symbol, entry in sorted(self.symbols.items()):
+            if entry.state != "failed" and (problem := validate.symbol_problem(new, symbol, self.filters.get(symbol))):
+                return problem
+        return None
 
     def next_tick(self) -> float | None:
         return min((t for t in (self.watchdog.deadline(), self.next_filters, self.stream_due, self.next_reconcile,
@@ -571,8 +583,10 @@ class Root(Role):
         for symbol in dict.fromkeys(self.config.naived.autostart + list(self.trading.modes)):
             log.info("%s: autostart", symbol)
             mode = self.trading.modes.get(symbol, "running")
-            if lookup(symbol) is None:
-                log.error("%s: not autostarted: the symbol table does not list it", symbol)
+            problem = validate.symbol_problem(self.config, symbol)
+            if problem is not None:  # as start-trading would answer; kept for autostart once fixed
+                log.error("%s: not autostarted: %s", symbol, problem)
+                self.symbols[symbol] = SymbolEntry("failed", problem)
                 continue
             self.start_symbol(symbol, mode)
             self.trading.set(symbol, mode)

@@ -397,6 +397,8 @@ def s_id(state: TraderState) -> str:
 
 def settings_for(symbol: str, trading: TradingSettings, filters: SymbolFilters) -> Settings:
     """A trader's `Settings`: the configured trading settings plus the exchange's filters."""
+    # Only `Trading.for_symbol` makes settings to trade with, and it names the budget or refuses.
+    assert trading.budget is not None, f"{symbol}: settings without a budget"
     return Settings(
         symbol=symbol,
         chunks=trading.chunks,

@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 
-from naived import leader
+from naived import leader, validate
 from naived.config import Config, reload_config
 from naived.supervisor import ChildSpec, Role, Supervisor
 from naived.symbols import SymbolFilters
@@ -56,8 +56,11 @@ class SymbolSupervisor(Role):
         self._tell_leader(signal.SIGUSR1)
 
     def reload(self) -> None:
-        self.config = reload_config(self.config)
-        self._tell_leader(signal.SIGHUP)
+        # The file is read again here (the root's copy cannot cross the fork): checked the same way.
+        new = reload_config(self.config, lambda new: validate.symbol_problem(new, self.symbol, self.filters))
+        if new is not None:  # refused: logged once, the leader is not told
+            self.config = new
+            self._tell_leader(signal.SIGHUP)
 
     def run(self) -> int:
         self.supervisor.start(self.leader_spec())

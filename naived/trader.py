@@ -125,7 +125,7 @@ class Trader:
         self.fallback_every = config.account_stream.fallback_check_seconds
         self.next_fallback = 0.0  # monotonic: the next REST check while the stream is not up
         self.pushed: dict[str, dict[int, Fill]] = {}  # client order id -> its pushed fills by trade id
-        trading = config.trading.for_symbol(state.symbol)
+        trading = config.trading.merged(state.symbol)  # the cycle's budget is in its own settings
         # The leader starts another trader on a rebuy only while fewer than `chunks` run.
         self.rebuy_possible = trading.traders_at_start < trading.chunks
         self.leader = LeaderLink(self.ctx, config.leader_endpoint(self.symbol))

@@ -64,7 +64,6 @@ KINDS = {"trader": 12, "leader": 4, "supervisor": 2, "paper": 2, "account_stream
 CONFIG = f"""
 [trading.defaults]
 chunks = {CHUNKS}
-budget = "100"
 buy_down_interval = "0.000001"
 profit_interval = "-0.003"
 

@@ -23,7 +23,6 @@ BTC_TAPES = [TAPES / "btcusdt_20240808.gz", TAPES / "btcusdt_20240809.gz"]
 HAND_CONFIG = b"""
 [trading.defaults]
 chunks = 1
-budget = "100"
 buy_down_interval = "0.01"
 profit_interval = "0.01"
 rebuy_interval = "0.5"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from naived.config import Config, ConfigError, TradingSettings, load_config, parse_config
@@ -22,10 +23,10 @@ def test_empty_file_is_the_defaults():
 
 def test_load_config_explicit_path_and_env(tmp_path, monkeypatch):
     path = tmp_path / "naive.toml"
-    path.write_text('[trading.defaults]\nbudget = "250"\n')
-    assert load_config(str(path)).trading.defaults.budget == Decimal("250")
+    path.write_text('[trading.budgets]\nUSDT = "250"\n')
+    assert load_config(str(path)).trading.budgets == {"USDT": Decimal("250")}
     monkeypatch.setenv("NAIVE_CONFIG", str(path))
-    assert load_config().trading.defaults.budget == Decimal("250")
+    assert load_config().trading.budgets == {"USDT": Decimal("250")}
 
 
 def test_load_config_unreadable_file(tmp_path):
@@ -54,9 +55,11 @@ def test_load_config_error_names_the_file(tmp_path):
         ('[trading.defaults]\nchunks = "2"\n', "trading.defaults.chunks: Expected `int`, got `str`"),
         ('[naived]\nautostart = "XRPUSDT"\n', "naived.autostart: Expected `array`, got `str`"),
         ('[naived]\nexchange = "kraken"\n', "naived.exchange: Invalid enum value 'kraken'"),
-        ('[trading.defaults]\nbudget = "lots"\n', "trading.defaults.budget: Invalid decimal string"),
+        ('[trading.budgets]\nUSDT = "lots"\n', "trading.budgets[...]: Invalid decimal string"),
         # invalid values
-        ('[trading.defaults]\nbudget = "-5"\n', "trading.defaults.budget: must be > 0, got -5"),
+        ('[trading.budgets]\nUSDT = "-5"\n', "trading.budgets.USDT: must be > 0, got -5"),
+        ('[trading.symbols.XRPUSDT]\nbudget = "0"\n', "trading.symbols.XRPUSDT.budget: must be > 0, got 0"),
+        ("[trading.budgets]\n'US-DT' = \"5\"\n", "trading.budgets: bad asset 'US-DT': expected letters and digits like USDT"),
         ("[trading.defaults]\nchunks = 0\n", "trading.defaults.chunks: must be > 0, got 0"),
         (
             '[naived]\nautostart = ["XRPUSDT", "xrp-usdt"]\n',
@@ -79,7 +82,7 @@ def test_load_config_error_names_the_file(tmp_path):
             "[trading.symbols.xrp_usdt]\nchunks = 3\n",
             "trading.symbols: bad symbol 'xrp_usdt': expected letters and digits like XRPUSDT",
         ),
-        ('[trading.defaults]\nbudget = "NaN"\n', "trading.defaults.budget: must be a finite number, got NaN"),
+        ('[trading.budgets]\nBTC = "NaN"\n', "trading.budgets.BTC: must be a finite number, got NaN"),
         (
             '[trading.defaults]\nbuy_down_interval = "Infinity"\n',
             "trading.defaults.buy_down_interval: must be a finite number, got Infinity",
@@ -118,7 +121,7 @@ def test_symbols_are_upper_cased():
 
 def test_for_symbol_applies_overrides_over_defaults():
     config = parse_config(
-        b'[trading.defaults]\nbudget = "200"\nchunks = 4\n'
+        b'[trading.budgets]\nUSDT = "200"\n[trading.defaults]\nchunks = 4\n'
         b'[trading.symbols.XRPUSDT]\nchunks = 5\nprofit_interval = "0.002"\n'
     )
     xrp = config.trading.for_symbol("XRPUSDT")
@@ -129,12 +132,12 @@ def test_for_symbol_applies_overrides_over_defaults():
         profit_interval=Decimal("0.002"),
         rebuy_interval=Decimal("0.001"),
     )
-    assert config.trading.for_symbol("BTCUSDT") == config.trading.defaults
+    assert config.trading.for_symbol("BTCUSDT") == msgspec.structs.replace(config.trading.defaults, budget=Decimal("200"))
     assert config.trading.defaults.chunks == 4  # overriding did not touch the defaults
 
 
 def test_for_symbol_without_overrides_is_the_defaults():
-    assert Config().trading.for_symbol("XRPUSDT") == TradingSettings()
+    assert Config().trading.for_symbol("XRPUSDT") == TradingSettings(budget=Decimal("100"))
 
 
 def test_the_default_profit_interval_makes_money_after_fees():

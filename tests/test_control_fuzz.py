@@ -29,7 +29,6 @@ TRADING = ("XRPUSDT", "BTCUSDT")
 FAST = """
 [trading.defaults]
 chunks = 2
-budget = "100"
 buy_down_interval = "0.0001"
 profit_interval = "-0.0012"    # cycles finish within seconds on the simulated market
 """

@@ -19,7 +19,6 @@ from naived.symbols import lookup
 CYCLING = """
 [trading.defaults]
 chunks = 2
-budget = "100"
 buy_down_interval = "0.0001"
 profit_interval = "-0.0012"
 """

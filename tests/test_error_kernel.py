@@ -21,8 +21,10 @@ from naived.messages import Error, StatusRequest, TreeStatus, control_reply_deco
 RESTING = """
 [trading.defaults]
 chunks = 2
-budget = "100"
 buy_down_interval = "0.5"   # the buys rest far below the market
+
+[trading.budgets]
+USDT = "100"
 
 [naived.supervision]
 max_restarts = 3
@@ -272,7 +274,7 @@ def test_sighup_reloads_and_a_bad_file_changes_nothing(tmp_path: Path) -> None:
         tree.ctl("start-trading", "XRPUSDT")
         open_buys(tree, "XRPUSDT", 2)
         good = tree.config_path.read_text()
-        tree.config_path.write_text(good.replace('budget = "100"', 'budget = "200"').replace("[paper]", "[paper]\nfill_on_touch = true"))
+        tree.config_path.write_text(good.replace('USDT = "100"', 'USDT = "200"').replace("[paper]", "[paper]\nfill_on_touch = true"))
         tree.naived.send_signal(signal.SIGHUP)
         wait_for("the reload to be logged", lambda: "take effect only after a restart: paper.fill_on_touch" in tree.log("naived"))
         wait_for("the leader to reload", lambda: "XRPUSDT: configuration reloaded" in tree.log("naived"))

@@ -16,7 +16,6 @@ from harness import open_buys, running_tree, tree_pids
 RESTING = """
 [trading.defaults]
 chunks = 2
-budget = "100"
 buy_down_interval = "0.5"
 """
 

@@ -92,7 +92,6 @@ def config(reconcile: float, heartbeat: float, fallback: float) -> str:
     return f"""
 [trading.defaults]
 chunks = 2
-budget = "100"
 buy_down_interval = "0.01"   # the buys rest 1% below the market
 profit_interval = "0.5"      # and the sells far above it
 

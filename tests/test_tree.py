@@ -18,7 +18,6 @@ from harness import BIN, Tree, open_buys, running_tree, wait_for
 RESTING = """
 [trading.defaults]
 chunks = 2
-budget = "100"
 buy_down_interval = "0.5"
 
 [naived.supervision]

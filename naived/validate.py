@@ -1,0 +1,64 @@
+"""One check of a configuration, shared by `naived check-config`, `naived start`, `start-trading`
+(and autostart) and SIGHUP reloads, so that none of them accepts what another refuses.
+
+Parsing (`config.parse_config`) refuses what a file can get wrong on its own. This module adds
+what needs more than the file: the API keys of a real exchange, and for each symbol to trade,
+that the symbol table lists it, that its budget is in a named asset (its quote asset, see
+`config.Trading`) and that a trader's share of it reaches the symbol's minimum notional.
+Every problem is one line for the user; nothing here creates a file or talks to the exchange.
+"""
+
+from __future__ import annotations
+
+from naived import exchange
+from naived.config import Config, ConfigError, NoBudget
+from naived.symbols import SymbolFilters, lookup, table_path
+
+
+def symbol_problem(config: Config, symbol: str, filters: SymbolFilters | None = None) -> str | None:
+    """Why `symbol` cannot trade under `config`, in one line; None when it can. `filters`: the
+    exchange's own when the caller has them (the root's exchange-info), else the symbol table's."""
+    filters = filters or lookup(symbol)
+    if filters is None:
+        return f"unknown symbol {symbol}: the symbol table does not list it ({table_path()})"
+    quote = filters.quote
+    try:
+        trading = config.trading.for_symbol(symbol, quote)
+    except NoBudget as exc:
+        return str(exc)
+    assert trading.budget is not None  # for_symbol resolves it or raises
+    per_trader = trading.budget / trading.chunks
+    if per_trader < filters.min_notional:
+        # A buy costs at most a trader's share: below the minimum, every buy would be refused.
+        found = config.trading.budget_for(symbol, quote)
+        key = found[1] if found else "budget"
+        return (f"{symbol}: {key} = {trading.budget} {quote} over {trading.chunks} chunks is {per_trader.normalize():f} {quote} "
+                f"per trader, below the minimum notional {filters.min_notional} {quote}: set at least "
+                f"{filters.min_notional * trading.chunks} or fewer chunks")
+    return None
+
+
+def config_problem(config: Config) -> str | None:
+    """What `naived start` refuses before it forks anything (exit status 2)."""
+    try:
+        exchange.check_keys(config)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def named_symbols(config: Config) -> list[str]:
+    """Every symbol the file names for trading: autostart, then per-symbol settings."""
+    return list(dict.fromkeys([*config.naived.autostart, *config.trading.symbols]))
+
+
+def problems(config: Config) -> list[str]:
+    """Everything `check-config` refuses: what `start` refuses, and for every symbol the file
+    names what `start` (autostart) or `start-trading` would refuse it for."""
+    found = [p for p in [config_problem(config)] if p is not None]
+    for symbol in named_symbols(config):
+        problem = symbol_problem(config, symbol)
+        if problem is not None:
+            where = "naived.autostart" if symbol in config.naived.autostart else f"trading.symbols.{symbol}"
+            found.append(problem if problem.startswith(f"{symbol}:") else f"{where}: {problem}")
+    return found
