@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import sys
 import time
 from decimal import Decimal
@@ -12,7 +13,7 @@ import click
 import msgspec
 import zmq
 
-from naived.config import SYSTEMD_RUNTIME_DIR, Config, ConfigError, load_config
+from naived.config import SYSTEMD_RUNTIME_DIR, Config, ConfigError, Naived, Paths, find_config, load_config
 from naived.ipc import ipc_path, request
 from naived.strategy import StrategyError, assets
 from naived.messages import (
@@ -90,9 +91,52 @@ def main(ctx: click.Context, config_path: str | None, endpoint: str | None, time
         try:
             endpoint = find_endpoint(load_config(config_path))
         except ConfigError as exc:
-            click.echo(f"naivectl: {exc}", err=True)
-            sys.exit(2)
+            # A broken file must not cut the operator off a running naived (status, stop-trading):
+            # the socket's place needs only two keys, read as far as the file allows.
+            endpoint = find_endpoint(endpoint_keys(config_path))
+            click.echo(f"naivectl: the configuration is broken ({exc}); trying naived at {endpoint}", err=True)
     ctx.obj = Target(endpoint, timeout)
+
+
+def endpoint_keys(config_path: str | None) -> Config:
+    """The defaults but for what places the control socket (`paths.runtime_dir`,
+    `naived.control_endpoint`), taken from the file when it has them as valid values."""
+    path = find_config(config_path)
+    try:
+        raw = _readable_tables(path.read_text(errors="replace")) if path is not None else {}
+    except OSError:
+        raw = {}  # unreadable: where naived runs without a file (the environment's runtime dir)
+    found = {}
+    for section, key, struct in (("paths", "runtime_dir", Paths), ("naived", "control_endpoint", Naived)):
+        table = raw.get(section)
+        value = table.get(key) if isinstance(table, dict) else None
+        if isinstance(value, str):
+            try:
+                found[section] = struct(**{key: value})  # checked as naived checks it
+            except (TypeError, ValueError):
+                pass
+    return Config(**found)
+
+
+def _readable_tables(text: str) -> dict[str, object]:
+    """As much of a TOML file as parses: all of it, else each [table] that parses on its own."""
+    try:
+        whole = msgspec.toml.decode(text)
+        return whole if isinstance(whole, dict) else {}
+    except msgspec.DecodeError:
+        pass
+    tables: dict[str, object] = {}
+    for chunk in re.split(r"(?m)^(?=\s*\[)", text):
+        try:
+            part = msgspec.toml.decode(chunk)
+        except msgspec.DecodeError:
+            continue  # the broken table, or one cut from its parent's keys: not needed here
+        for name, value in part.items():
+            if isinstance(value, dict) and isinstance(tables.get(name), dict):
+                tables[name].update(value)  # type: ignore[union-attr]  # [naived] and [naived.supervision]
+            else:
+                tables[name] = value
+    return tables
 
 
 def _simple(request_type: type) -> click.Command:
