@@ -179,6 +179,7 @@ def test_a_refused_reload_changes_nothing_and_nobody_says_it_reloaded(tmp_path: 
         tree.naived.send_signal(signal.SIGHUP)
         wait_for("the leader to reload", lambda: "XRPUSDT: configuration reloaded" in tree.log("naived"))
         assert tree.log("naived").count("configuration reloaded") == 1  # the good one only
+        assert refusals() == 3  # one line per refused reload: the root's two and the leader's own; no level below was told
         assert tree.naived.poll() is None and len(tree.traders("XRPUSDT")) == 2
 
 
