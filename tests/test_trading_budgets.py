@@ -172,12 +172,13 @@ def test_a_refused_reload_changes_nothing_and_nobody_says_it_reloaded(tmp_path: 
         # A file that parses but takes XRPUSDT's budget away: refused, by the same check as start-trading.
         tree.config_path.write_text(good.replace('USDT = "100"', 'BTC = "0.01"'))
         tree.naived.send_signal(signal.SIGHUP)
-        wait_for("the refusal naming XRPUSDT", lambda: "reload refused, keeping the running configuration: "
-                 "XRPUSDT: no budget in USDT, its quote asset" in tree.log("naived"))
+        wait_for("the root's refusal naming XRPUSDT", lambda: f"naived[{tree.naived.pid}] reload refused, keeping the running "
+                 "configuration: XRPUSDT: no budget in USDT, its quote asset" in tree.log("naived"))
 
         tree.config_path.write_text(good.replace('USDT = "100"', 'USDT = "200"'))
         tree.naived.send_signal(signal.SIGHUP)
-        wait_for("the leader to reload", lambda: "XRPUSDT: configuration reloaded" in tree.log("naived"))
+        wait_for("the leader to reload", lambda: "XRPUSDT: configuration reloaded: new cycles get budget 200 USDT over 2 chunks"
+                 in tree.log("naived"))
         assert tree.log("naived").count("configuration reloaded") == 1  # the good one only
         assert refusals() == 3  # one line per refused reload: the root's two and the leader's own; no level below was told
         assert tree.naived.poll() is None and len(tree.traders("XRPUSDT")) == 2
