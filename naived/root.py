@@ -368,8 +368,7 @@ class Root(Role):
             return Error(f"{symbol} is still stopping; try again in a moment")
         problem = validate.symbol_problem(self.config, symbol, self.filters.get(symbol))
         if problem is not None:  # no budget in its quote asset, below the minimum notional, unknown
-            log.warning("start-trading refused: %s", problem)
-            return Error(problem)
+            return Error(problem)  # the client's to read; not logged, so no client can flood the log
         if entry is not None:  # failed before: a fresh start with a fresh restart budget
             self.supervisor.forget_history(symbol)
         self.leaders.pop(symbol, None)

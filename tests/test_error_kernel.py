@@ -91,8 +91,9 @@ def test_a_corrupt_store_fails_its_symbol_only_and_is_never_overwritten(tmp_path
 
 
 def test_a_leader_that_gave_up_is_not_restarted_and_its_reason_reaches_status(tmp_path: Path) -> None:
-    # BTCUSDT with 1 USDT per trader is below the minimum notional: its trader fails every time.
-    config = RESTING + '\n[trading.symbols.BTCUSDT]\nbudget = "1"\nchunks = 1\n'
+    # BTCUSDT with 5 USDT per trader passes start-trading's check (the minimum notional is 5), but
+    # its buy, truncated to the lot step, is always a little below it: its trader fails every time.
+    config = RESTING + '\n[trading.symbols.BTCUSDT]\nbudget = "5"\nchunks = 1\n'
     with running_tree(tmp_path, config) as tree:
         tree.ctl("start-trading", "BTCUSDT")
         failed = wait_for("BTCUSDT to be marked failed", lambda: (s := tree.symbol("BTCUSDT")) and s["state"] == "failed" and s,

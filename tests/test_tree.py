@@ -76,9 +76,10 @@ def test_kill_9_the_leader_restarts_the_whole_symbol(tree: Tree) -> None:
 
 
 def test_a_failing_symbol_is_marked_failed_and_others_keep_trading(tmp_path: Path) -> None:
-    # BTCUSDT with 1 USDT per trader is below the minimum notional: its trader fails on its
-    # first trade, every time, until the tree gives up on the symbol.
-    with running_tree(tmp_path, RESTING + '\n[trading.symbols.BTCUSDT]\nbudget = "1"\nchunks = 1\n') as t:
+    # BTCUSDT with 5 USDT per trader passes start-trading's check (the minimum notional is 5), but
+    # its buy, truncated to the lot step, is a little below it: its trader fails on its first
+    # trade, every time, until the tree gives up on the symbol.
+    with running_tree(tmp_path, RESTING + '\n[trading.symbols.BTCUSDT]\nbudget = "5"\nchunks = 1\n') as t:
         t.ctl("start-trading", "XRPUSDT")
         t.ctl("start-trading", "BTCUSDT")
         failed = wait_for("BTCUSDT to be marked failed", lambda: (s := t.symbol("BTCUSDT")) and s["state"] == "failed" and s, timeout=60)
