@@ -364,7 +364,9 @@ class Leader(Role):
         self.trading = self.config.trading.for_symbol(self.symbol, self.filters.quote if self.filters else None)
         # the next fresh cycle gets the new settings; filters not known yet are fetched then
         self.settings = strategy.settings_for(self.symbol, self.trading, self.filters) if self.filters else None
-        log.info("%s: configuration reloaded", self.symbol)
+        t = self.trading
+        log.info("%s: configuration reloaded: new cycles get budget %s%s over %d chunks", self.symbol, t.budget,
+                 f" {self.filters.quote}" if self.filters else "", t.chunks)
 
     # --- the loop ------------------------------------------------------------------
 
