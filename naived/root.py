@@ -111,13 +111,17 @@ class TradingSet:
             log.error("%s was unreadable (%s); moved to %s, no symbol autostarts from it", path, exc, aside)
 
     def set(self, symbol: str, mode: str | None) -> None:
+        """Record a symbol's mode on disk; an OSError (a read-only or full state dir) leaves both
+        the file and the modes in memory as they were."""
+        modes = dict(self.modes)
         if mode is None:
-            self.modes.pop(symbol, None)
+            modes.pop(symbol, None)
         else:
-            self.modes[symbol] = mode
+            modes[symbol] = mode
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(sorted(self.modes.items()))))
+        tmp.write_text(json.dumps(dict(sorted(modes.items()))))
         os.replace(tmp, self.path)  # atomic: a crash leaves the old or the new list
+        self.modes = modes
 
 
 def _listen(host: str, port: int, what: str, key: str) -> socket.socket:
@@ -368,11 +372,17 @@ class Root(Role):
             return Error(f"{symbol} is still stopping; try again in a moment")
         if lookup(symbol) is None:
             return Error(f"unknown symbol {symbol}: the symbol table does not list it")
+        # Recorded before it starts: a symbol trading now must autostart after a restart, so
+        # what cannot be recorded is not started.
+        try:
+            self.trading.set(symbol, "running")
+        except OSError as exc:
+            log.error("%s: not started: cannot write %s: %s", symbol, self.trading.path, exc.strerror or exc)
+            return Error(f"{symbol} not started: cannot record it in {self.trading.path} ({exc.strerror or exc})")
         if entry is not None:  # failed before: a fresh start with a fresh restart budget
             self.supervisor.forget_history(symbol)
         self.leaders.pop(symbol, None)
         self.start_symbol(symbol)
-        self.trading.set(symbol, "running")
         return Ok(f"started trading {symbol}")
 
     def stop_trading(self, symbol: str) -> msgspec.Struct:
