@@ -64,7 +64,7 @@ from naived.messages import (
 )
 from naived.metrics import Metrics, MetricsEndpoint
 from naived.store import Store, store_path
-from naived.supervisor import Child, ChildSpec, Decision, ExitStatus, Role, Supervisor, merge_identical_pages
+from naived.supervisor import Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor, merge_identical_pages
 from naived.symbols import SymbolFilters, lookup, trading_filters
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,7 @@ class Root(Role):
         self.late: dict[int, float] = {}  # request id -> deadline, for workers that exited before their answer came
         self.request_ids = itertools.count(1)
         self.watchdog = sdnotify.Watchdog()
+        self.draining = False  # SIGUSR1: every symbol shuts down, then naived exits 0
 
     # --- children --------------------------------------------------------------------
 
@@ -549,7 +550,19 @@ class Root(Role):
                                 *self.late.values())
                     if t is not None), default=None)
 
+    def shutdown(self) -> None:
+        """SIGUSR1, a graceful shutdown: `shutdown-trading` for every symbol (no new cycles; a
+        symbol ends when its traders finish theirs), then exit 0 once none is left. Each symbol's
+        shutdown is recorded, as `shutdown-trading` records it, so it survives a restart."""
+        running = [s for s, e in self.symbols.items() if e.state == "running"]
+        log.info("SIGUSR1: shutting down gracefully: %d symbols finish their cycles, then naived exits", len(running))
+        self.draining = True
+        for symbol in running:
+            self.shutdown_trading(symbol)
+
     def tick(self) -> None:
+        if self.draining and not any(e.state != "failed" for e in self.symbols.values()):
+            raise Exit("graceful shutdown: every symbol has finished its cycles", 0)
         now = time.monotonic()
         if self.next_filters is not None and now >= self.next_filters:
             self.start_exchange_info()

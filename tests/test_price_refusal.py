@@ -43,8 +43,9 @@ def average(tree: Tree) -> Decimal:
 def test_orders_refused_for_their_price_are_made_again_later_by_the_same_traders(tmp_path: Path) -> None:
     with running_tree(tmp_path, CONFIG) as tree:
         average(tree)  # the paper exchange follows XRPUSDT from now on
-        market = Decimal(wait_for("XRPUSDT trades at the paper exchange",
-                                  lambda: tree.http.get(f"{tree.paper_url}/paper/market", timeout=5).json().get("XRPUSDT", {}).get("lastPrice")))
+        market = Decimal(wait_for(
+            "XRPUSDT trades at the paper exchange",
+            lambda: tree.http.get(f"{tree.paper_url}/paper/market", timeout=5).json().get("XRPUSDT", {}).get("lastPrice")))
         # The average goes to 10× the market: a buy at the market is below its 0.2× band.
         unseen_trade(tree, market * 10, "100000000")
         assert average(tree) > market * 9
