@@ -64,7 +64,7 @@ from naived.messages import (
 )
 from naived.metrics import Metrics, MetricsEndpoint
 from naived.store import Store, store_path
-from naived.supervisor import Child, ChildSpec, Decision, ExitStatus, Role, Supervisor, merge_identical_pages
+from naived.supervisor import Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor, merge_identical_pages
 from naived.symbols import SymbolFilters, trading_filters
 
 log = logging.getLogger(__name__)
@@ -111,13 +111,17 @@ class TradingSet:
             log.error("%s was unreadable (%s); moved to %s, no symbol autostarts from it", path, exc, aside)
 
     def set(self, symbol: str, mode: str | None) -> None:
+        """Record a symbol's mode on disk; an OSError (a read-only or full state dir) leaves both
+        the file and the modes in memory as they were."""
+        modes = dict(self.modes)
         if mode is None:
-            self.modes.pop(symbol, None)
+            modes.pop(symbol, None)
         else:
-            self.modes[symbol] = mode
+            modes[symbol] = mode
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(sorted(self.modes.items()))))
+        tmp.write_text(json.dumps(dict(sorted(modes.items()))))
         os.replace(tmp, self.path)  # atomic: a crash leaves the old or the new list
+        self.modes = modes
 
 
 def _listen(host: str, port: int, what: str, key: str) -> socket.socket:
@@ -182,6 +186,7 @@ class Root(Role):
         self.late: dict[int, float] = {}  # request id -> deadline, for workers that exited before their answer came
         self.request_ids = itertools.count(1)
         self.watchdog = sdnotify.Watchdog()
+        self.draining = False  # SIGUSR1: every symbol shuts down, then naived exits 0
 
     # --- children --------------------------------------------------------------------
 
@@ -369,11 +374,17 @@ class Root(Role):
         problem = validate.symbol_problem(self.config, symbol, self.filters.get(symbol))
         if problem is not None:  # no budget in its quote asset, below the minimum notional, unknown
             return Error(problem)  # the client's to read; not logged, so no client can flood the log
+        # Recorded before it starts: a symbol trading now must autostart after a restart, so
+        # what cannot be recorded is not started.
+        try:
+            self.trading.set(symbol, "running")
+        except OSError as exc:
+            log.error("%s: not started: cannot write %s: %s", symbol, self.trading.path, exc.strerror or exc)
+            return Error(f"{symbol} not started: cannot record it in {self.trading.path} ({exc.strerror or exc})")
         if entry is not None:  # failed before: a fresh start with a fresh restart budget
             self.supervisor.forget_history(symbol)
         self.leaders.pop(symbol, None)
         self.start_symbol(symbol)
-        self.trading.set(symbol, "running")
         return Ok(f"started trading {symbol}")
 
     def stop_trading(self, symbol: str) -> msgspec.Struct:
@@ -550,7 +561,19 @@ class Root(Role):
                                 *self.late.values())
                     if t is not None), default=None)
 
+    def shutdown(self) -> None:
+        """SIGUSR1, a graceful shutdown: `shutdown-trading` for every symbol (no new cycles; a
+        symbol ends when its traders finish theirs), then exit 0 once none is left. Each symbol's
+        shutdown is recorded, as `shutdown-trading` records it, so it survives a restart."""
+        running = [s for s, e in self.symbols.items() if e.state == "running"]
+        log.info("SIGUSR1: shutting down gracefully: %d symbols finish their cycles, then naived exits", len(running))
+        self.draining = True
+        for symbol in running:
+            self.shutdown_trading(symbol)
+
     def tick(self) -> None:
+        if self.draining and not any(e.state != "failed" for e in self.symbols.values()):
+            raise Exit("graceful shutdown: every symbol has finished its cycles", 0)
         now = time.monotonic()
         if self.next_filters is not None and now >= self.next_filters:
             self.start_exchange_info()
@@ -588,7 +611,10 @@ class Root(Role):
                 self.symbols[symbol] = SymbolEntry("failed", problem)
                 continue
             self.start_symbol(symbol, mode)
-            self.trading.set(symbol, mode)
+            try:
+                self.trading.set(symbol, mode)
+            except OSError as exc:  # it autostarts from the config next time too; trading goes on
+                log.warning("%s: cannot record it in %s: %s", symbol, self.trading.path, exc.strerror or exc)
         sdnotify.notify("READY=1", f"STATUS={self.status_line()}")
         log.info("naived ready: control %s, exchange %s", self.config.control_endpoint, self.config.naived.exchange)
         return self.supervisor.run(self)

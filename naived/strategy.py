@@ -380,6 +380,15 @@ def placed(state: TraderState, order: Order) -> tuple[TraderState, Action]:
     return _decide(msgspec.structs.replace(state, intent=None), order)
 
 
+def buy_refused(state: TraderState) -> TraderState:
+    """The exchange refused the buy for its price alone (PERCENT_PRICE_BY_SIDE: too far from the
+    market's average, e.g. a trade far off the market decided it): nothing was placed, so the
+    cycle forgets the intent and its next buy comes from a later trade (same client order id:
+    no order ever had it)."""
+    assert state.intent is not None and state.intent.side == "BUY" and state.status == "new"
+    return msgspec.structs.replace(state, intent=None, started_at=None)
+
+
 def intent_unknown(state: TraderState) -> TraderState:
     assert state.intent is not None
     return msgspec.structs.replace(state, intent=msgspec.structs.replace(state.intent, unknown=True))

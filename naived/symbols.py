@@ -2,7 +2,8 @@
 
 The project ships a compact table (`symbols.csv`) of every spot symbol that was
 TRADING on Binance, all quote assets, with the facts the bot needs: tick size,
-step size, quantity bounds and the minimum notional. `naived refresh-symbols`
+step size, quantity bounds, the minimum notional and the PERCENT_PRICE_BY_SIDE band
+(empty where a symbol has none). `naived refresh-symbols`
 regenerates it from an `exchangeInfo` answer (Binance's, or a saved file) and
 writes it to `<state_dir>/symbols.csv`, which this module prefers over the
 shipped table once `use_state_dir` has been called (the `naived` commands do):
@@ -29,7 +30,8 @@ from typing import Any
 import msgspec
 
 TABLE_NAME = "symbols.csv"
-COLUMNS = ("symbol", "base", "quote", "tick_size", "step_size", "min_qty", "max_qty", "min_notional")
+COLUMNS = ("symbol", "base", "quote", "tick_size", "step_size", "min_qty", "max_qty", "min_notional",
+           "bid_multiplier_up", "bid_multiplier_down", "ask_multiplier_up", "ask_multiplier_down", "avg_price_mins")
 _override: Path | None = None  # <state_dir>/symbols.csv, preferred when it exists
 
 
@@ -43,6 +45,23 @@ class SymbolFilters(msgspec.Struct, frozen=True):
     max_qty: Decimal
     min_notional: Decimal
     status: str = "TRADING"
+    # PERCENT_PRICE_BY_SIDE (None: the symbol has no such filter, or the table predates it): a BUY's
+    # price must lie within [avg × bid_multiplier_down, avg × bid_multiplier_up], a SELL's within the
+    # ask multipliers, avg being the volume-weighted average price of the last avg_price_mins minutes.
+    bid_multiplier_up: Decimal | None = None
+    bid_multiplier_down: Decimal | None = None
+    ask_multiplier_up: Decimal | None = None
+    ask_multiplier_down: Decimal | None = None
+    avg_price_mins: int | None = None
+
+    def price_band(self, side: str, average: Decimal) -> tuple[Decimal, Decimal] | None:
+        """The prices PERCENT_PRICE_BY_SIDE lets an order of `side` have around `average`;
+        None when the symbol has no such filter."""
+        up, down = (self.bid_multiplier_up, self.bid_multiplier_down) if side == "BUY" else (
+            self.ask_multiplier_up, self.ask_multiplier_down)
+        if up is None or down is None:
+            return None
+        return average * down, average * up
 
 
 def use_state_dir(state_dir: Path) -> None:
@@ -75,7 +94,9 @@ def table() -> dict[str, SymbolFilters]:
 
 def parse_table(text: str) -> dict[str, SymbolFilters]:
     rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
-    return {row["symbol"]: msgspec.convert(row, SymbolFilters, strict=False) for row in rows}
+    # An empty cell is a filter the symbol does not have (its field's default, None).
+    return {row["symbol"]: msgspec.convert({k: v for k, v in row.items() if v != ""}, SymbolFilters, strict=False)
+            for row in rows}
 
 
 def lookup(symbol: str) -> SymbolFilters | None:
@@ -96,6 +117,7 @@ def _dec(text: str) -> Decimal:
 def _filters(entry: dict[str, Any]) -> SymbolFilters:
     by_type = {f["filterType"]: f for f in entry.get("filters", [])}
     notional = by_type.get("NOTIONAL") or by_type.get("MIN_NOTIONAL") or {"minNotional": "0"}
+    band = by_type.get("PERCENT_PRICE_BY_SIDE")
     return SymbolFilters(
         symbol=entry["symbol"],
         base=entry.get("baseAsset", ""),
@@ -106,6 +128,11 @@ def _filters(entry: dict[str, Any]) -> SymbolFilters:
         min_qty=_dec(by_type["LOT_SIZE"]["minQty"]),
         max_qty=_dec(by_type["LOT_SIZE"]["maxQty"]),
         min_notional=_dec(notional["minNotional"]),
+        bid_multiplier_up=_dec(band["bidMultiplierUp"]) if band else None,
+        bid_multiplier_down=_dec(band["bidMultiplierDown"]) if band else None,
+        ask_multiplier_up=_dec(band["askMultiplierUp"]) if band else None,
+        ask_multiplier_down=_dec(band["askMultiplierDown"]) if band else None,
+        avg_price_mins=int(band["avgPriceMins"]) if band else None,
     )
 
 
@@ -148,7 +175,7 @@ def render_table(rows: list[SymbolFilters], origin: str, server_time_ms: int | N
     writer.writerow(COLUMNS)
     for f in rows:
         # plain notation ("0.00000001", not "1E-8"): the table is read by people too
-        writer.writerow([format(v, "f") if isinstance(v := getattr(f, c), Decimal) else v for c in COLUMNS])
+        writer.writerow([format(v, "f") if isinstance(v := getattr(f, c), Decimal) else "" if v is None else v for c in COLUMNS])
     return out.getvalue()
 
 

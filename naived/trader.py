@@ -56,6 +56,18 @@ BACKOFF_MAX = 2.0
 # Binance refuses a timestamp 1 s or more ahead of its clock, so the clock of any request it
 # took in was less than 1 s ahead of the server's: at most 1 s of validity beyond recvWindow.
 CLOCK_MARGIN = 1.0
+# After an order refused for its price (PERCENT_PRICE_BY_SIDE), the next attempt waits this long,
+# doubling up to the maximum: a feed far from the market never makes a trader hammer the exchange.
+PRICE_REFUSAL_WAIT = 1.0
+PRICE_REFUSAL_WAIT_MAX = 60.0
+
+
+def price_refused(exc: exchange.BinanceError) -> bool:
+    """-1013 "Filter failure: PERCENT_PRICE_BY_SIDE" (or the older PERCENT_PRICE): refused before
+    the matching engine for being too far from the market's average price. It passes when the
+    market or the order's price moves, unlike the other filters (tick, lot, notional), which the
+    same settings would break again."""
+    return exc.code == -1013 and exc.msg.startswith("Filter failure: PERCENT_PRICE")
 
 
 def settle_deadline(started: float, last_unknown_send: float | None, intent: Intent, window: float) -> float:
@@ -138,6 +150,8 @@ class Trader:
         self.last_unknown_send: float | None = None  # monotonic, after a send of unknown outcome returned
         self.last_check = 0.0
         self.recheck: str | None = None  # an order to query again once the poll goes quiet
+        self.refusal_wait = PRICE_REFUSAL_WAIT  # the next wait after an order refused for its price
+        self.buys_held_until = 0.0  # monotonic: no new buy before this (the last one was refused for its price)
 
     # --- talking to the leader ---------------------------------------------------
 
@@ -223,7 +237,18 @@ class Trader:
             except exchange.BinanceError as exc:
                 if exc.code == -2010 and "Duplicate" in exc.msg:
                     continue  # it is there: the lookup at the top adopts it
-                raise
+                if intent.side == "BUY" or not price_refused(exc):
+                    raise  # a buy refused for its price is dropped by `act`
+                # The sell's price is the cycle's and what it holds must be sold: the band follows
+                # the market's average, so the same order passes later. Nothing was placed.
+                wait = self.next_refusal_wait()
+                log.warning("%s/%d: sell %s at %s refused (%s); placing it again in %.0fs", self.symbol,
+                            self.state.trader_id, intent.client_order_id, intent.price, exc.msg, wait)
+                time.sleep(wait)
+
+    def next_refusal_wait(self) -> float:
+        wait, self.refusal_wait = self.refusal_wait, min(self.refusal_wait * 2, PRICE_REFUSAL_WAIT_MAX)
+        return wait
 
     def send_order(self, intent: Intent) -> Order:
         """Send the order, waiting out refusals: a 429/418, or the host's budget, refuses before
@@ -280,7 +305,19 @@ class Trader:
             match action:
                 case strategy.Place(intent):
                     self.report()  # the intent is acked before the order exists
-                    order = self.place(intent)
+                    try:
+                        order = self.place(intent)
+                    except exchange.BinanceError as exc:
+                        if intent.side != "BUY" or not price_refused(exc):
+                            raise
+                        self.state = strategy.buy_refused(self.state)
+                        self.report()
+                        wait = self.next_refusal_wait()
+                        self.buys_held_until = time.monotonic() + wait
+                        log.warning("%s/%d: buy %s at %s refused (%s); the next buy from a trade in %.0fs", self.symbol,
+                                    self.state.trader_id, intent.client_order_id, intent.price, exc.msg, wait)
+                        return False
+                    self.refusal_wait = PRICE_REFUSAL_WAIT
                     self.state, action = strategy.placed(self.state, order)
                     self.report()
                 case strategy.Check(client_order_id):
@@ -307,10 +344,7 @@ class Trader:
         if state.status == "done":
             return True
         if state.intent is not None:
-            order = self.place(state.intent)
-            self.state, action = strategy.placed(self.state, order)
-            self.report()
-            return self.act(action)
+            return self.act(strategy.Place(state.intent))
         open_order = state.sell_order or state.buy_order
         if open_order is not None:
             return self.act(strategy.Check(open_order.client_order_id))
@@ -436,6 +470,8 @@ class Trader:
                 if not self.trades_on:
                     continue  # queued before the unsubscribe
                 event = decode_trade(payload)
+                if self.state.status == "new" and time.monotonic() < self.buys_held_until:
+                    continue  # its last buy was refused for its price: not one per trade
                 if strategy.rebuy_due(self.state, event):
                     self.state = msgspec.structs.replace(self.state, rebuy_notified=True)
                     self.report()

@@ -166,3 +166,15 @@ def test_times_in_microseconds_when_the_header_asks(ex: Exchange) -> None:
     odd = spot(ex)
     odd.session.headers["X-MBX-TIME-UNIT"] = "SECOND"  # the library itself only sends the two units
     assert refused(odd.time) == (400, -1194, "Invalid value for time unit; expected either MICROSECOND or MILLISECOND.")
+
+
+def test_avg_price_and_a_percent_price_by_side_refusal(ex: Exchange, market: Market) -> None:
+    client = spot(ex)
+    client.exchange_info(symbol=SYMBOL)
+    market.wait_subscribed(SYMBOL)
+    ex.processed(SYMBOL, market.trade(SYMBOL, "0.5"))
+    average = client.avg_price(SYMBOL)
+    assert (average["mins"], Decimal(average["price"])) == (5, Decimal("0.5"))
+    assert refused(lambda: client.new_order(SYMBOL, "BUY", "LIMIT", timeInForce="GTC", price="0.0999", quantity="60")) == (
+        400, -1013, "Filter failure: PERCENT_PRICE_BY_SIDE")
+    assert client.new_order(SYMBOL, "BUY", "LIMIT", timeInForce="GTC", price="0.1", quantity="60")["status"] == "NEW"

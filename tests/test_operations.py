@@ -171,8 +171,9 @@ def test_reconciliation_reports_an_order_no_trader_owns(resting: Tree) -> None:
     assert "started reconcile XRPUSDT" not in resting.log("naived")  # a new store: no order can carry its prefix
     resting.ctl("stop-trading", "XRPUSDT")
     stray = BinanceClient(resting.paper_url, "paper-key", "paper-secret")
-    stray.new_order("XRPUSDT", "BUY", "0.1000", "100", f"{prefix}-9-999B")
-    stray.new_order("XRPUSDT", "BUY", "0.1000", "100", "nvother1-9-999B")  # another installation's: not ours
+    # 0.2: far below the market, within PERCENT_PRICE_BY_SIDE's 0.2× its average (0.1 is not, near 0.5)
+    stray.new_order("XRPUSDT", "BUY", "0.2000", "100", f"{prefix}-9-999B")
+    stray.new_order("XRPUSDT", "BUY", "0.2000", "100", "nvother1-9-999B")  # another installation's: not ours
     resting.ctl("start-trading", "XRPUSDT")
     open_buys(resting, "XRPUSDT", 2)
     wait_for("reconciliation", lambda: "drift" in resting.log("naived"))

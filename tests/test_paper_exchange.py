@@ -611,7 +611,7 @@ def test_state_survives_kill_9_and_fills_continue(ex: Exchange, market: Market) 
     assert c.get_order("XRPUSDT", "b2").status == "FILLED"  # same client, new process behind it
     assert c.get_order("XRPUSDT", "s1").status == "FILLED"
     ids = [o["orderId"] for o in ex.get("/paper/orders")]
-    assert c.new_order("XRPUSDT", "BUY", "0.1", "50", "b3").order_id == max(ids) + 1  # ids never reused
+    assert c.new_order("XRPUSDT", "BUY", "0.13", "50", "b3").order_id == max(ids) + 1  # ids never reused (0.13: within 0.2× the average)
     assert_balances_follow_fills(ex)
     assert ex.kill(signal.SIGTERM) == 0  # a clean stop is exit 0
 
@@ -809,3 +809,76 @@ def test_usage_counts_every_request_at_binances_weight(ex: Exchange) -> None:
     assert after["requests"] - before["requests"] == 5
     assert after["weight"] - before["weight"] == 5 + 20 + 6 + 80 + 1
     assert sum(after["minutes"].values()) == after["weight"]
+
+
+# --- PERCENT_PRICE_BY_SIDE and the average price ----------------------------------------------
+
+
+def test_percent_price_by_side_refuses_a_price_far_from_the_average_as_binance_does(ex: Exchange, market: Market) -> None:
+    """XRPUSDT's band (Binance's exchangeInfo): a BUY within 0.2× to 5× the average, a SELL too."""
+    follow(ex, market)
+    assert ex.get("/api/v3/avgPrice?symbol=XRPUSDT") == {"mins": 5, "price": "0.00000000", "closeTime": 0}
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5", "1000"))
+    average = ex.get("/api/v3/avgPrice?symbol=XRPUSDT")
+    assert (average["mins"], average["price"]) == (5, "0.50000000") and average["closeTime"] > 0
+    refused = (400, {"code": -1013, "msg": "Filter failure: PERCENT_PRICE_BY_SIDE"})
+    assert post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="0.0999", quantity="60") == refused
+    assert post(ex, side="SELL", type="LIMIT", timeInForce="GTC", price="2.5001", quantity="20") == refused
+    assert post(ex, side="BUY", type="LIMIT_MAKER", price="0.0999", quantity="60") == refused
+    assert ex.signed("POST", "/api/v3/order/test", order("BUY", "0.0999", "60", "t1")) == refused
+    # the band's ends are in it
+    assert post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="0.1", quantity="60", newClientOrderId="low")[0] == 200
+    assert post(ex, side="SELL", type="LIMIT", timeInForce="GTC", price="2.5", quantity="20", newClientOrderId="high")[0] == 200
+    # MARKET orders have no price: not this filter's
+    assert post(ex, side="BUY", type="MARKET", quantity="20")[0] == 200
+    # volume-weighted: 1000 at 0.5 and 3000 at 1.3 average 1.1, so 0.2× is 0.22
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "1.3", "3000"))
+    assert ex.get("/api/v3/avgPrice?symbol=XRPUSDT")["price"] == "1.10000000"
+    assert post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="0.2199", quantity="30") == refused
+    assert post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="0.22", quantity="30", newClientOrderId="low2")[0] == 200
+    assert {"low", "high", "low2"} <= set(ex.orders()) and len(ex.orders()) == 4  # nothing refused was placed
+
+
+def test_exchange_info_lists_percent_price_by_side_with_binances_values(ex: Exchange) -> None:
+    ours = {f["filterType"]: f for f in ex.get("/api/v3/exchangeInfo?symbol=XRPUSDT")["symbols"][0]["filters"]}
+    assert ours["PERCENT_PRICE_BY_SIDE"] == {"filterType": "PERCENT_PRICE_BY_SIDE", "bidMultiplierUp": "5",
+                                             "bidMultiplierDown": "0.2", "askMultiplierUp": "5",
+                                             "askMultiplierDown": "0.2", "avgPriceMins": 5}
+    if REAL_EXCHANGE_INFO.exists():  # the same as Binance lists, for every symbol of the table
+        real = {s["symbol"]: {f["filterType"]: f for f in s["filters"]}["PERCENT_PRICE_BY_SIDE"]
+                for s in json.loads(REAL_EXCHANGE_INFO.read_text())["symbols"] if s["status"] == "TRADING"}
+        for entry in ex.get("/api/v3/exchangeInfo")["symbols"]:
+            band = {f["filterType"]: f for f in entry["filters"]}["PERCENT_PRICE_BY_SIDE"]
+            assert band == real[entry["symbol"]], entry["symbol"]
+
+
+def test_the_average_price_window(tmp_path: Path) -> None:
+    """The book's clock drives it: the volume-weighted average of the last avgPriceMins minutes, the
+    last trade's price once none is left in the window, nothing before the first trade."""
+    from naived.paper.book import NewOrder, PaperBook, Rejected
+    from naived.symbols import lookup
+
+    now = [1_700_000_000_000]
+    book = PaperBook(Path(":memory:"), {"USDT": Decimal("10000")}, clock=lambda: now[0])
+    f = lookup("XRPUSDT")
+    assert f is not None and f.avg_price_mins == 5
+
+    def buy(price: str) -> str:
+        try:
+            book.check(f, NewOrder("BUY", "LIMIT", "GTC", "x", 0, Decimal(price), Decimal("100")))
+            return "ok"
+        except Rejected as exc:
+            return exc.msg
+
+    assert book.average_price(f) is None and buy("0.0999") == "ok"  # no trade yet: not evaluated
+    book.on_trade(f, Decimal("1"), Decimal("10"), 1)
+    now[0] += 200_000
+    book.on_trade(f, Decimal("2"), Decimal("30"), 2)
+    assert book.average_price(f) == (Decimal("1.75"), now[0])
+    assert buy("0.3499") == "Filter failure: PERCENT_PRICE_BY_SIDE" and buy("0.35") == "ok"
+    now[0] += 103_000  # the first trade is over 5 minutes old (and past its 3 s slice)
+    assert book.average_price(f) == (Decimal("2"), now[0] - 103_000)
+    assert buy("0.3999") == "Filter failure: PERCENT_PRICE_BY_SIDE" and buy("0.4") == "ok"
+    now[0] += 3_600_000  # no trade in the window: the last trade's price
+    assert book.average_price(f) == (Decimal("2"), now[0] - 3_703_000)
+    assert buy("0.3999") == "Filter failure: PERCENT_PRICE_BY_SIDE"

@@ -68,11 +68,20 @@ def test_directories_environment_and_user(unit):
     assert one(u, "Service", "RuntimeDirectoryMode") == "0700"
     assert one(u, "Service", "StateDirectory") == "naive"
     assert one(u, "Service", "StateDirectoryMode") == "0700"
-    assert one(u, "Service", "EnvironmentFile") == "-/etc/naive/keys.env"
+    if name == "naived.service":
+        assert one(u, "Service", "EnvironmentFile") == "-/etc/naive/keys.env"
     assert "NAIVE_CONFIG=/etc/naive/naive.toml" in s["Environment"]
     assert one(u, "Service", "User") == "naive"
     assert "DynamicUser" not in s
     assert "ReadWritePaths" not in s  # Runtime/StateDirectory are writable already
+
+
+def test_streamerd_never_gets_the_api_keys() -> None:
+    """streamerd reads public market data and signs nothing: the keys file must not put the API
+    secret into its environment (nor may any other setting name it)."""
+    u = parse_unit("streamerd.service")
+    assert "EnvironmentFile" not in u["Service"]
+    assert not [v for values in u["Service"].values() for v in values if "keys" in v or "BINANCE_API" in v]
 
 
 def test_hardening(unit):

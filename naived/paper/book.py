@@ -27,6 +27,13 @@ last trade price of a symbol stands for the best price on the other side:
   order expires, and an FOK order that cannot fill entirely expires unfilled.
   Without it every fill is for the whole remaining quantity.
 
+The average price (PERCENT_PRICE_BY_SIDE, GET /api/v3/avgPrice), as Binance computes it: the
+volume-weighted average of the symbol's trades in the last `avg_price_mins` minutes of the
+book's clock; with no trade in that window, the last trade's price; with no trade seen since
+start, none (and the filter is not evaluated). The window is kept as sums per slice of 1/100
+of it (3 s of 5 minutes), so a trade leaves it up to one slice late: memory stays bounded
+whatever the trade rate, and only an order's check computes the sum.
+
 Commission (`Fees`), as Binance charges it: the maker or taker rate of each fill,
 taken from the asset the fill gives (BUY: the base asset, SELL: the quote asset),
 rounded up to 8 decimals (never below Binance's). With `bnb` on, it is taken from
@@ -47,11 +54,13 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from pathlib import Path
+from typing import Any
 
 from naived.symbols import SymbolFilters
 
@@ -164,6 +173,42 @@ class _Market:
     price: Decimal
     left: Decimal  # its quantity not yet taken by paper orders (partial_fills)
     trade_id: int
+    time_ms: int = 0  # when it was seen (the book's clock): avgPrice's closeTime
+
+
+AVERAGE_SLICES = 100  # an average's window is kept as this many sums
+
+
+class _Average:
+    """Trades of a symbol's last `minutes` (the book's clock), as [slice start ms, Σ price × qty,
+    Σ qty] per slice of the window, oldest first."""
+
+    def __init__(self, minutes: int) -> None:
+        self.window_ms = minutes * 60_000
+        self.slice_ms = max(1000, self.window_ms // AVERAGE_SLICES)
+        self.slices: deque[list[Any]] = deque()
+
+    def add(self, now: int, price: Decimal, qty: Decimal) -> None:
+        start = now - now % self.slice_ms
+        if self.slices and self.slices[-1][0] == start:
+            self.slices[-1][1] += price * qty
+            self.slices[-1][2] += qty
+        else:
+            self.slices.append([start, price * qty, qty])
+        self._expire(now)
+
+    def _expire(self, now: int) -> None:
+        # a slice leaves once all of it is older than the window
+        while self.slices and self.slices[0][0] + self.slice_ms <= now - self.window_ms:
+            self.slices.popleft()
+
+    def price(self, now: int) -> Decimal | None:
+        """The volume-weighted average of the window; None if no trade is in it."""
+        self._expire(now)
+        volume = sum((s[2] for s in self.slices), ZERO)
+        if not volume:
+            return None
+        return (sum((s[1] for s in self.slices), ZERO) / volume).quantize(EIGHT)
 
 
 _SCHEMA = """
@@ -227,6 +272,7 @@ class PaperBook:
         self.listeners: list[Callable[[list[Change]], None]] = []
         self._lock = threading.Lock()
         self._market: dict[str, _Market] = {}  # not kept on disk: after a restart, prices are unknown until a trade
+        self._averages: dict[str, _Average] = {}  # symbols with PERCENT_PRICE_BY_SIDE; in memory, as `_market`
         try:
             self._db = _open(path)
             # Schema, first balances and the first load in one transaction: a file the book
@@ -345,6 +391,11 @@ class PaperBook:
             return  # the quantity is computed at execution, on the step size (never breaks LOT_SIZE)
         if not (f.min_qty <= new.qty <= f.max_qty) or (new.qty - f.min_qty) % f.step_size:
             raise Rejected(-1013, "Filter failure: LOT_SIZE")
+        if new.type != "MARKET":  # a filter on the order's `price`: a MARKET order has none
+            average = self.average_price(f)
+            band = f.price_band(new.side, average[0]) if average is not None else None
+            if band is not None and not band[0] <= new.price <= band[1]:
+                raise Rejected(-1013, "Filter failure: PERCENT_PRICE_BY_SIDE")
         notional_price = new.price if new.type != "MARKET" else (market.price if market else None)
         if notional_price is not None and notional_price * new.qty < f.min_notional:
             raise Rejected(-1013, "Filter failure: NOTIONAL")
@@ -546,6 +597,18 @@ class PaperBook:
         with self._lock:
             return {s for s, book in self._open.items() if book}
 
+    def average_price(self, f: SymbolFilters) -> tuple[Decimal, int] | None:
+        """(average price, last trade time ms) as PERCENT_PRICE_BY_SIDE and GET /api/v3/avgPrice
+        use it: the window's volume-weighted average, else the last trade's price (Binance: "the
+        first trade outside the window"); None before any trade was seen."""
+        with self._lock:
+            market = self._market.get(f.symbol)
+            if market is None:
+                return None
+            average = self._averages.get(f.symbol)
+            in_window = average.price(self.clock()) if average is not None else None
+            return (in_window if in_window is not None else market.price), market.time_ms
+
     def last_price(self, symbol: str) -> Decimal | None:
         with self._lock:
             market = self._market.get(symbol)
@@ -560,7 +623,13 @@ class PaperBook:
         filled: list[tuple[PaperOrder, Fill]] = []
         changes: list[Change] = []
         with self._lock:
-            market = self._market[f.symbol] = _Market(price, qty, trade_id)
+            now = self.clock()
+            market = self._market[f.symbol] = _Market(price, qty, trade_id, now)
+            if f.avg_price_mins:
+                average = self._averages.get(f.symbol)
+                if average is None or average.window_ms != f.avg_price_mins * 60_000:
+                    average = self._averages[f.symbol] = _Average(f.avg_price_mins)
+                average.add(now, price, qty)
             book = self._open.get(f.symbol)
             if not book:
                 return filled
@@ -569,7 +638,6 @@ class PaperBook:
                 return filled  # most trades: nothing to sort, save or tell the listeners
             assets: set[str] = set()
             rows: list[tuple[PaperOrder, int, Fill]] = []
-            now = self.clock()
             # Price priority (best price first: the highest BUY, the lowest SELL), then time (order id).
             crossing.sort(key=lambda o: (-o.price if o.side == "BUY" else o.price, o.order_id))
             for order in crossing:

@@ -5,7 +5,7 @@ Binance's spot API documentation is the specification: same paths, parameters (q
 string and/or form body), JSON shapes, statuses, error codes and messages, and the
 `X-MBX-USED-WEIGHT-1M` header.
 
-    GET    /api/v3/ping, /api/v3/time, /api/v3/exchangeInfo[?symbol=|?symbols=]
+    GET    /api/v3/ping, /api/v3/time, /api/v3/exchangeInfo[?symbol=|?symbols=], /api/v3/avgPrice?symbol=
     POST   /api/v3/order        LIMIT (GTC, IOC, FOK), LIMIT_MAKER, MARKET by quantity or
                                 quoteOrderQty; newOrderRespType ACK | RESULT | FULL    (signed)
     POST   /api/v3/order/test   the same checks, nothing placed; computeCommissionRates (signed)
@@ -28,8 +28,13 @@ Matching and commission are `naived.paper.book`'s (see its docstring): marketabl
 fill at once at the last trade price as takers, resting ones as makers when a later
 trade crosses them, and every fill pays the maker or taker rate from the asset it gives
 (or BNB at the discount). A symbol is subscribed when it is asked for in exchangeInfo
-(`symbol`/`symbols`), when its first order is placed, and at start for every symbol with
-open orders.
+(`symbol`/`symbols`) or avgPrice, when its first order is placed, and at start for every
+symbol with open orders.
+
+Filters, as Binance applies them, with its error (-1013 "Filter failure: <name>"): PRICE_FILTER,
+LOT_SIZE, PERCENT_PRICE_BY_SIDE (orders with a price: LIMIT, LIMIT_MAKER; the band is the
+symbol table's multipliers around the book's average price, which GET /api/v3/avgPrice
+answers), NOTIONAL.
 
 Deliberate differences from Binance (the paper exchange is never kinder):
 - The only book is the last public trade: its price is the best opposite price, and with
@@ -39,9 +44,13 @@ Deliberate differences from Binance (the paper exchange is never kinder):
   trade seen (Binance does not say which price it uses).
 - MARKET orders check the NOTIONAL minimum and the balance against the last trade price
   (Binance: the average price over `avgPriceMins`); MARKET_LOT_SIZE is LOT_SIZE.
+- The average price is the trades' this process has seen (kept in memory, as the last
+  price): after a restart PERCENT_PRICE_BY_SIDE is not evaluated until the symbol's first
+  trade, and avgPrice answers price "0.00000000", closeTime 0 until then. Binance's newer
+  "reference price" (which, when set, replaces the average in the filter) is not modelled.
 - Not implemented, so not listed in exchangeInfo: stop and take-profit orders, iceberg
   orders, order lists (OCO/OTO), cancel-replace, SOR, self-trade prevention modes other
-  than NONE, PERCENT_PRICE_BY_SIDE, MAX_NUM_ORDERS; rate limits other than injected faults.
+  than NONE, MAX_NUM_ORDERS; rate limits other than injected faults.
 
 Inspection and control, unsigned (the server only listens on loopback):
 
@@ -111,7 +120,7 @@ RECV_WINDOW_RE = re.compile(r"^[0-9]{1,5}(\.[0-9]{1,3})?$")
 MICROSECOND_STAMPS = 10**14  # a ms timestamp stays below this until the year 5138
 # X-MBX-TIME-UNIT's accepted values (True: µs), and the answers' time fields that µs rescales
 TIME_UNITS = {"MILLISECOND": False, "millisecond": False, "MICROSECOND": True, "microsecond": True}
-TIME_FIELDS = frozenset({"serverTime", "transactTime", "time", "updateTime", "workingTime"})
+TIME_FIELDS = frozenset({"serverTime", "transactTime", "time", "updateTime", "workingTime", "closeTime"})
 ORDER_TYPES = ("LIMIT", "LIMIT_MAKER", "MARKET")  # what exchangeInfo lists: what is implemented
 TIME_IN_FORCE = ("GTC", "IOC", "FOK")
 RATE_LIMITS = [
@@ -245,12 +254,20 @@ def exchange_info_entry(f: SymbolFilters) -> dict[str, Any]:
             {"filterType": "PRICE_FILTER", "minPrice": q(f.tick_size), "maxPrice": q(MAX_PRICE), "tickSize": q(f.tick_size)},
             {"filterType": "LOT_SIZE"} | lot,
             {"filterType": "MARKET_LOT_SIZE"} | lot,  # MARKET orders are held to LOT_SIZE here
+            *([_percent_price_by_side(f)] if f.avg_price_mins is not None else []),
             {"filterType": "NOTIONAL", "minNotional": q(f.min_notional), "applyMinToMarket": True,
              "maxNotional": "9000000.00000000", "applyMaxToMarket": False, "avgPriceMins": 5},
         ],
         "permissions": [], "permissionSets": [["SPOT"]],
         "defaultSelfTradePreventionMode": "NONE", "allowedSelfTradePreventionModes": ["NONE"],
     }
+
+
+def _percent_price_by_side(f: SymbolFilters) -> dict[str, Any]:
+    # Binance prints these multipliers as plain decimals ("5", "0.2"), not with 8 decimals
+    return {"filterType": "PERCENT_PRICE_BY_SIDE", "bidMultiplierUp": str(f.bid_multiplier_up),
+            "bidMultiplierDown": str(f.bid_multiplier_down), "askMultiplierUp": str(f.ask_multiplier_up),
+            "askMultiplierDown": str(f.ask_multiplier_down), "avgPriceMins": f.avg_price_mins or 0}
 
 
 def _generated_id() -> str:
@@ -481,6 +498,7 @@ class PaperExchange:
             ("GET", "/api/v3/ping"): (lambda p, t: (200, {}), 1, False),
             ("GET", "/api/v3/time"): (lambda p, t: (200, {"serverTime": _now_ms()}), 1, False),
             ("GET", "/api/v3/exchangeInfo"): (self.exchange_info, 20, False),
+            ("GET", "/api/v3/avgPrice"): (self.avg_price, 2, False),
             ("POST", "/api/v3/order"): (self.new_order, 1, True),
             ("POST", "/api/v3/order/test"): (self.test_order, 1, True),
             ("GET", "/api/v3/order"): (self.get_order, 4, True),
@@ -636,6 +654,15 @@ class PaperExchange:
                 self._want(table()[name])
         return 200, {"timezone": "UTC", "serverTime": _now_ms(), "rateLimits": RATE_LIMITS, "exchangeFilters": [],
                      "symbols": [self._symbols[n] for n in names]}
+
+    def avg_price(self, params: Params, received_ns: int) -> Reply:
+        """GET /api/v3/avgPrice: the average PERCENT_PRICE_BY_SIDE checks orders against."""
+        f = _filters(_mandatory(params, "symbol"))
+        self._want(f)  # asked about: follow its trades, so the average can be known
+        average = self.book.average_price(f)
+        price, close_time = average if average is not None else (Decimal(0), 0)
+        return 200, {"mins": f.avg_price_mins if f.avg_price_mins is not None else 5, "price": _fmt(price),
+                     "closeTime": close_time}
 
     def new_order(self, params: Params, received_ns: int) -> Reply:
         f, new = parse_new_order(params, received_ns)
