@@ -286,6 +286,8 @@ def _leader_lines(leader: LeaderStatus, now: float) -> list[str]:
     head = f"leader  pid {leader.pid}, up {_age(leader.started_at, now)}, cycles finished {leader.cycles_finished}"
     if leader.shutting_down:
         head += ", shutting down"
+    if leader.waiting is not None and leader.waiting_since is not None:
+        head += f", waiting {_age(leader.waiting_since, now)} for {leader.waiting}"
     if leader.last_trade is not None:
         head += f", last trade {_num(leader.last_trade.p)} ({_age(leader.last_trade.E / 1000, now)} ago)"
     children = [[_trader_line(t, now)] for t in leader.traders]

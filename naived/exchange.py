@@ -423,16 +423,23 @@ def check_keys(config: Config) -> None:
 T = TypeVar("T")
 
 
-def patiently(call: Callable[[], T], seconds: float, what: str, final: Callable[[BinanceError], bool]) -> T:
+def patiently(call: Callable[[], T], seconds: float, what: str, final: Callable[[BinanceError], bool],
+              on_failure: Callable[[str], None] | None = None) -> T:
     """For a worker child: `call` retried with backoff (20 ms doubling to 1 s) until it answers or
     `seconds` have passed (then SystemExit: the worker fails, its supervisor decides). Time held back
     by the host's own rate budget does not count; a refusal that `final` says will not change is
-    raised at once."""
-    deadline = time.monotonic() + seconds
+    raised at once. The log (and `on_failure`) hear of a failure when its kind changes, not at
+    every retry, and of the answer that ends a run of failures."""
+    started = time.monotonic()
+    deadline = started + seconds
     delay = 0.02
+    said: str | None = None
     while True:
         try:
-            return call()
+            answer = call()
+            if said is not None:
+                log.info("%s: the exchange answered after %.1fs", what, time.monotonic() - started)
+            return answer
         except OverBudget as exc:  # the host's own pacing, not a failing exchange: wait it out
             deadline += exc.retry_after
             time.sleep(exc.retry_after)
@@ -445,7 +452,12 @@ def patiently(call: Callable[[], T], seconds: float, what: str, final: Callable[
             failure = exc
         if time.monotonic() > deadline:
             raise SystemExit(f"{what}: the exchange did not answer for {seconds:g}s: {failure}")
-        log.info("%s: exchange not ready (%s), retrying", what, type(failure).__name__)
+        reason = f"{type(failure).__name__}: {failure}" if isinstance(failure, BinanceError) else type(failure).__name__
+        if reason != said:
+            said = reason
+            log.warning("%s: the exchange does not answer (%s); retrying for up to %gs", what, failure, seconds)
+            if on_failure is not None:
+                on_failure(f"{failure}")
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
 

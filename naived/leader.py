@@ -32,6 +32,7 @@ from naived.config import Config, reload_config
 from naived.ipc import bind, bind_rep
 from naived.messages import (
     Ack,
+    ExchangeWaiting,
     FiltersFetched,
     LeaderStatus,
     LeaderStatusRequest,
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 FILTERS_DEADLINE = 30.0  # a filters worker retries this long, then fails (and is restarted, counted)
 WORKER_REQUEST_TIMEOUT_MS = 5000
 FILTERS, RECONCILE = "filters", "reconcile"
+REPORT_RETRY = 0.1  # seconds: a status the root's socket did not take is sent again this soon
 
 COUNTERS = ("leader_starts", "orders_placed", "orders_filled", "intents_unknown", "drift")
 
@@ -122,6 +124,10 @@ class Leader(Role):
         self.filters = filters
         self.settings: Settings | None = strategy.settings_for(symbol, self.trading, filters) if filters else None
         self.waiting: set[int] = set()  # traders that start a fresh cycle once the settings are known
+        # Why they wait (for status): the filters worker's latest reason, and since when (wall clock).
+        self.waiting_reason: str | None = None
+        self.waiting_since: float | None = None
+        self.report_again: float | None = None  # monotonic: a status the root could not take yet
         self.reserved: list[int] = []  # cycle numbers taken at start, in one durable commit, for the fresh traders
         self.ready_at: dict[int, float] = {}
         self.used_weight = 0
@@ -157,6 +163,9 @@ class Leader(Role):
         filters are not known yet."""
         if self.settings is None:
             self.waiting.add(trader_id)
+            if self.waiting_since is None:
+                self.waiting_since = time.time()
+                self.changed = True
             self.start_worker(FILTERS)
             return False
         cycle = self.reserved.pop(0) if self.reserved else self.store.next_cycle()
@@ -169,6 +178,8 @@ class Leader(Role):
         key = child.spec.key
         self.changed = True
         if key in (FILTERS, RECONCILE):
+            if key == FILTERS and not status.normal and status.words:
+                self.waiting_reason = status.words  # e.g. "did not answer for 30s: ..."; retried
             return None  # their restart types decide
         trader_id = int(key)
         self.ready_at.pop(trader_id, None)
@@ -222,7 +233,8 @@ class Leader(Role):
         client = exchange.client_for(self.config)
         try:
             info = exchange.patiently(lambda: client.exchange_info(self.symbol), FILTERS_DEADLINE, f"{self.symbol}: exchangeInfo",
-                                      final=lambda exc: exc.code == -1121)  # Invalid symbol.
+                                      final=lambda exc: exc.code == -1121,  # Invalid symbol.
+                                      on_failure=lambda reason: self._tell_self(ExchangeWaiting(reason)))
             f = filters_from_exchange_info(info, self.symbol)
         except exchange.BinanceError as exc:
             last_words(f"{self.symbol} is not listed on the exchange ({exc.msg})")
@@ -318,6 +330,8 @@ class Leader(Role):
                 self.on_rebuy(trader_id)
             case FiltersFetched(filters):
                 self.on_filters(filters)
+            case ExchangeWaiting(reason):
+                self.waiting_reason = reason
             case OpenOrdersFetched(client_order_ids, asked_at):
                 self.on_open_orders(client_order_ids, asked_at)
             case LeaderStatusRequest():
@@ -328,6 +342,7 @@ class Leader(Role):
 
     def on_filters(self, filters: SymbolFilters) -> None:
         self.filters = filters
+        self.waiting_reason = self.waiting_since = None
         self.settings = strategy.settings_for(self.symbol, self.trading, filters)
         waiting, self.waiting = sorted(self.waiting), set()
         if not self.shutting_down:
@@ -376,14 +391,19 @@ class Leader(Role):
             self.reconciled = True  # once the traders are back: it only reports, it can wait
             self.start_worker(RECONCILE)
         # Later checks are the root's: one openOrders call for every symbol (root.reconcile_all).
-        if self.changed:
-            self.changed = False
+        if self.changed and (self.report_again is None or time.monotonic() >= self.report_again):
             try:
                 self.report.send(encode(self.status()), zmq.NOBLOCK)
+                self.changed, self.report_again = False, None
             except zmq.Again:
-                pass  # the root is not there (restarting): it gets the next one
+                # Not connected yet (just started) or the root is restarting: a leader that waits
+                # on nothing else would otherwise never be seen, so it tries again shortly.
+                self.report_again = time.monotonic() + REPORT_RETRY
         if self.shutting_down and not traders and not self.states:
             raise Exit("last trader finished, symbol stopped", 0)
+
+    def next_tick(self) -> float | None:
+        return self.report_again
 
     def status(self) -> LeaderStatus:
         traders = []
@@ -410,6 +430,8 @@ class Leader(Role):
             counters=dict(self.counters),
             books=self.books,
             used_weight=self.used_weight,
+            waiting=f"the exchange's filters ({self.waiting_reason or 'asking'})" if self.waiting_since is not None else None,
+            waiting_since=self.waiting_since,
         )
 
     def run(self) -> int:

@@ -285,6 +285,13 @@ class FiltersFetched(msgspec.Struct, tag=True):
     filters: SymbolFilters
 
 
+class ExchangeWaiting(msgspec.Struct, tag=True):
+    """From a leader's worker that cannot get its answer from the exchange: why, once per change
+    of reason (not per retry), so `status` says what the symbol is waiting for."""
+
+    reason: str
+
+
 class OpenOrdersFetched(msgspec.Struct, tag=True):
     """The client order ids the exchange lists as open for the symbol: from the leader's own
     reconcile worker (after a (re)start), or from the root's, which asks once for every symbol
@@ -296,7 +303,7 @@ class OpenOrdersFetched(msgspec.Struct, tag=True):
 
 LeaderRequest = (
     TraderHello | StateUpdated | RebuyTriggered | TraderFailed | LeaderStatusRequest | ShutdownRequest
-    | FiltersFetched | OpenOrdersFetched
+    | FiltersFetched | ExchangeWaiting | OpenOrdersFetched
 )
 
 
@@ -326,6 +333,9 @@ class LeaderStatus(msgspec.Struct, tag=True):
     last_trade: TradeEvent | None = None  # the symbol's latest trade on the market feed
     # Totals over the symbol's finished cycles, quote asset, decimal strings: fees_quote, pnl_quote
     books: dict[str, str] = {}
+    # What keeps fresh cycles from starting (the exchange's filters, unreachable) and why, since when.
+    waiting: str | None = None
+    waiting_since: float | None = None
 
 
 LeaderReply = Ack | LeaderStatus

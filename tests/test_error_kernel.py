@@ -115,10 +115,18 @@ def test_an_unreachable_exchange_does_not_take_the_root_down(tmp_path: Path) -> 
         assert result.returncode == 0, result.stderr
         # The root's worker could not fetch every symbol's filters, so the leader asks the exchange
         # from a worker child of its own, which retries; the root answers on.
-        wait_for("the filters worker to retry", lambda: "XRPUSDT: exchangeInfo: exchange not ready (" in tree.log("naived"))
+        wait_for("the filters worker to fail", lambda: "XRPUSDT: exchangeInfo: the exchange does not answer (" in tree.log("naived"))
         for _ in range(5):
             assert tree.ctl("status").returncode == 0
         assert tree.symbol("XRPUSDT")["state"] == "running"
+        # status says what the symbol waits for, and why (issue 20, 7: it showed nothing under it)
+        leader = wait_for("the leader to say why it waits", lambda: (s := tree.symbol("XRPUSDT")) and s["leader"]
+                          and s["leader"]["waiting"] and "Connection" in s["leader"]["waiting"] and s["leader"])
+        assert leader["waiting"].startswith("the exchange's filters (") and leader["waiting_since"] is not None
+        assert ", waiting " in tree.ctl("status").stdout
+        # ... and the log says it once per kind of failure, not at every retry (twenty-odd in 3 s)
+        time.sleep(3)  # retries happen meanwhile: nothing to wait for, the absence is the point
+        assert tree.log("naived").count("XRPUSDT: exchangeInfo: the exchange does not answer") == 1
         assert tree.naived.poll() is None
         tree.naived.send_signal(signal.SIGTERM)  # the worker, mid-retry, stops with the tree
         assert tree.naived.wait(timeout=4) == 0
