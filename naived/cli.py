@@ -38,9 +38,22 @@ def main() -> None:
 def start(config_path: str | None) -> None:
     """Run the root of the tree in the foreground (as systemd runs it)."""
     config = _load(config_path)
-    setup_logging("naived")
-    from naived import exchange, root
+    from naived import exchange, ownership, root, supervisor
 
+    # Before anything else touches the state directory (the control socket, the paper exchange's
+    # store, the symbols' stores): one tree per state directory, held until its last process ends.
+    owner = ownership.StateDirLock(config.state_dir)
+    try:
+        held = owner.acquire()
+    except ownership.Held as exc:
+        click.echo(f"naived: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"naived: cannot lock {owner.path}: {exc.strerror}", err=True)
+        sys.exit(1)
+    assert owner.fd is not None
+    supervisor.inherit_in_tree(owner.fd)
+    setup_logging("naived")
     if config.naived.exchange != "paper":
         try:
             exchange.client_for(config)  # refuse to start without usable keys, before forking anything
@@ -48,7 +61,7 @@ def start(config_path: str | None) -> None:
             click.echo(f"naived: {exc}", err=True)
             sys.exit(2)
 
-    sys.exit(root.run(config))
+    sys.exit(root.run(config, held))
 
 
 @main.command("paper-exchange")
@@ -56,9 +69,15 @@ def start(config_path: str | None) -> None:
 def paper_exchange_command(config_path: str | None) -> None:
     """Run the paper exchange alone (naived starts its own when exchange = "paper")."""
     config = _load(config_path)
-    setup_logging("paper-exchange")
-    from naived import paper
+    from naived import ownership, paper
 
+    owner = ownership.StateDirLock(config.state_dir)  # its store is in the state directory: one owner
+    try:
+        owner.acquire()
+    except (ownership.Held, OSError) as exc:
+        click.echo(f"naived paper-exchange: {exc}", err=True)
+        sys.exit(1)
+    setup_logging("paper-exchange")
     paper.run(config)
 
 

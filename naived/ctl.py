@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 import sys
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import click
 import msgspec
@@ -14,6 +16,7 @@ import zmq
 
 from naived.config import SYSTEMD_RUNTIME_DIR, Config, ConfigError, load_config
 from naived.ipc import ipc_path, request
+from naived.ownership import StateDirLock
 from naived.strategy import StrategyError, assets
 from naived.messages import (
     ControlRequest,
@@ -38,6 +41,7 @@ DEFAULT_TIMEOUT = 1.0  # seconds: naived answers from memory in well under a mil
 class Target(msgspec.Struct):
     endpoint: str
     timeout: float
+    state_dir: str | None = None  # from the configuration: whose lock tells whether naived runs
 
 
 def _fail(message: str) -> None:
@@ -49,20 +53,42 @@ def call(target: Target, message: ControlRequest) -> msgspec.Struct:
     endpoint = target.endpoint
     path = ipc_path(endpoint)
     if path is not None and not os.path.exists(path):
-        _fail(f"naived is not running (no control socket at {path})")
+        _unreachable(target, f"its control socket {path} is gone", f"naived is not running (no control socket at {path})")
     ctx = zmq.Context()
     try:
         reply = request(ctx, endpoint, message, control_reply_decoder, int(target.timeout * 1000))
     except zmq.ZMQError as exc:
-        _fail(f"cannot reach naived on {endpoint}: {exc}")
+        _unreachable(target, f"its control socket {endpoint} cannot be reached ({exc})", f"cannot reach naived on {endpoint}: {exc}")
     finally:
         ctx.term()
     if reply is None:
-        _fail(f"naived did not answer on {endpoint} within {target.timeout:g}s: it is not running (a stale socket "
-              "left by a crash?) or is overloaded; --timeout SECONDS waits longer")
+        _unreachable(target, f"it did not answer on {endpoint} within {target.timeout:g}s: it is busy or hung "
+                     "(--timeout SECONDS waits longer)",
+                     f"naived did not answer on {endpoint} within {target.timeout:g}s: it is not running (a stale socket "
+                     "left by a crash?) or is overloaded; --timeout SECONDS waits longer")
     if isinstance(reply, Error):
         _fail(reply.message)
     return reply  # type: ignore[return-value]
+
+
+def _unreachable(target: Target, if_running: str, if_not: str) -> None:
+    """The control socket did not answer: tell "not running" from "running without a usable
+    socket" by the state directory's lock (naived/ownership.py), and never invite a second start
+    while a tree holds it."""
+    if target.state_dir is None:
+        _fail(if_not)
+    lock = StateDirLock(Path(target.state_dir))
+    try:
+        holder = lock.holder()
+    except OSError as exc:
+        _fail(f"{if_not}; cannot tell from {lock.path}: {exc.strerror}")
+    if holder is None:
+        _fail(if_not)
+    assert holder is not None
+    who = f"naived (pid {holder.pid}{'' if holder.host == socket.gethostname() else f' on {holder.host}'})" if holder.pid \
+        else "a process"
+    _fail(f"{who} holds {target.state_dir} (lock file {lock.path}) but {if_running}; do not start another naived: "
+          f"if its socket was deleted or it runs with another runtime directory, restart that naived or give --endpoint")
 
 
 def find_endpoint(config: Config) -> str:
@@ -86,13 +112,17 @@ def find_endpoint(config: Config) -> str:
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, endpoint: str | None, timeout: float) -> None:
     """Control a running naived."""
-    if endpoint is None:
-        try:
-            endpoint = find_endpoint(load_config(config_path))
-        except ConfigError as exc:
+    config: Config | None = None
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        if endpoint is None:  # with --endpoint the file only tells where the state directory is
             click.echo(f"naivectl: {exc}", err=True)
             sys.exit(2)
-    ctx.obj = Target(endpoint, timeout)
+    if endpoint is None:
+        assert config is not None
+        endpoint = find_endpoint(config)
+    ctx.obj = Target(endpoint, timeout, str(config.state_dir) if config is not None else None)
 
 
 def _simple(request_type: type) -> click.Command:

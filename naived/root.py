@@ -63,6 +63,7 @@ from naived.messages import (
     root_report_decoder,
 )
 from naived.metrics import Metrics, MetricsEndpoint
+from naived.ownership import Holder
 from naived.store import Store, store_path
 from naived.supervisor import Child, ChildSpec, Decision, ExitStatus, Role, Supervisor, merge_identical_pages
 from naived.symbols import SymbolFilters, lookup, trading_filters
@@ -652,8 +653,11 @@ def read_history(config: Config, symbol: str, request_id: int) -> int:
     return 0
 
 
-def run(config: Config) -> int:
+def run(config: Config, owner: Holder | None = None) -> int:
+    """`owner`: this tree's hold on the state directory (naived/ownership.py), taken by the caller."""
     setproctitle.setproctitle("naive: naived")
+    if owner is not None:
+        log.info("naived pid %d holds %s (token %d)", owner.pid, config.state_dir, owner.token)
     try:
         root = Root(config)
     except StartError as exc:
