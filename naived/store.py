@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import sqlite3
 import string
 import time
 from decimal import Decimal
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import msgspec
 
+from naived import sqlfile
 from naived.messages import TraderState
 
 _encode = msgspec.json.Encoder().encode
@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS meta (
 
 ID_ALPHABET = string.ascii_lowercase + string.digits  # Binance allows [.A-Z:/a-z0-9_-] in client order ids
 
+# A symbol store is recognised by its header (naived/sqlfile.py); one written before naive stamped
+# its files, by its three tables.
+SYMBOL_STORE = sqlfile.kind("symbol store", b"nvSy", 1, _SCHEMA, frozenset({"traders", "cycles", "meta"}))
+
 
 def store_path(state_dir: Path, symbol: str) -> Path:
     return state_dir / "symbols" / f"{symbol}.sqlite"
@@ -59,12 +63,12 @@ class Store:
         """Open (creating it if new) a symbol's store. Raises sqlite3.Error for a file that is not
         a healthy store, and then writes nothing to it. `readonly`: for readers beside the leader."""
         if readonly:
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=1)
+            self._db = sqlfile.open_db(path, SYMBOL_STORE, readonly=True, timeout=1)
             self._db.execute("SELECT count(*) FROM cycles").fetchone()  # a bad file fails here, not later
             return
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # A short busy timeout: the leader's loop must not wait long on a lock someone else holds.
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=1)
+        # An empty, foreign or unstamped-and-unrecognised file raises here, untouched.
+        self._db = sqlfile.open_db(path, SYMBOL_STORE, timeout=1)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(f"BEGIN; {_SCHEMA} COMMIT;")  # a new store's tables in one commit
