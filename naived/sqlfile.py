@@ -2,7 +2,9 @@
 
 How a file is recognised (`open_db`):
 
-- It does not exist: a new store. It is built whole under a temporary name (schema and header in
+- It does not exist: a new store, unless its journal (`-wal`, `-journal`) is there without it
+  (a store moved aside without its log: SQLite would replay it onto the new file), which is
+  corrupt. A new store is built whole under a temporary name (schema and header in
   one commit, fsynced) and linked into place, so a crash never leaves a half-made file under the
   real name: an empty file there can only be damage.
 - It exists and is empty (0 bytes): corrupt (a truncated store: every order it owned would be
@@ -64,6 +66,11 @@ def open_db(path: Path, kind: Kind, *, readonly: bool = False, **connect: Any) -
     except FileNotFoundError:
         if readonly:
             raise
+        for journal in (Path(f"{path}-wal"), Path(f"{path}-journal")):
+            # SQLite would replay a lost store's log onto the new file: the old store, half back.
+            if journal.exists():
+                raise NotOurs(f"the file is missing but its journal {journal.name} is there: a store moved or deleted "
+                              f"without it; move {journal.name} (and any -shm) along with it") from None
         _create(path, kind)
         size = -1
     if size == 0:

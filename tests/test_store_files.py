@@ -156,3 +156,16 @@ def test_an_emptied_store_and_a_foreign_one_fail_their_symbols_only(tmp_path: Pa
         assert tree.symbol("XRPUSDT")["state"] == "running" and tree.naived.poll() is None
     finally:
         tree.stop()
+
+
+def test_a_store_moved_aside_without_its_journal_is_not_replayed_into_a_new_one(tmp_path: Path) -> None:
+    path = tmp_path / "XRPUSDT.sqlite"
+    store = Store(path)
+    prefix = store.id_prefix()  # committed to the WAL; the open connection keeps it there
+    path.rename(tmp_path / "aside.sqlite")  # only the main file moved
+    assert Path(f"{path}-wal").exists()
+    with pytest.raises(NotOurs) as refused:
+        Store(path)
+    assert "XRPUSDT.sqlite-wal" in str(refused.value) and not path.exists()
+    store.close()
+    assert prefix
