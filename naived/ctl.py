@@ -298,6 +298,10 @@ def render(tree: TreeStatus, now: float) -> str:
         branches.append(lines_sym)
     if not tree.symbols:
         branches.append(["(no symbols trading: naivectl start-trading XRPUSDT)"])
+    for o in tree.orphans:  # an abandoned position must never go unnoticed
+        branches.append([f"orphan {o.symbol} {o.client_order_id}  {o.side} {_num(o.quantity)} @ {_num(o.price)}, "
+                         f"executed {_num(o.executed_qty)}: prefix of {o.minted_for}'s store, no trader owns it "
+                         f"(for {_age(o.since, now)}); cancel it or settle it by hand"])
     for i, branch in enumerate(branches):
         lines += _branch(branch, i == len(branches) - 1)
     return "\n".join(lines)
