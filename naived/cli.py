@@ -38,15 +38,28 @@ def main() -> None:
 def start(config_path: str | None) -> None:
     """Run the root of the tree in the foreground (as systemd runs it)."""
     config = _load(config_path)
-    setup_logging("naived")
-    from naived import root, validate
+    from naived import ownership, root, supervisor, validate
 
+    # Before anything else touches the state directory (the control socket, the paper exchange's
+    # store, the symbols' stores): one tree per state directory, held until its last process ends.
+    owner = ownership.StateDirLock(config.state_dir)
+    try:
+        held = owner.acquire()
+    except ownership.Held as exc:
+        click.echo(f"naived: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"naived: cannot lock {owner.path}: {exc.strerror}", err=True)
+        sys.exit(1)
+    assert owner.fd is not None
+    supervisor.inherit_in_tree(owner.fd)
+    setup_logging("naived")
     problem = validate.config_problem(config)  # check-config refuses the same, by the same function
     if problem is not None:  # e.g. no usable keys: refused before forking anything
         click.echo(f"naived: {_origin(config_path)}: {problem}", err=True)
         sys.exit(2)
 
-    sys.exit(root.run(config))
+    sys.exit(root.run(config, held))
 
 
 @main.command("paper-exchange")
@@ -54,9 +67,15 @@ def start(config_path: str | None) -> None:
 def paper_exchange_command(config_path: str | None) -> None:
     """Run the paper exchange alone (naived starts its own when exchange = "paper")."""
     config = _load(config_path)
-    setup_logging("paper-exchange")
-    from naived import paper
+    from naived import ownership, paper
 
+    owner = ownership.StateDirLock(config.state_dir)  # its store is in the state directory: one owner
+    try:
+        owner.acquire()
+    except (ownership.Held, OSError) as exc:
+        click.echo(f"naived paper-exchange: {exc}", err=True)
+        sys.exit(1)
+    setup_logging("paper-exchange")
     paper.run(config)
 
 

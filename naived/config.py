@@ -154,7 +154,8 @@ class Naived(msgspec.Struct, forbid_unknown_fields=True):
     autostart: list[str] = []
     metrics_port: int = 0  # 0 = no metrics endpoint
     # Every this many seconds one openOrders call for every symbol (weight 80) is compared with the
-    # traders' open orders; a trader whose order is no longer open is asked to look it up.
+    # traders' open orders; a trader whose order is no longer open is asked to look it up, and an
+    # order with this install's prefix that no trader owns is reported (an orphan).
     reconcile_seconds: float = 30.0
     # Offer the tree's memory to the kernel's samepage merging (KSM): forked processes hold many
     # identical copies of the same pages. Nothing is merged unless the host runs KSM.

@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import socket
 import sys
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import click
 import msgspec
@@ -15,6 +17,7 @@ import zmq
 
 from naived.config import SYSTEMD_RUNTIME_DIR, Config, ConfigError, Naived, Paths, find_config, load_config
 from naived.ipc import ipc_path, request
+from naived.ownership import StateDirLock
 from naived.strategy import StrategyError, assets
 from naived.messages import (
     ControlRequest,
@@ -39,6 +42,7 @@ DEFAULT_TIMEOUT = 1.0  # seconds: naived answers from memory in well under a mil
 class Target(msgspec.Struct):
     endpoint: str
     timeout: float
+    state_dir: str | None = None  # from the configuration: whose lock tells whether naived runs
 
 
 def _fail(message: str) -> None:
@@ -50,20 +54,42 @@ def call(target: Target, message: ControlRequest) -> msgspec.Struct:
     endpoint = target.endpoint
     path = ipc_path(endpoint)
     if path is not None and not os.path.exists(path):
-        _fail(f"naived is not running (no control socket at {path})")
+        _unreachable(target, f"its control socket {path} is gone", f"naived is not running (no control socket at {path})")
     ctx = zmq.Context()
     try:
         reply = request(ctx, endpoint, message, control_reply_decoder, int(target.timeout * 1000))
     except zmq.ZMQError as exc:
-        _fail(f"cannot reach naived on {endpoint}: {exc}")
+        _unreachable(target, f"its control socket {endpoint} cannot be reached ({exc})", f"cannot reach naived on {endpoint}: {exc}")
     finally:
         ctx.term()
     if reply is None:
-        _fail(f"naived did not answer on {endpoint} within {target.timeout:g}s: it is not running (a stale socket "
-              "left by a crash?) or is overloaded; --timeout SECONDS waits longer")
+        _unreachable(target, f"it did not answer on {endpoint} within {target.timeout:g}s: it is busy or hung "
+                     "(--timeout SECONDS waits longer)",
+                     f"naived did not answer on {endpoint} within {target.timeout:g}s: it is not running (a stale socket "
+                     "left by a crash?) or is overloaded; --timeout SECONDS waits longer")
     if isinstance(reply, Error):
         _fail(reply.message)
     return reply  # type: ignore[return-value]
+
+
+def _unreachable(target: Target, if_running: str, if_not: str) -> None:
+    """The control socket did not answer: tell "not running" from "running without a usable
+    socket" by the state directory's lock (naived/ownership.py), and never invite a second start
+    while a tree holds it."""
+    if target.state_dir is None:
+        _fail(if_not)
+    lock = StateDirLock(Path(target.state_dir))
+    try:
+        holder = lock.holder()
+    except OSError as exc:
+        _fail(f"{if_not}; cannot tell from {lock.path}: {exc.strerror}")
+    if holder is None:
+        _fail(if_not)
+    assert holder is not None
+    who = f"naived (pid {holder.pid}{'' if holder.host == socket.gethostname() else f' on {holder.host}'})" if holder.pid \
+        else "a process"
+    _fail(f"{who} holds {target.state_dir} (lock file {lock.path}) but {if_running}; do not start another naived: "
+          f"if its socket was deleted or it runs with another runtime directory, restart that naived or give --endpoint")
 
 
 def find_endpoint(config: Config) -> str:
@@ -87,35 +113,42 @@ def find_endpoint(config: Config) -> str:
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, endpoint: str | None, timeout: float) -> None:
     """Control a running naived."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        # A broken file must not cut the operator off a running naived (status, stop-trading):
+        # the socket's place and the state dir's (for its lock) need only three keys, read as far
+        # as the file allows. With --endpoint the file only tells where the state directory is.
+        config = endpoint_keys(config_path)
+        if endpoint is None:
+            click.echo(f"naivectl: the configuration is broken ({exc}); trying naived at {find_endpoint(config)}", err=True)
     if endpoint is None:
-        try:
-            endpoint = find_endpoint(load_config(config_path))
-        except ConfigError as exc:
-            # A broken file must not cut the operator off a running naived (status, stop-trading):
-            # the socket's place needs only two keys, read as far as the file allows.
-            endpoint = find_endpoint(endpoint_keys(config_path))
-            click.echo(f"naivectl: the configuration is broken ({exc}); trying naived at {endpoint}", err=True)
-    ctx.obj = Target(endpoint, timeout)
+        endpoint = find_endpoint(config)
+    ctx.obj = Target(endpoint, timeout, str(config.state_dir))
 
 
 def endpoint_keys(config_path: str | None) -> Config:
     """The defaults but for what places the control socket (`paths.runtime_dir`,
-    `naived.control_endpoint`), taken from the file when it has them as valid values."""
+    `naived.control_endpoint`) and the state directory, taken from the file when it has them as
+    valid values."""
     path = find_config(config_path)
     try:
         raw = _readable_tables(path.read_text(errors="replace")) if path is not None else {}
     except OSError:
         raw = {}  # unreadable: where naived runs without a file (the environment's runtime dir)
-    found = {}
-    for section, key, struct in (("paths", "runtime_dir", Paths), ("naived", "control_endpoint", Naived)):
+    found: dict[str, dict[str, str]] = {}
+    for section, key, struct in (("paths", "runtime_dir", Paths), ("paths", "state_dir", Paths),
+                                 ("naived", "control_endpoint", Naived)):
         table = raw.get(section)
         value = table.get(key) if isinstance(table, dict) else None
         if isinstance(value, str):
             try:
-                found[section] = struct(**{key: value})  # checked as naived checks it
+                struct(**{key: value})  # checked as naived checks it
             except (TypeError, ValueError):
-                pass
-    return Config(**found)
+                continue
+            found.setdefault(section, {})[key] = value
+    return Config(**{section: struct(**keys) for section, keys in found.items()
+                     for struct in [Paths if section == "paths" else Naived]})
 
 
 def _readable_tables(text: str) -> dict[str, object]:
@@ -314,6 +347,10 @@ def render(tree: TreeStatus, now: float) -> str:
         branches.append(lines_sym)
     if not tree.symbols:
         branches.append(["(no symbols trading: naivectl start-trading XRPUSDT)"])
+    for o in tree.orphans:  # an abandoned position must never go unnoticed
+        branches.append([f"orphan {o.symbol} {o.client_order_id}  {o.side} {_num(o.quantity)} @ {_num(o.price)}, "
+                         f"executed {_num(o.executed_qty)}: prefix of {o.minted_for}'s store, no trader owns it "
+                         f"(for {_age(o.since, now)}); cancel it or settle it by hand"])
     for i, branch in enumerate(branches):
         lines += _branch(branch, i == len(branches) - 1)
     return "\n".join(lines)

@@ -181,12 +181,19 @@ _order_decoder = msgspec.json.Decoder(_OrderBody)
 _orders_decoder = msgspec.json.Decoder(list[_OrderBody])
 
 
-class _Listed(msgspec.Struct):
+class Listed(msgspec.Struct, frozen=True):
+    """An open order as `GET /api/v3/openOrders` (every symbol) lists it: the fields naive reads."""
+
     symbol: str
     clientOrderId: str
+    side: str = ""
+    price: str = "0"
+    origQty: str = "0"
+    executedQty: str = "0"
 
 
-_listed_decoder = msgspec.json.Decoder(list[_Listed])
+
+_listed_decoder = msgspec.json.Decoder(list[Listed])
 _trades_decoder = msgspec.json.Decoder(list[_TradeBody])
 _error_decoder = msgspec.json.Decoder(_ErrorBody)
 _time_decoder = msgspec.json.Decoder(_ServerTime)
@@ -301,9 +308,13 @@ class BinanceClient:
         """Every open order of the account, client order ids by symbol: one call for all symbols
         (weight 80, where a call per symbol costs 6 each: 8,040 for 1,340 symbols)."""
         result: dict[str, list[str]] = {}
-        for order in _listed_decoder.decode(self._call("GET", "/api/v3/openOrders", {}, signed=True)):
+        for order in self.all_open_orders():
             result.setdefault(order.symbol, []).append(order.clientOrderId)
         return result
+
+    def all_open_orders(self) -> list[Listed]:
+        """Every open order of the account, in one call (weight 80)."""
+        return _listed_decoder.decode(self._call("GET", "/api/v3/openOrders", {}, signed=True))
 
     # --- the user data stream's listen key (USER_STREAM: API key, no signature) -----------------
     # The key is a credential for the account's events: callers keep it out of logs and argv.

@@ -50,7 +50,7 @@ from naived.messages import (
     leader_reply_decoder,
     leader_request_decoder,
 )
-from naived.store import Store, store_path
+from naived.store import Store, record_prefix, registry_path, store_path
 from naived.supervisor import EXIT_GAVE_UP, Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor, last_words
 from naived.symbols import SymbolFilters, filters_from_exchange_info
 
@@ -87,6 +87,14 @@ def store_failed(path: object, exc: sqlite3.Error) -> Exit:
     return Exit(f"state store {path} failed ({exc})", 1)
 
 
+def _record_prefix(config: Config, prefix: str, symbol: str) -> None:
+    """A failure names the registry, not the symbol's store (store_failed words the exit)."""
+    try:
+        record_prefix(config.state_dir, prefix, symbol)
+    except sqlite3.Error as exc:
+        raise type(exc)(f"{registry_path(config.state_dir)}: {exc}") from None
+
+
 class Leader(Role):
     def __init__(self, config: Config, symbol: str, shutting_down: bool, filters: SymbolFilters | None = None) -> None:
         self.config = config
@@ -102,10 +110,19 @@ class Leader(Role):
             self.cycles_finished = self.store.cycles_finished()
             self.last_error = self.store.get_meta("last_error")
             new_store = self.store.get_meta("id_prefix") is None
-            self.id_prefix = self.store.id_prefix()  # made once per store, durably: client order ids start with it
+            # Made once per store, durably: client order ids start with it. A new one is recorded
+            # in the install's registry first, so its orders stay recognisable as ours even if
+            # this store is lost.
+            self.id_prefix = self.store.id_prefix(lambda p: _record_prefix(config, p, symbol))
             self.books = self.store.books()
         except sqlite3.Error as exc:
             raise store_failed(self.path, exc) from None
+        if not new_store:  # a store from before the registry, or one whose record was lost
+            try:
+                record_prefix(config.state_dir, self.id_prefix, symbol)
+            except sqlite3.Error as exc:  # only orphan detection needs it: trade on, say so
+                log.warning("%s: could not record id prefix %s in %s (%s); orders of this store are not "
+                            "recognised if it is lost", symbol, self.id_prefix, registry_path(config.state_dir), exc)
         self.ctx = zmq.Context()
         self.supervisor = Supervisor(f"leader {symbol}", config.naived.supervision)
         self.rep = bind_rep(self.ctx, config.leader_endpoint(symbol))

@@ -394,6 +394,19 @@ class SymbolStatus(msgspec.Struct):
     error: str | None = None
 
 
+class OrphanOrder(msgspec.Struct, frozen=True):
+    """An open order at the exchange with one of this install's id prefixes that no trader owns."""
+
+    symbol: str
+    client_order_id: str
+    side: str
+    price: str
+    quantity: str
+    executed_qty: str
+    minted_for: str  # the symbol whose store minted its prefix
+    since: float = 0.0  # wall clock when the root first found it unowned
+
+
 class TreeStatus(msgspec.Struct, tag=True):
     pid: int
     started_at: float
@@ -402,6 +415,7 @@ class TreeStatus(msgspec.Struct, tag=True):
     symbols: list[SymbolStatus]
     paper_exchange: ProcessInfo | None = None
     account_stream: ProcessInfo | None = None
+    orphans: list[OrphanOrder] = []
 
 
 class History(msgspec.Struct, tag=True):
@@ -432,7 +446,14 @@ class StreamAlive(msgspec.Struct, tag=True):
     within: float
 
 
-RootReport = LeaderStatus | WorkerReply | ExchangeFilters | StreamAlive
+class OrphansFound(msgspec.Struct, tag=True):
+    """From the root's reconcile worker: open orders with an install prefix that neither the
+    running traders (as the root last knew them) nor a stopped symbol's store own."""
+
+    orders: list[OrphanOrder]
+
+
+RootReport = LeaderStatus | WorkerReply | ExchangeFilters | StreamAlive | OrphansFound
 
 
 ControlReply = Ok | Error | TreeStatus | History

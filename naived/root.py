@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -48,6 +49,8 @@ from naived.messages import (
     LeaderStatus,
     Ok,
     OpenOrdersFetched,
+    OrphanOrder,
+    OrphansFound,
     ProcessInfo,
     ShutdownTrading,
     StartTrading,
@@ -55,6 +58,7 @@ from naived.messages import (
     StopTrading,
     StreamAlive,
     SymbolStatus,
+    TraderState,
     TreeStatus,
     WorkerReply,
     control_request_decoder,
@@ -63,7 +67,8 @@ from naived.messages import (
     root_report_decoder,
 )
 from naived.metrics import Metrics, MetricsEndpoint
-from naived.store import Store, store_path
+from naived.ownership import Holder
+from naived.store import Store, recorded_prefixes, registry_path, store_path
 from naived.supervisor import Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor, merge_identical_pages
 from naived.symbols import SymbolFilters, trading_filters
 
@@ -187,6 +192,11 @@ class Root(Role):
         self.request_ids = itertools.count(1)
         self.watchdog = sdnotify.Watchdog()
         self.draining = False  # SIGUSR1: every symbol shuts down, then naived exits 0
+        # Open orders with an install prefix that no trader owns (client order id -> order): an
+        # order is an orphan once two reconciles in a row found it unowned (a trader's order placed
+        # while the worker asked may not have reached the root yet); `orphan_suspects`: the last one's.
+        self.orphans: dict[str, OrphanOrder] = {}
+        self.orphan_suspects: set[str] = set()
 
     # --- children --------------------------------------------------------------------
 
@@ -237,14 +247,39 @@ class Root(Role):
                 known[symbol] = (states[0].id_prefix, open_ids)
         return known
 
+    def owned_ids(self) -> set[str]:
+        """Every client order id the running traders' states name (as the leaders last pushed them)."""
+        return {cid for leader in self.leaders.values() for t in leader.traders if t.state for cid in named_ids(t.state)}
+
     def start_reconcile(self) -> None:
         """Every reconcile_seconds: one openOrders call for every symbol (weight 80, not 6 per
         symbol), so no cycle waits on a fill that no push and no trade announced. The worker tells
-        only the leaders whose traders wait on an order the exchange no longer lists."""
+        only the leaders whose traders wait on an order the exchange no longer lists, and reports
+        the orders with an install prefix that no trader owns (orphans): also while no trader has
+        an open order, since an abandoned position is exactly when none has."""
         self.next_reconcile = time.monotonic() + self.config.naived.reconcile_seconds
-        known = self.open_orders_known()
-        if known and RECONCILE not in self.supervisor.children:
-            self.supervisor.start(ChildSpec(RECONCILE, "reconcile", lambda: reconcile_all(self.config, known), "temporary"))
+        known, owned, reporting = self.open_orders_known(), self.owned_ids(), frozenset(self.leaders)
+        if RECONCILE not in self.supervisor.children:
+            self.supervisor.start(ChildSpec(RECONCILE, "reconcile", lambda: reconcile_all(self.config, known, owned, reporting),
+                                            "temporary"))
+
+    def on_orphans(self, found: list[OrphanOrder]) -> None:
+        """The worker's unowned orders, checked again against the traders as known now; one log
+        line when an order becomes an orphan and one when it stops being one."""
+        owned = self.owned_ids()
+        unowned = {o.client_order_id: o for o in found if o.client_order_id not in owned}
+        now, orphans = time.time(), {}
+        for cid, order in unowned.items():
+            if cid in self.orphans:
+                orphans[cid] = msgspec.structs.replace(order, since=self.orphans[cid].since)
+            elif cid in self.orphan_suspects:
+                orphans[cid] = msgspec.structs.replace(order, since=now)
+                log.warning("%s: orphan order %s (%s %s @ %s, executed %s): it carries the id prefix of %s's store "
+                            "but no trader owns it; cancel it or settle its position by hand", order.symbol, cid, order.side,
+                            order.quantity, order.price, order.executed_qty, order.minted_for)
+        for cid in self.orphans.keys() - orphans.keys():
+            log.info("%s: %s is no longer an orphan (closed at the exchange, or a trader owns it)", self.orphans[cid].symbol, cid)
+        self.orphans, self.orphan_suspects = orphans, set(unowned)
 
     def on_exit(self, child: Child, status: ExitStatus) -> Decision | None:
         key = child.spec.key
@@ -312,6 +347,8 @@ class Root(Role):
                     self.reply(self.pending.pop(request_id), reply)
                 case StreamAlive(within):
                     self.stream_due = time.monotonic() + within + self.config.account_stream.heartbeat_seconds
+                case OrphansFound(orders):
+                    self.on_orphans(orders)
                 case ExchangeFilters(symbols):
                     self.filters = {f.symbol: f for f in symbols}
                     log.info("exchange filters of %d symbols fetched", len(self.filters))
@@ -453,6 +490,7 @@ class Root(Role):
             symbols=symbols,
             paper_exchange=paper,
             account_stream=stream,
+            orphans=[o for _, o in sorted(self.orphans.items()) if not only or o.symbol == only],
         )
 
     def _process_info(self, key: str) -> ProcessInfo:
@@ -503,6 +541,11 @@ class Root(Role):
                   Decimal(leader.books.get("pnl_quote", "0")), symbol=sym.symbol)
             weight = max(weight, leader.used_weight)
         m.add("naive_exchange_used_weight", "gauge", "X-MBX-USED-WEIGHT-1M last seen by a trader", weight)
+        orphans = dict.fromkeys((s.symbol for s in tree.symbols), 0)
+        for order in tree.orphans:
+            orphans[order.symbol] = orphans.get(order.symbol, 0) + 1
+        for symbol, n in sorted(orphans.items()):
+            m.add("naive_orphan_orders", "gauge", "open orders with this install's id prefix that no trader owns", n, symbol=symbol)
         self._budget_metrics(m)
         return m.render()
 
@@ -653,15 +696,29 @@ def fetch_filters(config: Config) -> int:
     return 0
 
 
-def reconcile_all(config: Config, known: dict[str, tuple[str, set[str]]]) -> int:
+def named_ids(state: TraderState) -> list[str]:
+    """Client order ids a trader's state owns: its orders, its earlier sells, its intent."""
+    orders = [state.buy_order, state.sell_order, *state.sells]
+    return [o.client_order_id for o in orders if o is not None] + ([state.intent.client_order_id] if state.intent else [])
+
+
+def reconcile_all(config: Config, known: dict[str, tuple[str, set[str]]], owned: set[str], reporting: frozenset[str]) -> int:
     """Worker: the account's open orders (one call), and each leader whose traders wait on an order
-    no longer listed is handed that symbol's list, which it checks against its own state."""
+    no longer listed is handed that symbol's list, which it checks against its own state. The
+    orders with an install prefix that no trader owns go to the root (`find_orphans`)."""
     asked_at = time.time()
     try:
-        listed = exchange.client_for(config).open_order_ids()
+        orders = exchange.client_for(config).all_open_orders()
     except (exchange.BinanceError, exchange.OutcomeUnknown, exchange.RateLimited, OSError) as exc:
         log.warning("reconcile: the exchange did not list the open orders (%s: %s); next time", type(exc).__name__, exc)
         return 1
+    listed: dict[str, list[str]] = {}
+    for order in orders:
+        listed.setdefault(order.symbol, []).append(order.clientOrderId)
+    try:
+        push_report(config, OrphansFound(find_orphans(config, orders, owned, reporting)))
+    except sqlite3.Error as exc:
+        log.warning("reconcile: cannot read %s (%s): orphan orders are not looked for", registry_path(config.state_dir), exc)
     ctx = zmq.Context()
     for symbol, (prefix, ours) in known.items():
         at_exchange = listed.get(symbol, [])
@@ -671,6 +728,41 @@ def reconcile_all(config: Config, known: dict[str, tuple[str, set[str]]]) -> int
             log.warning("%s: reconcile: the leader did not answer", symbol)
     ctx.term()
     return 0
+
+
+def find_orphans(config: Config, orders: list[exchange.Listed], owned: set[str], reporting: frozenset[str]) -> list[OrphanOrder]:
+    """The open orders whose prefix this install minted (the registry, naived/store.py) that no
+    trader owns: not a running trader's (`owned`, as the root knew them), nor named by a trader
+    state kept in the store of a symbol that is not running (stopped: adopted at its next start).
+    A store that is gone, moved aside or unreadable owns nothing. Raises sqlite3.Error."""
+    prefixes = recorded_prefixes(config.state_dir)
+    stored: dict[str, set[str]] = {}
+    found = []
+    for order in orders:
+        cid = order.clientOrderId
+        minted_for = prefixes.get(cid.split("-", 1)[0])
+        if minted_for is None or cid in owned:
+            continue
+        if minted_for not in reporting:
+            if minted_for not in stored:
+                stored[minted_for] = _stored_ids(config, minted_for)
+            if cid in stored[minted_for]:
+                continue
+        found.append(OrphanOrder(order.symbol, cid, order.side, order.price, order.origQty, order.executedQty, minted_for))
+    return found
+
+
+def _stored_ids(config: Config, symbol: str) -> set[str]:
+    try:
+        store = Store(store_path(config.state_dir, symbol), readonly=True)
+    except (sqlite3.Error, OSError):
+        return set()  # gone or unreadable: it owns nothing
+    try:
+        return {cid for state in store.traders().values() for cid in named_ids(state)}
+    except (sqlite3.Error, msgspec.DecodeError, msgspec.ValidationError):
+        return set()
+    finally:
+        store.close()
 
 
 def push_report(config: Config, report: msgspec.Struct) -> None:
@@ -691,13 +783,16 @@ def read_history(config: Config, symbol: str, request_id: int) -> int:
     return 0
 
 
-def run(config: Config) -> int:
+def run(config: Config, owner: Holder | None = None) -> int:
+    """`owner`: this tree's hold on the state directory (naived/ownership.py), taken by the caller."""
     setproctitle.setproctitle("naive: naived")
     try:
         root = Root(config)
     except StartError as exc:
         log.error("%s", exc)
         return 1
+    if owner is not None:  # after the listeners are bound: a start that cannot bind stays one line
+        log.info("naived pid %d holds %s (token %d)", owner.pid, config.state_dir, owner.token)
     if config.naived.memory_merge:  # before the first fork (in run): every child inherits it
         log.info("%s", merge_identical_pages())
     return root.run()

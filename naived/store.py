@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import sqlite3
 import string
 import time
 from decimal import Decimal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
 
+from naived import sqlfile
 from naived.messages import TraderState
 
 _encode = msgspec.json.Encoder().encode
@@ -49,9 +49,58 @@ CREATE TABLE IF NOT EXISTS meta (
 
 ID_ALPHABET = string.ascii_lowercase + string.digits  # Binance allows [.A-Z:/a-z0-9_-] in client order ids
 
+# A symbol store is recognised by its header (naived/sqlfile.py); one written before naive stamped
+# its files, by its three tables.
+SYMBOL_STORE = sqlfile.kind("symbol store", b"nvSy", 1, _SCHEMA, frozenset({"traders", "cycles", "meta"}))
+
 
 def store_path(state_dir: Path, symbol: str) -> Path:
     return state_dir / "symbols" / f"{symbol}.sqlite"
+
+
+# --- the install's record of every id prefix it minted -----------------------------------------
+# A store moved aside (or lost) takes its prefix with it; its orders at the exchange are still
+# this install's. So every prefix is recorded here, at the state directory's level, durably and
+# before any order can carry it: the root's reconcile knows them all (naived/root.py, orphans).
+
+_PREFIX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS id_prefixes (
+    prefix    TEXT PRIMARY KEY,
+    symbol    TEXT NOT NULL,
+    minted_at REAL NOT NULL
+);
+"""
+PREFIX_REGISTRY = sqlfile.kind("id prefix registry", b"nvIn", 1, _PREFIX_SCHEMA)  # new with the header: no legacy form
+
+
+def registry_path(state_dir: Path) -> Path:
+    return state_dir / "id-prefixes.sqlite"
+
+
+def record_prefix(state_dir: Path, prefix: str, symbol: str) -> None:
+    """Record `prefix` (minted for `symbol`) in the install's registry, durably (fsync); a prefix
+    recorded before is left as it is. Raises sqlite3.Error."""
+    db = sqlfile.open_db(registry_path(state_dir), PREFIX_REGISTRY, timeout=5)  # leaders starting together queue here
+    try:
+        if db.execute("SELECT 1 FROM id_prefixes WHERE prefix = ?", (prefix,)).fetchone() is None:
+            db.execute("PRAGMA synchronous=FULL")
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT OR IGNORE INTO id_prefixes VALUES (?, ?, ?)", (prefix, symbol, time.time()))
+    finally:
+        db.close()
+
+
+def recorded_prefixes(state_dir: Path) -> dict[str, str]:
+    """Every prefix this install ever minted -> the symbol it was minted for (none yet: empty)."""
+    try:
+        db = sqlfile.open_db(registry_path(state_dir), PREFIX_REGISTRY, readonly=True, timeout=5)
+    except FileNotFoundError:
+        return {}
+    try:
+        return dict(db.execute("SELECT prefix, symbol FROM id_prefixes"))
+    finally:
+        db.close()
 
 
 class Store:
@@ -59,12 +108,12 @@ class Store:
         """Open (creating it if new) a symbol's store. Raises sqlite3.Error for a file that is not
         a healthy store, and then writes nothing to it. `readonly`: for readers beside the leader."""
         if readonly:
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=1)
+            self._db = sqlfile.open_db(path, SYMBOL_STORE, readonly=True, timeout=1)
             self._db.execute("SELECT count(*) FROM cycles").fetchone()  # a bad file fails here, not later
             return
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # A short busy timeout: the leader's loop must not wait long on a lock someone else holds.
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=1)
+        # An empty, foreign or unstamped-and-unrecognised file raises here, untouched.
+        self._db = sqlfile.open_db(path, SYMBOL_STORE, timeout=1)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(f"BEGIN; {_SCHEMA} COMMIT;")  # a new store's tables in one commit
@@ -145,15 +194,18 @@ class Store:
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_cycle', ?)", (str(first + n - 1),))
         return list(range(first, first + n))
 
-    def id_prefix(self) -> str:
+    def id_prefix(self, record: Callable[[str], None] | None = None) -> str:
         """This store's client order id prefix: `nv` and 6 random characters, made once, durably.
 
         Cycle numbers start again at 1 in a new store (a new installation, or a deleted state
         directory); a new random prefix keeps its ids apart from every other store's, so two
-        installations trading one account never take each other's orders (36^6 ≈ 2·10^9)."""
+        installations trading one account never take each other's orders (36^6 ≈ 2·10^9).
+        `record` is given a new prefix before this store keeps it (the install's registry)."""
         prefix = self.get_meta("id_prefix")
         if prefix is None:
             candidate = "nv" + "".join(secrets.choice(ID_ALPHABET) for _ in range(6))
+            if record is not None:
+                record(candidate)  # a crash after this leaves a recorded prefix no order carries: harmless
             with self._durably():
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('id_prefix', ?)", (candidate,))

@@ -81,6 +81,8 @@ _close_range = getattr(_libc, "close_range", None)
 # (~0.3 MiB private per process with the above, measured in a child of the root).
 _HANDLED_NUMBERS = tuple(int(s) for s in HANDLED)
 _last_words_fd = -1  # in a forked child: the write end of its last-words pipe
+# Descriptors every descendant keeps (inherit_in_tree); fork copies this set with the numbers.
+_tree_fds: set[int] = set()
 
 
 class Exit(Exception):
@@ -426,6 +428,13 @@ class Supervisor:
         return code
 
 
+def inherit_in_tree(fd: int) -> None:
+    """Every process forked from here on, at every level, keeps `fd` open: the state directory's
+    lock (naived/ownership.py) is then held until the tree's last process is gone, not only while
+    the root lives. A child must never unlock or close it: the lock is the whole tree's."""
+    _tree_fds.add(fd)
+
+
 def die_with_parent() -> None:
     """PR_SET_PDEATHSIG(SIGKILL) for this process: it dies when the thread that forked it does.
     Forked children get it in `_run_child`; tools that start whole daemons (the demo, a backtest
@@ -507,8 +516,9 @@ def _run_child(spec: ChildSpec, parent: int, words_fd: int) -> None:
         die_with_parent()
         if os.getppid() != parent:
             os._exit(1)
-        # The parent's descriptors (its ZeroMQ context, pidfds, databases) are not ours.
-        _close_fds_except({0, 1, 2, words_fd, *spec.keep_fds})
+        # The parent's descriptors (its ZeroMQ context, pidfds, databases) are not ours; the
+        # tree's own (its state directory's lock) are.
+        _close_fds_except({0, 1, 2, words_fd, *spec.keep_fds, *_tree_fds})
         setproctitle.setproctitle(f"naive: {spec.title}")
         rename_process_logs(spec.title)
         if not spec.supervises:  # a supervisor's SignalQueue unblocks them once it handles them

@@ -15,7 +15,6 @@ from harness import Tree, open_buys, running_tree, wait_for
 CONFIG = """
 [trading.defaults]
 chunks = 2
-budget = "100"
 buy_down_interval = "0.01"   # the buys rest 1% below the market
 profit_interval = "0.5"      # the sells 50% above the buy
 """

@@ -51,6 +51,7 @@ must only queue them (it must not block, nor call the book).
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -62,6 +63,7 @@ from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+from naived import sqlfile
 from naived.symbols import SymbolFilters
 
 log = logging.getLogger(__name__)
@@ -235,18 +237,25 @@ _ORDER_COLUMNS = ("order_id, symbol, client_order_id, side, price, orig_qty, exe
 _FILL_COLUMNS = "order_id, seq, price, qty, trade_id, time_ms, commission, commission_asset, is_maker, market_trade_id"
 
 
-def _open(path: Path) -> sqlite3.Connection:
+# Recognised by its header (naived/sqlfile.py); one written before naive stamped its files, by
+# the tables the paper exchange has always had.
+PAPER_STORE = sqlfile.kind("paper exchange database", b"nvPx", 1, _SCHEMA, frozenset({"orders", "fills", "balances", "meta"}))
+
+
+def _open(path: Path | str) -> sqlite3.Connection:
     """Connect, refusing a file that is not an intact paper-exchange database before anything
-    is written to it (journal mode and schema creation both write)."""
-    existed = path.exists() and path.stat().st_size > 0
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    if existed:
-        problems = [row[0] for row in db.execute("PRAGMA quick_check")]
-        if problems != ["ok"]:
-            raise sqlite3.DatabaseError("; ".join(problems[:3]))
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "meta" not in tables:
-            raise sqlite3.DatabaseError("not a paper exchange database (no meta table)")
+    is written to it (journal mode and schema creation both write): an empty file, a foreign
+    one, or one without naive's header and tables is never started afresh over."""
+    if str(path) == ":memory:":
+        db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+    else:
+        existed = os.path.exists(path)
+        db = sqlfile.open_db(Path(path), PAPER_STORE, check_same_thread=False)
+        if existed:
+            problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                db.close()
+                raise sqlite3.DatabaseError("; ".join(problems[:3]))
     # WAL + synchronous=NORMAL: a commit is in the OS before we answer, which is what
     # surviving kill -9 needs; only a power cut could lose the last transactions.
     db.execute("PRAGMA journal_mode=WAL")
