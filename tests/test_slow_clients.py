@@ -87,12 +87,13 @@ def status_latency(tree: Tree, what: str) -> Iterator[StatusLatency]:
     sampler.start()
     try:
         yield sampler
-    finally:
+    finally:  # printed whatever happened: the numbers of a failing run are the interesting ones
         sampler.stopped.set()
         sampler.join(5)
-    median, p95, worst = sampler.summary()
-    print(f"\nstatus latency {what}: {len(sampler.samples)} samples, median {median * 1000:.1f} ms, "
-          f"p95 {p95 * 1000:.1f} ms, max {worst * 1000:.1f} ms")
+        if sampler.samples:
+            median, p95, worst = sampler.summary()
+            print(f"\nstatus latency {what}: {len(sampler.samples)} samples, median {median * 1000:.1f} ms, "
+                  f"p95 {p95 * 1000:.1f} ms, max {worst * 1000:.1f} ms")
 
 
 def assert_quick(sampler: StatusLatency) -> None:
