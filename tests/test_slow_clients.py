@@ -197,6 +197,9 @@ def test_root_metrics_slow_clients_never_hold_the_root(tree: Tree) -> None:
     port = tree.naived_metrics  # type: ignore[attr-defined]
     baseline(tree)
     with cleanup() as stack, status_latency(tree, "while root metrics clients trickle") as sampler:
+        # More idle clients than the endpoint keeps: the oldest are dropped for the newest, the rest at their deadline
+        idle = connections(port, 24)
+        stack.callback(lambda: [s.close() for s in idle])
         tricklers = [Trickler(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n" * 20, 0.3) for _ in range(3)]
         for t in tricklers:
             stack.callback(t.stop)
@@ -207,9 +210,6 @@ def test_root_metrics_slow_clients_never_hold_the_root(tree: Tree) -> None:
         mute.connect(("127.0.0.1", port))
         mute.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
         stack.callback(mute.close)
-        # More idle clients than the endpoint keeps: the oldest are dropped for the newest
-        idle = connections(port, 24)
-        stack.callback(lambda: [s.close() for s in idle])
         # Every trickler is dropped at its deadline (2 s from accept), whatever it still sends
         wait_for("the trickling metrics clients dropped", lambda: all(t.closed_at for t in tricklers), timeout=6)
         assert all(t.closed_at - t.started_at < 4 for t in tricklers if t.closed_at)
@@ -244,6 +244,7 @@ def test_streamerd_publishes_while_its_metrics_clients_trickle(tree: Tree) -> No
                     sub.recv_multipart()
                     arrivals.append(time.monotonic())
             wait_for("the trickling clients dropped", lambda: all(t.closed_at for t in tricklers), timeout=6)
+            wait_for("the silent ones dropped too (at their deadline)", lambda: closed_by_server(idle) == len(idle), timeout=6)
         gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
         print(f"\nstreamerd: {len(arrivals)} trades in 3 s while clients trickled; longest gap {max(gaps) * 1000:.0f} ms")
         assert len(arrivals) > 30 and max(gaps) < 0.5, (len(arrivals), max(gaps, default=None))
@@ -311,8 +312,15 @@ def test_control_socket_stalled_and_oversized_clients(tree: Tree) -> None:
                for line in text.splitlines()), text[:400]
 
 
+def fresh_get(url: str) -> requests.Response:
+    """On a new connection: a kept-alive one may have been closed as the longest idle by these tests."""
+    with requests.Session() as http:
+        http.trust_env = False
+        return http.get(url, timeout=2)
+
+
 def paper_usage(tree: Tree) -> dict[str, Any]:
-    return tree.http.get(f"{tree.paper_url}/paper/usage", timeout=2).json()
+    return fresh_get(f"{tree.paper_url}/paper/usage").json()
 
 
 def paper_threads(tree: Tree) -> int:
@@ -330,7 +338,8 @@ def test_paper_rest_slow_idle_and_huge_requests(tree: Tree) -> None:
         # Twice as many idle connections as the exchange serves at once: never one thread each
         idle = connections(port, 2 * PAPER_MAX_CONNECTIONS)
         stack.callback(lambda: [s.close() for s in idle])
-        assert tree.http.get(f"{tree.paper_url}/api/v3/ping", timeout=2).ok  # a new client is served meanwhile
+        wait_for("the longest idle closed for the newest", lambda: closed_by_server(idle) >= PAPER_MAX_CONNECTIONS // 2, timeout=5)
+        assert fresh_get(f"{tree.paper_url}/api/v3/ping").ok  # a new client is served meanwhile
         threads = paper_threads(tree)
         assert threads <= PAPER_MAX_CONNECTIONS + 8, f"{threads} threads for {len(idle)} idle connections"
         # A body announced far larger than any request: 413 at once, the body never read
@@ -349,7 +358,7 @@ def test_paper_rest_slow_idle_and_huge_requests(tree: Tree) -> None:
     usage = paper_usage(tree)["dropped"]
     assert usage["timeout"] >= 1 and usage["evicted"] >= PAPER_MAX_CONNECTIONS // 2, usage
     assert usage["body_too_large"] >= 1 and usage["head_too_large"] >= 1, usage
-    assert tree.http.get(f"{tree.paper_url}/api/v3/ping", timeout=2).ok
+    assert fresh_get(f"{tree.paper_url}/api/v3/ping").ok
 
 
 def test_paper_rest_refuses_past_the_cap_when_no_connection_is_idle(tree: Tree) -> None:
@@ -370,11 +379,11 @@ def test_paper_rest_refuses_past_the_cap_when_no_connection_is_idle(tree: Tree) 
                  timeout=REQUEST_SECONDS + 5)
     assert_quick(sampler)
     assert paper_usage(tree)["dropped"]["too_many"] >= 4
-    assert tree.http.get(f"{tree.paper_url}/api/v3/ping", timeout=2).ok
+    assert fresh_get(f"{tree.paper_url}/api/v3/ping").ok
 
 
 def listen_key(tree: Tree) -> str:
-    reply = tree.http.post(f"{tree.paper_url}/api/v3/userDataStream", headers={"X-MBX-APIKEY": "paper-key"}, timeout=2)
+    reply = requests.post(f"{tree.paper_url}/api/v3/userDataStream", headers={"X-MBX-APIKEY": "paper-key"}, timeout=2)
     return reply.json()["listenKey"]
 
 
