@@ -234,6 +234,10 @@ def test_root_metrics_slow_clients_never_hold_the_root(tree: Tree) -> None:
         text = scrape(port)  # a scrape is answered meanwhile
         assert "naive_up 1" in text
         wait_for("the idle ones dropped too", lambda: closed_by_server(idle) == len(idle), timeout=6)
+        # Silent clients alone (nothing else wakes the endpoint): dropped at their deadline all the same
+        silent = connections(port, 4)
+        stack.callback(lambda: [s.close() for s in silent])
+        wait_for("the silent ones dropped at their deadline", lambda: closed_by_server(silent) == len(silent), timeout=6)
     assert_quick(sampler)
     text = scrape(port)
     assert dropped(text, "timeout") >= 3 and dropped(text, "too_many") >= 8, text[-600:]
