@@ -55,7 +55,9 @@ Inspection and control, unsigned (the server only listens on loopback):
                                   processed so far (tests wait on `lastTradeId`)
     GET  /paper/usage             {"requests", "weight", "minutes": {epoch minute: weight}}:
                                   requests to Binance's paths and their weight since start,
-                                  and the weight of each of the last 60 minutes
+                                  and the weight of each of the last 60 minutes; `dropped` and
+                                  `stream_dropped`: connections and requests refused by the
+                                  REST gate (`_Gate`) and the user data stream, by reason
     POST /paper/faults            JSON object of `config.Faults` fields: replaces the fault
                                   probabilities and reseeds the fault RNG; answers the faults
     POST /paper/trade             {"symbol", "price", "qty"}: a public trade the exchange matches
