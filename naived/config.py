@@ -228,6 +228,12 @@ class Paper(msgspec.Struct, forbid_unknown_fields=True):
     maker_commission: Decimal = Decimal("0.001")
     taker_commission: Decimal = Decimal("0.001")
     commission_in_bnb: bool = False  # pay from BNB at Binance's 25% discount when the BNB balance covers it
+    # The listeners' limits (issue 20): no client may hold the exchange, nor make it grow without bound.
+    # REST connections at once (each trader keeps one: all of Binance, 1,340 symbols x 2 traders,
+    # fits); past it the longest idle goes, or the new one gets 503
+    max_connections: int = 4096
+    idle_seconds: float = 60.0  # a kept-alive REST connection with no request for this long is closed
+    request_seconds: float = 5.0  # a request's head and body must arrive within this, from its first byte
     faults: Faults = msgspec.field(default_factory=Faults)
 
     def __post_init__(self) -> None:
@@ -239,6 +245,10 @@ class Paper(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError(f"ws_port: must differ from port ({self.port}): the user data stream has its own listener")
         _positive("listen_key_seconds", self.listen_key_seconds)
         _positive("user_stream_connection_seconds", self.user_stream_connection_seconds)
+        _positive("idle_seconds", self.idle_seconds)
+        _positive("request_seconds", self.request_seconds)
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections: must be >= 1, got {self.max_connections}")
         for name in ("maker_commission", "taker_commission"):
             value = getattr(self, name)
             _finite(name, value)

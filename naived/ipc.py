@@ -14,10 +14,12 @@ def bind_rep(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     return bind(ctx, zmq.REP, endpoint)
 
 
-def bind(ctx: zmq.Context, kind: int, endpoint: str) -> zmq.Socket:
-    """Bind a socket; an ipc path left behind by a killed predecessor is replaced (mode 0600)."""
+def bind(ctx: zmq.Context, kind: int, endpoint: str, max_message_bytes: int = -1) -> zmq.Socket:
+    """Bind a socket; an ipc path left behind by a killed predecessor is replaced (mode 0600).
+    `max_message_bytes` (ZMQ_MAXMSGSIZE): a peer sending a larger frame is disconnected by libzmq."""
     socket = ctx.socket(kind)
     socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     path = ipc_path(endpoint)
     if path is not None:
         try:

@@ -66,7 +66,7 @@ from naived.messages import (
     leader_reply_decoder,
     root_report_decoder,
 )
-from naived.metrics import Metrics, MetricsEndpoint
+from naived.metrics import Metrics, MetricsEndpoint, RateLimitedLog
 from naived.ownership import Holder
 from naived.store import Store, recorded_prefixes, registry_path, store_path
 from naived.supervisor import Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor, merge_identical_pages
@@ -83,6 +83,11 @@ FILTERS_RETRY = 30.0  # ...after a fetch that failed
 FILTERS_DEADLINE = 30.0  # a fetch retries this long, then fails
 WORKER = "worker-"  # key prefix of the root's short-lived workers
 WORKER_ANSWER_GRACE = 2.0  # seconds for a worker's pushed answer to arrive after its exit
+# Control requests are a few dozen bytes: a larger frame is dropped by libzmq, which disconnects
+# its sender, before it costs the root any memory or time.
+CONTROL_MAX_BYTES = 64 * 1024
+CONTROL_FRAMES = 4  # a request is [identity, "", body]: a fourth frame already makes it malformed
+CONTROL_FRAMES_PER_TURN = 8192  # ~3 ms of the loop
 REPORTS_PER_TURN = 1000  # drained per wake-up, so a flood of reports cannot starve the control socket
 
 
@@ -156,11 +161,14 @@ class Root(Role):
         except OSError as exc:
             raise StartError(f"cannot create the rate budget {config.budget_path}: {exc.strerror}") from None
         try:
-            self.control = bind(self.ctx, zmq.ROUTER, config.control_endpoint)
+            self.control = bind(self.ctx, zmq.ROUTER, config.control_endpoint, max_message_bytes=CONTROL_MAX_BYTES)
             self.reports = bind(self.ctx, zmq.PULL, config.reports_endpoint)
         except zmq.ZMQError as exc:
             raise StartError(f"cannot bind {config.control_endpoint}: {exc}") from None
         self.supervisor.watch(self.control, self.on_control)
+        self.control_refused = 0  # malformed control requests answered with an Error
+        self.control_skipping = False  # discarding the rest of a message with too many frames
+        self.control_log = RateLimitedLog(log)
         self.supervisor.watch(self.reports, self.on_reports)
         self.paper_listener: socket.socket | None = None
         self.paper_ws_listener: socket.socket | None = None
@@ -356,20 +364,24 @@ class Root(Role):
     # --- control requests --------------------------------------------------------------
 
     def on_control(self) -> None:
-        frames = self.control.recv_multipart()
+        frames = self._control_frames()
+        if frames is None:
+            return  # still discarding the frames of a message too long to be a request
         # A REQ client's message is [identity, b"", body]; anything else is refused, not fatal.
         if frames[1:2] == [b""]:
             envelope, body = frames[:2], frames[2:]
         else:  # a DEALER or raw client: no delimiter
             envelope, body = frames[:1], frames[1:]
         if len(body) != 1:
-            log.warning("control: refused a request of %d frames", len(body))
-            self.reply(envelope, Error(f"bad request: expected one frame, got {len(body)}"))
+            self.control_refused += 1
+            self.control_log.warning("control: refused a request of %s frames", f"{len(body)}+" if self.control_skipping else len(body))
+            self.reply(envelope, Error(f"bad request: expected one frame, got {len(body)}{'+' if self.control_skipping else ''}"))
             return
         try:
             req = control_request_decoder.decode(body[0])
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning("control: refused a malformed request: %s", exc)
+            self.control_refused += 1
+            self.control_log.warning("control: refused a malformed request: %s", exc)
             self.reply(envelope, Error(f"bad request: {exc}"))
             return
         try:
@@ -381,6 +393,28 @@ class Root(Role):
             reply = Error(f"naived could not handle {type(req).__name__}: {exc}")
         if reply is not None:
             self.reply(envelope, reply)
+
+    def _control_frames(self) -> list[bytes] | None:
+        """The next message's first CONTROL_FRAMES frames, or None while the rest of a longer one is
+        discarded, CONTROL_FRAMES_PER_TURN at a time: a message of a million empty frames (each
+        within MAXMSGSIZE) would otherwise hold the loop for a second in recv_multipart."""
+        frames: list[bytes] = []
+        for _ in range(CONTROL_FRAMES_PER_TURN):
+            try:
+                frame = self.control.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return None
+            more = self.control.getsockopt(zmq.RCVMORE)
+            if self.control_skipping:
+                self.control_skipping = bool(more)
+                continue
+            frames.append(frame)
+            if not more:
+                return frames
+            if len(frames) == CONTROL_FRAMES:
+                self.control_skipping = True  # refused now (it has too many frames); the rest is dropped in later turns
+                return frames
+        return None
 
     def reply(self, envelope: list[bytes], reply: msgspec.Struct) -> None:
         try:
@@ -505,6 +539,8 @@ class Root(Role):
         tree = self.status(None)
         m = Metrics()
         m.add("naive_up", "gauge", "1 while naived answers", 1)
+        m.add("naive_control_refused_total", "counter", "control requests refused as malformed (answered with an error)",
+              self.control_refused)
         restarts = "naive_restarts_total"
         restarts_help = "process restarts by level of the tree"
         if tree.paper_exchange is not None:
@@ -600,8 +636,9 @@ class Root(Role):
         return None
 
     def next_tick(self) -> float | None:
+        metrics = self.metrics.next_deadline() if self.metrics is not None else None
         return min((t for t in (self.watchdog.deadline(), self.next_filters, self.stream_due, self.next_reconcile,
-                                *self.late.values())
+                                metrics, *self.late.values())
                     if t is not None), default=None)
 
     def shutdown(self) -> None:
@@ -618,6 +655,8 @@ class Root(Role):
         if self.draining and not any(e.state != "failed" for e in self.symbols.values()):
             raise Exit("graceful shutdown: every symbol has finished its cycles", 0)
         now = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.tick(now)  # a scraper past its deadline is dropped even if it sends nothing more
         if self.next_filters is not None and now >= self.next_filters:
             self.start_exchange_info()
         if now >= self.next_reconcile:

@@ -106,6 +106,8 @@ class Daemon:
                     elif item in watched:
                         self.source.on_readable(item)
                 now = time.monotonic()
+                if self.metrics is not None:
+                    self.metrics.tick(now)
                 if self.demand.expire(now):
                     self.source.set_wanted(self.demand.wanted)
                 deadline = self.source.next_deadline()
@@ -130,7 +132,8 @@ class Daemon:
         self._stop = True
 
     def _timeout_ms(self) -> int | None:
-        candidates = (self.demand.next_deadline(), self.source.next_deadline(), self.watchdog.deadline())
+        metrics = self.metrics.next_deadline() if self.metrics is not None else None
+        candidates = (self.demand.next_deadline(), self.source.next_deadline(), self.watchdog.deadline(), metrics)
         deadlines = [d for d in candidates if d is not None]
         if not deadlines:
             return None

@@ -349,14 +349,11 @@ def test_watchdog_pings_come_from_the_main_loop(start_streamerd, notify_socket, 
     steady = notify_socket.pings(10, timeout=0.6)
     assert steady[-1] - steady[0] < 3.0, "pings too slow for a 0.2 s watchdog"
 
-    # Hold the main loop: a metrics client that connects and sends nothing keeps `serve()`
-    # in its 1 s read timeout. Pings sent by anything but the loop would keep coming.
+    # A metrics client that connects and sends nothing used to hold the main loop (and so stop
+    # the pings) for a second per read; since issue 20 no client can hold it: the pings keep their
+    # pace. (That lever was this test's way to show the pings come from the loop; none is left.)
     with socket.create_connection(("127.0.0.1", free_tcp_port)):
-        held = notify_socket.pings(3, timeout=5)
-    gaps = [b - a for a, b in zip([steady[-1], *held], held)]
-    assert max(gaps) > 0.7, f"pings kept coming while the main loop was held: gaps {gaps}"
-
-    notify_socket.pings(5, timeout=0.6)  # and they resume at the watchdog's pace
+        notify_socket.pings(5, timeout=0.6)
     assert daemon.stop() == 0
     assert any("STOPPING=1" in notify_socket.next(5)[0] for _ in range(20))
 

@@ -46,9 +46,11 @@ from typing import Any
 import msgspec
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from naived.config import Faults
+from naived.metrics import RateLimitedLog
 from naived.paper.book import Change, PaperOrder
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,14 @@ KEY_LENGTH = 60  # Binance's listen keys are 60 letters and digits
 EIGHT = Decimal("0.00000001")
 UNKNOWN_KEY = {"code": -1125, "msg": "This listenKey does not exist."}
 PING_INTERVAL, PING_TIMEOUT = 20.0, 60.0  # Binance pings every 20 s and drops a client silent for a minute
+# Limits no client may pass (issue 20); Binance documents none for this stream but the ping rule.
+# A client sends nothing but control frames (pongs, close): a message larger than this is
+# refused with close code 1009. A handshake must be done within OPEN_SECONDS of the connection.
+MAX_MESSAGE_BYTES = 4096
+OPEN_SECONDS = 5.0
+MAX_CONNECTIONS = 64  # open connections; the next handshake is answered 503
+MAX_QUEUED = 10_000  # events waiting for a connection that does not read: then it is dropped
+DROP_REASONS = ("handshake_timeout", "too_many", "message_too_large", "slow_reader")
 _CLOSE, _ABORT = object(), object()  # queue sentinels: close normally / drop the connection
 
 
@@ -174,6 +184,13 @@ class UserStreamServer(threading.Thread):
         self._ready = threading.Event()
         self._server: Server | None = None
         self.address = listener.getsockname()[:2]
+        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)  # read by GET /paper/usage
+        self._log = RateLimitedLog(log)
+
+    def _drop(self, reason: str, message: str, *args: object) -> None:
+        """Count and log (at a bounded rate) a client refused or dropped. On the stream's loop only."""
+        self.dropped[reason] += 1
+        self._log.warning(f"user data stream: {message}", *args)
 
     # --- from other threads ---------------------------------------------------------------
 
@@ -205,7 +222,18 @@ class UserStreamServer(threading.Thread):
     async def _main(self) -> None:
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
-        async with serve(self._serve, sock=self._listener, process_request=self._handshake,
+        owner = self
+
+        class Connection(ServerConnection):
+            async def handshake(self, *args: Any, **kwargs: Any) -> None:
+                try:
+                    await super().handshake(*args, **kwargs)
+                except asyncio.CancelledError:  # open_timeout (or our own shutdown): no request in time
+                    owner._drop("handshake_timeout", "no handshake within %gs; connection closed", OPEN_SECONDS)
+                    raise
+
+        async with serve(self._serve, sock=self._listener, process_request=self._handshake, create_connection=Connection,
+                         open_timeout=OPEN_SECONDS, max_size=MAX_MESSAGE_BYTES,
                          ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT, close_timeout=2) as server:
             self._server = server
             self._ready.set()
@@ -222,6 +250,9 @@ class UserStreamServer(threading.Thread):
         key = request.path.removeprefix("/ws/")
         if not request.path.startswith("/ws/") or not self.keys.valid(key):
             return ws.respond(HTTPStatus.BAD_REQUEST, msgspec.json.encode(UNKNOWN_KEY).decode())
+        if len(self._connections) >= MAX_CONNECTIONS:
+            self._drop("too_many", "refused a connection: %d open", len(self._connections))
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
         return None
 
     async def _serve(self, ws: ServerConnection) -> None:
@@ -229,16 +260,21 @@ class UserStreamServer(threading.Thread):
         self._connections.add(conn)
         log.info("user data stream: connection from %s:%d", *ws.remote_address[:2])
         writer = asyncio.create_task(self._write(conn))
+        closed = asyncio.create_task(ws.wait_closed())  # by the client, a ping timeout, or a message too large
         try:
-            done, _ = await asyncio.wait({writer}, timeout=self._connection_seconds)
+            done, _ = await asyncio.wait({writer, closed}, timeout=self._connection_seconds, return_when=asyncio.FIRST_COMPLETED)
             if not done:  # Binance: a connection is only valid for 24 hours
                 log.info("user data stream: connection from %s:%d reached its %gs limit", *ws.remote_address[:2],
                          self._connection_seconds)
                 await ws.close(1000, "connection lifetime reached")
+            sent = ws.protocol.close_sent
+            if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:
+                self._drop("message_too_large", "closed a connection that sent a message over %d bytes", MAX_MESSAGE_BYTES)
         finally:
             conn.dead = True
             self._connections.discard(conn)
             writer.cancel()
+            closed.cancel()
 
     async def _write(self, conn: _Connection) -> None:
         """One writer per connection: events leave in the order they were committed."""
@@ -256,9 +292,15 @@ class UserStreamServer(threading.Thread):
             return
 
     def _enqueue(self, conn: _Connection, item: Any) -> None:
-        if not conn.dead:
-            conn.queue.put_nowait(item)
-            conn.dead = item is _CLOSE or item is _ABORT
+        if conn.dead:
+            return
+        if conn.queue.qsize() >= MAX_QUEUED:  # it does not read what it is sent: it must not grow the process
+            self._drop("slow_reader", "dropped a connection with %d events unread", MAX_QUEUED)
+            conn.ws.transport.abort()
+            conn.dead = True
+            return
+        conn.queue.put_nowait(item)
+        conn.dead = item is _CLOSE or item is _ABORT
 
     def _dispatch(self, changes: list[Change]) -> None:
         live = [c for c in self._connections if not c.dead and self.keys.valid(c.key)]
