@@ -58,6 +58,8 @@ def encode_trade(event: TradeEvent) -> list[bytes]:
 
 
 def decode_trade(payload: bytes) -> TradeEvent:
+    """For tools and tests. naived's consumers take frames through `naived.market.MarketGate`,
+    which checks what this does not (topic, symbol, prices, band)."""
     return _trade_decoder.decode(payload)
 
 
@@ -270,6 +272,15 @@ class TraderFailed(msgspec.Struct, tag=True):
     error: str
 
 
+class MarketFramesDropped(msgspec.Struct, tag=True):
+    """A trader's market frames dropped so far, by reason (naived/market.py): cumulative for the
+    process `pid`, so a resent one counts once. Sent at most once a second, only after a change."""
+
+    trader_id: int
+    pid: int
+    dropped: dict[str, int]
+
+
 class LeaderStatusRequest(msgspec.Struct, tag=True):
     """Asked by the root for `naivectl status`."""
 
@@ -296,7 +307,7 @@ class OpenOrdersFetched(msgspec.Struct, tag=True):
 
 LeaderRequest = (
     TraderHello | StateUpdated | RebuyTriggered | TraderFailed | LeaderStatusRequest | ShutdownRequest
-    | FiltersFetched | OpenOrdersFetched
+    | FiltersFetched | OpenOrdersFetched | MarketFramesDropped
 )
 
 
@@ -326,6 +337,8 @@ class LeaderStatus(msgspec.Struct, tag=True):
     last_trade: TradeEvent | None = None  # the symbol's latest trade on the market feed
     # Totals over the symbol's finished cycles, quote asset, decimal strings: fees_quote, pnl_quote
     books: dict[str, str] = {}
+    # Market frames the symbol's traders dropped, by reason, since the leader started
+    market_dropped: dict[str, int] = {}
 
 
 LeaderReply = Ack | LeaderStatus
