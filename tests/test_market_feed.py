@@ -96,13 +96,16 @@ def in_band(order: dict[str, Any], band: Decimal = Decimal("0.1")) -> bool:
 
 def test_a_trader_never_takes_a_prefix_neighbours_trades(tmp_path: Path) -> None:
     """Issue 20, item 1: TUSDTRY (~100) streamed next to TUSDT (~0.1) while TUSDT is traded: the
-    traders bought at 100.1. Now every TUSDTRY frame is dropped (`topic`) and counted."""
+    traders bought at 100.1. Now every TUSDTRY frame is dropped (`topic`) and counted, and a wild
+    first TUSDT price is not acted on either."""
     with tree_on_own_feed(tmp_path, "") as (tree, feed, metrics_port):
         assert tree.ctl("start-trading", SYMBOL_).returncode == 0
         wait_for("both traders ready", lambda: len([t for t in tree.traders(SYMBOL_).values() if t["ready_at"]]) == 2)
         feed.wait_subscribers(SYMBOL_, 2)  # the traders' (chunks = 2), or one and the paper exchange's
         for i in range(20):  # the neighbour first: a trader acting on it would buy at ~100
             feed.send(feed.trade(NEIGHBOUR, f"100.{i:02d}"))
+        # then a wild TUSDT price, the first of its symbol the fresh traders see: outvoted, never acted on
+        feed.send(feed.trade(SYMBOL_, "100.1"))
 
         def bought() -> bool:
             feed.send(feed.trade(SYMBOL_, "0.1"))
