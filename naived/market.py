@@ -144,7 +144,7 @@ class MarketGate:
         try:
             verdict = read_trade(frames, self.topic, self.symbol)
             if isinstance(verdict, TradeEvent):
-                verdict = self._in_band(verdict)
+                verdict = self.judge(verdict)
         except Exception:  # a check that fails is a bug here, never a reason to crash the consumer
             log.exception("%s: checking a market frame failed", self.log.who)
             verdict = DECODE
@@ -153,7 +153,9 @@ class MarketGate:
             self.log.note(verdict, _describe(frames))
         return verdict
 
-    def _in_band(self, event: TradeEvent) -> TradeEvent | str:
+    def judge(self, event: TradeEvent) -> TradeEvent | str:
+        """The band alone, for an event already read (`read_trade`): the event, `BAND` or
+        `WARMUP`. Not counted: `check` counts; the in-process backtest calls this directly."""
         price = Decimal(event.p)
         self.recent.append(price)
         if len(self.recent) < self.confirm:
