@@ -351,6 +351,11 @@ class TradingSettings(msgspec.Struct, forbid_unknown_fields=True):
     # Traders started with the symbol; 0 = `chunks` (chapter 5). 1 = chapter 9: one trader,
     # and another each time a rebuy fires, up to `chunks`.
     initial_traders: int = 0
+    # Market frames priced farther than this fraction from the median of the last few trades are
+    # dropped (naived/market.py). 0.1: one trade rarely moves a Binance market 10 % (the book
+    # sweep it takes is rare even on thin pairs), while a bad tick is usually off by far more;
+    # a genuine move is followed after 3 trades. Within the band, a bad price costs at most 10 %.
+    price_band: Decimal = Decimal("0.1")
 
     def __post_init__(self) -> None:
         _check_settings(self)
@@ -369,6 +374,7 @@ class SymbolOverrides(msgspec.Struct, forbid_unknown_fields=True):
     profit_interval: Decimal | None = None
     rebuy_interval: Decimal | None = None
     initial_traders: int | None = None
+    price_band: Decimal | None = None
 
 
 def _check_settings(s: TradingSettings | SymbolOverrides) -> None:
@@ -377,6 +383,7 @@ def _check_settings(s: TradingSettings | SymbolOverrides) -> None:
     _in_range("buy_down_interval", s.buy_down_interval, Decimal("-1"), Decimal("1"))
     _in_range("profit_interval", s.profit_interval, Decimal("-1"), Decimal("10"))
     _in_range("rebuy_interval", s.rebuy_interval, Decimal("0"), Decimal("1"))
+    _in_range("price_band", s.price_band, Decimal("0"), Decimal("1"))
     if s.initial_traders is not None and s.initial_traders < 0:
         raise ValueError(f"initial_traders must be >= 0, got {s.initial_traders}")
 

@@ -323,6 +323,8 @@ def _leader_lines(leader: LeaderStatus, now: float) -> list[str]:
         head += f", waiting {_age(leader.waiting_since, now)} for {leader.waiting}"
     if leader.last_trade is not None:
         head += f", last trade {_num(leader.last_trade.p)} ({_age(leader.last_trade.E / 1000, now)} ago)"
+    if leader.market_dropped:
+        head += ", market frames dropped: " + ", ".join(f"{r} {n}" for r, n in sorted(leader.market_dropped.items()))
     children = [[_trader_line(t, now)] for t in leader.traders]
     lines = [head]
     for i, child in enumerate(children):

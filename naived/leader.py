@@ -36,6 +36,7 @@ from naived.messages import (
     FiltersFetched,
     LeaderStatus,
     LeaderStatusRequest,
+    MarketFramesDropped,
     OpenOrdersFetched,
     RebuyTriggered,
     Settings,
@@ -148,6 +149,10 @@ class Leader(Role):
         self.reserved: list[int] = []  # cycle numbers taken at start, in one durable commit, for the fresh traders
         self.ready_at: dict[int, float] = {}
         self.used_weight = 0
+        # Market frames dropped by reason: the running traders' own counts (by trader id: the
+        # reporting pid and its cumulative counts) and those of traders that have exited.
+        self.dropped_by: dict[int, tuple[int, dict[str, int]]] = {}
+        self.dropped_before: dict[str, int] = {}
         # A store made just now has a prefix no order at the exchange can carry: nothing to
         # reconcile, so no worker (one fork and one weight-6 request less per symbol started).
         self.reconciled = new_store
@@ -200,6 +205,9 @@ class Leader(Role):
             return None  # their restart types decide
         trader_id = int(key)
         self.ready_at.pop(trader_id, None)
+        _, dropped = self.dropped_by.pop(trader_id, (0, {}))
+        for reason, n in dropped.items():
+            self.dropped_before[reason] = self.dropped_before.get(reason, 0) + n
         if status.words:
             self.last_error = f"trader {self.symbol}/{trader_id}: {status.words}"
         state = self.states.get(trader_id)
@@ -345,6 +353,10 @@ class Leader(Role):
                 self.store.set_meta("last_error", self.last_error)
             case RebuyTriggered(trader_id):
                 self.on_rebuy(trader_id)
+            case MarketFramesDropped(trader_id, pid, dropped):
+                child = self.supervisor.children.get(str(trader_id))
+                if child is not None and child.pid == pid:  # not a late word from one already reaped
+                    self.dropped_by[trader_id] = (pid, dropped)
             case FiltersFetched(filters):
                 self.on_filters(filters)
             case ExchangeWaiting(reason):
@@ -449,7 +461,15 @@ class Leader(Role):
             used_weight=self.used_weight,
             waiting=f"the exchange's filters ({self.waiting_reason or 'asking'})" if self.waiting_since is not None else None,
             waiting_since=self.waiting_since,
+            market_dropped=self.market_dropped(),
         )
+
+    def market_dropped(self) -> dict[str, int]:
+        total = dict(self.dropped_before)
+        for _, dropped in self.dropped_by.values():
+            for reason, n in dropped.items():
+                total[reason] = total.get(reason, 0) + n
+        return total
 
     def run(self) -> int:
         trader_ids = set(self.states)

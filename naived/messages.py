@@ -58,6 +58,8 @@ def encode_trade(event: TradeEvent) -> list[bytes]:
 
 
 def decode_trade(payload: bytes) -> TradeEvent:
+    """For tools and tests. naived's consumers take frames through `naived.market.MarketGate`,
+    which checks what this does not (topic, symbol, prices, band)."""
     return _trade_decoder.decode(payload)
 
 
@@ -270,6 +272,15 @@ class TraderFailed(msgspec.Struct, tag=True):
     error: str
 
 
+class MarketFramesDropped(msgspec.Struct, tag=True):
+    """A trader's market frames dropped so far, by reason (naived/market.py): cumulative for the
+    process `pid`, so a resent one counts once. Sent at most once a second, only after a change."""
+
+    trader_id: int
+    pid: int
+    dropped: dict[str, int]
+
+
 class LeaderStatusRequest(msgspec.Struct, tag=True):
     """Asked by the root for `naivectl status`."""
 
@@ -303,7 +314,7 @@ class OpenOrdersFetched(msgspec.Struct, tag=True):
 
 LeaderRequest = (
     TraderHello | StateUpdated | RebuyTriggered | TraderFailed | LeaderStatusRequest | ShutdownRequest
-    | FiltersFetched | ExchangeWaiting | OpenOrdersFetched
+    | FiltersFetched | ExchangeWaiting | OpenOrdersFetched | MarketFramesDropped
 )
 
 
@@ -336,6 +347,8 @@ class LeaderStatus(msgspec.Struct, tag=True):
     # What keeps fresh cycles from starting (the exchange's filters, unreachable) and why, since when.
     waiting: str | None = None
     waiting_since: float | None = None
+    # Market frames the symbol's traders dropped, by reason, since the leader started
+    market_dropped: dict[str, int] = {}
 
 
 LeaderReply = Ack | LeaderStatus

@@ -570,6 +570,9 @@ class Root(Role):
             m.add("naive_intents_unknown", "gauge", "unknown outcomes not yet resolved", pending, symbol=sym.symbol)
             m.add("naive_order_drift", "gauge", "orders the exchange and the traders disagree on, at the leader's start", c.get("drift", 0), symbol=sym.symbol)
             m.add("naive_cycles_finished_total", "counter", "cycles finished", leader.cycles_finished, symbol=sym.symbol)
+            for reason, n in sorted(leader.market_dropped.items()):
+                m.add("naive_market_frames_dropped_total", "counter", "market frames the traders dropped (naived/market.py), by reason",
+                      n, symbol=sym.symbol, reason=reason)
             # Decimal strings from the store, summed once per finished cycle (quote asset of the symbol).
             m.add("naive_fees_quote_total", "counter", "fees paid by finished cycles, valued in the quote asset",
                   Decimal(leader.books.get("fees_quote", "0")), symbol=sym.symbol)

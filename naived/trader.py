@@ -22,21 +22,22 @@ import msgspec
 import zmq
 
 from naived import exchange, strategy
-from naived.supervisor import last_words
 from naived.config import Config
+from naived.market import MAX_MARKET_FRAME, MarketGate
 from naived.messages import (
     STREAM_STATUS_TOPIC,
     Fill,
     Intent,
+    MarketFramesDropped,
     Order,
     RebuyTriggered,
-    StreamStatus,
     StateUpdated,
+    StreamStatus,
+    TradeEvent,
     TraderFailed,
     TraderHello,
     TraderState,
     check_topic,
-    decode_trade,
     encode,
     execution_report_decoder,
     leader_reply_decoder,
@@ -44,6 +45,7 @@ from naived.messages import (
     trade_topic,
     trader_execution_topic,
 )
+from naived.supervisor import last_words
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,6 +70,8 @@ def price_refused(exc: exchange.BinanceError) -> bool:
     market or the order's price moves, unlike the other filters (tick, lot, notional), which the
     same settings would break again."""
     return exc.code == -1013 and exc.msg.startswith("Filter failure: PERCENT_PRICE")
+# The leader hears of dropped market frames at most this often (one REQ round trip each).
+DROPS_REPORT_SECONDS = 1.0
 
 
 def settle_deadline(started: float, last_unknown_send: float | None, intent: Intent, window: float) -> float:
@@ -118,6 +122,7 @@ class Trader:
         self.ctx = zmq.Context()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.MAXMSGSIZE, MAX_MARKET_FRAME)
         self.sub.connect(config.streamer.endpoint)
         self.sub.setsockopt(zmq.SUBSCRIBE, trade_topic(self.symbol))
         self.trades_on = True
@@ -138,6 +143,10 @@ class Trader:
         self.next_fallback = 0.0  # monotonic: the next REST check while the stream is not up
         self.pushed: dict[str, dict[int, Fill]] = {}  # client order id -> its pushed fills by trade id
         trading = config.trading.merged(state.symbol)  # the cycle's budget is in its own settings
+        # Every trade frame is checked here before the strategy sees it (naived/market.py).
+        self.gate = MarketGate(self.symbol, trading.price_band, f"{self.symbol}/{state.trader_id}")
+        self.drops_told: dict[str, int] = {}  # what the leader last acked of `gate.dropped`
+        self.next_drops_report = 0.0  # monotonic
         # The leader starts another trader on a rebuy only while fewer than `chunks` run.
         self.rebuy_possible = trading.traders_at_start < trading.chunks
         self.leader = LeaderLink(self.ctx, config.leader_endpoint(self.symbol))
@@ -415,6 +424,8 @@ class Trader:
         if want != self.trades_on:
             self.sub.setsockopt(zmq.SUBSCRIBE if want else zmq.UNSUBSCRIBE, trade_topic(self.symbol))
             self.trades_on = want
+            if want:
+                self.gate.reset()  # the prices it knows are from before the gap
             log.info("%s/%d: %s", self.symbol, self.state.trader_id,
                      "following trades" if want else "waiting for pushes only, trades unsubscribed")
 
@@ -425,11 +436,27 @@ class Trader:
             deadlines.append(now + self.client.budget.recheck_interval(CHECK_INTERVAL))
         if strategy.open_order(self.state) is not None and not self.live():
             deadlines.append(self.next_fallback)
+        if self.gate.dropped != self.drops_told:
+            deadlines.append(self.next_drops_report)
+        if (summary := self.gate.log.deadline()) is not None:
+            deadlines.append(summary)
         if not deadlines:
             return None
         return max(0, int((min(deadlines) - now) * 1000) + 1)
 
+    def report_drops(self, now: float | None = None) -> None:
+        """Tell the leader the frames dropped so far, at most every DROPS_REPORT_SECONDS (`now`
+        None: at once, on the way out); and log the drops' summary when it is due."""
+        self.gate.log.flush()
+        if self.gate.dropped == self.drops_told or (now is not None and now < self.next_drops_report):
+            return
+        dropped = dict(self.gate.dropped)
+        self.leader.call(MarketFramesDropped(self.state.trader_id, os.getpid(), dropped))
+        self.drops_told = dropped
+        self.next_drops_report = time.monotonic() + DROPS_REPORT_SECONDS
+
     def on_timers(self) -> bool:
+        self.report_drops(time.monotonic())
         if self.live() or strategy.open_order(self.state) is None:
             return False
         if time.monotonic() >= self.next_fallback:
@@ -438,6 +465,12 @@ class Trader:
         return False
 
     def run(self) -> int:
+        code = self.trade()
+        if code == 0:
+            self.report_drops()  # a finished cycle's last counts, before the leader reaps it
+        return code
+
+    def trade(self) -> int:
         s = self.state
         # Hello first: the leader counts this trader ready from it; the log line can wait.
         self.leader.call(TraderHello(s.trader_id, os.getpid()))
@@ -466,10 +499,9 @@ class Trader:
                     if self.recheck and not ready and self.act(self.check(self.recheck, follow_up=False)):
                         return 0
                     continue
-                _, payload = self.sub.recv_multipart()
-                if not self.trades_on:
-                    continue  # queued before the unsubscribe
-                event = decode_trade(payload)
+                event = self.gate.check(self.sub.recv_multipart())
+                if not self.trades_on or not isinstance(event, TradeEvent):
+                    continue  # queued before the unsubscribe, or dropped (counted) by the gate
                 if self.state.status == "new" and time.monotonic() < self.buys_held_until:
                     continue  # its last buy was refused for its price: not one per trade
                 if strategy.rebuy_due(self.state, event):

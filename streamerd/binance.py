@@ -26,6 +26,7 @@ import msgspec
 import websocket
 from websocket import ABNF
 
+from naived.market import PRICE, QUANTITY, DropLog, positive_decimal
 from naived.messages import TradeEvent
 from streamerd.daemon import Emit
 from streamerd.publisher import Stats
@@ -101,6 +102,7 @@ class BinanceSource:
         self.attempts: collections.deque[float] = collections.deque()
         self.backlog: set[Connection] = set()
         self._numbers = 0
+        self.refusals = DropLog("binance")
 
     # --- demand ------------------------------------------------------------------
 
@@ -319,6 +321,13 @@ class BinanceSource:
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
             # UTF-8 is checked here, by msgspec, instead of by websocket-client (skip_utf8_validation)
             self._on_other(c, data)
+            return
+        # What every consumer checks again (naived/market.py), refused at the source too: a NaN,
+        # negative or zero price is never published. Its trade id then shows as a gap.
+        bad = PRICE if positive_decimal(event.p) is None else QUANTITY if positive_decimal(event.q) is None else None
+        if bad is not None:
+            self.stats.refused += 1
+            self.refusals.note(bad, f"connection {c.number}: {data[:200]!r}")
             return
         self.stats.events_in += 1
         if c.failures:

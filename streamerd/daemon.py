@@ -156,6 +156,7 @@ class Daemon:
             ("gaps", "gaps in trade ids"),
             ("missing", "trade ids skipped by gaps"),
             ("malformed", "frames that were not a trade and not expected"),
+            ("refused", "trades refused: price or quantity not a positive decimal"),
             ("truncated", "replayed gzip files cut short (read up to the cut)"),
         ):
             m.add(f"naive_streamer_{name}_total", "counter", help_text, getattr(self.stats, name))

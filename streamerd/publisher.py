@@ -38,6 +38,7 @@ class Stats:
     gaps: int = 0
     missing: int = 0  # trade ids skipped by gaps
     malformed: int = 0
+    refused: int = 0  # trades whose price or quantity is not a positive decimal (never published)
     truncated: int = 0  # replayed gzip files cut short (no end-of-stream marker)
 
     def line(self) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
+import msgspec
 import pytest
 import requests
 import zmq
@@ -450,6 +451,39 @@ def test_partial_fills_leave_marketable_orders_what_the_last_trade_left(start: C
     _, mkt = post(ex, side="SELL", type="MARKET", quantity="10", newClientOrderId="m1")
     assert (mkt["status"], mkt["executedQty"]) == ("EXPIRED", "0.00000000")
     assert_balances_follow_fills(ex)
+
+
+def test_bad_market_frames_are_dropped_and_counted_and_the_feed_lives_on(ex: Exchange, market: Market) -> None:
+    """Issue 20, item 2: a NaN price killed the feed thread (`_crosses`); a prefix neighbour's or a
+    wild price filled orders. Now the feed checks frames as the traders do (naived/market.py)."""
+    c = ex.client()
+    c.new_order("XRPUSDT", "BUY", "0.5", "20", "b1")
+    market.wait_subscribed("XRPUSDT")
+    for _ in range(5):  # the market at 0.6: the band's reference
+        ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.6"))
+    topic = trade_topic("XRPUSDT")
+    now = int(time.time() * 1000)
+    event = {"e": "trade", "E": now, "s": "XRPUSDT", "t": 99, "p": "0.4", "q": "10", "T": now, "m": False}
+    for frames in (
+        [topic],  # frames
+        [topic, b"\xc1junk"],  # decode
+        [topic, msgspec.msgpack.encode({**event, "p": 0.4})],  # decode: a float
+        [topic, msgspec.msgpack.encode({**event, "p": "NaN"})],  # price
+        [topic, msgspec.msgpack.encode({**event, "p": "-0.4"})],  # price
+        [topic, msgspec.msgpack.encode({**event, "q": "0"})],  # quantity
+        [topic, msgspec.msgpack.encode({**event, "s": "XRPUSDTX"})],  # symbol
+        [trade_topic("XRPUSDTX"), msgspec.msgpack.encode({**event, "s": "XRPUSDTX"})],  # topic: no such subscription
+    ):
+        market.pub.send_multipart(frames)
+    market.trade("XRPUSDT", "0.001")  # band: the issue's wild tick, far below the buy
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.6"))  # the feed thread lives on, after every one of them
+    assert ex.orders()["b1"]["status"] == "NEW"  # nothing above filled it
+    assert ex.get("/paper/feed") == {"dropped": {"XRPUSDT": {"frames": 1, "decode": 2, "price": 2, "quantity": 1, "symbol": 1, "band": 1},
+                                                 "": {"topic": 1}}}
+    for price in ("0.58", "0.55", "0.52", "0.4999"):  # a market that moves, step by step within the band, still fills
+        ex.processed("XRPUSDT", market.trade("XRPUSDT", price))
+    assert ex.orders()["b1"]["status"] == "FILLED"
+    assert "Traceback" not in ex.log()
 
 
 def test_without_a_trade_seen_marketable_limits_rest_and_market_orders_expire(ex: Exchange) -> None:

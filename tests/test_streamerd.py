@@ -187,6 +187,22 @@ def test_demand_follows_subscribers_and_a_killed_subscriber_unsubscribes(ctx, fa
     assert daemon.stop() == 0
 
 
+def test_trades_without_a_positive_price_or_quantity_are_refused(ctx, fake, start_streamerd):
+    """Issue 20: a NaN, negative or zero price or quantity is never published (every consumer
+    checks again, naived/market.py); counted in `refused`."""
+    daemon = start_streamerd("--source", "binance", "--binance-url", fake.url)
+    sub = subscriber(ctx, daemon.endpoint, "BTCUSDT")
+    fake.wait_for_subscription("btcusdt@trade", timeout=10)
+    fake.push_trades("BTCUSDT", range(100, 105))
+    for trade_id, fields in enumerate([{"price": "NaN"}, {"price": "-1.0"}, {"price": "0.00000000"}, {"price": "Infinity"},
+                                       {"qty": "nan"}, {"qty": "-0.1"}, {"qty": "0"}], start=105):
+        fake.push_trade("BTCUSDT", trade_id, **fields)
+    fake.push_trades("BTCUSDT", range(112, 115))
+    assert [e.t for e in receive(sub, 8)] == [*range(100, 105), *range(112, 115)]
+    assert daemon.stop() == 0
+    assert "refused=7" in daemon.log() and "events_out=8" in daemon.log()
+
+
 def test_malformed_frames_are_counted_and_skipped(ctx, fake, start_streamerd):
     daemon = start_streamerd("--source", "binance", "--binance-url", fake.url)
     sub = subscriber(ctx, daemon.endpoint, "BTCUSDT")
