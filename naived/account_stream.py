@@ -43,11 +43,14 @@ import zmq
 from websocket import ABNF
 
 from naived import exchange
-from naived.config import Config
+from naived.config import SYMBOL_RE, Config
 from naived.ipc import bind
+from naived.market import plain_decimal
+from naived.metrics import RateLimitedLog
 from naived.messages import (
     EXECUTION_TOPIC_PREFIX,
     STREAM_STATUS_TOPIC,
+    ExecutionReport,
     StreamAlive,
     StreamStatus,
     encode,
@@ -68,6 +71,31 @@ class _Event(msgspec.Struct):
 
 
 _event_decoder = msgspec.json.Decoder(_Event)
+
+# Binance's order statuses (spot REST and user data stream); a report with another is not ours to guess at.
+ORDER_STATUSES = frozenset({"NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "PENDING_CANCEL", "REJECTED", "EXPIRED",
+                            "EXPIRED_IN_MATCH"})
+# Drop reasons of the stream's boundary (metrics label `reason`).
+UNDECODABLE, BAD_SYMBOL, BAD_STATUS, BAD_AMOUNT, BAD_ORDER = "decode", "symbol", "status", "amount", "order"
+
+
+def report_problem(report: ExecutionReport) -> str | None:
+    """Why an `executionReport` must not reach a trader (a drop reason), or None.
+
+    The trader turns these fields into Decimals and into its state: a NaN, a negative or an
+    exponent, an unknown status or a symbol that is no symbol would raise in it or mislead it.
+    Dropping one costs nothing but time: the REST lookups by client order id stay the path at
+    every (re)start, while the stream is down, and at the leader's reconcile."""
+    if not SYMBOL_RE.fullmatch(report.s):
+        return BAD_SYMBOL
+    if report.X not in ORDER_STATUSES:
+        return BAD_STATUS
+    for amount in (report.q, report.p, report.l, report.z, report.L, report.n, report.Z):
+        if plain_decimal(amount) is None:
+            return BAD_AMOUNT
+    if report.i < 0 or not report.client_order_id:
+        return BAD_ORDER
+    return None
 
 
 class KeyGone(Exception):
@@ -94,6 +122,8 @@ class AccountStream:
         self.ws: websocket.WebSocket | None = None
         self.session = ""
         self.next_alive = 0.0  # monotonic
+        self.dropped: dict[str, int] = {}  # events refused at the boundary, by reason (to the root, with StreamAlive)
+        self.drop_log = RateLimitedLog(log)
 
     # --- the listen key ------------------------------------------------------------------
 
@@ -102,7 +132,7 @@ class AccountStream:
         that may block that long is next), else within a heartbeat."""
         heartbeat = self.settings.heartbeat_seconds
         try:
-            self.root.send(encode(StreamAlive(heartbeat + (within or 0.0))), zmq.NOBLOCK)
+            self.root.send(encode(StreamAlive(heartbeat + (within or 0.0), dict(self.dropped))), zmq.NOBLOCK)
         except zmq.Again:
             pass  # the root is restarting: the next one will do
         self.next_alive = time.monotonic() + heartbeat
@@ -189,18 +219,28 @@ class AccountStream:
                 return False
 
     def on_frame(self, data: bytes) -> None:
+        """The stream's boundary: every event is decoded and checked here, once; what fails is
+        dropped, counted by reason and logged at a bounded rate, never raised."""
         try:
             kind = _event_decoder.decode(data).e
             if kind == "executionReport":
                 report = execution_report_json_decoder.decode(data)
+                problem = report_problem(report)
+                if problem is not None:
+                    self.drop(problem, f"{report.s} {report.client_order_id[:40]!r} {report.X!r}")
+                    return
                 self.pub.send_multipart([execution_topic(report.client_order_id), encode(report)])
                 log.debug("account stream: %s %s %s %s", report.s, report.client_order_id, report.x, report.X)
             elif kind == "listenKeyExpired":
                 log.warning("account stream: the listen key expired; reconnecting with a new one")
                 self.key = None
                 raise KeyGone("listenKeyExpired")
-        except msgspec.DecodeError as exc:  # malformed: counted in the log, never fatal
-            log.warning("account stream: ignored an undecodable event: %s", exc)
+        except msgspec.DecodeError as exc:  # ValidationError is one: a missing field, a number for a string
+            self.drop(UNDECODABLE, str(exc)[:200])
+
+    def drop(self, reason: str, detail: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self.drop_log.warning("account stream: dropped an event (%s: %s)", reason, detail)
 
     def serve(self, ws: websocket.WebSocket) -> None:
         """Read one connection until it ends; keep-alives, liveness and the rollover on the way."""

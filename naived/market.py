@@ -53,12 +53,17 @@ _DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?")
 _decoder = msgspec.msgpack.Decoder(TradeEvent)
 
 
-def positive_decimal(text: object) -> Decimal | None:
-    """`text` as a Decimal if it is a plain decimal string > 0 (as Binance writes them), else None."""
+def plain_decimal(text: object) -> Decimal | None:
+    """`text` as a Decimal if it is a plain decimal string >= 0 (as Binance writes amounts), else None."""
     if not isinstance(text, str) or not _DECIMAL.fullmatch(text):
         return None
-    value = Decimal(text)
-    return value if value > 0 else None
+    return Decimal(text)
+
+
+def positive_decimal(text: object) -> Decimal | None:
+    """`text` as a Decimal if it is a plain decimal string > 0 (as Binance writes them), else None."""
+    value = plain_decimal(text)
+    return value if value is not None and value > 0 else None
 
 
 def read_trade(frames: list[bytes], topic: bytes, symbol: str) -> TradeEvent | str:

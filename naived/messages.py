@@ -454,9 +454,11 @@ class ExchangeFilters(msgspec.Struct, tag=True):
 
 
 class StreamAlive(msgspec.Struct, tag=True):
-    """From the account stream to the root's watchdog: it turns, and says more `within` seconds."""
+    """From the account stream to the root's watchdog: it turns, and says more `within` seconds.
+    `dropped`: the events this process refused at its boundary so far, by reason (metrics)."""
 
     within: float
+    dropped: dict[str, int] = {}
 
 
 class OrphansFound(msgspec.Struct, tag=True):

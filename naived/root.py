@@ -191,6 +191,10 @@ class Root(Role):
         self.filters: dict[str, SymbolFilters] = {}
         self.next_filters: float | None = None  # monotonic: when the exchange-info worker runs again
         self.stream_due: float | None = None  # monotonic: the account stream's next word is due by then
+        # Events the account stream dropped at its boundary, by reason: its current process's
+        # totals (from StreamAlive) and the sum over the processes before it (a counter never goes back).
+        self.stream_dropped: dict[str, int] = {}
+        self.stream_dropped_before: dict[str, int] = {}
         self.next_reconcile = time.monotonic() + config.naived.reconcile_seconds
         self.trading = TradingSet(config.state_dir / "trading.json")
         self.paper_failed: str | None = None
@@ -309,6 +313,9 @@ class Root(Role):
             return "forget"
         if key == ACCOUNT_STREAM:
             self.stream_due = None  # its successor's first word starts the watch again
+            for reason, n in self.stream_dropped.items():
+                self.stream_dropped_before[reason] = self.stream_dropped_before.get(reason, 0) + n
+            self.stream_dropped = {}
         if key in (PAPER, ACCOUNT_STREAM):
             return None
         self.leaders.pop(key, None)
@@ -353,8 +360,9 @@ class Root(Role):
                     self.leaders[symbol] = report
                 case WorkerReply(request_id, reply) if request_id in self.pending:
                     self.reply(self.pending.pop(request_id), reply)
-                case StreamAlive(within):
+                case StreamAlive(within, dropped):
                     self.stream_due = time.monotonic() + within + self.config.account_stream.heartbeat_seconds
+                    self.stream_dropped = dropped
                 case OrphansFound(orders):
                     self.on_orphans(orders)
                 case ExchangeFilters(symbols):
@@ -541,6 +549,9 @@ class Root(Role):
         m.add("naive_up", "gauge", "1 while naived answers", 1)
         m.add("naive_control_refused_total", "counter", "control requests refused as malformed (answered with an error)",
               self.control_refused)
+        for reason in sorted(set(self.stream_dropped) | set(self.stream_dropped_before)):
+            m.add("naive_account_events_dropped_total", "counter", "user data stream events dropped at the account stream's check",
+                  self.stream_dropped.get(reason, 0) + self.stream_dropped_before.get(reason, 0), reason=reason)
         restarts = "naive_restarts_total"
         restarts_help = "process restarts by level of the tree"
         if tree.paper_exchange is not None:
