@@ -46,7 +46,6 @@ from naived import exchange
 from naived.config import SYMBOL_RE, Config
 from naived.ipc import bind
 from naived.market import plain_decimal
-from naived.metrics import RateLimitedLog
 from naived.messages import (
     EXECUTION_TOPIC_PREFIX,
     STREAM_STATUS_TOPIC,
@@ -57,6 +56,7 @@ from naived.messages import (
     execution_report_json_decoder,
     execution_topic,
 )
+from naived.metrics import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
