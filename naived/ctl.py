@@ -334,6 +334,7 @@ def _leader_lines(leader: LeaderStatus, now: float) -> list[str]:
 
 def render(tree: TreeStatus, now: float) -> str:
     lines = [f"naived  pid {tree.pid}, up {_age(tree.started_at, now)}, exchange {tree.exchange}, market {tree.market}"]
+    lines += [f"  problem: {problem}" for problem in tree.problems]
     branches: list[list[str]] = []
     if tree.paper_exchange is not None:
         branches.append([f"paper-exchange  {_proc(tree.paper_exchange, now)}"])

@@ -429,6 +429,7 @@ class TreeStatus(msgspec.Struct, tag=True):
     paper_exchange: ProcessInfo | None = None
     account_stream: ProcessInfo | None = None
     orphans: list[OrphanOrder] = []
+    problems: list[str] = []  # the tree's own, e.g. an unreadable trading set (one line each)
 
 
 class History(msgspec.Struct, tag=True):

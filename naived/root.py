@@ -107,6 +107,7 @@ class TradingSet:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.modes: dict[str, str] = {}
+        self.problem: str | None = None  # an unreadable file, said in status until naived restarts
         try:
             raw = json.loads(path.read_text())
             # An older naived wrote a plain list of running symbols.
@@ -116,9 +117,12 @@ class TradingSet:
         except FileNotFoundError:
             pass
         except (ValueError, AttributeError, TypeError) as exc:  # not ours to lose: keep it for the user
+            # An emptied file is as unreadable as a foreign one: never silently an empty set.
             aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
             os.replace(path, aside)
-            log.error("%s was unreadable (%s); moved to %s, no symbol autostarts from it", path, exc, aside)
+            self.problem = (f"the trading set {path} was unreadable ({str(exc)[:80] or type(exc).__name__}); moved to "
+                            f"{aside.name}, no symbol autostarted from it: start the symbols again (naivectl start-trading)")
+            log.error("%s", self.problem)
 
     def set(self, symbol: str, mode: str | None) -> None:
         """Record a symbol's mode on disk; an OSError (a read-only or full state dir) leaves both
@@ -129,8 +133,16 @@ class TradingSet:
         else:
             modes[symbol] = mode
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(sorted(modes.items()))))
+        with open(tmp, "w") as f:
+            f.write(json.dumps(dict(sorted(modes.items()))))
+            f.flush()
+            os.fsync(f.fileno())  # else a power cut after the rename may leave an empty file
         os.replace(tmp, self.path)  # atomic: a crash leaves the old or the new list
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself
+        finally:
+            os.close(directory)
         self.modes = modes
 
 
@@ -533,6 +545,7 @@ class Root(Role):
             paper_exchange=paper,
             account_stream=stream,
             orphans=[o for _, o in sorted(self.orphans.items()) if not only or o.symbol == only],
+            problems=[p for p in [self.trading.problem] if p is not None],
         )
 
     def _process_info(self, key: str) -> ProcessInfo:

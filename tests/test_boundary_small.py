@@ -43,3 +43,20 @@ profit_interval = "-0.0012"
         log = tree.log("naived")
         assert "BTCUSDT: shut down" in log and "graceful shutdown: every symbol has finished its cycles" in log
         assert json.loads((tmp_path / "state" / "trading.json").read_text()) == {}  # nothing autostarts
+
+
+def test_an_emptied_trading_set_is_said_in_status_not_silently_an_empty_one(tmp_path: Path) -> None:
+    """A trading.json truncated to 0 bytes (a power cut, a full disk, a user) is not "no symbols":
+    it is kept aside, and status says that nothing autostarted from it and what to do."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "trading.json").write_bytes(b"")
+    with running_tree(tmp_path) as tree:
+        problems = tree.status()["problems"]
+        assert len(problems) == 1 and "trading set" in problems[0] and "was unreadable" in problems[0], problems
+        assert "naivectl start-trading" in problems[0]
+        assert "  problem: the trading set" in tree.ctl("status").stdout
+        aside = [p.name for p in state.iterdir() if p.name.startswith("trading.json.corrupt-")]
+        assert len(aside) == 1 and (state / aside[0]).read_bytes() == b""  # kept, as it was
+        assert tree.ctl("start-trading", "XRPUSDT").returncode == 0
+        assert json.loads((state / "trading.json").read_text()) == {"XRPUSDT": "running"}
