@@ -46,6 +46,7 @@ import msgspec
 
 from naived import exchange, strategy
 from naived.config import Config, NoBudget, TradingSettings
+from naived.market import MarketGate
 from naived.messages import CycleResult, Fill, Order, TradeEvent, TraderState
 from naived.paper.book import Change, Fees, PaperBook, Rejected
 from naived.paper.server import PaperExchange
@@ -373,14 +374,18 @@ class _Trader:
     """`trader.Trader.act` without the process: each action carried out against the exchange,
     its answer given back to the strategy, until there is nothing to do."""
 
-    __slots__ = ("state", "client", "symbol", "clock", "placed", "quiet_state", "quiet_price")
+    __slots__ = ("state", "client", "symbol", "clock", "placed", "gate", "quiet_state", "quiet_price")
 
-    def __init__(self, state: TraderState, client: InProcessExchange, clock: Callable[[], int]) -> None:
+    def __init__(self, state: TraderState, client: InProcessExchange, clock: Callable[[], int], band: Decimal) -> None:
         self.state = state
         self.client = client
         self.symbol = state.symbol
         self.clock = clock
         self.placed = 0
+        # Its own market gate, fresh as a new trader process's: it acts on nothing before it has
+        # seen 5 prices, then drops a price out of the band (naived/market.py). The tape was read
+        # and checked by its reader, so only the band is judged (`MarketGate.judge`).
+        self.gate = MarketGate(state.symbol, band, f"{state.symbol}/{state.trader_id}")
         # The last (state, price) for which rebuy_due and on_trade decided nothing. Both are pure
         # functions of the state and the trade's price (its time matters only to a "new" state,
         # which always places), so the same state at the same price decides nothing again:
@@ -436,7 +441,7 @@ class SymbolRun:
     def start(self, trader_id: int) -> None:
         state = TraderState(self.symbol, trader_id, self.next_cycle, self.settings, id_prefix=BACKTEST_PREFIX)
         self.next_cycle += 1
-        self.traders[trader_id] = _Trader(state, self.client, self.clock)
+        self.traders[trader_id] = _Trader(state, self.client, self.clock, self.trading.price_band)
         self.order = [self.traders[i] for i in sorted(self.traders)]
 
     def on_trade(self, event: TradeEvent) -> None:
@@ -447,6 +452,10 @@ class SymbolRun:
         try:
             price = event.p
             for trader in self.order:
+                # The gate first, as trader.Trader.run: it must see every trade, even one the
+                # quiet check below skips, or its recent prices would differ from the tree's.
+                if not isinstance(trader.gate.judge(event), TradeEvent):
+                    continue  # warming up, or out of the band: the strategy never sees it
                 state = trader.state
                 if state is trader.quiet_state and price == trader.quiet_price:
                     continue
@@ -509,7 +518,7 @@ class Backtest:
         self.runs: dict[str, SymbolRun] = {}
         self.ledgers: dict[str, Ledger] = {}
         self.curves: dict[str, Curve] = {}
-        self._routes: dict[str, tuple[SymbolRun, SymbolFilters, Ledger, Curve]] = {}  # one lookup per trade
+        self._routes: dict[str, tuple[SymbolRun, SymbolFilters, Ledger, Curve, MarketGate]] = {}  # one lookup per trade
         self._book_on_trade = self.exchange.book.on_trade
         for symbol in sorted(self.only or ()):
             self.add(symbol)
@@ -532,7 +541,10 @@ class Backtest:
         curve.peak += trading.budget
         self.filters[symbol], self.ledgers[symbol] = f, ledger
         run = self.runs[symbol] = SymbolRun(symbol, trading, f, self.exchange, self.clock, ledger)
-        self._routes[symbol] = (run, f, ledger, curve)
+        # The paper exchange's feed judges each trade as its feed thread does (paper/server.py
+        # `TradeFeed`): the traders' band, acting from the first trade.
+        feed = MarketGate(symbol, trading.price_band, f"paper feed {symbol}", confirm=1)
+        self._routes[symbol] = (run, f, ledger, curve, feed)
         return run
 
     def clock(self) -> int:
@@ -554,11 +566,12 @@ class Backtest:
                 return
             self.add(event.s)
             route = self._routes[event.s]
-        run, f, ledger, curve = route
+        run, f, ledger, curve, feed = route
         self.now_ms = event.E
         # As the paper exchange's trade feed does, then the traders (who saw the same trade).
         price = ledger.price if event.p == ledger.price_text else Decimal(event.p)
-        self._book_on_trade(f, price, Decimal(event.q), event.t)
+        if isinstance(feed.judge(event), TradeEvent):
+            self._book_on_trade(f, price, Decimal(event.q), event.t)
         run.on_trade(event)
         change = ledger.mark(price, event.p, event.E)
         if change or curve.samples is not None:
