@@ -178,6 +178,7 @@ def test_the_gate_sees_the_trades_the_quiet_check_skips(tmp_path: Path) -> None:
     report = report_of(str(csv), "--config", str(config))
     (s,) = report.symbols
     assert (s.trades, s.cycles_completed, s.open_cycles, s.open_positions, s.orders_placed) == (len(prices), 0, 1, 0, 1)
+    assert (s.held, s.pnl) == ("0", "0.00000000")
     through = report_of(str(csv), "--config", str(config), "--through-tree", "--speed", "2", "--keep", str(tmp_path / "tree"))
     assert through.symbols == report.symbols and through.totals == report.totals
 
