@@ -46,7 +46,7 @@ import msgspec
 
 from naived import exchange, strategy
 from naived.config import Config, NoBudget, TradingSettings
-from naived.market import MarketGate
+from naived.market import REFERENCE_TRADES, MarketGate
 from naived.messages import CycleResult, Fill, Order, TradeEvent, TraderState
 from naived.paper.book import Change, Fees, PaperBook, Rejected
 from naived.paper.server import PaperExchange
@@ -384,8 +384,9 @@ class _Trader:
         self.placed = 0
         # Its own market gate, fresh as a new trader process's: it acts on nothing before it has
         # seen 5 prices, then drops a price out of the band (naived/market.py). The tape was read
-        # and checked by its reader, so only the band is judged (`MarketGate.judge`).
-        self.gate = MarketGate(state.symbol, band, f"{state.symbol}/{state.trader_id}")
+        # and checked by its reader, so only the band is judged (`MarketGate.judge`). None once
+        # full: see `SymbolRun.on_trade`.
+        self.gate: MarketGate | None = MarketGate(state.symbol, band, f"{state.symbol}/{state.trader_id}")
         # The last (state, price) for which rebuy_due and on_trade decided nothing. Both are pure
         # functions of the state and the trade's price (its time matters only to a "new" state,
         # which always places), so the same state at the same price decides nothing again:
@@ -444,7 +445,8 @@ class SymbolRun:
         self.traders[trader_id] = _Trader(state, self.client, self.clock, self.trading.price_band)
         self.order = [self.traders[i] for i in sorted(self.traders)]
 
-    def on_trade(self, event: TradeEvent) -> None:
+    def on_trade(self, event: TradeEvent, in_band: bool) -> None:
+        """`in_band`: the paper exchange's feed gate passed the trade (see below)."""
         if self.failed is not None:
             return
         done: list[_Trader] = []
@@ -452,10 +454,20 @@ class SymbolRun:
         try:
             price = event.p
             for trader in self.order:
-                # The gate first, as trader.Trader.run: it must see every trade, even one the
-                # quiet check below skips, or its recent prices would differ from the tree's.
-                if not isinstance(trader.gate.judge(event), TradeEvent):
-                    continue  # warming up, or out of the band: the strategy never sees it
+                # The gate first, as trader.Trader.run, on every trade (before the quiet check).
+                # A trader's own gate judges until it knows 5 prices. Those are then the symbol's
+                # last 5, as the feed gate's (it has seen every trade of the symbol), and the band
+                # is the same: from then on the trader's verdict is the feed gate's, judged once
+                # per trade instead of once per trader (the backtest runs ~25% faster).
+                gate = trader.gate
+                if gate is not None:
+                    verdict = gate.judge(event)
+                    if len(gate.recent) == REFERENCE_TRADES:
+                        trader.gate = None
+                    if not isinstance(verdict, TradeEvent):
+                        continue  # warming up, or out of the band: the strategy never sees it
+                elif not in_band:
+                    continue  # out of the band
                 state = trader.state
                 if state is trader.quiet_state and price == trader.quiet_price:
                     continue
@@ -570,9 +582,10 @@ class Backtest:
         self.now_ms = event.E
         # As the paper exchange's trade feed does, then the traders (who saw the same trade).
         price = ledger.price if event.p == ledger.price_text else Decimal(event.p)
-        if isinstance(feed.judge(event), TradeEvent):
+        in_band = isinstance(feed.judge(event), TradeEvent)
+        if in_band:
             self._book_on_trade(f, price, Decimal(event.q), event.t)
-        run.on_trade(event)
+        run.on_trade(event, in_band)
         change = ledger.mark(price, event.p, event.E)
         if change or curve.samples is not None:
             curve.move(change, event.E)
