@@ -5,8 +5,10 @@ functions, carried out in the order `trader.Trader` carries them out (Place, Che
 FetchFills, Finish); traders are started, restarted for a new cycle and added on a rebuy as
 `leader.Leader` does; orders go to the paper exchange's own request handlers
 (`naived.paper.server.PaperExchange`: Binance's checks, `PaperBook`'s matching and
-commission) and their JSON answers are read by the exchange client's own decoders. Only the
-transport is gone: no processes, no sockets, no HTTP.
+commission) and their JSON answers are read by the exchange client's own decoders. Trades
+pass the market gates first (`naived.market`: a fresh gate per trader process, one with
+`confirm=1` for the paper exchange's feed). Only the transport is gone: no processes, no
+sockets, no HTTP.
 
 Deliberate differences from a paper run of the same tape (docs/architecture.md, "Backtest"):
 - Each trade goes to the book first, then to the traders, and a trader checks its order as
@@ -15,6 +17,8 @@ Deliberate differences from a paper run of the same tape (docs/architecture.md, 
   it one or more trades later, so its next order may start from a later price.
 - A trader started by the leader (new cycle, rebuy) sees the trade after the one that
   started it; in the tree it sees whichever trade comes after its fork and subscription.
+- A trader's gate sees every trade from its start; in the tree a trader misses the trades
+  while it is unsubscribed (its buy rests, the account stream pushes its fills).
 - Exchange-side faults (`paper.faults`) are not drawn: a backtest has no requests to fail.
 - A trader that fails (a rejected order, a chunk below the minimum) ends the symbol's
   backtest at once, with the reason in the report; the tree would restart it until the
