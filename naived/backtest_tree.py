@@ -6,8 +6,8 @@ process, all in a temporary directory. Between them sits a ZeroMQ forwarder in t
 it holds the replay until the paper exchange and the starting traders of every
 symbol have subscribed (a subscriber that connects late would miss the first trades: ZeroMQ
 retries a connection every 100 ms), then passes every trade through. Once every trade has been
-forwarded, the paper exchange has judged every one (taken or dropped) and the traders' states stop changing,
-the report is built from what the tree says (the paper exchange's fills, `naivectl history`'s
+forwarded, the paper exchange has judged every one (taken or dropped) and the traders' states
+stop changing, the report is built from what the tree says (the paper exchange's fills, `naivectl history`'s
 finished cycles, `naivectl status`'s trader states) by the same functions as the in-process
 backtest, so the two reports can be compared line by line. Where and why they may differ:
 docs/architecture.md, "Backtest".
