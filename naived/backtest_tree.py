@@ -6,8 +6,8 @@ process, all in a temporary directory. Between them sits a ZeroMQ forwarder in t
 it holds the replay until the paper exchange and the starting traders of every
 symbol have subscribed (a subscriber that connects late would miss the first trades: ZeroMQ
 retries a connection every 100 ms), then passes every trade through. Once every trade has been
-forwarded, the paper exchange has processed the last one and the traders' states stop changing,
-the report is built from what the tree says (the paper exchange's fills, `naivectl history`'s
+forwarded, the paper exchange has judged every one (taken or dropped) and the traders' states
+stop changing, the report is built from what the tree says (the paper exchange's fills, `naivectl history`'s
 finished cycles, `naivectl status`'s trader states) by the same functions as the in-process
 backtest, so the two reports can be compared line by line. Where and why they may differ:
 docs/architecture.md, "Backtest".
@@ -216,11 +216,9 @@ def run(config: Config, files: list[str], symbols: list[str] | None = None, spee
         keep: str | None = None) -> TreeResult:
     events, _ = read_trades(files)
     counts: dict[str, int] = {}
-    last_id: dict[str, int] = {}
     for e in events:
         if symbols is None or e.s in symbols:
             counts[e.s] = counts.get(e.s, 0) + 1
-            last_id[e.s] = e.t
     if not counts:
         raise BacktestError("the input has no trades")
     unknown = sorted(s for s in counts if s not in table())
@@ -246,7 +244,7 @@ def run(config: Config, files: list[str], symbols: list[str] | None = None, spee
         try:
             tree.spawn("streamerd.cli", streamer_toml)
             tree.spawn("naived.cli", naived_toml)
-            facts = _trade_and_settle(forwarder, tree, directory, config, names, last_id, port, total)
+            facts = _trade_and_settle(forwarder, tree, directory, config, names, counts, port, total)
         finally:
             tree.stop()
             forwarder.stopping.set()
@@ -255,7 +253,7 @@ def run(config: Config, files: list[str], symbols: list[str] | None = None, spee
 
 
 def _trade_and_settle(forwarder: Forwarder, tree: _Tree, directory: Path, config: Config, names: list[str],
-                      last_id: dict[str, int], port: int, total: int
+                      counts: dict[str, int], port: int, total: int
                       ) -> tuple[list[dict[str, Any]], dict[str, list[TraderState]], dict[str, list[TraderState]]]:
     control = f"ipc://{directory / 'run' / 'naived.sock'}"
     ctx = zmq.Context()
@@ -294,10 +292,13 @@ def _trade_and_settle(forwarder: Forwarder, tree: _Tree, directory: Path, config
 
         def processed() -> bool:
             alive()
+            # Every trade of the input judged by the paper exchange's feed: taken or dropped (a
+            # price out of the band; a dropped last trade never becomes its `lastTradeId`).
             market = http.get(f"{paper}/paper/market", timeout=5).json()
-            return all(market.get(s, {}).get("lastTradeId") == last_id[s] for s in names)
+            dropped = http.get(f"{paper}/paper/feed", timeout=5).json()["dropped"]
+            return all(market.get(s, {}).get("trades", 0) + sum(dropped.get(s, {}).values()) == counts[s] for s in names)
 
-        _wait("the paper exchange to process the last trade", processed, time.monotonic() + 60, directory)
+        _wait("the paper exchange to judge every trade", processed, time.monotonic() + 60, directory)
         # Settled: the traders' states unchanged for SETTLE_SECONDS (fills learned, sells placed).
         previous, since = None, time.monotonic()
         deadline = time.monotonic() + 120

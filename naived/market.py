@@ -135,10 +135,6 @@ class MarketGate:
         self.dropped: dict[str, int] = {}
         self.log = DropLog(who)
 
-    def reset(self) -> None:
-        """Forget the recent prices (after a gap in the feed, e.g. a resubscription)."""
-        self.recent.clear()
-
     def reference(self) -> Decimal | None:
         """The median of the recent valid prices (the upper one of an even count)."""
         if not self.recent:

@@ -423,9 +423,10 @@ class Trader:
         want = strategy.wants_trades(self.state, self.rebuy_possible, self.live())
         if want != self.trades_on:
             self.sub.setsockopt(zmq.SUBSCRIBE if want else zmq.UNSUBSCRIBE, trade_topic(self.symbol))
+            # The gate keeps the prices it knew across the gap: its decisions do not depend on
+            # when the account stream was up, and a move during the gap is followed once it holds
+            # for 3 trades of 5 (the median), as any move is.
             self.trades_on = want
-            if want:
-                self.gate.reset()  # the prices it knows are from before the gap
             log.info("%s/%d: %s", self.symbol, self.state.trader_id,
                      "following trades" if want else "waiting for pushes only, trades unsubscribed")
 

@@ -27,8 +27,16 @@ buy_down_interval = "0.01"
 profit_interval = "0.01"
 rebuy_interval = "0.5"
 """
-# XRPUSDT: tick 0.0001, step 1. (price, time ms) of each trade.
-HAND_TRADES = [("1.0000", 1), ("0.9800", 2), ("1.0019", 3), ("1.0100", 4), ("1.0000", 5), ("0.9500", 6), ("0.9700", 7)]
+# XRPUSDT: tick 0.0001, step 1. A trader acts on nothing before its market gate has seen 5
+# prices (naived/market.py), and each cycle is a fresh trader: WARM is what each cycle's trader
+# sees before the trade its arithmetic starts from.
+WARM = ["1.0000"] * 4
+# The cycle-2 trader starts after the trade that ended cycle 1 and waits for 5 prices; a spare
+# sixth at the same price gives the same buy if, through the tree, it subscribes one trade late.
+WARM_AGAIN = ["1.0000"] * 5
+CYCLES = ["1.0000", "0.9800", "1.0019", "1.0100"] + WARM_AGAIN + ["1.0000", "0.9500", "0.9700"]
+# (price, time ms) of each trade.
+HAND_TRADES = [(p, t) for t, p in enumerate(WARM + CYCLES, 1)]
 T0 = 1_704_067_200_000  # 2024-01-01, ms: data.binance.vision's CSVs before 2025
 
 
@@ -59,22 +67,29 @@ def test_the_report_of_a_hand_computed_tape(tmp_path: Path) -> None:
     report = report_of(str(write_csv(tmp_path, HAND_TRADES)), "--config", str(write_config(tmp_path)))
     (s,) = report.symbols
     D = Decimal
-    # Trade 1 (1.0000): buy 1% lower, 0.9900, 100 / 0.99 = 101.01 → 101 XRP (step 1), rests.
-    # Trade 2 (0.9800) crosses it: 101 @ 0.99 = 99.99 USDT, commission 0.1% of 101 XRP = 0.101 XRP,
+    # No price is more than 10% (price_band) from the median of the last 5: the gate drops none.
+    # Trades 1-4 (1.0000): trader 0 (cycle 1) waits for its gate's 5th price.
+    # Trade 5 (1.0000): buy 1% lower, 0.9900, 100 / 0.99 = 101.01 → 101 XRP (step 1), rests.
+    # Trade 6 (0.9800) crosses it: 101 @ 0.99 = 99.99 USDT, commission 0.1% of 101 XRP = 0.101 XRP,
     # so 100.899 received; sell 100 (step) @ 0.99 × 1.001 × 1.01 × 1.001 = 1.0019007999 → 1.0019.
-    # Trade 3 (1.0019) touches it: no fill (strict). Trade 4 (1.0100): sold, 100.19 USDT, commission
-    # 0.10019 USDT. Cycle 1 done, 0.899 XRP dust. Trade 5 (1.0000): cycle 2 buys 101 @ 0.99;
-    # trade 6 (0.9500) fills it; its sell rests at 1.0019. Trade 7 (0.9700) ends the tape.
+    # Trade 7 (1.0019) touches it: no fill (strict). Trade 8 (1.0100): sold, 100.19 USDT, commission
+    # 0.10019 USDT. Cycle 1 done, 0.899 XRP dust. Trades 9-12 (1.0000): the cycle-2 trader, fresh,
+    # waits; trade 13 (1.0000), its 5th price: it buys 101 @ 0.99; trade 14 (1.0000) leaves it
+    # resting; trade 15 (0.9500) fills it; its sell rests at 1.0019. Trade 16 (0.9700) ends the tape.
+    # Before a fill the equity is the budget, 100; at 1.0000 after cycle 1 it is
+    # 100 − 99.99 + 100.19 − 0.10019 + 0.899 = 100.99881, under the peak: the warm-up trades move
+    # neither the peak nor the trough, and the figures are those of the tape without them.
     unit_cost = D("99.99") / D("100.899")
     realised = D("100.19") - D("0.10019") - 100 * unit_cost
     cash = 100 - D("99.99") + D("100.19") - D("0.10019") - D("99.99")
     held = D("0.899") + D("100.899")
     pnl = cash + held * D("0.97") - 100
-    peak = 100 - D("99.99") + D("100.899") * D("1.0019")  # after trade 3
-    trough = cash + held * D("0.95")  # after trade 6
+    peak = 100 - D("99.99") + D("100.899") * D("1.0019")  # after trade 7
+    trough = cash + held * D("0.95")  # after trade 15
     q = backtest._q
-    assert (s.symbol, s.trades, s.cycles_completed, s.open_cycles, s.open_positions, s.orders_placed) == ("XRPUSDT", 7, 1, 1, 1, 4)
+    assert (s.symbol, s.trades, s.cycles_completed, s.open_cycles, s.open_positions, s.orders_placed) == ("XRPUSDT", 16, 1, 1, 1, 4)
     assert s.first_price == "1" and s.last_price == "0.97"
+    assert (s.first_trade_ms, s.last_trade_ms) == (T0 + 1, T0 + 16)
     assert s.fees == q(D("0.101") * D("0.99") + D("0.10019") + D("0.101") * D("0.99")) == "0.30017000"
     assert s.held == "101.798" and s.held_value == q(held * D("0.97"))
     assert s.realised_pnl == q(realised)
@@ -90,21 +105,100 @@ def test_the_report_of_a_hand_computed_tape(tmp_path: Path) -> None:
     assert (total.quote, total.pnl, total.max_drawdown, total.cycles_completed) == ("USDT", s.pnl, s.max_drawdown, 1)
 
 
+def test_each_cycles_trader_waits_for_five_prices(tmp_path: Path) -> None:
+    """Every cycle is a new trader process with a fresh market gate: it places nothing before
+    it has seen 5 prices, as in the tree (where this tape gave 2 orders to the backtest's 4)."""
+    trades = [(p, t) for t, p in enumerate(WARM + ["1.0000", "0.9800", "1.0019", "1.0100", "1.0000", "0.9500", "0.9700"], 1)]
+    report = report_of(str(write_csv(tmp_path, trades)), "--config", str(write_config(tmp_path)))
+    (s,) = report.symbols
+    D = Decimal
+    # Cycle 1 as in the hand-computed tape: buy 101 @ 0.99 at trade 5, filled at trade 6 (100.899
+    # XRP after the 0.101 commission), sold 100 @ 1.0019 at trade 8 (100.19 USDT, 0.10019 fee).
+    # The cycle-2 trader sees trades 9-11 only (1.0000, 0.9500, 0.9700): 3 prices, no buy.
+    cash = 100 - D("99.99") + D("100.19") - D("0.10019")  # 100.09981
+    pnl = cash + D("0.899") * D("0.97") - 100  # 0.09981 + 0.87203
+    # Equity: 100 until the buy fills at trade 6, 0.01 + 100.899 × 0.98 = 98.89102 there (the
+    # largest fall, 1.10898 from 100); later peak 0.01 + 100.899 × 1.0019 = 101.1007081 (trade 7),
+    # trough 100.09981 + 0.899 × 0.95 = 100.95386 (trade 10): a fall of 0.1468481 only.
+    assert (s.trades, s.cycles_completed, s.open_cycles, s.open_positions, s.orders_placed) == (11, 1, 1, 0, 2)
+    assert s.held == "0.899" and s.fees == backtest._q(D("0.101") * D("0.99") + D("0.10019")) == "0.20018000"
+    assert s.pnl == backtest._q(pnl) == "0.97184000"
+    assert s.max_drawdown == "1.10898000" and s.max_drawdown_fraction == "0.01108980"
+
+
+# A wild trade (0.5000 on a 1.0000 market: 50% off the median of the last 5, band 10%), where
+# acting on it would cost: as a fresh trader's first judged price (it would buy at 0.4950), or
+# crossing the resting buy (the paper book would fill it, the trader would sell), the tape's
+# last trade (the tree's run ends once the paper exchange has judged every trade).
+WILD = {
+    "first-price": WARM + ["0.5000", "1.0000", "1.0000"],
+    "crosses-the-buy": WARM + ["1.0000", "0.5000"],
+}
+
+
+@pytest.mark.parametrize("tape", list(WILD))
+def test_an_out_of_band_trade_is_dropped_as_the_tree_drops_it(tmp_path: Path, tape: str) -> None:
+    """The trader's gate and the paper exchange's feed drop the wild trade."""
+    (tmp_path / "in").mkdir()
+    trades = [(p, t * 1000) for t, p in enumerate(WILD[tape], 1)]
+    csv = write_csv(tmp_path / "in", trades)
+    config = write_config(tmp_path)
+    # One buy, 101 @ 0.99 from a 1.0000 trade: at trade 6 ("first-price": trade 5 is dropped, the
+    # gate's 5th price), at trade 5 ("crosses-the-buy"). Nothing fills: the wild trade is the only
+    # one under 0.99. The account never moves: equity 100 at every trade, marked at 0.5 too.
+    outcome = backtest.run(parse_config(config.read_bytes()), [str(csv)])
+    (_, bt), = outcome.runs
+    buy_trade = {"first-price": 6, "crosses-the-buy": 5}[tape]
+    assert [(o.side, o.price, o.time_ms, o.executed_qty) for o in bt.exchange.book.all_orders()] == \
+        [("BUY", Decimal("0.99"), T0 + 1000 * buy_trade, 0)]
+    in_process = report_of(str(csv), "--config", str(config))
+    (s,) = in_process.symbols
+    assert (s.trades, s.cycles_completed, s.open_cycles, s.open_positions, s.orders_placed) == (len(trades), 0, 1, 0, 1)
+    assert (s.held, s.fees, s.pnl, s.max_drawdown) == ("0", "0.00000000", "0.00000000", "0.00000000")
+    through = report_of(str(csv), "--config", str(config), "--through-tree", "--speed", "2", "--keep", str(tmp_path / "tree"))
+    assert through.symbols == in_process.symbols and through.totals == in_process.totals
+
+
+def test_the_gate_sees_the_trades_the_quiet_check_skips(tmp_path: Path) -> None:
+    """The backtest skips a trader on a repeated price while its state is the same; its gate
+    must still see that price, as a trader process's gate sees every frame."""
+    config = write_config(tmp_path, HAND_CONFIG.replace(b"chunks = 1", b"chunks = 2\ninitial_traders = 1")
+                          .replace(b'rebuy_interval = "0.5"', b'rebuy_interval = "0.03"'))
+    (tmp_path / "in").mkdir()
+    prices = WARM + ["1.0000"] + ["1.0500"] * 3 + ["0.9400"] + ["1.0500"] * 5
+    csv = write_csv(tmp_path / "in", [(p, t * 1000) for t, p in enumerate(prices, 1)])
+    # Trader 0 buys at 0.9900 on trade 5 (its 5th price) and waits; nothing else fills (the buy
+    # only on a trade under 0.99). Trades 6-8 (1.0500): its state does not change; its last 5
+    # prices become 1, 1, 1.05, 1.05, 1.05. Trade 9 (0.9400): the median of 1, 1.05, 1.05, 1.05,
+    # 0.94 is 1.05 and 0.94 lies 0.11 from it, over 10% of it (0.105): dropped, by the paper
+    # exchange's feed too (the same 5 prices). Had the gate missed trades 7 and 8, the median
+    # would be 1 (of 1, 1, 1, 1.05, 0.94), 0.94 in the band, and under the rebuy price
+    # 0.99 × (1 − 0.03) = 0.9603: a second trader, buying at 1.05 × 0.99 after its 5 prices.
+    report = report_of(str(csv), "--config", str(config))
+    (s,) = report.symbols
+    assert (s.trades, s.cycles_completed, s.open_cycles, s.open_positions, s.orders_placed) == (len(prices), 0, 1, 0, 1)
+    assert (s.held, s.pnl) == ("0", "0.00000000")
+    through = report_of(str(csv), "--config", str(config), "--through-tree", "--speed", "2", "--keep", str(tmp_path / "tree"))
+    assert through.symbols == report.symbols and through.totals == report.totals
+
+
 def test_a_trader_decides_again_at_a_price_it_has_seen_once_its_state_changed(tmp_path: Path) -> None:
     """The backtest skips a trader on a repeated price only while its state is the same."""
-    # 1.0200 while buying: nothing to do; 0.9800 fills the buy (sell at 1.0019); 1.0200 again:
-    # now it is the sell's price, and the cycle ends.
-    trades = [("1.0000", 1), ("1.0200", 2), ("0.9800", 3), ("1.0200", 4)]
+    # After 4 trades at 1.0000 (the gate's warm-up) a buy at 0.9900: 1.0200 while buying: nothing
+    # to do; 0.9800 fills the buy (sell at 1.0019); 1.0200 again: now it is the sell's price, and
+    # the cycle ends. All within 10% of the median (1.0000) of the last 5.
+    trades = [(p, t) for t, p in enumerate(WARM + ["1.0000", "1.0200", "0.9800", "1.0200"], 1)]
     report = report_of(str(write_csv(tmp_path, trades)), "--config", str(write_config(tmp_path)))
     assert report.symbols[0].cycles_completed == 1
 
 
 def test_an_open_sell_part_filled_is_unrealised_until_it_ends(tmp_path: Path) -> None:
     config = write_config(tmp_path, HAND_CONFIG + b"[paper]\npartial_fills = true\n")
-    # The buy (101 @ 0.99) fills whole on 1000 traded; the sell (100 @ 1.0019) gets 40 of it.
+    # After the gate's warm-up (4 trades at 1.0000: nothing placed, so nothing fills on them), the
+    # buy (101 @ 0.99) fills whole on 1000 traded; the sell (100 @ 1.0019) gets 40 of it.
+    trades = [(p, "1000") for p in WARM] + [("1.0000", "1000"), ("0.9800", "1000"), ("1.0100", "40")]
     path = tmp_path / "XRPUSDT-trades-2024-01-01.csv"
-    path.write_text("".join(f"{100 + i},{p},{q},0,{T0 + i},true,true\n"
-                            for i, (p, q) in enumerate([("1.0000", "1000"), ("0.9800", "1000"), ("1.0100", "40")])))
+    path.write_text("".join(f"{100 + i},{p},{q},0,{T0 + i},true,true\n" for i, (p, q) in enumerate(trades)))
     (s,) = report_of(str(path), "--config", str(config)).symbols
     assert (s.cycles_completed, s.open_positions, s.held) == (0, 1, "60.899")
     assert s.realised_pnl == "0.00000000" and s.unrealised_pnl == s.pnl

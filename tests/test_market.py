@@ -7,12 +7,15 @@ from decimal import Decimal
 
 import msgspec
 import pytest
+import zmq
 
 from naived.config import ConfigError, parse_config
 from naived.market import BAND, DECODE, FRAMES, PRICE, QUANTITY, SYMBOL, TOPIC, WARMUP, MarketGate, positive_decimal
-from naived.messages import TradeEvent, encode_trade, trade_topic
+from naived.messages import Order, Settings, TradeEvent, TraderState, encode_trade, trade_topic
+from naived.trader import Trader
 
 BAND_10 = Decimal("0.1")
+SETTINGS = Settings("TUSDT", 1, "100", "0.01", "0.5", "0.01", "0.0001", "1", "1", "5", "T", "USDT")
 
 
 def frames(symbol: str = "TUSDT", price: str = "0.1", qty: str = "100", trade_id: int = 1, **fields: object) -> list[bytes]:
@@ -128,9 +131,29 @@ def test_the_paper_exchange_acts_from_the_first_trade() -> None:
     assert isinstance(gate.check(frames(price="0.1")), TradeEvent)
 
 
-def test_reset_forgets_the_recent_prices(gate: MarketGate) -> None:
-    gate.reset()
-    assert gate.check(frames(price="0.1")) == WARMUP
+def test_a_trader_that_subscribes_again_keeps_its_recent_prices(gate: MarketGate) -> None:
+    """A trader unsubscribes from trades while its buy rests and the account stream is up, and
+    subscribes again when the stream goes down. Its gate keeps the prices it knew (as the
+    in-process backtest's gates, which see every trade): whether it acts on the next trade does
+    not depend on when the account stream was up."""
+    ctx = zmq.Context()
+    trader = Trader.__new__(Trader)  # the subscription's bookkeeping only: no leader, no exchange
+    trader.symbol, trader.gate, trader.rebuy_possible = "TUSDT", gate, False
+    trader.sub = ctx.socket(zmq.SUB)
+    trader.sub.setsockopt(zmq.LINGER, 0)
+    try:
+        order = Order("nv-0-1B", "BUY", "0.1", "100", "NEW", 7, "0")
+        trader.state = TraderState("TUSDT", 0, 1, SETTINGS, status="buying", buy_order=order)
+        trader.trades_on, trader.stream_up = True, True
+        trader.follow_trades()
+        assert not trader.trades_on  # the buy rests and the stream pushes its fills
+        trader.stream_up = False
+        trader.follow_trades()
+        assert trader.trades_on  # the stream went down: trades again, for the REST checks
+        assert isinstance(gate.check(frames(price="0.1")), TradeEvent)  # not WARMUP
+    finally:
+        trader.sub.close()
+        ctx.term()
 
 
 def test_drops_are_logged_at_a_bounded_rate(gate: MarketGate, caplog: pytest.LogCaptureFixture) -> None:
