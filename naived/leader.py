@@ -84,7 +84,7 @@ def store_failed(path: object, exc: sqlite3.Error) -> Exit:
     """The exit a store failure calls for: a corrupt file will not heal by restarting."""
     if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
         return Exit(f"state store {path} is unreadable ({exc}); it was left as it is: restore it or move it "
-                    "aside, then naivectl start-trading again", EXIT_GAVE_UP)
+                    "aside with its -wal and -shm files, then naivectl start-trading again", EXIT_GAVE_UP)
     return Exit(f"state store {path} failed ({exc})", 1)
 
 

@@ -34,6 +34,20 @@ SANDBOX = Path(__file__).resolve().parent / "sandbox.py"
 
 T = TypeVar("T")
 
+# Trading settings whose buys rest far below the market: orders stay open, nothing fills.
+RESTING = """
+[trading.defaults]
+chunks = 2
+buy_down_interval = "0.5"   # the buys rest far below the market
+"""
+# The same, with a restart budget a test can exhaust in seconds and a quick stop.
+RESTING_QUICK_FAILURE = RESTING + """
+[naived.supervision]
+max_restarts = 3
+period_seconds = 30.0
+stop_timeout_seconds = 3.0
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:

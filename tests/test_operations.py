@@ -12,19 +12,13 @@ from pathlib import Path
 
 import pytest
 import zmq
-
 from fake_exchange import FakeExchange
-from harness import BIN, Tree, open_buys, running_tree, wait_for
+from harness import BIN, RESTING, Tree, open_buys, running_tree, wait_for
+
 from naived.config import load_config
 from naived.exchange import BinanceClient
 from naived.ipc import request
 from naived.messages import Ack, OpenOrdersFetched, leader_reply_decoder
-
-RESTING = """
-[trading.defaults]
-chunks = 2
-buy_down_interval = "0.5"   # the buys rest far below the market
-"""
 
 
 @pytest.fixture

@@ -12,15 +12,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from harness import BIN, Tree, die_with_test, free_port, open_buys, wait_for
+from harness import BIN, RESTING, Tree, die_with_test, free_port, open_buys, wait_for
 
 from naived.ownership import Held, StateDirLock
-
-RESTING = """
-[trading.defaults]
-chunks = 2
-buy_down_interval = "0.5"   # the buys rest far below the market
-"""
 
 
 def second_config(tree: Tree, runtime_dir: Path) -> Path:

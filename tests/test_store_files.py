@@ -12,23 +12,12 @@ from pathlib import Path
 import msgspec
 import psutil
 import pytest
-from harness import Tree, open_buys, tree_pids, wait_for
+from harness import RESTING_QUICK_FAILURE, Tree, open_buys, tree_pids, wait_for
 
 from naived.messages import Settings, TraderState
 from naived.paper.book import PAPER_STORE, PaperBook
 from naived.sqlfile import NotOurs
 from naived.store import SYMBOL_STORE, Store
-
-RESTING = """
-[trading.defaults]
-chunks = 2
-buy_down_interval = "0.5"   # the buys rest far below the market
-
-[naived.supervision]
-max_restarts = 3
-period_seconds = 30.0
-stop_timeout_seconds = 3.0
-"""
 
 # What naived/store.py wrote before stores carried a header (its schema has not changed since).
 OLD_SYMBOL_SCHEMA = """
@@ -127,7 +116,7 @@ def test_the_paper_exchange_refuses_an_empty_file_and_opens_an_old_one(tmp_path:
 def test_an_emptied_store_and_a_foreign_one_fail_their_symbols_only(tmp_path: Path) -> None:
     """The failure of item 5: a store truncated to 0 bytes opened as a new one (new prefix, cycles
     counted from 1, its orders and positions owned by nobody) without a word."""
-    tree = Tree(tmp_path, RESTING)
+    tree = Tree(tmp_path, RESTING_QUICK_FAILURE)
     symbols = tmp_path / "state" / "symbols"
     try:
         tree.start_streamer()

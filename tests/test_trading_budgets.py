@@ -11,24 +11,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from harness import BIN, open_buys, running_tree, wait_for
+from harness import BIN, RESTING_QUICK_FAILURE, open_buys, running_tree, wait_for
 
 from naived import validate
 from naived.config import ConfigError, NoBudget, parse_config
 
 ETHBTC_NO_BUDGET = ('ETHBTC: no budget in BTC, its quote asset: set [trading.budgets] BTC = "<amount>" '
                     'or [trading.symbols.ETHBTC] budget = "<amount>" (in BTC)')
-
-RESTING = """
-[trading.defaults]
-chunks = 2
-buy_down_interval = "0.5"   # the buys rest far below the market
-
-[naived.supervision]
-max_restarts = 3
-period_seconds = 30.0
-stop_timeout_seconds = 3.0
-"""
 
 
 # --- the rule, through the one validation function -------------------------------------------
@@ -142,7 +131,7 @@ def test_check_config_and_start_refuse_the_same_values_with_the_same_line(
 
 
 def test_on_paper_a_symbol_without_a_budget_is_refused_and_not_autostarted(tmp_path: Path) -> None:
-    with running_tree(tmp_path, RESTING + '\n[naived]\nautostart = ["ETHBTC", "XRPUSDT"]\n') as tree:
+    with running_tree(tmp_path, RESTING_QUICK_FAILURE + '\n[naived]\nautostart = ["ETHBTC", "XRPUSDT"]\n') as tree:
         eth = wait_for("ETHBTC marked failed", lambda: (s := tree.symbol("ETHBTC")) and s["state"] == "failed" and s)
         assert eth["error"] == ETHBTC_NO_BUDGET and eth["supervisor"]["pid"] is None
         assert f"ETHBTC: not autostarted: {ETHBTC_NO_BUDGET}" in tree.log("naived")
@@ -156,7 +145,7 @@ def test_on_paper_a_symbol_without_a_budget_is_refused_and_not_autostarted(tmp_p
 
 
 def test_a_refused_reload_changes_nothing_and_nobody_says_it_reloaded(tmp_path: Path) -> None:
-    extra = RESTING + '\n[trading.budgets]\nUSDT = "100"\n'
+    extra = RESTING_QUICK_FAILURE + '\n[trading.budgets]\nUSDT = "100"\n'
     with running_tree(tmp_path, extra) as tree:
         tree.ctl("start-trading", "XRPUSDT")
         leader = open_buys(tree, "XRPUSDT", 2) and tree.symbol("XRPUSDT")["leader"]
@@ -185,7 +174,7 @@ def test_a_refused_reload_changes_nothing_and_nobody_says_it_reloaded(tmp_path: 
 
 
 def test_naivectl_reaches_naived_while_the_file_is_broken(tmp_path: Path) -> None:
-    with running_tree(tmp_path, RESTING) as tree:
+    with running_tree(tmp_path, RESTING_QUICK_FAILURE) as tree:
         tree.ctl("start-trading", "XRPUSDT")
         good = tree.config_path.read_text()
         for broken in (good + "\n[nonsense]\n", good.replace("[paper]", "[paper\n"), good + '\n[naived]\nexchange = "kraken"\n'):
