@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from naived import backtest
-from naived.config import Config
+from naived.backtest import engine as backtest
+from naived.core.config import Config
 
 TAPES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "binance-spot-tapes"
 

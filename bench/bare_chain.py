@@ -20,7 +20,7 @@ import sys
 import msgspec
 import zmq
 
-from naived.messages import StreamEnvelope, TradeEvent, decode_trade, trade_topic
+from naived.core.messages import StreamEnvelope, TradeEvent, decode_trade, trade_topic
 
 
 def relay(ws_url: str, endpoint: str) -> None:
@@ -51,8 +51,8 @@ def ack(endpoint: str) -> None:
 
 
 def trader(sub_endpoint: str, rep_endpoint: str, paper_url: str) -> None:
-    from naived.budget import LocalBudget, Limits
-    from naived.exchange import BinanceClient
+    from naived.exchange.budget import LocalBudget, Limits
+    from naived.exchange.binance import BinanceClient
 
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)

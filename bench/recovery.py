@@ -35,7 +35,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from harness import BIN, Tree, wait_for  # noqa: E402
 
-from naived.messages import Ack, TraderHello, encode  # noqa: E402
+from naived.core.messages import Ack, TraderHello, encode  # noqa: E402
 
 PEER_TRADER = Path(__file__).resolve().parent / "peer_trader.py"
 TARGET_P50, TARGET_P99 = 10.0, 25.0  # ms, issue 7
@@ -104,7 +104,7 @@ while True:  # a new Python trader each time the old one dies, at once
 BARE_FORK_PARENT = r"""
 import os, sys
 import zmq
-from naived.messages import TraderHello, encode
+from naived.core.messages import TraderHello, encode
 hello_endpoint = sys.argv[1]
 while True:
     pid = os.fork()

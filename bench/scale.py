@@ -64,10 +64,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import memory  # noqa: E402
 from harness import Tree, wait_for  # noqa: E402
 
-from naived.config import load_config  # noqa: E402
-from naived.ipc import request  # noqa: E402
-from naived.messages import Error, StartTrading, StatusRequest, TreeStatus, control_reply_decoder  # noqa: E402
-from naived.symbols import table  # noqa: E402
+from naived.core.config import load_config  # noqa: E402
+from naived.tree.ipc import request  # noqa: E402
+from naived.core.messages import Error, StartTrading, StatusRequest, TreeStatus, control_reply_decoder  # noqa: E402
+from naived.core.symbols import table  # noqa: E402
 from streamerd.simulate import START_PRICES  # noqa: E402
 
 T = TypeVar("T")

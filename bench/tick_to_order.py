@@ -48,11 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fake_binance import FakeBinance, server_frame, trade_json  # noqa: E402
 from harness import BIN, Tree, wait_for  # noqa: E402
 
-from naived import exchange  # noqa: E402
-from naived.config import load_config  # noqa: E402
-from naived.ipc import request  # noqa: E402
-from naived.messages import LeaderStatus, LeaderStatusRequest, StateUpdated, TraderState, encode, leader_reply_decoder  # noqa: E402
-from naived.messages import decode_trade, trade_topic  # noqa: E402
+from naived.exchange import binance as exchange  # noqa: E402
+from naived.core.config import load_config  # noqa: E402
+from naived.tree.ipc import request  # noqa: E402
+from naived.core.messages import LeaderStatus, LeaderStatusRequest, StateUpdated, TraderState, encode, leader_reply_decoder  # noqa: E402
+from naived.core.messages import decode_trade, trade_topic  # noqa: E402
 
 SYMBOL = "XRPUSDT"
 PRICE = Decimal("0.5000")

@@ -41,11 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Tree, wait_for  # noqa: E402
 from scale import ready_times, tree_status  # noqa: E402
 
-from naived import budget  # noqa: E402
-from naived.config import load_config  # noqa: E402
-from naived.ipc import request  # noqa: E402
-from naived.messages import Error, StartTrading, control_reply_decoder  # noqa: E402
-from naived.symbols import SymbolFilters, table  # noqa: E402
+from naived.exchange import budget  # noqa: E402
+from naived.core.config import load_config  # noqa: E402
+from naived.tree.ipc import request  # noqa: E402
+from naived.core.messages import Error, StartTrading, control_reply_decoder  # noqa: E402
+from naived.core.symbols import SymbolFilters, table  # noqa: E402
 
 TAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-tapes"
 BINANCE_LIMIT = 6000

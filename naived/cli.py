@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from naived.config import Config, ConfigError, find_config, load_config
-from naived.log import setup_logging
+from naived.core.config import Config, ConfigError, find_config, load_config
+from naived.ops.log import setup_logging
 
 config_option = click.option(
     "--config", "config_path", metavar="PATH", help="TOML file (default: $NAIVE_CONFIG, /etc/naive/naive.toml, embedded)."
@@ -21,7 +21,7 @@ def _load(config_path: str | None) -> Config:
     except ConfigError as exc:
         click.echo(f"naived: {exc}", err=True)
         sys.exit(2)
-    from naived import symbols
+    from naived.core import symbols
 
     symbols.use_state_dir(config.state_dir)  # a table `refresh-symbols` wrote there wins over the shipped one
     return config
@@ -38,7 +38,10 @@ def main() -> None:
 def start(config_path: str | None) -> None:
     """Run the root of the tree in the foreground (as systemd runs it)."""
     config = _load(config_path)
-    from naived import ownership, root, supervisor, validate
+    from naived.store import ownership
+    from naived.tree import root
+    from naived.tree import supervisor
+    from naived.core import validate
 
     # Before anything else touches the state directory (the control socket, the paper exchange's
     # store, the symbols' stores): one tree per state directory, held until its last process ends.
@@ -67,7 +70,8 @@ def start(config_path: str | None) -> None:
 def paper_exchange_command(config_path: str | None) -> None:
     """Run the paper exchange alone (naived starts its own when exchange = "paper")."""
     config = _load(config_path)
-    from naived import ownership, paper
+    from naived.store import ownership
+    from naived import paper
 
     owner = ownership.StateDirLock(config.state_dir)  # its store is in the state directory: one owner
     try:
@@ -85,7 +89,7 @@ def check_config(config_path: str | None) -> None:
     """Validate the configuration as `start` does, and every symbol it names as `start-trading`
     does (budget, minimum notional); exit 0 valid, 2 invalid (one line per problem)."""
     config = _load(config_path)
-    from naived import validate
+    from naived.core import validate
 
     found = validate.problems(config)
     for problem in found:
@@ -104,7 +108,7 @@ def _origin(config_path: str | None) -> str:
 @main.command("refresh-symbols")
 @config_option
 @click.option("--from", "source", metavar="FILE", help="A saved exchangeInfo answer (JSON) instead of asking the exchange.")
-@click.option("--output", metavar="PATH", help="Write here instead of <state_dir>/symbols.csv (e.g. naived/symbols.csv).")
+@click.option("--output", metavar="PATH", help="Write here instead of <state_dir>/symbols.csv (e.g. naived/core/symbols.csv).")
 def refresh_symbols(config_path: str | None, source: str | None, output: str | None) -> None:
     """Regenerate the symbol table from exchangeInfo: every TRADING symbol, all quote assets.
 
@@ -114,7 +118,7 @@ def refresh_symbols(config_path: str | None, source: str | None, output: str | N
     config = _load(config_path)
     import msgspec
 
-    from naived import symbols
+    from naived.core import symbols
 
     if source:
         origin = source
@@ -168,21 +172,21 @@ def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, set
     """Run the naive strategy over recorded trades (tapes or data.binance.vision CSVs) and report
     cycles, fees, realised and unrealised P&L, return on budget and maximum drawdown."""
     config = _load(config_path)
-    from naived import backtest as bt
+    from naived.backtest import engine as bt
 
     try:
         combos = bt.parse_sets(sets)
         if plot_path and len(combos) > 1:
             raise bt.BacktestError("--plot draws one run: give one value per --set")
         if plot_path:
-            from naived import backtest_plot
+            from naived.backtest import plot as backtest_plot
 
             backtest_plot.check_available()
         wanted = [s.upper() for s in symbols] or None
         if through_tree:
             if len(combos) > 1:
                 raise bt.BacktestError("--through-tree runs one setting: give one value per --set")
-            from naived import backtest_tree
+            from naived.backtest import through_tree as backtest_tree
 
             result = backtest_tree.run(bt.apply_settings(config, combos[0]), list(files), wanted, speed, keep)
             reports = [(combos[0], result.report)]

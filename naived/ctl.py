@@ -15,11 +15,11 @@ import click
 import msgspec
 import zmq
 
-from naived.config import SYSTEMD_RUNTIME_DIR, Config, ConfigError, Naived, Paths, find_config, load_config
-from naived.ipc import ipc_path, request
-from naived.ownership import StateDirLock
-from naived.strategy import StrategyError, assets
-from naived.messages import (
+from naived.core.config import SYSTEMD_RUNTIME_DIR, Config, ConfigError, Naived, Paths, find_config, load_config
+from naived.tree.ipc import ipc_path, request
+from naived.store.ownership import StateDirLock
+from naived.core.strategy import StrategyError, assets
+from naived.core.messages import (
     ControlRequest,
     Error,
     History,
@@ -74,7 +74,7 @@ def call(target: Target, message: ControlRequest) -> msgspec.Struct:
 
 def _unreachable(target: Target, if_running: str, if_not: str) -> None:
     """The control socket did not answer: tell "not running" from "running without a usable
-    socket" by the state directory's lock (naived/ownership.py), and never invite a second start
+    socket" by the state directory's lock (naived/store/ownership.py), and never invite a second start
     while a tree holds it."""
     if target.state_dir is None:
         _fail(if_not)

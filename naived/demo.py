@@ -24,10 +24,10 @@ import requests
 import zmq
 
 from naived.ctl import render
-from naived.ipc import request
-from naived.messages import StatusRequest, TreeStatus, control_reply_decoder
-from naived.supervisor import die_with_parent
-from naived.symbols import lookup
+from naived.tree.ipc import request
+from naived.core.messages import StatusRequest, TreeStatus, control_reply_decoder
+from naived.tree.supervisor import die_with_parent
+from naived.core.symbols import lookup
 
 STATUS_EVERY = 5.0
 
@@ -107,7 +107,7 @@ def _kill_a_trader(tree: TreeStatus) -> str | None:
 
 
 def run(seconds: float, symbols: list[str]) -> int:
-    from naived.config import load_config
+    from naived.core.config import load_config
 
     directory = Path(tempfile.mkdtemp(prefix="naive-demo-"))
     config_path = write_config(directory, symbols)

@@ -26,8 +26,8 @@ import msgspec
 import websocket
 from websocket import ABNF
 
-from naived.market import PRICE, QUANTITY, DropLog, positive_decimal
-from naived.messages import TradeEvent
+from naived.core.messages import TradeEvent
+from naived.market.gate import PRICE, QUANTITY, DropLog, positive_decimal
 from streamerd.daemon import Emit
 from streamerd.publisher import Stats
 
@@ -322,7 +322,7 @@ class BinanceSource:
             # UTF-8 is checked here, by msgspec, instead of by websocket-client (skip_utf8_validation)
             self._on_other(c, data)
             return
-        # What every consumer checks again (naived/market.py), refused at the source too: a NaN,
+        # What every consumer checks again (naived/market/gate.py), refused at the source too: a NaN,
         # negative or zero price is never published. Its trade id then shows as a gap.
         bad = PRICE if positive_decimal(event.p) is None else QUANTITY if positive_decimal(event.q) is None else None
         if bad is not None:

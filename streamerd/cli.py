@@ -11,12 +11,12 @@ import click
 import msgspec
 import zmq
 
-from naived.config import ConfigError, Streamer, load_config
-from naived.log import setup_logging
+from naived.core.config import ConfigError, Streamer, load_config
+from naived.market.tape import TapeError, check_files
+from naived.ops.log import setup_logging
 from streamerd.daemon import Daemon
 from streamerd.publisher import Demand
 from streamerd.recorder import Recorder
-from streamerd.replay import ReplayError, check_files
 
 log = logging.getLogger("streamerd")
 
@@ -102,7 +102,7 @@ def start(
             },
         )
         factory = make_source(settings)
-    except (ConfigError, ReplayError) as exc:
+    except (ConfigError, TapeError) as exc:
         click.echo(f"streamerd: {exc}", err=True)
         sys.exit(2)
 

@@ -12,9 +12,9 @@ from typing import Callable, Protocol
 
 import zmq
 
-from naived import sdnotify
-from naived.messages import TradeEvent
-from naived.metrics import Metrics, MetricsEndpoint
+from naived.core.messages import TradeEvent
+from naived.ops import sdnotify
+from naived.ops.metrics import Metrics, MetricsEndpoint
 from streamerd.publisher import Demand, Publisher, Stats
 from streamerd.recorder import Recorder
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import msgspec
 import zmq
 
-from naived.config import check_symbol
-from naived.messages import TRADE_TOPIC_PREFIX, TradeEvent
+from naived.core.config import check_symbol
+from naived.core.messages import TRADE_TOPIC_PREFIX, TradeEvent
+from naived.market.tape import ReadCounts
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +30,16 @@ SEND_HWM = 200_000
 
 
 @dataclass
-class Stats:
-    """Counters logged on exit (and read by tests through the log)."""
+class Stats(ReadCounts):
+    """Counters logged on exit (and read by tests through the log); a tape's reader counts
+    `malformed` and `truncated`."""
 
     events_in: int = 0
     events_out: int = 0
     duplicates: int = 0
     gaps: int = 0
     missing: int = 0  # trade ids skipped by gaps
-    malformed: int = 0
     refused: int = 0  # trades whose price or quantity is not a positive decimal (never published)
-    truncated: int = 0  # replayed gzip files cut short (no end-of-stream marker)
 
     def line(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.__dict__.items())

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
 import queue
 import re
 import threading
@@ -38,7 +37,7 @@ from typing import BinaryIO, Callable
 
 import msgspec
 
-from naived.messages import TradeEvent
+from naived.core.messages import TradeEvent
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
-from naived.messages import TradeEvent
-from naived.symbols import lookup
+from naived.core.messages import TradeEvent
+from naived.core.symbols import lookup
 from streamerd.daemon import Emit
 from streamerd.publisher import Stats
 

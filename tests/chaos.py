@@ -39,7 +39,7 @@ from typing import Any
 import psutil
 
 from harness import Tree, wait_for
-from naived.symbols import lookup
+from naived.core.symbols import lookup
 
 TAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-tapes"
 TAPE_FILES = [TAPES / "btcusdt_20240808.gz", TAPES / "btcusdt_20240809.gz"]

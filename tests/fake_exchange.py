@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from naived.paper.server import exchange_info_entry
-from naived.symbols import lookup
+from naived.core.symbols import lookup
 
 TIMEOUT_1007 = {"code": -1007, "msg": "Timeout waiting for response from backend server. Send status unknown; execution status unknown."}
 UNKNOWN_ORDER = {"code": -2013, "msg": "Order does not exist."}

@@ -16,8 +16,8 @@ import pytest
 import zmq
 
 from harness import Tree, running_tree, wait_for
-from naived.exchange import BinanceClient
-from naived.messages import (
+from naived.exchange.binance import BinanceClient
+from naived.core.messages import (
     STREAM_STATUS_TOPIC,
     ExecutionReport,
     StreamStatus,

@@ -10,11 +10,12 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
-from naived import backtest, strategy
+from naived.backtest import engine as backtest
+from naived.core import strategy
 from naived.cli import main
-from naived.config import parse_config
+from naived.core.config import parse_config
 from naived.paper.book import PaperBook
-from naived.symbols import quote_assets
+from naived.core.symbols import quote_assets
 
 TAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-tapes"
 BTC_TAPES = [TAPES / "btcusdt_20240808.gz", TAPES / "btcusdt_20240809.gz"]
@@ -28,7 +29,7 @@ profit_interval = "0.01"
 rebuy_interval = "0.5"
 """
 # XRPUSDT: tick 0.0001, step 1. A trader acts on nothing before its market gate has seen 5
-# prices (naived/market.py), and each cycle is a fresh trader: WARM is what each cycle's trader
+# prices (naived/market/gate.py), and each cycle is a fresh trader: WARM is what each cycle's trader
 # sees before the trade its arithmetic starts from.
 WARM = ["1.0000"] * 4
 # The cycle-2 trader starts after the trade that ended cycle 1 and waits for 5 prices; a spare
@@ -301,7 +302,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def test_the_plot_is_a_png_of_the_expected_size(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="matplotlib is the optional extra: pip install -e '.[plot]'")
-    from naived import backtest_plot
+    from naived.backtest import plot as backtest_plot
 
     out = tmp_path / "bt.png"
     cli(str(write_csv(tmp_path, HAND_TRADES)), "--config", str(write_config(tmp_path)), "--plot", str(out))
@@ -331,4 +332,4 @@ def test_through_the_tree_the_report_is_the_same(tmp_path: Path) -> None:
     assert through.mode == "through-tree" and in_process.mode == "backtest"
     assert through.symbols == in_process.symbols and through.totals == in_process.totals
     assert through.symbols[0].cycles_completed == 1
-    assert "naived stopped" in (keep / "naived.log").read_text()  # stopped in order, nothing left behind
+    assert "naived stopped" in (keep / "naived.ops.log").read_text()  # stopped in order, nothing left behind

@@ -1,4 +1,4 @@
-"""One rate budget per host (naived/budget.py): the rules, and the sharing between real processes.
+"""One rate budget per host (naived/exchange/budget.py): the rules, and the sharing between real processes.
 
 The sharing tests run separate processes (tests/budget_worker.py) that build their clients as
 naived's processes do, against a real paper exchange, and ask the exchange what it received.
@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from harness import running_tree, wait_for
-from naived import budget
-from naived.config import load_config
+from naived.exchange import budget
+from naived.core.config import load_config
 from test_paper_exchange import Exchange
 
 WORKER = Path(__file__).resolve().parent / "budget_worker.py"

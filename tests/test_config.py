@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from naived.config import Config, ConfigError, TradingSettings, load_config, parse_config
+from naived.core.config import Config, ConfigError, TradingSettings, load_config, parse_config
 
 DOCUMENTED = Path(__file__).resolve().parent.parent / "config" / "naive.toml"
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness import running_tree, wait_for
-from naived.messages import (
+from naived.core.messages import (
     Error,
     HistoryRequest,
     ShutdownTrading,
@@ -23,7 +23,7 @@ from naived.messages import (
     control_reply_decoder,
     encode,
 )
-from naived.symbols import lookup
+from naived.core.symbols import lookup
 
 TRADING = ("XRPUSDT", "BTCUSDT")
 FAST = """

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness import Tree, running_tree, wait_for
-from naived.symbols import lookup
+from naived.core.symbols import lookup
 
 # The book's chapter-5 settings: buy at the market, sell slightly *below* the buy price plus
 # fees (negative profit interval), so cycles complete within seconds on a random walk.

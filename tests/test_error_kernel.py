@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from harness import BIN, Tree, open_buys, running_tree, wait_for
-from naived.messages import Error, StatusRequest, TreeStatus, control_reply_decoder, encode
+from naived.core.messages import Error, StatusRequest, TreeStatus, control_reply_decoder, encode
 
 RESTING = """
 [trading.defaults]
@@ -222,7 +222,7 @@ def test_naivectl_creates_no_directories(tmp_path: Path) -> None:
 
 def test_naivectl_finds_naived_where_systemd_runs_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from naived import ctl
-    from naived.config import Config
+    from naived.core.config import Config
 
     monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))  # no naived.sock there

@@ -13,9 +13,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from naived import exchange
-from naived.config import ConfigError, parse_config
-from naived.exchange import BinanceClient, BinanceError, OutcomeUnknown, RateLimited, UnknownOrder, signature
+from naived.exchange import binance as exchange
+from naived.core.config import ConfigError, parse_config
+from naived.exchange.binance import BinanceClient, BinanceError, OutcomeUnknown, RateLimited, UnknownOrder, signature
 
 SECRET = "test-secret-do-not-leak"
 KEY = "test-api-key"

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from naived.http1 import Connection, TransportError
+from naived.exchange.http1 import Connection, TransportError
 
 Answer = Callable[[socket.socket, bytes], bool]  # (connection, request head) -> keep the connection open
 

@@ -12,7 +12,7 @@ import sys
 
 SCRIPT = r"""
 import logging
-from naived.log import setup_logging, rename_process_logs
+from naived.ops.log import setup_logging, rename_process_logs
 
 setup_logging("naived", logging.DEBUG)
 log = logging.getLogger("naived.test")

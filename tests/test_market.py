@@ -1,4 +1,4 @@
-"""The market-feed boundary (naived/market.py): what a trader or the paper exchange acts on."""
+"""The market-feed boundary (naived/market/gate.py): what a trader or the paper exchange acts on."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import msgspec
 import pytest
 import zmq
 
-from naived.config import ConfigError, parse_config
-from naived.market import BAND, DECODE, FRAMES, PRICE, QUANTITY, SYMBOL, TOPIC, WARMUP, MarketGate, positive_decimal
-from naived.messages import Order, Settings, TradeEvent, TraderState, encode_trade, trade_topic
-from naived.trader import Trader
+from naived.core.config import ConfigError, parse_config
+from naived.market.gate import BAND, DECODE, FRAMES, PRICE, QUANTITY, SYMBOL, TOPIC, WARMUP, MarketGate, positive_decimal
+from naived.core.messages import Order, Settings, TradeEvent, TraderState, encode_trade, trade_topic
+from naived.tree.trader import Trader
 
 BAND_10 = Decimal("0.1")
 SETTINGS = Settings("TUSDT", 1, "100", "0.01", "0.5", "0.01", "0.0001", "1", "1", "5", "T", "USDT")
@@ -157,7 +157,7 @@ def test_a_trader_that_subscribes_again_keeps_its_recent_prices(gate: MarketGate
 
 
 def test_drops_are_logged_at_a_bounded_rate(gate: MarketGate, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="naived.market"):
+    with caplog.at_level(logging.WARNING, logger="naived.market.gate"):
         for _ in range(100):
             gate.check([b"junk"])
     assert len(caplog.records) == 1  # the first drop; the rest wait for the summary

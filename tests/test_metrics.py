@@ -11,9 +11,9 @@ from pathlib import Path
 import requests
 
 from harness import Tree, free_port, wait_for
-from naived import budget
-from naived.config import load_config
-from naived.metrics import Metrics
+from naived.exchange import budget
+from naived.core.config import load_config
+from naived.ops.metrics import Metrics
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

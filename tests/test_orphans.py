@@ -12,8 +12,8 @@ import psutil
 import requests
 from harness import Tree, free_port, open_buys, running_tree, tree_pids, wait_for
 
-from naived.exchange import BinanceClient
-from naived.store import recorded_prefixes
+from naived.exchange.binance import BinanceClient
+from naived.store.sqlite import recorded_prefixes
 
 RESTING = """
 [trading.defaults]

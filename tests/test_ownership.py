@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from harness import BIN, RESTING, Tree, die_with_test, free_port, open_buys, wait_for
 
-from naived.ownership import Held, StateDirLock
+from naived.store.ownership import Held, StateDirLock
 
 
 def second_config(tree: Tree, runtime_dir: Path) -> Path:
@@ -109,9 +109,9 @@ def test_naivectl_tells_a_running_naived_without_its_socket_and_no_second_start_
 CHILD_OUTLIVES_ROOT = textwrap.dedent("""
     import ctypes, os, sys, time
     from pathlib import Path
-    from naived import supervisor
-    from naived.config import Supervision
-    from naived.ownership import StateDirLock
+    from naived.tree import supervisor
+    from naived.core.config import Supervision
+    from naived.store.ownership import StateDirLock
 
     lock = StateDirLock(Path(sys.argv[1]))
     lock.acquire()

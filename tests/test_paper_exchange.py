@@ -23,8 +23,8 @@ import requests
 import zmq
 
 from harness import die_with_test, free_port
-from naived.exchange import BinanceClient, BinanceError, OutcomeUnknown, RateLimited, UnknownOrder, signature
-from naived.messages import TradeEvent, encode_trade, trade_topic
+from naived.exchange.binance import BinanceClient, BinanceError, OutcomeUnknown, RateLimited, UnknownOrder, signature
+from naived.core.messages import TradeEvent, encode_trade, trade_topic
 
 KEY, SECRET = "paper-key", "paper-secret"
 T = TypeVar("T")
@@ -102,7 +102,7 @@ class Exchange:
     def spawn(self) -> subprocess.Popen[bytes]:
         code = (
             "import logging, socket, sys; logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s');"
-            "from naived.config import load_config; from naived import paper;"
+            "from naived.core.config import load_config; from naived import paper;"
             "fd = int(sys.argv[2]); paper.run(load_config(sys.argv[1]), socket.socket(fileno=fd) if fd >= 0 else None)"
         )
         fd = self.listener.fileno() if self.listener else -1
@@ -455,7 +455,7 @@ def test_partial_fills_leave_marketable_orders_what_the_last_trade_left(start: C
 
 def test_bad_market_frames_are_dropped_and_counted_and_the_feed_lives_on(ex: Exchange, market: Market) -> None:
     """Issue 20, item 2: a NaN price killed the feed thread (`_crosses`); a prefix neighbour's or a
-    wild price filled orders. Now the feed checks frames as the traders do (naived/market.py)."""
+    wild price filled orders. Now the feed checks frames as the traders do (naived/market/gate.py)."""
     c = ex.client()
     c.new_order("XRPUSDT", "BUY", "0.5", "20", "b1")
     market.wait_subscribed("XRPUSDT")
@@ -890,7 +890,7 @@ def test_the_average_price_window(tmp_path: Path) -> None:
     """The book's clock drives it: the volume-weighted average of the last avgPriceMins minutes, the
     last trade's price once none is left in the window, nothing before the first trade."""
     from naived.paper.book import NewOrder, PaperBook, Rejected
-    from naived.symbols import lookup
+    from naived.core.symbols import lookup
 
     now = [1_700_000_000_000]
     book = PaperBook(Path(":memory:"), {"USDT": Decimal("10000")}, clock=lambda: now[0])

@@ -16,8 +16,8 @@ import msgspec
 import pytest
 
 from harness import Tree, open_buys, running_tree, wait_for
-from naived import strategy
-from naived.messages import ExecutionReport, Fill, Order, Settings, TraderState
+from naived.core import strategy
+from naived.core.messages import ExecutionReport, Fill, Order, Settings, TraderState
 
 SETTINGS = Settings("XRPUSDT", 2, "100", "0.01", "0.5", "0.01", "0.0001", "1", "1", "5", "XRP", "USDT")
 

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from naived import sdnotify
+from naived.ops import sdnotify
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +77,7 @@ def test_no_fields_sends_nothing(path_socket):
 
 def test_send_failure_is_false_not_raised(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens.sock"))
-    with caplog.at_level("DEBUG", logger="naived.sdnotify"):
+    with caplog.at_level("DEBUG", logger="naived.ops.sdnotify"):
         assert sdnotify.notify("READY=1") is False
     assert "sd_notify" in caplog.text
 

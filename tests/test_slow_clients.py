@@ -26,10 +26,10 @@ from harness import Tree, free_port, running_tree, wait_for
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from naived.config import load_config
-from naived.ipc import request
-from naived.messages import StatusRequest, TreeStatus, control_reply_decoder, encode
-from naived.metrics import MetricsEndpoint
+from naived.core.config import load_config
+from naived.tree.ipc import request
+from naived.core.messages import StatusRequest, TreeStatus, control_reply_decoder, encode
+from naived.ops.metrics import MetricsEndpoint
 from naived.paper import userstream
 
 LATENCY_BOUND = 0.100  # seconds: the bound for `naivectl status` while slow clients trickle

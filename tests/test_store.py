@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from naived.store import Store
+from naived.store.sqlite import Store
 
 
 def test_cycle_numbers_and_the_id_prefix_survive_a_reopen(tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_the_cycle_counter_and_the_prefix_are_committed_with_an_fsync(tmp_path: 
 
 
 def test_finished_cycles_add_their_fees_and_pnl_to_the_books_once(tmp_path: Path) -> None:
-    from naived.messages import CycleResult, Settings, TraderState
+    from naived.core.messages import CycleResult, Settings, TraderState
 
     settings = Settings("XRPUSDT", 1, "100", "0", "0.001", "0.01", "0.0001", "1", "1", "5", "XRP", "USDT")
     result = CycleResult("40", "19.8", "39", "19.3596", {"USDT": "0.0193596"}, "0.0391596", "0.01591608", "0.96", "0.47567568")

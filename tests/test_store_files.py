@@ -14,12 +14,12 @@ import psutil
 import pytest
 from harness import RESTING_QUICK_FAILURE, Tree, open_buys, tree_pids, wait_for
 
-from naived.messages import Settings, TraderState
+from naived.core.messages import Settings, TraderState
 from naived.paper.book import PAPER_STORE, PaperBook
-from naived.sqlfile import NotOurs
-from naived.store import SYMBOL_STORE, Store
+from naived.store.sqlfile import NotOurs
+from naived.store.sqlite import SYMBOL_STORE, Store
 
-# What naived/store.py wrote before stores carried a header (its schema has not changed since).
+# What naived/store/sqlite.py wrote before stores carried a header (its schema has not changed since).
 OLD_SYMBOL_SCHEMA = """
 CREATE TABLE traders (trader_id INTEGER PRIMARY KEY, state TEXT NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE cycles (cycle INTEGER PRIMARY KEY, trader_id INTEGER NOT NULL, state TEXT NOT NULL, finished_at REAL NOT NULL);

@@ -9,8 +9,8 @@ import re
 import msgspec
 import pytest
 
-from naived import strategy
-from naived.messages import Fill, Order, Settings, TradeEvent, TraderState
+from naived.core import strategy
+from naived.core.messages import Fill, Order, Settings, TradeEvent, TraderState
 
 
 def settings(**overrides: object) -> Settings:

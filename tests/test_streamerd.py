@@ -21,7 +21,7 @@ import requests
 import zmq
 
 from harness import die_with_test
-from naived.messages import TradeEvent, decode_trade
+from naived.core.messages import TradeEvent, decode_trade
 from streamerd.publisher import Demand, symbol_of_subscription
 from fake_binance import FakeBinance, trade_json
 
@@ -189,7 +189,7 @@ def test_demand_follows_subscribers_and_a_killed_subscriber_unsubscribes(ctx, fa
 
 def test_trades_without_a_positive_price_or_quantity_are_refused(ctx, fake, start_streamerd):
     """Issue 20: a NaN, negative or zero price or quantity is never published (every consumer
-    checks again, naived/market.py); counted in `refused`."""
+    checks again, naived/market/gate.py); counted in `refused`."""
     daemon = start_streamerd("--source", "binance", "--binance-url", fake.url)
     sub = subscriber(ctx, daemon.endpoint, "BTCUSDT")
     fake.wait_for_subscription("btcusdt@trade", timeout=10)

@@ -8,8 +8,8 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import os, resource
-    from naived.config import Supervision
-    from naived.supervisor import ChildSpec, Exit, Role, Supervisor
+    from naived.core.config import Supervision
+    from naived.tree.supervisor import ChildSpec, Exit, Role, Supervisor
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from harness import BIN, Tree, wait_for
-from naived import symbols
-from naived.config import Paper
+from naived.core import symbols
+from naived.core.config import Paper
 
 REAL_EXCHANGE_INFO = Path(__file__).resolve().parents[2] / "shared" / "data" / "exchange-info" / "exchangeInfo.json"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from harness import BIN, RESTING_QUICK_FAILURE, open_buys, running_tree, wait_for
 
-from naived import validate
-from naived.config import ConfigError, NoBudget, parse_config
+from naived.core import validate
+from naived.core.config import ConfigError, NoBudget, parse_config
 
 ETHBTC_NO_BUDGET = ('ETHBTC: no budget in BTC, its quote asset: set [trading.budgets] BTC = "<amount>" '
                     'or [trading.symbols.ETHBTC] budget = "<amount>" (in BTC)')

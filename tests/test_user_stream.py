@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import websocket
 
-from naived.exchange import BinanceError
+from naived.exchange.binance import BinanceError
 from test_paper_exchange import Exchange, Market, ex, market, order, start, wait_for  # noqa: F401 - fixtures
 
 # Every field Binance's executionReport carries for an order of the types the paper exchange
@@ -249,7 +249,7 @@ def test_user_stream_drop_loses_the_event_and_the_connection(ex: Exchange) -> No
 
 
 def test_ws_port_is_validated() -> None:
-    from naived.config import ConfigError, parse_config
+    from naived.core.config import ConfigError, parse_config
 
     for text, message in [("ws_port = 0", "paper.ws_port: must be a TCP port 1-65535, got 0"),
                           ("ws_port = 70000", "paper.ws_port: must be a TCP port 1-65535, got 70000"),

@@ -63,8 +63,8 @@ from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-from naived import sqlfile
-from naived.symbols import SymbolFilters
+from naived.store import sqlfile
+from naived.core.symbols import SymbolFilters
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ _ORDER_COLUMNS = ("order_id, symbol, client_order_id, side, price, orig_qty, exe
 _FILL_COLUMNS = "order_id, seq, price, qty, trade_id, time_ms, commission, commission_asset, is_maker, market_trade_id"
 
 
-# Recognised by its header (naived/sqlfile.py); one written before naive stamped its files, by
+# Recognised by its header (naived/store/sqlfile.py); one written before naive stamped its files, by
 # the tables the paper exchange has always had.
 PAPER_STORE = sqlfile.kind("paper exchange database", b"nvPx", 1, _SCHEMA, frozenset({"orders", "fills", "balances", "meta"}))
 

@@ -108,14 +108,14 @@ from urllib.parse import parse_qsl, urlsplit
 import msgspec
 import zmq
 
-from naived.config import Config, Faults
-from naived.config import Paper as PaperSettings
-from naived.market import MAX_MARKET_FRAME, TOPIC, DropLog, MarketGate
-from naived.messages import TradeEvent, trade_topic
-from naived.metrics import RateLimitedLog
+from naived.core.config import Config, Faults
+from naived.core.config import Paper as PaperSettings
+from naived.market.gate import MAX_MARKET_FRAME, TOPIC, DropLog, MarketGate
+from naived.core.messages import TradeEvent, trade_topic
+from naived.ops.metrics import RateLimitedLog
 from naived.paper.book import BNB_DISCOUNT, MAX_PRICE, Fees, Fill, NewOrder, PaperBook, PaperOrder, Rejected
 from naived.paper.userstream import UNKNOWN_KEY, UserStreamServer
-from naived.symbols import SymbolFilters, quote_assets, table
+from naived.core.symbols import SymbolFilters, quote_assets, table
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +417,7 @@ class TradeFeed(threading.Thread):
         self._endpoint = endpoint
         self._book = book
         self._band_of = band_of
-        # The same check as the traders' (naived/market.py), one gate per subscribed symbol; it
+        # The same check as the traders' (naived/market/gate.py), one gate per subscribed symbol; it
         # acts from the first trade (confirm=1): it fills what traders placed, it places nothing.
         self._gates: dict[bytes, MarketGate] = {}
         self._stray = DropLog("paper feed")  # frames on a topic no gate is for (a prefix neighbour)

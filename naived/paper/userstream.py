@@ -49,8 +49,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from naived.config import Faults
-from naived.metrics import RateLimitedLog
+from naived.core.config import Faults
+from naived.ops.metrics import RateLimitedLog
 from naived.paper.book import Change, PaperOrder
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,11 @@ import logging
 import os
 import signal
 
-from naived import leader, validate
-from naived.config import Config, reload_config
-from naived.supervisor import ChildSpec, Role, Supervisor
-from naived.symbols import SymbolFilters
+from naived.tree import leader
+from naived.core import validate
+from naived.core.config import Config, reload_config
+from naived.tree.supervisor import ChildSpec, Role, Supervisor
+from naived.core.symbols import SymbolFilters
 
 log = logging.getLogger(__name__)
 

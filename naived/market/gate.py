@@ -32,7 +32,7 @@ from decimal import Decimal
 
 import msgspec
 
-from naived.messages import TradeEvent, trade_topic
+from naived.core.messages import TradeEvent, trade_topic
 
 log = logging.getLogger(__name__)
 

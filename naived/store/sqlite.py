@@ -22,8 +22,8 @@ from pathlib import Path
 
 import msgspec
 
-from naived import sqlfile
-from naived.messages import TraderState
+from naived.store import sqlfile
+from naived.core.messages import TraderState
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(TraderState).decode
@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS meta (
 
 ID_ALPHABET = string.ascii_lowercase + string.digits  # Binance allows [.A-Z:/a-z0-9_-] in client order ids
 
-# A symbol store is recognised by its header (naived/sqlfile.py); one written before naive stamped
+# A symbol store is recognised by its header (naived/store/sqlfile.py); one written before naive stamped
 # its files, by its three tables.
 SYMBOL_STORE = sqlfile.kind("symbol store", b"nvSy", 1, _SCHEMA, frozenset({"traders", "cycles", "meta"}))
 
@@ -61,7 +61,7 @@ def store_path(state_dir: Path, symbol: str) -> Path:
 # --- the install's record of every id prefix it minted -----------------------------------------
 # A store moved aside (or lost) takes its prefix with it; its orders at the exchange are still
 # this install's. So every prefix is recorded here, at the state directory's level, durably and
-# before any order can carry it: the root's reconcile knows them all (naived/root.py, orphans).
+# before any order can carry it: the root's reconcile knows them all (naived/tree/root.py, orphans).
 
 _PREFIX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS id_prefixes (

@@ -34,13 +34,32 @@ import msgspec
 import requests
 import zmq
 
-from naived import validate
-from naived.backtest import BacktestError, Curve, Finished, Ledger, Report, _ProgressBar, read_trades, settings_dict, summarize, totals
-from naived.config import Config
-from naived.ipc import request
-from naived.messages import History, HistoryRequest, StatusRequest, TraderState, TreeStatus, control_reply_decoder, trade_topic
-from naived.supervisor import die_with_parent
-from naived.symbols import table
+from naived.backtest.engine import (
+    BacktestError,
+    Curve,
+    Finished,
+    Ledger,
+    Report,
+    _ProgressBar,
+    read_trades,
+    settings_dict,
+    summarize,
+    totals,
+)
+from naived.core import validate
+from naived.core.config import Config
+from naived.core.messages import (
+    History,
+    HistoryRequest,
+    StatusRequest,
+    TraderState,
+    TreeStatus,
+    control_reply_decoder,
+    trade_topic,
+)
+from naived.core.symbols import table
+from naived.tree.ipc import request
+from naived.tree.supervisor import die_with_parent
 
 SETTLE_SECONDS = 1.5  # the traders' states unchanged this long after the last trade: done
 STOP_TIMEOUT = 15.0
@@ -223,7 +242,7 @@ def run(config: Config, files: list[str], symbols: list[str] | None = None, spee
         raise BacktestError("the input has no trades")
     unknown = sorted(s for s in counts if s not in table())
     if unknown:
-        raise BacktestError(f"{unknown[0]}: not in the paper exchange's symbol table (naived/symbols.csv)")
+        raise BacktestError(f"{unknown[0]}: not in the paper exchange's symbol table (naived/core/symbols.csv)")
     names = sorted(counts)
     for symbol in names:  # as the tree's autostart would refuse it, but before starting anything
         if problem := validate.symbol_problem(config, symbol):

@@ -20,7 +20,7 @@ from typing import Literal
 
 import msgspec
 
-from naived.symbols import lookup as lookup_symbol
+from naived.core.symbols import lookup as lookup_symbol
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 LATE_ACCEPT_WINDOW = 10.0  # seconds: Binance's backend may still execute an order with an unknown status
@@ -288,7 +288,7 @@ class Exchange(msgspec.Struct, forbid_unknown_fields=True):
     # this has passed since it was sent. An intent with no order behind it is placed again only
     # after that. Lower it only for an exchange known to decide sooner (the paper exchange).
     backend_timeout_seconds: float = 10.0
-    # The host's own rate budget, shared by all its processes (naived/budget.py). Binance allows
+    # The host's own rate budget, shared by all its processes (naived/exchange/budget.py). Binance allows
     # 6000 request weight per minute per IP (exchangeInfo REQUEST_WEIGHT); keeping a fifth of it
     # spare leaves room for another program on the same IP and for our count lagging Binance's.
     weight_budget_per_minute: int = 4800
@@ -352,7 +352,7 @@ class TradingSettings(msgspec.Struct, forbid_unknown_fields=True):
     # and another each time a rebuy fires, up to `chunks`.
     initial_traders: int = 0
     # Market frames priced farther than this fraction from the median of the last few trades are
-    # dropped (naived/market.py). 0.1: one trade rarely moves a Binance market 10 % (the book
+    # dropped (naived/market/gate.py). 0.1: one trade rarely moves a Binance market 10 % (the book
     # sweep it takes is rare even on thin pairs), while a bad tick is usually off by far more;
     # a genuine move is followed after 3 trades. Within the band, a bad price costs at most 10 %.
     price_band: Decimal = Decimal("0.1")
@@ -510,7 +510,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
 
     @property
     def budget_path(self) -> Path:
-        """The host's shared rate budget (naived/budget.py): every process of the tree maps it."""
+        """The host's shared rate budget (naived/exchange/budget.py): every process of the tree maps it."""
         return self.runtime_dir / "rate-budget"
 
     @property

@@ -1,12 +1,12 @@
 """Backtest: the naive strategy over recorded trades, with the daemon's own rules.
 
-Nothing here decides anything about trading. The decisions are `naived.strategy`'s pure
+Nothing here decides anything about trading. The decisions are `naived.core.strategy`'s pure
 functions, carried out in the order `trader.Trader` carries them out (Place, Check,
 FetchFills, Finish); traders are started, restarted for a new cycle and added on a rebuy as
 `leader.Leader` does; orders go to the paper exchange's own request handlers
 (`naived.paper.server.PaperExchange`: Binance's checks, `PaperBook`'s matching and
 commission) and their JSON answers are read by the exchange client's own decoders. Trades
-pass the market gates first (`naived.market`: a fresh gate per trader process, one with
+pass the market gates first (`naived.market.gate`: a fresh gate per trader process, one with
 `confirm=1` for the paper exchange's feed). Only the transport is gone: no processes, no
 sockets, no HTTP.
 
@@ -25,7 +25,7 @@ Deliberate differences from a paper run of the same tape (docs/architecture.md, 
   restart intensity marks the symbol failed.
 
 The report is made from three things only, so a run through the real tree
-(`naived.backtest_tree`) produces the same one from the same facts: the account's fills
+(`naived.backtest.through_tree`) produces the same one from the same facts: the account's fills
 (cash and base per symbol, marked at each trade: the equity curve), the finished cycles'
 books (`CycleResult`: realised P&L) and the traders' states at the end.
 
@@ -48,15 +48,15 @@ from typing import Any
 
 import msgspec
 
-from naived import exchange, strategy
-from naived.config import Config, NoBudget, TradingSettings
-from naived.market import REFERENCE_TRADES, MarketGate
-from naived.messages import CycleResult, Fill, Order, TradeEvent, TraderState
+from naived.core import strategy
+from naived.core.config import Config, NoBudget, TradingSettings
+from naived.core.messages import CycleResult, Fill, Order, TradeEvent, TraderState
+from naived.core.symbols import SymbolFilters, quote_assets, table
+from naived.exchange import binance as exchange
+from naived.market.gate import REFERENCE_TRADES, MarketGate
+from naived.market.tape import Progress, ReadCounts, TapeError, check_files, read_file
 from naived.paper.book import Change, Fees, PaperBook, Rejected
 from naived.paper.server import PaperExchange
-from naived.symbols import SymbolFilters, quote_assets, table
-from streamerd.publisher import Stats
-from streamerd.replay import ReplayError, _Progress, check_files, read_file
 
 BACKTEST_PREFIX = "bt"  # client order id prefix: fixed, so two runs place the same ids
 EIGHT = Decimal("0.00000001")
@@ -71,16 +71,16 @@ class BacktestError(Exception):
 # --- input ---------------------------------------------------------------------------------
 
 
-def read_trades(paths: Iterable[str], stats: Stats | None = None) -> tuple[Iterator[TradeEvent], Callable[[], float]]:
+def read_trades(paths: Iterable[str], stats: ReadCounts | None = None) -> tuple[Iterator[TradeEvent], Callable[[], float]]:
     """The trades of every file, merged by time as streamerd's replay merges them (the same
     reader: recorded `<ns> <json>` tapes and data.binance.vision CSVs, ms or µs), and a
     function giving the fraction of the input read so far (for the progress bar)."""
     try:
         files = check_files(list(paths))
-    except ReplayError as exc:
+    except TapeError as exc:
         raise BacktestError(str(exc)) from None
-    stats = stats or Stats()
-    progress = _Progress()
+    stats = stats or ReadCounts()
+    progress = Progress()
     streams = [read_file(p, i, stats, progress) for i, p in enumerate(files)]
     merged = streams[0] if len(streams) == 1 else heapq.merge(*streams)
     return (item[2] for item in merged), progress.ratio
@@ -387,7 +387,7 @@ class _Trader:
         self.clock = clock
         self.placed = 0
         # Its own market gate, fresh as a new trader process's: it acts on nothing before it has
-        # seen 5 prices, then drops a price out of the band (naived/market.py). The tape was read
+        # seen 5 prices, then drops a price out of the band (naived/market/gate.py). The tape was read
         # and checked by its reader, so only the band is judged (`MarketGate.judge`). None once
         # full: see `SymbolRun.on_trade`.
         self.gate: MarketGate | None = MarketGate(state.symbol, band, f"{state.symbol}/{state.trader_id}")
@@ -543,7 +543,7 @@ class Backtest:
         """Start trading a symbol at its first trade, as `naivectl start-trading` would."""
         f = table().get(symbol)
         if f is None:
-            raise BacktestError(f"{symbol}: not in the paper exchange's symbol table (naived/symbols.csv)")
+            raise BacktestError(f"{symbol}: not in the paper exchange's symbol table (naived/core/symbols.csv)")
         try:
             trading = self.config.trading.for_symbol(symbol, f.quote)
         except NoBudget as exc:

@@ -51,8 +51,8 @@ from typing import Any, Literal
 import setproctitle
 import zmq
 
-from naived.config import Supervision
-from naived.log import rename_process_logs
+from naived.core.config import Supervision
+from naived.ops.log import rename_process_logs
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +430,7 @@ class Supervisor:
 
 def inherit_in_tree(fd: int) -> None:
     """Every process forked from here on, at every level, keeps `fd` open: the state directory's
-    lock (naived/ownership.py) is then held until the tree's last process is gone, not only while
+    lock (naived/store/ownership.py) is then held until the tree's last process is gone, not only while
     the root lives. A child must never unlock or close it: the lock is the whole tree's."""
     _tree_fds.add(fd)
 

@@ -16,7 +16,7 @@ guarantees to callers:
 - `OverBudget` (a `RateLimited`, not banned) means the host's own budget held
   the request back before it was sent: the minute's weight (Binance's header, or
   our count of what the host sent) would pass its share, or the order counts
-  would. Reads give way first (see `naived.budget`).
+  would. Reads give way first (see `naived.exchange.budget`).
 - Timestamps follow the server's clock: the offset is fetched on first use and
   again whenever Binance says -1021 (outside recvWindow); the request is then
   retried once. -1021 is a rejection before matching, so even an order retry is safe.
@@ -29,20 +29,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
-import stat
 import time
-from pathlib import Path
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import msgspec
 
-from naived import budget as rate_budget
-from naived import http1
-from naived.config import Config, ConfigError
-from naived.messages import Fill, Order
+from naived.core.config import Config
+from naived.core.credentials import credentials
+from naived.core.messages import Fill, Order
+from naived.exchange import budget as rate_budget
+from naived.exchange import http1
 
 log = logging.getLogger(__name__)
 
@@ -414,21 +412,15 @@ def _retry_after(response: http1.Response, default: float) -> float:
 
 def client_for(config: Config) -> BinanceClient:
     """The client for `config.naived.exchange`, on the host's shared rate budget. Real targets
-    need keys (see `_credentials`)."""
+    need keys (see `naived.core.credentials`)."""
     target = config.naived.exchange
     if target == "paper":
         url, key, secret = config.paper_url, config.paper.api_key, config.paper.api_secret
     else:
         url = config.exchange.testnet_url if target == "binance-testnet" else config.exchange.binance_url
-        key, secret = _credentials(config.exchange.key_file)
+        key, secret = credentials(config.exchange.key_file)
     return BinanceClient(url, key, secret, recv_window_ms=config.exchange.recv_window_ms,
                          timeout=config.exchange.timeout_seconds, budget=shared_budget(config))
-
-
-def check_keys(config: Config) -> None:
-    """Raise ConfigError unless the exchange traded on has usable keys; reads only the key file."""
-    if config.naived.exchange != "paper":
-        _credentials(config.exchange.key_file)
 
 
 T = TypeVar("T")
@@ -484,26 +476,3 @@ def shared_budget(config: Config) -> rate_budget.SharedBudget:
     return rate_budget.SharedBudget(config.budget_path, budget_limits(config))
 
 
-def _credentials(key_file: str) -> tuple[str, str]:
-    """Keys from BINANCE_API_KEY/BINANCE_API_SECRET, else from a 0600 file of KEY=value lines."""
-    key, secret = os.environ.get("BINANCE_API_KEY"), os.environ.get("BINANCE_API_SECRET")
-    if key and secret:
-        return key, secret
-    if not key_file:
-        raise ConfigError("no Binance API key: set BINANCE_API_KEY and BINANCE_API_SECRET, or exchange.key_file")
-    path = Path(key_file)
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise ConfigError(f"key file {path} has mode {mode:04o}; it must be 0600 (chmod 600 {path})")
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"key file {path}: cannot read: {exc.strerror}") from None
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        name, sep, value = line.partition("=")
-        if sep and not name.strip().startswith("#"):
-            values[name.strip()] = value.strip()
-    if not values.get("API_KEY") or not values.get("API_SECRET"):
-        raise ConfigError(f"key file {path}: needs API_KEY=... and API_SECRET=... lines")
-    return values["API_KEY"], values["API_SECRET"]

@@ -27,10 +27,13 @@ import time
 import msgspec
 import zmq
 
-from naived import exchange, strategy, trader, validate
-from naived.config import Config, reload_config
-from naived.ipc import bind, bind_rep
-from naived.messages import (
+from naived.exchange import binance as exchange
+from naived.core import strategy
+from naived.tree import trader
+from naived.core import validate
+from naived.core.config import Config, reload_config
+from naived.tree.ipc import bind, bind_rep
+from naived.core.messages import (
     Ack,
     ExchangeWaiting,
     FiltersFetched,
@@ -51,9 +54,9 @@ from naived.messages import (
     leader_reply_decoder,
     leader_request_decoder,
 )
-from naived.store import Store, record_prefix, registry_path, store_path
-from naived.supervisor import EXIT_GAVE_UP, Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor, last_words
-from naived.symbols import SymbolFilters, filters_from_exchange_info
+from naived.store.sqlite import Store, record_prefix, registry_path, store_path
+from naived.tree.supervisor import EXIT_GAVE_UP, Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor, last_words
+from naived.core.symbols import SymbolFilters, filters_from_exchange_info
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import os
 import msgspec
 import zmq
 
-from naived.messages import encode
+from naived.core.messages import encode
 
 
 def bind_rep(ctx: zmq.Context, endpoint: str) -> zmq.Socket:

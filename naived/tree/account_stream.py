@@ -42,11 +42,11 @@ import websocket
 import zmq
 from websocket import ABNF
 
-from naived import exchange
-from naived.config import SYMBOL_RE, Config
-from naived.ipc import bind
-from naived.market import plain_decimal
-from naived.messages import (
+from naived.exchange import binance as exchange
+from naived.core.config import SYMBOL_RE, Config
+from naived.tree.ipc import bind
+from naived.market.gate import plain_decimal
+from naived.core.messages import (
     EXECUTION_TOPIC_PREFIX,
     STREAM_STATUS_TOPIC,
     ExecutionReport,
@@ -56,7 +56,7 @@ from naived.messages import (
     execution_report_json_decoder,
     execution_topic,
 )
-from naived.metrics import RateLimitedLog
+from naived.ops.metrics import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

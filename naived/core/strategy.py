@@ -16,10 +16,10 @@ from typing import Literal
 
 import msgspec
 
-from naived import symbols
-from naived.config import TradingSettings
-from naived.messages import CycleResult, ExecutionReport, Fill, Intent, Order, Settings, TradeEvent, TraderState
-from naived.symbols import SymbolFilters
+from naived.core import symbols
+from naived.core.config import TradingSettings
+from naived.core.messages import CycleResult, ExecutionReport, Fill, Intent, Order, Settings, TradeEvent, TraderState
+from naived.core.symbols import SymbolFilters
 
 FEE = Decimal("1.001")  # Binance's 0.1% fee, paid on the buy and on the sell
 CLIENT_ID_MAX = 36  # Binance: newClientOrderId matches ^[\.A-Z\:/a-z0-9_-]{1,36}$

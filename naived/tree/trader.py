@@ -21,10 +21,11 @@ from typing import TypeVar
 import msgspec
 import zmq
 
-from naived import exchange, strategy
-from naived.config import Config
-from naived.market import MAX_MARKET_FRAME, MarketGate
-from naived.messages import (
+from naived.exchange import binance as exchange
+from naived.core import strategy
+from naived.core.config import Config
+from naived.market.gate import MAX_MARKET_FRAME, MarketGate
+from naived.core.messages import (
     STREAM_STATUS_TOPIC,
     Fill,
     Intent,
@@ -45,7 +46,7 @@ from naived.messages import (
     trade_topic,
     trader_execution_topic,
 )
-from naived.supervisor import last_words
+from naived.tree.supervisor import last_words
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -143,7 +144,7 @@ class Trader:
         self.next_fallback = 0.0  # monotonic: the next REST check while the stream is not up
         self.pushed: dict[str, dict[int, Fill]] = {}  # client order id -> its pushed fills by trade id
         trading = config.trading.merged(state.symbol)  # the cycle's budget is in its own settings
-        # Every trade frame is checked here before the strategy sees it (naived/market.py).
+        # Every trade frame is checked here before the strategy sees it (naived/market/gate.py).
         self.gate = MarketGate(self.symbol, trading.price_band, f"{self.symbol}/{state.trader_id}")
         self.drops_told: dict[str, int] = {}  # what the leader last acked of `gate.dropped`
         self.next_drops_report = 0.0  # monotonic

@@ -8,7 +8,7 @@ regenerates it from an `exchangeInfo` answer (Binance's, or a saved file) and
 writes it to `<state_dir>/symbols.csv`, which this module prefers over the
 shipped table once `use_state_dir` has been called (the `naived` commands do):
 an installed package is never rewritten, and a refresh survives upgrades.
-`--output naived/symbols.csv` regenerates the shipped table itself.
+`--output naived/core/symbols.csv` regenerates the shipped table itself.
 
 The paper exchange serves the table as `exchangeInfo`
 (`naived.paper.server.exchange_info_entry`); the leader reads filters from
@@ -75,7 +75,7 @@ def table_path() -> str:
     """Where the table in use comes from, for messages."""
     if _override is not None and _override.exists():
         return str(_override)
-    return "naived/symbols.csv (shipped)"
+    return "naived/core/symbols.csv (shipped)"
 
 
 @functools.cache
@@ -88,7 +88,7 @@ def table() -> dict[str, SymbolFilters]:
         except FileNotFoundError:
             pass
     if text is None:
-        text = resources.files("naived").joinpath(TABLE_NAME).read_text()
+        text = resources.files(__package__).joinpath(TABLE_NAME).read_text()
     return parse_table(text)
 
 

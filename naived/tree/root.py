@@ -36,11 +36,17 @@ import msgspec
 import setproctitle
 import zmq
 
-from naived import budget as rate_budget
-from naived import account_stream, exchange, sdnotify, strategy, symbol_supervisor, trader, validate
-from naived.config import Config, check_symbol, reload_config
-from naived.ipc import bind, ipc_path, request
-from naived.messages import (
+from naived.exchange import budget as rate_budget
+from naived.tree import account_stream
+from naived.exchange import binance as exchange
+from naived.ops import sdnotify
+from naived.core import strategy
+from naived.tree import symbol_supervisor
+from naived.tree import trader
+from naived.core import validate
+from naived.core.config import Config, check_symbol, reload_config
+from naived.tree.ipc import bind, ipc_path, request
+from naived.core.messages import (
     ControlRequest,
     Error,
     ExchangeFilters,
@@ -66,11 +72,11 @@ from naived.messages import (
     leader_reply_decoder,
     root_report_decoder,
 )
-from naived.metrics import Metrics, MetricsEndpoint, RateLimitedLog
-from naived.ownership import Holder
-from naived.store import Store, recorded_prefixes, registry_path, store_path
-from naived.supervisor import Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor, merge_identical_pages
-from naived.symbols import SymbolFilters, trading_filters
+from naived.ops.metrics import Metrics, MetricsEndpoint, RateLimitedLog
+from naived.store.ownership import Holder
+from naived.store.sqlite import Store, recorded_prefixes, registry_path, store_path
+from naived.tree.supervisor import Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor, merge_identical_pages
+from naived.core.symbols import SymbolFilters, trading_filters
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +174,7 @@ class Root(Role):
         if request(self.ctx, config.control_endpoint, StatusRequest(), msgspec.msgpack.Decoder(), 300) is not None:
             raise StartError(f"naived is already running on {config.control_endpoint}")
         self.supervisor = Supervisor("naived", config.naived.supervision, scope="child")
-        try:  # before any fork: every process of the tree maps this one file (naived/budget.py)
+        try:  # before any fork: every process of the tree maps this one file (naived/exchange/budget.py)
             rate_budget.ensure(config.budget_path)
         except OSError as exc:
             raise StartError(f"cannot create the rate budget {config.budget_path}: {exc.strerror}") from None
@@ -595,7 +601,7 @@ class Root(Role):
             m.add("naive_order_drift", "gauge", "orders the exchange and the traders disagree on, at the leader's start", c.get("drift", 0), symbol=sym.symbol)
             m.add("naive_cycles_finished_total", "counter", "cycles finished", leader.cycles_finished, symbol=sym.symbol)
             for reason, n in sorted(leader.market_dropped.items()):
-                m.add("naive_market_frames_dropped_total", "counter", "market frames the traders dropped (naived/market.py), by reason",
+                m.add("naive_market_frames_dropped_total", "counter", "market frames the traders dropped (naived/market/gate.py), by reason",
                       n, symbol=sym.symbol, reason=reason)
             # Decimal strings from the store, summed once per finished cycle (quote asset of the symbol).
             m.add("naive_fees_quote_total", "counter", "fees paid by finished cycles, valued in the quote asset",
@@ -797,7 +803,7 @@ def reconcile_all(config: Config, known: dict[str, tuple[str, set[str]]], owned:
 
 
 def find_orphans(config: Config, orders: list[exchange.Listed], owned: set[str], reporting: frozenset[str]) -> list[OrphanOrder]:
-    """The open orders whose prefix this install minted (the registry, naived/store.py) that no
+    """The open orders whose prefix this install minted (the registry, naived/store/sqlite.py) that no
     trader owns: not a running trader's (`owned`, as the root knew them), nor named by a trader
     state kept in the store of a symbol that is not running (stopped: adopted at its next start).
     A store that is gone, moved aside or unreadable owns nothing. Raises sqlite3.Error."""
@@ -850,7 +856,7 @@ def read_history(config: Config, symbol: str, request_id: int) -> int:
 
 
 def run(config: Config, owner: Holder | None = None) -> int:
-    """`owner`: this tree's hold on the state directory (naived/ownership.py), taken by the caller."""
+    """`owner`: this tree's hold on the state directory (naived/store/ownership.py), taken by the caller."""
     setproctitle.setproctitle("naive: naived")
     try:
         root = Root(config)

@@ -10,9 +10,9 @@ Every problem is one line for the user; nothing here creates a file or talks to 
 
 from __future__ import annotations
 
-from naived import exchange
-from naived.config import Config, ConfigError, NoBudget
-from naived.symbols import SymbolFilters, lookup, table_path
+from naived.core.config import Config, ConfigError, NoBudget
+from naived.core.credentials import check_keys
+from naived.core.symbols import SymbolFilters, lookup, table_path
 
 
 def symbol_problem(config: Config, symbol: str, filters: SymbolFilters | None = None) -> str | None:
@@ -41,7 +41,7 @@ def symbol_problem(config: Config, symbol: str, filters: SymbolFilters | None = 
 def config_problem(config: Config) -> str | None:
     """What `naived start` refuses before it forks anything (exit status 2)."""
     try:
-        exchange.check_keys(config)
+        check_keys(config)
     except ConfigError as exc:
         return str(exc)
     return None

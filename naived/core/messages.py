@@ -14,7 +14,7 @@ from typing import Literal
 
 import msgspec
 
-from naived.symbols import SymbolFilters
+from naived.core.symbols import SymbolFilters
 
 TRADE_TOPIC_PREFIX = b"TRADE_EVENTS:"
 
@@ -58,7 +58,7 @@ def encode_trade(event: TradeEvent) -> list[bytes]:
 
 
 def decode_trade(payload: bytes) -> TradeEvent:
-    """For tools and tests. naived's consumers take frames through `naived.market.MarketGate`,
+    """For tools and tests. naived's consumers take frames through `naived.market.gate.MarketGate`,
     which checks what this does not (topic, symbol, prices, band)."""
     return _trade_decoder.decode(payload)
 
@@ -273,7 +273,7 @@ class TraderFailed(msgspec.Struct, tag=True):
 
 
 class MarketFramesDropped(msgspec.Struct, tag=True):
-    """A trader's market frames dropped so far, by reason (naived/market.py): cumulative for the
+    """A trader's market frames dropped so far, by reason (naived/market/gate.py): cumulative for the
     process `pid`, so a resent one counts once. Sent at most once a second, only after a change."""
 
     trader_id: int
