@@ -727,6 +727,18 @@ def test_serves_on_an_inherited_listening_socket(start: Callable[..., Exchange])
         assert ex.kill(signal.SIGTERM) == 0
 
 
+def test_a_taken_user_data_stream_port_stops_it_with_one_line(tmp_path: Path, market: Market) -> None:
+    """Alone, it binds the stream's port itself (naived.ops.listen, as naived's root does)."""
+    ex = Exchange(tmp_path, f"ipc://{tmp_path / 'market.sock'}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ex.ws_port))
+        taken.listen(1)
+        assert ex.spawn().wait(10) == 1
+    lines = [line for line in ex.log().splitlines() if line.strip()]
+    assert lines == [f"paper exchange: cannot listen on 127.0.0.1:{ex.ws_port} for the user data stream: "
+                     "Address already in use (set [paper] ws_port)"]
+
+
 def _refused_state(ex: Exchange) -> str:
     """Start on the existing state file; it must exit at once, with one line naming the file."""
     proc = ex.spawn()

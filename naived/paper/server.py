@@ -112,6 +112,7 @@ from naived.core.config import Config, Faults
 from naived.core.config import Paper as PaperSettings
 from naived.market.gate import MAX_MARKET_FRAME, TOPIC, DropLog, MarketGate
 from naived.core.messages import TradeEvent, trade_topic
+from naived.ops.listen import CannotListen, listen
 from naived.ops.metrics import RateLimitedLog
 from naived.paper.book import BNB_DISCOUNT, MAX_PRICE, Fees, Fill, NewOrder, PaperBook, PaperOrder, Rejected
 from naived.paper.userstream import UNKNOWN_KEY, UserStreamServer
@@ -1192,20 +1193,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The standalone paper exchange binds its own websocket port (naived's root binds it before READY)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise SystemExit(f"paper exchange: cannot listen on {host}:{port} for the user data stream: {exc.strerror} "
-                         "(set [paper] ws_port)") from None
-    return sock
-
-
 def run(config: Config, listener: socket.socket | None = None, ws_listener: socket.socket | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then return. Starts its own zmq context and threads.
 
@@ -1233,7 +1220,11 @@ def run(config: Config, listener: socket.socket | None = None, ws_listener: sock
         cleanup.callback(ctx.term)
         feed = TradeFeed(ctx, config.streamer.endpoint, book, lambda symbol: config.trading.for_symbol(symbol).price_band)
         app = PaperExchange(config, book, feed)
-        ws_listener = ws_listener if ws_listener is not None else _listen(paper.host, paper.ws_port)
+        if ws_listener is None:
+            try:
+                ws_listener = listen(paper.host, paper.ws_port, "the user data stream", "[paper] ws_port")
+            except CannotListen as exc:
+                raise SystemExit(f"paper exchange: {exc}") from None
         cleanup.callback(ws_listener.close)
         stream = UserStreamServer(ws_listener, paper.listen_key_seconds, paper.user_stream_connection_seconds,
                                   lambda: app.stream_faults)

@@ -40,6 +40,7 @@ from naived.exchange import budget as rate_budget
 from naived.tree import account_stream
 from naived.exchange import binance as exchange
 from naived.ops import sdnotify
+from naived.ops.listen import CannotListen, listen
 from naived.core import strategy
 from naived.tree import symbol_supervisor
 from naived.tree import trader
@@ -152,19 +153,6 @@ class TradingSet:
         self.modes = modes
 
 
-def _listen(host: str, port: int, what: str, key: str) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart right after a kill -9
-    try:
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise StartError(f"cannot listen on {host}:{port} for {what}: {exc.strerror} (set {key})") from None
-    return sock
-
-
 class Root(Role):
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -191,9 +179,12 @@ class Root(Role):
         self.paper_listener: socket.socket | None = None
         self.paper_ws_listener: socket.socket | None = None
         if config.naived.exchange == "paper":
-            self.paper_listener = _listen(config.paper.host, config.paper.port, "the paper exchange", "[paper] port")
-            self.paper_ws_listener = _listen(config.paper.host, config.paper.ws_port, "the paper exchange's user data stream",
-                                             "[paper] ws_port")
+            try:
+                self.paper_listener = listen(config.paper.host, config.paper.port, "the paper exchange", "[paper] port")
+                self.paper_ws_listener = listen(config.paper.host, config.paper.ws_port, "the paper exchange's user data stream",
+                                                "[paper] ws_port")
+            except CannotListen as exc:
+                raise StartError(str(exc)) from None
         self.metrics: MetricsEndpoint | None = None
         if config.naived.metrics_port:
             try:
