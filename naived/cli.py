@@ -71,7 +71,7 @@ def paper_exchange_command(config_path: str | None) -> None:
     """Run the paper exchange alone (naived starts its own when exchange = "paper")."""
     config = _load(config_path)
     from naived.store import ownership
-    from naived import paper
+    from naived.paper import main as paper
 
     owner = ownership.StateDirLock(config.state_dir)  # its store is in the state directory: one owner
     try:

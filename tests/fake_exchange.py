@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from naived.paper.server import exchange_info_entry
+from naived.paper.shapes import exchange_info_entry
 from naived.core.symbols import lookup
 
 TIMEOUT_1007 = {"code": -1007, "msg": "Timeout waiting for response from backend server. Send status unknown; execution status unknown."}

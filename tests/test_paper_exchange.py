@@ -102,7 +102,7 @@ class Exchange:
     def spawn(self) -> subprocess.Popen[bytes]:
         code = (
             "import logging, socket, sys; logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s');"
-            "from naived.core.config import load_config; from naived import paper;"
+            "from naived.core.config import load_config; from naived.paper import main as paper;"
             "fd = int(sys.argv[2]); paper.run(load_config(sys.argv[1]), socket.socket(fileno=fd) if fd >= 0 else None)"
         )
         fd = self.listener.fileno() if self.listener else -1

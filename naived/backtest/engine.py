@@ -4,7 +4,7 @@ Nothing here decides anything about trading. The decisions are `naived.core.stra
 functions, carried out in the order `trader.Trader` carries them out (Place, Check,
 FetchFills, Finish); traders are started, restarted for a new cycle and added on a rebuy as
 `leader.Leader` does; orders go to the paper exchange's own request handlers
-(`naived.paper.server.PaperExchange`: Binance's checks, `PaperBook`'s matching and
+(`naived.paper.exchange.PaperExchange`: Binance's checks, `PaperBook`'s matching and
 commission) and their JSON answers are read by the exchange client's own decoders. Trades
 pass the market gates first (`naived.market.gate`: a fresh gate per trader process, one with
 `confirm=1` for the paper exchange's feed). Only the transport is gone: no processes, no
@@ -56,7 +56,7 @@ from naived.exchange import binance as exchange
 from naived.market.gate import REFERENCE_TRADES, MarketGate
 from naived.market.tape import Progress, ReadCounts, TapeError, check_files, read_file
 from naived.paper.book import Change, Fees, PaperBook, Rejected
-from naived.paper.server import PaperExchange
+from naived.paper.exchange import PaperExchange
 
 BACKTEST_PREFIX = "bt"  # client order id prefix: fixed, so two runs place the same ids
 EIGHT = Decimal("0.00000001")
@@ -557,7 +557,7 @@ class Backtest:
         curve.peak += trading.budget
         self.filters[symbol], self.ledgers[symbol] = f, ledger
         run = self.runs[symbol] = SymbolRun(symbol, trading, f, self.exchange, self.clock, ledger)
-        # The paper exchange's feed judges each trade as its feed thread does (paper/server.py
+        # The paper exchange's feed judges each trade as its feed thread does (paper/feed.py
         # `TradeFeed`): the traders' band, acting from the first trade.
         feed = MarketGate(symbol, trading.price_band, f"paper feed {symbol}", confirm=1)
         self._routes[symbol] = (run, f, ledger, curve, feed)

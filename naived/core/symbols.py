@@ -11,7 +11,7 @@ an installed package is never rewritten, and a refresh survives upgrades.
 `--output naived/core/symbols.csv` regenerates the shipped table itself.
 
 The paper exchange serves the table as `exchangeInfo`
-(`naived.paper.server.exchange_info_entry`); the leader reads filters from
+(`naived.paper.shapes.exchange_info_entry`); the leader reads filters from
 whichever exchange it trades on, through `filters_from_exchange_info`.
 """
 

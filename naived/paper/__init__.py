@@ -1,11 +1,11 @@
 """The paper exchange: Binance's spot REST API and user data stream on loopback, as its own process.
 
-`server` speaks HTTP (routing, Binance's checks, JSON shapes, faults) and runs the
-process; `book` keeps orders, fills and balances (matching, SQLite); `userstream` serves
-the account's user data stream (listen keys, executionReport, outboundAccountPosition). `run` is the
-process's entry point, for naived's root and for `naived paper-exchange`.
+`main` runs the process (`main.run`: for naived's root and for `naived paper-exchange`) and puts
+these together: `http` (the HTTP/1.1 server and its gate), `exchange` (the endpoints: routing,
+weights, signature checks, faults), which read requests with `params` (parameters → typed
+values, Binance's errors), check them with `auth` (API key, signature), answer in `shapes`
+(Binance's JSON), count them in `usage` (request weight) and inject `faults`; `book` keeps
+orders, fills and balances (matching, SQLite); `feed` brings the public trades the book matches
+against; `userstream` serves the account's user data stream (listen keys, executionReport,
+outboundAccountPosition).
 """
-
-from naived.paper.server import run
-
-__all__ = ["run"]

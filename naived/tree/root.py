@@ -746,7 +746,7 @@ def _run_paper_exchange(config: Config, listener: socket.socket, ws_listener: so
     server, book) would otherwise sit in the root's memory, and every process forked from it pays
     for the pages its fork() copies the mappings of (a fork of a 36 MiB process took 1.5 ms
     here, of a 13 MiB one 0.5 ms) and for whatever of them it touches."""
-    from naived import paper
+    from naived.paper import main as paper
 
     return paper.run(config, listener, ws_listener) or 0
 
