@@ -52,12 +52,12 @@ from websockets.http11 import Request, Response
 from naived.core.config import Faults
 from naived.ops.metrics import RateLimitedLog
 from naived.paper.book import Change, PaperOrder
+from naived.paper.shapes import fmt, now_ms
 
 log = logging.getLogger(__name__)
 
 KEY_ALPHABET = string.ascii_letters + string.digits
 KEY_LENGTH = 60  # Binance's listen keys are 60 letters and digits
-EIGHT = Decimal("0.00000001")
 UNKNOWN_KEY = {"code": -1125, "msg": "This listenKey does not exist."}
 PING_INTERVAL, PING_TIMEOUT = 20.0, 60.0  # Binance pings every 20 s and drops a client silent for a minute
 # Limits no client may pass (issue 20); Binance documents none for this stream but the ping rule.
@@ -69,14 +69,6 @@ MAX_CONNECTIONS = 64  # open connections; the next handshake is answered 503
 MAX_QUEUED = 10_000  # events waiting for a connection that does not read: then it is dropped
 DROP_REASONS = ("handshake_timeout", "too_many", "message_too_large", "slow_reader")
 _CLOSE, _ABORT = object(), object()  # queue sentinels: close normally / drop the connection
-
-
-def _fmt(value: Decimal) -> str:
-    return format(value.quantize(EIGHT), "f")
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class ListenKeys:
@@ -138,22 +130,22 @@ def execution_report(change: Change, execution_id: int, event_ms: int) -> dict[s
         "e": "executionReport", "E": event_ms, "s": o.symbol,
         # A cancel's report names the cancel request in `c` and the cancelled order in `C`.
         "c": change.cancel_id if canceled and change.cancel_id else o.client_order_id,
-        "S": o.side, "o": o.type, "f": o.time_in_force, "q": _fmt(o.orig_qty), "p": _fmt(o.price),
-        "P": _fmt(Decimal(0)), "F": _fmt(Decimal(0)), "g": -1,
+        "S": o.side, "o": o.type, "f": o.time_in_force, "q": fmt(o.orig_qty), "p": fmt(o.price),
+        "P": fmt(Decimal(0)), "F": fmt(Decimal(0)), "g": -1,
         "C": o.client_order_id if canceled and change.cancel_id else "",
         "x": change.execution, "X": o.status, "r": "NONE", "i": o.order_id,
-        "l": _fmt(f.qty if f else Decimal(0)), "z": _fmt(o.executed_qty), "L": _fmt(f.price if f else Decimal(0)),
-        "n": _fmt(f.commission) if f else "0", "N": f.commission_asset if f else None,
+        "l": fmt(f.qty if f else Decimal(0)), "z": fmt(o.executed_qty), "L": fmt(f.price if f else Decimal(0)),
+        "n": fmt(f.commission) if f else "0", "N": f.commission_asset if f else None,
         "T": change.time_ms, "t": f.trade_id if f else -1, "I": execution_id,
         "w": o.is_open and o.type != "MARKET" and o.time_in_force == "GTC", "m": f.is_maker if f else False,
-        "M": False, "O": o.time_ms, "Z": _fmt(o.cum_quote), "Y": _fmt(f.price * f.qty if f else Decimal(0)),
-        "Q": _fmt(o.orig_quote_qty), "W": o.time_ms, "V": "NONE",
+        "M": False, "O": o.time_ms, "Z": fmt(o.cum_quote), "Y": fmt(f.price * f.qty if f else Decimal(0)),
+        "Q": fmt(o.orig_quote_qty), "W": o.time_ms, "V": "NONE",
     }
 
 
 def account_position(change: Change, event_ms: int) -> dict[str, Any]:
     return {"e": "outboundAccountPosition", "E": event_ms, "u": change.time_ms,
-            "B": [{"a": a, "f": _fmt(b.free), "l": _fmt(b.locked)} for a, b in change.balances.items()]}
+            "B": [{"a": a, "f": fmt(b.free), "l": fmt(b.locked)} for a, b in change.balances.items()]}
 
 
 # --- the websocket server -----------------------------------------------------------------------
@@ -308,7 +300,7 @@ class UserStreamServer(threading.Thread):
             return
         faults, rng = self._faults()
         for change in changes:
-            now = _now_ms()
+            now = now_ms()
             events = [msgspec.json.encode(execution_report(change, next(self._ids), now)).decode()]
             if change.balances:
                 events.append(msgspec.json.encode(account_position(change, now)).decode())
@@ -336,7 +328,7 @@ class UserStreamServer(threading.Thread):
             expired, next_at = self.keys.take_expired()
             for key in expired:
                 log.info("user data stream: a listen key expired")
-                event = msgspec.json.encode({"e": "listenKeyExpired", "E": str(_now_ms()), "listenKey": key}).decode()
+                event = msgspec.json.encode({"e": "listenKeyExpired", "E": str(now_ms()), "listenKey": key}).decode()
                 self._close_key(key, event)
             self._wake.clear()
             timeout = None if next_at is None else max(0.0, next_at - time.monotonic())
