@@ -8,17 +8,16 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import msgspec
 import zmq
 
 from naived.core.config import SYSTEMD_RUNTIME_DIR, Config, ConfigError, Naived, Paths, find_config, load_config
-from naived.tree.ipc import ipc_path, request
-from naived.store.ownership import StateDirLock
-from naived.core.strategy import StrategyError, assets
 from naived.core.messages import (
     ControlRequest,
     Error,
@@ -35,6 +34,9 @@ from naived.core.messages import (
     TreeStatus,
     control_reply_decoder,
 )
+from naived.core.strategy import StrategyError, assets
+from naived.store.ownership import StateDirLock
+from naived.tree.ipc import ipc_path, request
 
 DEFAULT_TIMEOUT = 1.0  # seconds: naived answers from memory in well under a millisecond
 
@@ -45,7 +47,7 @@ class Target(msgspec.Struct):
     state_dir: str | None = None  # from the configuration: whose lock tells whether naived runs
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"naivectl: {message}", err=True)
     sys.exit(1)
 
@@ -59,7 +61,8 @@ def call(target: Target, message: ControlRequest) -> msgspec.Struct:
     try:
         reply = request(ctx, endpoint, message, control_reply_decoder, int(target.timeout * 1000))
     except zmq.ZMQError as exc:
-        _unreachable(target, f"its control socket {endpoint} cannot be reached ({exc})", f"cannot reach naived on {endpoint}: {exc}")
+        _unreachable(target, f"its control socket {endpoint} cannot be reached ({exc})",
+                     f"cannot reach naived on {endpoint}: {exc}")
     finally:
         ctx.term()
     if reply is None:
@@ -143,12 +146,11 @@ def endpoint_keys(config_path: str | None) -> Config:
         value = table.get(key) if isinstance(table, dict) else None
         if isinstance(value, str):
             try:
-                struct(**{key: value})  # checked as naived checks it
-            except (TypeError, ValueError):
+                msgspec.convert({key: value}, struct)  # checked as naived checks it
+            except msgspec.ValidationError:
                 continue
             found.setdefault(section, {})[key] = value
-    return Config(**{section: struct(**keys) for section, keys in found.items()
-                     for struct in [Paths if section == "paths" else Naived]})
+    return msgspec.convert(found, Config)
 
 
 def _readable_tables(text: str) -> dict[str, object]:
@@ -165,14 +167,15 @@ def _readable_tables(text: str) -> dict[str, object]:
         except msgspec.DecodeError:
             continue  # the broken table, or one cut from its parent's keys: not needed here
         for name, value in part.items():
-            if isinstance(value, dict) and isinstance(tables.get(name), dict):
-                tables[name].update(value)  # type: ignore[union-attr]  # [naived] and [naived.supervision]
+            known = tables.get(name)
+            if isinstance(value, dict) and isinstance(known, dict):
+                known.update(value)  # [naived] and [naived.supervision], cut apart by the split
             else:
                 tables[name] = value
     return tables
 
 
-def _simple(request_type: type) -> click.Command:
+def _simple(request_type: type) -> Callable[[str], None]:
     @click.argument("symbol")
     @click.pass_obj
     def command(target: Target, symbol: str) -> None:
@@ -224,7 +227,7 @@ def history(target: Target, symbol: str, as_json: bool) -> None:
 def _when(ms: int | None) -> str:
     if ms is None:
         return "?"
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def history_lines(reply: History) -> list[str]:

@@ -21,6 +21,7 @@ import logging
 import random
 import ssl
 import time
+from typing import Any
 
 import msgspec
 import websocket
@@ -199,6 +200,7 @@ class BinanceSource:
         except (websocket.WebSocketException, OSError) as exc:
             self._schedule_retry(c, f"connect failed: {exc}")
             return
+        assert ws.sock is not None  # create_connection returns a connected socket
         ws.sock.settimeout(0)
         c.ws, c.fd, c.sent, c.caught_up = ws, ws.sock.fileno(), set(streams), set()
         c.opened_at = c.last_recv = time.monotonic()
@@ -226,7 +228,7 @@ class BinanceSource:
                 ws.send_close()
         except (websocket.WebSocketException, OSError):
             pass  # it is going away anyway
-        ws.shutdown()
+        ws.shutdown()  # type: ignore[no-untyped-call]  # websocket-client leaves shutdown() unannotated
 
     def _drop(self, c: Connection, reason: str) -> None:
         """The connection failed: reconnect, or end the handover it was leaving."""
@@ -237,8 +239,8 @@ class BinanceSource:
         else:
             self._schedule_retry(c, f"lost ({reason})")
 
-    def _send(self, c: Connection, payload: dict) -> None:
-        assert c.ws is not None
+    def _send(self, c: Connection, payload: dict[str, Any]) -> None:
+        assert c.ws is not None and c.ws.sock is not None  # _close_ws sets c.ws to None first
         c.ws.sock.settimeout(5.0)  # sends may block briefly; reads never do
         try:
             c.ws.send(_encode_json(payload))
@@ -340,7 +342,8 @@ class BinanceSource:
         except (msgspec.DecodeError, UnicodeDecodeError):
             msg = None
         if isinstance(msg, dict):
-            inner = msg.get("data") if isinstance(msg.get("data"), dict) else msg
+            wrapped = msg.get("data")  # a combined stream's envelope, else the message itself
+            inner = wrapped if isinstance(wrapped, dict) else msg
             if inner.get("e") == "serverShutdown":
                 self._handover(c, "serverShutdown")
                 return

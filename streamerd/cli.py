@@ -59,7 +59,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML file (else $NAIVE_CONFIG, /etc/naive/naive.toml)")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML file (else $NAIVE_CONFIG, /etc/naive/naive.toml)")
 @click.option("--source", type=click.Choice(["binance", "replay", "simulate"]))
 @click.option("--symbols", multiple=True, help="always stream these (repeat or comma-separate)")
 @click.option("--endpoint", help="XPUB bind endpoint, e.g. tcp://127.0.0.1:5680 or ipc:///run/naive/trades.sock")

@@ -8,7 +8,8 @@ import logging
 import os
 import signal
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import zmq
 
@@ -162,7 +163,8 @@ class Daemon:
             m.add(f"naive_streamer_{name}_total", "counter", help_text, getattr(self.stats, name))
         now = time.monotonic()
         for symbol, at in sorted(self.publisher.last_trade.items()):
-            m.add("naive_streamer_seconds_since_last_trade", "gauge", "age of the last trade published", round(now - at, 3), symbol=symbol)
+            m.add("naive_streamer_seconds_since_last_trade", "gauge", "age of the last trade published", round(now - at, 3),
+                  symbol=symbol)
         for symbol in sorted(self.demand.wanted):
             m.add("naive_streamer_streaming", "gauge", "1 for each symbol being streamed", 1, symbol=symbol)
         if self.recorder is not None:

@@ -48,7 +48,7 @@ class Stats(ReadCounts):
 class Publisher:
     """Owns the XPUB socket; only the thread that created it may call it."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, stats: Stats) -> None:
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, stats: Stats) -> None:
         self.socket = ctx.socket(zmq.XPUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)
@@ -80,7 +80,7 @@ class Publisher:
 
     def subscription_changes(self) -> list[tuple[bool, bytes]]:
         """Drain pending (subscribed?, topic) reports without blocking."""
-        changes = []
+        changes: list[tuple[bool, bytes]] = []
         while True:
             try:
                 frame = self.socket.recv(zmq.NOBLOCK)

@@ -195,7 +195,8 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
         _finite("late_accept_seconds", self.late_accept_seconds)
         if not (0 < self.late_accept_seconds <= LATE_ACCEPT_WINDOW):
             # Binance: an order with an unknown status may still execute within 10 s.
-            raise ValueError(f"late_accept_seconds: must be > 0 and <= {LATE_ACCEPT_WINDOW} (Binance's window), got {self.late_accept_seconds}")
+            raise ValueError(f"late_accept_seconds: must be > 0 and <= {LATE_ACCEPT_WINDOW} (Binance's window), "
+                             f"got {self.late_accept_seconds}")
         for name in self.__struct_fields__:  # every float but the delay is a probability
             value = getattr(self, name)
             if not isinstance(value, float) or name == "late_accept_seconds":
@@ -298,7 +299,8 @@ class Exchange(msgspec.Struct, forbid_unknown_fields=True):
     orders_budget_per_day: int = 150_000
 
     def __post_init__(self) -> None:
-        for name, binance in (("weight_budget_per_minute", 6000), ("orders_budget_per_10s", 50), ("orders_budget_per_day", 160_000)):
+        binance_limits = (("weight_budget_per_minute", 6000), ("orders_budget_per_10s", 50), ("orders_budget_per_day", 160_000))
+        for name, binance in binance_limits:
             value = getattr(self, name)
             if not 0 < value <= binance:
                 raise ValueError(f"{name}: must be 1-{binance} (Binance's limit), got {value}")
@@ -334,7 +336,8 @@ class AccountStreamSettings(msgspec.Struct, forbid_unknown_fields=True):
         if self.keepalive_seconds >= 3600:
             raise ValueError(f"keepalive_seconds: must be below 3600 (a listen key's validity), got {self.keepalive_seconds}")
         if self.rollover_seconds >= 86400:
-            raise ValueError(f"rollover_seconds: must be below 86400 (Binance ends a connection at 24 h), got {self.rollover_seconds}")
+            raise ValueError(f"rollover_seconds: must be below 86400 (Binance ends a connection at 24 h), "
+                             f"got {self.rollover_seconds}")
 
 
 class TradingSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -537,7 +540,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
 def _refuse_losing(trading: Trading, exchange: str) -> None:
     """Real money: a profit interval below break-even loses on every cycle; say which key."""
     places = [("trading.defaults", trading.defaults.profit_interval)]
-    places += [(f"trading.symbols.{sym}", o.profit_interval) for sym, o in trading.symbols.items() if o.profit_interval is not None]
+    places += [(f"trading.symbols.{sym}", o.profit_interval)
+               for sym, o in trading.symbols.items() if o.profit_interval is not None]
     for where, value in places:
         if value < BREAK_EVEN_PROFIT:
             raise ValueError(

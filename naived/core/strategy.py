@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
-from typing import Literal
 
 import msgspec
 
@@ -211,9 +210,8 @@ def on_trade(state: TraderState, event: TradeEvent) -> tuple[TraderState, Action
         if price <= buy_price:
             return state, Check(state.buy_order.client_order_id)
         return state, None
-    if state.status == "selling" and state.sell_order is not None:
-        if price >= Decimal(state.sell_order.price):
-            return state, Check(state.sell_order.client_order_id)
+    if state.status == "selling" and state.sell_order is not None and price >= Decimal(state.sell_order.price):
+        return state, Check(state.sell_order.client_order_id)
     return state, None
 
 

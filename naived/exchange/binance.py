@@ -31,7 +31,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlencode
 
 import msgspec
@@ -138,7 +138,7 @@ class _FillBody(msgspec.Struct):
 
 class _OrderBody(msgspec.Struct):
     clientOrderId: str
-    side: str
+    side: Literal["BUY", "SELL"]  # anything else is refused at decoding, as a malformed answer
     price: str
     origQty: str
     status: str
@@ -196,6 +196,7 @@ _trades_decoder = msgspec.json.Decoder(list[_TradeBody])
 _error_decoder = msgspec.json.Decoder(_ErrorBody)
 _time_decoder = msgspec.json.Decoder(_ServerTime)
 _listen_key_decoder = msgspec.json.Decoder(_ListenKey)
+_json_object = msgspec.json.Decoder(dict[str, Any])
 
 
 FINAL_STATUSES = frozenset({"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"})
@@ -205,7 +206,7 @@ MY_TRADES_LIMIT = 1000  # Binance's maximum page
 def _order(body: _OrderBody) -> Order:
     order = Order(
         client_order_id=body.origClientOrderId or body.clientOrderId,
-        side=body.side,  # type: ignore[arg-type] - the exchange only says BUY or SELL
+        side=body.side,
         price=body.price,
         quantity=body.origQty,
         status=body.status,
@@ -257,7 +258,7 @@ class BinanceClient:
 
     def exchange_info(self, symbol: str | None = None) -> dict[str, Any]:
         params = {"symbol": symbol} if symbol else {}
-        return msgspec.json.decode(self._call("GET", "/api/v3/exchangeInfo", params, signed=False))
+        return _json_object.decode(self._call("GET", "/api/v3/exchangeInfo", params, signed=False))
 
     # --- orders (signed) -----------------------------------------------------------------
 
@@ -329,7 +330,7 @@ class BinanceClient:
         self._call("DELETE", "/api/v3/userDataStream", {"listenKey": listen_key}, signed=False)
 
     def account(self) -> dict[str, Any]:
-        return msgspec.json.decode(self._call("GET", "/api/v3/account", {}, signed=True))
+        return _json_object.decode(self._call("GET", "/api/v3/account", {}, signed=True))
 
     # --- the one request path -------------------------------------------------------------
 

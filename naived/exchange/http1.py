@@ -19,9 +19,9 @@ socket reads as closed) and replaced, as urllib3 does; nothing is ever sent twic
 from __future__ import annotations
 
 import encodings.idna  # noqa: F401 - socket.create_connection encodes host names with it: import it
-import select           # here, in the parent, not lazily in every forked child (~1 MiB each)
+import select  # here, in the parent, not lazily in every forked child (~1 MiB each)
 import socket
-from typing import Any
+from typing import Any, overload
 from urllib.parse import urlsplit
 
 MAX_HEADER_BYTES = 65536  # a status line and headers larger than this are not an exchange's
@@ -31,10 +31,14 @@ class TransportError(Exception):
     """No usable answer: connection refused, reset or closed, timeout, or a malformed response."""
 
 
-class Headers(dict):
+class Headers(dict[str, str]):
     """Response headers by lower-cased name; `get`, `[]` and `in` take any case (as HTTP does)."""
 
-    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+    @overload  # type: ignore[override]  # a name of any case, where dict.get takes the key as it is
+    def get(self, name: str) -> str | None: ...
+    @overload
+    def get(self, name: str, default: str) -> str: ...
+    def get(self, name: str, default: str | None = None) -> str | None:
         return super().get(name.lower(), default)
 
     def __getitem__(self, name: str) -> str:
@@ -145,7 +149,7 @@ class Connection:
             if sep:
                 key = name.strip().lower()
                 value = value.strip()
-                headers[key] = f"{dict.get(headers, key)}, {value}" if key in headers else value
+                headers[key] = f"{headers[key]}, {value}" if key in headers else value
         keep = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
         if method == "HEAD" or status in (204, 304):
             body = b""
@@ -162,7 +166,7 @@ class Connection:
         return Response(status, headers, body), keep
 
     def _read_chunked(self) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int(self._read_until(b"\r\n", 1024).split(b";")[0].strip(), 16)
             if size == 0:

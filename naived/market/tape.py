@@ -17,7 +17,7 @@ import gzip
 import logging
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -68,14 +68,14 @@ class Progress:
         return min(1.0, done / self.total) if self.total else 1.0
 
 
-def _open_lines(path: Path, progress: Progress, stats: ReadCounts | None = None) -> Iterator[bytes]:
+def _open_lines(path: Path, progress: Progress, stats: ReadCounts | None = None) -> Generator[bytes, None, None]:
     """The file's lines; `stats` counts (and a line logs) a gzip cut short, when given."""
     raw = open(path, "rb")  # noqa: SIM115 - closed by the generator below
     progress.add(raw, path.stat().st_size)
     try:
         if path.suffix == ".zip":
             archive = zipfile.ZipFile(raw)
-            stream: BinaryIO = archive.open(archive.namelist()[0])
+            stream: Iterable[bytes] = archive.open(archive.namelist()[0])
         elif path.suffix == ".gz":
             stream = gzip.GzipFile(fileobj=raw)
         else:

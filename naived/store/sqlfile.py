@@ -76,7 +76,7 @@ def open_db(path: Path, kind: Kind, *, readonly: bool = False, **connect: Any) -
     if size == 0:
         raise NotOurs(f"it is empty (0 bytes): not a {kind.name} naive wrote")
     target = f"file:{path}?mode=ro" if readonly else str(path)
-    db = sqlite3.connect(target, uri=readonly, isolation_level=None, **connect)
+    db: sqlite3.Connection = sqlite3.connect(target, uri=readonly, isolation_level=None, **connect)
     try:
         _check(db, kind, readonly)
     except BaseException:

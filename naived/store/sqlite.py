@@ -16,14 +16,14 @@ import contextlib
 import secrets
 import string
 import time
-from decimal import Decimal
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import msgspec
 
-from naived.store import sqlfile
 from naived.core.messages import TraderState
+from naived.store import sqlfile
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(TraderState).decode
@@ -176,7 +176,8 @@ class Store:
         return [_decode(s) for (s,) in self._db.execute("SELECT state FROM cycles ORDER BY cycle")]
 
     def cycles_finished(self) -> int:
-        return self._db.execute("SELECT count(*) FROM cycles").fetchone()[0]
+        count: int = self._db.execute("SELECT count(*) FROM cycles").fetchone()[0]
+        return count
 
     def next_cycle(self) -> int:
         """A cycle number never handed out before for this symbol (client order ids derive from it)."""

@@ -42,10 +42,7 @@ import websocket
 import zmq
 from websocket import ABNF
 
-from naived.exchange import binance as exchange
 from naived.core.config import SYMBOL_RE, Config
-from naived.tree.ipc import bind
-from naived.market.gate import plain_decimal
 from naived.core.messages import (
     EXECUTION_TOPIC_PREFIX,
     STREAM_STATUS_TOPIC,
@@ -56,7 +53,10 @@ from naived.core.messages import (
     execution_report_json_decoder,
     execution_topic,
 )
+from naived.exchange import binance as exchange
+from naived.market.gate import plain_decimal
 from naived.ops.metrics import RateLimitedLog
+from naived.tree.ipc import bind
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class AccountStream:
             ready = dict(poller.poll(max(0, int((deadline - time.monotonic()) * 1000)) + 1))
             if self.pub in ready:
                 self.on_subscriptions()
-            if ws is not None and ws.sock.fileno() in ready:  # a descriptor is returned as its number
+            if ws is not None and ws.sock is not None and ws.sock.fileno() in ready:  # a descriptor is returned as its number
                 return True
             if time.monotonic() >= deadline:
                 return False
