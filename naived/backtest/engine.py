@@ -1,8 +1,8 @@
 """Backtest: the naive strategy over recorded trades, with the daemon's own rules.
 
 Nothing here decides anything about trading. The decisions are `naived.core.strategy`'s pure
-functions, carried out in the order `trader.Trader` carries them out (Place, Check,
-FetchFills, Finish); traders are started, restarted for a new cycle and added on a rebuy as
+functions, carried out by the daemon's trader's own interpreter (`naived.core.actions`: Place,
+Check, FetchFills, Finish); traders are started, restarted for a new cycle and added on a rebuy as
 `leader.Leader` does; orders go to the paper exchange's own request handlers
 (`naived.paper.server.PaperExchange`: Binance's checks, `PaperBook`'s matching and
 commission) and their JSON answers are read by the exchange client's own decoders. Trades
@@ -48,9 +48,9 @@ from typing import Any
 
 import msgspec
 
-from naived.core import strategy
+from naived.core import actions, strategy
 from naived.core.config import Config, NoBudget, TradingSettings
-from naived.core.messages import CycleResult, Fill, Order, TradeEvent, TraderState
+from naived.core.messages import CycleResult, Fill, Intent, Order, TradeEvent, TraderState
 from naived.core.symbols import SymbolFilters, quote_assets, table
 from naived.exchange import binance as exchange
 from naived.market.gate import REFERENCE_TRADES, MarketGate
@@ -375,8 +375,9 @@ def settings_dict(trading: TradingSettings) -> dict[str, str]:
 
 
 class _Trader:
-    """`trader.Trader.act` without the process: each action carried out against the exchange,
-    its answer given back to the strategy, until there is nothing to do."""
+    """A trader without the process: its state, its market gate, and the venue its actions are
+    carried out at (`naived.core.actions`): the paper exchange in this process, where nothing is
+    in flight and nothing needs storing."""
 
     __slots__ = ("state", "client", "symbol", "clock", "placed", "gate", "quiet_state", "quiet_price")
 
@@ -400,27 +401,40 @@ class _Trader:
 
     def act(self, action: strategy.Action) -> bool:
         """True when the cycle is over (the trader would exit 0)."""
-        client = self.client
-        while action is not None:
-            if isinstance(action, strategy.Place):
-                intent = action.intent
-                # The trader records the send before it sends (the tape's time, not the wall clock).
-                self.state = strategy.intent_sending(self.state, self.clock() / 1000)
-                order = client.new_order(self.symbol, intent.side, intent.price, intent.quantity, intent.client_order_id)
-                self.placed += 1
-                self.state, action = strategy.placed(self.state, order)
-            elif isinstance(action, strategy.Check):
-                self.state, action = strategy.on_order(self.state, client.get_order(self.symbol, action.client_order_id))
-            elif isinstance(action, strategy.FetchFills):
-                order = action.order
-                fills = client.my_trades(self.symbol, order.order_id)  # type: ignore[arg-type]
-                self.state, action = strategy.fills_learned(self.state, order, fills)
-                if isinstance(action, strategy.FetchFills) and action.order == order:
-                    # The trader would ask again; in-process the fills are all there at once.
-                    raise strategy.StrategyError(f"{strategy.s_id(self.state)}: fills of {order.client_order_id} do not add up")
-            elif isinstance(action, strategy.Finish):
-                return True
-        return False
+        self.state, done = actions.carry_out(self.state, action, self)
+        return done
+
+    # --- the venue -------------------------------------------------------------------
+
+    def record(self, state: TraderState) -> None:
+        pass  # in memory: `act` keeps the last state
+
+    def now(self) -> float:
+        return self.clock() / 1000  # the tape's time, not the wall clock's
+
+    def send(self, intent: Intent) -> Order | actions.Unsent:
+        order = self.client.new_order(self.symbol, intent.side, intent.price, intent.quantity, intent.client_order_id)
+        self.placed += 1
+        return order
+
+    def find(self, intent: Intent) -> Order | None:
+        try:
+            return self.client.get_order(self.symbol, intent.client_order_id)
+        except exchange.UnknownOrder:
+            return None
+
+    def back_off(self, attempt: int) -> None:
+        pass  # no send's outcome is unknown in process
+
+    def look_up(self, client_order_id: str) -> Order | None:
+        return self.client.get_order(self.symbol, client_order_id)
+
+    def fills(self, order: Order) -> list[Fill]:
+        return self.client.my_trades(self.symbol, order.order_id)  # type: ignore[arg-type]
+
+    def fills_lag(self, order: Order, attempt: int) -> None:
+        # The trader would ask again; in process the fills are all there at once.
+        raise strategy.StrategyError(f"{strategy.s_id(self.state)}: fills of {order.client_order_id} do not add up")
 
 
 class SymbolRun:
