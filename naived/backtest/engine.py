@@ -2,8 +2,8 @@
 
 Nothing here decides anything about trading. The decisions are `naived.core.strategy`'s pure
 functions, carried out by the daemon's trader's own interpreter (`naived.core.actions`: Place,
-Check, FetchFills, Finish); traders are started, restarted for a new cycle and added on a rebuy as
-`leader.Leader` does; orders go to the paper exchange's own request handlers
+Check, FetchFills, Finish); traders are started, restarted for a new cycle and added on a
+rebuy by the leader's own rules (`naived.core.cycles`); orders go to the paper exchange's own request handlers
 (`naived.paper.server.PaperExchange`: Binance's checks, `PaperBook`'s matching and
 commission) and their JSON answers are read by the exchange client's own decoders. Trades
 pass the market gates first (`naived.market.gate`: a fresh gate per trader process, one with
@@ -48,7 +48,7 @@ from typing import Any
 
 import msgspec
 
-from naived.core import actions, strategy
+from naived.core import actions, cycles, strategy
 from naived.core.config import Config, NoBudget, TradingSettings
 from naived.core.messages import CycleResult, Fill, Intent, Order, TradeEvent, TraderState
 from naived.core.symbols import SymbolFilters, quote_assets, table
@@ -386,7 +386,7 @@ class _Trader:
         self.client = client
         self.symbol = state.symbol
         self.clock = clock
-        self.placed = 0
+        self.placed = 0  # orders placed, as the leader counts them (`cycles.counts`)
         # Its own market gate, fresh as a new trader process's: it acts on nothing before it has
         # seen 5 prices, then drops a price out of the band (naived/market/gate.py). The tape was read
         # and checked by its reader, so only the band is judged (`MarketGate.judge`). None once
@@ -407,15 +407,15 @@ class _Trader:
     # --- the venue -------------------------------------------------------------------
 
     def record(self, state: TraderState) -> None:
-        pass  # in memory: `act` keeps the last state
+        # In memory, nothing to store: only the leader's count of orders placed.
+        self.placed += cycles.counts(self.state, state).get("orders_placed", 0)
+        self.state = state
 
     def now(self) -> float:
         return self.clock() / 1000  # the tape's time, not the wall clock's
 
     def send(self, intent: Intent) -> Order | actions.Unsent:
-        order = self.client.new_order(self.symbol, intent.side, intent.price, intent.quantity, intent.client_order_id)
-        self.placed += 1
-        return order
+        return self.client.new_order(self.symbol, intent.side, intent.price, intent.quantity, intent.client_order_id)
 
     def find(self, intent: Intent) -> Order | None:
         try:
@@ -438,7 +438,8 @@ class _Trader:
 
 
 class SymbolRun:
-    """One symbol: `leader.Leader`'s bookkeeping (fresh cycles, rebuys) over `_Trader`s."""
+    """One symbol: the leader's bookkeeping (`naived.core.cycles`: fresh cycles, rebuys) over
+    `_Trader`s."""
 
     def __init__(self, symbol: str, trading: TradingSettings, filters: SymbolFilters, client: InProcessExchange,
                  clock: Callable[[], int], ledger: Ledger) -> None:
@@ -454,11 +455,11 @@ class SymbolRun:
         self.finished: list[Finished] = []
         self.orders_placed = 0
         self.failed: str | None = None
-        for trader_id in range(trading.traders_at_start):
+        for trader_id in cycles.starting((), trading.traders_at_start):
             self.start(trader_id)
 
     def start(self, trader_id: int) -> None:
-        state = TraderState(self.symbol, trader_id, self.next_cycle, self.settings, id_prefix=BACKTEST_PREFIX)
+        state = cycles.fresh(self.settings, trader_id, self.next_cycle, BACKTEST_PREFIX)
         self.next_cycle += 1
         self.traders[trader_id] = _Trader(state, self.client, self.clock, self.trading.price_band)
         self.order = [self.traders[i] for i in sorted(self.traders)]
@@ -513,16 +514,16 @@ class SymbolRun:
         self.finished.append(Finished(state.trader_id, state.cycle, state.started_at, state.finished_at, state.result))
         self.orders_placed += trader.placed
         del self.traders[state.trader_id]
-        if state.trader_id < self.trading.chunks:
+        if cycles.continues(state.trader_id, self.trading.chunks):
             self.start(state.trader_id)
         else:
             self.order = [self.traders[i] for i in sorted(self.traders)]
 
     def rebuy(self) -> None:
         """leader.on_rebuy: another trader while fewer than `chunks` run."""
-        if len(self.traders) >= self.trading.chunks:
-            return
-        self.start(next(i for i in range(self.trading.chunks) if i not in self.traders))
+        free = cycles.rebuy_starts(self.traders, self.trading.chunks)
+        if free is not None:
+            self.start(free)
 
     def summary(self) -> SymbolSummary:
         placed = self.orders_placed + sum(t.placed for t in self.traders.values())

@@ -22,7 +22,7 @@ import msgspec
 import zmq
 
 from naived.exchange import binance as exchange
-from naived.core import actions, strategy
+from naived.core import actions, cycles, strategy
 from naived.core.config import Config
 from naived.market.gate import MAX_MARKET_FRAME, MarketGate
 from naived.core.messages import (
@@ -155,7 +155,7 @@ class Trader:
         self.drops_told: dict[str, int] = {}  # what the leader last acked of `gate.dropped`
         self.next_drops_report = 0.0  # monotonic
         # The leader starts another trader on a rebuy only while fewer than `chunks` run.
-        self.rebuy_possible = trading.traders_at_start < trading.chunks
+        self.rebuy_possible = cycles.rebuy_possible(trading)
         self.leader = LeaderLink(self.ctx, config.leader_endpoint(self.symbol))
         self.client = _take_prepared() or exchange.client_for(config)
         # How long a sent order request may still execute: recvWindow, then the exchange's
