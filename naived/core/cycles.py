@@ -52,8 +52,9 @@ def rebuy_possible(trading: TradingSettings) -> bool:
 
 def counts(old: TraderState | None, new: TraderState) -> dict[str, int]:
     """What a state change means for the counters: orders placed or filled, outcomes unknown."""
-    result = {}
-    for before, after in ((old and old.buy_order, new.buy_order), (old and old.sell_order, new.sell_order)):
+    result: dict[str, int] = {}
+    legs = ((old.buy_order if old else None, new.buy_order), (old.sell_order if old else None, new.sell_order))
+    for before, after in legs:
         if after is None:
             continue
         if before is None or before.client_order_id != after.client_order_id:
