@@ -38,7 +38,6 @@ from __future__ import annotations
 import datetime
 import heapq
 import itertools
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from naived.core.symbols import SymbolFilters, quote_assets, table
 from naived.exchange import binance as exchange
 from naived.market.gate import REFERENCE_TRADES, MarketGate
 from naived.market.tape import Progress, ReadCounts, TapeError, check_files, read_file
+from naived.ops.progress import ProgressBar
 from naived.paper.book import Change, Fees, PaperBook, Rejected
 from naived.paper.server import PaperExchange
 
@@ -649,29 +649,6 @@ def parse_sets(values: Iterable[str]) -> list[dict[str, str]]:
     return [dict(zip([k for k, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
 
 
-class _ProgressBar:
-    """On a terminal only: input read so far, and trades."""
-
-    def __init__(self, ratio: Callable[[], float]) -> None:
-        self.ratio = ratio
-        self.enabled = sys.stderr.isatty()
-        self.drawn_at = 0.0
-
-    def update(self, trades: int) -> None:
-        now = time.monotonic()
-        if now - self.drawn_at < 0.2:
-            return
-        self.drawn_at = now
-        ratio = self.ratio()
-        sys.stderr.write(f"\rbacktest [{'#' * int(ratio * 30):<30}] {ratio:4.0%} {trades:,} trades")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-
-
 @dataclass
 class Outcome:
     runs: list[tuple[dict[str, str], Backtest]]
@@ -684,7 +661,7 @@ def run(config: Config, paths: list[str], sets: list[dict[str, str]] | None = No
     """Every setting of the sweep over one pass of the input (one `Backtest` each)."""
     events, ratio = read_trades(paths)
     runs = [(changes, Backtest(apply_settings(config, changes), symbols, keep_samples)) for changes in (sets or [{}])]
-    bar = _ProgressBar(ratio)
+    bar = ProgressBar("backtest", ratio)
     started = time.perf_counter()
     count = 0
     handlers = [bt.on_trade for _, bt in runs]

@@ -40,7 +40,6 @@ from naived.backtest.engine import (
     Finished,
     Ledger,
     Report,
-    _ProgressBar,
     read_trades,
     settings_dict,
     summarize,
@@ -58,6 +57,7 @@ from naived.core.messages import (
     trade_topic,
 )
 from naived.core.symbols import table
+from naived.ops.progress import ProgressBar
 from naived.tree.ipc import request
 from naived.tree.supervisor import die_with_parent
 
@@ -297,7 +297,7 @@ def _trade_and_settle(forwarder: Forwarder, tree: _Tree, directory: Path, config
 
         _wait(f"the tree to subscribe (subscribers so far {forwarder.subscribers}, expected {forwarder.expected})",
               started, time.monotonic() + 60, directory)
-        bar = _ProgressBar(lambda: forwarder.forwarded / total)
+        bar = ProgressBar("backtest", lambda: forwarder.forwarded / total)
 
         def forwarded() -> bool:
             alive()
