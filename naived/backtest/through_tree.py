@@ -34,17 +34,10 @@ import msgspec
 import requests
 import zmq
 
-from naived.backtest.engine import (
-    BacktestError,
-    Curve,
-    Finished,
-    Ledger,
-    Report,
-    read_trades,
-    settings_dict,
-    summarize,
-    totals,
-)
+from naived.backtest.errors import BacktestError
+from naived.backtest.ledger import Curve, Ledger
+from naived.backtest.report import Finished, Report, settings_dict, summarize, totals
+from naived.backtest.trades import read_trades
 from naived.core import validate
 from naived.core.config import Config
 from naived.core.messages import (
