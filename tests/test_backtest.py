@@ -333,4 +333,4 @@ def test_through_the_tree_the_report_is_the_same(tmp_path: Path) -> None:
     assert through.mode == "through-tree" and in_process.mode == "backtest"
     assert through.symbols == in_process.symbols and through.totals == in_process.totals
     assert through.symbols[0].cycles_completed == 1
-    assert "naived stopped" in (keep / "naived.ops.log").read_text()  # stopped in order, nothing left behind
+    assert "naived stopped" in (keep / "naived.log").read_text()  # stopped in order, nothing left behind
