@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from naived.backtest import engine as backtest
+from naived.backtest import engine
+from naived.backtest.trades import read_trades
 from naived.core.config import Config
 
 TAPES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "binance-spot-tapes"
@@ -47,11 +48,11 @@ def synthetic_csv(path: Path, trades: int, seed: int) -> None:
 def time_it(paths: list[str]) -> dict[str, float]:
     """CPU seconds of this process (the machine is shared: wall time would count the others)."""
     started = time.process_time()
-    events, _ = backtest.read_trades(paths)
+    events, _ = read_trades(paths)
     n = sum(1 for _ in events)
     read = time.process_time() - started
     started = time.process_time()
-    outcome = backtest.run(Config(), paths)
+    outcome = engine.run(Config(), paths)
     seconds = time.process_time() - started
     return {"trades": n, "read_per_s": n / read, "backtest_per_s": outcome.trades / seconds,
             "engine_per_s": outcome.trades / max(seconds - read, 1e-9), "backtest_seconds": seconds}

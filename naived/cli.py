@@ -172,12 +172,13 @@ def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, set
     """Run the naive strategy over recorded trades (tapes or data.binance.vision CSVs) and report
     cycles, fees, realised and unrealised P&L, return on budget and maximum drawdown."""
     config = _load(config_path)
-    from naived.backtest import engine as bt
+    from naived.backtest import engine, render, sweep
+    from naived.backtest.errors import BacktestError
 
     try:
-        combos = bt.parse_sets(sets)
+        combos = sweep.parse_sets(sets)
         if plot_path and len(combos) > 1:
-            raise bt.BacktestError("--plot draws one run: give one value per --set")
+            raise BacktestError("--plot draws one run: give one value per --set")
         if plot_path:
             from naived.backtest import plot as backtest_plot
 
@@ -185,14 +186,14 @@ def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, set
         wanted = [s.upper() for s in symbols] or None
         if through_tree:
             if len(combos) > 1:
-                raise bt.BacktestError("--through-tree runs one setting: give one value per --set")
+                raise BacktestError("--through-tree runs one setting: give one value per --set")
             from naived.backtest import through_tree as backtest_tree
 
-            result = backtest_tree.run(bt.apply_settings(config, combos[0]), list(files), wanted, speed, keep)
+            result = backtest_tree.run(sweep.apply_settings(config, combos[0]), list(files), wanted, speed, keep)
             reports = [(combos[0], result.report)]
             plotted = result.backtest
         else:
-            outcome = bt.run(config, list(files), combos, keep_samples=bool(plot_path), symbols=wanted)
+            outcome = engine.run(config, list(files), combos, keep_samples=bool(plot_path), symbols=wanted)
             reports = [(changes, b.report(list(files))) for changes, b in outcome.runs]
             plotted = outcome.runs[0][1]
             click.echo(f"{outcome.trades:,} trades in {outcome.seconds:.2f}s "
@@ -200,15 +201,15 @@ def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, set
                        f"{f' × {len(combos)} settings' if len(combos) > 1 else ''})", err=True)
         if plot_path:
             backtest_plot.plot(plotted, plot_path)
-    except bt.BacktestError as exc:
+    except BacktestError as exc:
         click.echo(f"naived backtest: {exc}", err=True)
         sys.exit(2)
     if len(reports) == 1:
-        click.echo(bt.encode(reports[0][1]) if as_json else bt.render(reports[0][1]))
+        click.echo(render.encode(reports[0][1]) if as_json else render.render(reports[0][1]))
     elif as_json:
-        click.echo(bt.encode([{"set": changes, "report": report} for changes, report in reports]))
+        click.echo(render.encode([{"set": changes, "report": report} for changes, report in reports]))
     else:
-        click.echo(bt.render_sweep(reports))
+        click.echo(render.render_sweep(reports))
     if plot_path:
         click.echo(f"plot: {plot_path}", err=True)
 

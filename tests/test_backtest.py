@@ -10,7 +10,8 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
-from naived.backtest import engine as backtest
+from naived.backtest import engine
+from naived.backtest.report import Report, money
 from naived.core import strategy
 from naived.cli import main
 from naived.core.config import parse_config
@@ -60,8 +61,8 @@ def cli(*args: str) -> str:
     return result.stdout
 
 
-def report_of(*args: str) -> backtest.Report:
-    return msgspec.json.decode(cli("--json", *args), type=backtest.Report)
+def report_of(*args: str) -> Report:
+    return msgspec.json.decode(cli("--json", *args), type=Report)
 
 
 def test_the_report_of_a_hand_computed_tape(tmp_path: Path) -> None:
@@ -87,7 +88,7 @@ def test_the_report_of_a_hand_computed_tape(tmp_path: Path) -> None:
     pnl = cash + held * D("0.97") - 100
     peak = 100 - D("99.99") + D("100.899") * D("1.0019")  # after trade 7
     trough = cash + held * D("0.95")  # after trade 15
-    q = backtest._q
+    q = money
     assert (s.symbol, s.trades, s.cycles_completed, s.open_cycles, s.open_positions, s.orders_placed) == ("XRPUSDT", 16, 1, 1, 1, 4)
     assert s.first_price == "1" and s.last_price == "0.97"
     assert (s.first_trade_ms, s.last_trade_ms) == (T0 + 1, T0 + 16)
@@ -98,7 +99,7 @@ def test_the_report_of_a_hand_computed_tape(tmp_path: Path) -> None:
     assert s.unrealised_pnl == q(pnl - realised)
     # Unrealised is what is held, at the last price, minus what it cost (both cycles' units at the
     # same unit cost here): the report's residual agrees with the positions.
-    assert Decimal(s.unrealised_pnl) == (held * D("0.97") - held * unit_cost).quantize(backtest.EIGHT)
+    assert Decimal(s.unrealised_pnl) == (held * D("0.97") - held * unit_cost).quantize(strategy.EIGHT)
     assert s.return_on_budget == q(pnl / 100)
     assert s.max_drawdown == q(peak - trough) == "4.28279810"
     assert s.max_drawdown_fraction == q((peak - trough) / peak)
@@ -122,8 +123,8 @@ def test_each_cycles_trader_waits_for_five_prices(tmp_path: Path) -> None:
     # largest fall, 1.10898 from 100); later peak 0.01 + 100.899 × 1.0019 = 101.1007081 (trade 7),
     # trough 100.09981 + 0.899 × 0.95 = 100.95386 (trade 10): a fall of 0.1468481 only.
     assert (s.trades, s.cycles_completed, s.open_cycles, s.open_positions, s.orders_placed) == (11, 1, 1, 0, 2)
-    assert s.held == "0.899" and s.fees == backtest._q(D("0.101") * D("0.99") + D("0.10019")) == "0.20018000"
-    assert s.pnl == backtest._q(pnl) == "0.97184000"
+    assert s.held == "0.899" and s.fees == money(D("0.101") * D("0.99") + D("0.10019")) == "0.20018000"
+    assert s.pnl == money(pnl) == "0.97184000"
     assert s.max_drawdown == "1.10898000" and s.max_drawdown_fraction == "0.01108980"
 
 
@@ -147,7 +148,7 @@ def test_an_out_of_band_trade_is_dropped_as_the_tree_drops_it(tmp_path: Path, ta
     # One buy, 101 @ 0.99 from a 1.0000 trade: at trade 6 ("first-price": trade 5 is dropped, the
     # gate's 5th price), at trade 5 ("crosses-the-buy"). Nothing fills: the wild trade is the only
     # one under 0.99. The account never moves: equity 100 at every trade, marked at 0.5 too.
-    outcome = backtest.run(parse_config(config.read_bytes()), [str(csv)])
+    outcome = engine.run(parse_config(config.read_bytes()), [str(csv)])
     (_, bt), = outcome.runs
     buy_trade = {"first-price": 6, "crosses-the-buy": 5}[tape]
     assert [(o.side, o.price, o.time_ms, o.executed_qty) for o in bt.exchange.book.all_orders()] == \
@@ -205,13 +206,13 @@ def test_an_open_sell_part_filled_is_unrealised_until_it_ends(tmp_path: Path) ->
     assert s.realised_pnl == "0.00000000" and s.unrealised_pnl == s.pnl
     # cash: −99.99 + 40 × 1.0019 − its 0.1% commission; held 100.899 − 40 at 1.01.
     cash = -Decimal("99.99") + Decimal("40.076") - Decimal("0.040076")
-    assert s.pnl == backtest._q(cash + Decimal("60.899") * Decimal("1.01"))
+    assert s.pnl == money(cash + Decimal("60.899") * Decimal("1.01"))
 
 
 def test_the_books_agree_with_the_paper_account(tmp_path: Path) -> None:
     """The ledger (from fills) and the paper exchange's balances are the same account."""
     config = parse_config(HAND_CONFIG)
-    outcome = backtest.run(config, [str(write_csv(tmp_path, HAND_TRADES))])
+    outcome = engine.run(config, [str(write_csv(tmp_path, HAND_TRADES))])
     (_, bt), = outcome.runs
     balances = bt.exchange.book.balance_sheet()
     ledger = bt.ledgers["XRPUSDT"]
@@ -234,7 +235,7 @@ def test_two_runs_give_byte_identical_json(tmp_path: Path) -> None:
     inputs = [str(p) for p in BTC_TAPES if p.exists()] or [str(write_csv(tmp_path, HAND_TRADES))]
     first = cli("--json", *inputs)
     assert cli("--json", *inputs) == first
-    assert "bt-0-1B" in repr(backtest.run(parse_config(b""), inputs).runs[0][1].exchange.book.all_orders())
+    assert "bt-0-1B" in repr(engine.run(parse_config(b""), inputs).runs[0][1].exchange.book.all_orders())
 
 
 def test_the_strategy_functions_decide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -332,4 +333,4 @@ def test_through_the_tree_the_report_is_the_same(tmp_path: Path) -> None:
     assert through.mode == "through-tree" and in_process.mode == "backtest"
     assert through.symbols == in_process.symbols and through.totals == in_process.totals
     assert through.symbols[0].cycles_completed == 1
-    assert "naived stopped" in (keep / "naived.ops.log").read_text()  # stopped in order, nothing left behind
+    assert "naived stopped" in (keep / "naived.log").read_text()  # stopped in order, nothing left behind

@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime
 from typing import TYPE_CHECKING, Protocol
 
-from naived.backtest.engine import BacktestError, Curve, Ledger
+from naived.backtest.errors import BacktestError
+from naived.backtest.ledger import Curve, Ledger
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -34,18 +34,10 @@ import msgspec
 import requests
 import zmq
 
-from naived.backtest.engine import (
-    BacktestError,
-    Curve,
-    Finished,
-    Ledger,
-    Report,
-    _ProgressBar,
-    read_trades,
-    settings_dict,
-    summarize,
-    totals,
-)
+from naived.backtest.errors import BacktestError
+from naived.backtest.ledger import Curve, Ledger
+from naived.backtest.report import Finished, Report, settings_dict, summarize, totals
+from naived.backtest.trades import read_trades
 from naived.core import validate
 from naived.core.config import Config
 from naived.core.messages import (
@@ -58,6 +50,7 @@ from naived.core.messages import (
     trade_topic,
 )
 from naived.core.symbols import table
+from naived.ops.progress import ProgressBar
 from naived.tree.ipc import request
 from naived.tree.supervisor import die_with_parent
 
@@ -97,7 +90,7 @@ def _table(name: str, values: dict[str, Any]) -> str:
 
 
 def tree_configs(config: Config, directory: Path, files: list[str], symbols: list[str], speed: float,
-                 paper_port: int) -> tuple[Path, Path, str, str]:
+                 paper_port: int, ws_port: int) -> tuple[Path, Path, str, str]:
     """(streamerd's config, naived's config, streamerd's endpoint, the forwarder's endpoint).
     The trading and paper settings are the user's; faults are off; everything else lives in
     `directory`."""
@@ -112,7 +105,7 @@ def tree_configs(config: Config, directory: Path, files: list[str], symbols: lis
     trading = config.trading
     naived = _table("paths", paths) + _table("streamer", {"endpoint": market}) + _table("naived", {
         "exchange": "paper", "autostart": symbols}) + _table("paper", {
-        "port": paper_port, "fill_on_touch": paper.fill_on_touch, "partial_fills": paper.partial_fills,
+        "port": paper_port, "ws_port": ws_port, "fill_on_touch": paper.fill_on_touch, "partial_fills": paper.partial_fills,
         "balances": paper.balances, "default_balance": paper.default_balance, "maker_commission": paper.maker_commission,
         "taker_commission": paper.taker_commission, "commission_in_bnb": paper.commission_in_bnb,
     }) + _table("trading", {"allow_losing_settings": trading.allow_losing_settings}) + _table(
@@ -251,8 +244,10 @@ def run(config: Config, files: list[str], symbols: list[str] | None = None, spee
     with tempfile.TemporaryDirectory(prefix="naive-backtest-") as tmp:
         directory = Path(keep or tmp)
         directory.mkdir(parents=True, exist_ok=True)
+        # Free ports for both listeners: another naived on this host holds the defaults.
         port = _free_port()
-        streamer_toml, naived_toml, upstream, market = tree_configs(config, directory, files, names, speed, port)
+        ws_port = next(p for p in iter(_free_port, None) if p != port)
+        streamer_toml, naived_toml, upstream, market = tree_configs(config, directory, files, names, speed, port, ws_port)
         # Per symbol: the paper exchange and the traders a leader starts with (the ones that trade;
         # anyone else subscribing only makes the count come sooner).
         expected = {s: 1 + config.trading.merged(s).traders_at_start for s in names}
@@ -297,7 +292,7 @@ def _trade_and_settle(forwarder: Forwarder, tree: _Tree, directory: Path, config
 
         _wait(f"the tree to subscribe (subscribers so far {forwarder.subscribers}, expected {forwarder.expected})",
               started, time.monotonic() + 60, directory)
-        bar = _ProgressBar(lambda: forwarder.forwarded / total)
+        bar = ProgressBar("backtest", lambda: forwarder.forwarded / total)
 
         def forwarded() -> bool:
             alive()

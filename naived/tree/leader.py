@@ -28,7 +28,7 @@ import msgspec
 import zmq
 
 from naived.exchange import binance as exchange
-from naived.core import strategy
+from naived.core import cycles, strategy
 from naived.tree import trader
 from naived.core import validate
 from naived.core.config import Config, reload_config
@@ -66,21 +66,6 @@ FILTERS, RECONCILE = "filters", "reconcile"
 REPORT_RETRY = 0.1  # seconds: a status the root's socket did not take is sent again this soon
 
 COUNTERS = ("leader_starts", "orders_placed", "orders_filled", "intents_unknown", "drift")
-
-
-def counts(old: TraderState | None, new: TraderState) -> dict[str, int]:
-    """What a state change means for the counters: orders placed or filled, outcomes unknown."""
-    result = {}
-    for before, after in ((old and old.buy_order, new.buy_order), (old and old.sell_order, new.sell_order)):
-        if after is None:
-            continue
-        if before is None or before.client_order_id != after.client_order_id:
-            result["orders_placed"] = result.get("orders_placed", 0) + 1
-        if after.status == "FILLED" and (before is None or before.status != "FILLED"):
-            result["orders_filled"] = result.get("orders_filled", 0) + 1
-    if new.intent and new.intent.unknown and not (old and old.intent and old.intent.unknown):
-        result["intents_unknown"] = 1
-    return result
 
 
 def store_failed(path: object, exc: sqlite3.Error) -> Exit:
@@ -194,7 +179,7 @@ class Leader(Role):
             self.start_worker(FILTERS)
             return False
         cycle = self.reserved.pop(0) if self.reserved else self.store.next_cycle()
-        state = TraderState(self.symbol, trader_id, cycle, self.settings, id_prefix=self.id_prefix)
+        state = cycles.fresh(self.settings, trader_id, cycle, self.id_prefix)
         self.store.save(state)
         self.states[trader_id] = state
         return True
@@ -222,7 +207,7 @@ class Leader(Role):
             self.cycles_finished += 1
             self.books = self.store.books()
             log.info("%s/%d: cycle %d finished", self.symbol, trader_id, state.cycle)
-            if self.shutting_down or trader_id >= self.trading.chunks:
+            if not cycles.continues(trader_id, self.trading.chunks, self.shutting_down):
                 return "forget"
             return "restart_uncounted" if self.new_cycle(trader_id) else "forget"
         except sqlite3.Error as exc:
@@ -341,7 +326,7 @@ class Leader(Role):
         match request:
             case StateUpdated(state, used_weight):
                 # stored before the ack: the ack means durable
-                delta = counts(self.states.get(state.trader_id), state)
+                delta = cycles.counts(self.states.get(state.trader_id), state)
                 self.store.save(state, delta)
                 for key, n in delta.items():
                     self.counters[key] = self.counters.get(key, 0) + n
@@ -382,11 +367,11 @@ class Leader(Role):
                 self.start_trader(trader_id)
 
     def on_rebuy(self, trader_id: int) -> None:
-        running = len(self.traders_running())
-        if self.shutting_down or running >= self.trading.chunks:
-            log.info("%s/%d: rebuy ignored (%d of %d traders running)", self.symbol, trader_id, running, self.trading.chunks)
+        running = {int(k) for k in self.traders_running()}
+        free = cycles.rebuy_starts(running, self.trading.chunks, self.shutting_down)
+        if free is None:
+            log.info("%s/%d: rebuy ignored (%d of %d traders running)", self.symbol, trader_id, len(running), self.trading.chunks)
             return
-        free = next(i for i in range(self.trading.chunks) if str(i) not in self.supervisor.children)
         log.info("%s/%d: rebuy: starting trader %d", self.symbol, trader_id, free)
         self.start_trader(free)
 
@@ -475,14 +460,12 @@ class Leader(Role):
         return total
 
     def run(self) -> int:
-        trader_ids = set(self.states)
-        if not self.shutting_down:
-            trader_ids |= set(range(self.trading.traders_at_start))
+        trader_ids = cycles.starting(self.states, self.trading.traders_at_start, self.shutting_down)
         try:
-            fresh = len(trader_ids - set(self.states))
+            fresh = len(set(trader_ids) - set(self.states))
             if fresh > 1 and self.settings is not None:
                 self.reserved = self.store.next_cycles(fresh)  # one fsync, not one per trader
-            for trader_id in sorted(trader_ids):
+            for trader_id in trader_ids:
                 self.start_trader(trader_id)
         except sqlite3.Error as exc:
             raise store_failed(self.path, exc) from None

@@ -22,7 +22,7 @@ import msgspec
 import zmq
 
 from naived.exchange import binance as exchange
-from naived.core import strategy
+from naived.core import actions, cycles, strategy
 from naived.core.config import Config
 from naived.market.gate import MAX_MARKET_FRAME, MarketGate
 from naived.core.messages import (
@@ -55,6 +55,7 @@ LEADER_TIMEOUT_MS = 2000
 # At most one order query per this many seconds while the price sits on our order; longer while
 # the host's rate budget is tight (`Budget.recheck_interval`).
 CHECK_INTERVAL = 0.05
+BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 2.0
 # Binance refuses a timestamp 1 s or more ahead of its clock, so the clock of any request it
 # took in was less than 1 s ahead of the server's: at most 1 s of validity beyond recvWindow.
@@ -89,6 +90,11 @@ def settle_deadline(started: float, last_unknown_send: float | None, intent: Int
     if last_unknown_send is not None:
         deadline = max(deadline, last_unknown_send + window)
     return deadline
+
+
+def backoff(attempt: int) -> float:
+    """The wait before retry `attempt` (0, 1, ...): from BACKOFF_FIRST, doubling, at most BACKOFF_MAX."""
+    return min(BACKOFF_FIRST * 2.0 ** min(attempt, 16), BACKOFF_MAX)
 
 
 def _level(refusal: exchange.RateLimited) -> int:
@@ -149,7 +155,7 @@ class Trader:
         self.drops_told: dict[str, int] = {}  # what the leader last acked of `gate.dropped`
         self.next_drops_report = 0.0  # monotonic
         # The leader starts another trader on a rebuy only while fewer than `chunks` run.
-        self.rebuy_possible = trading.traders_at_start < trading.chunks
+        self.rebuy_possible = cycles.rebuy_possible(trading)
         self.leader = LeaderLink(self.ctx, config.leader_endpoint(self.symbol))
         self.client = _take_prepared() or exchange.client_for(config)
         # How long a sent order request may still execute: recvWindow, then the exchange's
@@ -217,44 +223,67 @@ class Trader:
             found = self.lookup(intent)
         return found
 
-    def place(self, intent: Intent) -> Order:
-        """Place the intent's order exactly once, whatever fails on the way."""
-        delay = 0.05
-        while True:
-            if intent.sent_at is not None:  # a send was attempted (here or by a predecessor)
-                found = self.lookup_settled(intent)
-                if found is not None:
-                    log.info("%s/%d: adopted %s %s: %s", self.symbol, self.state.trader_id, intent.side, intent.client_order_id, found.status)
-                    return found
-            # Acked before the send: a successor then knows a request may be out there.
-            self.state = strategy.intent_sending(self.state, time.time())
-            intent = self.state.intent  # type: ignore[assignment]
-            self.report()
-            try:
-                order = self.send_order(intent)
-                log.info("%s/%d: placed %s %s %s @ %s", self.symbol, self.state.trader_id, intent.side, intent.client_order_id, intent.quantity, intent.price)
-                return order
-            except exchange.OutcomeUnknown as exc:  # every transport failure arrives as this
-                # The exchange may or may not have the order, now or later: record that, then ask.
-                self.last_unknown_send = time.monotonic()
-                log.warning("%s/%d: place %s: outcome unknown (%s)", self.symbol, self.state.trader_id, intent.client_order_id, exc)
-                if not intent.unknown:
-                    self.state = strategy.intent_unknown(self.state)
-                    intent = self.state.intent  # type: ignore[assignment]
-                    self.report()
-                time.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
-            except exchange.BinanceError as exc:
-                if exc.code == -2010 and "Duplicate" in exc.msg:
-                    continue  # it is there: the lookup at the top adopts it
-                if intent.side == "BUY" or not price_refused(exc):
-                    raise  # a buy refused for its price is dropped by `act`
-                # The sell's price is the cycle's and what it holds must be sold: the band follows
-                # the market's average, so the same order passes later. Nothing was placed.
-                wait = self.next_refusal_wait()
+    # --- the venue the actions are carried out at (naived.core.actions) ----------------
+
+    def record(self, state: TraderState) -> None:
+        self.state = state
+        self.report()
+
+    def now(self) -> float:
+        return time.time()
+
+    def find(self, intent: Intent) -> Order | None:
+        found = self.lookup_settled(intent)
+        if found is not None:
+            log.info("%s/%d: adopted %s %s: %s", self.symbol, self.state.trader_id, intent.side, intent.client_order_id, found.status)
+            self.refusal_wait = PRICE_REFUSAL_WAIT
+        return found
+
+    def send(self, intent: Intent) -> Order | actions.Unsent:
+        try:
+            order = self.send_order(intent)
+        except exchange.OutcomeUnknown as exc:  # every transport failure arrives as this
+            self.last_unknown_send = time.monotonic()
+            log.warning("%s/%d: place %s: outcome unknown (%s)", self.symbol, self.state.trader_id, intent.client_order_id, exc)
+            return actions.Unsent.UNKNOWN
+        except exchange.BinanceError as exc:
+            if exc.code == -2010 and "Duplicate" in exc.msg:
+                return actions.Unsent.AGAIN  # it is there: the look-up before the next send adopts it
+            if not price_refused(exc):
+                raise
+            wait = self.next_refusal_wait()
+            if intent.side == "BUY":
+                self.buys_held_until = time.monotonic() + wait
+                log.warning("%s/%d: buy %s at %s refused (%s); the next buy from a trade in %.0fs", self.symbol,
+                            self.state.trader_id, intent.client_order_id, intent.price, exc.msg, wait)
+            else:
                 log.warning("%s/%d: sell %s at %s refused (%s); placing it again in %.0fs", self.symbol,
                             self.state.trader_id, intent.client_order_id, intent.price, exc.msg, wait)
                 time.sleep(wait)
+            return actions.Unsent.PRICE_REFUSED
+        log.info("%s/%d: placed %s %s %s @ %s", self.symbol, self.state.trader_id, intent.side, intent.client_order_id, intent.quantity, intent.price)
+        self.refusal_wait = PRICE_REFUSAL_WAIT
+        return order
+
+    def back_off(self, attempt: int) -> None:
+        time.sleep(backoff(attempt))
+
+    def look_up(self, client_order_id: str) -> Order | None:
+        """A check a trade asked for: at most one per `CHECK_INTERVAL` (longer while the host's
+        rate budget is tight); a check held back is made once the poll goes quiet."""
+        if time.monotonic() - self.last_check < self.client.budget.recheck_interval(CHECK_INTERVAL):
+            self.recheck = client_order_id
+            return None
+        return self.ask(client_order_id)
+
+    def fills(self, order: Order) -> list[Fill]:
+        order_id = order.order_id
+        assert order_id is not None
+        return self._retrying(f"trades of {order.client_order_id}", lambda: self.client.my_trades(self.symbol, order_id))
+
+    def fills_lag(self, order: Order, attempt: int) -> None:
+        log.info("%s/%d: trades of %s do not add up to %s yet, asking again", self.symbol, self.state.trader_id, order.client_order_id, order.executed_qty)
+        time.sleep(backoff(attempt))
 
     def next_refusal_wait(self) -> float:
         wait, self.refusal_wait = self.refusal_wait, min(self.refusal_wait * 2, PRICE_REFUSAL_WAIT_MAX)
@@ -270,34 +299,26 @@ class Trader:
                 log.log(_level(exc), "%s/%d: place %s: %s, waiting", self.symbol, self.state.trader_id, intent.client_order_id, exc)
                 time.sleep(exc.retry_after)
 
-    def fetch_fills(self, order: Order) -> strategy.Action:
-        """The trades (and commissions) of a final order; the trade list may lag its status."""
-        assert order.order_id is not None
-        delay = 0.05
-        while True:
-            fills = self._retrying(f"trades of {order.client_order_id}", lambda: self.client.my_trades(self.symbol, order.order_id))  # type: ignore[arg-type]
-            self.state, action = strategy.fills_learned(self.state, order, fills)
-            if not (isinstance(action, strategy.FetchFills) and action.order == order):
-                self.report()
-                return action
-            log.info("%s/%d: trades of %s do not add up to %s yet, asking again", self.symbol, self.state.trader_id, order.client_order_id, order.executed_qty)
-            time.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
-
-    def check(self, client_order_id: str, follow_up: bool = True) -> strategy.Action:
-        """Query one of our orders. The paper exchange sees the same trade we just saw and may
-        not have filled on it yet: `follow_up` asks once more when the stream goes quiet."""
+    def ask(self, client_order_id: str, follow_up: bool = True) -> Order | None:
+        """Query one of our orders (None: an older leg, replaced since the check was planned). The
+        paper exchange sees the same trade we just saw and may not have filled on it yet:
+        `follow_up` asks once more when the stream goes quiet."""
         if client_order_id not in {o.client_order_id for o in (self.state.buy_order, self.state.sell_order) if o}:
-            self.recheck = None  # an older leg, replaced since the check was planned
+            self.recheck = None
             return None
         self.last_check = time.monotonic()
         order = self._retrying(f"check {client_order_id}", lambda: self.client.get_order(self.symbol, client_order_id))
-        previous = self.state
-        self.state, action = strategy.on_order(self.state, order)
-        if self.state != previous:
-            self.report()
         self.recheck = client_order_id if follow_up and order.status not in strategy.FINAL else None
-        return action
+        return order
+
+    def check_now(self, client_order_id: str) -> bool:
+        """Ask about one of our orders at once and act on the answer (a new account-stream
+        session, the leader's reconcile, a held-back check); True when the cycle is over."""
+        order = self.ask(client_order_id, follow_up=False)
+        if order is None:
+            return False
+        self.state, action = actions.answer(self.state, order, self)
+        return self.act(action)
 
     def warm_up(self) -> None:
         """Open the exchange connection and learn its clock before the first trade, so the
@@ -311,42 +332,15 @@ class Trader:
 
     def act(self, action: strategy.Action) -> bool:
         """Carry out actions until there is nothing to do; True when the cycle is over."""
-        while action is not None:
-            match action:
-                case strategy.Place(intent):
-                    self.report()  # the intent is acked before the order exists
-                    try:
-                        order = self.place(intent)
-                    except exchange.BinanceError as exc:
-                        if intent.side != "BUY" or not price_refused(exc):
-                            raise
-                        self.state = strategy.buy_refused(self.state)
-                        self.report()
-                        wait = self.next_refusal_wait()
-                        self.buys_held_until = time.monotonic() + wait
-                        log.warning("%s/%d: buy %s at %s refused (%s); the next buy from a trade in %.0fs", self.symbol,
-                                    self.state.trader_id, intent.client_order_id, intent.price, exc.msg, wait)
-                        return False
-                    self.refusal_wait = PRICE_REFUSAL_WAIT
-                    self.state, action = strategy.placed(self.state, order)
-                    self.report()
-                case strategy.Check(client_order_id):
-                    if time.monotonic() - self.last_check < self.client.budget.recheck_interval(CHECK_INTERVAL):
-                        self.recheck = client_order_id
-                        return False
-                    action = self.check(client_order_id)
-                case strategy.FetchFills(order):
-                    action = self.fetch_fills(order)
-                case strategy.Finish():
-                    self.report()  # the result is stored before the exit says "done"
-                    r = self.state.result
-                    log.info(
-                        "%s/%d: cycle %d finished: bought %s, sold %s, fees %s (%s in quote), pnl %s, dust %s%s",
-                        self.symbol, self.state.trader_id, self.state.cycle, r and r.bought, r and r.sold,
-                        r and r.fees, r and r.fees_quote, r and r.pnl, r and r.dust, f" ({r.note})" if r and r.note else "",
-                    )
-                    return True
-        return False
+        self.state, done = actions.carry_out(self.state, action, self)
+        if done:
+            r = self.state.result
+            log.info(
+                "%s/%d: cycle %d finished: bought %s, sold %s, fees %s (%s in quote), pnl %s, dust %s%s",
+                self.symbol, self.state.trader_id, self.state.cycle, r and r.bought, r and r.sold,
+                r and r.fees, r and r.fees_quote, r and r.pnl, r and r.dust, f" ({r.note})" if r and r.note else "",
+            )
+        return done
 
     def resume(self) -> bool:
         """On (re)start: settle the pending intent, then ask about open orders."""
@@ -373,7 +367,7 @@ class Trader:
         if order is None:
             return False
         log.info("%s/%d: asking about %s: %s", self.symbol, self.state.trader_id, order.client_order_id, why)
-        return self.act(self.check(order.client_order_id, follow_up=False))
+        return self.check_now(order.client_order_id)
 
     def on_stream_status(self, status: StreamStatus) -> bool:
         was_live = self.live()
@@ -498,7 +492,7 @@ class Trader:
                 if self.on_timers():
                     return 0
                 if self.sub not in ready:
-                    if self.recheck and not ready and self.act(self.check(self.recheck, follow_up=False)):
+                    if self.recheck and not ready and self.check_now(self.recheck):
                         return 0
                     continue
                 event = self.gate.check(self.sub.recv_multipart())
