@@ -1,8 +1,10 @@
 """Chaos, long: kill -9 random processes of a trading tree N times, then check every order.
 
 The same run as `tests/test_chaos.py` (see `tests/chaos.py`), as long as you like:
-streamerd replays the real BTCUSDT tape (`../shared/data/binance-spot-tapes`) at a speed that
-makes it last the run (the simulated market without it); naived trades it with 4 traders and a
+streamerd replays a real BTCUSDT tape at a speed that makes it last the run: the larger
+recordings beside the repository (`../shared/data/binance-spot-tapes`, ~11 minutes) when they
+are there, else the sample (`samples/`, 78 s); the simulated market when the tape would end
+before the run (a 1000-kill run lasts ~9 minutes). naived trades it with 4 traders and a
 negative profit interval; the paper exchange injects faults (seeded); a killer sends SIGKILL to
 random traders, leaders, symbol supervisors and the paper exchange. At the end the market stops,
 the tree settles, and the paper exchange's orders and balances are checked against the live
@@ -26,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import chaos  # noqa: E402
+import recorded  # noqa: E402
 
 
 def main() -> int:
@@ -42,13 +45,18 @@ def main() -> int:
     args = parser.parse_args()
 
     directory = Path(tempfile.mkdtemp(prefix="naive-chaos-"))
-    market = "replay of the BTCUSDT tape" if chaos.tape_available() else "SIMULATED market (no tape found)"
+    tapes = sorted(recorded.tapes().glob("btcusdt_*.gz"))
+    market_seconds = args.market_seconds or chaos.default_market_seconds(args.kills, tuple(args.pause))
+    speed = chaos.replay_speed(tapes, market_seconds)
+    names = ", ".join(p.name for p in tapes)
+    market = f"replay of {names} at {speed:.2f}x" if speed else f"SIMULATED market ({names} would end before the run)"
     if not args.json:
         print(f"chaos: {args.kills} kills, seed {args.seed}, {market}, in {directory}", flush=True)
     try:
         report = chaos.run(
-            directory, args.kills, seed=args.seed, pause=tuple(args.pause), market_seconds=args.market_seconds,
+            directory, args.kills, seed=args.seed, pause=tuple(args.pause), market_seconds=market_seconds,
             faults=not args.no_faults, partial_fills=args.partial_fills, progress=lambda line: print(line, file=sys.stderr, flush=True),
+            tapes=tapes,
         )
     except BaseException:
         print(f"chaos: the run failed; logs and state kept in {directory}", file=sys.stderr)

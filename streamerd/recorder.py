@@ -1,6 +1,6 @@
 """Record what streamerd publishes: one gzip tape per symbol and UTC day.
 
-The lines are those of the recorded tapes (`../shared/data/binance-spot-tapes`), which
+The lines are those of the recorded tapes (the sample in `samples/`, for one), which
 `replay.py` reads back: `<receive_time_ns> {"stream":"<sym>@trade","data":{...}}`. The JSON is
 the frame exactly as Binance sent it when the source has it (binance, replays of tapes);
 otherwise (simulate, CSV replays) the TradeEvent re-encoded in Binance's field order, without

@@ -2,9 +2,9 @@
 
 Shared by `tests/test_chaos.py` (short, in CI) and `bench/chaos.py` (long, on demand).
 
-The market is the real BTCUSDT tape (`../shared/data/binance-spot-tapes`, replayed by
-streamerd at a speed that makes it last the run) or, without it, streamerd's simulated
-market. naived trades it with several traders and a negative profit interval, so cycles
+The market is a real BTCUSDT tape (the sample in `samples/`; `bench/chaos.py` prefers the
+larger recordings when they are there), replayed by streamerd at a speed that makes it last the
+run, or streamerd's simulated market when the tape is too short for the run. naived trades it with several traders and a negative profit interval, so cycles
 finish within seconds; the paper exchange injects faults (seeded) on order requests and drops
 user data stream connections.
 
@@ -40,9 +40,8 @@ import psutil
 
 from harness import Tree, wait_for
 from naived.core.symbols import lookup
+from recorded import BTC_TAPE
 
-TAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-tapes"
-TAPE_FILES = [TAPES / "btcusdt_20240808.gz", TAPES / "btcusdt_20240809.gz"]
 SYMBOL = "BTCUSDT"
 CHUNKS = 4
 START_USDT = Decimal("10000")
@@ -101,14 +100,10 @@ seed = {seed}
 """
 
 
-def tape_available() -> bool:
-    return all(p.is_file() for p in TAPE_FILES)
-
-
-def tape_seconds() -> float:
+def tape_seconds(tapes: list[Path]) -> float:
     """Span of the tapes' trades (receive times), in seconds."""
     stamps = []
-    for path in TAPE_FILES:
+    for path in tapes:
         first = last = None
         with gzip.open(path, "rb") as f:
             for line in f:
@@ -120,11 +115,24 @@ def tape_seconds() -> float:
     return (max(stamps) - min(stamps)) / 1e9
 
 
-def make_tree(directory: Path, seed: int, market_seconds: float, faults: bool = True, partial_fills: bool = False) -> Tree:
-    """A tree trading BTCUSDT on the tape, replayed to last about `market_seconds`; else simulated."""
-    if tape_available():
-        files = ", ".join(f'"{p}"' for p in TAPE_FILES)
-        speed = max(1.0, tape_seconds() / market_seconds)
+def default_market_seconds(kills: int, pause: tuple[float, float]) -> float:
+    """About as long as the killing: the market keeps trades flowing throughout."""
+    return kills * (sum(pause) / 2 + 0.25)
+
+
+def replay_speed(tapes: list[Path], market_seconds: float) -> float | None:
+    """The replay speed that makes `tapes` last about `market_seconds`; None when they are shorter
+    than that at their own pace (the market would go quiet before the run ends)."""
+    seconds = tape_seconds(tapes)
+    return seconds / market_seconds if seconds >= market_seconds else None
+
+
+def make_tree(directory: Path, seed: int, market_seconds: float, tapes: list[Path], faults: bool = True,
+              partial_fills: bool = False) -> Tree:
+    """A tree trading BTCUSDT on `tapes`, replayed to last about `market_seconds`; simulated if they are too short."""
+    speed = replay_speed(tapes, market_seconds)
+    if speed is not None:
+        files = ", ".join(f'"{p}"' for p in tapes)
         streamer = f'replay_files = [{files}]\nreplay_speed = {speed:.3f}'
         market = "replay"
     else:
@@ -466,13 +474,14 @@ def check(tree: Tree, leader: dict[str, Any], orders: list[dict[str, Any]], repo
 def run(
     directory: Path, kills: int, seed: int = 1, pause: tuple[float, float] = (0.05, 0.5),
     market_seconds: float | None = None, faults: bool = True, partial_fills: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, tapes: list[Path] | None = None,
 ) -> Report:
-    """One chaos run in `directory`; the tree is stopped (every process killed) on the way out."""
+    """One chaos run in `directory` on `tapes` (default: the sample's BTCUSDT); the tree is
+    stopped (every process killed) on the way out."""
     rng = random.Random(seed)
-    if market_seconds is None:  # about as long as the killing: the tape keeps trades flowing throughout
-        market_seconds = kills * (sum(pause) / 2 + 0.25)
-    tree = make_tree(directory, seed, market_seconds, faults, partial_fills)
+    if market_seconds is None:
+        market_seconds = default_market_seconds(kills, pause)
+    tree = make_tree(directory, seed, market_seconds, tapes or [BTC_TAPE], faults, partial_fills)
     report = Report()
     try:
         tree.start_streamer()

@@ -17,9 +17,7 @@ from naived.cli import main
 from naived.core.config import parse_config
 from naived.paper.book import PaperBook
 from naived.core.symbols import quote_assets
-
-TAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-tapes"
-BTC_TAPES = [TAPES / "btcusdt_20240808.gz", TAPES / "btcusdt_20240809.gz"]
+from recorded import BTC_TAPE, ETH_TAPE
 
 # One trader, no rebuy: buy 1% under the first price, sell 1% (plus both fees) over the buy.
 HAND_CONFIG = b"""
@@ -232,7 +230,7 @@ def test_ms_and_us_timestamps_give_the_same_report(tmp_path: Path) -> None:
 
 
 def test_two_runs_give_byte_identical_json(tmp_path: Path) -> None:
-    inputs = [str(p) for p in BTC_TAPES if p.exists()] or [str(write_csv(tmp_path, HAND_TRADES))]
+    inputs = [str(BTC_TAPE), str(ETH_TAPE)]
     first = cli("--json", *inputs)
     assert cli("--json", *inputs) == first
     assert "bt-0-1B" in repr(engine.run(parse_config(b""), inputs).runs[0][1].exchange.book.all_orders())
@@ -276,17 +274,19 @@ def test_a_sweep_prints_one_row_per_setting(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "chunks" in result.output
 
 
-def test_a_recorded_btcusdt_day(tmp_path: Path) -> None:
-    missing = [p for p in BTC_TAPES if not p.exists()]
-    if missing:
-        pytest.skip(f"the recorded tapes are not here: {', '.join(map(str, missing))} (../shared/data/binance-spot-tapes)")
-    report = report_of(*map(str, BTC_TAPES))
-    (s,) = report.symbols
-    assert s.trades == 9_757 + 10_147  # the README's counts: every trade, none twice
-    assert (s.first_price, s.last_price) == ("61837.63", "61602.02")
-    assert Decimal(s.realised_pnl) + Decimal(s.unrealised_pnl) == Decimal(s.pnl)
-    assert s.orders_placed >= 2 and Decimal(s.fees) > 0 and Decimal(s.max_drawdown) > 0
-    assert s.failed is None
+def test_the_recorded_sample(tmp_path: Path) -> None:
+    """samples/: real trades, cut so that cycles finish with the default settings (the README's
+    example): ETHUSDT's traders buy near the bottom and sell; BTCUSDT's never reach their sells."""
+    report = report_of(str(BTC_TAPE), str(ETH_TAPE))
+    btc, eth = report.symbols
+    assert (btc.trades, eth.trades) == (2_927, 2_810)  # samples/README.md's counts: every trade, none twice
+    assert (btc.first_price, btc.last_price, eth.first_price, eth.last_price) == ("61563.99", "61698.49", "2674.07", "2682.4")
+    assert (btc.cycles_completed, btc.open_positions, eth.cycles_completed, eth.open_positions) == (0, 2, 2, 2)
+    assert eth.realised_pnl == "0.09848228" and Decimal(btc.realised_pnl) == 0
+    for s in (btc, eth):
+        assert Decimal(s.realised_pnl) + Decimal(s.unrealised_pnl) == Decimal(s.pnl)
+        assert s.orders_placed >= 2 and Decimal(s.fees) > 0 and Decimal(s.max_drawdown) > 0
+        assert s.failed is None
 
 
 def test_a_symbol_the_exchange_does_not_list_is_a_clear_error(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Issue 5: kill -9 anything of the tree, many times, while it trades; no order lost or placed twice.
 
-Real processes (streamerd replaying the BTCUSDT tape, or its simulated market without the tape;
+Real processes (streamerd replaying the BTCUSDT tape of `samples/`;
 naived, its paper exchange with seeded fault injection). See `tests/chaos.py` for the killer,
 the settling and the invariants; `bench/chaos.py` runs the same for as many kills as asked.
 """

@@ -25,6 +25,7 @@ import zmq
 from harness import die_with_test, free_port
 from naived.exchange.binance import BinanceClient, BinanceError, OutcomeUnknown, RateLimited, UnknownOrder, signature
 from naived.core.messages import TradeEvent, encode_trade, trade_topic
+from recorded import EXCHANGE_INFO
 
 KEY, SECRET = "paper-key", "paper-secret"
 T = TypeVar("T")
@@ -530,12 +531,8 @@ def test_commission_in_bnb_at_the_discount_when_the_balance_covers_it(start: Cal
 
 # --- endpoints -------------------------------------------------------------------------------------
 
-REAL_EXCHANGE_INFO = Path("/work/shared/data/exchange-info/exchangeInfo.json")
-
-
-@pytest.mark.skipif(not REAL_EXCHANGE_INFO.exists(), reason="the recorded Binance exchangeInfo is not on this machine")
 def test_exchange_info_has_every_field_of_binances_symbol_entry(ex: Exchange) -> None:
-    real = next(s for s in json.loads(REAL_EXCHANGE_INFO.read_text())["symbols"] if s["symbol"] == "XRPUSDT")
+    real = next(s for s in json.loads(EXCHANGE_INFO.read_text())["symbols"] if s["symbol"] == "XRPUSDT")
     ours = ex.get("/api/v3/exchangeInfo?symbol=XRPUSDT")["symbols"][0]
     assert set(real) <= set(ours)
     real_filters = {f["filterType"]: f for f in real["filters"]}
@@ -890,12 +887,12 @@ def test_exchange_info_lists_percent_price_by_side_with_binances_values(ex: Exch
     assert ours["PERCENT_PRICE_BY_SIDE"] == {"filterType": "PERCENT_PRICE_BY_SIDE", "bidMultiplierUp": "5",
                                              "bidMultiplierDown": "0.2", "askMultiplierUp": "5",
                                              "askMultiplierDown": "0.2", "avgPriceMins": 5}
-    if REAL_EXCHANGE_INFO.exists():  # the same as Binance lists, for every symbol of the table
-        real = {s["symbol"]: {f["filterType"]: f for f in s["filters"]}["PERCENT_PRICE_BY_SIDE"]
-                for s in json.loads(REAL_EXCHANGE_INFO.read_text())["symbols"] if s["status"] == "TRADING"}
-        for entry in ex.get("/api/v3/exchangeInfo")["symbols"]:
-            band = {f["filterType"]: f for f in entry["filters"]}["PERCENT_PRICE_BY_SIDE"]
-            assert band == real[entry["symbol"]], entry["symbol"]
+    # The same as Binance lists, for every TRADING symbol of samples/exchangeInfo.json.
+    real = {s["symbol"]: {f["filterType"]: f for f in s["filters"]}["PERCENT_PRICE_BY_SIDE"]
+            for s in json.loads(EXCHANGE_INFO.read_text())["symbols"] if s["status"] == "TRADING"}
+    listed = {entry["symbol"]: entry for entry in ex.get("/api/v3/exchangeInfo")["symbols"]}
+    for symbol, band in real.items():
+        assert {f["filterType"]: f for f in listed[symbol]["filters"]}["PERCENT_PRICE_BY_SIDE"] == band, symbol
 
 
 def test_the_average_price_window(tmp_path: Path) -> None:

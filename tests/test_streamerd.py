@@ -24,8 +24,7 @@ from harness import die_with_test
 from naived.core.messages import TradeEvent, decode_trade
 from streamerd.publisher import Demand, symbol_of_subscription
 from fake_binance import FakeBinance, trade_json
-
-TAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-tapes"
+from recorded import BTC_TAPE, ETH_TAPE
 
 
 class Streamerd:
@@ -242,16 +241,13 @@ def test_server_shutdown_is_handed_over_without_a_gap(ctx, fake, start_streamerd
 
 
 def test_replay_of_a_real_tape_yields_every_trade_once(ctx, start_streamerd):
-    tape = TAPES / "btcusdt_20240808.gz"
-    if not tape.exists():
-        pytest.skip(f"recorded tapes not available at {TAPES}")
-    daemon = start_streamerd("--source", "replay", "--replay-file", str(tape), "--speed", "0")
+    daemon = start_streamerd("--source", "replay", "--replay-file", str(BTC_TAPE), "--speed", "0")
     sub = subscriber(ctx, daemon.endpoint, "BTCUSDT")
-    events = receive(sub, 9757, timeout=20)
+    events = receive(sub, 2927, timeout=20)
     ids = [e.t for e in events]
-    assert ids == list(range(3735683259, 3735693016))  # every id once, in order
-    assert events[0].p == "61837.63000000" or "." in events[0].p  # decimal strings untouched
-    daemon.wait_log("replay finished: 9757 trades")
+    assert ids == list(range(3735695795, 3735698722))  # every id once, in order (samples/README.md)
+    assert events[0].p == "61563.99000000"  # decimal strings untouched
+    daemon.wait_log("replay finished: 2927 trades")
     assert_quiet(sub)
     assert daemon.proc.poll() is None  # idles after the replay so subscribers stay connected
     assert daemon.stop() == 0
@@ -540,17 +536,15 @@ def _today() -> str:
 
 
 def test_a_recorded_replay_replays_identically_with_the_frames_as_received(ctx, start_streamerd, tmp_path):
-    tapes = [TAPES / "btcusdt_20240808.gz", TAPES / "ethusdt_20240808.gz"]
-    if not all(t.exists() for t in tapes):
-        pytest.skip(f"recorded tapes not available at {TAPES}")
+    tapes = [BTC_TAPE, ETH_TAPE]
     record_dir = tmp_path / "rec"
     args = [arg for t in tapes for arg in ("--replay-file", str(t))]
     daemon = start_streamerd("--source", "replay", *args, "--speed", "0", "--record-dir", str(record_dir))
     sub = everything_subscriber(ctx, daemon.endpoint, "BTCUSDT")
-    published = receive(sub, 9757 + 6106, timeout=30)
-    daemon.wait_log("replay finished: 15863 trades")
+    published = receive(sub, 2927 + 2810, timeout=30)
+    daemon.wait_log("replay finished: 5737 trades")
     assert daemon.stop() == 0
-    assert _stopped_counter(daemon, "recorded") == 15863 and _stopped_counter(daemon, "dropped") == 0
+    assert _stopped_counter(daemon, "recorded") == 5737 and _stopped_counter(daemon, "dropped") == 0
 
     recorded = sorted(record_dir.iterdir())
     assert [p.name for p in recorded] == [f"btcusdt_{_today()}.gz", f"ethusdt_{_today()}.gz"]

@@ -19,6 +19,7 @@ import pytest
 import websocket
 
 from naived.exchange.binance import BinanceError
+from recorded import BTC_TAPE
 from test_paper_exchange import Exchange, Market, ex, market, order, start, wait_for  # noqa: F401 - fixtures
 
 # Every field Binance's executionReport carries for an order of the types the paper exchange
@@ -262,27 +263,19 @@ def test_ws_port_is_validated() -> None:
         parse_config(b"[paper.faults]\nuser_stream_drop = 2\n")
 
 
-TAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-tapes"
-
-
-def tape_trades(path: Path, count: int) -> list[tuple[str, str]]:
-    """(price, quantity) of the tape's first `count` trades, in the order Binance sent them."""
+def tape_trades(path: Path) -> list[tuple[str, str]]:
+    """(price, quantity) of the tape's trades, in the order Binance sent them."""
     out = []
     with gzip.open(path, "rt") as f:
         for line in f:
             frame = json.loads(line.split(" ", 1)[1])
             if str(frame.get("stream", "")).endswith("@trade"):  # depth updates and others are skipped
                 out.append((frame["data"]["p"], frame["data"]["q"]))
-                if len(out) == count:
-                    break
     return out
 
 
 def test_every_fill_of_a_replayed_real_tape_is_pushed_in_order(start: Callable[..., Exchange], market: Market) -> None:
-    tape = TAPES / "btcusdt_20240808.gz"
-    if not tape.exists():
-        pytest.skip(f"the recorded tapes are not here: {tape} (../shared/data/binance-spot-tapes)")
-    trades = tape_trades(tape, 3000)
+    trades = tape_trades(BTC_TAPE)  # samples/: 2,927 trades
     first, low = Decimal(trades[0][0]), min(Decimal(p) for p, _ in trades)
     ex = start("partial_fills = true")
     stream = Stream(ex.ws_url, listen_key(ex))
