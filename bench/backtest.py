@@ -2,9 +2,10 @@
 
 Generates (seeded) a data.binance.vision trade CSV of a mean-reverting BTCUSDT-like random
 walk on the 0.01 tick, then times: reading the input alone, and the whole backtest (read +
-paper book + strategy + accounting) with the default trading settings. With the real tapes
-(`../shared/data/binance-spot-tapes`) it also times those (their depth lines make reading
-them slower per trade: most of their bytes are not trades).
+paper book + strategy + accounting) with the default trading settings. It also times the
+recorded BTCUSDT tapes: the larger ones beside the repository (`../shared/data/binance-spot-tapes`,
+~20k trades) when they are there, else the sample in `samples/` (2,927 trades: a rough figure).
+Their depth lines make reading them slower per trade: most of their bytes are not trades.
 
     .venv/bin/python bench/backtest.py [--trades 1000000] [--seed 1] [--keep DIR] [--json]
 """
@@ -20,11 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from naived.backtest import engine
-from naived.backtest.trades import read_trades
-from naived.core.config import Config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import recorded  # noqa: E402
 
-TAPES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "binance-spot-tapes"
+from naived.backtest import engine  # noqa: E402
+from naived.backtest.trades import read_trades  # noqa: E402
+from naived.core.config import Config  # noqa: E402
 
 
 def synthetic_csv(path: Path, trades: int, seed: int) -> None:
@@ -72,9 +74,7 @@ def main() -> int:
         if not csv.exists():
             synthetic_csv(csv, args.trades, args.seed)
         figures = {"synthetic_csv": time_it([str(csv)])}
-        tapes = sorted(TAPES.glob("btcusdt_*.gz"))
-        if tapes:
-            figures["btcusdt_tapes"] = time_it([str(p) for p in tapes])
+        figures["btcusdt_tapes"] = time_it([str(p) for p in sorted(recorded.tapes().glob("btcusdt_*.gz"))])
     if args.json:
         print(json.dumps(figures, indent=2))
     else:

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/record.py [--quick]
 
-Part 1 deflates the trade lines of a recorded tape at several gzip levels on one core: what
+Part 1 deflates the trade lines of a recorded tape (the sample's BTCUSDT) at several gzip levels on one core: what
 recording would cost inline, per trade. Part 2 runs the real `streamerd start --source binance`
 against the fake websocket server (as bench/streamer_throughput.py does), alternating runs
 without and with `--record-dir`, and prints received trades/s, streamerd's CPU per trade (all
@@ -20,9 +20,9 @@ import time
 import zlib
 from pathlib import Path
 
-from streamer_throughput import measure_streamer
-
-TAPE = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-tapes" / "btcusdt_20240808.gz"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from recorded import BTC_TAPE  # noqa: E402
+from streamer_throughput import measure_streamer  # noqa: E402
 
 
 def deflate_rates(lines: list[bytes]) -> list[tuple[int, float, float]]:
@@ -48,15 +48,12 @@ def main() -> None:
     args = parser.parse_args()
     trades, idle, rounds = (30_000, 1.0, 1) if args.quick else (300_000, 2.0, 2)
 
-    if TAPE.exists():
-        with gzip.open(TAPE) as f:
-            lines = [line for line in f if b'@trade"' in line] * 10
-        print(f"deflate alone, {len(lines)} trade lines of {TAPE.name} (one core)")
-        print(f"{'level':>6}{'lines/s':>12}{'µs/line':>10}{'ratio':>8}")
-        for level, rate, ratio in deflate_rates(lines):
-            print(f"{level:>6}{rate:>12,.0f}{1e6 / rate:>10.1f}{ratio:>7.1f}x")
-    else:
-        print(f"({TAPE} not available: deflate figures skipped)")
+    with gzip.open(BTC_TAPE) as f:
+        lines = [line for line in f if b'@trade"' in line] * 10
+    print(f"deflate alone, {len(lines)} trade lines of {BTC_TAPE.name} (one core)")
+    print(f"{'level':>6}{'lines/s':>12}{'µs/line':>10}{'ratio':>8}")
+    for level, rate, ratio in deflate_rates(lines):
+        print(f"{level:>6}{rate:>12,.0f}{1e6 / rate:>10.1f}{ratio:>7.1f}x")
 
     print(f"\nstreamerd end to end (fake websocket -> decode -> XPUB -> SUB), {trades} trades per run")
     print(f"{'symbols':>8}{'recording':>11}{'received':>10}{'trades/s':>12}{'cpu µs/trade':>14}{'loss':>8}"

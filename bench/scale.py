@@ -13,8 +13,8 @@ start-ups), then measures:
   symbol supervisor must not wake;
 - file descriptors and threads.
 
-The market rate: the recorded tapes (`../shared/data/binance-spot-tapes`, or --tapes DIR)
-hold every trade of BTCUSDT and ETHUSDT over the same minutes; their combined real rate
+The market rate: the recorded tapes (`$NAIVE_TAPES`, else `../shared/data/binance-spot-tapes`
+beside the repository, or --tapes DIR) hold every trade of BTCUSDT and ETHUSDT over the same minutes; their combined real rate
 (trades per second) is spread evenly over every symbol traded here (the simulator draws each
 symbol's trades as a Poisson stream at that rate). Without the tapes it uses the rate they gave
 when measured (TAPES_RATE). `--rate R` sets trades/s per symbol instead. The CPU per market
@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import memory  # noqa: E402
 from harness import Tree, wait_for  # noqa: E402
+import recorded  # noqa: E402
 
 from naived.core.config import load_config  # noqa: E402
 from naived.tree.ipc import request  # noqa: E402
@@ -109,12 +110,9 @@ def budgets(names: list[str]) -> str:
 
 
 def default_tapes() -> Path:
-    here = Path(__file__).resolve().parents[1]
-    for candidate in (os.environ.get("NAIVE_TAPES"), here.parent / "shared" / "data" / "binance-spot-tapes",
-                      "/work/shared/data/binance-spot-tapes"):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return here / "no-tapes"
+    """$NAIVE_TAPES, else the larger recordings beside the repository. Not the sample in
+    samples/: its 78 s are a sell-off's, busier than the 11 minutes the rate was measured on."""
+    return Path(os.environ.get("NAIVE_TAPES") or recorded.LARGER_TAPES)
 
 
 def tapes_rate(directory: Path) -> tuple[float, str]:

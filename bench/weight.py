@@ -1,9 +1,10 @@
 """Request weight per minute at 400 traders, as the exchange counted it, against Binance's 6,000.
 
-A real tree in a temp dir: streamerd replays the recorded BTCUSDT/ETHUSDT tapes
-(`../shared/data/binance-spot-tapes`) as `--symbols` symbols (each symbol gets one tape's
-trades as a data.binance.vision CSV, prices rescaled onto its tick so that a trader's 50 USDT
-buys a valid quantity), at `--speed` times real time: every symbol trades as busily as
+A real tree in a temp dir: streamerd replays the recorded BTCUSDT/ETHUSDT tapes of 2024-08-09
+(`../shared/data/binance-spot-tapes` beside the repository when it is there, 5 minutes; else the
+78 s of `samples/`, which a run with `--seconds` over ~70 outlasts) as `--symbols` symbols (each
+symbol gets one tape's trades as a data.binance.vision CSV, prices rescaled onto its tick so
+that a trader's 50 USDT buys a valid quantity), at `--speed` times real time: every symbol trades as busily as
 BTCUSDT did (~16 trades/s at speed 1). naived trades every symbol with 2 traders buying just
 below the market and selling just above (the book's chapter-5 settings: cycles complete, and
 the price keeps reaching the traders' orders, so they keep asking about them).
@@ -39,6 +40,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Tree, wait_for  # noqa: E402
+import recorded  # noqa: E402
 from scale import ready_times, tree_status  # noqa: E402
 
 from naived.exchange import budget  # noqa: E402
@@ -47,7 +49,6 @@ from naived.tree.ipc import request  # noqa: E402
 from naived.core.messages import Error, StartTrading, control_reply_decoder  # noqa: E402
 from naived.core.symbols import SymbolFilters, table  # noqa: E402
 
-TAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-tapes"
 BINANCE_LIMIT = 6000
 PER_TRADER = Decimal(50)  # trading.budgets USDT 100 / chunks 2
 
@@ -81,7 +82,7 @@ class _Envelope(msgspec.Struct):
 def tape_trades(name: str, seconds: float) -> list[tuple[int, Decimal, bool]]:
     """(time ms, price, buyer is maker) of the first `seconds` of a tape's trades."""
     out: list[tuple[int, Decimal, bool]] = []
-    with gzip.open(TAPES / name) as f:
+    with gzip.open(recorded.tapes() / name) as f:
         for line in f:
             if b'@trade"' not in line:
                 continue
