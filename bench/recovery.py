@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from harness import BIN, Tree, wait_for  # noqa: E402
 
 from naived.core.messages import Ack, TraderHello, encode  # noqa: E402
+from naived.ops import processes  # noqa: E402
 
 PEER_TRADER = Path(__file__).resolve().parent / "peer_trader.py"
 TARGET_P50, TARGET_P99 = 10.0, 25.0  # ms, issue 7
@@ -183,17 +184,6 @@ def supervisord_binary() -> Path:
     return path
 
 
-def stop_process(proc: subprocess.Popen) -> None:
-    """SIGTERM our peer parent (by PID), then SIGKILL its process group if it lingers."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def run_peer(kind: str, directory: Path, kills: int) -> list[float]:
     work = directory / kind
     work.mkdir()
@@ -227,7 +217,7 @@ stdout_logfile = {work / 'trader.log'}
     try:
         return peer_kills(clock, kills)
     finally:
-        stop_process(proc)
+        processes.stop([proc], 10)  # our peer parent, and its process group if it lingers
         clock.kill_leftovers()  # supervisord's children have their own process groups
         clock.close()
         log.close()

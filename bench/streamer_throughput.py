@@ -27,6 +27,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fake_binance import FakeBinance, server_frame, trade_json  # noqa: E402
+from naived.ops import processes  # noqa: E402
 
 CHUNK = 2000  # frames per write, so sending and receiving overlap
 
@@ -140,13 +141,7 @@ def measure_streamer(symbols: int, count: int, idle: float, extra_args: tuple[st
         finally:
             sub.close()
             ctx.term()
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(5)
+            processes.stop([proc], 10)
             result["log"] = log_path.read_text()
 
 

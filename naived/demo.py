@@ -28,6 +28,7 @@ from naived.tree.ipc import request
 from naived.core.messages import StatusRequest, TreeStatus, control_reply_decoder
 from naived.tree.supervisor import die_with_parent
 from naived.core.symbols import lookup
+from naived.ops import processes
 
 STATUS_EVERY = 5.0
 
@@ -147,15 +148,7 @@ def run(seconds: float, symbols: list[str]) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        processes.stop(procs, timeout=10)
         ctx.term()
     print(f"\ndemo finished: {filled} orders filled at the paper exchange; logs in {directory}")
     return 0

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import psutil
 import requests
 
+from naived.ops import processes
 from naived.tree.supervisor import die_with_parent
 
 BIN = Path(sys.executable).parent
@@ -134,14 +135,7 @@ ws_port = {self.paper_ws_port}
 
     def stop_streamer(self, timeout: float = 15.0) -> None:
         """Stop the market: SIGTERM streamerd and wait for it (SIGKILL at the deadline)."""
-        proc = self.streamer
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        processes.stop([self.streamer], timeout)
 
     def start_naived(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.naived = self._spawn("naived", "start", env=env)
@@ -192,16 +186,8 @@ ws_port = {self.paper_ws_port}
         return (self.dir / f"{name}.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        """SIGTERM what we started, then SIGKILL anything of ours still alive."""
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        """Stop what we started, then SIGKILL any tree process still alive."""
+        processes.stop(self.procs, 15)
         for pid in self.leftovers():
             os.kill(pid, signal.SIGKILL)
 

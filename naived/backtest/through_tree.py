@@ -16,8 +16,6 @@ docs/architecture.md, "Backtest".
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -50,6 +48,7 @@ from naived.core.messages import (
     trade_topic,
 )
 from naived.core.symbols import table
+from naived.ops import processes
 from naived.ops.progress import ProgressBar
 from naived.tree.ipc import request
 from naived.tree.supervisor import die_with_parent
@@ -212,16 +211,8 @@ class _Tree:
         return proc
 
     def stop(self) -> None:
-        """SIGTERM naived first (it stops its tree, children first), then streamerd; SIGKILL
-        the process group of whatever is still there at the deadline."""
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        """naived first (it stops its tree, children first), then streamerd."""
+        processes.stop(self.procs, STOP_TIMEOUT)
 
 
 def run(config: Config, files: list[str], symbols: list[str] | None = None, speed: float = 20.0,
