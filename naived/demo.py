@@ -57,6 +57,7 @@ autostart = {msgspec.json.encode(symbols).decode()}
 
 [paper]
 port = {free_port()}
+ws_port = {free_port()}
 
 [trading.defaults]
 profit_interval = "-0.0012"  # the book's chapter 5: a loss per cycle, so cycles finish while you watch (paper only)
