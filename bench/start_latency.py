@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.samples = 5
-    names = iter(sorted(table()))
+    names = iter(sorted(s for s, f in table().items() if f.quote == "USDT"))  # the default budget is in USDT
     ctx = zmq.Context()
     with tempfile.TemporaryDirectory(prefix="naive-bench-") as directory:
         tree = Tree(Path(directory), CONFIG)
