@@ -105,7 +105,8 @@ def base_price(f: SymbolFilters) -> Decimal | None:
 
 def write_tapes(directory: Path, count: int, seconds: float) -> list[Path]:
     sources = [tape_trades("btcusdt_20240809.gz", seconds), tape_trades("ethusdt_20240809.gz", seconds)]
-    chosen = [(s, p) for s, f in sorted(table().items()) if (p := base_price(f)) is not None][:count]
+    # USDT-quoted only: the budget (trading.budgets USDT, PER_TRADER a trader) is in USDT
+    chosen = [(s, p) for s, f in sorted(table().items()) if f.quote == "USDT" and (p := base_price(f)) is not None][:count]
     files = []
     for i, (symbol, base) in enumerate(chosen):
         trades = sources[i % 2]
