@@ -27,6 +27,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fake_binance import FakeBinance, server_frame, trade_json  # noqa: E402
+
 from naived.ops import processes  # noqa: E402
 
 CHUNK = 2000  # frames per write, so sending and receiving overlap

@@ -4,9 +4,9 @@ Shared by `tests/test_chaos.py` (short, in CI) and `bench/chaos.py` (long, on de
 
 The market is a real BTCUSDT tape (the sample in `samples/`; `bench/chaos.py` prefers the
 larger recordings when they are there), replayed by streamerd at a speed that makes it last the
-run, or streamerd's simulated market when the tape is too short for the run. naived trades it with several traders and a negative profit interval, so cycles
-finish within seconds; the paper exchange injects faults (seeded) on order requests and drops
-user data stream connections.
+run, or streamerd's simulated market when the tape is too short for the run. naived trades it
+with several traders and a negative profit interval, so cycles finish within seconds; the paper
+exchange injects faults (seeded) on order requests and drops user data stream connections.
 
 A killer sends SIGKILL at random moments to random traders, leaders, symbol supervisors, the account stream,
 the paper exchange and naived itself (started again, as systemd would), taking PIDs from

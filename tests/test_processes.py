@@ -10,8 +10,8 @@ import time
 from typing import Any
 
 import psutil
-
 from harness import wait_for
+
 from naived.ops import processes
 
 # Ignores SIGTERM; with an argument, forks a child (in its process group) that ignores it too.
