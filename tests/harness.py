@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import psutil
 import requests
 
-from naived.tree.supervisor import die_with_parent
+from naived.tree.process import die_with_parent
 
 BIN = Path(sys.executable).parent
 # Every daemon a test starts dies with the test process (PR_SET_PDEATHSIG, surviving exec), so a

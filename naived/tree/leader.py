@@ -55,7 +55,8 @@ from naived.core.messages import (
     leader_request_decoder,
 )
 from naived.store.sqlite import Store, record_prefix, registry_path, store_path
-from naived.tree.supervisor import EXIT_GAVE_UP, Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor, last_words
+from naived.tree.process import last_words
+from naived.tree.supervisor import EXIT_GAVE_UP, Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor
 from naived.core.symbols import SymbolFilters, filters_from_exchange_info
 
 log = logging.getLogger(__name__)

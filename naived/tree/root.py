@@ -75,7 +75,8 @@ from naived.core.messages import (
 from naived.ops.metrics import Metrics, MetricsEndpoint, RateLimitedLog
 from naived.store.ownership import Holder
 from naived.store.sqlite import Store, recorded_prefixes, registry_path, store_path
-from naived.tree.supervisor import Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor, merge_identical_pages
+from naived.tree.process import merge_identical_pages
+from naived.tree.supervisor import Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor
 from naived.core.symbols import SymbolFilters, trading_filters
 
 log = logging.getLogger(__name__)
