@@ -9,19 +9,20 @@ symbol's store for `history`. The root is the error kernel's last line:
   symbol is checked against the symbol table, the leaders push their status up
   (PUSH/PULL, latest only), and a store is read by a worker child that dies in
   its place if the file is bad;
-- every control request is answered, whatever its frames hold (a ROUTER socket:
-  the reply can wait for a worker without blocking the loop);
+- every control request is answered, whatever its frames hold (`control.py`);
 - a symbol whose supervisor gave up is marked `failed` with the reason its
   processes left as last words; the root never crash-loops and keeps serving
   the other symbols;
 - every port it needs is bound before READY=1: a port in use is one line and
   exit status 1, not a restart loop.
+
+What trades and how is kept in the trading set (naived/store/trading_set.py); the Prometheus text
+of the tree is `metrics.py`'s.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import signal
@@ -29,8 +30,6 @@ import socket
 import sqlite3
 import time
 from dataclasses import dataclass
-from decimal import Decimal
-from pathlib import Path
 
 import msgspec
 import setproctitle
@@ -67,13 +66,15 @@ from naived.core.messages import (
     TraderState,
     TreeStatus,
     WorkerReply,
-    control_request_decoder,
     encode,
     leader_reply_decoder,
     root_report_decoder,
 )
-from naived.ops.metrics import Metrics, MetricsEndpoint, RateLimitedLog
+from naived.ops.metrics import MetricsEndpoint
 from naived.store.ownership import Holder
+from naived.store.trading_set import TradingSet
+from naived.tree import metrics as tree_metrics
+from naived.tree.control import ControlServer
 from naived.store.sqlite import Store, recorded_prefixes, registry_path, store_path
 from naived.tree.process import merge_identical_pages
 from naived.tree.supervisor import Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor
@@ -90,11 +91,6 @@ FILTERS_RETRY = 30.0  # ...after a fetch that failed
 FILTERS_DEADLINE = 30.0  # a fetch retries this long, then fails
 WORKER = "worker-"  # key prefix of the root's short-lived workers
 WORKER_ANSWER_GRACE = 2.0  # seconds for a worker's pushed answer to arrive after its exit
-# Control requests are a few dozen bytes: a larger frame is dropped by libzmq, which disconnects
-# its sender, before it costs the root any memory or time.
-CONTROL_MAX_BYTES = 64 * 1024
-CONTROL_FRAMES = 4  # a request is [identity, "", body]: a fourth frame already makes it malformed
-CONTROL_FRAMES_PER_TURN = 8192  # ~3 ms of the loop
 REPORTS_PER_TURN = 1000  # drained per wake-up, so a flood of reports cannot starve the control socket
 
 
@@ -106,51 +102,6 @@ class StartError(Exception):
 class SymbolEntry:
     state: str = "running"  # running | shutting-down | failed
     error: str | None = None
-
-
-class TradingSet:
-    """Symbols that are trading and how (running or shutting down), on disk for autostart."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.modes: dict[str, str] = {}
-        self.problem: str | None = None  # an unreadable file, said in status until naived restarts
-        try:
-            raw = json.loads(path.read_text())
-            # An older naived wrote a plain list of running symbols.
-            self.modes = {check_symbol(s): "running" for s in raw} if isinstance(raw, list) else {
-                check_symbol(s): ("shutting-down" if m == "shutting-down" else "running") for s, m in raw.items()
-            }
-        except FileNotFoundError:
-            pass
-        except (ValueError, AttributeError, TypeError) as exc:  # not ours to lose: keep it for the user
-            # An emptied file is as unreadable as a foreign one: never silently an empty set.
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            os.replace(path, aside)
-            self.problem = (f"the trading set {path} was unreadable ({str(exc)[:80] or type(exc).__name__}); moved to "
-                            f"{aside.name}, no symbol autostarted from it: start the symbols again (naivectl start-trading)")
-            log.error("%s", self.problem)
-
-    def set(self, symbol: str, mode: str | None) -> None:
-        """Record a symbol's mode on disk; an OSError (a read-only or full state dir) leaves both
-        the file and the modes in memory as they were."""
-        modes = dict(self.modes)
-        if mode is None:
-            modes.pop(symbol, None)
-        else:
-            modes[symbol] = mode
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(dict(sorted(modes.items()))))
-            f.flush()
-            os.fsync(f.fileno())  # else a power cut after the rename may leave an empty file
-        os.replace(tmp, self.path)  # atomic: a crash leaves the old or the new list
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself
-        finally:
-            os.close(directory)
-        self.modes = modes
 
 
 def _listen(host: str, port: int, what: str, key: str) -> socket.socket:
@@ -180,14 +131,11 @@ class Root(Role):
         except OSError as exc:
             raise StartError(f"cannot create the rate budget {config.budget_path}: {exc.strerror}") from None
         try:
-            self.control = bind(self.ctx, zmq.ROUTER, config.control_endpoint, max_message_bytes=CONTROL_MAX_BYTES)
+            self.control = ControlServer(self.ctx, config.control_endpoint, self.dispatch)
             self.reports = bind(self.ctx, zmq.PULL, config.reports_endpoint)
         except zmq.ZMQError as exc:
             raise StartError(f"cannot bind {config.control_endpoint}: {exc}") from None
-        self.supervisor.watch(self.control, self.on_control)
-        self.control_refused = 0  # malformed control requests answered with an Error
-        self.control_skipping = False  # discarding the rest of a message with too many frames
-        self.control_log = RateLimitedLog(log)
+        self.supervisor.watch(self.control.socket, self.control.on_readable)
         self.supervisor.watch(self.reports, self.on_reports)
         self.paper_listener: socket.socket | None = None
         self.paper_ws_listener: socket.socket | None = None
@@ -328,7 +276,7 @@ class Root(Role):
                 if status.normal:  # it answered and exited; the answer is still on its way
                     self.late[request_id] = time.monotonic() + WORKER_ANSWER_GRACE
                 else:
-                    self.reply(self.pending.pop(request_id), Error(f"could not read the store: {status.reason()}"))
+                    self.control.reply(self.pending.pop(request_id), Error(f"could not read the store: {status.reason()}"))
             return "forget"
         if key == ACCOUNT_STREAM:
             self.stream_due = None  # its successor's first word starts the watch again
@@ -378,7 +326,7 @@ class Root(Role):
                 case LeaderStatus(symbol=symbol) if symbol in self.symbols:
                     self.leaders[symbol] = report
                 case WorkerReply(request_id, reply) if request_id in self.pending:
-                    self.reply(self.pending.pop(request_id), reply)
+                    self.control.reply(self.pending.pop(request_id), reply)
                 case StreamAlive(within, dropped):
                     self.stream_due = time.monotonic() + within + self.config.account_stream.heartbeat_seconds
                     self.stream_dropped = dropped
@@ -389,65 +337,6 @@ class Root(Role):
                     log.info("exchange filters of %d symbols fetched", len(self.filters))
 
     # --- control requests --------------------------------------------------------------
-
-    def on_control(self) -> None:
-        frames = self._control_frames()
-        if frames is None:
-            return  # still discarding the frames of a message too long to be a request
-        # A REQ client's message is [identity, b"", body]; anything else is refused, not fatal.
-        if frames[1:2] == [b""]:
-            envelope, body = frames[:2], frames[2:]
-        else:  # a DEALER or raw client: no delimiter
-            envelope, body = frames[:1], frames[1:]
-        if len(body) != 1:
-            self.control_refused += 1
-            self.control_log.warning("control: refused a request of %s frames", f"{len(body)}+" if self.control_skipping else len(body))
-            self.reply(envelope, Error(f"bad request: expected one frame, got {len(body)}{'+' if self.control_skipping else ''}"))
-            return
-        try:
-            req = control_request_decoder.decode(body[0])
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self.control_refused += 1
-            self.control_log.warning("control: refused a malformed request: %s", exc)
-            self.reply(envelope, Error(f"bad request: {exc}"))
-            return
-        try:
-            reply = self.dispatch(req, envelope)
-        except ValueError as exc:
-            reply = Error(str(exc))
-        except Exception as exc:
-            log.exception("control: %s failed", type(req).__name__)
-            reply = Error(f"naived could not handle {type(req).__name__}: {exc}")
-        if reply is not None:
-            self.reply(envelope, reply)
-
-    def _control_frames(self) -> list[bytes] | None:
-        """The next message's first CONTROL_FRAMES frames, or None while the rest of a longer one is
-        discarded, CONTROL_FRAMES_PER_TURN at a time: a message of a million empty frames (each
-        within MAXMSGSIZE) would otherwise hold the loop for a second in recv_multipart."""
-        frames: list[bytes] = []
-        for _ in range(CONTROL_FRAMES_PER_TURN):
-            try:
-                frame = self.control.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return None
-            more = self.control.getsockopt(zmq.RCVMORE)
-            if self.control_skipping:
-                self.control_skipping = bool(more)
-                continue
-            frames.append(frame)
-            if not more:
-                return frames
-            if len(frames) == CONTROL_FRAMES:
-                self.control_skipping = True  # refused now (it has too many frames); the rest is dropped in later turns
-                return frames
-        return None
-
-    def reply(self, envelope: list[bytes], reply: msgspec.Struct) -> None:
-        try:
-            self.control.send_multipart([*envelope, encode(reply)], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # the client went away: its loss
-            log.info("control: reply not delivered: %s", exc)
 
     def dispatch(self, req: ControlRequest, envelope: list[bytes]) -> msgspec.Struct | None:
         match req:
@@ -564,82 +453,9 @@ class Root(Role):
         )
 
     def collect_metrics(self) -> str:
-        tree = self.status(None)
-        m = Metrics()
-        m.add("naive_up", "gauge", "1 while naived answers", 1)
-        m.add("naive_control_refused_total", "counter", "control requests refused as malformed (answered with an error)",
-              self.control_refused)
-        for reason in sorted(set(self.stream_dropped) | set(self.stream_dropped_before)):
-            m.add("naive_account_events_dropped_total", "counter", "user data stream events dropped at the account stream's check",
-                  self.stream_dropped.get(reason, 0) + self.stream_dropped_before.get(reason, 0), reason=reason)
-        restarts = "naive_restarts_total"
-        restarts_help = "process restarts by level of the tree"
-        if tree.paper_exchange is not None:
-            m.add(restarts, "counter", restarts_help, tree.paper_exchange.restarts, level="paper_exchange", symbol="")
-        if tree.account_stream is not None:
-            m.add(restarts, "counter", restarts_help, tree.account_stream.restarts, level="account_stream", symbol="")
-        weight = 0
-        for sym in tree.symbols:
-            m.add("naive_symbol_state", "gauge", "1 for the state each symbol is in", 1, symbol=sym.symbol, state=sym.state)
-            m.add(restarts, "counter", restarts_help, sym.supervisor.restarts, level="symbol_supervisor", symbol=sym.symbol)
-            leader = sym.leader
-            if leader is None:
-                continue
-            c = leader.counters
-            m.add(restarts, "counter", restarts_help, max(0, c.get("leader_starts", 1) - 1), level="leader", symbol=sym.symbol)
-            m.add(restarts, "counter", restarts_help, sum(t.restarts for t in leader.traders), level="trader", symbol=sym.symbol)
-            by_status: dict[str, int] = {}
-            for t in leader.traders:
-                status = t.state.status if t.state else "new"
-                by_status[status] = by_status.get(status, 0) + 1
-            for status, n in sorted(by_status.items()):
-                m.add("naive_traders", "gauge", "traders by the state of their cycle", n, symbol=sym.symbol, status=status)
-            m.add("naive_orders_placed_total", "counter", "orders placed", c.get("orders_placed", 0), symbol=sym.symbol)
-            m.add("naive_orders_filled_total", "counter", "orders filled", c.get("orders_filled", 0), symbol=sym.symbol)
-            m.add("naive_intents_unknown_total", "counter", "order placements whose outcome was unknown", c.get("intents_unknown", 0), symbol=sym.symbol)
-            pending = sum(1 for t in leader.traders if t.state and t.state.intent and t.state.intent.unknown)
-            m.add("naive_intents_unknown", "gauge", "unknown outcomes not yet resolved", pending, symbol=sym.symbol)
-            m.add("naive_order_drift", "gauge", "orders the exchange and the traders disagree on, at the leader's start", c.get("drift", 0), symbol=sym.symbol)
-            m.add("naive_cycles_finished_total", "counter", "cycles finished", leader.cycles_finished, symbol=sym.symbol)
-            for reason, n in sorted(leader.market_dropped.items()):
-                m.add("naive_market_frames_dropped_total", "counter", "market frames the traders dropped (naived/market/gate.py), by reason",
-                      n, symbol=sym.symbol, reason=reason)
-            # Decimal strings from the store, summed once per finished cycle (quote asset of the symbol).
-            m.add("naive_fees_quote_total", "counter", "fees paid by finished cycles, valued in the quote asset",
-                  Decimal(leader.books.get("fees_quote", "0")), symbol=sym.symbol)
-            m.add("naive_realised_pnl_quote", "gauge", "realised profit and loss of finished cycles, in the quote asset",
-                  Decimal(leader.books.get("pnl_quote", "0")), symbol=sym.symbol)
-            weight = max(weight, leader.used_weight)
-        m.add("naive_exchange_used_weight", "gauge", "X-MBX-USED-WEIGHT-1M last seen by a trader", weight)
-        orphans = dict.fromkeys((s.symbol for s in tree.symbols), 0)
-        for order in tree.orphans:
-            orphans[order.symbol] = orphans.get(order.symbol, 0) + 1
-        for symbol, n in sorted(orphans.items()):
-            m.add("naive_orphan_orders", "gauge", "open orders with this install's id prefix that no trader owns", n, symbol=symbol)
-        self._budget_metrics(m)
-        return m.render()
-
-    def _budget_metrics(self, m: Metrics) -> None:
-        """The host's shared rate budget, read without blocking; a missing or bad file only
-        leaves these gauges out (the traders' own opening of it says what is wrong)."""
-        try:
-            b = rate_budget.snapshot(self.config.budget_path)
-        except Exception as exc:  # never let a metrics scrape take the root down
-            log.warning("rate budget unreadable: %s", exc)
-            return
-        if b is None:
-            return
-        limits = self.config.exchange
-        m.add("naive_budget_weight_used", "gauge", "request weight of this minute, host-wide: Binance's figure plus what was sent since, or our count", b.weight)
-        m.add("naive_budget_weight_header", "gauge", "largest X-MBX-USED-WEIGHT-1M seen this minute by any process", b.weight_header)
-        m.add("naive_budget_weight_limit", "gauge", "[exchange] weight_budget_per_minute (Binance: 6000 per IP)", limits.weight_budget_per_minute)
-        m.add("naive_budget_orders_10s", "gauge", "orders placed in this 10 s window, host-wide", b.orders)
-        m.add("naive_budget_orders_day", "gauge", "orders placed today (UTC), host-wide", max(b.orders_day, b.orders_day_header))
-        remaining = b.ban_remaining(time.monotonic_ns())
-        m.add("naive_budget_banned_seconds", "gauge", "seconds until a 429/418 Retry-After has passed; nothing is sent before", round(remaining, 3))
-        m.add("naive_budget_ban_status", "gauge", "418 (banned) or 429 while the host holds its requests for it, else 0", b.ban_status if remaining > 0 else 0)
-        m.add("naive_budget_limited_total", "counter", "429/418 answers seen by any process", b.limited_total)
-        m.add("naive_budget_held_total", "counter", "requests the host's budget held back (never sent)", b.held_total)
+        dropped = {reason: self.stream_dropped.get(reason, 0) + self.stream_dropped_before.get(reason, 0)
+                   for reason in set(self.stream_dropped) | set(self.stream_dropped_before)}
+        return tree_metrics.render(self.config, self.status(None), self.control.refused, dropped)
 
     def status_line(self) -> str:
         running = sum(1 for e in self.symbols.values() if e.state != "failed")
@@ -707,7 +523,7 @@ class Root(Role):
                 del self.late[request_id]
             elif now >= deadline:
                 del self.late[request_id]
-                self.reply(self.pending.pop(request_id), Error("the store reader exited without an answer"))
+                self.control.reply(self.pending.pop(request_id), Error("the store reader exited without an answer"))
         # Healthy = this loop turns and the paper exchange has not given up; otherwise systemd's
         # watchdog restarts naived as a whole.
         self.watchdog.tick(self.paper_failed is None, self.status_line)
@@ -741,7 +557,7 @@ class Root(Role):
         self.supervisor.stop_all(keep=frozenset({PAPER, ACCOUNT_STREAM}))
 
     def on_stop(self) -> None:
-        for sock in (self.control, self.reports):
+        for sock in (self.control.socket, self.reports):
             sock.close()
         for endpoint in (self.config.control_endpoint, self.config.reports_endpoint):
             path = ipc_path(endpoint)
