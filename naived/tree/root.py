@@ -2,8 +2,8 @@
 
 A `Role` in the one supervising loop (`supervisor.py`). Its children: the paper
 exchange and the account stream (permanent) and one symbol supervisor per traded symbol (transient,
-restart intensity counted per symbol), plus short-lived workers that read a
-symbol's store for `history`. The root is the error kernel's last line:
+restart intensity counted per symbol), plus short-lived workers (`workers.py`): every symbol's
+filters, every symbol's open orders, a symbol's history. The root is the error kernel's last line:
 
 - it never talks to the exchange and never opens another role's files: a
   symbol is checked against the symbol table, the leaders push their status up
@@ -27,33 +27,25 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import msgspec
 import setproctitle
 import zmq
 
-from naived.exchange import budget as rate_budget
-from naived.tree import account_stream
-from naived.exchange import binance as exchange
-from naived.ops import sdnotify
-from naived.core import strategy
-from naived.tree import symbol_supervisor
-from naived.tree import trader
-from naived.core import validate
+from naived.core import strategy, validate
 from naived.core.config import Config, check_symbol, reload_config
-from naived.tree.ipc import bind, ipc_path, request
 from naived.core.messages import (
+    Ack,
     ControlRequest,
     Error,
     ExchangeFilters,
-    History,
     HistoryRequest,
     LeaderStatus,
     Ok,
-    OpenOrdersFetched,
     OrphanOrder,
     OrphansFound,
     ProcessInfo,
@@ -63,22 +55,33 @@ from naived.core.messages import (
     StopTrading,
     StreamAlive,
     SymbolStatus,
-    TraderState,
     TreeStatus,
     WorkerReply,
     encode,
-    leader_reply_decoder,
     root_report_decoder,
+    worker_report_decoder,
 )
+from naived.core.symbols import SymbolFilters
+from naived.exchange import budget as rate_budget
+from naived.ops import sdnotify
 from naived.ops.metrics import MetricsEndpoint
 from naived.store.ownership import Holder
+from naived.store.sqlite import store_path
 from naived.store.trading_set import TradingSet
+from naived.tree import account_stream, symbol_supervisor, trader, workers
 from naived.tree import metrics as tree_metrics
 from naived.tree.control import ControlServer
-from naived.store.sqlite import Store, recorded_prefixes, registry_path, store_path
+from naived.tree.ipc import bind, ipc_path, request
 from naived.tree.process import merge_identical_pages
-from naived.tree.supervisor import Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor
-from naived.core.symbols import SymbolFilters, trading_filters
+from naived.tree.supervisor import (
+    Child,
+    ChildSpec,
+    Decision,
+    Exit,
+    ExitStatus,
+    Role,
+    Supervisor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +91,9 @@ EXCHANGE_INFO = "exchange-info"  # the worker that fetches every symbol's filter
 RECONCILE = "reconcile"  # the worker that checks every symbol's open orders at once
 FILTERS_REFRESH = 3600.0  # seconds between two fetches of every symbol's filters
 FILTERS_RETRY = 30.0  # ...after a fetch that failed
-FILTERS_DEADLINE = 30.0  # a fetch retries this long, then fails
-WORKER = "worker-"  # key prefix of the root's short-lived workers
-WORKER_ANSWER_GRACE = 2.0  # seconds for a worker's pushed answer to arrive after its exit
 REPORTS_PER_TURN = 1000  # drained per wake-up, so a flood of reports cannot starve the control socket
+
+T = TypeVar("T")
 
 
 class StartError(Exception):
@@ -133,10 +135,12 @@ class Root(Role):
         try:
             self.control = ControlServer(self.ctx, config.control_endpoint, self.dispatch)
             self.reports = bind(self.ctx, zmq.PULL, config.reports_endpoint)
+            self.worker_reports = bind(self.ctx, zmq.REP, config.workers_endpoint)
         except zmq.ZMQError as exc:
             raise StartError(f"cannot bind {config.control_endpoint}: {exc}") from None
         self.supervisor.watch(self.control.socket, self.control.on_readable)
         self.supervisor.watch(self.reports, self.on_reports)
+        self.supervisor.watch(self.worker_reports, self.on_worker_reports)
         self.paper_listener: socket.socket | None = None
         self.paper_ws_listener: socket.socket | None = None
         if config.naived.exchange == "paper":
@@ -166,8 +170,8 @@ class Root(Role):
         self.trading = TradingSet(config.state_dir / "trading.json")
         self.paper_failed: str | None = None
         self.account_stream_failed: str | None = None
-        self.pending: dict[int, list[bytes]] = {}  # worker request id -> the client's envelope
-        self.late: dict[int, float] = {}  # request id -> deadline, for workers that exited before their answer came
+        self.pending: dict[int, list[bytes]] = {}  # history request id -> the client's envelope, until answered
+        self.readers: dict[str, int] = {}  # a history worker's key -> the request id it answers
         self.request_ids = itertools.count(1)
         self.watchdog = sdnotify.Watchdog()
         self.draining = False  # SIGUSR1: every symbol shuts down, then naived exits 0
@@ -215,7 +219,7 @@ class Root(Role):
 
     def start_exchange_info(self) -> None:
         self.next_filters = None
-        self.supervisor.start(ChildSpec(EXCHANGE_INFO, "exchange-info", lambda: fetch_filters(self.config), "temporary"))
+        self.supervisor.start(ChildSpec(EXCHANGE_INFO, "exchange-info", lambda: workers.fetch_filters(self.config), "temporary"))
 
     def open_orders_known(self) -> dict[str, tuple[str, set[str]]]:
         """Per symbol, the id prefix and the orders its traders last said are open (as pushed up)."""
@@ -228,7 +232,7 @@ class Root(Role):
 
     def owned_ids(self) -> set[str]:
         """Every client order id the running traders' states name (as the leaders last pushed them)."""
-        return {cid for leader in self.leaders.values() for t in leader.traders if t.state for cid in named_ids(t.state)}
+        return {cid for leader in self.leaders.values() for t in leader.traders if t.state for cid in workers.named_ids(t.state)}
 
     def start_reconcile(self) -> None:
         """Every reconcile_seconds: one openOrders call for every symbol (weight 80, not 6 per
@@ -239,7 +243,7 @@ class Root(Role):
         self.next_reconcile = time.monotonic() + self.config.naived.reconcile_seconds
         known, owned, reporting = self.open_orders_known(), self.owned_ids(), frozenset(self.leaders)
         if RECONCILE not in self.supervisor.children:
-            self.supervisor.start(ChildSpec(RECONCILE, "reconcile", lambda: reconcile_all(self.config, known, owned, reporting),
+            self.supervisor.start(ChildSpec(RECONCILE, "reconcile", lambda: workers.reconcile_all(self.config, known, owned, reporting),
                                             "temporary"))
 
     def on_orphans(self, found: list[OrphanOrder]) -> None:
@@ -269,14 +273,11 @@ class Root(Role):
                 log.warning("fetching every symbol's filters failed (%s); leaders fetch their own meanwhile", status.reason())
             self.next_filters = time.monotonic() + (FILTERS_REFRESH if status.normal else FILTERS_RETRY)
             return None  # temporary
-        if key.startswith(WORKER):
-            request_id = int(key.removeprefix(WORKER))
-            self.on_reports()  # its answer may be waiting on the report socket
-            if request_id in self.pending:
-                if status.normal:  # it answered and exited; the answer is still on its way
-                    self.late[request_id] = time.monotonic() + WORKER_ANSWER_GRACE
-                else:
-                    self.control.reply(self.pending.pop(request_id), Error(f"could not read the store: {status.reason()}"))
+        if key in self.readers:
+            request_id = self.readers.pop(key)
+            if request_id in self.pending:  # a reader that answered was acked, so had its answer taken, before it exited
+                why = "the store reader exited without an answer" if status.normal else f"could not read the store: {status.reason()}"
+                self.control.reply(self.pending.pop(request_id), Error(why))
             return "forget"
         if key == ACCOUNT_STREAM:
             self.stream_due = None  # its successor's first word starts the watch again
@@ -309,14 +310,11 @@ class Root(Role):
             log.error("%s: failed: %s", key, reason)
         return True  # the root never gives up: the other symbols keep trading
 
-    # --- reports pushed by the children -----------------------------------------------
+    # --- what the children tell the root ----------------------------------------------
 
     def on_reports(self) -> None:
-        for _ in range(REPORTS_PER_TURN):
-            try:
-                raw = self.reports.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        """Pushed news (PULL): each leader's status, the account stream's heartbeat."""
+        for raw in _received(self.reports.recv):
             try:
                 report = root_report_decoder.decode(raw)
             except msgspec.DecodeError as exc:
@@ -325,16 +323,34 @@ class Root(Role):
             match report:
                 case LeaderStatus(symbol=symbol) if symbol in self.symbols:
                     self.leaders[symbol] = report
-                case WorkerReply(request_id, reply) if request_id in self.pending:
-                    self.control.reply(self.pending.pop(request_id), reply)
                 case StreamAlive(within, dropped):
                     self.stream_due = time.monotonic() + within + self.config.account_stream.heartbeat_seconds
                     self.stream_dropped = dropped
-                case OrphansFound(orders):
-                    self.on_orphans(orders)
-                case ExchangeFilters(symbols):
-                    self.filters = {f.symbol: f for f in symbols}
-                    log.info("exchange filters of %d symbols fetched", len(self.filters))
+
+    def on_worker_reports(self) -> None:
+        """The workers' answers (REP, `ipc.report`): each is acked once handled, so a worker that
+        exits 0 has had its answer taken."""
+        for frames in _received(self.worker_reports.recv_multipart):
+            try:
+                self.on_worker_report(frames)
+            finally:  # REP's lock-step: every request is acked, or the socket takes no other
+                self.worker_reports.send(encode(Ack()), zmq.NOBLOCK)
+
+    def on_worker_report(self, frames: list[bytes]) -> None:
+        try:
+            report = worker_report_decoder.decode(frames[0]) if len(frames) == 1 else None
+        except msgspec.DecodeError:
+            report = None
+        match report:
+            case None:
+                log.warning("ignored a malformed worker report (%d frames)", len(frames))
+            case WorkerReply(request_id, reply) if request_id in self.pending:
+                self.control.reply(self.pending.pop(request_id), reply)
+            case OrphansFound(orders):
+                self.on_orphans(orders)
+            case ExchangeFilters(symbols):
+                self.filters = {f.symbol: f for f in symbols}
+                log.info("exchange filters of %d symbols fetched", len(self.filters))
 
     # --- control requests --------------------------------------------------------------
 
@@ -404,12 +420,13 @@ class Root(Role):
             return Error(f"{symbol} has never traded here")
         request_id = next(self.request_ids)
         self.pending[request_id] = envelope
-        self.supervisor.start(ChildSpec(
-            key=f"{WORKER}{request_id}",
+        child = self.supervisor.start(ChildSpec(
+            key=f"history-{request_id}",
             title=f"history {symbol}",
-            run=lambda: read_history(self.config, symbol, request_id),
+            run=lambda: workers.read_history(self.config, symbol, request_id),
             restart="temporary",
         ))
+        self.readers[child.spec.key] = request_id
         return None  # answered when the worker reports (or dies)
 
     def status(self, only: str | None) -> TreeStatus:
@@ -488,7 +505,7 @@ class Root(Role):
     def next_tick(self) -> float | None:
         metrics = self.metrics.next_deadline() if self.metrics is not None else None
         return min((t for t in (self.watchdog.deadline(), self.next_filters, self.stream_due, self.next_reconcile,
-                                metrics, *self.late.values())
+                                metrics)
                     if t is not None), default=None)
 
     def shutdown(self) -> None:
@@ -518,12 +535,6 @@ class Root(Role):
             log.warning("account stream: silent past its word; killing pid %d", stream.pid)
             os.kill(stream.pid, signal.SIGKILL)
             self.stream_due = None
-        for request_id, deadline in list(self.late.items()):
-            if request_id not in self.pending:
-                del self.late[request_id]
-            elif now >= deadline:
-                del self.late[request_id]
-                self.control.reply(self.pending.pop(request_id), Error("the store reader exited without an answer"))
         # Healthy = this loop turns and the paper exchange has not given up; otherwise systemd's
         # watchdog restarts naived as a whole.
         self.watchdog.tick(self.paper_failed is None, self.status_line)
@@ -557,14 +568,24 @@ class Root(Role):
         self.supervisor.stop_all(keep=frozenset({PAPER, ACCOUNT_STREAM}))
 
     def on_stop(self) -> None:
-        for sock in (self.control.socket, self.reports):
+        for sock in (self.control.socket, self.reports, self.worker_reports):
             sock.close()
-        for endpoint in (self.config.control_endpoint, self.config.reports_endpoint):
+        for endpoint in (self.config.control_endpoint, self.config.reports_endpoint, self.config.workers_endpoint):
             path = ipc_path(endpoint)
             if path is not None and os.path.exists(path):
                 os.unlink(path)
         self.ctx.term()
         log.info("naived stopped")
+
+
+def _received(recv: Callable[[int], T]) -> Iterator[T]:
+    """What a socket holds now, REPORTS_PER_TURN messages at most: a flood of reports on one
+    socket cannot starve the others (the control socket first of all)."""
+    for _ in range(REPORTS_PER_TURN):
+        try:
+            yield recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
 
 
 def _run_paper_exchange(config: Config, listener: socket.socket, ws_listener: socket.socket) -> int:
@@ -575,101 +596,6 @@ def _run_paper_exchange(config: Config, listener: socket.socket, ws_listener: so
     from naived import paper
 
     return paper.run(config, listener, ws_listener) or 0
-
-
-def fetch_filters(config: Config) -> int:
-    """Worker: every TRADING symbol's filters from one exchangeInfo call, pushed to the root."""
-    client = exchange.client_for(config)
-    info = exchange.patiently(client.exchange_info, FILTERS_DEADLINE, "exchangeInfo of every symbol", final=lambda exc: False)
-    push_report(config, ExchangeFilters(trading_filters(info)))
-    return 0
-
-
-def named_ids(state: TraderState) -> list[str]:
-    """Client order ids a trader's state owns: its orders, its earlier sells, its intent."""
-    orders = [state.buy_order, state.sell_order, *state.sells]
-    return [o.client_order_id for o in orders if o is not None] + ([state.intent.client_order_id] if state.intent else [])
-
-
-def reconcile_all(config: Config, known: dict[str, tuple[str, set[str]]], owned: set[str], reporting: frozenset[str]) -> int:
-    """Worker: the account's open orders (one call), and each leader whose traders wait on an order
-    no longer listed is handed that symbol's list, which it checks against its own state. The
-    orders with an install prefix that no trader owns go to the root (`find_orphans`)."""
-    asked_at = time.time()
-    try:
-        orders = exchange.client_for(config).all_open_orders()
-    except (exchange.BinanceError, exchange.OutcomeUnknown, exchange.RateLimited, OSError) as exc:
-        log.warning("reconcile: the exchange did not list the open orders (%s: %s); next time", type(exc).__name__, exc)
-        return 1
-    listed: dict[str, list[str]] = {}
-    for order in orders:
-        listed.setdefault(order.symbol, []).append(order.clientOrderId)
-    try:
-        push_report(config, OrphansFound(find_orphans(config, orders, owned, reporting)))
-    except sqlite3.Error as exc:
-        log.warning("reconcile: cannot read %s (%s): orphan orders are not looked for", registry_path(config.state_dir), exc)
-    ctx = zmq.Context()
-    for symbol, (prefix, ours) in known.items():
-        at_exchange = listed.get(symbol, [])
-        if not ours - {cid for cid in at_exchange if cid.startswith(f"{prefix}-")}:
-            continue  # nothing missing: the leader is not woken
-        if request(ctx, config.leader_endpoint(symbol), OpenOrdersFetched(at_exchange, asked_at), leader_reply_decoder, 2000) is None:
-            log.warning("%s: reconcile: the leader did not answer", symbol)
-    ctx.term()
-    return 0
-
-
-def find_orphans(config: Config, orders: list[exchange.Listed], owned: set[str], reporting: frozenset[str]) -> list[OrphanOrder]:
-    """The open orders whose prefix this install minted (the registry, naived/store/sqlite.py) that no
-    trader owns: not a running trader's (`owned`, as the root knew them), nor named by a trader
-    state kept in the store of a symbol that is not running (stopped: adopted at its next start).
-    A store that is gone, moved aside or unreadable owns nothing. Raises sqlite3.Error."""
-    prefixes = recorded_prefixes(config.state_dir)
-    stored: dict[str, set[str]] = {}
-    found = []
-    for order in orders:
-        cid = order.clientOrderId
-        minted_for = prefixes.get(cid.split("-", 1)[0])
-        if minted_for is None or cid in owned:
-            continue
-        if minted_for not in reporting:
-            if minted_for not in stored:
-                stored[minted_for] = _stored_ids(config, minted_for)
-            if cid in stored[minted_for]:
-                continue
-        found.append(OrphanOrder(order.symbol, cid, order.side, order.price, order.origQty, order.executedQty, minted_for))
-    return found
-
-
-def _stored_ids(config: Config, symbol: str) -> set[str]:
-    try:
-        store = Store(store_path(config.state_dir, symbol), readonly=True)
-    except (sqlite3.Error, OSError):
-        return set()  # gone or unreadable: it owns nothing
-    try:
-        return {cid for state in store.traders().values() for cid in named_ids(state)}
-    except (sqlite3.Error, msgspec.DecodeError, msgspec.ValidationError):
-        return set()
-    finally:
-        store.close()
-
-
-def push_report(config: Config, report: msgspec.Struct) -> None:
-    """From a worker child, on its own context: one report to the root."""
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 2000)
-    push.connect(config.reports_endpoint)
-    push.send(encode(report))
-    push.close()
-    ctx.term()
-
-
-def read_history(config: Config, symbol: str, request_id: int) -> int:
-    """Worker: a symbol's finished cycles, read-only, pushed to the root."""
-    store = Store(store_path(config.state_dir, symbol), readonly=True)
-    push_report(config, WorkerReply(request_id, History(symbol, store.finished_cycles())))
-    return 0
 
 
 def run(config: Config, owner: Holder | None = None) -> int:
