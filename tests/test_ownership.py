@@ -124,7 +124,7 @@ CHILD_OUTLIVES_ROOT = textwrap.dedent("""
         return 0
 
     child = supervisor.Supervisor("root", Supervision()).start(
-        supervisor.ChildSpec("linger", "linger", linger, "temporary"))
+        supervisor.ChildSpec("linger", "linger", linger, "temporary", kind=supervisor.Kind.TRADER))
     while not Path(sys.argv[2]).exists():
         time.sleep(0.01)
     print(child.pid, flush=True)

@@ -53,7 +53,7 @@ WORKER = textwrap.dedent("""
     from naived.core.config import Supervision
     from naived.core.messages import ExchangeWaiting
     from naived.tree.ipc import report
-    from naived.tree.supervisor import ChildSpec, Exit, Role, Supervisor
+    from naived.tree.supervisor import ChildSpec, Exit, Kind, Role, Supervisor
 
     class Parent(Role):
         def on_exit(self, child, status):
@@ -61,7 +61,8 @@ WORKER = textwrap.dedent("""
             raise Exit("reaped", 0)
 
     sup = Supervisor("test", Supervision())
-    sup.start(ChildSpec("filters", "filters", lambda: report(sys.argv[1], ExchangeWaiting("x"), 200) or 0, "temporary"))
+    sup.start(ChildSpec("filters", "filters", lambda: report(sys.argv[1], ExchangeWaiting("x"), 200) or 0, "temporary",
+                        kind=Kind.FILTERS))
     sys.exit(sup.run(Parent()))
 """)
 

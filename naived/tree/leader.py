@@ -54,7 +54,7 @@ from naived.core.messages import (
 )
 from naived.store.sqlite import Store, record_prefix, registry_path, store_path
 from naived.tree.process import last_words
-from naived.tree.supervisor import EXIT_GAVE_UP, Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor
+from naived.tree.supervisor import EXIT_GAVE_UP, Child, ChildSpec, Decision, Exit, ExitStatus, Kind, Role, Supervisor
 from naived.core.symbols import SymbolFilters
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,7 @@ class Leader(Role):
             title=f"trader {self.symbol}/{trader_id}",
             # Evaluated in the child at fork time: a restart resumes the latest acked state.
             run=lambda: trader.run(self.config, self.states[trader_id]),
+            kind=Kind.TRADER,
         )
 
     def start_trader(self, trader_id: int) -> None:
@@ -197,13 +198,13 @@ class Leader(Role):
         return True
 
     def on_exit(self, child: Child, status: ExitStatus) -> Decision | None:
-        key = child.spec.key
+        kind = child.spec.kind
         self.changed = True
-        if key in (FILTERS, RECONCILE):
-            if key == FILTERS and not status.normal and status.words:
+        if kind is not Kind.TRADER:  # a worker
+            if kind is Kind.FILTERS and not status.normal and status.words:
                 self.waiting_reason = status.words  # e.g. "did not answer for 30s: ..."; retried
             return None  # their restart types decide
-        trader_id = int(key)
+        trader_id = int(child.spec.key)
         self.ready_at.pop(trader_id, None)
         _, dropped = self.dropped_by.pop(trader_id, (0, {}))
         for reason, n in dropped.items():
@@ -237,11 +238,11 @@ class Leader(Role):
             return
         if key == FILTERS:  # transient: a fetch that fails is retried (counted)
             spec = ChildSpec(FILTERS, f"filters {self.symbol}", lambda: workers.fetch_filters(self.config, self.symbol),
-                             "transient")
+                             "transient", kind=Kind.FILTERS)
         else:  # temporary: a check, once
             self.open_when_asked = self.open_ours()
             spec = ChildSpec(RECONCILE, f"reconcile {self.symbol}", lambda: workers.reconcile_symbol(self.config, self.symbol),
-                             "temporary")
+                             "temporary", kind=Kind.RECONCILE)
         self.supervisor.start(spec)
 
     def open_ours(self) -> set[str]:
@@ -356,7 +357,7 @@ class Leader(Role):
         self.start_trader(free)
 
     def traders_running(self) -> list[str]:
-        return [k for k in self.supervisor.children if k.isdigit()]
+        return [child.spec.key for child in self.supervisor.of_kind(Kind.TRADER)]
 
     # --- signals -------------------------------------------------------------------
 

@@ -79,6 +79,7 @@ from naived.tree.supervisor import (
     Decision,
     Exit,
     ExitStatus,
+    Kind,
     Role,
     Supervisor,
 )
@@ -192,6 +193,7 @@ class Root(Role):
             run=lambda: _run_paper_exchange(self.config, listener, ws_listener),
             new_process_group=True,
             keep_fds=(listener.fileno(), ws_listener.fileno()),
+            kind=Kind.PAPER_EXCHANGE,
         ))
 
     def start_account_stream(self) -> None:
@@ -202,6 +204,7 @@ class Root(Role):
             title="account-stream",
             run=lambda: account_stream.run(self.config),
             new_process_group=True,
+            kind=Kind.ACCOUNT_STREAM,
         ))
 
     def start_symbol(self, symbol: str, mode: str = "running") -> None:
@@ -214,12 +217,13 @@ class Root(Role):
                                               self.filters.get(symbol)),
             restart="transient",  # exit 0 = shut down on request
             new_process_group=True,
-            supervises=True,
+            kind=Kind.SYMBOL_SUPERVISOR,
         ))
 
     def start_exchange_info(self) -> None:
         self.next_filters = None
-        self.supervisor.start(ChildSpec(EXCHANGE_INFO, "exchange-info", lambda: workers.fetch_filters(self.config), "temporary"))
+        self.supervisor.start(ChildSpec(EXCHANGE_INFO, "exchange-info", lambda: workers.fetch_filters(self.config), "temporary",
+                                        kind=Kind.FILTERS))
 
     def open_orders_known(self) -> dict[str, tuple[str, set[str]]]:
         """Per symbol, the id prefix and the orders its traders last said are open (as pushed up)."""
@@ -244,7 +248,7 @@ class Root(Role):
         known, owned, reporting = self.open_orders_known(), self.owned_ids(), frozenset(self.leaders)
         if RECONCILE not in self.supervisor.children:
             self.supervisor.start(ChildSpec(RECONCILE, "reconcile", lambda: workers.reconcile_all(self.config, known, owned, reporting),
-                                            "temporary"))
+                                            "temporary", kind=Kind.RECONCILE))
 
     def on_orphans(self, found: list[OrphanOrder]) -> None:
         """The worker's unowned orders, checked again against the traders as known now; one log
@@ -265,49 +269,52 @@ class Root(Role):
         self.orphans, self.orphan_suspects = orphans, set(unowned)
 
     def on_exit(self, child: Child, status: ExitStatus) -> Decision | None:
-        key = child.spec.key
-        if key == RECONCILE:
-            return None  # temporary; a failed check is logged by the loop, the next one comes anyway
-        if key == EXCHANGE_INFO:
-            if not status.normal:
-                log.warning("fetching every symbol's filters failed (%s); leaders fetch their own meanwhile", status.reason())
-            self.next_filters = time.monotonic() + (FILTERS_REFRESH if status.normal else FILTERS_RETRY)
-            return None  # temporary
-        if key in self.readers:
-            request_id = self.readers.pop(key)
-            if request_id in self.pending:  # a reader that answered was acked, so had its answer taken, before it exited
-                why = "the store reader exited without an answer" if status.normal else f"could not read the store: {status.reason()}"
-                self.control.reply(self.pending.pop(request_id), Error(why))
-            return "forget"
-        if key == ACCOUNT_STREAM:
-            self.stream_due = None  # its successor's first word starts the watch again
-            for reason, n in self.stream_dropped.items():
-                self.stream_dropped_before[reason] = self.stream_dropped_before.get(reason, 0) + n
-            self.stream_dropped = {}
-        if key in (PAPER, ACCOUNT_STREAM):
-            return None
-        self.leaders.pop(key, None)
+        match child.spec.kind:
+            case Kind.SYMBOL_SUPERVISOR:
+                return self.on_symbol_exit(child, status)
+            case Kind.ACCOUNT_STREAM:
+                self.stream_due = None  # its successor's first word starts the watch again
+                for reason, n in self.stream_dropped.items():
+                    self.stream_dropped_before[reason] = self.stream_dropped_before.get(reason, 0) + n
+                self.stream_dropped = {}
+            case Kind.FILTERS:
+                if not status.normal:
+                    log.warning("fetching every symbol's filters failed (%s); leaders fetch their own meanwhile", status.reason())
+                self.next_filters = time.monotonic() + (FILTERS_REFRESH if status.normal else FILTERS_RETRY)
+            case Kind.HISTORY:
+                request_id = self.readers.pop(child.spec.key)
+                if request_id in self.pending:  # a reader that answered was acked, so had its answer taken, before it exited
+                    why = "the store reader exited without an answer" if status.normal else f"could not read the store: {status.reason()}"
+                    self.control.reply(self.pending.pop(request_id), Error(why))
+                return "forget"
+        # The paper exchange, the account stream and the reconcile worker: their restart types decide.
+        return None
+
+    def on_symbol_exit(self, child: Child, status: ExitStatus) -> Decision | None:
+        symbol = child.spec.key
+        self.leaders.pop(symbol, None)
         if child.stop_deadline is not None:
             return None  # stop-trading: already forgotten
-        if status.normal and key in self.symbols:
-            log.info("%s: shut down", key)
-            del self.symbols[key]
-            self.trading.set(key, None)
+        if status.normal and symbol in self.symbols:
+            log.info("%s: shut down", symbol)
+            del self.symbols[symbol]
+            self.trading.set(symbol, None)
             return "forget"
         return None
 
     def on_give_up(self, child: Child, status: ExitStatus, reason: str) -> bool:
         key = child.spec.key
-        if key == PAPER:
-            self.paper_failed = reason
-            log.error("%s; orders cannot be placed until naived restarts", reason)
-        elif key == ACCOUNT_STREAM:
-            self.account_stream_failed = reason
-            log.error("%s; traders learn of fills by asking the exchange until naived restarts", reason)
-        elif key in self.symbols:
-            entry = self.symbols[key]
-            entry.state, entry.error = "failed", reason
-            log.error("%s: failed: %s", key, reason)
+        match child.spec.kind:
+            case Kind.PAPER_EXCHANGE:
+                self.paper_failed = reason
+                log.error("%s; orders cannot be placed until naived restarts", reason)
+            case Kind.ACCOUNT_STREAM:
+                self.account_stream_failed = reason
+                log.error("%s; traders learn of fills by asking the exchange until naived restarts", reason)
+            case Kind.SYMBOL_SUPERVISOR if key in self.symbols:
+                entry = self.symbols[key]
+                entry.state, entry.error = "failed", reason
+                log.error("%s: failed: %s", key, reason)
         return True  # the root never gives up: the other symbols keep trading
 
     # --- what the children tell the root ----------------------------------------------
@@ -425,6 +432,7 @@ class Root(Role):
             title=f"history {symbol}",
             run=lambda: workers.read_history(self.config, symbol, request_id),
             restart="temporary",
+            kind=Kind.HISTORY,
         ))
         self.readers[child.spec.key] = request_id
         return None  # answered when the worker reports (or dies)
@@ -491,9 +499,8 @@ class Root(Role):
             return  # refused (logged): nothing changes, and no level below is told to reload
         self.config = new
         self.supervisor.limits = self.config.naived.supervision
-        for key, child in self.supervisor.children.items():
-            if child.spec.supervises:
-                os.kill(child.pid, signal.SIGHUP)
+        for child in self.supervisor.of_kind(Kind.SYMBOL_SUPERVISOR):
+            os.kill(child.pid, signal.SIGHUP)
 
     def reload_problem(self, new: Config) -> str | None:
         """A reload may not take away what a trading symbol needs (its budget, enough of it)."""

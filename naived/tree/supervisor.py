@@ -7,8 +7,9 @@ for its children's exits. What the loop does, at every level:
 - One `poll()` over the role's sockets, every child's pidfd and the signal
   queue. A death is learned at once and reaped here with `waitpid`; no SIGCHLD
   handler, no polling sleep.
-- Children are data (OTP's child spec): key, title, the function the forked
-  child runs, restart type (permanent, transient, temporary), significant or not.
+- Children are data (OTP's child spec): key, title, kind, the function the
+  forked child runs, restart type (permanent, transient, temporary),
+  significant or not. A role dispatches on a child's kind, not on its key.
 - On an exit: the role may decide (a finished cycle, a stopped symbol);
   otherwise the restart type does. Exit status 3 means "I gave up" and is
   escalated at every level: the supervisor stops its children and exits 3
@@ -36,6 +37,7 @@ parent, descriptors, last words) is `process.py`'s; this module keeps the policy
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 import os
@@ -79,6 +81,26 @@ class Exit(Exception):
         self.code = code
 
 
+class Kind(enum.Enum):
+    """What a child is. A role decides what one of its children's exits means by its kind (a
+    finished cycle, a shut-down symbol, a worker's answer), never by its key; and whether the
+    child runs a supervising loop of its own follows from it."""
+
+    PAPER_EXCHANGE = "paper exchange"
+    ACCOUNT_STREAM = "account stream"
+    SYMBOL_SUPERVISOR = "symbol supervisor"
+    LEADER = "leader"
+    TRADER = "trader"
+    FILTERS = "filters worker"  # the exchange's filters: every symbol's (the root's) or one's (a leader's)
+    RECONCILE = "reconcile worker"  # the open orders at the exchange
+    HISTORY = "history worker"  # a symbol's finished cycles, read from its store for a client
+
+    @property
+    def supervises(self) -> bool:
+        """It runs a Supervisor: the handled signals stay blocked until its SignalQueue takes them."""
+        return self in (Kind.SYMBOL_SUPERVISOR, Kind.LEADER)
+
+
 @dataclass(frozen=True)
 class ChildSpec:
     key: str  # unique within one supervisor
@@ -87,8 +109,8 @@ class ChildSpec:
     restart: Restart = "permanent"  # permanent: always; transient: after abnormal exits; temporary: never
     significant: bool = False  # its normal end ends the supervisor (exit 0)
     new_process_group: bool = False  # the child and its descendants are killed together when it dies
-    supervises: bool = False  # it runs a Supervisor: signals stay blocked until its queue takes them
     keep_fds: tuple[int, ...] = ()  # inherited descriptors the child keeps (a listening socket)
+    kind: Kind = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -177,7 +199,7 @@ class Supervisor:
 
     def start(self, spec: ChildSpec) -> Child:
         """Fork a child running `spec.run`; returns in the parent only."""
-        pid, words_fd = fork_child(spec.title, spec.run, spec.new_process_group, spec.supervises, spec.keep_fds)
+        pid, words_fd = fork_child(spec.title, spec.run, spec.new_process_group, spec.kind.supervises, spec.keep_fds)
         pidfd = os.pidfd_open(pid)
         child = Child(spec, pid, pidfd, words_fd, time.time(), self._restarts.get(spec.key, 0))
         self.children[spec.key] = child
@@ -257,6 +279,10 @@ class Supervisor:
             kill_group(child.pid)  # nothing of its group survives it
         log.info("%s: %s pid %d %s", self.name, child.spec.title, child.pid, status.reason())
         return child, status
+
+    def of_kind(self, kind: Kind) -> list[Child]:
+        """The running children of one kind (one being stopped is not running)."""
+        return [c for c in self.children.values() if c.spec.kind is kind]
 
     def restarts(self, key: str) -> int:
         return self._restarts.get(key, 0)
