@@ -40,7 +40,7 @@ def start(config_path: str | None) -> None:
     config = _load(config_path)
     from naived.store import ownership
     from naived.tree import root
-    from naived.tree import supervisor
+    from naived.tree import process
     from naived.core import validate
 
     # Before anything else touches the state directory (the control socket, the paper exchange's
@@ -55,7 +55,7 @@ def start(config_path: str | None) -> None:
         click.echo(f"naived: cannot lock {owner.path}: {exc.strerror}", err=True)
         sys.exit(1)
     assert owner.fd is not None
-    supervisor.inherit_in_tree(owner.fd)
+    process.inherit_in_tree(owner.fd)
     setup_logging("naived")
     problem = validate.config_problem(config)  # check-config refuses the same, by the same function
     if problem is not None:  # e.g. no usable keys: refused before forking anything

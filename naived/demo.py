@@ -26,7 +26,7 @@ import zmq
 from naived.ctl import render
 from naived.tree.ipc import request
 from naived.core.messages import StatusRequest, TreeStatus, control_reply_decoder
-from naived.tree.supervisor import die_with_parent
+from naived.tree.process import die_with_parent
 from naived.core.symbols import lookup
 from naived.ops import processes
 

@@ -24,7 +24,7 @@ import psutil
 import requests
 
 from naived.ops import processes
-from naived.tree.supervisor import die_with_parent
+from naived.tree.process import die_with_parent
 
 BIN = Path(sys.executable).parent
 # Every daemon a test starts dies with the test process (PR_SET_PDEATHSIG, surviving exec), so a

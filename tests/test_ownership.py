@@ -109,13 +109,13 @@ def test_naivectl_tells_a_running_naived_without_its_socket_and_no_second_start_
 CHILD_OUTLIVES_ROOT = textwrap.dedent("""
     import ctypes, os, sys, time
     from pathlib import Path
-    from naived.tree import supervisor
+    from naived.tree import process, supervisor
     from naived.core.config import Supervision
     from naived.store.ownership import StateDirLock
 
     lock = StateDirLock(Path(sys.argv[1]))
     lock.acquire()
-    supervisor.inherit_in_tree(lock.fd)
+    process.inherit_in_tree(lock.fd)
 
     def linger():
         ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # no PR_SET_PDEATHSIG: a child that has not died yet
@@ -124,7 +124,7 @@ CHILD_OUTLIVES_ROOT = textwrap.dedent("""
         return 0
 
     child = supervisor.Supervisor("root", Supervision()).start(
-        supervisor.ChildSpec("linger", "linger", linger, "temporary"))
+        supervisor.ChildSpec("linger", "linger", linger, "temporary", kind=supervisor.Kind.TRADER))
     while not Path(sys.argv[2]).exists():
         time.sleep(0.01)
     print(child.pid, flush=True)

@@ -9,7 +9,7 @@ import textwrap
 SCRIPT = textwrap.dedent("""
     import os, resource
     from naived.core.config import Supervision
-    from naived.tree.supervisor import ChildSpec, Exit, Role, Supervisor
+    from naived.tree.supervisor import ChildSpec, Exit, Kind, Role, Supervisor
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent("""
     sup = Supervisor("test", Supervision())
     role = Count()
     for i in range({children}):
-        sup.start(ChildSpec(str(i), f"child {{i}}", lambda i=i: i % 7, "temporary"))
+        sup.start(ChildSpec(str(i), f"child {{i}}", lambda i=i: i % 7, "temporary", kind=Kind.TRADER))
     print(sup.run(role), sorted(role.exits, key=lambda e: int(e[0])) == [(str(i), i % 7) for i in range({children})])
 """)
 
@@ -43,3 +43,37 @@ def test_children_are_reaped_whatever_their_pidfd_numbers() -> None:
     result = run(held=1100, children=50)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["0", "True"]
+
+
+KINDS = textwrap.dedent("""
+    import signal
+    from naived.core.config import Supervision
+    from naived.tree.supervisor import ChildSpec, Exit, Kind, Role, Supervisor
+
+    def blocked():  # exit status 1 when SIGTERM is still blocked in the child, else 0
+        return int(signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+    class Collect(Role):
+        def __init__(self):
+            self.codes = {}
+
+        def on_exit(self, child, status):
+            self.codes[child.spec.kind.name] = status.code
+            if len(self.codes) == len(Kind):
+                raise Exit("all reaped", 0)
+            return "forget"
+
+    sup = Supervisor("test", Supervision())
+    for kind in Kind:
+        sup.start(ChildSpec(kind.name, kind.value, blocked, "temporary", kind=kind))
+    role = Collect()
+    sup.run(role)
+    print(" ".join(sorted(k for k, code in role.codes.items() if code == 1)))
+""")
+
+
+def test_a_child_of_a_supervising_kind_keeps_the_handled_signals_blocked_for_its_own_loop() -> None:
+    # its SignalQueue unblocks them once it handles them; any other child gets them unblocked at once
+    result = subprocess.run([sys.executable, "-c", KINDS], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["LEADER", "SYMBOL_SUPERVISOR"]

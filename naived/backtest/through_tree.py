@@ -51,7 +51,7 @@ from naived.core.symbols import table
 from naived.ops import processes
 from naived.ops.progress import ProgressBar
 from naived.tree.ipc import request
-from naived.tree.supervisor import die_with_parent
+from naived.tree.process import die_with_parent
 
 SETTLE_SECONDS = 1.5  # the traders' states unchanged this long after the last trade: done
 STOP_TIMEOUT = 15.0

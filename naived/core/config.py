@@ -497,8 +497,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
 
     @property
     def reports_endpoint(self) -> str:
-        """The root's PULL socket: leaders push their status, workers their answers."""
+        """The root's PULL socket: leaders push their status, the account stream its heartbeat."""
         return f"ipc://{self.runtime_dir / 'naived-reports.sock'}"
+
+    @property
+    def workers_endpoint(self) -> str:
+        """The root's REP socket: its workers hand their answers over (naived/tree/ipc.py report)."""
+        return f"ipc://{self.runtime_dir / 'naived-workers.sock'}"
 
     @property
     def control_endpoint(self) -> str:

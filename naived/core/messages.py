@@ -437,7 +437,7 @@ class History(msgspec.Struct, tag=True):
     cycles: list[TraderState]
 
 
-# --- children -> root (PUSH/PULL), answers to the root's questions or news it keeps ---------
+# --- children -> root: news it keeps (PUSH/PULL), its workers' answers (REQ/REP, ipc.report) ---
 
 
 class WorkerReply(msgspec.Struct, tag=True):
@@ -469,7 +469,8 @@ class OrphansFound(msgspec.Struct, tag=True):
     orders: list[OrphanOrder]
 
 
-RootReport = LeaderStatus | WorkerReply | ExchangeFilters | StreamAlive | OrphansFound
+RootReport = LeaderStatus | StreamAlive  # pushed by the leaders and the account stream
+WorkerReport = WorkerReply | ExchangeFilters | OrphansFound  # the root's workers' answers
 
 
 ControlReply = Ok | Error | TreeStatus | History
@@ -489,3 +490,4 @@ leader_reply_decoder = msgspec.msgpack.Decoder(LeaderReply)
 control_request_decoder = msgspec.msgpack.Decoder(ControlRequest)
 control_reply_decoder = msgspec.msgpack.Decoder(ControlReply)
 root_report_decoder = msgspec.msgpack.Decoder(RootReport)
+worker_report_decoder = msgspec.msgpack.Decoder(WorkerReport)

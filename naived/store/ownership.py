@@ -12,7 +12,7 @@ implementation of it. The single-host one is `StateDirLock`:
   drops it when the last descriptor of its open file description closes, so a `kill -9` leaves
   no stale lock. The file's text names the holder (pid, host, token, since), for people and for
   `naivectl`; the flock, not the text, says whether it is held.
-- Every process of the tree keeps the root's descriptor (supervisor.inherit_in_tree): the lock is
+- Every process of the tree keeps the root's descriptor (process.inherit_in_tree): the lock is
   released only when the last process of the tree is gone, not when the root is. A root killed
   with -9 takes its children with it (PR_SET_PDEATHSIG, level by level, in milliseconds), but
   until the last trader has died it may still be sending an order; a new root must not start

@@ -61,7 +61,7 @@ def store_path(state_dir: Path, symbol: str) -> Path:
 # --- the install's record of every id prefix it minted -----------------------------------------
 # A store moved aside (or lost) takes its prefix with it; its orders at the exchange are still
 # this install's. So every prefix is recorded here, at the state directory's level, durably and
-# before any order can carry it: the root's reconcile knows them all (naived/tree/root.py, orphans).
+# before any order can carry it: the root's reconcile knows them all (naived/tree/workers.py, find_orphans).
 
 _PREFIX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS id_prefixes (

@@ -1,4 +1,4 @@
-"""ZeroMQ request/reply plumbing shared by the root, the leaders and naivectl."""
+"""ZeroMQ request/reply plumbing shared by the root, the leaders, their workers and naivectl."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import os
 import msgspec
 import zmq
 
-from naived.core.messages import encode
+from naived.core.messages import Ack, encode
+
+REPORT_TIMEOUT_MS = 5000  # a worker whose report is not taken by then exits 1 (its supervisor decides)
+_ack_decoder = msgspec.msgpack.Decoder(Ack)
 
 
 def bind_rep(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
@@ -54,3 +57,27 @@ def request(
         return decoder.decode(socket.recv())
     finally:
         socket.close()
+
+
+class Unanswered(SystemExit):
+    """A report nobody took in time. Uncaught in a worker it ends the worker (exit status 1) with
+    the reason as its last words; then the worker's restart type decides."""
+
+
+def report(endpoint: str, message: msgspec.Struct, timeout_ms: int = REPORT_TIMEOUT_MS) -> None:
+    """From a forked worker: one message up to the process that waits for it (its supervisor's
+    socket, or a leader's for the root's reconcile), returning once that process has handled it.
+
+    The one worker channel: a REQ socket on a context of the worker's own (a child never uses its
+    parent's ZeroMQ context or sockets), one msgpack frame, an `Ack` once handled. A request and
+    its ack rather than a PUSH, because the worker is short-lived and its exit is what its
+    supervisor reacts to: with the ack, an exit 0 means the answer was handed over and handled
+    (no grace period for an answer still in flight when the worker is reaped), and a supervisor
+    that did not take it (restarting, hung) makes the worker fail, loudly, instead of the answer
+    vanishing with the worker's socket. It is also what the leader's REP socket already speaks."""
+    ctx = zmq.Context()
+    try:
+        if request(ctx, endpoint, message, _ack_decoder, timeout_ms) is None:
+            raise Unanswered(f"{endpoint} did not take {type(message).__name__} within {timeout_ms / 1000:g}s")
+    finally:
+        ctx.term()

@@ -8,7 +8,7 @@ started again from its last state.
 
 The leader supervises, so it never talks to the exchange itself: the symbol's
 filters and the reconciliation of open orders are fetched by short-lived
-worker children that report back over the leader's own socket. Their failures
+worker children (`workers.py`) that report back over the leader's own socket. Their failures
 are theirs: retried, counted against the restart intensity, and a symbol the
 exchange does not list gives up (exit 3) with that reason.
 
@@ -27,9 +27,8 @@ import time
 import msgspec
 import zmq
 
-from naived.exchange import binance as exchange
 from naived.core import cycles, strategy
-from naived.tree import trader
+from naived.tree import trader, workers
 from naived.core import validate
 from naived.core.config import Config, reload_config
 from naived.tree.ipc import bind, bind_rep
@@ -51,18 +50,16 @@ from naived.core.messages import (
     TraderState,
     check_topic,
     encode,
-    leader_reply_decoder,
     leader_request_decoder,
 )
 from naived.store.sqlite import Store, record_prefix, registry_path, store_path
-from naived.tree.supervisor import EXIT_GAVE_UP, Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor, last_words
-from naived.core.symbols import SymbolFilters, filters_from_exchange_info
+from naived.tree.process import last_words
+from naived.tree.supervisor import EXIT_GAVE_UP, Child, ChildSpec, Decision, Exit, ExitStatus, Kind, Role, Supervisor
+from naived.core.symbols import SymbolFilters
 
 log = logging.getLogger(__name__)
 
-FILTERS_DEADLINE = 30.0  # a filters worker retries this long, then fails (and is restarted, counted)
-WORKER_REQUEST_TIMEOUT_MS = 5000
-FILTERS, RECONCILE = "filters", "reconcile"
+FILTERS, RECONCILE = "filters", "reconcile"  # the keys of the leader's workers
 REPORT_RETRY = 0.1  # seconds: a status the root's socket did not take is sent again this soon
 
 COUNTERS = ("leader_starts", "orders_placed", "orders_filled", "intents_unknown", "drift")
@@ -158,6 +155,7 @@ class Leader(Role):
             title=f"trader {self.symbol}/{trader_id}",
             # Evaluated in the child at fork time: a restart resumes the latest acked state.
             run=lambda: trader.run(self.config, self.states[trader_id]),
+            kind=Kind.TRADER,
         )
 
     def start_trader(self, trader_id: int) -> None:
@@ -185,13 +183,13 @@ class Leader(Role):
         return True
 
     def on_exit(self, child: Child, status: ExitStatus) -> Decision | None:
-        key = child.spec.key
+        kind = child.spec.kind
         self.changed = True
-        if key in (FILTERS, RECONCILE):
-            if key == FILTERS and not status.normal and status.words:
+        if kind is not Kind.TRADER:  # a worker
+            if kind is Kind.FILTERS and not status.normal and status.words:
                 self.waiting_reason = status.words  # e.g. "did not answer for 30s: ..."; retried
             return None  # their restart types decide
-        trader_id = int(key)
+        trader_id = int(child.spec.key)
         self.ready_at.pop(trader_id, None)
         _, dropped = self.dropped_by.pop(trader_id, (0, {}))
         for reason, n in dropped.items():
@@ -220,49 +218,17 @@ class Leader(Role):
     # --- workers: whatever talks to the exchange -----------------------------------
 
     def start_worker(self, key: str) -> None:
+        """FILTERS or RECONCILE, unless it runs already: it reports back on the leader's socket."""
         if key in self.supervisor.children:
             return
-        if key == RECONCILE:
+        if key == FILTERS:  # transient: a fetch that fails is retried (counted)
+            spec = ChildSpec(FILTERS, f"filters {self.symbol}", lambda: workers.fetch_filters(self.config, self.symbol),
+                             "transient", kind=Kind.FILTERS)
+        else:  # temporary: a check, once
             self.open_when_asked = self.open_ours()
-        run = self.fetch_filters if key == FILTERS else self.reconcile
-        # transient: a worker that fails is retried (counted); temporary: a check, once.
-        self.supervisor.start(ChildSpec(key, f"{key} {self.symbol}", run, "transient" if key == FILTERS else "temporary"))
-
-    def _tell_self(self, message: msgspec.Struct) -> None:
-        """From a worker child: one request to the leader's socket, on the child's own context."""
-        ctx = zmq.Context()
-        socket = ctx.socket(zmq.REQ)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(self.config.leader_endpoint(self.symbol))
-        socket.send(encode(message))
-        if not socket.poll(WORKER_REQUEST_TIMEOUT_MS, zmq.POLLIN):
-            raise SystemExit("the leader did not answer")
-        leader_reply_decoder.decode(socket.recv())
-        socket.close()
-        ctx.term()
-
-    def fetch_filters(self) -> int:
-        """Worker: the symbol's exchange filters, when the root did not have them (see root.py)."""
-        client = exchange.client_for(self.config)
-        try:
-            info = exchange.patiently(lambda: client.exchange_info(self.symbol), FILTERS_DEADLINE, f"{self.symbol}: exchangeInfo",
-                                      final=lambda exc: exc.code == -1121,  # Invalid symbol.
-                                      on_failure=lambda reason: self._tell_self(ExchangeWaiting(reason)))
-            f = filters_from_exchange_info(info, self.symbol)
-        except exchange.BinanceError as exc:
-            last_words(f"{self.symbol} is not listed on the exchange ({exc.msg})")
-            return EXIT_GAVE_UP
-        except KeyError:
-            last_words(f"{self.symbol} is not listed on the exchange")
-            return EXIT_GAVE_UP
-        self._tell_self(FiltersFetched(f))
-        return 0
-
-    def reconcile(self) -> int:
-        """Worker: the exchange's open orders of this symbol, for the leader to compare."""
-        open_orders = exchange.client_for(self.config).open_orders(self.symbol)
-        self._tell_self(OpenOrdersFetched([o.client_order_id for o in open_orders]))
-        return 0
+            spec = ChildSpec(RECONCILE, f"reconcile {self.symbol}", lambda: workers.reconcile_symbol(self.config, self.symbol),
+                             "temporary", kind=Kind.RECONCILE)
+        self.supervisor.start(spec)
 
     def open_ours(self) -> set[str]:
         return strategy.listed_open_ids(self.states.values())
@@ -376,7 +342,7 @@ class Leader(Role):
         self.start_trader(free)
 
     def traders_running(self) -> list[str]:
-        return [k for k in self.supervisor.children if k.isdigit()]
+        return [child.spec.key for child in self.supervisor.of_kind(Kind.TRADER)]
 
     # --- signals -------------------------------------------------------------------
 
@@ -407,7 +373,7 @@ class Leader(Role):
         if not self.reconciled and traders and all(int(k) in self.ready_at for k in traders):
             self.reconciled = True  # once the traders are back: it only reports, it can wait
             self.start_worker(RECONCILE)
-        # Later checks are the root's: one openOrders call for every symbol (root.reconcile_all).
+        # Later checks are the root's: one openOrders call for every symbol (workers.reconcile_all).
         if self.changed and (self.report_again is None or time.monotonic() >= self.report_again):
             try:
                 self.report.send(encode(self.status()), zmq.NOBLOCK)

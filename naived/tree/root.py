@@ -2,60 +2,50 @@
 
 A `Role` in the one supervising loop (`supervisor.py`). Its children: the paper
 exchange and the account stream (permanent) and one symbol supervisor per traded symbol (transient,
-restart intensity counted per symbol), plus short-lived workers that read a
-symbol's store for `history`. The root is the error kernel's last line:
+restart intensity counted per symbol), plus short-lived workers (`workers.py`): every symbol's
+filters, every symbol's open orders, a symbol's history. The root is the error kernel's last line:
 
 - it never talks to the exchange and never opens another role's files: a
   symbol is checked against the symbol table, the leaders push their status up
   (PUSH/PULL, latest only), and a store is read by a worker child that dies in
   its place if the file is bad;
-- every control request is answered, whatever its frames hold (a ROUTER socket:
-  the reply can wait for a worker without blocking the loop);
+- every control request is answered, whatever its frames hold (`control.py`);
 - a symbol whose supervisor gave up is marked `failed` with the reason its
   processes left as last words; the root never crash-loops and keeps serving
   the other symbols;
 - every port it needs is bound before READY=1: a port in use is one line and
   exit status 1, not a restart loop.
+
+What trades and how is kept in the trading set (naived/store/trading_set.py); the Prometheus text
+of the tree is `metrics.py`'s.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import signal
 import socket
-import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from decimal import Decimal
-from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import setproctitle
 import zmq
 
-from naived.exchange import budget as rate_budget
-from naived.tree import account_stream
-from naived.exchange import binance as exchange
-from naived.ops import sdnotify
-from naived.ops.listen import CannotListen, listen
-from naived.core import strategy
-from naived.tree import symbol_supervisor
-from naived.tree import trader
-from naived.core import validate
+from naived.core import strategy, validate
 from naived.core.config import Config, check_symbol, reload_config
-from naived.tree.ipc import bind, ipc_path, request
 from naived.core.messages import (
+    Ack,
     ControlRequest,
     Error,
     ExchangeFilters,
-    History,
     HistoryRequest,
     LeaderStatus,
     Ok,
-    OpenOrdersFetched,
     OrphanOrder,
     OrphansFound,
     ProcessInfo,
@@ -65,19 +55,35 @@ from naived.core.messages import (
     StopTrading,
     StreamAlive,
     SymbolStatus,
-    TraderState,
     TreeStatus,
     WorkerReply,
-    control_request_decoder,
     encode,
-    leader_reply_decoder,
     root_report_decoder,
+    worker_report_decoder,
 )
-from naived.ops.metrics import Metrics, MetricsEndpoint, RateLimitedLog
+from naived.core.symbols import SymbolFilters
+from naived.exchange import budget as rate_budget
+from naived.ops import sdnotify
+from naived.ops.listen import CannotListen, listen
+from naived.ops.metrics import MetricsEndpoint
 from naived.store.ownership import Holder
-from naived.store.sqlite import Store, recorded_prefixes, registry_path, store_path
-from naived.tree.supervisor import Child, ChildSpec, Decision, Exit, ExitStatus, Role, Supervisor, merge_identical_pages
-from naived.core.symbols import SymbolFilters, trading_filters
+from naived.store.sqlite import store_path
+from naived.store.trading_set import TradingSet
+from naived.tree import account_stream, symbol_supervisor, trader, workers
+from naived.tree import metrics as tree_metrics
+from naived.tree.control import ControlServer
+from naived.tree.ipc import bind, ipc_path, request
+from naived.tree.process import merge_identical_pages
+from naived.tree.supervisor import (
+    Child,
+    ChildSpec,
+    Decision,
+    Exit,
+    ExitStatus,
+    Kind,
+    Role,
+    Supervisor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +93,9 @@ EXCHANGE_INFO = "exchange-info"  # the worker that fetches every symbol's filter
 RECONCILE = "reconcile"  # the worker that checks every symbol's open orders at once
 FILTERS_REFRESH = 3600.0  # seconds between two fetches of every symbol's filters
 FILTERS_RETRY = 30.0  # ...after a fetch that failed
-FILTERS_DEADLINE = 30.0  # a fetch retries this long, then fails
-WORKER = "worker-"  # key prefix of the root's short-lived workers
-WORKER_ANSWER_GRACE = 2.0  # seconds for a worker's pushed answer to arrive after its exit
-# Control requests are a few dozen bytes: a larger frame is dropped by libzmq, which disconnects
-# its sender, before it costs the root any memory or time.
-CONTROL_MAX_BYTES = 64 * 1024
-CONTROL_FRAMES = 4  # a request is [identity, "", body]: a fourth frame already makes it malformed
-CONTROL_FRAMES_PER_TURN = 8192  # ~3 ms of the loop
 REPORTS_PER_TURN = 1000  # drained per wake-up, so a flood of reports cannot starve the control socket
+
+T = TypeVar("T")
 
 
 class StartError(Exception):
@@ -108,49 +108,6 @@ class SymbolEntry:
     error: str | None = None
 
 
-class TradingSet:
-    """Symbols that are trading and how (running or shutting down), on disk for autostart."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.modes: dict[str, str] = {}
-        self.problem: str | None = None  # an unreadable file, said in status until naived restarts
-        try:
-            raw = json.loads(path.read_text())
-            # An older naived wrote a plain list of running symbols.
-            self.modes = {check_symbol(s): "running" for s in raw} if isinstance(raw, list) else {
-                check_symbol(s): ("shutting-down" if m == "shutting-down" else "running") for s, m in raw.items()
-            }
-        except FileNotFoundError:
-            pass
-        except (ValueError, AttributeError, TypeError) as exc:  # not ours to lose: keep it for the user
-            # An emptied file is as unreadable as a foreign one: never silently an empty set.
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            os.replace(path, aside)
-            self.problem = (f"the trading set {path} was unreadable ({str(exc)[:80] or type(exc).__name__}); moved to "
-                            f"{aside.name}, no symbol autostarted from it: start the symbols again (naivectl start-trading)")
-            log.error("%s", self.problem)
-
-    def set(self, symbol: str, mode: str | None) -> None:
-        """Record a symbol's mode on disk; an OSError (a read-only or full state dir) leaves both
-        the file and the modes in memory as they were."""
-        modes = dict(self.modes)
-        if mode is None:
-            modes.pop(symbol, None)
-        else:
-            modes[symbol] = mode
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(dict(sorted(modes.items()))))
-            f.flush()
-            os.fsync(f.fileno())  # else a power cut after the rename may leave an empty file
-        os.replace(tmp, self.path)  # atomic: a crash leaves the old or the new list
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself
-        finally:
-            os.close(directory)
-        self.modes = modes
 
 
 class Root(Role):
@@ -167,15 +124,14 @@ class Root(Role):
         except OSError as exc:
             raise StartError(f"cannot create the rate budget {config.budget_path}: {exc.strerror}") from None
         try:
-            self.control = bind(self.ctx, zmq.ROUTER, config.control_endpoint, max_message_bytes=CONTROL_MAX_BYTES)
+            self.control = ControlServer(self.ctx, config.control_endpoint, self.dispatch)
             self.reports = bind(self.ctx, zmq.PULL, config.reports_endpoint)
+            self.worker_reports = bind(self.ctx, zmq.REP, config.workers_endpoint)
         except zmq.ZMQError as exc:
             raise StartError(f"cannot bind {config.control_endpoint}: {exc}") from None
-        self.supervisor.watch(self.control, self.on_control)
-        self.control_refused = 0  # malformed control requests answered with an Error
-        self.control_skipping = False  # discarding the rest of a message with too many frames
-        self.control_log = RateLimitedLog(log)
+        self.supervisor.watch(self.control.socket, self.control.on_readable)
         self.supervisor.watch(self.reports, self.on_reports)
+        self.supervisor.watch(self.worker_reports, self.on_worker_reports)
         self.paper_listener: socket.socket | None = None
         self.paper_ws_listener: socket.socket | None = None
         if config.naived.exchange == "paper":
@@ -208,8 +164,8 @@ class Root(Role):
         self.trading = TradingSet(config.state_dir / "trading.json")
         self.paper_failed: str | None = None
         self.account_stream_failed: str | None = None
-        self.pending: dict[int, list[bytes]] = {}  # worker request id -> the client's envelope
-        self.late: dict[int, float] = {}  # request id -> deadline, for workers that exited before their answer came
+        self.pending: dict[int, list[bytes]] = {}  # history request id -> the client's envelope, until answered
+        self.readers: dict[str, int] = {}  # a history worker's key -> the request id it answers
         self.request_ids = itertools.count(1)
         self.watchdog = sdnotify.Watchdog()
         self.draining = False  # SIGUSR1: every symbol shuts down, then naived exits 0
@@ -230,6 +186,7 @@ class Root(Role):
             run=lambda: _run_paper_exchange(self.config, listener, ws_listener),
             new_process_group=True,
             keep_fds=(listener.fileno(), ws_listener.fileno()),
+            kind=Kind.PAPER_EXCHANGE,
         ))
 
     def start_account_stream(self) -> None:
@@ -240,6 +197,7 @@ class Root(Role):
             title="account-stream",
             run=lambda: account_stream.run(self.config),
             new_process_group=True,
+            kind=Kind.ACCOUNT_STREAM,
         ))
 
     def start_symbol(self, symbol: str, mode: str = "running") -> None:
@@ -252,12 +210,13 @@ class Root(Role):
                                               self.filters.get(symbol)),
             restart="transient",  # exit 0 = shut down on request
             new_process_group=True,
-            supervises=True,
+            kind=Kind.SYMBOL_SUPERVISOR,
         ))
 
     def start_exchange_info(self) -> None:
         self.next_filters = None
-        self.supervisor.start(ChildSpec(EXCHANGE_INFO, "exchange-info", lambda: fetch_filters(self.config), "temporary"))
+        self.supervisor.start(ChildSpec(EXCHANGE_INFO, "exchange-info", lambda: workers.fetch_filters(self.config), "temporary",
+                                        kind=Kind.FILTERS))
 
     def open_orders_known(self) -> dict[str, tuple[str, set[str]]]:
         """Per symbol, the id prefix and the orders its traders last said are open (as pushed up)."""
@@ -270,7 +229,7 @@ class Root(Role):
 
     def owned_ids(self) -> set[str]:
         """Every client order id the running traders' states name (as the leaders last pushed them)."""
-        return {cid for leader in self.leaders.values() for t in leader.traders if t.state for cid in named_ids(t.state)}
+        return {cid for leader in self.leaders.values() for t in leader.traders if t.state for cid in workers.named_ids(t.state)}
 
     def start_reconcile(self) -> None:
         """Every reconcile_seconds: one openOrders call for every symbol (weight 80, not 6 per
@@ -281,8 +240,8 @@ class Root(Role):
         self.next_reconcile = time.monotonic() + self.config.naived.reconcile_seconds
         known, owned, reporting = self.open_orders_known(), self.owned_ids(), frozenset(self.leaders)
         if RECONCILE not in self.supervisor.children:
-            self.supervisor.start(ChildSpec(RECONCILE, "reconcile", lambda: reconcile_all(self.config, known, owned, reporting),
-                                            "temporary"))
+            self.supervisor.start(ChildSpec(RECONCILE, "reconcile", lambda: workers.reconcile_all(self.config, known, owned, reporting),
+                                            "temporary", kind=Kind.RECONCILE))
 
     def on_orphans(self, found: list[OrphanOrder]) -> None:
         """The worker's unowned orders, checked again against the traders as known now; one log
@@ -303,62 +262,59 @@ class Root(Role):
         self.orphans, self.orphan_suspects = orphans, set(unowned)
 
     def on_exit(self, child: Child, status: ExitStatus) -> Decision | None:
-        key = child.spec.key
-        if key == RECONCILE:
-            return None  # temporary; a failed check is logged by the loop, the next one comes anyway
-        if key == EXCHANGE_INFO:
-            if not status.normal:
-                log.warning("fetching every symbol's filters failed (%s); leaders fetch their own meanwhile", status.reason())
-            self.next_filters = time.monotonic() + (FILTERS_REFRESH if status.normal else FILTERS_RETRY)
-            return None  # temporary
-        if key.startswith(WORKER):
-            request_id = int(key.removeprefix(WORKER))
-            self.on_reports()  # its answer may be waiting on the report socket
-            if request_id in self.pending:
-                if status.normal:  # it answered and exited; the answer is still on its way
-                    self.late[request_id] = time.monotonic() + WORKER_ANSWER_GRACE
-                else:
-                    self.reply(self.pending.pop(request_id), Error(f"could not read the store: {status.reason()}"))
-            return "forget"
-        if key == ACCOUNT_STREAM:
-            self.stream_due = None  # its successor's first word starts the watch again
-            for reason, n in self.stream_dropped.items():
-                self.stream_dropped_before[reason] = self.stream_dropped_before.get(reason, 0) + n
-            self.stream_dropped = {}
-        if key in (PAPER, ACCOUNT_STREAM):
-            return None
-        self.leaders.pop(key, None)
+        match child.spec.kind:
+            case Kind.SYMBOL_SUPERVISOR:
+                return self.on_symbol_exit(child, status)
+            case Kind.ACCOUNT_STREAM:
+                self.stream_due = None  # its successor's first word starts the watch again
+                for reason, n in self.stream_dropped.items():
+                    self.stream_dropped_before[reason] = self.stream_dropped_before.get(reason, 0) + n
+                self.stream_dropped = {}
+            case Kind.FILTERS:
+                if not status.normal:
+                    log.warning("fetching every symbol's filters failed (%s); leaders fetch their own meanwhile", status.reason())
+                self.next_filters = time.monotonic() + (FILTERS_REFRESH if status.normal else FILTERS_RETRY)
+            case Kind.HISTORY:
+                request_id = self.readers.pop(child.spec.key)
+                if request_id in self.pending:  # a reader that answered was acked, so had its answer taken, before it exited
+                    why = "the store reader exited without an answer" if status.normal else f"could not read the store: {status.reason()}"
+                    self.control.reply(self.pending.pop(request_id), Error(why))
+                return "forget"
+        # The paper exchange, the account stream and the reconcile worker: their restart types decide.
+        return None
+
+    def on_symbol_exit(self, child: Child, status: ExitStatus) -> Decision | None:
+        symbol = child.spec.key
+        self.leaders.pop(symbol, None)
         if child.stop_deadline is not None:
             return None  # stop-trading: already forgotten
-        if status.normal and key in self.symbols:
-            log.info("%s: shut down", key)
-            del self.symbols[key]
-            self.trading.set(key, None)
+        if status.normal and symbol in self.symbols:
+            log.info("%s: shut down", symbol)
+            del self.symbols[symbol]
+            self.trading.set(symbol, None)
             return "forget"
         return None
 
     def on_give_up(self, child: Child, status: ExitStatus, reason: str) -> bool:
         key = child.spec.key
-        if key == PAPER:
-            self.paper_failed = reason
-            log.error("%s; orders cannot be placed until naived restarts", reason)
-        elif key == ACCOUNT_STREAM:
-            self.account_stream_failed = reason
-            log.error("%s; traders learn of fills by asking the exchange until naived restarts", reason)
-        elif key in self.symbols:
-            entry = self.symbols[key]
-            entry.state, entry.error = "failed", reason
-            log.error("%s: failed: %s", key, reason)
+        match child.spec.kind:
+            case Kind.PAPER_EXCHANGE:
+                self.paper_failed = reason
+                log.error("%s; orders cannot be placed until naived restarts", reason)
+            case Kind.ACCOUNT_STREAM:
+                self.account_stream_failed = reason
+                log.error("%s; traders learn of fills by asking the exchange until naived restarts", reason)
+            case Kind.SYMBOL_SUPERVISOR if key in self.symbols:
+                entry = self.symbols[key]
+                entry.state, entry.error = "failed", reason
+                log.error("%s: failed: %s", key, reason)
         return True  # the root never gives up: the other symbols keep trading
 
-    # --- reports pushed by the children -----------------------------------------------
+    # --- what the children tell the root ----------------------------------------------
 
     def on_reports(self) -> None:
-        for _ in range(REPORTS_PER_TURN):
-            try:
-                raw = self.reports.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        """Pushed news (PULL): each leader's status, the account stream's heartbeat."""
+        for raw in _received(self.reports.recv):
             try:
                 report = root_report_decoder.decode(raw)
             except msgspec.DecodeError as exc:
@@ -367,77 +323,36 @@ class Root(Role):
             match report:
                 case LeaderStatus(symbol=symbol) if symbol in self.symbols:
                     self.leaders[symbol] = report
-                case WorkerReply(request_id, reply) if request_id in self.pending:
-                    self.reply(self.pending.pop(request_id), reply)
                 case StreamAlive(within, dropped):
                     self.stream_due = time.monotonic() + within + self.config.account_stream.heartbeat_seconds
                     self.stream_dropped = dropped
-                case OrphansFound(orders):
-                    self.on_orphans(orders)
-                case ExchangeFilters(symbols):
-                    self.filters = {f.symbol: f for f in symbols}
-                    log.info("exchange filters of %d symbols fetched", len(self.filters))
+
+    def on_worker_reports(self) -> None:
+        """The workers' answers (REP, `ipc.report`): each is acked once handled, so a worker that
+        exits 0 has had its answer taken."""
+        for frames in _received(self.worker_reports.recv_multipart):
+            try:
+                self.on_worker_report(frames)
+            finally:  # REP's lock-step: every request is acked, or the socket takes no other
+                self.worker_reports.send(encode(Ack()), zmq.NOBLOCK)
+
+    def on_worker_report(self, frames: list[bytes]) -> None:
+        try:
+            report = worker_report_decoder.decode(frames[0]) if len(frames) == 1 else None
+        except msgspec.DecodeError:
+            report = None
+        match report:
+            case None:
+                log.warning("ignored a malformed worker report (%d frames)", len(frames))
+            case WorkerReply(request_id, reply) if request_id in self.pending:
+                self.control.reply(self.pending.pop(request_id), reply)
+            case OrphansFound(orders):
+                self.on_orphans(orders)
+            case ExchangeFilters(symbols):
+                self.filters = {f.symbol: f for f in symbols}
+                log.info("exchange filters of %d symbols fetched", len(self.filters))
 
     # --- control requests --------------------------------------------------------------
-
-    def on_control(self) -> None:
-        frames = self._control_frames()
-        if frames is None:
-            return  # still discarding the frames of a message too long to be a request
-        # A REQ client's message is [identity, b"", body]; anything else is refused, not fatal.
-        if frames[1:2] == [b""]:
-            envelope, body = frames[:2], frames[2:]
-        else:  # a DEALER or raw client: no delimiter
-            envelope, body = frames[:1], frames[1:]
-        if len(body) != 1:
-            self.control_refused += 1
-            self.control_log.warning("control: refused a request of %s frames", f"{len(body)}+" if self.control_skipping else len(body))
-            self.reply(envelope, Error(f"bad request: expected one frame, got {len(body)}{'+' if self.control_skipping else ''}"))
-            return
-        try:
-            req = control_request_decoder.decode(body[0])
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self.control_refused += 1
-            self.control_log.warning("control: refused a malformed request: %s", exc)
-            self.reply(envelope, Error(f"bad request: {exc}"))
-            return
-        try:
-            reply = self.dispatch(req, envelope)
-        except ValueError as exc:
-            reply = Error(str(exc))
-        except Exception as exc:
-            log.exception("control: %s failed", type(req).__name__)
-            reply = Error(f"naived could not handle {type(req).__name__}: {exc}")
-        if reply is not None:
-            self.reply(envelope, reply)
-
-    def _control_frames(self) -> list[bytes] | None:
-        """The next message's first CONTROL_FRAMES frames, or None while the rest of a longer one is
-        discarded, CONTROL_FRAMES_PER_TURN at a time: a message of a million empty frames (each
-        within MAXMSGSIZE) would otherwise hold the loop for a second in recv_multipart."""
-        frames: list[bytes] = []
-        for _ in range(CONTROL_FRAMES_PER_TURN):
-            try:
-                frame = self.control.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return None
-            more = self.control.getsockopt(zmq.RCVMORE)
-            if self.control_skipping:
-                self.control_skipping = bool(more)
-                continue
-            frames.append(frame)
-            if not more:
-                return frames
-            if len(frames) == CONTROL_FRAMES:
-                self.control_skipping = True  # refused now (it has too many frames); the rest is dropped in later turns
-                return frames
-        return None
-
-    def reply(self, envelope: list[bytes], reply: msgspec.Struct) -> None:
-        try:
-            self.control.send_multipart([*envelope, encode(reply)], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # the client went away: its loss
-            log.info("control: reply not delivered: %s", exc)
 
     def dispatch(self, req: ControlRequest, envelope: list[bytes]) -> msgspec.Struct | None:
         match req:
@@ -505,12 +420,14 @@ class Root(Role):
             return Error(f"{symbol} has never traded here")
         request_id = next(self.request_ids)
         self.pending[request_id] = envelope
-        self.supervisor.start(ChildSpec(
-            key=f"{WORKER}{request_id}",
+        child = self.supervisor.start(ChildSpec(
+            key=f"history-{request_id}",
             title=f"history {symbol}",
-            run=lambda: read_history(self.config, symbol, request_id),
+            run=lambda: workers.read_history(self.config, symbol, request_id),
             restart="temporary",
+            kind=Kind.HISTORY,
         ))
+        self.readers[child.spec.key] = request_id
         return None  # answered when the worker reports (or dies)
 
     def status(self, only: str | None) -> TreeStatus:
@@ -554,82 +471,9 @@ class Root(Role):
         )
 
     def collect_metrics(self) -> str:
-        tree = self.status(None)
-        m = Metrics()
-        m.add("naive_up", "gauge", "1 while naived answers", 1)
-        m.add("naive_control_refused_total", "counter", "control requests refused as malformed (answered with an error)",
-              self.control_refused)
-        for reason in sorted(set(self.stream_dropped) | set(self.stream_dropped_before)):
-            m.add("naive_account_events_dropped_total", "counter", "user data stream events dropped at the account stream's check",
-                  self.stream_dropped.get(reason, 0) + self.stream_dropped_before.get(reason, 0), reason=reason)
-        restarts = "naive_restarts_total"
-        restarts_help = "process restarts by level of the tree"
-        if tree.paper_exchange is not None:
-            m.add(restarts, "counter", restarts_help, tree.paper_exchange.restarts, level="paper_exchange", symbol="")
-        if tree.account_stream is not None:
-            m.add(restarts, "counter", restarts_help, tree.account_stream.restarts, level="account_stream", symbol="")
-        weight = 0
-        for sym in tree.symbols:
-            m.add("naive_symbol_state", "gauge", "1 for the state each symbol is in", 1, symbol=sym.symbol, state=sym.state)
-            m.add(restarts, "counter", restarts_help, sym.supervisor.restarts, level="symbol_supervisor", symbol=sym.symbol)
-            leader = sym.leader
-            if leader is None:
-                continue
-            c = leader.counters
-            m.add(restarts, "counter", restarts_help, max(0, c.get("leader_starts", 1) - 1), level="leader", symbol=sym.symbol)
-            m.add(restarts, "counter", restarts_help, sum(t.restarts for t in leader.traders), level="trader", symbol=sym.symbol)
-            by_status: dict[str, int] = {}
-            for t in leader.traders:
-                status = t.state.status if t.state else "new"
-                by_status[status] = by_status.get(status, 0) + 1
-            for status, n in sorted(by_status.items()):
-                m.add("naive_traders", "gauge", "traders by the state of their cycle", n, symbol=sym.symbol, status=status)
-            m.add("naive_orders_placed_total", "counter", "orders placed", c.get("orders_placed", 0), symbol=sym.symbol)
-            m.add("naive_orders_filled_total", "counter", "orders filled", c.get("orders_filled", 0), symbol=sym.symbol)
-            m.add("naive_intents_unknown_total", "counter", "order placements whose outcome was unknown", c.get("intents_unknown", 0), symbol=sym.symbol)
-            pending = sum(1 for t in leader.traders if t.state and t.state.intent and t.state.intent.unknown)
-            m.add("naive_intents_unknown", "gauge", "unknown outcomes not yet resolved", pending, symbol=sym.symbol)
-            m.add("naive_order_drift", "gauge", "orders the exchange and the traders disagree on, at the leader's start", c.get("drift", 0), symbol=sym.symbol)
-            m.add("naive_cycles_finished_total", "counter", "cycles finished", leader.cycles_finished, symbol=sym.symbol)
-            for reason, n in sorted(leader.market_dropped.items()):
-                m.add("naive_market_frames_dropped_total", "counter", "market frames the traders dropped (naived/market/gate.py), by reason",
-                      n, symbol=sym.symbol, reason=reason)
-            # Decimal strings from the store, summed once per finished cycle (quote asset of the symbol).
-            m.add("naive_fees_quote_total", "counter", "fees paid by finished cycles, valued in the quote asset",
-                  Decimal(leader.books.get("fees_quote", "0")), symbol=sym.symbol)
-            m.add("naive_realised_pnl_quote", "gauge", "realised profit and loss of finished cycles, in the quote asset",
-                  Decimal(leader.books.get("pnl_quote", "0")), symbol=sym.symbol)
-            weight = max(weight, leader.used_weight)
-        m.add("naive_exchange_used_weight", "gauge", "X-MBX-USED-WEIGHT-1M last seen by a trader", weight)
-        orphans = dict.fromkeys((s.symbol for s in tree.symbols), 0)
-        for order in tree.orphans:
-            orphans[order.symbol] = orphans.get(order.symbol, 0) + 1
-        for symbol, n in sorted(orphans.items()):
-            m.add("naive_orphan_orders", "gauge", "open orders with this install's id prefix that no trader owns", n, symbol=symbol)
-        self._budget_metrics(m)
-        return m.render()
-
-    def _budget_metrics(self, m: Metrics) -> None:
-        """The host's shared rate budget, read without blocking; a missing or bad file only
-        leaves these gauges out (the traders' own opening of it says what is wrong)."""
-        try:
-            b = rate_budget.snapshot(self.config.budget_path)
-        except Exception as exc:  # never let a metrics scrape take the root down
-            log.warning("rate budget unreadable: %s", exc)
-            return
-        if b is None:
-            return
-        limits = self.config.exchange
-        m.add("naive_budget_weight_used", "gauge", "request weight of this minute, host-wide: Binance's figure plus what was sent since, or our count", b.weight)
-        m.add("naive_budget_weight_header", "gauge", "largest X-MBX-USED-WEIGHT-1M seen this minute by any process", b.weight_header)
-        m.add("naive_budget_weight_limit", "gauge", "[exchange] weight_budget_per_minute (Binance: 6000 per IP)", limits.weight_budget_per_minute)
-        m.add("naive_budget_orders_10s", "gauge", "orders placed in this 10 s window, host-wide", b.orders)
-        m.add("naive_budget_orders_day", "gauge", "orders placed today (UTC), host-wide", max(b.orders_day, b.orders_day_header))
-        remaining = b.ban_remaining(time.monotonic_ns())
-        m.add("naive_budget_banned_seconds", "gauge", "seconds until a 429/418 Retry-After has passed; nothing is sent before", round(remaining, 3))
-        m.add("naive_budget_ban_status", "gauge", "418 (banned) or 429 while the host holds its requests for it, else 0", b.ban_status if remaining > 0 else 0)
-        m.add("naive_budget_limited_total", "counter", "429/418 answers seen by any process", b.limited_total)
-        m.add("naive_budget_held_total", "counter", "requests the host's budget held back (never sent)", b.held_total)
+        dropped = {reason: self.stream_dropped.get(reason, 0) + self.stream_dropped_before.get(reason, 0)
+                   for reason in set(self.stream_dropped) | set(self.stream_dropped_before)}
+        return tree_metrics.render(self.config, self.status(None), self.control.refused, dropped)
 
     def status_line(self) -> str:
         running = sum(1 for e in self.symbols.values() if e.state != "failed")
@@ -648,9 +492,8 @@ class Root(Role):
             return  # refused (logged): nothing changes, and no level below is told to reload
         self.config = new
         self.supervisor.limits = self.config.naived.supervision
-        for key, child in self.supervisor.children.items():
-            if child.spec.supervises:
-                os.kill(child.pid, signal.SIGHUP)
+        for child in self.supervisor.of_kind(Kind.SYMBOL_SUPERVISOR):
+            os.kill(child.pid, signal.SIGHUP)
 
     def reload_problem(self, new: Config) -> str | None:
         """A reload may not take away what a trading symbol needs (its budget, enough of it)."""
@@ -662,7 +505,7 @@ class Root(Role):
     def next_tick(self) -> float | None:
         metrics = self.metrics.next_deadline() if self.metrics is not None else None
         return min((t for t in (self.watchdog.deadline(), self.next_filters, self.stream_due, self.next_reconcile,
-                                metrics, *self.late.values())
+                                metrics)
                     if t is not None), default=None)
 
     def shutdown(self) -> None:
@@ -692,12 +535,6 @@ class Root(Role):
             log.warning("account stream: silent past its word; killing pid %d", stream.pid)
             os.kill(stream.pid, signal.SIGKILL)
             self.stream_due = None
-        for request_id, deadline in list(self.late.items()):
-            if request_id not in self.pending:
-                del self.late[request_id]
-            elif now >= deadline:
-                del self.late[request_id]
-                self.reply(self.pending.pop(request_id), Error("the store reader exited without an answer"))
         # Healthy = this loop turns and the paper exchange has not given up; otherwise systemd's
         # watchdog restarts naived as a whole.
         self.watchdog.tick(self.paper_failed is None, self.status_line)
@@ -731,14 +568,24 @@ class Root(Role):
         self.supervisor.stop_all(keep=frozenset({PAPER, ACCOUNT_STREAM}))
 
     def on_stop(self) -> None:
-        for sock in (self.control, self.reports):
+        for sock in (self.control.socket, self.reports, self.worker_reports):
             sock.close()
-        for endpoint in (self.config.control_endpoint, self.config.reports_endpoint):
+        for endpoint in (self.config.control_endpoint, self.config.reports_endpoint, self.config.workers_endpoint):
             path = ipc_path(endpoint)
             if path is not None and os.path.exists(path):
                 os.unlink(path)
         self.ctx.term()
         log.info("naived stopped")
+
+
+def _received(recv: Callable[[int], T]) -> Iterator[T]:
+    """What a socket holds now, REPORTS_PER_TURN messages at most: a flood of reports on one
+    socket cannot starve the others (the control socket first of all)."""
+    for _ in range(REPORTS_PER_TURN):
+        try:
+            yield recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
 
 
 def _run_paper_exchange(config: Config, listener: socket.socket, ws_listener: socket.socket) -> int:
@@ -749,101 +596,6 @@ def _run_paper_exchange(config: Config, listener: socket.socket, ws_listener: so
     from naived.paper import main as paper
 
     return paper.run(config, listener, ws_listener) or 0
-
-
-def fetch_filters(config: Config) -> int:
-    """Worker: every TRADING symbol's filters from one exchangeInfo call, pushed to the root."""
-    client = exchange.client_for(config)
-    info = exchange.patiently(client.exchange_info, FILTERS_DEADLINE, "exchangeInfo of every symbol", final=lambda exc: False)
-    push_report(config, ExchangeFilters(trading_filters(info)))
-    return 0
-
-
-def named_ids(state: TraderState) -> list[str]:
-    """Client order ids a trader's state owns: its orders, its earlier sells, its intent."""
-    orders = [state.buy_order, state.sell_order, *state.sells]
-    return [o.client_order_id for o in orders if o is not None] + ([state.intent.client_order_id] if state.intent else [])
-
-
-def reconcile_all(config: Config, known: dict[str, tuple[str, set[str]]], owned: set[str], reporting: frozenset[str]) -> int:
-    """Worker: the account's open orders (one call), and each leader whose traders wait on an order
-    no longer listed is handed that symbol's list, which it checks against its own state. The
-    orders with an install prefix that no trader owns go to the root (`find_orphans`)."""
-    asked_at = time.time()
-    try:
-        orders = exchange.client_for(config).all_open_orders()
-    except (exchange.BinanceError, exchange.OutcomeUnknown, exchange.RateLimited, OSError) as exc:
-        log.warning("reconcile: the exchange did not list the open orders (%s: %s); next time", type(exc).__name__, exc)
-        return 1
-    listed: dict[str, list[str]] = {}
-    for order in orders:
-        listed.setdefault(order.symbol, []).append(order.clientOrderId)
-    try:
-        push_report(config, OrphansFound(find_orphans(config, orders, owned, reporting)))
-    except sqlite3.Error as exc:
-        log.warning("reconcile: cannot read %s (%s): orphan orders are not looked for", registry_path(config.state_dir), exc)
-    ctx = zmq.Context()
-    for symbol, (prefix, ours) in known.items():
-        at_exchange = listed.get(symbol, [])
-        if not ours - {cid for cid in at_exchange if cid.startswith(f"{prefix}-")}:
-            continue  # nothing missing: the leader is not woken
-        if request(ctx, config.leader_endpoint(symbol), OpenOrdersFetched(at_exchange, asked_at), leader_reply_decoder, 2000) is None:
-            log.warning("%s: reconcile: the leader did not answer", symbol)
-    ctx.term()
-    return 0
-
-
-def find_orphans(config: Config, orders: list[exchange.Listed], owned: set[str], reporting: frozenset[str]) -> list[OrphanOrder]:
-    """The open orders whose prefix this install minted (the registry, naived/store/sqlite.py) that no
-    trader owns: not a running trader's (`owned`, as the root knew them), nor named by a trader
-    state kept in the store of a symbol that is not running (stopped: adopted at its next start).
-    A store that is gone, moved aside or unreadable owns nothing. Raises sqlite3.Error."""
-    prefixes = recorded_prefixes(config.state_dir)
-    stored: dict[str, set[str]] = {}
-    found = []
-    for order in orders:
-        cid = order.clientOrderId
-        minted_for = prefixes.get(cid.split("-", 1)[0])
-        if minted_for is None or cid in owned:
-            continue
-        if minted_for not in reporting:
-            if minted_for not in stored:
-                stored[minted_for] = _stored_ids(config, minted_for)
-            if cid in stored[minted_for]:
-                continue
-        found.append(OrphanOrder(order.symbol, cid, order.side, order.price, order.origQty, order.executedQty, minted_for))
-    return found
-
-
-def _stored_ids(config: Config, symbol: str) -> set[str]:
-    try:
-        store = Store(store_path(config.state_dir, symbol), readonly=True)
-    except (sqlite3.Error, OSError):
-        return set()  # gone or unreadable: it owns nothing
-    try:
-        return {cid for state in store.traders().values() for cid in named_ids(state)}
-    except (sqlite3.Error, msgspec.DecodeError, msgspec.ValidationError):
-        return set()
-    finally:
-        store.close()
-
-
-def push_report(config: Config, report: msgspec.Struct) -> None:
-    """From a worker child, on its own context: one report to the root."""
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 2000)
-    push.connect(config.reports_endpoint)
-    push.send(encode(report))
-    push.close()
-    ctx.term()
-
-
-def read_history(config: Config, symbol: str, request_id: int) -> int:
-    """Worker: a symbol's finished cycles, read-only, pushed to the root."""
-    store = Store(store_path(config.state_dir, symbol), readonly=True)
-    push_report(config, WorkerReply(request_id, History(symbol, store.finished_cycles())))
-    return 0
 
 
 def run(config: Config, owner: Holder | None = None) -> int:

@@ -7,8 +7,9 @@ for its children's exits. What the loop does, at every level:
 - One `poll()` over the role's sockets, every child's pidfd and the signal
   queue. A death is learned at once and reaped here with `waitpid`; no SIGCHLD
   handler, no polling sleep.
-- Children are data (OTP's child spec): key, title, the function the forked
-  child runs, restart type (permanent, transient, temporary), significant or not.
+- Children are data (OTP's child spec): key, title, kind, the function the
+  forked child runs, restart type (permanent, transient, temporary),
+  significant or not. A role dispatches on a child's kind, not on its key.
 - On an exit: the role may decide (a finished cycle, a stopped symbol);
   otherwise the restart type does. Exit status 3 means "I gave up" and is
   escalated at every level: the supervisor stops its children and exits 3
@@ -30,13 +31,14 @@ for its children's exits. What the loop does, at every level:
   exit status, and no supervisor opens another role's files to learn them.
 
 A child is forked without exec: a restart costs a `fork()`, not a Python start.
+How a child becomes a clean process of its own (signal masks, death with its
+parent, descriptors, last words) is `process.py`'s; this module keeps the policy.
 """
 
 from __future__ import annotations
 
-import _signal as _csignal  # the C module under `signal` (see _HANDLED_NUMBERS)
-import ctypes
-import gc
+import enum
+import functools
 import logging
 import os
 import select
@@ -45,14 +47,20 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import setproctitle
 import zmq
 
 from naived.core.config import Supervision
-from naived.ops.log import rename_process_logs
+from naived.tree.process import (
+    HANDLED,
+    SignalQueue,
+    fork_child,
+    kill_group,
+    last_words,
+    read_words,
+    send_signal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,27 +70,6 @@ Scope = Literal["supervisor", "child"]
 Decision = Literal["restart", "restart_uncounted", "forget", "give_up"]
 
 EXIT_GAVE_UP = 3  # a process's exit status when it gave up: its supervisor escalates, never retries
-WORDS_MAX = 1000  # bytes of last words kept: one line for status and logs
-
-# Signals a supervising process handles; blocked across fork so a child cannot be killed by one
-# in the instant before it installs its own handlers (they stay pending until then).
-HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
-
-_PR_SET_PDEATHSIG = 1
-_PR_SET_MEMORY_MERGE = 67  # Linux >= 6.4
-KSM_RUN = Path("/sys/kernel/mm/ksm/run")
-_libc = ctypes.CDLL(None, use_errno=True)
-# Resolved here, in the parent, once: ctypes builds a function object on first use, and a forked
-# child that did it would allocate (and so copy pages) for nothing.
-_prctl = _libc.prctl
-_close_range = getattr(_libc, "close_range", None)
-# The fork path calls `_csignal` (the C module under `signal`) directly: `signal`'s wrappers map
-# every number to its enum member, enum code that each forked child would run and so copy
-# (~0.3 MiB private per process with the above, measured in a child of the root).
-_HANDLED_NUMBERS = tuple(int(s) for s in HANDLED)
-_last_words_fd = -1  # in a forked child: the write end of its last-words pipe
-# Descriptors every descendant keeps (inherit_in_tree); fork copies this set with the numbers.
-_tree_fds: set[int] = set()
 
 
 class Exit(Exception):
@@ -94,6 +81,26 @@ class Exit(Exception):
         self.code = code
 
 
+class Kind(enum.Enum):
+    """What a child is. A role decides what one of its children's exits means by its kind (a
+    finished cycle, a shut-down symbol, a worker's answer), never by its key; and whether the
+    child runs a supervising loop of its own follows from it."""
+
+    PAPER_EXCHANGE = "paper exchange"
+    ACCOUNT_STREAM = "account stream"
+    SYMBOL_SUPERVISOR = "symbol supervisor"
+    LEADER = "leader"
+    TRADER = "trader"
+    FILTERS = "filters worker"  # the exchange's filters: every symbol's (the root's) or one's (a leader's)
+    RECONCILE = "reconcile worker"  # the open orders at the exchange
+    HISTORY = "history worker"  # a symbol's finished cycles, read from its store for a client
+
+    @property
+    def supervises(self) -> bool:
+        """It runs a Supervisor: the handled signals stay blocked until its SignalQueue takes them."""
+        return self in (Kind.SYMBOL_SUPERVISOR, Kind.LEADER)
+
+
 @dataclass(frozen=True)
 class ChildSpec:
     key: str  # unique within one supervisor
@@ -102,8 +109,8 @@ class ChildSpec:
     restart: Restart = "permanent"  # permanent: always; transient: after abnormal exits; temporary: never
     significant: bool = False  # its normal end ends the supervisor (exit 0)
     new_process_group: bool = False  # the child and its descendants are killed together when it dies
-    supervises: bool = False  # it runs a Supervisor: signals stay blocked until its queue takes them
     keep_fds: tuple[int, ...] = ()  # inherited descriptors the child keeps (a listening socket)
+    kind: Kind = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -192,20 +199,9 @@ class Supervisor:
 
     def start(self, spec: ChildSpec) -> Child:
         """Fork a child running `spec.run`; returns in the parent only."""
-        parent = os.getpid()
-        words_read, words_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        # Freeze the parent's objects so a collection in the child does not touch (and so copy)
-        # every inherited page, nor finalise inherited sockets.
-        gc.freeze()
-        mask = _csignal.pthread_sigmask(_csignal.SIG_BLOCK, _HANDLED_NUMBERS)
-        pid = os.fork()
-        if pid == 0:
-            _run_child(spec, parent, words_write)
-        _csignal.pthread_sigmask(_csignal.SIG_SETMASK, mask)
-        gc.unfreeze()
-        os.close(words_write)
+        pid, words_fd = fork_child(spec.title, spec.run, spec.new_process_group, spec.kind.supervises, spec.keep_fds)
         pidfd = os.pidfd_open(pid)
-        child = Child(spec, pid, pidfd, words_read, time.time(), self._restarts.get(spec.key, 0))
+        child = Child(spec, pid, pidfd, words_fd, time.time(), self._restarts.get(spec.key, 0))
         self.children[spec.key] = child
         self.specs[spec.key] = spec
         self._by_fd[pidfd] = child
@@ -220,7 +216,7 @@ class Supervisor:
         self.specs.pop(key, None)
         if child is not None:
             child.stop_deadline = time.monotonic() + self.limits.stop_timeout_seconds
-            _signal(child.pid, signal.SIGTERM)
+            send_signal(child.pid, signal.SIGTERM)
 
     def stopping(self, key: str) -> bool:
         return any(c.spec.key == key and c.stop_deadline is not None for c in self._by_fd.values())
@@ -238,7 +234,7 @@ class Supervisor:
                 del self.children[child.spec.key]
             if child.stop_deadline is None:
                 child.stop_deadline = deadline
-                _signal(child.pid, signal.SIGTERM)
+                send_signal(child.pid, signal.SIGTERM)
         poller = select.poll()
         for fd in waiting:
             poller.register(fd, select.POLLIN)
@@ -256,7 +252,7 @@ class Supervisor:
             if child.stop_deadline is not None and now >= child.stop_deadline:
                 log.warning("%s: %s pid %d did not stop in %gs, killing it", self.name, child.spec.title, child.pid,
                             self.limits.stop_timeout_seconds)
-                _signal(child.pid, signal.SIGKILL)
+                send_signal(child.pid, signal.SIGKILL)
                 child.stop_deadline = float("inf")  # killed: wait for its pidfd, no second kill
 
     def exited(self, fd: object) -> bool:
@@ -274,15 +270,19 @@ class Supervisor:
         if self.children.get(child.spec.key) is child:
             del self.children[child.spec.key]
         _, raw = os.waitpid(child.pid, 0)
-        words = _read_words(child.words_fd)
+        words = read_words(child.words_fd)
         if os.WIFSIGNALED(raw):
             status = ExitStatus(None, os.WTERMSIG(raw), words)
         else:
             status = ExitStatus(os.waitstatus_to_exitcode(raw), None, words)
         if child.spec.new_process_group:
-            _kill_group(child.pid)  # nothing of its group survives it
+            kill_group(child.pid)  # nothing of its group survives it
         log.info("%s: %s pid %d %s", self.name, child.spec.title, child.pid, status.reason())
         return child, status
+
+    def of_kind(self, kind: Kind) -> list[Child]:
+        """The running children of one kind (one being stopped is not running)."""
+        return [c for c in self.children.values() if c.spec.kind is kind]
 
     def restarts(self, key: str) -> int:
         return self._restarts.get(key, 0)
@@ -419,176 +419,10 @@ class Supervisor:
             self.stop_all()  # the others die with the one that died, then all start again in order
         for s in specs:
             child = self.start(s)
-            self._guarded(lambda: role.on_started(child), f"start of {s.title}")
+            self._guarded(functools.partial(role.on_started, child), f"start of {s.title}")
 
     def _exit(self, role: Role, code: int) -> int:
         self._guarded(role.before_stop, "before stop")
         self.stop_all()
         self._guarded(role.on_stop, "stop")
         return code
-
-
-def inherit_in_tree(fd: int) -> None:
-    """Every process forked from here on, at every level, keeps `fd` open: the state directory's
-    lock (naived/store/ownership.py) is then held until the tree's last process is gone, not only while
-    the root lives. A child must never unlock or close it: the lock is the whole tree's."""
-    _tree_fds.add(fd)
-
-
-def die_with_parent() -> None:
-    """PR_SET_PDEATHSIG(SIGKILL) for this process: it dies when the thread that forked it does.
-    Forked children get it in `_run_child`; tools that start whole daemons (the demo, a backtest
-    through the tree, the tests) pass it as `preexec_fn`, so a tool killed with -9 leaves none."""
-    _prctl(_PR_SET_PDEATHSIG, _csignal.SIGKILL, 0, 0, 0)
-
-
-def merge_identical_pages() -> str:
-    """Offer this process's memory, and so every child it forks later, to the kernel's samepage
-    merging (KSM, `PR_SET_MEMORY_MERGE`); returns one line saying what it did, for the log.
-
-    Why: a forked CPython copies every inherited page it writes, and its siblings write the same
-    pages the same way (reference counts, the same bytecode specialised alike, the same objects
-    allocated), so thousands of traders hold thousands of identical copies (docs/benchmarks.md).
-    KSM merges them back. Since Linux 6.4 a whole process opts in with one call, inherited by the
-    children it forks (before, only `madvise` per mapping). The host decides whether KSM runs at
-    all (`/sys/kernel/mm/ksm/run`); its scanner's CPU is the price, measured in docs/benchmarks.md."""
-    if _prctl(_PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0:
-        return f"memory merge: the kernel refused it ({os.strerror(ctypes.get_errno())}; Linux >= 6.4 with KSM needed)"
-    try:
-        running = KSM_RUN.read_text().strip() == "1"
-    except OSError:
-        running = False
-    if running:
-        return "memory merge: on (the host's KSM is running)"
-    return f"memory merge: offered, but the host's KSM is not running ({KSM_RUN} is not 1): nothing is merged"
-
-
-def last_words(message: str) -> None:
-    """In a forked child: tell the parent why we are about to exit (one line, kept short)."""
-    if _last_words_fd < 0 or not message:
-        return
-    line = " ".join(message.split())[:WORDS_MAX].encode(errors="replace") + b"\n"
-    try:
-        os.write(_last_words_fd, line)
-    except OSError:
-        pass  # the pipe is full or gone: the exit status still says enough
-
-
-def _read_words(fd: int) -> str:
-    chunks = []
-    try:
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-    except BlockingIOError:
-        pass
-    finally:
-        os.close(fd)
-    lines = b"".join(chunks).decode(errors="replace").strip().splitlines()
-    return lines[-1] if lines else ""
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _run_child(spec: ChildSpec, parent: int, words_fd: int) -> None:
-    """In the forked child: become a clean process of our own, run, and never return."""
-    global _last_words_fd
-    _last_words_fd = words_fd
-    code = 1
-    try:
-        for sig in (*_HANDLED_NUMBERS, _csignal.SIGCHLD):
-            _csignal.signal(sig, _csignal.SIG_DFL)
-        _csignal.set_wakeup_fd(-1)
-        if spec.new_process_group:
-            os.setpgid(0, 0)
-        # Die with the parent; if it already died between fork() and here, prctl comes too late.
-        die_with_parent()
-        if os.getppid() != parent:
-            os._exit(1)
-        # The parent's descriptors (its ZeroMQ context, pidfds, databases) are not ours; the
-        # tree's own (its state directory's lock) are.
-        _close_fds_except({0, 1, 2, words_fd, *spec.keep_fds, *_tree_fds})
-        setproctitle.setproctitle(f"naive: {spec.title}")
-        rename_process_logs(spec.title)
-        if not spec.supervises:  # a supervisor's SignalQueue unblocks them once it handles them
-            _csignal.pthread_sigmask(_csignal.SIG_UNBLOCK, _HANDLED_NUMBERS)
-        code = spec.run()
-    except SystemExit as exc:
-        if isinstance(exc.code, int):
-            code = exc.code
-        else:
-            last_words(str(exc.code))
-            log.error("%s: %s", spec.title, exc.code)
-            code = 1
-    except BaseException as exc:
-        log.exception("%s crashed", spec.title)
-        last_words(f"{type(exc).__name__}: {exc}")
-        code = 1
-    finally:
-        os._exit(code)
-
-
-def _close_fds_except(keep: set[int]) -> None:
-    """Close every descriptor not in `keep`. close_range(2) is one syscall per gap; os.closerange
-    loops over every possible descriptor (0.66 ms for 20000 here, on the restart path)."""
-    low = 0
-    for fd in sorted(keep) + [0xFFFFFFFF + 1]:
-        if fd > low:
-            if _close_range is None or _close_range(low, fd - 1, 0) != 0:
-                _close_slowly(low, fd - 1)
-        low = fd + 1
-
-
-def _close_slowly(low: int, high: int) -> None:
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if low <= fd <= high:
-            try:
-                os.close(fd)
-            except OSError:
-                pass  # the descriptor of the listing itself, already gone
-
-
-class SignalQueue:
-    """Signals are queued, never handled inside the handler (gunicorn's arbiter does the same).
-
-    The handler only appends; the wake-up fd makes the poll loop return so the
-    loop handles the queue in order, at a safe point. Installing the queue
-    unblocks its signals: any that arrived since the fork are delivered now.
-    """
-
-    def __init__(self, *signals: int) -> None:
-        self.pending: list[int] = []
-        self._read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-        self._write = write
-        for sig in signals:
-            _csignal.signal(int(sig), self._handle)  # not signal.signal: see _HANDLED_NUMBERS
-        _csignal.pthread_sigmask(_csignal.SIG_UNBLOCK, [int(s) for s in signals])
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.pending.append(signum)
-
-    @property
-    def fd(self) -> int:
-        return self._read
-
-    def drain(self) -> list[int]:
-        try:
-            while os.read(self._read, 512):
-                pass
-        except BlockingIOError:
-            pass
-        pending, self.pending = self.pending, []
-        return pending

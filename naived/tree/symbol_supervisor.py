@@ -20,7 +20,7 @@ import signal
 from naived.tree import leader
 from naived.core import validate
 from naived.core.config import Config, reload_config
-from naived.tree.supervisor import ChildSpec, Role, Supervisor
+from naived.tree.supervisor import ChildSpec, Kind, Role, Supervisor
 from naived.core.symbols import SymbolFilters
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class SymbolSupervisor(Role):
             restart="transient",  # exit 0 = the symbol was shut down: nothing to restart
             significant=True,
             new_process_group=True,
-            supervises=True,
+            kind=Kind.LEADER,
         )
 
     def _tell_leader(self, sig: int) -> None:

@@ -46,7 +46,7 @@ from naived.core.messages import (
     trade_topic,
     trader_execution_topic,
 )
-from naived.tree.supervisor import last_words
+from naived.tree.process import last_words
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,0 +1,157 @@
+"""The short-lived workers of the tree: what a supervising process needs but must not do itself.
+
+A supervising process (the root, a leader) never talks to the exchange and never opens a store
+that is not its own: a worker child does, dies in its place if that fails, and hands its answer
+up on the one worker channel (`ipc.report`: acked, so a worker that exits 0 has delivered).
+
+- `fetch_filters`: the exchange's filters, every TRADING symbol's for the root (its
+  `exchange-info` worker, hourly) or one symbol's for a leader the root had none for.
+- `reconcile_all` (the root's, every `reconcile_seconds`): the account's open orders in one
+  call; each leader whose traders wait on an order no longer listed is told, and the orders
+  with an install prefix that no trader owns go to the root (orphans).
+- `reconcile_symbol` (a leader's, once per (re)start): the symbol's open orders, for the drift check.
+- `read_history`: a symbol's finished cycles, read-only, for `naivectl history`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+
+import msgspec
+
+from naived.core.config import Config
+from naived.core.messages import (
+    ExchangeFilters,
+    ExchangeWaiting,
+    FiltersFetched,
+    History,
+    OpenOrdersFetched,
+    OrphanOrder,
+    OrphansFound,
+    TraderState,
+    WorkerReply,
+)
+from naived.core.symbols import filters_from_exchange_info, trading_filters
+from naived.exchange import binance as exchange
+from naived.store.sqlite import Store, recorded_prefixes, registry_path, store_path
+from naived.tree.ipc import Unanswered, report
+from naived.tree.process import last_words
+from naived.tree.supervisor import EXIT_GAVE_UP
+
+log = logging.getLogger(__name__)
+
+FILTERS_DEADLINE = 30.0  # a filters fetch retries this long, then fails (its supervisor decides)
+TELL_LEADER_MS = 2000  # the root's reconcile waits this long per leader; one that is restarting is told next time
+
+
+def fetch_filters(config: Config, symbol: str | None = None) -> int:
+    """The exchange's filters, from one exchangeInfo call. Without a symbol (the root's
+    `exchange-info` worker): every TRADING symbol's, to the root. With one (a leader's `filters`
+    worker, when the root had none for it): that symbol's, to its leader, which also hears why
+    while the exchange does not answer; a symbol the exchange does not list gives up (exit 3)."""
+    client = exchange.client_for(config)
+    if symbol is None:
+        info = exchange.patiently(client.exchange_info, FILTERS_DEADLINE, "exchangeInfo of every symbol", final=lambda exc: False)
+        report(config.workers_endpoint, ExchangeFilters(trading_filters(info)))
+        return 0
+    leader = config.leader_endpoint(symbol)
+    try:
+        info = exchange.patiently(lambda: client.exchange_info(symbol), FILTERS_DEADLINE, f"{symbol}: exchangeInfo",
+                                  final=lambda exc: exc.code == -1121,  # Invalid symbol.
+                                  on_failure=lambda reason: report(leader, ExchangeWaiting(reason)))
+        filters = filters_from_exchange_info(info, symbol)
+    except exchange.BinanceError as exc:
+        last_words(f"{symbol} is not listed on the exchange ({exc.msg})")
+        return EXIT_GAVE_UP
+    except KeyError:
+        last_words(f"{symbol} is not listed on the exchange")
+        return EXIT_GAVE_UP
+    report(leader, FiltersFetched(filters))
+    return 0
+
+
+def reconcile_symbol(config: Config, symbol: str) -> int:
+    """A leader's: the exchange's open orders of its symbol, for the leader to compare."""
+    open_orders = exchange.client_for(config).open_orders(symbol)
+    report(config.leader_endpoint(symbol), OpenOrdersFetched([o.client_order_id for o in open_orders]))
+    return 0
+
+
+def reconcile_all(config: Config, known: dict[str, tuple[str, set[str]]], owned: set[str], reporting: frozenset[str]) -> int:
+    """The root's: the account's open orders (one call), and each leader whose traders wait on an
+    order no longer listed is handed that symbol's list, which it checks against its own state.
+    The orders with an install prefix that no trader owns go to the root (`find_orphans`)."""
+    asked_at = time.time()
+    try:
+        orders = exchange.client_for(config).all_open_orders()
+    except (exchange.BinanceError, exchange.OutcomeUnknown, exchange.RateLimited, OSError) as exc:
+        log.warning("reconcile: the exchange did not list the open orders (%s: %s); next time", type(exc).__name__, exc)
+        return 1
+    listed: dict[str, list[str]] = {}
+    for order in orders:
+        listed.setdefault(order.symbol, []).append(order.clientOrderId)
+    try:
+        report(config.workers_endpoint, OrphansFound(find_orphans(config, orders, owned, reporting)))
+    except sqlite3.Error as exc:
+        log.warning("reconcile: cannot read %s (%s): orphan orders are not looked for", registry_path(config.state_dir), exc)
+    except Unanswered as exc:  # the leaders are told all the same
+        log.warning("reconcile: %s", exc)
+    for symbol, (prefix, ours) in known.items():
+        at_exchange = listed.get(symbol, [])
+        if not ours - {cid for cid in at_exchange if cid.startswith(f"{prefix}-")}:
+            continue  # nothing missing: the leader is not woken
+        try:
+            report(config.leader_endpoint(symbol), OpenOrdersFetched(at_exchange, asked_at), TELL_LEADER_MS)
+        except Unanswered:
+            log.warning("%s: reconcile: the leader did not answer", symbol)
+    return 0
+
+
+def find_orphans(config: Config, orders: list[exchange.Listed], owned: set[str], reporting: frozenset[str]) -> list[OrphanOrder]:
+    """The open orders whose prefix this install minted (the registry, naived/store/sqlite.py) that no
+    trader owns: not a running trader's (`owned`, as the root knew them), nor named by a trader
+    state kept in the store of a symbol that is not running (stopped: adopted at its next start).
+    A store that is gone, moved aside or unreadable owns nothing. Raises sqlite3.Error."""
+    prefixes = recorded_prefixes(config.state_dir)
+    stored: dict[str, set[str]] = {}
+    found = []
+    for order in orders:
+        cid = order.clientOrderId
+        minted_for = prefixes.get(cid.split("-", 1)[0])
+        if minted_for is None or cid in owned:
+            continue
+        if minted_for not in reporting:
+            if minted_for not in stored:
+                stored[minted_for] = _stored_ids(config, minted_for)
+            if cid in stored[minted_for]:
+                continue
+        found.append(OrphanOrder(order.symbol, cid, order.side, order.price, order.origQty, order.executedQty, minted_for))
+    return found
+
+
+def named_ids(state: TraderState) -> list[str]:
+    """Client order ids a trader's state owns: its orders, its earlier sells, its intent."""
+    orders = [state.buy_order, state.sell_order, *state.sells]
+    return [o.client_order_id for o in orders if o is not None] + ([state.intent.client_order_id] if state.intent else [])
+
+
+def _stored_ids(config: Config, symbol: str) -> set[str]:
+    try:
+        store = Store(store_path(config.state_dir, symbol), readonly=True)
+    except (sqlite3.Error, OSError):
+        return set()  # gone or unreadable: it owns nothing
+    try:
+        return {cid for state in store.traders().values() for cid in named_ids(state)}
+    except (sqlite3.Error, msgspec.DecodeError, msgspec.ValidationError):
+        return set()
+    finally:
+        store.close()
+
+
+def read_history(config: Config, symbol: str, request_id: int) -> int:
+    """A symbol's finished cycles, read-only, to the root (which answers the client with them)."""
+    store = Store(store_path(config.state_dir, symbol), readonly=True)
+    report(config.workers_endpoint, WorkerReply(request_id, History(symbol, store.finished_cycles())))
+    return 0
