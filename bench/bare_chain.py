@@ -51,8 +51,8 @@ def ack(endpoint: str) -> None:
 
 
 def trader(sub_endpoint: str, rep_endpoint: str, paper_url: str) -> None:
-    from naived.exchange.budget import LocalBudget, Limits
     from naived.exchange.binance import BinanceClient
+    from naived.exchange.budget import Limits, LocalBudget
 
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)

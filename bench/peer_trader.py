@@ -16,10 +16,10 @@ import sys
 
 import zmq
 
-from naived.exchange import binance as exchange  # noqa: F401 - the imports are the point: a trader's start-up cost
-from naived.tree import trader  # noqa: F401 - the imports are the point: a trader's start-up cost
 from naived.core.config import Config
 from naived.core.messages import TraderHello, encode, trade_topic
+from naived.exchange import binance as exchange  # noqa: F401 - the imports are the point: a trader's start-up cost
+from naived.tree import trader  # noqa: F401 - the imports are the point: a trader's start-up cost
 
 
 def main() -> None:

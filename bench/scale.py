@@ -41,18 +41,18 @@ bench/tick_to_order.py. So one command prints every figure of issue 13.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import gzip
 import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from decimal import Decimal
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import TypeVar
 
@@ -62,13 +62,13 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import memory  # noqa: E402
-from harness import Tree, wait_for  # noqa: E402
 import recorded  # noqa: E402
+from harness import Tree, wait_for  # noqa: E402
 
 from naived.core.config import load_config  # noqa: E402
-from naived.tree.ipc import request  # noqa: E402
 from naived.core.messages import Error, StartTrading, StatusRequest, TreeStatus, control_reply_decoder  # noqa: E402
 from naived.core.symbols import table  # noqa: E402
+from naived.tree.ipc import request  # noqa: E402
 from streamerd.simulate import START_PRICES  # noqa: E402
 
 T = TypeVar("T")

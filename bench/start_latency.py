@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from harness import BIN, Tree, wait_for  # noqa: E402
 
 from naived.core.config import load_config  # noqa: E402
-from naived.tree.ipc import request  # noqa: E402
 from naived.core.messages import Error, StartTrading, StatusRequest, StopTrading, TreeStatus, control_reply_decoder  # noqa: E402
 from naived.core.symbols import table  # noqa: E402
+from naived.tree.ipc import request  # noqa: E402
 
 TARGET_MS = 20.0  # issue 13 (was 50)
 CONFIG = """

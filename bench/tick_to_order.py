@@ -48,11 +48,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fake_binance import FakeBinance, server_frame, trade_json  # noqa: E402
 from harness import BIN, Tree, wait_for  # noqa: E402
 
-from naived.exchange import binance as exchange  # noqa: E402
 from naived.core.config import load_config  # noqa: E402
+from naived.core.messages import (  # noqa: E402  # noqa: E402
+    LeaderStatus,
+    LeaderStatusRequest,
+    StateUpdated,
+    TraderState,
+    decode_trade,
+    encode,
+    leader_reply_decoder,
+    trade_topic,
+)
+from naived.exchange import binance as exchange  # noqa: E402
 from naived.tree.ipc import request  # noqa: E402
-from naived.core.messages import LeaderStatus, LeaderStatusRequest, StateUpdated, TraderState, encode, leader_reply_decoder  # noqa: E402
-from naived.core.messages import decode_trade, trade_topic  # noqa: E402
 
 SYMBOL = "XRPUSDT"
 PRICE = Decimal("0.5000")

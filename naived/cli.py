@@ -38,10 +38,9 @@ def main() -> None:
 def start(config_path: str | None) -> None:
     """Run the root of the tree in the foreground (as systemd runs it)."""
     config = _load(config_path)
-    from naived.store import ownership
-    from naived.tree import root
-    from naived.tree import process
     from naived.core import validate
+    from naived.store import ownership
+    from naived.tree import process, root
 
     # Before anything else touches the state directory (the control socket, the paper exchange's
     # store, the symbols' stores): one tree per state directory, held until its last process ends.
@@ -70,8 +69,8 @@ def start(config_path: str | None) -> None:
 def paper_exchange_command(config_path: str | None) -> None:
     """Run the paper exchange alone (naived starts its own when exchange = "paper")."""
     config = _load(config_path)
-    from naived.store import ownership
     from naived.paper import main as paper
+    from naived.store import ownership
 
     owner = ownership.StateDirLock(config.state_dir)  # its store is in the state directory: one owner
     try:

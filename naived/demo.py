@@ -23,12 +23,12 @@ import msgspec
 import requests
 import zmq
 
-from naived.ctl import render
-from naived.tree.ipc import request
 from naived.core.messages import StatusRequest, TreeStatus, control_reply_decoder
-from naived.tree.process import die_with_parent
 from naived.core.symbols import lookup
+from naived.ctl import render
 from naived.ops import processes
+from naived.tree.ipc import request
+from naived.tree.process import die_with_parent
 
 STATUS_EVERY = 5.0
 

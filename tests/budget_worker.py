@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from naived.exchange import budget
-from naived.exchange import binance as exchange
 from naived.core.config import load_config
+from naived.exchange import binance as exchange
+from naived.exchange import budget
 
 
 def attempt(call: Callable[[], Any]) -> dict[str, Any]:

@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
 from harness import Tree, wait_for
-from naived.core.symbols import lookup
 from recorded import BTC_TAPE
+
+from naived.core.symbols import lookup
 
 SYMBOL = "BTCUSDT"
 CHUNKS = 4

@@ -11,9 +11,15 @@ import msgspec
 import pytest
 import zmq
 
-from naived.tree.account_stream import AccountStream, report_problem
 from naived.core.config import parse_config
-from naived.core.messages import EXECUTION_TOPIC_PREFIX, ExecutionReport, StreamAlive, execution_report_decoder, root_report_decoder
+from naived.core.messages import (
+    EXECUTION_TOPIC_PREFIX,
+    ExecutionReport,
+    StreamAlive,
+    execution_report_decoder,
+    root_report_decoder,
+)
+from naived.tree.account_stream import AccountStream, report_problem
 
 GOOD: dict[str, Any] = {
     "e": "executionReport", "E": 1700000000000, "s": "XRPUSDT", "c": "nvabc123-0-1B", "S": "BUY",

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import zmq
-
 from harness import Tree, running_tree, wait_for
-from naived.exchange.binance import BinanceClient
+
 from naived.core.messages import (
     STREAM_STATUS_TOPIC,
     ExecutionReport,
@@ -25,6 +24,7 @@ from naived.core.messages import (
     stream_status_decoder,
     trader_execution_topic,
 )
+from naived.exchange.binance import BinanceClient
 
 FAST = """
 [account_stream]

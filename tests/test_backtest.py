@@ -9,15 +9,15 @@ from pathlib import Path
 import msgspec
 import pytest
 from click.testing import CliRunner
+from recorded import BTC_TAPE, ETH_TAPE
 
 from naived.backtest import engine
 from naived.backtest.report import Report, money
-from naived.core import strategy
 from naived.cli import main
+from naived.core import strategy
 from naived.core.config import parse_config
-from naived.paper.book import PaperBook
 from naived.core.symbols import quote_assets
-from recorded import BTC_TAPE, ETH_TAPE
+from naived.paper.book import PaperBook
 
 # One trader, no rebuy: buy 1% under the first price, sell 1% (plus both fees) over the buy.
 HAND_CONFIG = b"""

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from harness import running_tree, wait_for
-from naived.exchange import budget
-from naived.core.config import load_config
 from test_paper_exchange import Exchange
+
+from naived.core.config import load_config
+from naived.exchange import budget
 
 WORKER = Path(__file__).resolve().parent / "budget_worker.py"
 MINUTE = 60 * 29_000_000  # an epoch second at the start of a minute (and of a 10 s window)

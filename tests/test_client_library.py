@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from binance.error import ClientError
 from binance.spot import Spot
-
 from test_paper_exchange import KEY, SECRET, Exchange, Market, ex, market, start  # noqa: F401 - fixtures
 
 SYMBOL = "XRPUSDT"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import msgspec
 import zmq
+from harness import running_tree, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import running_tree, wait_for
 from naived.core.messages import (
     Error,
     HistoryRequest,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
-from decimal import Decimal
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
-
 from harness import Tree, running_tree, wait_for
+
 from naived.core.symbols import lookup
 
 # The book's chapter-5 settings: buy at the market, sell slightly *below* the buy price plus

@@ -14,8 +14,8 @@ from pathlib import Path
 import msgspec
 import pytest
 import zmq
-
 from harness import BIN, Tree, open_buys, running_tree, wait_for
+
 from naived.core.messages import Error, StatusRequest, TreeStatus, control_reply_decoder, encode
 
 RESTING = """

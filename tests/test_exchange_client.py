@@ -13,8 +13,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from naived.exchange import binance as exchange
 from naived.core.config import ConfigError, parse_config
+from naived.exchange import binance as exchange
 from naived.exchange.binance import BinanceClient, BinanceError, OutcomeUnknown, RateLimited, UnknownOrder, signature
 
 SECRET = "test-secret-do-not-leak"

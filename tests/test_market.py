@@ -10,8 +10,8 @@ import pytest
 import zmq
 
 from naived.core.config import ConfigError, parse_config
-from naived.market.gate import BAND, DECODE, FRAMES, PRICE, QUANTITY, SYMBOL, TOPIC, WARMUP, MarketGate, positive_decimal
 from naived.core.messages import Order, Settings, TradeEvent, TraderState, encode_trade, trade_topic
+from naived.market.gate import BAND, DECODE, FRAMES, PRICE, QUANTITY, SYMBOL, TOPIC, WARMUP, MarketGate, positive_decimal
 from naived.tree.trader import Trader
 
 BAND_10 = Decimal("0.1")

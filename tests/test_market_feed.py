@@ -21,8 +21,8 @@ from harness import Tree, free_port, wait_for
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from naived.market.gate import BAND, DECODE, FRAMES, PRICE, QUANTITY, SYMBOL, TOPIC
 from naived.core.messages import TradeEvent, decode_trade, encode_trade, trade_topic
+from naived.market.gate import BAND, DECODE, FRAMES, PRICE, QUANTITY, SYMBOL, TOPIC
 
 SYMBOL_, NEIGHBOUR = "TUSDT", "TUSDTRY"  # TRADE_EVENTS:TUSDT is a prefix of TRADE_EVENTS:TUSDTRY
 MARKET = Decimal("0.1")  # TUSDT, with TUSDTRY ~1000 times dearer

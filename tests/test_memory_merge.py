@@ -10,7 +10,6 @@ import ctypes
 from pathlib import Path
 
 import pytest
-
 from harness import open_buys, running_tree, tree_pids
 
 RESTING = """

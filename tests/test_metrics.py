@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import requests
-
 from harness import Tree, free_port, wait_for
-from naived.exchange import budget
+
 from naived.core.config import load_config
+from naived.exchange import budget
 from naived.ops.metrics import Metrics
 
 

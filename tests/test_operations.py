@@ -16,9 +16,9 @@ from fake_exchange import FakeExchange
 from harness import BIN, RESTING, Tree, open_buys, running_tree, wait_for
 
 from naived.core.config import load_config
+from naived.core.messages import Ack, OpenOrdersFetched, leader_reply_decoder
 from naived.exchange.binance import BinanceClient
 from naived.tree.ipc import request
-from naived.core.messages import Ack, OpenOrdersFetched, leader_reply_decoder
 
 
 @pytest.fixture

@@ -21,11 +21,11 @@ import msgspec
 import pytest
 import requests
 import zmq
-
 from harness import die_with_test, free_port
-from naived.exchange.binance import BinanceClient, BinanceError, OutcomeUnknown, RateLimited, UnknownOrder, signature
-from naived.core.messages import TradeEvent, encode_trade, trade_topic
 from recorded import EXCHANGE_INFO
+
+from naived.core.messages import TradeEvent, encode_trade, trade_topic
+from naived.exchange.binance import BinanceClient, BinanceError, OutcomeUnknown, RateLimited, UnknownOrder, signature
 
 KEY, SECRET = "paper-key", "paper-secret"
 T = TypeVar("T")
@@ -898,8 +898,8 @@ def test_exchange_info_lists_percent_price_by_side_with_binances_values(ex: Exch
 def test_the_average_price_window(tmp_path: Path) -> None:
     """The book's clock drives it: the volume-weighted average of the last avgPriceMins minutes, the
     last trade's price once none is left in the window, nothing before the first trade."""
-    from naived.paper.book import NewOrder, PaperBook, Rejected
     from naived.core.symbols import lookup
+    from naived.paper.book import NewOrder, PaperBook, Rejected
 
     now = [1_700_000_000_000]
     book = PaperBook(Path(":memory:"), {"USDT": Decimal("10000")}, clock=lambda: now[0])

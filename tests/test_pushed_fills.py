@@ -14,8 +14,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
 from harness import Tree, open_buys, running_tree, wait_for
+
 from naived.core import strategy
 from naived.core.messages import ExecutionReport, Fill, Order, Settings, TraderState
 

@@ -27,10 +27,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from naived.core.config import load_config
-from naived.tree.ipc import request
 from naived.core.messages import StatusRequest, TreeStatus, control_reply_decoder, encode
 from naived.ops.metrics import MetricsEndpoint
 from naived.paper import userstream
+from naived.tree.ipc import request
 
 LATENCY_BOUND = 0.100  # seconds: the bound for `naivectl status` while slow clients trickle
 REQUEST_SECONDS = 1.0  # the paper exchange's request deadline in this tree

@@ -12,19 +12,20 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import msgspec
 import pytest
 import requests
 import zmq
-
+from fake_binance import FakeBinance, trade_json
 from harness import die_with_test
+from recorded import BTC_TAPE, ETH_TAPE
+
 from naived.core.messages import TradeEvent, decode_trade
 from streamerd.publisher import Demand, symbol_of_subscription
-from fake_binance import FakeBinance, trade_json
-from recorded import BTC_TAPE, ETH_TAPE
 
 
 class Streamerd:

@@ -10,11 +10,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-
 from harness import BIN, Tree, wait_for
+from recorded import EXCHANGE_INFO
+
 from naived.core import symbols
 from naived.core.config import Paper
-from recorded import EXCHANGE_INFO
 
 
 def entry(symbol: str, base: str, quote: str, status: str = "TRADING", notional: str = "NOTIONAL",

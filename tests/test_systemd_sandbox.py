@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from harness import BIN, SANDBOX, UNITS, Tree, free_port, open_buys, wait_for
 
 pytestmark = pytest.mark.skipif(

@@ -11,7 +11,6 @@ from pathlib import Path
 import psutil
 import pytest
 import zmq
-
 from harness import BIN, Tree, open_buys, running_tree, wait_for
 
 # Buy 50% below the market: the buy order stays open, so states are stable to compare.

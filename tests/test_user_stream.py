@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 import websocket
-
-from naived.exchange.binance import BinanceError
 from recorded import BTC_TAPE
 from test_paper_exchange import Exchange, Market, ex, market, order, start, wait_for  # noqa: F401 - fixtures
+
+from naived.exchange.binance import BinanceError
 
 # Every field Binance's executionReport carries for an order of the types the paper exchange
 # implements (the conditional ones for trailing stops, strategies, STP and SOR never apply;

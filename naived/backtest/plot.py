@@ -41,7 +41,7 @@ def check_available() -> None:
 
 
 def _times(ms: list[int]) -> list[datetime.datetime]:
-    return [datetime.datetime.fromtimestamp(t / 1000, datetime.timezone.utc) for t in ms]
+    return [datetime.datetime.fromtimestamp(t / 1000, datetime.UTC) for t in ms]
 
 
 def plot(bt: Books, path: str) -> None:

@@ -18,7 +18,7 @@ def encode(report: Report | list[dict[str, Any]]) -> bytes:
 def _when(ms: int | None) -> str:
     if ms is None:
         return "-"
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _pct(fraction: str) -> str:

@@ -63,8 +63,8 @@ from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-from naived.store import sqlfile
 from naived.core.symbols import SymbolFilters
+from naived.store import sqlfile
 
 log = logging.getLogger(__name__)
 

@@ -334,5 +334,5 @@ class UserStreamServer(threading.Thread):
             timeout = None if next_at is None else max(0.0, next_at - time.monotonic())
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

@@ -27,11 +27,8 @@ import time
 import msgspec
 import zmq
 
-from naived.core import cycles, strategy
-from naived.tree import trader, workers
-from naived.core import validate
+from naived.core import cycles, strategy, validate
 from naived.core.config import Config, reload_config
-from naived.tree.ipc import bind, bind_rep
 from naived.core.messages import (
     Ack,
     ExchangeWaiting,
@@ -52,10 +49,12 @@ from naived.core.messages import (
     encode,
     leader_request_decoder,
 )
+from naived.core.symbols import SymbolFilters
 from naived.store.sqlite import Store, record_prefix, registry_path, store_path
+from naived.tree import trader, workers
+from naived.tree.ipc import bind, bind_rep
 from naived.tree.process import last_words
 from naived.tree.supervisor import EXIT_GAVE_UP, Child, ChildSpec, Decision, Exit, ExitStatus, Kind, Role, Supervisor
-from naived.core.symbols import SymbolFilters
 
 log = logging.getLogger(__name__)
 

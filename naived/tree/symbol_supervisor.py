@@ -17,11 +17,11 @@ import logging
 import os
 import signal
 
-from naived.tree import leader
 from naived.core import validate
 from naived.core.config import Config, reload_config
-from naived.tree.supervisor import ChildSpec, Kind, Role, Supervisor
 from naived.core.symbols import SymbolFilters
+from naived.tree import leader
+from naived.tree.supervisor import ChildSpec, Kind, Role, Supervisor
 
 log = logging.getLogger(__name__)
 

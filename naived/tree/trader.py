@@ -21,10 +21,8 @@ from typing import TypeVar
 import msgspec
 import zmq
 
-from naived.exchange import binance as exchange
 from naived.core import actions, cycles, strategy
 from naived.core.config import Config
-from naived.market.gate import MAX_MARKET_FRAME, MarketGate
 from naived.core.messages import (
     STREAM_STATUS_TOPIC,
     Fill,
@@ -46,6 +44,8 @@ from naived.core.messages import (
     trade_topic,
     trader_execution_topic,
 )
+from naived.exchange import binance as exchange
+from naived.market.gate import MAX_MARKET_FRAME, MarketGate
 from naived.tree.process import last_words
 
 log = logging.getLogger(__name__)
