@@ -70,7 +70,7 @@ def trader_kills(tree: Tree, kills: int) -> list[float]:
         victim = wait_for("trader 0", lambda: (t := tree.traders("XRPUSDT").get(0)) and t["ready_at"] and t)
         killed_at = time.time()
         os.kill(victim["pid"], signal.SIGKILL)
-        back = wait_for("the replacement", lambda: ready(tree, "XRPUSDT", 0, victim["pid"]), interval=0.002)
+        back = wait_for("the replacement", lambda pid=victim["pid"]: ready(tree, "XRPUSDT", 0, pid), interval=0.002)
         samples.append((back["ready_at"] - killed_at) * 1000)
     return samples
 
@@ -83,7 +83,7 @@ def leader_kills(tree: Tree, kills: int) -> list[float]:
         killed_at = time.time()
         os.kill(leader, signal.SIGKILL)
 
-        def all_back() -> list[float] | None:
+        def all_back(traders: dict = traders) -> list[float] | None:  # this kill's traders, bound now
             new = [ready(tree, "XRPUSDT", i, t["pid"]) for i, t in traders.items()]
             return [t["ready_at"] for t in new] if all(new) else None
 
@@ -212,8 +212,8 @@ stdout_logfile = {work / 'trader.log'}
         argv = [str(supervisord_binary()), "-c", str(conf)]
     else:
         argv = [str(BIN / "python"), "-c", FORK_EXEC_PARENT, *trader]
-    log = open(work / "parent.log", "ab")
-    proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+    with open(work / "parent.log", "ab") as log:  # the peer keeps its own copy of the descriptor
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
     try:
         return peer_kills(clock, kills)
     finally:

@@ -366,7 +366,7 @@ def run(args: argparse.Namespace, names: list[str], rate: float, origin: str, ho
                   + (f"; of which {paused:.0f} s paused for KSM to merge" if paused else "") + ")", flush=True)
             started = alive(kinds_of(tree_status(ctx, endpoint), streamer.pid))
             by_kind = Counter()
-            for pid, (kind, proc) in started.items():
+            for pid, (kind, _proc) in started.items():
                 try:
                     by_kind[kind] += cpu_seconds(pid)
                 except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):

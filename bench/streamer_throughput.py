@@ -89,11 +89,12 @@ def measure_streamer(symbols: int, count: int, idle: float, extra_args: tuple[st
     with FakeBinance() as fake, tempfile.TemporaryDirectory() as tmp:
         endpoint = f"ipc://{tmp}/trades.sock"
         log_path = Path(tmp) / "streamerd.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamerd.cli", "start", "--source", "binance", "--binance-url", fake.url,
-             "--endpoint", endpoint, *extra_args],
-            stderr=open(log_path, "wb"), start_new_session=True,
-        )
+        with open(log_path, "wb") as log:  # streamerd keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streamerd.cli", "start", "--source", "binance", "--binance-url", fake.url,
+                 "--endpoint", endpoint, *extra_args],
+                stderr=log, start_new_session=True,
+            )
         result: dict = {}
         ctx = zmq.Context()
         sub = ctx.socket(zmq.SUB)

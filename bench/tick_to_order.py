@@ -227,11 +227,11 @@ def bare_chain(bench: Bench, directory: Path, samples: int) -> list[float]:
     -> the same order POST to the same paper exchange. Its processes are killed by PID."""
     run = directory / "run"
     xpub, rep = f"ipc://{run / 'bare-market.sock'}", f"ipc://{run / 'bare-ack.sock'}"
-    log = open(directory / "bare-chain.log", "ab")
     python = str(BIN / "python")
-    procs = [subprocess.Popen([python, str(BARE_CHAIN), *argv], stderr=log, start_new_session=True) for argv in (
-        ["relay", f"{bench.fake.url}/stream?streams=xrpusdt@trade", xpub], ["ack", rep],
-        ["trader", xpub, rep, bench.tree.paper_url])]
+    with open(directory / "bare-chain.log", "ab") as log:  # each process keeps its own copy of the descriptor
+        procs = [subprocess.Popen([python, str(BARE_CHAIN), *argv], stderr=log, start_new_session=True) for argv in (
+            ["relay", f"{bench.fake.url}/stream?streams=xrpusdt@trade", xpub], ["ack", rep],
+            ["trader", xpub, rep, bench.tree.paper_url])]
     try:
         streamerd_conn = bench.conn
         conn = bench.fake.wait_for_subscription("xrpusdt@trade", timeout=10, exclude=[streamerd_conn] if streamerd_conn else [])
@@ -254,9 +254,8 @@ def bare_chain(bench: Bench, directory: Path, samples: int) -> list[float]:
             time.sleep(0.05)  # as idle between trades as naive's trader is
             sent, trade_id = push()
             try:
-                placed = wait_for("a bare order", lambda: order(trade_id), interval=0.005)
+                placed = wait_for("a bare order", lambda trade_id=trade_id: order(trade_id), interval=0.005)
             except AssertionError:
-                log.flush()
                 raise AssertionError("no bare order; bare-chain.log ends:\n" + (directory / "bare-chain.log").read_text()[-2000:]) from None
             out.append((placed["receivedNs"] - sent) / 1e6)
         return out
@@ -264,7 +263,6 @@ def bare_chain(bench: Bench, directory: Path, samples: int) -> list[float]:
         for proc in procs:
             proc.kill()
             proc.wait()
-        log.close()
 
 
 def profile(tree: Tree, bench: Bench, tap: Tap, cycles: int, directory: Path) -> None:
@@ -357,7 +355,7 @@ def main() -> None:
                 row(f"frame -> order, {kind} trader", t)
                 row("  streamer leg: frame -> SUB (this process)", s)
                 if len(streamer) == len(totals):
-                    row("  trader leg: SUB -> order request line", percentiles([a - b for a, b in zip(totals, streamer)]))
+                    row("  trader leg: SUB -> order request line", percentiles([a - b for a, b in zip(totals, streamer, strict=True)]))
             row("frame -> order, bare chain of the same hops", bare)
             t = percentiles(runs["warmed"][0])
             for kind, (totals, _) in runs.items():

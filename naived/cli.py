@@ -122,7 +122,7 @@ def refresh_symbols(config_path: str | None, source: str | None, output: str | N
     if source:
         origin = source
         try:
-            raw = open(source, "rb").read()
+            raw = Path(source).read_bytes()
         except OSError as exc:
             click.echo(f"naived refresh-symbols: cannot read {source}: {exc.strerror}", err=True)
             sys.exit(2)

@@ -115,15 +115,13 @@ def run(seconds: float, symbols: list[str]) -> int:
     config_path = write_config(directory, symbols)
     config = load_config(str(config_path))
     config.make_dirs()  # 0700, before streamerd binds its ipc socket there
-    logs = {name: open(directory / f"{name}.log", "w") for name in ("streamerd", "naived")}
     print(f"naive demo: SIMULATED market, paper exchange, symbols {' '.join(symbols)}")
     print(f"  files and logs in {directory}; this demo stops after {seconds:g}s" if seconds else "  Ctrl-C stops it")
-    procs = [
-        subprocess.Popen(_command("streamerd") + ["start", "--config", str(config_path)], stderr=logs["streamerd"], start_new_session=True,
-                         preexec_fn=die_with_parent),
-        subprocess.Popen(_command("naived") + ["start", "--config", str(config_path)], stderr=logs["naived"], start_new_session=True,
-                         preexec_fn=die_with_parent),
-    ]
+    procs = []
+    for name in ("streamerd", "naived"):
+        with open(directory / f"{name}.log", "w") as log:  # the daemon keeps its own copy of the descriptor
+            procs.append(subprocess.Popen(_command(name) + ["start", "--config", str(config_path)], stderr=log,
+                                          start_new_session=True, preexec_fn=die_with_parent))
     ctx = zmq.Context()
     start = time.monotonic()
     killed = False

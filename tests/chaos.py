@@ -287,7 +287,7 @@ def kill_loop(
             tree.streamer.wait(10)
             tree.start_streamer()
         if kind in ("leader", "supervisor", "naived"):
-            ready = wait_for(f"{SYMBOL}'s traders after a {kind} kill", lambda: recovered(tree, old_leader), timeout=60)
+            ready = wait_for(f"{SYMBOL}'s traders after a {kind} kill", lambda old_leader=old_leader: recovered(tree, old_leader), timeout=60)
             report.recovery_ms[kind].append((ready - killed_at) * 1000)
         if progress and report.killed % 50 == 0:
             progress(f"{report.killed} kills, {time.monotonic() - started:.0f}s")

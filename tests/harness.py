@@ -117,15 +117,15 @@ ws_port = {self.paper_ws_port}
     # --- processes ------------------------------------------------------------------
 
     def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.dir / f"{name}.log", "ab")
         sandbox = [sys.executable, str(SANDBOX), str(UNITS / f"{name}.service"), "--"] if self.sandboxed else []
-        proc = subprocess.Popen(
-            [*sandbox, str(BIN / name), *args, "--config", str(self.config_path)],
-            stderr=log,
-            start_new_session=True,
-            preexec_fn=die_with_test,
-            env={**os.environ, **(env or {})},
-        )
+        with open(self.dir / f"{name}.log", "ab") as log:  # the daemon keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                [*sandbox, str(BIN / name), *args, "--config", str(self.config_path)],
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=die_with_test,
+                env={**os.environ, **(env or {})},
+            )
         self.procs.append(proc)
         return proc
 

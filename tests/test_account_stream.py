@@ -83,7 +83,7 @@ def client(tree: Tree) -> BinanceClient:
     return BinanceClient(tree.paper_url, "paper-key", "paper-secret")
 
 
-def up_session(listener: Listener, not_in: set[str] = set()) -> str:
+def up_session(listener: Listener, not_in: frozenset[str] = frozenset()) -> str:
     def fresh() -> str | None:
         s = listener.status()
         return s.session if s.up and s.session not in not_in else None

@@ -208,9 +208,8 @@ def test_a_process_killed_while_holding_the_lock_holds_nobody_up(tmp_path: Path)
     holder = subprocess.Popen([sys.executable, str(WORKER), str(config), "hold"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and json.loads(holder.stdout.readline()) == {"holding": True}
-        with open(path, "rb") as f:  # it really holds it
-            with pytest.raises(BlockingIOError):
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with open(path, "rb") as f, pytest.raises(BlockingIOError):  # it really holds it
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait(10)
         assert worker(config, "count", "10", timeout=10) == [{"done": True}]

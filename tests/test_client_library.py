@@ -158,10 +158,10 @@ def test_times_in_microseconds_when_the_header_asks(ex: Exchange) -> None:
     assert micro.get_open_orders(SYMBOL) == [as_us] and milli.get_open_orders(SYMBOL) == [as_ms]
     cancelled_at = micro.cancel_order(SYMBOL, orderId=placed["orderId"])["transactTime"]
     assert cancelled_at // 1000 == milli.get_order(SYMBOL, orderId=placed["orderId"])["updateTime"]
-    for start in (as_ms["time"], as_us["time"]):  # ms or µs, with either header
+    for since in (as_ms["time"], as_us["time"]):  # ms or µs, with either header
         for client in (micro, milli):
-            assert [o["orderId"] for o in client.get_orders(SYMBOL, startTime=start)] == [placed["orderId"]]
-            assert client.get_orders(SYMBOL, endTime=start - 1) == []
+            assert [o["orderId"] for o in client.get_orders(SYMBOL, startTime=since)] == [placed["orderId"]]
+            assert client.get_orders(SYMBOL, endTime=since - 1) == []
     odd = spot(ex)
     odd.session.headers["X-MBX-TIME-UNIT"] = "SECOND"  # the library itself only sends the two units
     assert refused(odd.time) == (400, -1194, "Invalid value for time unit; expected either MICROSECOND or MILLISECOND.")

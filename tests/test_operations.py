@@ -289,6 +289,6 @@ def test_the_roots_reconcile_finds_missing_only_what_was_open_before_it_asked(re
         ctx.term()
     for trader in buys.values():
         cid = trader["state"]["buy_order"]["client_order_id"]
-        wait_for(f"{cid} looked up", lambda: f"asking about {cid}: the leader's reconcile found it no longer open"
+        wait_for(f"{cid} looked up", lambda cid=cid: f"asking about {cid}: the leader's reconcile found it no longer open"
                  in resting.log("naived"))
     assert resting.symbol("XRPUSDT")["leader"]["counters"].get("drift", 0) == 0  # a periodic check counts no drift

@@ -151,7 +151,7 @@ def test_the_lock_lives_until_the_trees_last_process_is_gone(tmp_path: Path) -> 
     finally:
         os.kill(child, signal.SIGKILL)
     wait_for("the last process of the tree to die", lambda: not os.path.exists(f"/proc/{child}") or
-             open(f"/proc/{child}/stat").read().split()[2] == "Z")
+             Path(f"/proc/{child}/stat").read_text().split()[2] == "Z")
     me = lock.acquire(wait_for_dead_tree=5.0)
     assert me.pid == os.getpid() and me.token == 2  # the token only grows
     assert lock.holder() == me  # a probe on its own open file sees our exclusive lock

@@ -10,6 +10,7 @@ without the Python start-up of the command). The issue asks for that explicitly:
 
 from __future__ import annotations
 
+import itertools
 import socket
 import statistics
 import threading
@@ -267,7 +268,7 @@ def test_streamerd_publishes_while_its_metrics_clients_trickle(tree: Tree) -> No
                     arrivals.append(time.monotonic())
             wait_for("the trickling clients dropped", lambda: all(t.closed_at for t in tricklers), timeout=6)
             wait_for("the silent ones dropped too (at their deadline)", lambda: closed_by_server(idle) == len(idle), timeout=6)
-        gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
         print(f"\nstreamerd: {len(arrivals)} trades in 3 s while clients trickled; longest gap {max(gaps) * 1000:.0f} ms")
         assert len(arrivals) > 30 and max(gaps) < 0.5, (len(arrivals), max(gaps, default=None))
         assert_quick(sampler)

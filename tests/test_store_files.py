@@ -131,7 +131,7 @@ def test_an_emptied_store_and_a_foreign_one_fail_their_symbols_only(tmp_path: Pa
         foreign = foreign_database(symbols / "ETHUSDT.sqlite")
 
         for symbol in ("BTCUSDT", "ETHUSDT"):
-            wait_for(f"{symbol} to start", lambda: tree.ctl("start-trading", symbol).returncode == 0)
+            wait_for(f"{symbol} to start", lambda symbol=symbol: tree.ctl("start-trading", symbol).returncode == 0)
         emptied = wait_for("BTCUSDT to fail", lambda: (s := tree.symbol("BTCUSDT")) and s["state"] == "failed" and s)
         assert "BTCUSDT.sqlite is unreadable (it is empty (0 bytes)" in emptied["error"], emptied["error"]
         assert "left as it is" in emptied["error"] and "move it" in emptied["error"]

@@ -5,6 +5,7 @@ a fake Binance websocket server, and ZeroMQ SUB clients in the test process.
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import re
 import signal
@@ -36,11 +37,12 @@ class Streamerd:
         (so `proc.pid` is streamerd's pid, as systemd's main pid is)."""
         self.endpoint = f"ipc://{tmp}/trades.sock"
         self.log_path = tmp / "streamerd.log"
-        self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "streamerd.cli", "start", "--endpoint", self.endpoint, *args],
-            stdout=subprocess.DEVNULL, stderr=open(self.log_path, "wb"), start_new_session=True,
-            preexec_fn=die_with_test, env={**_env(), **(env or {})},
-        )
+        with open(self.log_path, "wb") as log:  # streamerd keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [*prefix, sys.executable, "-m", "streamerd.cli", "start", "--endpoint", self.endpoint, *args],
+                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+                preexec_fn=die_with_test, env={**_env(), **(env or {})},
+            )
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -549,11 +551,11 @@ def test_a_recorded_replay_replays_identically_with_the_frames_as_received(ctx, 
 
     recorded = sorted(record_dir.iterdir())
     assert [p.name for p in recorded] == [f"btcusdt_{_today()}.gz", f"ethusdt_{_today()}.gz"]
-    for tape, recording in zip(tapes, recorded):
+    for tape, recording in zip(tapes, recorded, strict=True):
         assert _tape_lines(recording) == _tape_lines(tape)  # byte for byte, as Binance sent them
     with gzip.open(recorded[0]) as f:
         stamps = [int(line.split(b" ", 1)[0]) for line in f]
-    assert all(a < b for a, b in zip(stamps, stamps[1:]))
+    assert all(a < b for a, b in itertools.pairwise(stamps))
 
     assert _replay_everything(ctx, start_streamerd, recorded, "BTCUSDT") == published  # same trades, same order
 

@@ -74,7 +74,7 @@ def plot(bt: Books, path: str) -> None:
     equity_ax.set_ylabel("equity")
     equity_ax.set_title("budget plus positions, marked to each trade")
     equity_ax.legend(loc="best", fontsize="small")
-    for ax, symbol in zip(axes[1:-1], symbols):
+    for ax, symbol in zip(axes[1:-1], symbols, strict=True):
         ledger = bt.ledgers[symbol]
         samples = ledger.samples or []
         ax.plot(_times([t for t, _, _ in samples]), [float(p) for _, p, _ in samples], linewidth=0.8, color="grey")

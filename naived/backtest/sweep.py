@@ -43,4 +43,4 @@ def parse_sets(values: Iterable[str]) -> list[dict[str, str]]:
         if not sep or not key.strip() or not options:
             raise BacktestError(f"--set {text!r}: expected key=value[,value...], e.g. profit_interval=0.001,0.002")
         axes.append((key.strip(), options))
-    return [dict(zip([k for k, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
+    return [dict(zip([k for k, _ in axes], combo, strict=True)) for combo in itertools.product(*[v for _, v in axes])]

@@ -391,9 +391,8 @@ class PaperBook:
     def check(self, f: SymbolFilters, new: NewOrder) -> None:
         """Binance's filters for a new order (also what POST /api/v3/order/test checks)."""
         market = self._market.get(f.symbol)
-        if new.type != "MARKET":
-            if not (f.tick_size <= new.price <= MAX_PRICE) or new.price % f.tick_size:
-                raise Rejected(-1013, "Filter failure: PRICE_FILTER")
+        if new.type != "MARKET" and (not (f.tick_size <= new.price <= MAX_PRICE) or new.price % f.tick_size):
+            raise Rejected(-1013, "Filter failure: PRICE_FILTER")
         if new.type == "MARKET" and new.quote_qty:
             if new.quote_qty < f.min_notional:
                 raise Rejected(-1013, "Filter failure: NOTIONAL")

@@ -244,10 +244,7 @@ class Leader(Role):
         owned = {o.client_order_id for s in self.states.values() for o in (s.buy_order, s.sell_order) if o} | {
             s.intent.client_order_id for s in self.states.values() if s.intent}
         # Only orders already open when the exchange was asked can be missing from its answer.
-        if asked_at is None:
-            asked = self.open_when_asked
-        else:
-            asked = {cid for cid, since in self.open_since.items() if since < asked_at}
+        asked = self.open_when_asked if asked_at is None else {cid for cid, since in self.open_since.items() if since < asked_at}
         unowned, missing = sorted(at_exchange - owned), sorted((self.open_ours() & asked) - at_exchange)
         first = asked_at is None and not self.drift_counted  # the root's periodic check counts no drift
         self.drift_counted = self.drift_counted or asked_at is None
