@@ -190,16 +190,16 @@ def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, set
 
             result = backtest_tree.run(sweep.apply_settings(config, combos[0]), list(files), wanted, speed, keep)
             reports = [(combos[0], result.report)]
-            plotted = result.backtest
+            tree_books = result.backtest
         else:
             outcome = engine.run(config, list(files), combos, keep_samples=bool(plot_path), symbols=wanted)
             reports = [(changes, b.report(list(files))) for changes, b in outcome.runs]
-            plotted = outcome.runs[0][1]
+            in_process = outcome.runs[0][1]
             click.echo(f"{outcome.trades:,} trades in {outcome.seconds:.2f}s "
                        f"({outcome.trades / max(outcome.seconds, 1e-9):,.0f} trades/s"
                        f"{f' × {len(combos)} settings' if len(combos) > 1 else ''})", err=True)
         if plot_path:
-            backtest_plot.plot(plotted, plot_path)
+            backtest_plot.plot(tree_books if through_tree else in_process, plot_path)
     except BacktestError as exc:
         click.echo(f"naived backtest: {exc}", err=True)
         sys.exit(2)

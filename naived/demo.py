@@ -36,7 +36,8 @@ STATUS_EVERY = 5.0
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def write_config(directory: Path, symbols: list[str]) -> Path:
@@ -86,7 +87,7 @@ def _command(name: str) -> list[str]:
     return [str(script)] if script.exists() else [shutil.which(name) or name]
 
 
-def _status(ctx: zmq.Context, endpoint: str) -> TreeStatus | None:
+def _status(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> TreeStatus | None:
     reply = request(ctx, endpoint, StatusRequest(), control_reply_decoder, 2000)
     return reply if isinstance(reply, TreeStatus) else None
 

@@ -41,6 +41,8 @@ def check_available() -> None:
 
 
 def _times(ms: list[int]) -> list[datetime.datetime]:
+    """Aware datetimes, which matplotlib's date units draw; its stubs type x values as numbers and
+    arrays only, hence the `type: ignore[arg-type]` where these reach a typed Axes."""
     return [datetime.datetime.fromtimestamp(t / 1000, datetime.UTC) for t in ms]
 
 
@@ -57,20 +59,21 @@ def plot(bt: Books, path: str) -> None:
     equity_ax: Axes = axes[0]
     drawdown_ax: Axes = axes[-1]
     for quote, curve in sorted(bt.curves.items()):
-        samples = curve.samples or []
-        xs = _times([t for t, _ in samples])
-        ys = [float(e) for _, e in samples]
-        equity_ax.plot(xs, ys, label=f"total ({quote})", linewidth=1.2)
+        points = curve.samples or []
+        xs = _times([t for t, _ in points])
+        ys = [float(e) for _, e in points]
+        equity_ax.plot(xs, ys, label=f"total ({quote})", linewidth=1.2)  # type: ignore[arg-type]  # datetimes: see _times
         peak, drawdown = float("-inf"), []
         for y in ys:
             peak = max(peak, y)
             drawdown.append(y - peak)
-        drawdown_ax.fill_between(xs, drawdown, 0, step="post", alpha=0.4, label=f"drawdown ({quote})")
+        drawdown_ax.fill_between(xs, drawdown, 0, step="post", alpha=0.4,  # type: ignore[arg-type]  # datetimes: see _times
+                                 label=f"drawdown ({quote})")
     if len(symbols) > 1:
         for symbol in symbols:
             samples = bt.ledgers[symbol].samples or []
-            equity_ax.plot(_times([t for t, _, _ in samples]), [float(e) for _, _, e in samples], linewidth=0.8,
-                           label=symbol)
+            equity_ax.plot(_times([t for t, _, _ in samples]),  # type: ignore[arg-type]  # datetimes: see _times
+                           [float(e) for _, _, e in samples], linewidth=0.8, label=symbol)
     equity_ax.set_ylabel("equity")
     equity_ax.set_title("budget plus positions, marked to each trade")
     equity_ax.legend(loc="best", fontsize="small")

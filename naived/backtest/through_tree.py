@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import requests
@@ -184,7 +184,8 @@ class Forwarder(threading.Thread):
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _wait(what: str, probe: Callable[[], Any], deadline: float, logs: Path) -> Any:
@@ -274,7 +275,8 @@ def _trade_and_settle(forwarder: Forwarder, tree: _Tree, directory: Path, config
             raise BacktestError(f"--through-tree: the forwarder failed: {forwarder.error}")
         for proc in tree.procs:
             if proc.poll() is not None:
-                raise BacktestError(f"--through-tree: {proc.args[2]} exited with {proc.returncode} (logs in {directory})")
+                module = cast(list[str], proc.args)[2]  # the list `_Tree.spawn` gave it: [python, "-m", module, ...]
+                raise BacktestError(f"--through-tree: {module} exited with {proc.returncode} (logs in {directory})")
 
     try:
         def started() -> bool:
@@ -346,6 +348,7 @@ def _report(config: Config, files: list[str], names: list[str], orders: list[dic
     for symbol in names:
         f = table()[symbol]
         budget = config.trading.for_symbol(symbol).budget
+        assert budget is not None  # for_symbol raises NoBudget rather than return a symbol without one
         ledger = ledgers[symbol] = Ledger(symbol, f.base, f.quote, budget)
         ledger.samples, ledger.markers = [], []
         curve = curves.setdefault(f.quote, Curve(Decimal(0), samples=[]))
@@ -360,15 +363,15 @@ def _report(config: Config, files: list[str], names: list[str], orders: list[dic
                 fills.setdefault((order["symbol"], fill["marketTradeId"]), []).append((order["side"], fill))
     events, _ = read_trades(files)
     for e in events:
-        ledger = ledgers.get(e.s)
-        if ledger is None:
+        traded = ledgers.get(e.s)
+        if traded is None:
             continue
         for side, fill in fills.pop((e.s, e.t), ()):
-            ledger.fill(side, Decimal(fill["price"]), Decimal(fill["qty"]), Decimal(fill["commission"]),
+            traded.fill(side, Decimal(fill["price"]), Decimal(fill["qty"]), Decimal(fill["commission"]),
                         fill["commissionAsset"], e.E)
         price = Decimal(e.p)
-        change = ledger.mark(price, e.p, e.E)
-        curves[ledger.quote].move(change, e.E)
+        change = traded.mark(price, e.p, e.E)
+        curves[traded.quote].move(change, e.E)
     if fills:
         raise BacktestError(f"--through-tree: {len(fills)} fills made by trades not in the input")
     summaries = []

@@ -31,7 +31,7 @@ class TradeFeed(threading.Thread):
     """Owns the SUB socket (a ZeroMQ socket belongs to one thread). Other threads ask for a
     symbol with `want()`; a pipe wakes the poll so the subscription is made at once."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, book: PaperBook,
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, book: PaperBook,
                  band_of: Callable[[str], Decimal] = lambda symbol: Decimal("0.1")) -> None:
         """`band_of`: a symbol's `[trading] price_band`, for its market gate."""
         super().__init__(name="trade-feed", daemon=True)

@@ -132,6 +132,7 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # with Nagle on, every keep-alive request waits ~40 ms for an ACK
     wbufsize = 64 * 1024  # headers and body leave in one write (flushed after each request)
     server: Server
+    rfile: io.BufferedReader  # what StreamRequestHandler makes with the default rbufsize (-1): buffered, peekable
     received_ns = 0
     body = b""
 
@@ -180,7 +181,7 @@ class Handler(BaseHTTPRequestHandler):
                                     f"a request head over {MAX_HEAD_BYTES} bytes")
         self.raw_requestline, rest = head.split(b"\n", 1)
         self.raw_requestline += b"\n"
-        rfile, self.rfile = self.rfile, io.BytesIO(rest)  # type: ignore[assignment]
+        rfile, self.rfile = self.rfile, io.BytesIO(rest)  # type: ignore[assignment]  # for parse_request only; put back below
         try:
             parsed = self.parse_request()  # reads the headers from `rest`; answers a malformed head itself
         finally:

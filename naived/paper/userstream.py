@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -56,9 +56,17 @@ from naived.paper.shapes import fmt, now_ms
 
 log = logging.getLogger(__name__)
 
+
+class BinanceError(TypedDict):
+    """A Binance error answer's body."""
+
+    code: int
+    msg: str
+
+
 KEY_ALPHABET = string.ascii_letters + string.digits
 KEY_LENGTH = 60  # Binance's listen keys are 60 letters and digits
-UNKNOWN_KEY = {"code": -1125, "msg": "This listenKey does not exist."}
+UNKNOWN_KEY: BinanceError = {"code": -1125, "msg": "This listenKey does not exist."}
 PING_INTERVAL, PING_TIMEOUT = 20.0, 60.0  # Binance pings every 20 s and drops a client silent for a minute
 # Limits no client may pass (issue 20); Binance documents none for this stream but the ping rule.
 # A client sends nothing but control frames (pongs, close): a message larger than this is
@@ -200,7 +208,11 @@ class UserStreamServer(threading.Thread):
 
     def _keys_changed(self) -> None:
         if not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(lambda: self._wake and self._wake.set())
+            self.loop.call_soon_threadsafe(self._wake_up)
+
+    def _wake_up(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
     # --- the loop ---------------------------------------------------------------------------
 

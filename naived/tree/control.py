@@ -38,7 +38,7 @@ Handler = Callable[[ControlRequest, list[bytes]], msgspec.Struct | None]
 
 
 class ControlServer:
-    def __init__(self, ctx: zmq.Context, endpoint: str, handle: Handler) -> None:
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, handle: Handler) -> None:
         self.socket = bind(ctx, zmq.ROUTER, endpoint, max_message_bytes=CONTROL_MAX_BYTES)
         self.handle = handle
         self.refused = 0  # malformed control requests answered with an Error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import msgspec
 import zmq
@@ -13,11 +14,11 @@ REPORT_TIMEOUT_MS = 5000  # a worker whose report is not taken by then exits 1 (
 _ack_decoder = msgspec.msgpack.Decoder(Ack)
 
 
-def bind_rep(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def bind_rep(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Socket[bytes]:
     return bind(ctx, zmq.REP, endpoint)
 
 
-def bind(ctx: zmq.Context, kind: int, endpoint: str, max_message_bytes: int = -1) -> zmq.Socket:
+def bind(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str, max_message_bytes: int = -1) -> zmq.Socket[bytes]:
     """Bind a socket; an ipc path left behind by a killed predecessor is replaced (mode 0600).
     `max_message_bytes` (ZMQ_MAXMSGSIZE): a peer sending a larger frame is disconnected by libzmq."""
     socket = ctx.socket(kind)
@@ -40,7 +41,8 @@ def ipc_path(endpoint: str) -> str | None:
 
 
 def request(
-    ctx: zmq.Context, endpoint: str, message: msgspec.Struct, decoder: msgspec.msgpack.Decoder, timeout_ms: int
+    ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, message: msgspec.Struct, decoder: msgspec.msgpack.Decoder[Any],
+    timeout_ms: int,
 ) -> object | None:
     """One request on a fresh REQ socket; None when nobody answers in time.
 
@@ -54,7 +56,8 @@ def request(
         socket.send(encode(message))
         if not socket.poll(timeout_ms, zmq.POLLIN):
             return None
-        return decoder.decode(socket.recv())
+        reply: object = decoder.decode(socket.recv())
+        return reply
     finally:
         socket.close()
 

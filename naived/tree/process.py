@@ -19,7 +19,9 @@ runs here is kept short: C-level signal calls, ctypes functions resolved in the 
 
 from __future__ import annotations
 
-import _signal as _csignal  # the C module under `signal` (see _HANDLED_NUMBERS)
+# The C module under `signal` (see _HANDLED_NUMBERS). type: ignore: typeshed has no stub for the private `_signal`
+# (its functions are `signal`'s, without the enum wrapping that importing them from `signal` would bring back).
+import _signal as _csignal  # type: ignore[import-not-found]
 import ctypes
 import gc
 import logging

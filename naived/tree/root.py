@@ -595,7 +595,8 @@ def _run_paper_exchange(config: Config, listener: socket.socket, ws_listener: so
     here, of a 13 MiB one 0.5 ms) and for whatever of them it touches."""
     from naived.paper import main as paper
 
-    return paper.run(config, listener, ws_listener) or 0
+    paper.run(config, listener, ws_listener)
+    return 0
 
 
 def run(config: Config, owner: Holder | None = None) -> int:

@@ -345,7 +345,7 @@ class Supervisor:
             deadlines.append(tick)
         if not deadlines:
             return None
-        return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)  # type: ignore[type-var]
+        return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
 
     def _guarded(self, handler: Callable[[], Any], what: str) -> Any:
         try:

@@ -104,7 +104,7 @@ def _level(refusal: exchange.RateLimited) -> int:
 class LeaderLink:
     """REQ to the leader. RELAXED + CORRELATE: a lost reply is resent, a stale one ignored."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> None:
         self.socket = ctx.socket(zmq.REQ)
         self.socket.setsockopt(zmq.REQ_RELAXED, 1)
         self.socket.setsockopt(zmq.REQ_CORRELATE, 1)
