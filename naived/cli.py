@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from naived.core.config import Config, ConfigError, find_config, load_config
 from naived.ops.log import setup_logging
+
+if TYPE_CHECKING:
+    from naived.backtest.plot import Books
 
 config_option = click.option(
     "--config", "config_path", metavar="PATH", help="TOML file (default: $NAIVE_CONFIG, /etc/naive/naive.toml, embedded)."
@@ -183,6 +187,7 @@ def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, set
 
             backtest_plot.check_available()
         wanted = [s.upper() for s in symbols] or None
+        drawn: Books  # what --plot draws: the tree's books or the in-process run's
         if through_tree:
             if len(combos) > 1:
                 raise BacktestError("--through-tree runs one setting: give one value per --set")
@@ -190,16 +195,16 @@ def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, set
 
             result = backtest_tree.run(sweep.apply_settings(config, combos[0]), list(files), wanted, speed, keep)
             reports = [(combos[0], result.report)]
-            tree_books = result.backtest
+            drawn = result.backtest
         else:
             outcome = engine.run(config, list(files), combos, keep_samples=bool(plot_path), symbols=wanted)
             reports = [(changes, b.report(list(files))) for changes, b in outcome.runs]
-            in_process = outcome.runs[0][1]
+            drawn = outcome.runs[0][1]
             click.echo(f"{outcome.trades:,} trades in {outcome.seconds:.2f}s "
                        f"({outcome.trades / max(outcome.seconds, 1e-9):,.0f} trades/s"
                        f"{f' × {len(combos)} settings' if len(combos) > 1 else ''})", err=True)
         if plot_path:
-            backtest_plot.plot(tree_books if through_tree else in_process, plot_path)
+            backtest_plot.plot(drawn, plot_path)
     except BacktestError as exc:
         click.echo(f"naived backtest: {exc}", err=True)
         sys.exit(2)

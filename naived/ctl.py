@@ -72,7 +72,8 @@ def call(target: Target, message: ControlRequest) -> msgspec.Struct:
                      "left by a crash?) or is overloaded; --timeout SECONDS waits longer")
     if isinstance(reply, Error):
         _fail(reply.message)
-    return reply  # type: ignore[return-value]
+    assert isinstance(reply, msgspec.Struct)  # control_reply_decoder decodes Structs only
+    return reply
 
 
 def _unreachable(target: Target, if_running: str, if_not: str) -> None:

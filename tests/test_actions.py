@@ -122,7 +122,7 @@ def test_an_intent_whose_send_was_attempted_is_looked_up_before_any_send() -> No
     """A restarted trader: its stored intent says a send was attempted."""
     s = strategy.intent_sending(a_buy()[0], 50.0)
     venue = Venue(sends=[PLACED], finds=[None])
-    actions.carry_out(s, strategy.Place(s.intent), venue)  # type: ignore[arg-type]
+    actions.carry_out(s, strategy.Place(s.intent), venue)
     assert venue.steps() == ["record:new+intent/sent", "find", "record:new+intent/sent", "send", "record:buying"]
 
 

@@ -181,7 +181,7 @@ def test_a_refusal_seen_by_one_process_holds_every_process_of_the_host(paper: Ex
     for p in probes:
         assert p["error"] == "RateLimited" and p["banned"] == (status == 418) and 0 < p["retry_after"] <= 3, p
     assert paper.get("/paper/usage")["requests"] == received  # nothing reached the exchange
-    assert budget.snapshot(load_config(str(paper.config)).budget_path).ban_status == status  # type: ignore[union-attr]
+    assert budget.snapshot(load_config(str(paper.config)).budget_path).ban_status == status
 
     (after,) = wait_for("the wait to pass", lambda: [p for p in worker(paper.config, "probe")[:1] if p["ok"]], timeout=10)
     assert time.monotonic() - refused_at >= 3 - 0.05

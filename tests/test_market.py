@@ -19,7 +19,7 @@ SETTINGS = Settings("TUSDT", 1, "100", "0.01", "0.5", "0.01", "0.0001", "1", "1"
 
 
 def frames(symbol: str = "TUSDT", price: str = "0.1", qty: str = "100", trade_id: int = 1, **fields: object) -> list[bytes]:
-    return encode_trade(TradeEvent("trade", 1, symbol, trade_id, price, qty, 1, False, **fields))  # type: ignore[arg-type]
+    return encode_trade(TradeEvent("trade", 1, symbol, trade_id, price, qty, 1, False, **fields))
 
 
 def raw(topic: bytes, payload: object) -> list[bytes]:

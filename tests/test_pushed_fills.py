@@ -22,7 +22,7 @@ from naived.core.messages import ExecutionReport, Fill, Order, Settings, TraderS
 SETTINGS = Settings("XRPUSDT", 2, "100", "0.01", "0.5", "0.01", "0.0001", "1", "1", "5", "XRP", "USDT")
 
 
-def report(x: str, status: str, z: str, l: str = "0", n: str = "0", t: int = -1, cid: str = "nv-0-1B") -> ExecutionReport:  # noqa: E741
+def report(x: str, status: str, z: str, l: str = "0", n: str = "0", t: int = -1, cid: str = "nv-0-1B") -> ExecutionReport:  # noqa: E741 - `l` is the name of the field Binance sends
     return ExecutionReport("executionReport", 1, "XRPUSDT", cid, "BUY", "20", "0.5", x, status, 7, l, z, "0.5", n,
                            "XRP" if x == "TRADE" else None, 2, t, str(Decimal(z) * Decimal("0.5")))
 
@@ -39,11 +39,11 @@ def test_pushed_fills_that_add_up_carry_their_commissions() -> None:
     state = buying()
     fills: list[Fill] = []
     part = report("TRADE", "PARTIALLY_FILLED", "8", "8", "0.008", 11)
-    fills.append(strategy.fill_from_report(part))  # type: ignore[arg-type]
+    fills.append(strategy.fill_from_report(part))
     state, action = strategy.on_report(state, strategy.order_from_report(part), fills)
     assert action is None and state.buy_order.status == "PARTIALLY_FILLED" and state.buy_order.executed_qty == "8"
     done = report("TRADE", "FILLED", "20", "12", "0.012", 12)
-    fills.append(strategy.fill_from_report(done))  # type: ignore[arg-type]
+    fills.append(strategy.fill_from_report(done))
     state, action = strategy.on_report(state, strategy.order_from_report(done), fills)
     # The commissions came with the pushes: straight to the sell, no myTrades.
     assert isinstance(action, strategy.Place) and action.intent.side == "SELL"
@@ -53,7 +53,7 @@ def test_pushed_fills_that_add_up_carry_their_commissions() -> None:
 def test_a_pushed_final_order_with_a_missed_fill_asks_for_its_trades() -> None:
     done = report("TRADE", "FILLED", "20", "12", "0.012", 12)
     state, action = strategy.on_report(buying("PARTIALLY_FILLED", "8"), strategy.order_from_report(done),
-                                       [strategy.fill_from_report(done)])  # type: ignore[list-item]
+                                       [strategy.fill_from_report(done)])
     assert isinstance(action, strategy.FetchFills) and state.buy_order.status == "FILLED"
 
 

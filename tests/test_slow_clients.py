@@ -45,9 +45,9 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
     with running_tree(directory, f"[naived]\nmetrics_port = {naived_port}\n",
                       streamer=f"metrics_port = {streamer_port}",
                       paper=f"max_connections = {PAPER_MAX_CONNECTIONS}\nrequest_seconds = {REQUEST_SECONDS}") as t:
-        t.naived_metrics = naived_port  # type: ignore[attr-defined]
-        t.streamer_metrics = streamer_port  # type: ignore[attr-defined]
-        t.control = load_config(str(t.config_path)).control_endpoint  # type: ignore[attr-defined]
+        t.naived_metrics = naived_port
+        t.streamer_metrics = streamer_port
+        t.control = load_config(str(t.config_path)).control_endpoint
         wait_for("the paper exchange", lambda: t.http.get(f"{t.paper_url}/api/v3/ping", timeout=2).ok)
         yield t
 
@@ -84,7 +84,7 @@ class StatusLatency(threading.Thread):
 
 @contextmanager
 def status_latency(tree: Tree, what: str) -> Iterator[StatusLatency]:
-    sampler = StatusLatency(tree.control)  # type: ignore[attr-defined]
+    sampler = StatusLatency(tree.control)
     sampler.start()
     try:
         yield sampler
@@ -213,7 +213,7 @@ def dropped(text: str, reason: str) -> float:
 
 
 def test_root_metrics_slow_clients_never_hold_the_root(tree: Tree) -> None:
-    port = tree.naived_metrics  # type: ignore[attr-defined]
+    port = tree.naived_metrics
     baseline(tree)
     with cleanup() as stack, status_latency(tree, "while root metrics clients trickle") as sampler:
         # More idle clients than the endpoint keeps: the oldest are dropped for the newest, the rest at their deadline
@@ -245,7 +245,7 @@ def test_root_metrics_slow_clients_never_hold_the_root(tree: Tree) -> None:
 
 
 def test_streamerd_publishes_while_its_metrics_clients_trickle(tree: Tree) -> None:
-    port = tree.streamer_metrics  # type: ignore[attr-defined]
+    port = tree.streamer_metrics
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
@@ -280,7 +280,7 @@ def test_streamerd_publishes_while_its_metrics_clients_trickle(tree: Tree) -> No
 
 
 def test_control_socket_stalled_and_oversized_clients(tree: Tree) -> None:
-    endpoint = tree.control  # type: ignore[attr-defined]
+    endpoint = tree.control
     path = endpoint.removeprefix("ipc://")
     baseline(tree)
     ctx = zmq.Context()
@@ -330,7 +330,7 @@ def test_control_socket_stalled_and_oversized_clients(tree: Tree) -> None:
     finally:
         many.close()
         ctx.term()
-    text = scrape(tree.naived_metrics)  # type: ignore[attr-defined]
+    text = scrape(tree.naived_metrics)
     assert any(line.startswith("naive_control_refused_total ") and float(line.split()[-1]) >= 1
                for line in text.splitlines()), text[:400]
 
@@ -376,7 +376,7 @@ def test_paper_rest_slow_idle_and_huge_requests(tree: Tree) -> None:
         head.sendall(b"GET /api/v3/ping HTTP/1.1\r\n" + b"X-Big: " + b"z" * 8000 + b"\r\n" + b"X-More: " + b"z" * 9000 + b"\r\n\r\n")
         assert head.recv(4096).startswith(b"HTTP/1.1 431"), "a 17 KiB head was not refused"
         wait_for("the trickled request closed", lambda: trickler.closed_at, timeout=REQUEST_SECONDS + 4)
-        assert trickler.closed_at - trickler.started_at < REQUEST_SECONDS + 2  # type: ignore[operator]
+        assert trickler.closed_at - trickler.started_at < REQUEST_SECONDS + 2
     assert_quick(sampler)
     usage = paper_usage(tree)["dropped"]
     assert usage["timeout"] >= 1 and usage["evicted"] >= PAPER_MAX_CONNECTIONS // 2, usage

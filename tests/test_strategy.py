@@ -28,11 +28,11 @@ def settings(**overrides: object) -> Settings:
         quote_asset="USDT",
     )
     base.update(overrides)
-    return Settings(**base)  # type: ignore[arg-type]
+    return Settings(**base)
 
 
 def state(**overrides: object) -> TraderState:
-    return TraderState(symbol="XRPUSDT", trader_id=3, cycle=17, settings=overrides.pop("settings", settings()), id_prefix="nvq7x2k9", **overrides)  # type: ignore[arg-type]
+    return TraderState(symbol="XRPUSDT", trader_id=3, cycle=17, settings=overrides.pop("settings", settings()), id_prefix="nvq7x2k9", **overrides)
 
 
 def trade(price: str, trade_id: int = 1) -> TradeEvent:

@@ -150,7 +150,7 @@ def test_a_refused_reload_changes_nothing_and_nobody_says_it_reloaded(tmp_path: 
         tree.ctl("start-trading", "XRPUSDT")
         leader = open_buys(tree, "XRPUSDT", 2) and tree.symbol("XRPUSDT")["leader"]
         good = tree.config_path.read_text()
-        refusals = lambda: tree.log("naived").count("reload refused, keeping the running configuration")  # noqa: E731
+        refusals = lambda: tree.log("naived").count("reload refused, keeping the running configuration")  # noqa: E731 - a probe named for what it counts, beside its use
 
         tree.config_path.write_text(good + "\n[nonsense]\n")  # not a key naived knows
         tree.naived.send_signal(signal.SIGHUP)

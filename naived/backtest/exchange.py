@@ -11,7 +11,7 @@ import msgspec
 
 from naived.core.config import Config
 from naived.core.messages import Fill, Order
-from naived.core.symbols import quote_assets
+from naived.core.symbols import SymbolFilters, quote_assets
 from naived.exchange import binance as exchange
 from naived.paper.book import Fees, PaperBook, Rejected
 from naived.paper.exchange import PaperExchange
@@ -20,12 +20,16 @@ from naived.paper.exchange import PaperExchange
 class _NoFeed:
     """PaperExchange's trade feed: the backtest hands trades to the book itself."""
 
-    after_trade = None
+    def __init__(self) -> None:
+        self.after_trade: Callable[[SymbolFilters], None] | None = None
 
     def want(self, symbol: str) -> None:
         pass
 
     def market(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def dropped(self) -> dict[str, dict[str, int]]:
         return {}
 
 
@@ -40,7 +44,7 @@ class InProcessExchange:
         fees = Fees(paper.maker_commission, paper.taker_commission, paper.commission_in_bnb)
         self.book = PaperBook(Path(":memory:"), paper.starting_balances(quote_assets()), fees=fees, fill_on_touch=paper.fill_on_touch,
                               partial_fills=paper.partial_fills, clock=clock)
-        self.app = PaperExchange(config, self.book, _NoFeed())  # type: ignore[arg-type]
+        self.app = PaperExchange(config, self.book, _NoFeed())
 
     def _call(self, handler: Callable[[dict[str, str], int], tuple[int, Any]], params: dict[str, str]) -> bytes:
         try:

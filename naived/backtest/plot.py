@@ -35,7 +35,7 @@ def size_px(symbols: int) -> tuple[int, int]:
 def check_available() -> None:
     """Fail before the backtest runs, in one line, when matplotlib is missing."""
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401 - imported only to learn that it is there
     except ImportError:
         raise BacktestError("--plot needs matplotlib: pip install -e '.[plot]'") from None
 

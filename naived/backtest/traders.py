@@ -80,7 +80,8 @@ class _Trader:
         return self.client.get_order(self.symbol, client_order_id)
 
     def fills(self, order: Order) -> list[Fill]:
-        return self.client.my_trades(self.symbol, order.order_id)  # type: ignore[arg-type]
+        assert order.order_id is not None  # an order whose fills are asked for came from the exchange, with its id
+        return self.client.my_trades(self.symbol, order.order_id)
 
     def fills_lag(self, order: Order, attempt: int) -> None:
         # The trader would ask again; in process the fills are all there at once.

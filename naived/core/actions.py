@@ -121,7 +121,9 @@ def _place(state: TraderState, venue: Venue) -> tuple[TraderState, Order | None]
         # Recorded before the send: a successor then knows a request may be out there.
         state = strategy.intent_sending(state, venue.now())
         venue.record(state)
-        sent = venue.send(state.intent)  # type: ignore[arg-type]
+        sending = state.intent
+        assert sending is not None  # intent_sending keeps the intent, stamped with its send time
+        sent = venue.send(sending)
         if isinstance(sent, Order):
             return state, sent
         if sent is Unsent.UNKNOWN:

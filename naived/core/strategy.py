@@ -47,7 +47,8 @@ def trunc(value: Decimal, unit: Decimal) -> Decimal:
 
 def _plain(value: Decimal) -> str:
     """A decimal string without exponent or trailing zeros: "0.01202", "39", "0"."""
-    text = format(value.quantize(EIGHT) if value.as_tuple().exponent < -8 else value, "f")  # type: ignore[operator]
+    exponent = value.as_tuple().exponent  # an int for every finite Decimal (a letter for NaN and infinity)
+    text = format(value.quantize(EIGHT) if isinstance(exponent, int) and exponent < -8 else value, "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 

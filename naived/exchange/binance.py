@@ -348,8 +348,10 @@ class BinanceClient:
     def _send(self, method: str, path: str, params: dict[str, str], signed: bool) -> bytes:
         if signed and self._offset_ms is None:
             self.server_time()
-        # Binance's windows follow its clock: ours, corrected by the offset once it is known.
-        wall = time.time() + (self._offset_ms or 0) / 1000
+        # Binance's windows follow its clock: ours, corrected by the offset once it is known
+        # (always, before a signed request: server_time() above sets it or raises).
+        offset_ms = self._offset_ms or 0
+        wall = time.time() + offset_ms / 1000
         try:
             spent = self.budget.acquire(request_weight(method, path, params), request_kind(method, path), wall)
         except rate_budget.Refused as held:
@@ -358,7 +360,7 @@ class BinanceClient:
             raise OverBudget(held.retry_after) from None
         query = urlencode(params)
         if signed:
-            stamp = int(time.time() * 1000) + self._offset_ms  # type: ignore[operator]
+            stamp = int(time.time() * 1000) + offset_ms
             timing = f"recvWindow={self._recv_window}&timestamp={stamp}"
             query = f"{query}&{timing}" if query else timing
             mac = self._mac.copy()

@@ -79,7 +79,7 @@ import logging
 import time
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
@@ -97,7 +97,6 @@ from naived.paper.faults import (
     REFUSED,
     FaultInjector,
 )
-from naived.paper.feed import TradeFeed
 from naived.paper.http import Gate, Handler
 from naived.paper.params import (
     Params,
@@ -120,10 +119,23 @@ Reply = tuple[int, Any]
 NEW_ORDER = ("POST", "/api/v3/order")  # the only request faults are drawn for
 
 
+class Feed(Protocol):
+    """What the exchange asks of its trade feed (the live `feed.TradeFeed`, or the backtest's own,
+    which hands trades to the book itself)."""
+
+    after_trade: Callable[[SymbolFilters], None] | None  # exchange-side faults, run after each trade
+
+    def want(self, symbol: str) -> None: ...
+
+    def market(self) -> dict[str, dict[str, Any]]: ...
+
+    def dropped(self) -> dict[str, dict[str, int]]: ...
+
+
 class PaperExchange:
     """Request routing, Binance's checks, fault injection. Called from the HTTP threads."""
 
-    def __init__(self, config: Config, book: PaperBook, feed: TradeFeed, stream: UserStreamServer | None = None) -> None:
+    def __init__(self, config: Config, book: PaperBook, feed: Feed, stream: UserStreamServer | None = None) -> None:
         self.book = book
         self.feed = feed
         self.stream = stream

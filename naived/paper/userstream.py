@@ -260,7 +260,8 @@ class UserStreamServer(threading.Thread):
         return None
 
     async def _serve(self, ws: ServerConnection) -> None:
-        conn = _Connection(ws.request.path.removeprefix("/ws/"), ws)  # type: ignore[union-attr]
+        assert ws.request is not None  # the handshake, done before a connection is served, read it
+        conn = _Connection(ws.request.path.removeprefix("/ws/"), ws)
         self._connections.add(conn)
         log.info("user data stream: connection from %s:%d", *ws.remote_address[:2])
         writer = asyncio.create_task(self._write(conn))

@@ -25,6 +25,7 @@ from naived.core import actions, cycles, strategy
 from naived.core.config import Config
 from naived.core.messages import (
     STREAM_STATUS_TOPIC,
+    ExecutionReport,
     Fill,
     Intent,
     MarketFramesDropped,
@@ -398,9 +399,9 @@ class Trader:
                 return True
         return False
 
-    def on_report(self, report: object) -> bool:
-        order = strategy.order_from_report(report)  # type: ignore[arg-type]
-        fill = strategy.fill_from_report(report)  # type: ignore[arg-type]
+    def on_report(self, report: ExecutionReport) -> bool:
+        order = strategy.order_from_report(report)
+        fill = strategy.fill_from_report(report)
         fills = self.pushed.setdefault(order.client_order_id, {})
         if fill is not None:
             fills[fill.trade_id] = fill
