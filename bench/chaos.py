@@ -55,7 +55,8 @@ def main() -> int:
     try:
         report = chaos.run(
             directory, args.kills, seed=args.seed, pause=tuple(args.pause), market_seconds=market_seconds,
-            faults=not args.no_faults, partial_fills=args.partial_fills, progress=lambda line: print(line, file=sys.stderr, flush=True),
+            faults=not args.no_faults, partial_fills=args.partial_fills,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
             tapes=tapes,
         )
     except BaseException:

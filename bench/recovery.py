@@ -78,7 +78,8 @@ def trader_kills(tree: Tree, kills: int) -> list[float]:
 def leader_kills(tree: Tree, kills: int) -> list[float]:
     samples = []
     for _ in range(kills):
-        traders = wait_for("2 ready traders", lambda: len(t := {i: x for i, x in tree.traders("XRPUSDT").items() if x["ready_at"]}) == 2 and t)
+        traders = wait_for("2 ready traders",
+                           lambda: len(t := {i: x for i, x in tree.traders("XRPUSDT").items() if x["ready_at"]}) == 2 and t)
         leader = tree.symbol("XRPUSDT")["leader"]["pid"]
         killed_at = time.time()
         os.kill(leader, signal.SIGKILL)
@@ -228,7 +229,8 @@ stdout_logfile = {work / 'trader.log'}
 
 def report(name: str, samples: list[float]) -> dict[str, float]:
     p = percentiles(samples)
-    print(f"{name:<40} n={len(samples):<4} p50 {p['p50']:7.2f} ms  p90 {p['p90']:7.2f} ms  p99 {p['p99']:7.2f} ms  max {p['max']:7.2f} ms")
+    print(f"{name:<40} n={len(samples):<4} p50 {p['p50']:7.2f} ms  p90 {p['p90']:7.2f} ms"
+          f"  p99 {p['p99']:7.2f} ms  max {p['max']:7.2f} ms")
     return p
 
 
@@ -257,15 +259,18 @@ def main() -> None:
         bare = report("kill -9 -> ready (bare fork limit)", run_peer("bare-fork", Path(directory), args.kills))
         peers: dict[str, dict[str, float]] = {}
         if not args.no_peers:
-            peers["supervisord"] = report("kill -9 trader -> ready (supervisord)", run_peer("supervisord", Path(directory), peer_kills_n))
-            peers["fork+exec"] = report("kill -9 trader -> ready (fork+exec)", run_peer("fork+exec", Path(directory), peer_kills_n))
+            peers["supervisord"] = report("kill -9 trader -> ready (supervisord)",
+                                          run_peer("supervisord", Path(directory), peer_kills_n))
+            peers["fork+exec"] = report("kill -9 trader -> ready (fork+exec)",
+                                        run_peer("fork+exec", Path(directory), peer_kills_n))
     verdict = "met" if trader["p50"] <= TARGET_P50 and trader["p99"] <= TARGET_P99 else "MISSED"
     print(f"target p50 <= {TARGET_P50:g} ms, p99 <= {TARGET_P99:g} ms: {verdict}")
     ratio = trader["p50"] / bare["p50"]
     verdict = "met" if ratio <= TARGET_BARE_RATIO else f"MISSED by {trader['p50'] - TARGET_BARE_RATIO * bare['p50']:.2f} ms"
     print(f"target p50 within {TARGET_BARE_RATIO:g}x of the bare fork limit ({bare['p50']:.2f} ms): {ratio:.2f}x, {verdict}")
     for name, p in peers.items():
-        print(f"naive's fork restart is {p['p50'] / trader['p50']:.1f}x faster than {name} at p50, {p['p99'] / trader['p99']:.1f}x at p99")
+        print(f"naive's fork restart is {p['p50'] / trader['p50']:.1f}x faster than {name} at p50,"
+              f" {p['p99'] / trader['p99']:.1f}x at p99")
     if args.json:
         best_peer = min(peers.items(), key=lambda kv: kv[1]["p50"]) if peers else None
         rows = [{

@@ -458,8 +458,9 @@ def report(args: argparse.Namespace, names: list[str], kinds: dict[int, str], me
           f" at {ALL_TRADING} symbols: USS ~{at_all_uss:.1f} GiB, PSS ~{at_all_pss:.1f} GiB")
     cpu_pct = 100 * (sum(cpu.values()) + (ksmd_cpu or 0.0)) / elapsed
     market = rate * n
-    print(f"idle CPU, whole tree{' and ksmd' if ksmd_cpu is not None else ''} over {elapsed:.0f} s: {cpu_pct:.2f} % of one core, market {market:.1f} trades/s"
-          f" ({rate:.4f}/s per symbol; {origin}): {1e6 * sum(cpu.values()) / max(1.0, market * elapsed):,.0f} µs of CPU per trade")
+    print(f"idle CPU, whole tree{' and ksmd' if ksmd_cpu is not None else ''} over {elapsed:.0f} s:"
+          f" {cpu_pct:.2f} % of one core, market {market:.1f} trades/s ({rate:.4f}/s per symbol; {origin}):"
+          f" {1e6 * sum(cpu.values()) / max(1.0, market * elapsed):,.0f} µs of CPU per trade")
     for kind, pids, _, _ in rows:
         woken = [p for p in pids if woke[p] > 0]
         share = 100 * sum(cpu[p] for p in pids) / elapsed
@@ -500,7 +501,8 @@ def report(args: argparse.Namespace, names: list[str], kinds: dict[int, str], me
         print("BENCH-JSON: " + json.dumps(out))
 
 
-LATENCY = (("start_latency.py", "--samples", "30"), ("recovery.py", "--kills", "100", "--peer-kills", "30", "--leader-kills", "10"),
+LATENCY = (("start_latency.py", "--samples", "30"),
+           ("recovery.py", "--kills", "100", "--peer-kills", "30", "--leader-kills", "10"),
            ("tick_to_order.py", "--samples", "60"))
 
 
@@ -509,7 +511,8 @@ def latency_figures(quick: bool) -> None:
     output (each compares with its bare baseline in the same run)."""
     for script, *argv in LATENCY:
         print(f"\n$ bench/{script} {' '.join(['--quick'] if quick else argv)}", flush=True)
-        subprocess.run([sys.executable, str(Path(__file__).resolve().parent / script), *(["--quick"] if quick else argv)], check=False)
+        subprocess.run([sys.executable, str(Path(__file__).resolve().parent / script), *(["--quick"] if quick else argv)],
+                       check=False)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,8 @@ def main() -> None:
                 request(ctx, endpoint, StopTrading(symbol), control_reply_decoder, 30_000)
                 if not via_naivectl:  # where the time goes, from the tree's own timestamps (fork times, hellos)
                     for name, at in zip(steps, (sym.supervisor.started_at, sym.leader.started_at,
-                                                max(t.started_at for t in traders), max(t.ready_at for t in traders)), strict=True):
+                                                max(t.started_at for t in traders), max(t.ready_at for t in traders)),
+                                        strict=True):
                         steps[name].append((at - start) * 1000)
                 return (max(t.ready_at for t in traders) - start) * 1000
 

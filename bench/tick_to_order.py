@@ -256,7 +256,8 @@ def bare_chain(bench: Bench, directory: Path, samples: int) -> list[float]:
             try:
                 placed = wait_for("a bare order", lambda trade_id=trade_id: order(trade_id), interval=0.005)
             except AssertionError:
-                raise AssertionError("no bare order; bare-chain.log ends:\n" + (directory / "bare-chain.log").read_text()[-2000:]) from None
+                raise AssertionError("no bare order; bare-chain.log ends:\n"
+                                     + (directory / "bare-chain.log").read_text()[-2000:]) from None
             out.append((placed["receivedNs"] - sent) / 1e6)
         return out
     finally:
@@ -355,7 +356,8 @@ def main() -> None:
                 row(f"frame -> order, {kind} trader", t)
                 row("  streamer leg: frame -> SUB (this process)", s)
                 if len(streamer) == len(totals):
-                    row("  trader leg: SUB -> order request line", percentiles([a - b for a, b in zip(totals, streamer, strict=True)]))
+                    row("  trader leg: SUB -> order request line",
+                        percentiles([a - b for a, b in zip(totals, streamer, strict=True)]))
             row("frame -> order, bare chain of the same hops", bare)
             t = percentiles(runs["warmed"][0])
             for kind, (totals, _) in runs.items():

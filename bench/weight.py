@@ -168,7 +168,8 @@ def main() -> None:
             # when streamerd binds; the replay starts at the first subscription).
             tree._spawn("streamerd", "start", env=env)
             tree.status()  # every PID, for the harness's clean-up
-            procs = [psutil.Process(p.pid) for p in tree.procs] + [c for p in tree.procs for c in psutil.Process(p.pid).children(recursive=True)]
+            procs = ([psutil.Process(p.pid) for p in tree.procs]
+                     + [c for p in tree.procs for c in psutil.Process(p.pid).children(recursive=True)])
             cpu0 = sum(sum(p.cpu_times()[:2]) for p in procs if p.is_running())
             before, t0 = usage(tree), time.monotonic()
             peak: dict[str, int] = {}

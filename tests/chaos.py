@@ -287,7 +287,8 @@ def kill_loop(
             tree.streamer.wait(10)
             tree.start_streamer()
         if kind in ("leader", "supervisor", "naived"):
-            ready = wait_for(f"{SYMBOL}'s traders after a {kind} kill", lambda old_leader=old_leader: recovered(tree, old_leader), timeout=60)
+            ready = wait_for(f"{SYMBOL}'s traders after a {kind} kill",
+                             lambda old_leader=old_leader: recovered(tree, old_leader), timeout=60)
             report.recovery_ms[kind].append((ready - killed_at) * 1000)
         if progress and report.killed % 50 == 0:
             progress(f"{report.killed} kills, {time.monotonic() - started:.0f}s")
@@ -404,7 +405,8 @@ def check(tree: Tree, leader: dict[str, Any], orders: list[dict[str, Any]], repo
         # Done, every order final, and the books add up: what the buy delivered was sold or is dust.
         if not (c["status"] == "done" and r is not None and buy and buy["status"] in FINAL
                 and all(o["status"] in FINAL for o in sells if o)
-                and _dec(r["sold"]) + _dec(r["dust"]) + _dec(r["fees"].get(SYMBOL.removesuffix("USDT"))) == _dec(buy["executed_qty"])):
+                and _dec(r["sold"]) + _dec(r["dust"]) + _dec(r["fees"].get(SYMBOL.removesuffix("USDT")))
+                    == _dec(buy["executed_qty"])):
             problems.append(f"{who} did not finish with final orders whose books add up: {c}")
     for cycle, n in cycles_seen.items():
         if n > 1:

@@ -28,7 +28,8 @@ from urllib.parse import parse_qs, urlsplit
 from naived.core.symbols import lookup
 from naived.paper.shapes import exchange_info_entry
 
-TIMEOUT_1007 = {"code": -1007, "msg": "Timeout waiting for response from backend server. Send status unknown; execution status unknown."}
+TIMEOUT_1007 = {"code": -1007,
+                "msg": "Timeout waiting for response from backend server. Send status unknown; execution status unknown."}
 UNKNOWN_ORDER = {"code": -2013, "msg": "Order does not exist."}
 
 

@@ -68,7 +68,8 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0, in
         except Exception as exc:  # the tree may be mid-restart; keep polling until the deadline
             last_error = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                         + (f" (last error: {last_error})" if last_error else ""))
 
 
 class Tree:

@@ -157,7 +157,8 @@ def apply(unit: Path) -> None:
     if unit_settings(unit, "MemoryDenyWriteExecute")[-1:] == ["yes"]:
         eperm, wx = SCMP_ACT_ERRNO(errno.EPERM), PROT_WRITE | PROT_EXEC
         refusals.append((eperm, nr(b"mmap"), [ArgCmp(2, SCMP_CMP_MASKED_EQ, wx, wx)]))
-        refusals += [(eperm, nr(name), [ArgCmp(2, SCMP_CMP_MASKED_EQ, PROT_EXEC, PROT_EXEC)]) for name in (b"mprotect", b"pkey_mprotect")]
+        refusals += [(eperm, nr(name), [ArgCmp(2, SCMP_CMP_MASKED_EQ, PROT_EXEC, PROT_EXEC)])
+                     for name in (b"mprotect", b"pkey_mprotect")]
         refusals.append((eperm, nr(b"shmat"), [ArgCmp(2, SCMP_CMP_MASKED_EQ, SHM_EXEC, SHM_EXEC)]))
     if refusals:
         _load(lib, SCMP_ACT_ALLOW, refusals)

@@ -87,7 +87,8 @@ def test_the_report_of_a_hand_computed_tape(tmp_path: Path) -> None:
     peak = 100 - D("99.99") + D("100.899") * D("1.0019")  # after trade 7
     trough = cash + held * D("0.95")  # after trade 15
     q = money
-    assert (s.symbol, s.trades, s.cycles_completed, s.open_cycles, s.open_positions, s.orders_placed) == ("XRPUSDT", 16, 1, 1, 1, 4)
+    assert (s.symbol, s.trades, s.cycles_completed, s.open_cycles, s.open_positions, s.orders_placed) == (
+        "XRPUSDT", 16, 1, 1, 1, 4)
     assert s.first_price == "1" and s.last_price == "0.97"
     assert (s.first_trade_ms, s.last_trade_ms) == (T0 + 1, T0 + 16)
     assert s.fees == q(D("0.101") * D("0.99") + D("0.10019") + D("0.101") * D("0.99")) == "0.30017000"
@@ -246,7 +247,8 @@ def test_the_strategy_functions_decide(tmp_path: Path, monkeypatch: pytest.Monke
     assert (before.cycles_completed, after.cycles_completed) == (1, 0)
     monkeypatch.undo()
     real_buy = strategy.buy_intent
-    monkeypatch.setattr(strategy, "buy_intent", lambda state, price: msgspec.structs.replace(real_buy(state, price), quantity="50"))
+    monkeypatch.setattr(strategy, "buy_intent",
+                        lambda state, price: msgspec.structs.replace(real_buy(state, price), quantity="50"))
     # 50 bought, 49.95 received, 49 sold, 0.95 dust; cycle 2 holds 49.95.
     assert report_of(*args).symbols[0].held == "50.9"
 

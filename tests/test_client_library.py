@@ -78,7 +78,8 @@ def test_a_resting_limit_order_queried_listed_and_cancelled(ex: Exchange) -> Non
     assert client.get_open_orders() == client.get_open_orders(SYMBOL)  # every symbol
 
     cancelled = client.cancel_order(SYMBOL, orderId=placed["orderId"])
-    assert (cancelled["orderId"], cancelled["origClientOrderId"], cancelled["status"]) == (placed["orderId"], "lib-b1", "CANCELED")
+    assert (cancelled["orderId"], cancelled["origClientOrderId"], cancelled["status"]) == (
+        placed["orderId"], "lib-b1", "CANCELED")
     assert client.get_open_orders(SYMBOL) == []
     assert client.get_order(SYMBOL, origClientOrderId="lib-b1")["status"] == "CANCELED"
     assert balances(client)["USDT"] == {"free": Decimal("10000"), "locked": Decimal(0)}
@@ -95,7 +96,8 @@ def test_marketable_orders_fill_at_once_as_takers(start: Callable[..., Exchange]
 
     buy = client.new_order(SYMBOL, "BUY", "LIMIT", timeInForce="GTC", price="0.6", quantity="20",
                            newOrderRespType="FULL", newClientOrderId="lib-take")
-    assert (buy["status"], Decimal(buy["executedQty"]), Decimal(buy["cummulativeQuoteQty"])) == ("FILLED", Decimal("20"), Decimal("10"))
+    assert (buy["status"], Decimal(buy["executedQty"]), Decimal(buy["cummulativeQuoteQty"])) == (
+        "FILLED", Decimal("20"), Decimal("10"))
     (fill,) = buy["fills"]
     # at the last price, not the 0.6 limit; the taker's 0.2% of the 20 XRP received
     assert (Decimal(fill["price"]), Decimal(fill["qty"])) == (Decimal("0.5"), Decimal("20"))
@@ -105,7 +107,8 @@ def test_marketable_orders_fill_at_once_as_takers(start: Callable[..., Exchange]
     assert after["USDT"] == {"free": before["USDT"]["free"] - Decimal("20") * Decimal("0.5"), "locked": Decimal(0)}
 
     (trade,) = client.my_trades(SYMBOL, orderId=buy["orderId"])
-    assert (trade["orderId"], trade["isBuyer"], trade["isMaker"], trade["commissionAsset"]) == (buy["orderId"], True, False, "XRP")
+    assert (trade["orderId"], trade["isBuyer"], trade["isMaker"], trade["commissionAsset"]) == (
+        buy["orderId"], True, False, "XRP")
     assert (Decimal(trade["price"]), Decimal(trade["qty"]), Decimal(trade["quoteQty"]), Decimal(trade["commission"])) == (
         Decimal("0.5"), Decimal("20"), Decimal("10"), Decimal("0.04"))
 
@@ -127,7 +130,8 @@ def test_errors_are_the_librarys_client_errors_with_binances_codes(ex: Exchange)
     assert refused(lambda: client.get_order(SYMBOL, origClientOrderId="never-placed")) == (400, -2013, "Order does not exist.")
     assert refused(lambda: client.new_order(SYMBOL, "BUY", "LIMIT", timeInForce="GTC", price="0.5", quantity="20.5")) == (
         400, -1013, "Filter failure: LOT_SIZE")
-    assert refused(lambda: client.new_order(SYMBOL, "BUY", "LIMIT", timeInForce="GTC", price="0.5", quantity="lots"))[:2] == (400, -1100)
+    assert refused(lambda: client.new_order(SYMBOL, "BUY", "LIMIT", timeInForce="GTC", price="0.5", quantity="lots"))[:2] == (
+        400, -1100)
     assert refused(lambda: spot(ex, secret="wrong").account()) == (400, -1022, "Signature for this request is not valid.")
     assert client.get_orders(SYMBOL) == []  # nothing placed
 

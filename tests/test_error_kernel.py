@@ -115,7 +115,8 @@ def test_an_unreachable_exchange_does_not_take_the_root_down(tmp_path: Path) -> 
         assert result.returncode == 0, result.stderr
         # The root's worker could not fetch every symbol's filters, so the leader asks the exchange
         # from a worker child of its own, which retries; the root answers on.
-        wait_for("the filters worker to fail", lambda: "XRPUSDT: exchangeInfo: the exchange does not answer (" in tree.log("naived"))
+        wait_for("the filters worker to fail",
+                 lambda: "XRPUSDT: exchangeInfo: the exchange does not answer (" in tree.log("naived"))
         for _ in range(5):
             assert tree.ctl("status").returncode == 0
         assert tree.symbol("XRPUSDT")["state"] == "running"
@@ -150,7 +151,8 @@ def test_config_values_that_cannot_work_are_refused_up_front(tmp_path: Path) -> 
         path = tmp_path / "bad.toml"
         path.write_text(text)
         for command in ("check-config", "start"):
-            result = subprocess.run([str(BIN / "naived"), command, "--config", str(path)], capture_output=True, text=True, timeout=30)
+            result = subprocess.run([str(BIN / "naived"), command, "--config", str(path)],
+                                    capture_output=True, text=True, timeout=30)
             assert result.returncode == 2, (text, result.stderr)
             assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (text, result.stderr)
 
@@ -182,7 +184,8 @@ def test_a_corrupt_paper_database_is_reported_with_its_reason(tmp_path: Path) ->
         tree.start_streamer()
         tree.start_naived()
         paper = wait_for("the paper exchange to give up", lambda: (p := tree.status()["paper_exchange"]) and p["error"] and p)
-        assert paper["error"].startswith("paper-exchange kept failing (exit status 1: ") and "paper-exchange.sqlite" in paper["error"]
+        assert (paper["error"].startswith("paper-exchange kept failing (exit status 1: ")
+                and "paper-exchange.sqlite" in paper["error"])
         assert tree.naived.poll() is None
         assert db.read_bytes() == b"garbage, not a database\n" * 200
         shown = tree.ctl("status")
@@ -239,7 +242,8 @@ def test_naivectl_finds_naived_where_systemd_runs_it(tmp_path: Path, monkeypatch
 def test_status_of_a_symbol_that_is_not_trading_says_so(tmp_path: Path) -> None:
     with running_tree(tmp_path, RESTING) as tree:
         result = tree.ctl("status", "ETHUSDT")
-        assert result.returncode == 1 and result.stderr.strip() == "naivectl: ETHUSDT is not trading (naivectl start-trading ETHUSDT)"
+        assert (result.returncode == 1
+                and result.stderr.strip() == "naivectl: ETHUSDT is not trading (naivectl start-trading ETHUSDT)")
 
 
 def test_version_everywhere() -> None:
@@ -269,7 +273,8 @@ def test_a_shutdown_survives_a_leader_kill_and_a_naived_restart(tmp_path: Path) 
         tree.ctl("start-trading", "XRPUSDT")
         open_buys(tree, "XRPUSDT", 2)
         tree.ctl("shutdown-trading", "XRPUSDT")
-        leader = wait_for("the leader to be shutting down", lambda: (s := tree.symbol("XRPUSDT")["leader"]) and s["shutting_down"] and s)
+        leader = wait_for("the leader to be shutting down",
+                          lambda: (s := tree.symbol("XRPUSDT")["leader"]) and s["shutting_down"] and s)
         os.kill(leader["pid"], signal.SIGKILL)
         again = wait_for("a new leader", lambda: (s := tree.symbol("XRPUSDT")["leader"]) and s["pid"] != leader["pid"] and s)
         assert again["shutting_down"]
@@ -283,7 +288,8 @@ def test_sighup_reloads_and_a_bad_file_changes_nothing(tmp_path: Path) -> None:
         tree.ctl("start-trading", "XRPUSDT")
         open_buys(tree, "XRPUSDT", 2)
         good = tree.config_path.read_text()
-        tree.config_path.write_text(good.replace('USDT = "100"', 'USDT = "200"').replace("[paper]", "[paper]\nfill_on_touch = true"))
+        tree.config_path.write_text(
+            good.replace('USDT = "100"', 'USDT = "200"').replace("[paper]", "[paper]\nfill_on_touch = true"))
         tree.naived.send_signal(signal.SIGHUP)
         wait_for("the reload to be logged", lambda: "take effect only after a restart: paper.fill_on_touch" in tree.log("naived"))
         wait_for("the leader to reload", lambda: "XRPUSDT: configuration reloaded" in tree.log("naived"))

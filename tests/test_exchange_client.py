@@ -244,7 +244,8 @@ def test_key_file_must_be_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_paper_target_uses_paper_settings(tmp_path: Path) -> None:
-    config = parse_config(f"[paths]\nruntime_dir = '{tmp_path}'\n[paper]\nport = 6123\napi_key = 'k'\napi_secret = 's'\n".encode())
+    config = parse_config(
+        f"[paths]\nruntime_dir = '{tmp_path}'\n[paper]\nport = 6123\napi_key = 'k'\napi_secret = 's'\n".encode())
     client = exchange.client_for(config)
     assert client.base_url == "http://127.0.0.1:6123"
     assert b"\r\nX-MBX-APIKEY: k\r\n" in client._http._fixed  # never the BINANCE_API_KEY of the environment

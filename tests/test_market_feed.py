@@ -154,7 +154,8 @@ bad = st.one_of(
     st.sampled_from(NOT_POSITIVE_DECIMALS).map(lambda v: (PRICE, [topic, msgspec.msgpack.encode(event_map(p=v))])),
     st.sampled_from(NOT_POSITIVE_DECIMALS).map(lambda v: (QUANTITY, [topic, msgspec.msgpack.encode(event_map(q=v))])),
     # out of the 10 % band, both ways, by up to 1000 times
-    st.one_of(st.integers(1, 880), st.integers(1120, 1_000_000)).map(lambda permille: (BAND, ("trade", str(MARKET * permille / 1000)))),
+    st.one_of(st.integers(1, 880), st.integers(1120, 1_000_000)).map(
+        lambda permille: (BAND, ("trade", str(MARKET * permille / 1000)))),
 )
 example = st.lists(st.one_of(valid, bad), min_size=1, max_size=30)
 

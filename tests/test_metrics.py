@@ -56,7 +56,8 @@ buy_down_interval = "0.5"
 """,
     )
     # streamerd's port goes into its section, which the harness already wrote: append a flag instead
-    tree.config_path.write_text(tree.config_path.read_text().replace("[streamer]\n", f"[streamer]\nmetrics_port = {streamer_port}\n", 1))
+    tree.config_path.write_text(
+        tree.config_path.read_text().replace("[streamer]\n", f"[streamer]\nmetrics_port = {streamer_port}\n", 1))
     http = requests.Session()
     http.trust_env = False
     try:

@@ -182,7 +182,8 @@ def test_an_unknown_outcome_is_settled_by_asking_never_by_resending_blindly(tmp_
     # whether their buy exists. They mark the intent unknown, ask, and place again only once a
     # request still in flight would be refused as stale (recvWindow, 1 s here).
     # The paper exchange decides every order before it answers: a short backend window is true of it.
-    config = RESTING + '\n[exchange]\nrecv_window_ms = 1000\nbackend_timeout_seconds = 0.5\n\n[paper.faults]\ndrop_connection = 1.0\n'
+    config = (RESTING + '\n[exchange]\nrecv_window_ms = 1000\nbackend_timeout_seconds = 0.5\n'
+              '\n[paper.faults]\ndrop_connection = 1.0\n')
     with running_tree(tmp_path, config) as tree:
         tree.ctl("start-trading", "XRPUSDT")
 
@@ -195,7 +196,8 @@ def test_an_unknown_outcome_is_settled_by_asking_never_by_resending_blindly(tmp_
         assert tree.http.post(f"{tree.paper_url}/paper/faults", json={"drop_connection": 0.0}, timeout=5).ok
         placed = open_buys(tree, "XRPUSDT", 2)
         orders = tree.paper_orders("XRPUSDT")
-        assert sorted(o["clientOrderId"] for o in orders) == sorted(t["state"]["buy_order"]["client_order_id"] for t in placed.values())
+        assert sorted(o["clientOrderId"] for o in orders) == sorted(
+            t["state"]["buy_order"]["client_order_id"] for t in placed.values())
         assert "when no request in flight can still execute" in tree.log("naived")
         assert tree.symbol("XRPUSDT")["leader"]["counters"]["intents_unknown"] == 2
 
@@ -268,7 +270,8 @@ late_accept_seconds = 2.0
         selling = wait_for("both traders to hold a filled buy", lambda: (t := tree.traders("XRPUSDT")) and len(t) == 2 and all(
             x["state"]["buy_order"] and x["state"]["buy_order"]["status"] == "FILLED" for x in t.values()) and t)
         buys = [o for o in tree.paper_orders("XRPUSDT") if o["side"] == "BUY"]
-        assert sorted(o["clientOrderId"] for o in buys) == sorted(t["state"]["buy_order"]["client_order_id"] for t in selling.values())
+        assert sorted(o["clientOrderId"] for o in buys) == sorted(
+            t["state"]["buy_order"]["client_order_id"] for t in selling.values())
         assert "entered the book late" in tree.log("naived")
 
 

@@ -150,7 +150,8 @@ class Exchange:
         assert self.http.post(f"{self.url}/paper/faults", json=faults, timeout=5).status_code == 200
 
     def processed(self, symbol: str, trade_id: int) -> None:
-        wait_for(f"trade {trade_id} to be processed", lambda: self.get("/paper/market").get(symbol, {}).get("lastTradeId") == trade_id)
+        wait_for(f"trade {trade_id} to be processed",
+                 lambda: self.get("/paper/market").get(symbol, {}).get("lastTradeId") == trade_id)
 
     def signed(self, method: str, path: str, params: dict[str, Any], *, body: bool = False,
                stamp: int | None = None, secret: str = SECRET, key: str = KEY, recv_window: str = "5000") -> tuple[int, Any]:
@@ -265,7 +266,8 @@ def test_binance_errors_over_http(ex: Exchange) -> None:
 @pytest.mark.parametrize("kind", ["ACK", "RESULT", "FULL"])
 def test_response_types(ex: Exchange, kind: str) -> None:
     # parameters in the form body this time, signature over it
-    status, body = ex.signed("POST", "/api/v3/order", order("BUY", "0.5", "20", f"r-{kind}") | {"newOrderRespType": kind}, body=True)
+    status, body = ex.signed("POST", "/api/v3/order", order("BUY", "0.5", "20", f"r-{kind}") | {"newOrderRespType": kind},
+                             body=True)
     assert status == 200, body
     ack = {"symbol", "orderId", "orderListId", "clientOrderId", "transactTime"}
     result = ack | {"price", "origQty", "executedQty", "origQuoteOrderQty", "cummulativeQuoteQty", "status", "timeInForce",
@@ -401,7 +403,8 @@ def test_marketable_orders_fill_at_once_at_the_last_price_as_takers(start: Calla
                              "XRP": {"free": Decimal("119.96"), "locked": Decimal(0)}}
     # A SELL at or below the last price takes it too: 10 × 0.5 = 5 USDT, less 0.2% = 0.01 USDT.
     status, body = post(ex, side="SELL", type="LIMIT", timeInForce="GTC", price="0.5", quantity="10", newClientOrderId="s1")
-    assert (body["status"], body["fills"][0]["commission"], body["fills"][0]["commissionAsset"]) == ("FILLED", "0.01000000", "USDT")
+    assert (body["status"], body["fills"][0]["commission"], body["fills"][0]["commissionAsset"]) == (
+        "FILLED", "0.01000000", "USDT")
     assert ex.balances()["USDT"] == {"free": Decimal("9994.99"), "locked": Decimal(0)}
     # MARKET by quantity and by quoteOrderQty (7.3 USDT at 0.5 buys 14 XRP on a step of 1: 7 USDT, never more)
     status, body = post(ex, side="BUY", type="MARKET", quantity="4", newClientOrderId="m0")
@@ -479,8 +482,9 @@ def test_bad_market_frames_are_dropped_and_counted_and_the_feed_lives_on(ex: Exc
     market.trade("XRPUSDT", "0.001")  # band: the wild tick, far below the buy
     ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.6"))  # the feed thread lives on, after every one of them
     assert ex.orders()["b1"]["status"] == "NEW"  # nothing above filled it
-    assert ex.get("/paper/feed") == {"dropped": {"XRPUSDT": {"frames": 1, "decode": 2, "price": 2, "quantity": 1, "symbol": 1, "band": 1},
-                                                 "": {"topic": 1}}}
+    assert ex.get("/paper/feed") == {
+        "dropped": {"XRPUSDT": {"frames": 1, "decode": 2, "price": 2, "quantity": 1, "symbol": 1, "band": 1},
+                    "": {"topic": 1}}}
     for price in ("0.58", "0.55", "0.52", "0.4999"):  # a market that moves, step by step within the band, still fills
         ex.processed("XRPUSDT", market.trade("XRPUSDT", price))
     assert ex.orders()["b1"]["status"] == "FILLED"
@@ -499,7 +503,8 @@ def test_a_buy_of_an_asset_never_held(start: Callable[..., Exchange]) -> None:
     ex = start('balances = { USDT = "100" }')
     _, body = post(ex, side="BUY", type="LIMIT", timeInForce="GTC", price="0.5", quantity="20", newClientOrderId="b1")
     assert body["status"] == "NEW", body
-    assert ex.balances() == {"USDT": {"free": Decimal("90"), "locked": Decimal("10")}, "XRP": {"free": Decimal(0), "locked": Decimal(0)}}
+    assert ex.balances() == {"USDT": {"free": Decimal("90"), "locked": Decimal("10")},
+                             "XRP": {"free": Decimal(0), "locked": Decimal(0)}}
 
 
 def test_commission_in_bnb_at_the_discount_when_the_balance_covers_it(start: Callable[..., Exchange], market: Market) -> None:
@@ -538,7 +543,8 @@ def test_exchange_info_has_every_field_of_binances_symbol_entry(ex: Exchange) ->
     real_filters = {f["filterType"]: f for f in real["filters"]}
     for f in ours["filters"]:
         assert set(f) == set(real_filters[f["filterType"]]), f["filterType"]
-    for kind, key in [("PRICE_FILTER", "tickSize"), ("LOT_SIZE", "stepSize"), ("LOT_SIZE", "minQty"), ("NOTIONAL", "minNotional")]:
+    for kind, key in [("PRICE_FILTER", "tickSize"), ("LOT_SIZE", "stepSize"), ("LOT_SIZE", "minQty"),
+                      ("NOTIONAL", "minNotional")]:
         assert {f["filterType"]: f for f in ours["filters"]}[kind][key] == real_filters[kind][key]
     assert ours["orderTypes"] == ["LIMIT", "LIMIT_MAKER", "MARKET"]  # only what it implements
 
@@ -583,13 +589,16 @@ def test_all_orders_my_trades_and_cancel_all(ex: Exchange, market: Market) -> No
     assert [(o["clientOrderId"], o["status"], o["origQuoteOrderQty"]) for o in every] == [
         ("o0", "FILLED", "0.00000000"), ("o1", "NEW", "0.00000000"), ("o2", "NEW", "0.00000000")]
     assert [o["orderId"] for o in ex.signed("GET", "/api/v3/allOrders", {"symbol": "XRPUSDT", "limit": 2})[1]] == ids[1:]
-    assert [o["orderId"] for o in ex.signed("GET", "/api/v3/allOrders", {"symbol": "XRPUSDT", "orderId": ids[1], "limit": 1})[1]] == [ids[1]]
+    assert [o["orderId"] for o in ex.signed("GET", "/api/v3/allOrders",
+                                            {"symbol": "XRPUSDT", "orderId": ids[1], "limit": 1})[1]] == [ids[1]]
     trades = ex.signed("GET", "/api/v3/myTrades", {"symbol": "XRPUSDT", "orderId": ids[0]})[1]
     assert [(t["orderId"], t["price"], t["qty"], t["isMaker"], t["commission"]) for t in trades] == [
         (ids[0], "0.50000000", "20.00000000", True, "0.02000000")]
     status, cancelled = ex.signed("DELETE", "/api/v3/openOrders", {"symbol": "XRPUSDT"})
-    assert status == 200 and [(o["origClientOrderId"], o["status"]) for o in cancelled] == [("o1", "CANCELED"), ("o2", "CANCELED")]
-    assert ex.signed("DELETE", "/api/v3/openOrders", {"symbol": "XRPUSDT"}) == (400, {"code": -2011, "msg": "Unknown order sent."})
+    assert status == 200 and [(o["origClientOrderId"], o["status"]) for o in cancelled] == [
+        ("o1", "CANCELED"), ("o2", "CANCELED")]
+    assert ex.signed("DELETE", "/api/v3/openOrders", {"symbol": "XRPUSDT"}) == (
+        400, {"code": -2011, "msg": "Unknown order sent."})
     assert_balances_follow_fills(ex)
 
 
@@ -603,7 +612,8 @@ def test_test_order_places_nothing_and_computes_commission_rates(ex: Exchange) -
         "taxCommissionForOrder": {"maker": "0.00000000", "taker": "0.00000000"},
         "discount": {"enabledForAccount": False, "enabledForSymbol": True, "discountAsset": "BNB", "discount": "0.25000000"},
     }
-    assert ex.signed("POST", "/api/v3/order/test", params | {"price": "0.50005"}) == (400, {"code": -1013, "msg": "Filter failure: PRICE_FILTER"})
+    assert ex.signed("POST", "/api/v3/order/test", params | {"price": "0.50005"}) == (
+        400, {"code": -1013, "msg": "Filter failure: PRICE_FILTER"})
     assert ex.orders() == {}
 
 
@@ -642,7 +652,8 @@ def test_state_survives_kill_9_and_fills_continue(ex: Exchange, market: Market) 
     assert c.get_order("XRPUSDT", "b2").status == "FILLED"  # same client, new process behind it
     assert c.get_order("XRPUSDT", "s1").status == "FILLED"
     ids = [o["orderId"] for o in ex.get("/paper/orders")]
-    assert c.new_order("XRPUSDT", "BUY", "0.13", "50", "b3").order_id == max(ids) + 1  # ids never reused (0.13: within 0.2× the average)
+    # ids never reused (0.13: within 0.2× the average)
+    assert c.new_order("XRPUSDT", "BUY", "0.13", "50", "b3").order_id == max(ids) + 1
     assert_balances_follow_fills(ex)
     assert ex.kill(signal.SIGTERM) == 0  # a clean stop is exit 0
 
@@ -762,7 +773,8 @@ def test_a_corrupt_state_file_stops_it_and_is_left_as_it_was(ex: Exchange) -> No
     (ex.dir / "paper-exchange.log").write_text("")
     path.unlink()
     db = sqlite3.connect(path)
-    db.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); INSERT INTO meta VALUES ('initialized', '1');"
+    db.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); "
+                     "INSERT INTO meta VALUES ('initialized', '1');"
                      "CREATE TABLE balances (asset TEXT PRIMARY KEY, free TEXT NOT NULL, locked TEXT NOT NULL);"
                      "INSERT INTO balances VALUES ('USDT', 'lots', '0');")
     db.close()

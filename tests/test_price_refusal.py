@@ -22,7 +22,8 @@ REFUSED = re.compile(r"rejected XRPUSDT \S+-(\d+)-\d+(B|S): Filter failure: PERC
 
 
 def unseen_trade(tree: Tree, price: Decimal, qty: str) -> None:
-    answer = tree.http.post(f"{tree.paper_url}/paper/trade", json={"symbol": "XRPUSDT", "price": str(price), "qty": qty}, timeout=5)
+    answer = tree.http.post(f"{tree.paper_url}/paper/trade", json={"symbol": "XRPUSDT", "price": str(price), "qty": qty},
+                            timeout=5)
     assert answer.status_code == 200, answer.text
 
 
@@ -49,8 +50,10 @@ def test_orders_refused_for_their_price_are_made_again_later_by_the_same_traders
         unseen_trade(tree, market * 10, "100000000")
         assert average(tree) > market * 9
         assert tree.ctl("start-trading", "XRPUSDT").returncode == 0
-        pids = wait_for("two traders", lambda: (t := tree.traders("XRPUSDT")) and len(t) == 2 and {i: x["pid"] for i, x in t.items()})
-        wait_for("each trader's buy refused three times", lambda: (r := refusals(tree, "B")) and len(r) == 2 and min(r.values()) >= 3)
+        pids = wait_for("two traders",
+                        lambda: (t := tree.traders("XRPUSDT")) and len(t) == 2 and {i: x["pid"] for i, x in t.items()})
+        wait_for("each trader's buy refused three times",
+                 lambda: (r := refusals(tree, "B")) and len(r) == 2 and min(r.values()) >= 3)
         # not one refused buy per trade (50 a second): waits of 1 s, 2 s, then 4 s between them
         assert max(refusals(tree, "B").values()) <= 4, refusals(tree, "B")
         symbol = tree.symbol("XRPUSDT")

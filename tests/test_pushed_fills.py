@@ -146,8 +146,8 @@ def test_a_fill_no_trade_announces_is_noticed(tree: Tree, mode: str) -> None:
     try:
         lowest = min(Decimal(t["state"]["buy_order"]["price"]) for t in buys.values())
         logged = len(tree.log("naived"))  # what explains the fill is logged after this
-        answer = tree.http.post(f"{tree.paper_url}/paper/trade", json={"symbol": "XRPUSDT", "price": str(lowest - Decimal("0.0001")),
-                                                                     "qty": "100000"}, timeout=5)
+        answer = tree.http.post(f"{tree.paper_url}/paper/trade",
+                                json={"symbol": "XRPUSDT", "price": str(lowest - Decimal("0.0001")), "qty": "100000"}, timeout=5)
         assert answer.json() == {"fills": 2}
 
         def selling() -> bool:

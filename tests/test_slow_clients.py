@@ -305,7 +305,8 @@ def test_control_socket_stalled_and_oversized_clients(tree: Tree) -> None:
         for _ in range(200):
             junk.send(b"\xc1junk")
         answers = []
-        wait_for("the burst answered", lambda: (junk.poll(100) and answers.append(junk.recv())) or len(answers) == 200, timeout=10)
+        wait_for("the burst answered", lambda: (junk.poll(100) and answers.append(junk.recv())) or len(answers) == 200,
+                 timeout=10)
     assert_quick(sampler)
     # A message of a million empty frames, each within the size limit. ZeroMQ has no limit on the
     # number of frames, and a ROUTER hands out a message's frames in order before any other
@@ -361,7 +362,8 @@ def test_paper_rest_slow_idle_and_huge_requests(tree: Tree) -> None:
         # Twice as many idle connections as the exchange serves at once: never one thread each
         idle = connections(port, 2 * PAPER_MAX_CONNECTIONS)
         stack.callback(lambda: [s.close() for s in idle])
-        wait_for("the longest idle closed for the newest", lambda: closed_by_server(idle) >= PAPER_MAX_CONNECTIONS // 2, timeout=5)
+        wait_for("the longest idle closed for the newest", lambda: closed_by_server(idle) >= PAPER_MAX_CONNECTIONS // 2,
+                 timeout=5)
         assert fresh_get(f"{tree.paper_url}/api/v3/ping").ok  # a new client is served meanwhile
         threads = paper_threads(tree)
         assert threads <= PAPER_MAX_CONNECTIONS + 8, f"{threads} threads for {len(idle)} idle connections"
@@ -373,7 +375,8 @@ def test_paper_rest_slow_idle_and_huge_requests(tree: Tree) -> None:
         # A head larger than any request: 431
         head = socket.create_connection(("127.0.0.1", port), timeout=3)
         stack.callback(head.close)
-        head.sendall(b"GET /api/v3/ping HTTP/1.1\r\n" + b"X-Big: " + b"z" * 8000 + b"\r\n" + b"X-More: " + b"z" * 9000 + b"\r\n\r\n")
+        head.sendall(b"GET /api/v3/ping HTTP/1.1\r\n" + b"X-Big: " + b"z" * 8000 + b"\r\n"
+                     + b"X-More: " + b"z" * 9000 + b"\r\n\r\n")
         assert head.recv(4096).startswith(b"HTTP/1.1 431"), "a 17 KiB head was not refused"
         wait_for("the trickled request closed", lambda: trickler.closed_at, timeout=REQUEST_SECONDS + 4)
         assert trickler.closed_at - trickler.started_at < REQUEST_SECONDS + 2

@@ -32,7 +32,8 @@ def settings(**overrides: object) -> Settings:
 
 
 def state(**overrides: object) -> TraderState:
-    return TraderState(symbol="XRPUSDT", trader_id=3, cycle=17, settings=overrides.pop("settings", settings()), id_prefix="nvq7x2k9", **overrides)
+    return TraderState(symbol="XRPUSDT", trader_id=3, cycle=17, id_prefix="nvq7x2k9",
+                       settings=overrides.pop("settings", settings()), **overrides)
 
 
 def trade(price: str, trade_id: int = 1) -> TradeEvent:
@@ -112,7 +113,8 @@ XRP_FILLS = [Fill("0.4950", "20", "0.02", "XRP", 1), Fill("0.4950", "20", "0.02"
 
 
 def filled(order: Order, qty: str, quote: str, status: str = "FILLED", **changes: object) -> Order:
-    return msgspec.structs.replace(order, status=status, executed_qty=qty, quote_qty=quote, update_time=1_700_000_000_000, **changes)
+    return msgspec.structs.replace(order, status=status, executed_qty=qty, quote_qty=quote, update_time=1_700_000_000_000,
+                                   **changes)
 
 
 def test_commission_in_the_base_asset_is_summed_and_valued_at_each_fills_price() -> None:
@@ -194,7 +196,8 @@ def test_a_later_query_keeps_the_commissions_learned() -> None:
 
 @pytest.mark.parametrize("status", ["NEW", "PARTIALLY_FILLED", "PENDING_CANCEL"])
 def test_an_open_buy_waits(status: str) -> None:
-    s, action = strategy.on_order(state(buy_order=BUY, status="buying"), filled(BUY, "10" if status != "NEW" else "0", "4.95", status))
+    s, action = strategy.on_order(state(buy_order=BUY, status="buying"),
+                                  filled(BUY, "10" if status != "NEW" else "0", "4.95", status))
     assert action is None and s.status == "buying" and s.intent is None
 
 
@@ -226,7 +229,8 @@ def test_a_partial_buy_worth_selling_is_sold() -> None:
     s, _ = strategy.on_order(state(buy_order=BUY, status="buying"), partial)
     s, action = strategy.fills_learned(s, partial, [Fill("0.4950", "20", "0.02", "XRP", 1)])
     # 20 - 0.02 = 19.98 -> 19; 19 * 0.4964 = 9.43 >= 5
-    assert isinstance(action, strategy.Place) and (action.intent.quantity, action.intent.client_order_id) == ("19", "nvq7x2k9-3-17S")
+    assert isinstance(action, strategy.Place) and (action.intent.quantity, action.intent.client_order_id) == (
+        "19", "nvq7x2k9-3-17S")
 
 
 @pytest.mark.parametrize("status", ["NEW", "PARTIALLY_FILLED"])
@@ -277,7 +281,8 @@ def test_a_sell_ended_after_a_partial_fill_sells_the_rest_and_books_both(status:
     assert action == strategy.FetchFills(partial)
     s, action = strategy.fills_learned(s, partial, [Fill("0.4964", "20", "0.009928", "USDT", 4)])
     # held 39.96 - 20 = 19.96 -> 19
-    assert isinstance(action, strategy.Place) and (action.intent.client_order_id, action.intent.quantity) == ("nvq7x2k9-3-17S2", "19")
+    assert isinstance(action, strategy.Place) and (action.intent.client_order_id, action.intent.quantity) == (
+        "nvq7x2k9-3-17S2", "19")
     sell2 = Order("nvq7x2k9-3-17S2", "SELL", "0.4964", "19", "NEW", 13)
     s, _ = strategy.placed(s, sell2)
     s, action = strategy.on_order(s, filled(sell2, "19", "9.4316", fills=[Fill("0.4964", "19", "0.0094316", "USDT", 5)]))

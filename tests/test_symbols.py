@@ -79,7 +79,8 @@ def test_refresh_writes_every_trading_symbol_to_the_state_dir_and_is_preferred(t
     (json.dumps({"code": -1121, "msg": "Invalid symbol."}).encode(), "not an exchangeInfo answer"),
     (json.dumps({**FIXTURE, "symbols": [entry("LUNABUSD", "LUNA", "BUSD", status="BREAK")]}).encode(), "no TRADING symbol"),
 ])
-def test_refresh_refuses_what_is_not_a_table_and_keeps_the_old_one(tmp_path: Path, state_dir: Path, content: bytes, message: str) -> None:
+def test_refresh_refuses_what_is_not_a_table_and_keeps_the_old_one(
+        tmp_path: Path, state_dir: Path, content: bytes, message: str) -> None:
     state_dir.mkdir(parents=True)
     (state_dir / "symbols.csv").write_text("symbol,base,quote,tick_size,step_size,min_qty,max_qty,min_notional\n")
     source = tmp_path / "exchangeInfo.json"

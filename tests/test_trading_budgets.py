@@ -91,7 +91,8 @@ def test_check_config_refuses_an_autostart_symbol_the_table_does_not_list(tmp_pa
     path.write_text('[naived]\nautostart = ["NOSUCHUSDT"]\n')
     result = naived("check-config", path)
     assert result.returncode == 2
-    assert result.stderr.startswith(f"naived: {path}: naived.autostart: unknown symbol NOSUCHUSDT: the symbol table does not list it")
+    assert result.stderr.startswith(
+        f"naived: {path}: naived.autostart: unknown symbol NOSUCHUSDT: the symbol table does not list it")
 
 
 @pytest.mark.parametrize(("text", "mode", "message"), [

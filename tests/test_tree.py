@@ -81,7 +81,8 @@ def test_a_failing_symbol_is_marked_failed_and_others_keep_trading(tmp_path: Pat
     with running_tree(tmp_path, RESTING + '\n[trading.symbols.BTCUSDT]\nbudget = "5"\nchunks = 1\n') as t:
         t.ctl("start-trading", "XRPUSDT")
         t.ctl("start-trading", "BTCUSDT")
-        failed = wait_for("BTCUSDT to be marked failed", lambda: (s := t.symbol("BTCUSDT")) and s["state"] == "failed" and s, timeout=60)
+        failed = wait_for("BTCUSDT to be marked failed",
+                          lambda: (s := t.symbol("BTCUSDT")) and s["state"] == "failed" and s, timeout=60)
         assert "minimum" in failed["error"]
         assert t.symbol("XRPUSDT")["state"] == "running"
         open_buys(t, "XRPUSDT", 2)

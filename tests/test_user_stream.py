@@ -98,7 +98,8 @@ def test_listen_keys_as_binance_manages_them(ex: Exchange) -> None:
     assert listen_key(ex) == key  # the account's active key is returned (and extended), not a second one
     assert keyed(ex, "PUT", key) == (200, {})
     assert keyed(ex, "PUT", "nope") == (400, {"code": -1125, "msg": "This listenKey does not exist."})
-    assert ex.http.put(f"{ex.url}/api/v3/userDataStream", headers={"X-MBX-APIKEY": "paper-key"}, timeout=5).json()["code"] == -1102
+    no_key = ex.http.put(f"{ex.url}/api/v3/userDataStream", headers={"X-MBX-APIKEY": "paper-key"}, timeout=5)
+    assert no_key.json()["code"] == -1102
     c = ex.client()  # the exchange client speaks the same endpoints
     assert c.new_listen_key() == key
     c.keepalive_listen_key(key)

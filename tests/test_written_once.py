@@ -149,7 +149,8 @@ def act(self, action):
 def test_the_scan_sees_a_second_copy() -> None:
     old = ast.parse(OLD_BACKTEST)
     assert [kind for _, kind in action_tests(old)] == ["Place", "Finish"]
-    assert sorted({what for _, what in bookkeeping(old)}) == ["compares with chunks", "makes a trader state", "ranges over chunks"]
+    assert sorted({what for _, what in bookkeeping(old)}) == [
+        "compares with chunks", "makes a trader state", "ranges over chunks"]
     old = ast.parse(OLD_LEADER)
     assert [kind for _, kind in action_tests(old)] == ["Check"]
     assert [what for _, what in bookkeeping(old)] == ["bumps an order counter"]

@@ -42,8 +42,8 @@ class InProcessExchange:
         paper = config.paper
         self.clock = clock
         fees = Fees(paper.maker_commission, paper.taker_commission, paper.commission_in_bnb)
-        self.book = PaperBook(Path(":memory:"), paper.starting_balances(quote_assets()), fees=fees, fill_on_touch=paper.fill_on_touch,
-                              partial_fills=paper.partial_fills, clock=clock)
+        self.book = PaperBook(Path(":memory:"), paper.starting_balances(quote_assets()), fees=fees,
+                              fill_on_touch=paper.fill_on_touch, partial_fills=paper.partial_fills, clock=clock)
         self.app = PaperExchange(config, self.book, _NoFeed())
 
     def _call(self, handler: Callable[[dict[str, str], int], tuple[int, Any]], params: dict[str, str]) -> bytes:

@@ -48,7 +48,8 @@ class Auth:
         request_us = stamp_us(stamp)
         window_text = params.get("recvWindow") or "5000"
         if not RECV_WINDOW_RE.match(window_text):
-            raise Rejected(-1100, "Illegal characters found in parameter 'recvWindow'; legal range is '^[0-9]{1,5}(\\.[0-9]{1,3})?$'.")
+            raise Rejected(-1100,
+                           "Illegal characters found in parameter 'recvWindow'; legal range is '^[0-9]{1,5}(\\.[0-9]{1,3})?$'.")
         window_us = int(Decimal(window_text) * 1000)
         if window_us > MAX_RECV_WINDOW * 1000:
             raise Rejected(-1131, "recvWindow must be less than 60000")

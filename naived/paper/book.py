@@ -327,7 +327,8 @@ class PaperBook:
         for oid, _, price, qty, trade_id, t, fee, fee_asset, maker, market_id in self._db.execute(
             f"SELECT {_FILL_COLUMNS} FROM fills ORDER BY order_id, seq"
         ):
-            self.orders[oid].fills.append(Fill(Decimal(price), Decimal(qty), trade_id, t, Decimal(fee), fee_asset, bool(maker), market_id))
+            self.orders[oid].fills.append(
+                Fill(Decimal(price), Decimal(qty), trade_id, t, Decimal(fee), fee_asset, bool(maker), market_id))
             self._next_trade_id = max(self._next_trade_id, trade_id + 1)
         for asset, free, locked in self._db.execute("SELECT asset, free, locked FROM balances"):
             self.balances[asset] = Balance(Decimal(free), Decimal(locked))
@@ -452,7 +453,8 @@ class PaperBook:
             if take > 0 and market is not None:
                 if self.partial_fills:
                     market.left -= take
-                fill, moved = self._fill(f, order, market.price, take, maker=False, locked=False, market_trade_id=market.trade_id, now=now)
+                fill, moved = self._fill(f, order, market.price, take, maker=False, locked=False,
+                                         market_trade_id=market.trade_id, now=now)
                 assets |= moved
                 changed |= moved
                 rows.append((order, 0, fill))
@@ -654,7 +656,8 @@ class PaperBook:
                     break
                 if self.partial_fills:
                     market.left -= amount
-                fill, moved = self._fill(f, order, order.price, amount, maker=True, locked=True, market_trade_id=trade_id, now=now)
+                fill, moved = self._fill(f, order, order.price, amount, maker=True, locked=True,
+                                         market_trade_id=trade_id, now=now)
                 assets |= moved
                 rows.append((order, len(order.fills) - 1, fill))
                 if order.status == "FILLED":

@@ -381,7 +381,8 @@ class PaperExchange:
             log.warning("fault: accepted %s, answering 503", params.get("newClientOrderId"))
             status, reply = 503, EXECUTION_UNKNOWN
         elif fault in ANSWER_NOTHING and status == 200:
-            log.warning("fault: accepted %s, answering nothing for %.1fs", params.get("newClientOrderId"), self.faults.hang_seconds)
+            log.warning("fault: accepted %s, answering nothing for %.1fs",
+                        params.get("newClientOrderId"), self.faults.hang_seconds)
             time.sleep(self.faults.hang_seconds)
             request.close_connection = True
             return

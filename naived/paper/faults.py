@@ -31,7 +31,8 @@ REFUSED = ("ban_418", "rate_limit_429", "stale_timestamp", "drop_connection")  #
 LATE = ("late_accept_5xx", "late_accept_timeout")  # the order enters the book later
 ANSWER_503 = ("accept_then_5xx", "late_accept_5xx")  # accepted, answered "execution status unknown"
 ANSWER_NOTHING = ("accept_then_timeout", "late_accept_timeout")  # accepted, answered nothing
-EXECUTION_UNKNOWN = {"code": -1007, "msg": "Timeout waiting for response from backend server. Send status unknown; execution status unknown."}
+EXECUTION_UNKNOWN = {"code": -1007,
+                     "msg": "Timeout waiting for response from backend server. Send status unknown; execution status unknown."}
 
 
 class FaultInjector:
@@ -66,10 +67,12 @@ class FaultInjector:
         retry = {"Retry-After": str(self.settings.retry_after_seconds)}
         if fault == "ban_418":
             until = now_ms() + 1000 * self.settings.retry_after_seconds
-            msg = f"Way too much request weight used; IP banned until {until}. Please use WebSocket Streams for live updates to avoid bans."
+            msg = (f"Way too much request weight used; IP banned until {until}."
+                   " Please use WebSocket Streams for live updates to avoid bans.")
             return 418, {"code": -1003, "msg": msg}, retry
         if fault == "rate_limit_429":
-            msg = "Too much request weight used; current limit is 6000 request weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API."
+            msg = ("Too much request weight used; current limit is 6000 request weight per 1 MINUTE."
+                   " Please use WebSocket Streams for live updates to avoid polling the API.")
             return 429, {"code": -1003, "msg": msg}, retry
         return 400, {"code": -1021, "msg": "Timestamp for this request is outside of the recvWindow."}, {}
 
@@ -100,7 +103,8 @@ class FaultInjector:
         if not open_orders:
             return
         r = rng.random()
-        status = "CANCELED" if r < faults.exchange_cancel else "EXPIRED" if r < faults.exchange_cancel + faults.exchange_expire else None
+        status = ("CANCELED" if r < faults.exchange_cancel
+                  else "EXPIRED" if r < faults.exchange_cancel + faults.exchange_expire else None)
         if status is not None:
             victim = rng.choice(open_orders)
             # A cancel the account did not ask for still names a cancel request in `c`, as another

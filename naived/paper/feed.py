@@ -83,7 +83,8 @@ class TradeFeed(threading.Thread):
                     with self._lock:
                         new = self._wanted - subscribed
                     for symbol in sorted(new):
-                        self._gates[trade_topic(symbol)] = MarketGate(symbol, self._band_of(symbol), f"paper feed {symbol}", confirm=1)
+                        self._gates[trade_topic(symbol)] = MarketGate(
+                            symbol, self._band_of(symbol), f"paper feed {symbol}", confirm=1)
                         sub.setsockopt(zmq.SUBSCRIBE, trade_topic(symbol))
                         log.info("subscribed to %s trades", symbol)
                     subscribed |= new

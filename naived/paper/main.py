@@ -57,7 +57,8 @@ def run(config: Config, listener: socket.socket | None = None, ws_listener: sock
         config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = config.state_dir / "paper-exchange.sqlite"
         fees = Fees(paper.maker_commission, paper.taker_commission, paper.commission_in_bnb)
-        book = PaperBook(path, paper.starting_balances(quote_assets()), fees=fees, fill_on_touch=paper.fill_on_touch, partial_fills=paper.partial_fills)
+        book = PaperBook(path, paper.starting_balances(quote_assets()), fees=fees, fill_on_touch=paper.fill_on_touch,
+                         partial_fills=paper.partial_fills)
         cleanup.callback(book.close)
         ctx = zmq.Context()
         cleanup.callback(ctx.term)

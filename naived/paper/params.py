@@ -37,7 +37,8 @@ def mandatory(params: Params, name: str) -> str:
 def number(params: Params, name: str) -> Decimal:
     text = mandatory(params, name)
     if not NUMBER_RE.match(text):
-        raise Rejected(-1100, f"Illegal characters found in parameter '{name}'; legal range is '^([0-9]{{1,20}})(\\.[0-9]{{1,20}})?$'.")
+        raise Rejected(-1100,
+                       f"Illegal characters found in parameter '{name}'; legal range is '^([0-9]{{1,20}})(\\.[0-9]{{1,20}})?$'.")
     return Decimal(text)
 
 

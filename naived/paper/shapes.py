@@ -138,7 +138,8 @@ def account_json(balances: dict[str, Balance], fees: Fees) -> dict[str, Any]:
         "buyerCommission": 0, "sellerCommission": 0, "commissionRates": _rates(fees),
         "canTrade": True, "canWithdraw": False, "canDeposit": False, "brokered": False,
         "requireSelfTradePrevention": False, "preventSor": False, "updateTime": now_ms(),
-        "accountType": "SPOT", "balances": [{"asset": a, "free": fmt(b.free), "locked": fmt(b.locked)} for a, b in balances.items()],
+        "accountType": "SPOT",
+        "balances": [{"asset": a, "free": fmt(b.free), "locked": fmt(b.locked)} for a, b in balances.items()],
         "permissions": ["SPOT"], "uid": 0,
     }
 

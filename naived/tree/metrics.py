@@ -65,14 +65,16 @@ def _leader_metrics(m: Metrics, symbol: str, leader: LeaderStatus) -> None:
         m.add("naive_traders", "gauge", "traders by the state of their cycle", n, symbol=symbol, status=cycle)
     m.add("naive_orders_placed_total", "counter", "orders placed", c.get("orders_placed", 0), symbol=symbol)
     m.add("naive_orders_filled_total", "counter", "orders filled", c.get("orders_filled", 0), symbol=symbol)
-    m.add("naive_intents_unknown_total", "counter", "order placements whose outcome was unknown", c.get("intents_unknown", 0), symbol=symbol)
+    m.add("naive_intents_unknown_total", "counter", "order placements whose outcome was unknown",
+          c.get("intents_unknown", 0), symbol=symbol)
     pending = sum(1 for t in leader.traders if t.state and t.state.intent and t.state.intent.unknown)
     m.add("naive_intents_unknown", "gauge", "unknown outcomes not yet resolved", pending, symbol=symbol)
-    m.add("naive_order_drift", "gauge", "orders the exchange and the traders disagree on, at the leader's start", c.get("drift", 0), symbol=symbol)
+    m.add("naive_order_drift", "gauge", "orders the exchange and the traders disagree on, at the leader's start",
+          c.get("drift", 0), symbol=symbol)
     m.add("naive_cycles_finished_total", "counter", "cycles finished", leader.cycles_finished, symbol=symbol)
     for reason, n in sorted(leader.market_dropped.items()):
-        m.add("naive_market_frames_dropped_total", "counter", "market frames the traders dropped (naived/market/gate.py), by reason",
-              n, symbol=symbol, reason=reason)
+        m.add("naive_market_frames_dropped_total", "counter",
+              "market frames the traders dropped (naived/market/gate.py), by reason", n, symbol=symbol, reason=reason)
     # Decimal strings from the store, summed once per finished cycle (quote asset of the symbol).
     m.add("naive_fees_quote_total", "counter", "fees paid by finished cycles, valued in the quote asset",
           Decimal(leader.books.get("fees_quote", "0")), symbol=symbol)
@@ -91,13 +93,17 @@ def _budget_metrics(m: Metrics, config: Config) -> None:
     if b is None:
         return
     limits = config.exchange
-    m.add("naive_budget_weight_used", "gauge", "request weight of this minute, host-wide: Binance's figure plus what was sent since, or our count", b.weight)
+    m.add("naive_budget_weight_used", "gauge",
+          "request weight of this minute, host-wide: Binance's figure plus what was sent since, or our count", b.weight)
     m.add("naive_budget_weight_header", "gauge", "largest X-MBX-USED-WEIGHT-1M seen this minute by any process", b.weight_header)
-    m.add("naive_budget_weight_limit", "gauge", "[exchange] weight_budget_per_minute (Binance: 6000 per IP)", limits.weight_budget_per_minute)
+    m.add("naive_budget_weight_limit", "gauge", "[exchange] weight_budget_per_minute (Binance: 6000 per IP)",
+          limits.weight_budget_per_minute)
     m.add("naive_budget_orders_10s", "gauge", "orders placed in this 10 s window, host-wide", b.orders)
     m.add("naive_budget_orders_day", "gauge", "orders placed today (UTC), host-wide", max(b.orders_day, b.orders_day_header))
     remaining = b.ban_remaining(time.monotonic_ns())
-    m.add("naive_budget_banned_seconds", "gauge", "seconds until a 429/418 Retry-After has passed; nothing is sent before", round(remaining, 3))
-    m.add("naive_budget_ban_status", "gauge", "418 (banned) or 429 while the host holds its requests for it, else 0", b.ban_status if remaining > 0 else 0)
+    m.add("naive_budget_banned_seconds", "gauge", "seconds until a 429/418 Retry-After has passed; nothing is sent before",
+          round(remaining, 3))
+    m.add("naive_budget_ban_status", "gauge", "418 (banned) or 429 while the host holds its requests for it, else 0",
+          b.ban_status if remaining > 0 else 0)
     m.add("naive_budget_limited_total", "counter", "429/418 answers seen by any process", b.limited_total)
     m.add("naive_budget_held_total", "counter", "requests the host's budget held back (never sent)", b.held_total)

@@ -240,7 +240,8 @@ class Root(Role):
         self.next_reconcile = time.monotonic() + self.config.naived.reconcile_seconds
         known, owned, reporting = self.open_orders_known(), self.owned_ids(), frozenset(self.leaders)
         if RECONCILE not in self.supervisor.children:
-            self.supervisor.start(ChildSpec(RECONCILE, "reconcile", lambda: workers.reconcile_all(self.config, known, owned, reporting),
+            self.supervisor.start(ChildSpec(RECONCILE, "reconcile",
+                                            lambda: workers.reconcile_all(self.config, known, owned, reporting),
                                             "temporary", kind=Kind.RECONCILE))
 
     def on_orphans(self, found: list[OrphanOrder]) -> None:
@@ -277,7 +278,8 @@ class Root(Role):
             case Kind.HISTORY:
                 request_id = self.readers.pop(child.spec.key)
                 if request_id in self.pending:  # a reader that answered was acked, so had its answer taken, before it exited
-                    why = "the store reader exited without an answer" if status.normal else f"could not read the store: {status.reason()}"
+                    why = ("the store reader exited without an answer" if status.normal
+                           else f"could not read the store: {status.reason()}")
                     self.control.reply(self.pending.pop(request_id), Error(why))
                 return "forget"
         # The paper exchange, the account stream and the reconcile worker: their restart types decide.

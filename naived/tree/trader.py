@@ -236,7 +236,8 @@ class Trader:
     def find(self, intent: Intent) -> Order | None:
         found = self.lookup_settled(intent)
         if found is not None:
-            log.info("%s/%d: adopted %s %s: %s", self.symbol, self.state.trader_id, intent.side, intent.client_order_id, found.status)
+            log.info("%s/%d: adopted %s %s: %s",
+                     self.symbol, self.state.trader_id, intent.side, intent.client_order_id, found.status)
             self.refusal_wait = PRICE_REFUSAL_WAIT
         return found
 
@@ -262,7 +263,8 @@ class Trader:
                             self.state.trader_id, intent.client_order_id, intent.price, exc.msg, wait)
                 time.sleep(wait)
             return actions.Unsent.PRICE_REFUSED
-        log.info("%s/%d: placed %s %s %s @ %s", self.symbol, self.state.trader_id, intent.side, intent.client_order_id, intent.quantity, intent.price)
+        log.info("%s/%d: placed %s %s %s @ %s",
+                 self.symbol, self.state.trader_id, intent.side, intent.client_order_id, intent.quantity, intent.price)
         self.refusal_wait = PRICE_REFUSAL_WAIT
         return order
 
@@ -283,7 +285,8 @@ class Trader:
         return self._retrying(f"trades of {order.client_order_id}", lambda: self.client.my_trades(self.symbol, order_id))
 
     def fills_lag(self, order: Order, attempt: int) -> None:
-        log.info("%s/%d: trades of %s do not add up to %s yet, asking again", self.symbol, self.state.trader_id, order.client_order_id, order.executed_qty)
+        log.info("%s/%d: trades of %s do not add up to %s yet, asking again",
+                 self.symbol, self.state.trader_id, order.client_order_id, order.executed_qty)
         time.sleep(backoff(attempt))
 
     def next_refusal_wait(self) -> float:
@@ -297,7 +300,8 @@ class Trader:
             try:
                 return self.client.new_order(self.symbol, intent.side, intent.price, intent.quantity, intent.client_order_id)
             except exchange.RateLimited as exc:
-                log.log(_level(exc), "%s/%d: place %s: %s, waiting", self.symbol, self.state.trader_id, intent.client_order_id, exc)
+                log.log(_level(exc), "%s/%d: place %s: %s, waiting",
+                        self.symbol, self.state.trader_id, intent.client_order_id, exc)
                 time.sleep(exc.retry_after)
 
     def ask(self, client_order_id: str, follow_up: bool = True) -> Order | None:
