@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import recorded  # noqa: E402
+import recorded
 
-from naived.backtest import engine  # noqa: E402
-from naived.backtest.trades import read_trades  # noqa: E402
-from naived.core.config import Config  # noqa: E402
+from naived.backtest import engine
+from naived.backtest.trades import read_trades
+from naived.core.config import Config
 
 
 def synthetic_csv(path: Path, trades: int, seed: int) -> None:

@@ -27,8 +27,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import chaos  # noqa: E402
-import recorded  # noqa: E402
+import chaos
+import recorded
 
 
 def main() -> int:

@@ -21,8 +21,8 @@ import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from recorded import BTC_TAPE  # noqa: E402
-from streamer_throughput import measure_streamer  # noqa: E402
+from recorded import BTC_TAPE
+from streamer_throughput import measure_streamer
 
 
 def deflate_rates(lines: list[bytes]) -> list[tuple[int, float, float]]:

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,10 +32,11 @@ import msgspec
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from harness import BIN, Tree, wait_for  # noqa: E402
+from figures import percentiles
+from harness import BIN, Tree, wait_for
 
-from naived.core.messages import Ack, TraderHello, encode  # noqa: E402
-from naived.ops import processes  # noqa: E402
+from naived.core.messages import Ack, TraderHello, encode
+from naived.ops import processes
 
 PEER_TRADER = Path(__file__).resolve().parent / "peer_trader.py"
 TARGET_P50, TARGET_P99 = 10.0, 25.0  # ms, issue 7
@@ -51,12 +51,6 @@ buy_down_interval = "0.5"   # the buys rest: every restart resumes an open order
 max_restarts = 100000       # this benchmark restarts on purpose
 period_seconds = 1.0
 """
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"p50": statistics.median(ordered), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1]}
 
 
 def ready(tree: Tree, symbol: str, trader_id: int, old_pid: int) -> dict | None:

@@ -61,15 +61,15 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import memory  # noqa: E402
-import recorded  # noqa: E402
-from harness import Tree, wait_for  # noqa: E402
+import memory
+import recorded
+from harness import Tree, wait_for
 
-from naived.core.config import load_config  # noqa: E402
-from naived.core.messages import Error, StartTrading, StatusRequest, TreeStatus, control_reply_decoder  # noqa: E402
-from naived.core.symbols import table  # noqa: E402
-from naived.tree.ipc import request  # noqa: E402
-from streamerd.simulate import START_PRICES  # noqa: E402
+from naived.core.config import load_config
+from naived.core.messages import Error, StartTrading, StatusRequest, TreeStatus, control_reply_decoder
+from naived.core.symbols import table
+from naived.tree.ipc import request
+from streamerd.simulate import START_PRICES
 
 T = TypeVar("T")
 BUY_DOWN = Decimal("0.05")

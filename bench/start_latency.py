@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,12 +24,13 @@ from pathlib import Path
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from harness import BIN, Tree, wait_for  # noqa: E402
+from figures import percentiles
+from harness import BIN, Tree, wait_for
 
-from naived.core.config import load_config  # noqa: E402
-from naived.core.messages import Error, StartTrading, StatusRequest, StopTrading, TreeStatus, control_reply_decoder  # noqa: E402
-from naived.core.symbols import table  # noqa: E402
-from naived.tree.ipc import request  # noqa: E402
+from naived.core.config import load_config
+from naived.core.messages import Error, StartTrading, StatusRequest, StopTrading, TreeStatus, control_reply_decoder
+from naived.core.symbols import table
+from naived.tree.ipc import request
 
 TARGET_MS = 20.0  # issue 13 (was 50)
 CONFIG = """
@@ -38,12 +38,6 @@ CONFIG = """
 chunks = 2
 buy_down_interval = "0.5"
 """
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"p50": statistics.median(ordered), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1], "n": len(ordered)}
 
 
 def main() -> None:

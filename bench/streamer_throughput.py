@@ -26,9 +26,9 @@ import psutil
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fake_binance import FakeBinance, server_frame, trade_json  # noqa: E402
+from fake_binance import FakeBinance, server_frame, trade_json
 
-from naived.ops import processes  # noqa: E402
+from naived.ops import processes
 
 CHUNK = 2000  # frames per write, so sending and receiving overlap
 
@@ -52,7 +52,7 @@ print(f"{(count - 1) / (time.perf_counter() - start):.0f}", flush=True)
 
 def wsaccel_installed() -> bool:
     try:
-        import wsaccel  # noqa: F401
+        import wsaccel  # noqa: F401 - imported only to learn that it is there
     except ImportError:
         return False
     return True

@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,11 +44,12 @@ from pathlib import Path
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fake_binance import FakeBinance, server_frame, trade_json  # noqa: E402
-from harness import BIN, Tree, wait_for  # noqa: E402
+from fake_binance import FakeBinance, server_frame, trade_json
+from figures import percentiles
+from harness import BIN, Tree, wait_for
 
-from naived.core.config import load_config  # noqa: E402
-from naived.core.messages import (  # noqa: E402  # noqa: E402
+from naived.core.config import load_config
+from naived.core.messages import (  # noqa: E402
     LeaderStatus,
     LeaderStatusRequest,
     StateUpdated,
@@ -59,8 +59,8 @@ from naived.core.messages import (  # noqa: E402  # noqa: E402
     leader_reply_decoder,
     trade_topic,
 )
-from naived.exchange import binance as exchange  # noqa: E402
-from naived.tree.ipc import request  # noqa: E402
+from naived.exchange import binance as exchange
+from naived.tree.ipc import request
 
 SYMBOL = "XRPUSDT"
 PRICE = Decimal("0.5000")
@@ -76,12 +76,6 @@ rebuy_interval = "0.5"      # the fill trade must not also trigger a rebuy notif
 
 
 ORDER_PAIR_SPACING = 0.45  # s: two orders per 0.45 s is 44 in 10 s, under the budget's 45
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"p50": statistics.median(ordered), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1], "n": len(ordered)}
 
 
 class Tap(threading.Thread):
@@ -148,7 +142,7 @@ class Bench:
         orders = self.tree.http.get(f"{self.tree.paper_url}/paper/orders", params={"symbol": SYMBOL}, timeout=5).json()
         return next((o for o in orders if o["clientOrderId"] == client_order_id), None)
 
-    def until(self, what: str, price: str, probe) -> tuple[object, list[tuple[int, int]]]:  # noqa: ANN001
+    def until(self, what: str, price: str, probe) -> tuple[object, list[tuple[int, int]]]:
         """Send a trade at `price` (again every RETRY_S) until `probe()` answers; the sends made."""
         sends = [(self.push(price), self.trade_id)]
         deadline = time.monotonic() + 20
@@ -350,7 +344,9 @@ def main() -> None:
             bare = percentiles(bare_chain(bench, Path(directory), args.samples))
             print(f"tick to order, {SYMBOL}, one trader cycle per sample (n={args.samples} each)")
             print(f"{'':<44}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}  (ms)")
-            row = lambda name, p: print(f"{name:<44}{p['p50']:9.3f}{p['p90']:9.3f}{p['p99']:9.3f}{p['max']:9.3f}")  # noqa: E731
+            def row(name: str, p: dict[str, float]) -> None:
+                print(f"{name:<44}{p['p50']:9.3f}{p['p90']:9.3f}{p['p99']:9.3f}{p['max']:9.3f}")
+
             for kind, (totals, streamer) in runs.items():
                 t, s = percentiles(totals), percentiles(streamer)
                 row(f"frame -> order, {kind} trader", t)

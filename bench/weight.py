@@ -39,15 +39,15 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import recorded  # noqa: E402
-from harness import Tree, wait_for  # noqa: E402
-from scale import ready_times, tree_status  # noqa: E402
+import recorded
+from harness import Tree, wait_for
+from scale import ready_times, tree_status
 
-from naived.core.config import load_config  # noqa: E402
-from naived.core.messages import Error, StartTrading, control_reply_decoder  # noqa: E402
-from naived.core.symbols import SymbolFilters, table  # noqa: E402
-from naived.exchange import budget  # noqa: E402
-from naived.tree.ipc import request  # noqa: E402
+from naived.core.config import load_config
+from naived.core.messages import Error, StartTrading, control_reply_decoder
+from naived.core.symbols import SymbolFilters, table
+from naived.exchange import budget
+from naived.tree.ipc import request
 
 BINANCE_LIMIT = 6000
 PER_TRADER = Decimal(50)  # trading.budgets USDT 100 / chunks 2

@@ -27,7 +27,6 @@ import os
 import random
 import re
 import signal
-import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from figures import percentiles
 from harness import Tree, wait_for
 from recorded import BTC_TAPE
 
@@ -227,7 +227,7 @@ class Report:
         ]
         for kind, samples in self.recovery_ms.items():
             if samples:
-                lines.append(f"{kind} kill -> all traders ready: {percentiles(samples)} ({len(samples)} kills)")
+                lines.append(f"{kind} kill -> all traders ready: {summary(samples)} ({len(samples)} kills)")
         lines.append("exchange faults: " + (", ".join(f"{k} {n}" for k, n in sorted(self.faults.items())) or "none"))
         lines.append(f"settled in {self.settle_seconds:.1f}s after the market stopped")
         lines += [f"PROBLEM: {p}" for p in self.problems]
@@ -251,10 +251,9 @@ def count_faults(log: str) -> Counter:
     return Counter({kind: n for kind, text in FAULT_LINES.items() if (n := log.count(text))})
 
 
-def percentiles(samples: list[float]) -> str:
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-    return f"p50 {statistics.median(ordered):.0f} ms, p99 {p99:.0f} ms, max {ordered[-1]:.0f} ms"
+def summary(samples: list[float]) -> str:
+    p = percentiles(samples)
+    return f"p50 {p['p50']:.0f} ms, p99 {p['p99']:.0f} ms, max {p['max']:.0f} ms"
 
 
 def kill_loop(
