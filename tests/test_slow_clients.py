@@ -34,7 +34,7 @@ from naived.paper import userstream
 from naived.tree.ipc import request
 
 LATENCY_BOUND = 0.100  # seconds: the bound for `naivectl status` while slow clients trickle
-REQUEST_SECONDS = 1.0  # the paper exchange's request deadline in this tree
+REQUEST_SECONDS = 2.0  # the paper exchange's request deadline in this tree
 PAPER_MAX_CONNECTIONS = 24
 
 
@@ -395,7 +395,7 @@ def test_paper_rest_refuses_past_the_cap_when_no_connection_is_idle(tree: Tree) 
         stack.callback(lambda: [s.close() for s in busy])
         # (the tree's own kept-alive connections may still be idle: each is closed for a newcomer first)
         wait_for("newcomers refused with 503 at once", lambda: sum(1 for s in busy if _peek(s).startswith(b"HTTP/1.1 503")) >= 2,
-                 timeout=REQUEST_SECONDS / 2)
+                 timeout=REQUEST_SECONDS * 0.75)  # before any held request's deadline could free a slot
         wait_for("the held requests closed at their deadline",
                  lambda: all(_closed(s) or _peek(s).startswith(b"HTTP/1.1 503") for s in busy),
                  timeout=REQUEST_SECONDS + 5)
