@@ -28,7 +28,8 @@ import websocket
 from websocket import ABNF
 
 from naived.core.messages import TradeEvent
-from naived.market.gate import PRICE, QUANTITY, DropLog, positive_decimal
+from naived.market.gate import PRICE, QUANTITY, positive_decimal
+from naived.ops.ratelog import RateLimitedLog
 from streamerd.daemon import Emit
 from streamerd.publisher import Stats
 
@@ -103,7 +104,7 @@ class BinanceSource:
         self.attempts: collections.deque[float] = collections.deque()
         self.backlog: set[Connection] = set()
         self._numbers = 0
-        self.refusals = DropLog("binance")
+        self.refusals = RateLimitedLog(log, "binance", "trades refused")
 
     # --- demand ------------------------------------------------------------------
 
@@ -329,7 +330,7 @@ class BinanceSource:
         bad = PRICE if positive_decimal(event.p) is None else QUANTITY if positive_decimal(event.q) is None else None
         if bad is not None:
             self.stats.refused += 1
-            self.refusals.note(bad, f"connection {c.number}: {data[:200]!r}")
+            self.refusals.warning(bad, "refused a trade (%s: connection %d: %r)", bad, c.number, data[:200])
             return
         self.stats.events_in += 1
         if c.failures:

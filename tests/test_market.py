@@ -163,7 +163,7 @@ def test_drops_are_logged_at_a_bounded_rate(gate: MarketGate, caplog: pytest.Log
     assert len(caplog.records) == 1  # the first drop; the rest wait for the summary
     assert "TUSDT/0" in caplog.text and "frames" in caplog.text
     gate.log.flush(now=gate.log.next_line)
-    assert len(caplog.records) == 2 and "99 more market frames (frames 99)" in caplog.records[1].getMessage()
+    assert len(caplog.records) == 2 and "TUSDT/0: 99 more market frames dropped (frames 99)" in caplog.records[1].getMessage()
     assert gate.dropped == {FRAMES: 100}
 
 

@@ -3,7 +3,7 @@
 Whoever consumes `[b"TRADE_EVENTS:<SYMBOL>", msgpack(TradeEvent)]` (a trader, the paper
 exchange's feed thread) passes the raw frames to a `MarketGate` for its symbol and acts only on
 the `TradeEvent` it returns. The gate never raises: a frame that fails a check is dropped,
-counted by reason (`DROP_REASONS`) and logged at a bounded rate (`DropLog`).
+counted by reason (`DROP_REASONS`) and logged at a bounded rate (`naived.ops.ratelog`).
 
 Why each check:
 - ZeroMQ subscriptions are prefixes: `TRADE_EVENTS:TUSDT` also delivers `TRADE_EVENTS:TUSDTRY`,
@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections import deque
 from decimal import Decimal
 
 import msgspec
 
 from naived.core.messages import TradeEvent, trade_topic
+from naived.ops.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -85,41 +85,6 @@ def read_trade(frames: list[bytes], topic: bytes, symbol: str) -> TradeEvent | s
     return event
 
 
-class DropLog:
-    """A drop is logged at once the first time, then summed up at most every `every` seconds
-    (a feed gone bad would otherwise write a line per frame)."""
-
-    def __init__(self, who: str, every: float = DROP_LOG_SECONDS) -> None:
-        self.who = who
-        self.every = every
-        self.pending: dict[str, int] = {}
-        self.next_line = 0.0  # monotonic: the first drop is logged at once
-
-    def note(self, reason: str, detail: str) -> None:
-        now = time.monotonic()
-        if now >= self.next_line and not self.pending:
-            log.warning("%s: dropped a market frame (%s: %s); further drops are summed up every %gs",
-                        self.who, reason, detail, self.every)
-            self.next_line = now + self.every
-            return
-        self.pending[reason] = self.pending.get(reason, 0) + 1
-        self.flush(now)
-
-    def deadline(self) -> float | None:
-        """When a pending summary is due (monotonic), or None."""
-        return self.next_line if self.pending else None
-
-    def flush(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        if not self.pending or now < self.next_line:
-            return
-        total = sum(self.pending.values())
-        reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.pending.items()))
-        log.warning("%s: dropped %d more market frame%s (%s)", self.who, total, "" if total == 1 else "s", reasons)
-        self.pending.clear()
-        self.next_line = now + self.every
-
-
 class MarketGate:
     """The one check of trade frames for one symbol: `check(frames)` gives the event to act on,
     or the reason it is not acted on (a drop reason, counted in `dropped`, or `WARMUP`)."""
@@ -133,7 +98,7 @@ class MarketGate:
         self.confirm = confirm
         self.recent: deque[Decimal] = deque(maxlen=REFERENCE_TRADES)
         self.dropped: dict[str, int] = {}
-        self.log = DropLog(who)
+        self.log = RateLimitedLog(log, who, "market frames dropped", DROP_LOG_SECONDS)
 
     def reference(self) -> Decimal | None:
         """The median of the recent valid prices (the upper one of an even count)."""
@@ -151,7 +116,7 @@ class MarketGate:
             verdict = DECODE
         if isinstance(verdict, str) and verdict != WARMUP:
             self.dropped[verdict] = self.dropped.get(verdict, 0) + 1
-            self.log.note(verdict, _describe(frames))
+            self.log.warning(verdict, "dropped a market frame (%s: %s)", verdict, _describe(frames))
         return verdict
 
     def judge(self, event: TradeEvent) -> TradeEvent | str:

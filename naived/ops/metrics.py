@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from naived.ops.ratelog import RateLimitedLog
+
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -43,26 +45,6 @@ class Metrics:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class RateLimitedLog:
-    """One warning line per `every` seconds at most, saying how many events it stands for:
-    a peer that misbehaves a thousand times a second costs the log one line, not a thousand."""
-
-    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
-        self.logger = logger
-        self.every = every
-        self._next = 0.0
-        self._suppressed = 0
-
-    def warning(self, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        more = f" (and {self._suppressed} more like it in the last {self.every:g}s)" if self._suppressed else ""
-        self.logger.warning(message + more, *args)
-        self._next, self._suppressed = now + self.every, 0
 
 
 @dataclass(eq=False)
@@ -100,7 +82,7 @@ class MetricsEndpoint:
         self._events.register(self.listener.fileno(), select.EPOLLIN)
         self._clients: dict[int, _Client] = {}  # by fd, oldest first (dicts keep insertion order)
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
-        self._log = RateLimitedLog(log)
+        self._log = RateLimitedLog(log, "metrics", "clients dropped or not accepted")
 
     @property
     def fd(self) -> int:
@@ -137,7 +119,7 @@ class MetricsEndpoint:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and the like: the client waits in the backlog
-                self._log.warning("metrics: cannot accept: %s", exc)
+                self._log.warning("accept", "cannot accept: %s", exc)
                 return
             sock.setblocking(False)
             if len(self._clients) >= self.max_clients:
@@ -186,7 +168,7 @@ class MetricsEndpoint:
 
     def _drop(self, client: _Client, reason: str) -> None:
         self.dropped[reason] += 1
-        self._log.warning("metrics: dropped a client (%s: %d bytes of request in, %s)", reason, len(client.request),
+        self._log.warning(reason, "dropped a client (%s: %d bytes of request in, %s)", reason, len(client.request),
                           "its response not taken" if client.response is not None else "no complete request")
         self._close(client)
 

@@ -21,7 +21,8 @@ import zmq
 
 from naived.core.messages import TradeEvent, trade_topic
 from naived.core.symbols import SymbolFilters, table
-from naived.market.gate import MAX_MARKET_FRAME, TOPIC, DropLog, MarketGate
+from naived.market.gate import MAX_MARKET_FRAME, TOPIC, MarketGate
+from naived.ops.ratelog import RateLimitedLog
 from naived.paper.book import PaperBook
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ class TradeFeed(threading.Thread):
         # The same check as the traders' (naived/market/gate.py), one gate per subscribed symbol; it
         # acts from the first trade (confirm=1): it fills what traders placed, it places nothing.
         self._gates: dict[bytes, MarketGate] = {}
-        self._stray = DropLog("paper feed")  # frames on a topic no gate is for (a prefix neighbour)
+        # frames on a topic no gate is for (a prefix neighbour)
+        self._stray = RateLimitedLog(log, "paper feed", "market frames dropped")
         self._dropped: dict[str, dict[str, int]] = {}  # symbol ("" for no symbol's) -> reason -> count
         self._wanted: set[str] = set()
         self._lock = threading.Lock()
@@ -108,7 +110,7 @@ class TradeFeed(threading.Thread):
     def _on_message(self, frames: list[bytes]) -> None:
         gate = self._gates.get(frames[0])
         if gate is None:  # a longer symbol matching a subscription's prefix (TUSDTRY for TUSDT)
-            self._stray.note(TOPIC, repr(frames[0][:40]))
+            self._stray.warning(TOPIC, "dropped a market frame (%s: %r)", TOPIC, frames[0][:40])
             self._count("", TOPIC)
             return
         event = gate.check(frames)

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from naived.core.config import Paper as PaperSettings
-from naived.ops.metrics import RateLimitedLog
+from naived.ops.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Gate:
         self._idle: dict[socket.socket, float] = {}
         self._deadlines: dict[socket.socket, float] = {}
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
-        self._log = RateLimitedLog(log)
+        self._log = RateLimitedLog(log, "paper exchange", "requests refused or dropped")
 
     def admit(self, sock: socket.socket) -> bool:
         """From the accepting thread, before a handler thread exists for `sock`."""
@@ -117,7 +117,7 @@ class Gate:
 
     def _count(self, reason: str, message: str, *args: object) -> None:
         self.dropped[reason] += 1
-        self._log.warning(f"paper exchange: {message}", *args)
+        self._log.warning(reason, message, *args)
 
 
 def _shut(sock: socket.socket) -> None:

@@ -50,7 +50,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from naived.core.config import Faults
-from naived.ops.metrics import RateLimitedLog
+from naived.ops.ratelog import RateLimitedLog
 from naived.paper.book import Change, PaperOrder
 from naived.paper.shapes import fmt, now_ms
 
@@ -185,12 +185,12 @@ class UserStreamServer(threading.Thread):
         self._server: Server | None = None
         self.address = listener.getsockname()[:2]
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)  # read by GET /paper/usage
-        self._log = RateLimitedLog(log)
+        self._log = RateLimitedLog(log, "user data stream", "clients refused or dropped")
 
     def _drop(self, reason: str, message: str, *args: object) -> None:
         """Count and log (at a bounded rate) a client refused or dropped. On the stream's loop only."""
         self.dropped[reason] += 1
-        self._log.warning(f"user data stream: {message}", *args)
+        self._log.warning(reason, message, *args)
 
     # --- from other threads ---------------------------------------------------------------
 

@@ -55,7 +55,7 @@ from naived.core.messages import (
 )
 from naived.exchange import binance as exchange
 from naived.market.gate import plain_decimal
-from naived.ops.metrics import RateLimitedLog
+from naived.ops.ratelog import RateLimitedLog
 from naived.tree.ipc import bind
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class AccountStream:
         self.session = ""
         self.next_alive = 0.0  # monotonic
         self.dropped: dict[str, int] = {}  # events refused at the boundary, by reason (to the root, with StreamAlive)
-        self.drop_log = RateLimitedLog(log)
+        self.drop_log = RateLimitedLog(log, "account stream", "events dropped")
 
     # --- the listen key ------------------------------------------------------------------
 
@@ -240,7 +240,7 @@ class AccountStream:
 
     def drop(self, reason: str, detail: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        self.drop_log.warning("account stream: dropped an event (%s: %s)", reason, detail)
+        self.drop_log.warning(reason, "dropped an event (%s: %s)", reason, detail)
 
     def serve(self, ws: websocket.WebSocket) -> None:
         """Read one connection until it ends; keep-alives, liveness and the rollover on the way."""

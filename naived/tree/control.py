@@ -21,7 +21,7 @@ import msgspec
 import zmq
 
 from naived.core.messages import ControlRequest, Error, control_request_decoder, encode
-from naived.ops.metrics import RateLimitedLog
+from naived.ops.ratelog import RateLimitedLog
 from naived.tree.ipc import bind
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class ControlServer:
         self.handle = handle
         self.refused = 0  # malformed control requests answered with an Error
         self._skipping = False  # discarding the rest of a message with too many frames
-        self._log = RateLimitedLog(log)
+        self._log = RateLimitedLog(log, "control", "requests refused")
 
     def on_readable(self) -> None:
         """One message (or a part of a long one) off the socket, answered now or by the handler later."""
@@ -57,14 +57,14 @@ class ControlServer:
             envelope, body = frames[:1], frames[1:]
         if len(body) != 1:
             self.refused += 1
-            self._log.warning("control: refused a request of %s frames", f"{len(body)}+" if self._skipping else len(body))
+            self._log.warning("frames", "refused a request of %s frames", f"{len(body)}+" if self._skipping else len(body))
             self.reply(envelope, Error(f"bad request: expected one frame, got {len(body)}{'+' if self._skipping else ''}"))
             return
         try:
             req = control_request_decoder.decode(body[0])
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self.refused += 1
-            self._log.warning("control: refused a malformed request: %s", exc)
+            self._log.warning("malformed", "refused a malformed request: %s", exc)
             self.reply(envelope, Error(f"bad request: {exc}"))
             return
         try:
