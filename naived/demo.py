@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,21 +26,16 @@ from naived.core.messages import StatusRequest, TreeStatus, control_reply_decode
 from naived.core.symbols import lookup
 from naived.ctl import render
 from naived.ops import processes
+from naived.ops.listen import free_ports
 from naived.tree.ipc import request
 from naived.tree.process import die_with_parent
 
 STATUS_EVERY = 5.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def write_config(directory: Path, symbols: list[str]) -> Path:
     path = directory / "naive.toml"
+    port, ws_port = free_ports(2)
     path.write_text(
         f"""
 [paths]
@@ -57,8 +51,8 @@ simulate_rate = 20.0
 autostart = {msgspec.json.encode(symbols).decode()}
 
 [paper]
-port = {free_port()}
-ws_port = {free_port()}
+port = {port}
+ws_port = {ws_port}
 
 [trading.defaults]
 profit_interval = "-0.0012"  # the book's chapter 5: a loss per cycle, so cycles finish while you watch (paper only)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import psutil
 import requests
 
 from naived.ops import processes
+from naived.ops.listen import free_ports
 from naived.tree.process import die_with_parent
 
 BIN = Path(sys.executable).parent
@@ -51,9 +51,7 @@ stop_timeout_seconds = 3.0
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.02) -> T:
@@ -83,8 +81,7 @@ class Tree:
         seccomp filters (tests/sandbox.py)."""
         self.dir = directory
         self.sandboxed = sandboxed
-        self.paper_port = free_port()
-        self.paper_ws_port = free_port()
+        self.paper_port, self.paper_ws_port = free_ports(2)
         run = directory / "run"
         run.mkdir(mode=0o700, exist_ok=True)
         self.config_path = directory / "naive.toml"

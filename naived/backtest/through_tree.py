@@ -16,7 +16,6 @@ docs/architecture.md, "Backtest".
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from naived.core.messages import (
 )
 from naived.core.symbols import table
 from naived.ops import processes
+from naived.ops.listen import free_ports
 from naived.ops.progress import ProgressBar
 from naived.tree.ipc import request
 from naived.tree.process import die_with_parent
@@ -181,13 +181,6 @@ class Forwarder(threading.Thread):
             self.ctx.term()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _wait(what: str, probe: Callable[[], Any], deadline: float, logs: Path) -> Any:
     while time.monotonic() < deadline:
         value = probe()
@@ -237,8 +230,7 @@ def run(config: Config, files: list[str], symbols: list[str] | None = None, spee
         directory = Path(keep or tmp)
         directory.mkdir(parents=True, exist_ok=True)
         # Free ports for both listeners: another naived on this host holds the defaults.
-        port = _free_port()
-        ws_port = next(p for p in iter(_free_port, None) if p != port)
+        port, ws_port = free_ports(2)
         streamer_toml, naived_toml, upstream, market = tree_configs(config, directory, files, names, speed, port, ws_port)
         # Per symbol: the paper exchange and the traders a leader starts with (the ones that trade;
         # anyone else subscribing only makes the count come sooner).

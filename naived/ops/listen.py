@@ -2,7 +2,8 @@
 
 naived's root binds the paper exchange's ports before it says READY (a port in use is one line
 at start, not a restart loop; the child inherits the sockets across fork); the standalone paper
-exchange binds its user data stream's port the same way.
+exchange binds its user data stream's port the same way. `free_ports` is for the tools that
+write a configuration for daemons they start (the demo, the backtest through the tree, tests).
 """
 
 from __future__ import annotations
@@ -26,3 +27,16 @@ def listen(host: str, port: int, what: str, key: str) -> socket.socket:
         sock.close()
         raise CannotListen(f"cannot listen on {host}:{port} for {what}: {exc.strerror} (set {key})") from None
     return sock
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct TCP ports on `host` that were free a moment ago (all held while they are
+    chosen, so no two are the same)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
