@@ -232,7 +232,11 @@ def _when(ms: int | None) -> str:
 
 
 def history_lines(reply: History) -> list[str]:
-    """One line per finished cycle (times UTC, from the exchange), then the totals per quote asset."""
+    """One line per finished cycle (times UTC, from the exchange), then the totals per quote asset;
+    before the first, one line that says so (silence would read as a broken command)."""
+    if not reply.cycles:
+        return [f"{reply.symbol}: no finished cycle yet (a cycle finishes when its sell fills; "
+                f"naivectl status {reply.symbol} shows the open ones)"]
     lines = []
     totals: dict[str, list[Decimal]] = {}  # quote asset -> [fees in quote, pnl]
     for s in reply.cycles:

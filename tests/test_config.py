@@ -54,7 +54,10 @@ def test_load_config_error_names_the_file(tmp_path):
         # wrong types
         ('[trading.defaults]\nchunks = "2"\n', "trading.defaults.chunks: Expected `int`, got `str`"),
         ('[naived]\nautostart = "XRPUSDT"\n', "naived.autostart: Expected `array`, got `str`"),
-        ('[naived]\nexchange = "kraken"\n', "naived.exchange: Invalid enum value 'kraken'"),
+        ('[naived]\nexchange = "kraken"\n',
+         "naived.exchange: Invalid enum value 'kraken' (choose one of: paper, binance-testnet, binance)"),
+        ('[streamer]\nsource = "simulated"\n',
+         "streamer.source: Invalid enum value 'simulated' (choose one of: binance, replay, simulate)"),
         ('[trading.budgets]\nUSDT = "lots"\n', "trading.budgets[...]: Invalid decimal string"),
         # invalid values
         ('[trading.budgets]\nUSDT = "-5"\n', "trading.budgets.USDT: must be > 0, got -5"),

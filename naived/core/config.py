@@ -13,10 +13,12 @@ import math
 import os
 import re
 import tempfile
+import types
+import typing
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -656,7 +658,26 @@ def _readable(message: str) -> str:
     field = _FIELD_REASON.match(text)  # our validators' "<field>: <reason>"
     if field:
         return f"{key}.{field[1]}: {field[2]}"
+    choices = _choices(key) if text.startswith("Invalid enum value") else None
+    if choices:
+        text += f" (choose one of: {', '.join(choices)})"
     return f"{key}: {text}"
+
+
+def _choices(key: str) -> list[str] | None:
+    """The values a `Literal` setting allows, found by walking its dotted key down `Config`."""
+    tp: Any = Config
+    for part in key.split("."):
+        if typing.get_origin(tp) is dict:  # a table keyed by the user ([trading.symbols.XRPUSDT])
+            tp = typing.get_args(tp)[1]
+            continue
+        if not (isinstance(tp, type) and issubclass(tp, msgspec.Struct)):
+            return None
+        tp = typing.get_type_hints(tp).get(part)
+        if tp is None:
+            return None
+    members = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return [str(v) for m in members if typing.get_origin(m) is Literal for v in typing.get_args(m)] or None
 
 
 _FIELD_REASON = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): (.+)$")
