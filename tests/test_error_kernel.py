@@ -244,6 +244,10 @@ def test_status_of_a_symbol_that_is_not_trading_says_so(tmp_path: Path) -> None:
         result = tree.ctl("status", "ETHUSDT")
         assert (result.returncode == 1
                 and result.stderr.strip() == "naivectl: ETHUSDT is not trading (naivectl start-trading ETHUSDT)")
+        # Not a symbol at all: no start-trading that would fail, the symbols meant instead
+        result = tree.ctl("status", "BTC")
+        assert result.returncode == 1 and result.stderr.strip().startswith(
+            "naivectl: BTC is not a symbol of the exchange; did you mean BTCUSDT, "), result.stderr
 
 
 def test_version_everywhere() -> None:

@@ -139,3 +139,11 @@ budget = "0.05"
         assert Decimal(result["cost"]) <= Decimal("0.05") and "BTC" in tree.ctl("history", "ETHBTC").stdout
     finally:
         tree.stop()
+
+
+def test_similar_symbols_for_a_mistyped_one() -> None:
+    from naived.core.symbols import similar
+
+    assert similar("BTC")[0] == "BTCUSDT" and all("BTC" in s for s in similar("BTC"))
+    assert similar("xrp")[0] == "XRPUSDT" and len(similar("XRP", limit=3)) == 3
+    assert similar("QQQQQQ") == [] and "XRPUSDT" not in similar("XRPUSDT")

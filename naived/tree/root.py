@@ -61,7 +61,7 @@ from naived.core.messages import (
     root_report_decoder,
     worker_report_decoder,
 )
-from naived.core.symbols import SymbolFilters
+from naived.core.symbols import SymbolFilters, lookup, similar
 from naived.exchange import budget as rate_budget
 from naived.ops import sdnotify
 from naived.ops.listen import CannotListen, listen
@@ -434,7 +434,10 @@ class Root(Role):
 
     def status(self, only: str | None) -> TreeStatus:
         if only and only not in self.symbols:
-            raise ValueError(f"{only} is not trading (naivectl start-trading {only})")
+            if lookup(only) is not None:
+                raise ValueError(f"{only} is not trading (naivectl start-trading {only})")
+            near = similar(only)
+            raise ValueError(f"{only} is not a symbol of the exchange" + (f"; did you mean {', '.join(near)}?" if near else ""))
         symbols = [
             SymbolStatus(
                 symbol=symbol,
