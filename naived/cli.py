@@ -37,7 +37,7 @@ def main() -> None:
     """naive: fault-tolerant trading of Binance spot symbols on a tree of OS processes."""
 
 
-@main.command()
+@main.command(short_help="Run the tree in the foreground (as systemd does).")
 @config_option
 def start(config_path: str | None) -> None:
     """Run the root of the tree in the foreground (as systemd runs it)."""
@@ -68,7 +68,7 @@ def start(config_path: str | None) -> None:
     sys.exit(root.run(config, held))
 
 
-@main.command("paper-exchange")
+@main.command("paper-exchange", short_help="Run the paper exchange alone, for other clients.")
 @config_option
 def paper_exchange_command(config_path: str | None) -> None:
     """Run the paper exchange alone (naived starts its own when exchange = "paper")."""
@@ -86,7 +86,7 @@ def paper_exchange_command(config_path: str | None) -> None:
     paper.run(config)
 
 
-@main.command("check-config")
+@main.command("check-config", short_help="Check the configuration as start does, then exit.")
 @config_option
 def check_config(config_path: str | None) -> None:
     """Validate the configuration as `start` does, and every symbol it names as `start-trading`
@@ -108,7 +108,7 @@ def _origin(config_path: str | None) -> str:
     return str(path) if path is not None else "no file (the embedded defaults)"
 
 
-@main.command("refresh-symbols")
+@main.command("refresh-symbols", short_help="Regenerate the symbol table from exchangeInfo.")
 @config_option
 @click.option("--from", "source", metavar="FILE", help="A saved exchangeInfo answer (JSON) instead of asking the exchange.")
 @click.option("--output", metavar="PATH", help="Write here instead of <state_dir>/symbols.csv (e.g. naived/core/symbols.csv).")
@@ -158,7 +158,7 @@ def refresh_symbols(config_path: str | None, source: str | None, output: str | N
     click.echo(f"{len(rows)} TRADING symbols, {len(quotes)} quote assets ({' '.join(quotes)}) -> {path}")
 
 
-@main.command()
+@main.command(short_help="Run the strategy over recorded trades.")
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON (byte-identical for the same input and settings).")
@@ -218,9 +218,10 @@ def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, set
         click.echo(f"plot: {plot_path}", err=True)
 
 
-@main.command()
+@main.command(short_help="A simulated market, the paper exchange and naived.")
 @click.option("--seconds", default=30.0, show_default=True, help="How long to run; 0 runs until Ctrl-C.")
-@click.option("--symbol", "symbols", multiple=True, default=["XRPUSDT", "BTCUSDT"], show_default=True)
+@click.option("--symbol", "symbols", multiple=True, default=["XRPUSDT", "BTCUSDT"], show_default=True,
+              help="A symbol to trade (repeat for several).")
 def demo(seconds: float, symbols: tuple[str, ...]) -> None:
     """Simulated market + paper exchange + naived in a temporary directory, with status every few seconds."""
     from naived import demo as demo_module

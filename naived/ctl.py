@@ -188,7 +188,8 @@ def _simple(request_type: type) -> Callable[[str], None]:
 
 
 main.command("start-trading", help="Start trading SYMBOL, for example XRPUSDT.")(_simple(StartTrading))
-main.command("stop-trading", help="Stop SYMBOL now; its open orders stay and are adopted on the next start.")(
+main.command("stop-trading", help="Stop SYMBOL now; its open orders stay and are adopted on the next start.",
+             short_help="Stop SYMBOL now; its open orders stay.")(
     _simple(StopTrading)
 )
 main.command("shutdown-trading", help="Let SYMBOL's traders finish their cycles, then stop it.")(
@@ -196,7 +197,7 @@ main.command("shutdown-trading", help="Let SYMBOL's traders finish their cycles,
 )
 
 
-@main.command()
+@main.command(short_help="The live process tree, or one symbol's.")
 @click.argument("symbol", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
@@ -210,7 +211,7 @@ def status(target: Target, symbol: str | None, as_json: bool) -> None:
         click.echo(render(reply, time.time()))
 
 
-@main.command()
+@main.command(short_help="Finished cycles of SYMBOL: fees and profit.")
 @click.argument("symbol")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
