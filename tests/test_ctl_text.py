@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import click
+from click.testing import CliRunner
+
+from naived import cli, ctl
 from naived.core.messages import History
 from naived.ctl import history_lines
 
@@ -12,11 +16,6 @@ def test_history_says_so_before_the_first_finished_cycle() -> None:
 
 
 def test_every_command_and_option_has_help_that_is_not_cut() -> None:
-    import click
-    from click.testing import CliRunner
-
-    from naived import cli, ctl
-
     for group in (cli.main, ctl.main):
         assert isinstance(group, click.Group)
         listing = CliRunner().invoke(group, ["--help"], terminal_width=80).output.partition("Commands:")[2]

@@ -142,8 +142,7 @@ budget = "0.05"
 
 
 def test_similar_symbols_for_a_mistyped_one() -> None:
-    from naived.core.symbols import similar
-
+    similar = symbols.similar
     assert similar("BTC")[0] == "BTCUSDT" and all("BTC" in s for s in similar("BTC"))
     assert similar("xrp")[0] == "XRPUSDT" and len(similar("XRP", limit=3)) == 3
     assert similar("QQQQQQ") == [] and "XRPUSDT" not in similar("XRPUSDT")

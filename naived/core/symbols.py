@@ -107,8 +107,8 @@ def similar(text: str, limit: int = 5) -> list[str]:
     """Symbols of the table a user may have meant by `text` ("BTC" -> BTCUSDT, BTCFDUSD, ...):
     those whose base asset it is, then those that start with it, then those that contain it,
     USDT-quoted first, at most `limit`."""
-    text = text.upper()
-    names = sorted(table(), key=lambda s: (table()[s].base != text, not s.endswith("USDT"), s))
+    text, symbols = text.upper(), table()
+    names = sorted(symbols, key=lambda s: (symbols[s].base != text, not s.endswith("USDT"), s))
     starts = [s for s in names if s.startswith(text) and s != text]
     contains = [s for s in names if text in s and not s.startswith(text)]
     return (starts + contains)[:limit]
