@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import select
 import socket
 import sys
 import time
@@ -29,6 +30,8 @@ from naived.core.messages import (
     ShutdownTrading,
     StartTrading,
     StatusRequest,
+    StopDaemon,
+    Stopping,
     StopTrading,
     TraderInfo,
     TreeStatus,
@@ -195,6 +198,38 @@ main.command("stop-trading", help="Stop SYMBOL now; its open orders stay and are
 main.command("shutdown-trading", help="Let SYMBOL's traders finish their cycles, then stop it.")(
     _simple(ShutdownTrading)
 )
+
+
+@main.command(short_help="Stop naived: its traders first, then the rest.")
+@click.option("--finish-cycles", is_flag=True, help="Let every symbol finish its cycles first (as SIGUSR1 does).")
+@click.option("--wait", "wait_seconds", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Seconds to wait for naived to exit; 0 does not wait.  [default: 60, or 0 with --finish-cycles]")
+@click.pass_obj
+def stop(target: Target, finish_cycles: bool, wait_seconds: float | None) -> None:
+    """Stop the running naived as SIGTERM does: its traders stop first; open orders stay at the
+    exchange and are adopted at the next start. Under systemd, use `systemctl stop naived`
+    (a service stopped behind systemd's back is not restarted, and systemd reports it inactive)."""
+    reply = call(target, StopDaemon(finish_cycles))
+    assert isinstance(reply, Stopping)
+    click.echo(reply.message)
+    wait = wait_seconds if wait_seconds is not None else (0.0 if finish_cycles else 60.0)
+    if not wait or reply.host != socket.gethostname():
+        return
+    if not _exited(reply.pid, wait):
+        _fail(f"naived pid {reply.pid} has not exited after {wait:g}s; naivectl status shows what it waits for")
+    click.echo(f"naived pid {reply.pid} stopped")
+
+
+def _exited(pid: int, seconds: float) -> bool:
+    """Wait up to `seconds` for process `pid` to end (a pidfd: no polling, no PID reuse race)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], seconds)[0])
+    finally:
+        os.close(fd)
 
 
 @main.command(short_help="The live process tree, or one symbol's.")

@@ -97,9 +97,31 @@ def test_sigterm_leaves_no_process_behind(tree: Tree) -> None:
     open_buys(tree, "ADAUSDT", 2)
     pids = list(tree.seen)
     assert len(pids) >= 1 + 1 + 2 * (1 + 1 + 2)  # root, paper exchange, 2 x (supervisor, leader, 2 traders)
+    run = tree.dir / "run"
+    assert {"naived.sock", "account-stream.sock"} <= {p.name for p in run.iterdir()}
     tree.naived.send_signal(signal.SIGTERM)
     assert tree.naived.wait(15) == 0
     wait_for("every process of the tree to be gone", lambda: not tree.leftovers(), timeout=5)
+    # Nor any socket file: streamerd's (still running) is left, and the host's rate budget, which
+    # outlives naived on purpose (a ban from Binance holds across a restart).
+    assert sorted(p.name for p in run.iterdir()) == ["market.sock", "rate-budget"]
+
+
+def test_naivectl_stop_stops_the_tree_and_waits_for_it(tree: Tree) -> None:
+    tree.ctl("start-trading", "XRPUSDT")
+    open_buys(tree, "XRPUSDT", 2)
+    pid = tree.naived.pid
+    stopped = tree.ctl("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.splitlines() == [
+        f"naived pid {pid} is stopping: its traders stop first; open orders stay at the exchange and are adopted at "
+        "the next start",
+        f"naived pid {pid} stopped",
+    ]
+    assert tree.naived.poll() == 0  # gone when naivectl said so, and cleanly
+    assert not tree.leftovers()
+    again = tree.ctl("stop")
+    assert again.returncode == 1 and "naived is not running" in again.stderr
 
 
 def test_naivectl_errors_are_one_clear_line(tree: Tree, tmp_path: Path) -> None:

@@ -379,7 +379,14 @@ class HistoryRequest(msgspec.Struct, tag=True):
     symbol: str
 
 
-ControlRequest = StartTrading | StopTrading | ShutdownTrading | StatusRequest | HistoryRequest
+class StopDaemon(msgspec.Struct, tag=True):
+    """`naivectl stop`: what SIGTERM does (stop now; open orders stay and are adopted at the next
+    start), or with `finish_cycles` what SIGUSR1 does (every symbol finishes its cycles first)."""
+
+    finish_cycles: bool = False
+
+
+ControlRequest = StartTrading | StopTrading | ShutdownTrading | StatusRequest | HistoryRequest | StopDaemon
 
 
 class Ok(msgspec.Struct, tag=True):
@@ -473,7 +480,15 @@ RootReport = LeaderStatus | StreamAlive  # pushed by the leaders and the account
 WorkerReport = WorkerReply | ExchangeFilters | OrphansFound  # the root's workers' answers
 
 
-ControlReply = Ok | Error | TreeStatus | History
+class Stopping(msgspec.Struct, tag=True):
+    """The answer to StopDaemon: naived `pid` is stopping (naivectl waits for that process to end)."""
+
+    pid: int
+    host: str  # the host naived runs on: naivectl waits for the process only on the same host
+    message: str
+
+
+ControlReply = Ok | Error | TreeStatus | History | Stopping
 
 
 # --- codecs --------------------------------------------------------------------

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import ssl
 import time
 
@@ -56,7 +57,7 @@ from naived.core.messages import (
 from naived.exchange import binance as exchange
 from naived.market.gate import plain_decimal
 from naived.ops.ratelog import RateLimitedLog
-from naived.tree.ipc import bind
+from naived.tree.ipc import bind, close_bound
 
 log = logging.getLogger(__name__)
 
@@ -316,5 +317,15 @@ class AccountStream:
 
 
 def run(config: Config) -> int:
-    """Entry point in the forked child."""
-    return AccountStream(config).run()
+    """Entry point in the forked child. SIGTERM (its supervisor stopping it) ends it by an
+    exception, so its socket file is removed on the way out."""
+    signal.signal(signal.SIGTERM, _stop)
+    stream = AccountStream(config)
+    try:
+        return stream.run()
+    finally:
+        close_bound(stream.pub, config.account_stream_endpoint)
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(0)

@@ -24,16 +24,27 @@ def bind(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str, max_mess
     socket = ctx.socket(kind)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    _remove_file(endpoint)
+    socket.bind(endpoint)
+    if (path := ipc_path(endpoint)) is not None:
+        os.chmod(path, 0o600)
+    return socket
+
+
+def close_bound(socket: zmq.Socket[bytes], endpoint: str) -> None:
+    """Close a socket this process bound and remove its ipc path, on a clean exit: a stopped tree
+    leaves no socket file behind (a killed process leaves it; its successor's `bind` replaces it)."""
+    socket.close()
+    _remove_file(endpoint)
+
+
+def _remove_file(endpoint: str) -> None:
     path = ipc_path(endpoint)
     if path is not None:
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
-    socket.bind(endpoint)
-    if path is not None:
-        os.chmod(path, 0o600)
-    return socket
 
 
 def ipc_path(endpoint: str) -> str | None:

@@ -52,7 +52,7 @@ from naived.core.messages import (
 from naived.core.symbols import SymbolFilters
 from naived.store.sqlite import Store, record_prefix, registry_path, store_path
 from naived.tree import trader, workers
-from naived.tree.ipc import bind, bind_rep
+from naived.tree.ipc import bind, bind_rep, close_bound
 from naived.tree.process import last_words
 from naived.tree.supervisor import EXIT_GAVE_UP, Child, ChildSpec, Decision, Exit, ExitStatus, Kind, Role, Supervisor
 
@@ -383,6 +383,10 @@ class Leader(Role):
 
     def next_tick(self) -> float | None:
         return self.report_again
+
+    def on_stop(self) -> None:
+        close_bound(self.rep, self.config.leader_endpoint(self.symbol))
+        close_bound(self.pub, self.config.leader_pub_endpoint(self.symbol))
 
     def status(self) -> LeaderStatus:
         traders = []

@@ -52,6 +52,8 @@ from naived.core.messages import (
     ShutdownTrading,
     StartTrading,
     StatusRequest,
+    StopDaemon,
+    Stopping,
     StopTrading,
     StreamAlive,
     SymbolStatus,
@@ -72,7 +74,7 @@ from naived.store.trading_set import TradingSet
 from naived.tree import account_stream, symbol_supervisor, trader, workers
 from naived.tree import metrics as tree_metrics
 from naived.tree.control import ControlServer
-from naived.tree.ipc import bind, ipc_path, request
+from naived.tree.ipc import bind, close_bound, request
 from naived.tree.process import merge_identical_pages
 from naived.tree.supervisor import (
     Child,
@@ -368,7 +370,19 @@ class Root(Role):
                 return self.status(check_symbol(symbol) if symbol else None)
             case HistoryRequest(symbol):
                 return self.history(check_symbol(symbol), envelope)
+            case StopDaemon(finish_cycles):
+                return self.stop_daemon(finish_cycles)
         return Error("unknown request")
+
+    def stop_daemon(self, finish_cycles: bool) -> msgspec.Struct:
+        """`naivectl stop`: the signal that stops naived, sent to itself, so there is one way to
+        stop (the named handler runs on the loop's next turn, after this answer is sent)."""
+        sig = signal.SIGUSR1 if finish_cycles else signal.SIGTERM
+        log.info("naivectl stop: sending %s to naived pid %d", sig.name, os.getpid())
+        os.kill(os.getpid(), sig)
+        how = "every symbol finishes its cycles, then it exits" if finish_cycles else \
+            "its traders stop first; open orders stay at the exchange and are adopted at the next start"
+        return Stopping(os.getpid(), socket.gethostname(), f"naived pid {os.getpid()} is stopping: {how}")
 
     def start_trading(self, symbol: str) -> msgspec.Struct:
         entry = self.symbols.get(symbol)
@@ -573,12 +587,9 @@ class Root(Role):
         self.supervisor.stop_all(keep=frozenset({PAPER, ACCOUNT_STREAM}))
 
     def on_stop(self) -> None:
-        for sock in (self.control.socket, self.reports, self.worker_reports):
-            sock.close()
-        for endpoint in (self.config.control_endpoint, self.config.reports_endpoint, self.config.workers_endpoint):
-            path = ipc_path(endpoint)
-            if path is not None and os.path.exists(path):
-                os.unlink(path)
+        close_bound(self.control.socket, self.config.control_endpoint)
+        close_bound(self.reports, self.config.reports_endpoint)
+        close_bound(self.worker_reports, self.config.workers_endpoint)
         self.ctx.term()
         log.info("naived stopped")
 
