@@ -41,6 +41,9 @@ from naived.core.strategy import StrategyError, assets
 from naived.store.ownership import StateDirLock
 from naived.tree.ipc import ipc_path, request
 
+# The feed of a followed symbol without a trade for this long is called out in status (the busy
+# USDT pairs trade every second; a quiet pair may go minutes, hence the question, not a verdict).
+SILENT_FEED_SECONDS = 60.0
 DEFAULT_TIMEOUT = 1.0  # seconds: naived answers from memory in well under a millisecond
 
 
@@ -349,6 +352,19 @@ def _trader_line(t: TraderInfo, now: float) -> str:
     return head + "  " + ", ".join(parts)
 
 
+def _market(leader: LeaderStatus, now: float) -> str:
+    """The symbol's last trade and its age, so a silent market feed shows on the leader's line."""
+    trade = leader.last_trade
+    if trade is None:
+        return ", no market trade seen yet" if leader.following_market else ""
+    text = f", last trade {_num(trade.p)} {_age(trade.E / 1000, now)} ago"
+    if not leader.following_market:
+        return text + " (the traders wait on their orders, not following the feed)"
+    if now - trade.E / 1000 > SILENT_FEED_SECONDS:
+        return text + " (a quiet market or a silent feed: is streamerd running?)"
+    return text
+
+
 def _branch(lines: list[str], last: bool) -> list[str]:
     out = []
     for i, line in enumerate(lines):
@@ -365,8 +381,7 @@ def _leader_lines(leader: LeaderStatus, now: float) -> list[str]:
         head += ", shutting down"
     if leader.waiting is not None and leader.waiting_since is not None:
         head += f", waiting {_age(leader.waiting_since, now)} for {leader.waiting}"
-    if leader.last_trade is not None:
-        head += f", last trade {_num(leader.last_trade.p)} ({_age(leader.last_trade.E / 1000, now)} ago)"
+    head += _market(leader, now)
     if leader.market_dropped:
         head += ", market frames dropped: " + ", ".join(f"{r} {n}" for r, n in sorted(leader.market_dropped.items()))
     children = [[_trader_line(t, now)] for t in leader.traders]

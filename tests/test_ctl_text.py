@@ -6,7 +6,7 @@ import click
 from click.testing import CliRunner
 
 from naived import cli, ctl
-from naived.core.messages import History
+from naived.core.messages import History, LeaderStatus, TradeEvent
 from naived.ctl import history_lines
 
 
@@ -24,3 +24,27 @@ def test_every_command_and_option_has_help_that_is_not_cut() -> None:
             assert command.short_help or command.help, name
             for param in command.params:
                 assert not isinstance(param, click.Option) or param.help, f"{name} {param.name} has no help"
+
+
+def _leader(last_trade: TradeEvent | None, following: bool) -> LeaderStatus:
+    return LeaderStatus("XRPUSDT", 5022, NOW - 60, [], last_trade=last_trade, following_market=following)
+
+
+NOW = 1_700_000_000.0
+
+
+def _trade(age: float) -> TradeEvent:
+    ms = int((NOW - age) * 1000)
+    return TradeEvent("trade", ms, "XRPUSDT", 7, "0.50120000", "100.00000000", ms, False)
+
+
+def test_the_leader_line_shows_the_market_so_a_silent_feed_shows() -> None:
+    def line(leader: LeaderStatus) -> str:
+        return ctl._leader_lines(leader, NOW)[0]
+
+    assert line(_leader(_trade(3), True)).endswith(", cycles finished 0, last trade 0.5012 3s ago")
+    assert line(_leader(None, True)).endswith(", no market trade seen yet")
+    assert line(_leader(_trade(300), True)).endswith(
+        ", last trade 0.5012 5m ago (a quiet market or a silent feed: is streamerd running?)")
+    assert line(_leader(_trade(300), False)).endswith(
+        ", last trade 0.5012 5m ago (the traders wait on their orders, not following the feed)")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -105,6 +108,24 @@ def test_sigterm_leaves_no_process_behind(tree: Tree) -> None:
     # Nor any socket file: streamerd's (still running) is left, and the host's rate budget, which
     # outlives naived on purpose (a ban from Binance holds across a restart).
     assert sorted(p.name for p in run.iterdir()) == ["market.sock", "rate-budget"]
+
+
+def test_status_shows_the_symbols_last_trade_and_a_silent_feed(tree: Tree) -> None:
+    tree.ctl("start-trading", "XRPUSDT")
+
+    def leader() -> dict[str, Any] | None:
+        sym = tree.symbol("XRPUSDT")
+        return sym["leader"] if sym and sym["leader"] and sym["leader"]["last_trade"] else None
+
+    seen = wait_for("XRPUSDT's last trade in status", leader)
+    assert seen["following_market"] and seen["last_trade"]["s"] == "XRPUSDT"
+    assert re.search(r"leader .*, last trade 0\.\d+ \d+s ago", tree.ctl("status", "XRPUSDT").stdout)
+    wait_for("a later trade in status (the traders keep telling)",
+             lambda: (lead := leader()) and lead["last_trade"]["t"] > seen["last_trade"]["t"], timeout=5)
+    tree.stop_streamer()
+    # 50 trades/s while the feed lives: a last trade older than 3 s means it no longer moves.
+    wait_for("the last trade to age once the feed is silent",
+             lambda: (lead := leader()) and time.time() - lead["last_trade"]["E"] / 1000 > 3, timeout=15)
 
 
 def test_naivectl_stop_stops_the_tree_and_waits_for_it(tree: Tree) -> None:

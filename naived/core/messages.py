@@ -272,13 +272,17 @@ class TraderFailed(msgspec.Struct, tag=True):
     error: str
 
 
-class MarketFramesDropped(msgspec.Struct, tag=True):
-    """A trader's market frames dropped so far, by reason (naived/market/gate.py): cumulative for the
-    process `pid`, so a resent one counts once. Sent at most once a second, only after a change."""
+class MarketReport(msgspec.Struct, tag=True):
+    """What a trader saw of the market feed: frames dropped so far, by reason (naived/market/gate.py;
+    cumulative for the process `pid`, so a resent one counts once), the latest trade it let through
+    and whether it follows the feed now (a trader waiting on a resting order unsubscribes). Sent at
+    most once a second, only after a change, so the leader's status shows a silent feed."""
 
     trader_id: int
     pid: int
     dropped: dict[str, int]
+    last_trade: TradeEvent | None = None
+    following: bool = True
 
 
 class LeaderStatusRequest(msgspec.Struct, tag=True):
@@ -314,7 +318,7 @@ class OpenOrdersFetched(msgspec.Struct, tag=True):
 
 LeaderRequest = (
     TraderHello | StateUpdated | RebuyTriggered | TraderFailed | LeaderStatusRequest | ShutdownRequest
-    | FiltersFetched | ExchangeWaiting | OpenOrdersFetched | MarketFramesDropped
+    | FiltersFetched | ExchangeWaiting | OpenOrdersFetched | MarketReport
 )
 
 
@@ -341,7 +345,8 @@ class LeaderStatus(msgspec.Struct, tag=True):
     last_error: str | None = None
     counters: dict[str, int] = {}
     used_weight: int = 0
-    last_trade: TradeEvent | None = None  # the symbol's latest trade on the market feed
+    last_trade: TradeEvent | None = None  # the symbol's latest trade its traders saw on the market feed
+    following_market: bool = False  # a running trader follows the feed now (else last_trade ages by design)
     # Totals over the symbol's finished cycles, quote asset, decimal strings: fees_quote, pnl_quote
     books: dict[str, str] = {}
     # What keeps fresh cycles from starting (the exchange's filters, unreachable) and why, since when.

@@ -98,6 +98,7 @@ class MarketGate:
         self.confirm = confirm
         self.recent: deque[Decimal] = deque(maxlen=REFERENCE_TRADES)
         self.dropped: dict[str, int] = {}
+        self.last: TradeEvent | None = None  # the latest trade that passed the checks (warm-up included)
         self.log = RateLimitedLog(log, who, "market frames dropped", DROP_LOG_SECONDS)
 
     def reference(self) -> Decimal | None:
@@ -110,7 +111,10 @@ class MarketGate:
         try:
             verdict = read_trade(frames, self.topic, self.symbol)
             if isinstance(verdict, TradeEvent):
-                verdict = self.judge(verdict)
+                event = verdict
+                verdict = self.judge(event)
+                if verdict is event or verdict == WARMUP:
+                    self.last = event
         except Exception:  # a check that fails is a bug here, never a reason to crash the consumer
             log.exception("%s: checking a market frame failed", self.log.who)
             verdict = DECODE

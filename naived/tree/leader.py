@@ -35,12 +35,13 @@ from naived.core.messages import (
     FiltersFetched,
     LeaderStatus,
     LeaderStatusRequest,
-    MarketFramesDropped,
+    MarketReport,
     OpenOrdersFetched,
     RebuyTriggered,
     Settings,
     ShutdownRequest,
     StateUpdated,
+    TradeEvent,
     TraderFailed,
     TraderHello,
     TraderInfo,
@@ -137,6 +138,9 @@ class Leader(Role):
         # reporting pid and its cumulative counts) and those of traders that have exited.
         self.dropped_by: dict[int, tuple[int, dict[str, int]]] = {}
         self.dropped_before: dict[str, int] = {}
+        # The market as the traders saw it (their MarketReports): for status, so a silent feed shows.
+        self.last_trade: TradeEvent | None = None
+        self.following: dict[int, bool] = {}  # by running trader
         # A store made just now has a prefix no order at the exchange can carry: nothing to
         # reconcile, so no worker (one fork and one weight-6 request less per symbol started).
         self.reconciled = new_store
@@ -191,6 +195,7 @@ class Leader(Role):
         trader_id = int(child.spec.key)
         self.ready_at.pop(trader_id, None)
         _, dropped = self.dropped_by.pop(trader_id, (0, {}))
+        self.following.pop(trader_id, None)
         for reason, n in dropped.items():
             self.dropped_before[reason] = self.dropped_before.get(reason, 0) + n
         if status.words:
@@ -303,10 +308,13 @@ class Leader(Role):
                 self.store.set_meta("last_error", self.last_error)
             case RebuyTriggered(trader_id):
                 self.on_rebuy(trader_id)
-            case MarketFramesDropped(trader_id, pid, dropped):
+            case MarketReport(trader_id, pid, dropped, last_trade, following):
                 child = self.supervisor.children.get(str(trader_id))
                 if child is not None and child.pid == pid:  # not a late word from one already reaped
                     self.dropped_by[trader_id] = (pid, dropped)
+                    self.following[trader_id] = following
+                if last_trade is not None and (self.last_trade is None or last_trade.t > self.last_trade.t):
+                    self.last_trade = last_trade
             case FiltersFetched(filters):
                 self.on_filters(filters)
             case ExchangeWaiting(reason):
@@ -416,6 +424,8 @@ class Leader(Role):
             waiting=f"the exchange's filters ({self.waiting_reason or 'asking'})" if self.waiting_since is not None else None,
             waiting_since=self.waiting_since,
             market_dropped=self.market_dropped(),
+            last_trade=self.last_trade,
+            following_market=any(self.following.values()),
         )
 
     def market_dropped(self) -> dict[str, int]:

@@ -28,7 +28,7 @@ from naived.core.messages import (
     ExecutionReport,
     Fill,
     Intent,
-    MarketFramesDropped,
+    MarketReport,
     Order,
     RebuyTriggered,
     StateUpdated,
@@ -73,8 +73,8 @@ def price_refused(exc: exchange.BinanceError) -> bool:
     market or the order's price moves, unlike the other filters (tick, lot, notional), which the
     same settings would break again."""
     return exc.code == -1013 and exc.msg.startswith("Filter failure: PERCENT_PRICE")
-# The leader hears of dropped market frames at most this often (one REQ round trip each).
-DROPS_REPORT_SECONDS = 1.0
+# The leader hears what a trader saw of the market (drops, last trade) at most this often (one REQ round trip each).
+MARKET_REPORT_SECONDS = 1.0
 
 
 def settle_deadline(started: float, last_unknown_send: float | None, intent: Intent, window: float) -> float:
@@ -153,8 +153,8 @@ class Trader:
         trading = config.trading.merged(state.symbol)  # the cycle's budget is in its own settings
         # Every trade frame is checked here before the strategy sees it (naived/market/gate.py).
         self.gate = MarketGate(self.symbol, trading.price_band, f"{self.symbol}/{state.trader_id}")
-        self.drops_told: dict[str, int] = {}  # what the leader last acked of `gate.dropped`
-        self.next_drops_report = 0.0  # monotonic
+        self.market_told: tuple[dict[str, int], TradeEvent | None, bool] = ({}, None, True)  # last acked report
+        self.next_market_report = 0.0  # monotonic
         # The leader starts another trader on a rebuy only while fewer than `chunks` run.
         self.rebuy_possible = cycles.rebuy_possible(trading)
         self.leader = LeaderLink(self.ctx, config.leader_endpoint(self.symbol))
@@ -437,27 +437,32 @@ class Trader:
             deadlines.append(now + self.client.budget.recheck_interval(CHECK_INTERVAL))
         if strategy.open_order(self.state) is not None and not self.live():
             deadlines.append(self.next_fallback)
-        if self.gate.dropped != self.drops_told:
-            deadlines.append(self.next_drops_report)
+        if self.market_seen() != self.market_told:
+            deadlines.append(self.next_market_report)
         if (summary := self.gate.log.deadline()) is not None:
             deadlines.append(summary)
         if not deadlines:
             return None
         return max(0, int((min(deadlines) - now) * 1000) + 1)
 
-    def report_drops(self, now: float | None = None) -> None:
-        """Tell the leader the frames dropped so far, at most every DROPS_REPORT_SECONDS (`now`
-        None: at once, on the way out); and log the drops' summary when it is due."""
+    def market_seen(self) -> tuple[dict[str, int], TradeEvent | None, bool]:
+        return self.gate.dropped, self.gate.last, self.trades_on
+
+    def report_market(self, now: float | None = None) -> None:
+        """Tell the leader what this trader saw of the market (drops, last trade, following), at
+        most every MARKET_REPORT_SECONDS (`now` None: at once, on the way out); and log the drops'
+        summary when it is due."""
         self.gate.log.flush()
-        if self.gate.dropped == self.drops_told or (now is not None and now < self.next_drops_report):
+        seen = self.market_seen()
+        if seen == self.market_told or (now is not None and now < self.next_market_report):
             return
-        dropped = dict(self.gate.dropped)
-        self.leader.call(MarketFramesDropped(self.state.trader_id, os.getpid(), dropped))
-        self.drops_told = dropped
-        self.next_drops_report = time.monotonic() + DROPS_REPORT_SECONDS
+        dropped, last_trade, following = seen
+        self.leader.call(MarketReport(self.state.trader_id, os.getpid(), dict(dropped), last_trade, following))
+        self.market_told = (dict(dropped), last_trade, following)
+        self.next_market_report = time.monotonic() + MARKET_REPORT_SECONDS
 
     def on_timers(self) -> bool:
-        self.report_drops(time.monotonic())
+        self.report_market(time.monotonic())
         if self.live() or strategy.open_order(self.state) is None:
             return False
         if time.monotonic() >= self.next_fallback:
@@ -468,7 +473,7 @@ class Trader:
     def run(self) -> int:
         code = self.trade()
         if code == 0:
-            self.report_drops()  # a finished cycle's last counts, before the leader reaps it
+            self.report_market()  # a finished cycle's last counts, before the leader reaps it
         return code
 
     def trade(self) -> int:
