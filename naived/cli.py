@@ -222,11 +222,12 @@ def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, set
 @click.option("--seconds", default=30.0, show_default=True, help="How long to run; 0 runs until Ctrl-C.")
 @click.option("--symbol", "symbols", multiple=True, default=["XRPUSDT", "BTCUSDT"], show_default=True,
               help="A symbol to trade (repeat for several).")
-def demo(seconds: float, symbols: tuple[str, ...]) -> None:
+@click.option("--keep", is_flag=True, help="Keep the temporary directory (configuration, logs, state) at the end.")
+def demo(seconds: float, symbols: tuple[str, ...], keep: bool) -> None:
     """Simulated market + paper exchange + naived in a temporary directory, with status every few seconds."""
     from naived import demo as demo_module
 
-    sys.exit(demo_module.run(seconds, [s.upper() for s in symbols]))
+    sys.exit(demo_module.run(seconds, [s.upper() for s in symbols], keep))
 
 
 if __name__ == "__main__":

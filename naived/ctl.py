@@ -38,6 +38,7 @@ from naived.core.messages import (
     control_reply_decoder,
 )
 from naived.core.strategy import StrategyError, assets
+from naived.core.symbols import lookup
 from naived.store.ownership import StateDirLock
 from naived.tree.ipc import ipc_path, request
 
@@ -352,6 +353,26 @@ def _trader_line(t: TraderInfo, now: float) -> str:
     return head + "  " + ", ".join(parts)
 
 
+def books_text(leader: LeaderStatus) -> str:
+    """The symbol's finished cycles' result: "pnl +0.15 USDT after 0.30 USDT fees" (pnl is after fees)."""
+    quote = _quote(leader)
+    pnl = Decimal(leader.books.get("pnl_quote", "0"))
+    return f"pnl {'+' if pnl > 0 else ''}{_num(str(pnl))} {quote} after {_num(leader.books.get('fees_quote', '0'))} {quote} fees"
+
+
+def _quote(leader: LeaderStatus) -> str:
+    filters = lookup(leader.symbol)
+    if filters is not None:
+        return filters.quote
+    for t in leader.traders:  # a symbol the table does not know: its traders' settings do
+        if t.state is not None:
+            try:
+                return assets(t.state.settings)[1]
+            except StrategyError:
+                pass
+    return "(quote)"
+
+
 def _market(leader: LeaderStatus, now: float) -> str:
     """The symbol's last trade and its age, so a silent market feed shows on the leader's line."""
     trade = leader.last_trade
@@ -359,7 +380,7 @@ def _market(leader: LeaderStatus, now: float) -> str:
         return ", no market trade seen yet" if leader.following_market else ""
     text = f", last trade {_num(trade.p)} {_age(trade.E / 1000, now)} ago"
     if not leader.following_market:
-        return text + " (the traders wait on their orders, not following the feed)"
+        return text + " (not followed while the orders rest)"
     if now - trade.E / 1000 > SILENT_FEED_SECONDS:
         return text + " (a quiet market or a silent feed: is streamerd running?)"
     return text
@@ -377,6 +398,8 @@ def _branch(lines: list[str], last: bool) -> list[str]:
 
 def _leader_lines(leader: LeaderStatus, now: float) -> list[str]:
     head = f"leader  pid {leader.pid}, up {_age(leader.started_at, now)}, cycles finished {leader.cycles_finished}"
+    if leader.cycles_finished:
+        head += f" ({books_text(leader)})"
     if leader.shutting_down:
         head += ", shutting down"
     if leader.waiting is not None and leader.waiting_since is not None:

@@ -19,18 +19,21 @@ from decimal import Decimal
 from pathlib import Path
 
 import msgspec
-import requests
 import zmq
 
 from naived.core.messages import StatusRequest, TreeStatus, control_reply_decoder
 from naived.core.symbols import lookup
-from naived.ctl import render
+from naived.ctl import books_text, render
 from naived.ops import processes
 from naived.ops.listen import free_ports
 from naived.tree.ipc import request
 from naived.tree.process import die_with_parent
 
 STATUS_EVERY = 5.0
+# The simulated market's log-price step per trade (streamerd/simulate.py; default 0.0002): at 20
+# trades/s it moves ~0.4% within a few seconds, enough for the default settings' +0.3% sells
+# (0.1% profit after 0.1% fees each way) to fill while you watch.
+DEMO_VOLATILITY = 0.0008
 
 
 def write_config(directory: Path, symbols: list[str]) -> Path:
@@ -46,6 +49,7 @@ state_dir = "{directory / 'state'}"
 endpoint = "ipc://{directory / 'run' / 'market.sock'}"
 source = "simulate"
 simulate_rate = 20.0
+simulate_volatility = {DEMO_VOLATILITY}  # livelier than the default market: cycles finish while you watch
 
 [naived]
 autostart = {msgspec.json.encode(symbols).decode()}
@@ -54,8 +58,7 @@ autostart = {msgspec.json.encode(symbols).decode()}
 port = {port}
 ws_port = {ws_port}
 
-[trading.defaults]
-profit_interval = "-0.0012"  # the book's chapter 5: a loss per cycle, so cycles finish while you watch (paper only)
+# [trading.defaults]: none here; the demo trades with the defaults config/naive.toml documents.
 
 [trading.budgets]  # a budget names its asset: one per quote asset of the symbols shown
 {demo_budgets(symbols)}
@@ -86,14 +89,6 @@ def _status(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> TreeStatus | 
     return reply if isinstance(reply, TreeStatus) else None
 
 
-def _filled_orders(paper_url: str) -> int:
-    try:
-        orders = requests.get(f"{paper_url}/paper/orders", timeout=2).json()
-    except (requests.RequestException, ValueError):
-        return 0
-    return sum(1 for o in orders if o.get("status") == "FILLED")
-
-
 def _kill_a_trader(tree: TreeStatus) -> str | None:
     for sym in tree.symbols:
         for t in sym.leader.traders if sym.leader else []:
@@ -103,15 +98,24 @@ def _kill_a_trader(tree: TreeStatus) -> str | None:
     return None
 
 
-def run(seconds: float, symbols: list[str]) -> int:
-    from naived.core.config import load_config
+def run(seconds: float, symbols: list[str], keep: bool = False) -> int:
+    """The demo; its directory is removed at the end unless `keep`, or a daemon failed (its logs
+    are then what the message points to)."""
+    from naived.core.config import ConfigError, load_config
 
     directory = Path(tempfile.mkdtemp(prefix="naive-demo-"))
     config_path = write_config(directory, symbols)
-    config = load_config(str(config_path))
+    try:
+        config = load_config(str(config_path))
+    except ConfigError as exc:  # e.g. a TMPDIR too long for the sockets in it
+        shutil.rmtree(directory, ignore_errors=True)
+        print(f"naive demo: {exc}", file=sys.stderr)
+        return 2
     config.make_dirs()  # 0700, before streamerd binds its ipc socket there
-    print(f"naive demo: SIMULATED market, paper exchange, symbols {' '.join(symbols)}")
-    print(f"  files and logs in {directory}; this demo stops after {seconds:g}s" if seconds else "  Ctrl-C stops it")
+    print(f"naive demo: SIMULATED market (simulate_volatility {DEMO_VOLATILITY}), paper exchange, symbols {' '.join(symbols)}")
+    print("  trading settings: the defaults (config/naive.toml [trading.defaults]); budgets: "
+          + ", ".join(line.replace(' = ', ' ').replace('"', '') for line in demo_budgets(symbols).splitlines()))
+    print(f"  this demo stops after {seconds:g}s" if seconds else "  Ctrl-C stops it")
     procs = []
     for name in ("streamerd", "naived"):
         with open(directory / f"{name}.log", "w") as log:  # the daemon keeps its own copy of the descriptor
@@ -120,20 +124,18 @@ def run(seconds: float, symbols: list[str]) -> int:
     ctx = zmq.Context()
     start = time.monotonic()
     killed = False
-    filled = 0
+    failed: str | None = None
+    tree: TreeStatus | None = None
     try:
         while not seconds or time.monotonic() - start < seconds:
             time.sleep(STATUS_EVERY)  # the demo's pace for a human reader, not synchronisation
-            if any(p.poll() is not None for p in procs):
-                print("a daemon exited early; see the logs in", directory)
-                return 1
-            tree = _status(ctx, config.control_endpoint)
+            if (failed := _failure(procs, directory)) is not None:
+                break
+            tree = _status(ctx, config.control_endpoint) or tree
             if tree is None:
                 continue
             print()
             print(render(tree, time.time()))
-            filled = _filled_orders(config.paper_url)
-            print(f"filled orders at the paper exchange: {filled}")
             if not killed and time.monotonic() - start > STATUS_EVERY * 1.5:
                 done = _kill_a_trader(tree)
                 if done:
@@ -144,5 +146,43 @@ def run(seconds: float, symbols: list[str]) -> int:
     finally:
         processes.stop(procs, timeout=10)
         ctx.term()
-    print(f"\ndemo finished: {filled} orders filled at the paper exchange; logs in {directory}")
+    if failed is not None:
+        print(f"\ndemo failed: {failed}\n  the logs are kept in {directory}")
+        return 1
+    print()
+    for line in summary(tree):
+        print(line)
+    if keep:
+        print(f"files and logs kept in {directory}")
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
     return 0
+
+
+def _failure(procs: list[subprocess.Popen[bytes]], directory: Path) -> str | None:
+    """Why a daemon exited early, from the last error line of its log (or its exit status)."""
+    for proc, name in zip(procs, ("streamerd", "naived"), strict=True):
+        if proc.poll() is None:
+            continue
+        errors = [line for line in (directory / f"{name}.log").read_text(errors="replace").splitlines()
+                  if " ERROR " in line or line.startswith(f"{name}:")]
+        return f"{name} exited ({proc.returncode}): {errors[-1] if errors else 'see its log'}"
+    return None
+
+
+def summary(tree: TreeStatus | None) -> list[str]:
+    """What the demo made, per symbol: finished cycles and their profit after fees; open positions."""
+    if tree is None:
+        return ["demo finished before naived answered"]
+    lines = ["demo finished (paper money, simulated market):"]
+    for sym in tree.symbols:
+        leader = sym.leader
+        if leader is None:
+            lines.append(f"  {sym.symbol}: {sym.state}" + (f" ({sym.error})" if sym.error else ""))
+            continue
+        holding = sum(1 for t in leader.traders if t.state and t.state.buy_order and t.state.buy_order.status == "FILLED")
+        lines.append(f"  {sym.symbol}: {leader.cycles_finished} cycles finished, {books_text(leader)}; "
+                     f"{holding} bought and waiting to sell")
+    lines.append("  (pnl is realised: the finished cycles' sells less their buys, fees included; "
+                 "naivectl history SYMBOL lists each cycle)")
+    return lines

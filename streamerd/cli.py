@@ -41,7 +41,8 @@ def make_source(settings: Streamer) -> Any:
     if settings.source == "simulate":
         from streamerd.simulate import SimulatedSource
 
-        return lambda emit, stats: SimulatedSource(emit, stats, settings.simulate_seed, settings.simulate_rate)
+        return lambda emit, stats: SimulatedSource(emit, stats, settings.simulate_seed, settings.simulate_rate,
+                                                     settings.simulate_volatility)
     if settings.source == "replay":
         from streamerd.replay import ReplaySource
 

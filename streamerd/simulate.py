@@ -1,10 +1,11 @@
 """A seeded synthetic market: Binance-shaped trades, clearly not real ones.
 
 Each symbol's price is a mean-reverting random walk on log price, rounded to the
-symbol's tick size, with a step of ~2 basis points per trade: at 20 trades/s it
-wanders ~0.1-0.2% within seconds (enough for the demo trader's 0.01% buy-down and
-~0.1% exit to complete cycles) and is pulled back towards its start price, so it
-never drifts off to zero. Every symbol has its own RNG seeded from (seed, symbol):
+symbol's tick size, with a step of `volatility` per trade (default 2 basis points: at
+20 trades/s it wanders ~0.1-0.2% within seconds, calm enough for tests that rest
+orders 1% away) and is pulled back towards its start price, so it never drifts off to
+zero. The demo asks for a livelier market (see naived/demo.py), in which the default
+trading settings finish cycles within seconds. Every symbol has its own RNG seeded from (seed, symbol):
 the same seed gives the same trades whatever order symbols are requested in.
 """
 
@@ -32,8 +33,8 @@ START_PRICES = {
     "XRPUSDT": Decimal("0.5"),
     "ADAUSDT": Decimal("0.35"),
 }
-STEP = 0.0002  # log-price standard deviation per trade
-REVERSION = 0.005  # pull towards the start price per trade (stationary spread ~0.2%)
+VOLATILITY = 0.0002  # default log-price standard deviation per trade
+REVERSION = 0.005  # pull towards the start price per trade (stationary spread: volatility × 10)
 MEDIAN_NOTIONAL = 150.0  # USDT per trade, log-normal around it
 EIGHT = Decimal("0.00000001")  # Binance prints prices and quantities with 8 decimals
 
@@ -45,6 +46,7 @@ class _Market:
     tick: Decimal
     step: Decimal
     start: float
+    volatility: float
     log_offset: float = 0.0
     next_id: int = 1
     next_at: float = 0.0  # monotonic
@@ -52,7 +54,7 @@ class _Market:
 
     def trade(self, now_ms: int) -> TradeEvent:
         rng = self.rng
-        self.log_offset += -REVERSION * self.log_offset + rng.gauss(0.0, STEP)
+        self.log_offset += -REVERSION * self.log_offset + rng.gauss(0.0, self.volatility)
         ticks = max(1, round(self.start * math.exp(self.log_offset) / float(self.tick)))
         price = Decimal(ticks) * self.tick
         notional = rng.lognormvariate(math.log(MEDIAN_NOTIONAL), 1.0)
@@ -74,11 +76,12 @@ class _Market:
 class SimulatedSource:
     name = "simulate"
 
-    def __init__(self, emit: Emit, stats: Stats, seed: int, rate: float) -> None:
+    def __init__(self, emit: Emit, stats: Stats, seed: int, rate: float, volatility: float = VOLATILITY) -> None:
         self.emit = emit
         self.stats = stats
         self.seed = seed
         self.rate = rate
+        self.volatility = volatility
         self.markets: dict[str, _Market] = {}
         # (next trade time, symbol) of running markets: each wake-up costs O(log n), not a scan of
         # every market (1,340 symbols at a few trades/s each: the scans cost more than the trades).
@@ -96,7 +99,8 @@ class SimulatedSource:
             else:
                 tick, step = filters.tick_size, filters.step_size
             start = START_PRICES.get(symbol, tick * 10_000)  # a tick of ~1 basis point, like most pairs
-            market = self.markets[symbol] = _Market(symbol, rng, tick, step, float(start), next_id=rng.randrange(1, 10**9))
+            market = self.markets[symbol] = _Market(symbol, rng, tick, step, float(start), self.volatility,
+                                                    next_id=rng.randrange(1, 10**9))
         return market
 
     def set_wanted(self, symbols: set[str]) -> None:

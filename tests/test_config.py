@@ -99,6 +99,12 @@ def test_load_config_error_names_the_file(tmp_path):
             "streamer.record_symbols: bad symbol 'btc-usdt': expected letters and digits like XRPUSDT",
         ),
         ("[naived.supervision]\nmax_restarts = 0\n", "naived.supervision.max_restarts: must be > 0, got 0"),
+        ("[streamer]\nsimulate_volatility = 0.5\n", "streamer.simulate_volatility: must be > 0 and <= 0.01, got 0.5"),
+        (
+            f'[paths]\nruntime_dir = "/{"r" * 71}"\n',
+            f"paths.runtime_dir: /{'r' * 71} is too long for the sockets naived makes in it (at most 70 bytes; "
+            "a Unix socket path is at most 107): set a shorter one",
+        ),
     ],
 )
 def test_invalid_config_is_one_line_naming_the_key(toml, message):

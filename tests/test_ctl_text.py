@@ -47,4 +47,4 @@ def test_the_leader_line_shows_the_market_so_a_silent_feed_shows() -> None:
     assert line(_leader(_trade(300), True)).endswith(
         ", last trade 0.5012 5m ago (a quiet market or a silent feed: is streamerd running?)")
     assert line(_leader(_trade(300), False)).endswith(
-        ", last trade 0.5012 5m ago (the traders wait on their orders, not following the feed)")
+        ", last trade 0.5012 5m ago (not followed while the orders rest)")

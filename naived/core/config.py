@@ -101,9 +101,23 @@ def _symbols(name: str, symbols: list[str]) -> list[str]:
         raise ValueError(f"{name}: {exc}") from None
 
 
+# A Unix socket's path is at most 107 bytes (sockaddr_un.sun_path); the longest naive binds in the
+# runtime directory is a leader's "/leader-<20-character symbol>-pub.sock".
+SOCKET_PATH_MAX = 107
+LONGEST_SOCKET_NAME = len("/leader-") + 20 + len("-pub.sock")
+
+
 class Paths(msgspec.Struct, forbid_unknown_fields=True):
     runtime_dir: str = ""  # "" = $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/naive, else a temp dir
     state_dir: str = ""  # "" = $STATE_DIRECTORY, else ~/.local/state/naive
+
+    def __post_init__(self) -> None:
+        # Checked here, not when a leader binds its socket: there it fails every symbol, one by one.
+        where = runtime_dir(self)
+        if len(os.fsencode(where)) + LONGEST_SOCKET_NAME > SOCKET_PATH_MAX:
+            raise ValueError(f"runtime_dir: {where} is too long for the sockets naived makes in it (at most "
+                             f"{SOCKET_PATH_MAX - LONGEST_SOCKET_NAME} bytes; a Unix socket path is at most "
+                             f"{SOCKET_PATH_MAX}): set a shorter one" + ("" if self.runtime_dir else " or a shorter TMPDIR"))
 
 
 class Streamer(msgspec.Struct, forbid_unknown_fields=True):
@@ -116,6 +130,7 @@ class Streamer(msgspec.Struct, forbid_unknown_fields=True):
     replay_speed: float = 0.0  # 0 = as fast as possible, 1 = real time, 10 = ten times faster
     simulate_seed: int = 42
     simulate_rate: float = 20.0  # trades per second per symbol
+    simulate_volatility: float = 0.0002  # log-price standard deviation per simulated trade
     metrics_port: int = 0  # Prometheus text metrics on 127.0.0.1:<port>; 0 = off
     record_dir: str = ""  # record published trades here as <symbol>_<YYYYMMDD>.gz tapes; "" = off
     record_budget_mb: float = 10240.0  # disk budget of all recorded files; the oldest days are deleted first
@@ -129,6 +144,9 @@ class Streamer(msgspec.Struct, forbid_unknown_fields=True):
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds: must be >= 0, got {self.grace_seconds}")
         _positive("simulate_rate", self.simulate_rate)
+        _finite("simulate_volatility", self.simulate_volatility)
+        if not 0 < self.simulate_volatility <= 0.01:
+            raise ValueError(f"simulate_volatility: must be > 0 and <= 0.01, got {self.simulate_volatility}")
         _finite("replay_speed", self.replay_speed)
         if self.replay_speed < 0:
             raise ValueError(f"replay_speed: must be >= 0, got {self.replay_speed}")
@@ -632,7 +650,10 @@ def load_config(explicit: str | None = None) -> Config:
     _explicit = explicit
     path = find_config(explicit)
     if path is None:
-        return Config()
+        try:
+            return Config()
+        except ValueError as exc:  # a default that the environment makes invalid (a long TMPDIR)
+            raise ConfigError(f"the embedded defaults: paths.{exc}") from None
     try:
         raw = path.read_bytes()
     except OSError as exc:
