@@ -278,6 +278,21 @@ def test_response_types(ex: Exchange, kind: str) -> None:
         assert (body["status"], body["price"], body["origQty"]) == ("NEW", "0.50000000", "20.00000000")
 
 
+def test_a_parameter_in_both_the_query_string_and_the_body_takes_the_query_strings_value(ex: Exchange) -> None:
+    # Binance: "If a parameter sent in both the query string and request body, the query string
+    # parameter will be used"; the signature is over the query string followed by the body.
+    query = urlencode(order("BUY", "0.5", "20", "both") | {"timestamp": int(time.time() * 1000)})
+    body = urlencode({"quantity": "30", "price": "0.4", "newClientOrderId": "body", "recvWindow": "5000"})
+    body += "&signature=" + signature(SECRET, query + body)
+    r = ex.http.post(f"{ex.url}/api/v3/order?{query}", data=body, timeout=5,
+                     headers={"X-MBX-APIKEY": KEY, "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text
+    placed = r.json()
+    assert (placed["clientOrderId"], placed["origQty"], placed["price"]) == ("both", "20.00000000", "0.50000000")
+    # what only the body sends is still taken: recvWindow (and the signature)
+    assert set(ex.orders()) == {"both"}
+
+
 def test_query_open_orders_cancel_account(ex: Exchange) -> None:
     c = ex.client()
     placed = c.new_order("XRPUSDT", "SELL", "0.6", "10", "s1")

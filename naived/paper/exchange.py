@@ -80,7 +80,7 @@ import time
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -107,6 +107,7 @@ from naived.paper.params import (
     optional_int,
     page_limit,
     parse_new_order,
+    request_params,
     symbol_filters,
     wants_microseconds,
 )
@@ -355,8 +356,7 @@ class PaperExchange:
             return
         handler, weight, signed = route
         form = body.decode("latin-1")
-        params = dict(parse_qsl(url.query, keep_blank_values=True))
-        params.update(parse_qsl(form, keep_blank_values=True))
+        params = request_params(url.query, form)
         used = self.usage.count(weight_of(method, url.path, params, weight)) if weight else self.usage.used()
         fault = self.faults.draw() if (method, url.path) == NEW_ORDER else None
         if fault in REFUSED:
