@@ -952,3 +952,92 @@ def test_the_average_price_window(tmp_path: Path) -> None:
     now[0] += 3_600_000  # no trade in the window: the last trade's price
     assert book.average_price(f) == (Decimal("2"), now[0] - 3_703_000)
     assert buy("0.3999") == "Filter failure: PERCENT_PRICE_BY_SIDE"
+
+
+# --- POST /api/v3/order/cancelReplace --------------------------------------------------------------
+
+
+def cancel_replace(ex: Exchange, mode: str, cancel: dict[str, str], **new: str) -> tuple[int, Any]:
+    """A cancelReplace on XRPUSDT: `cancel` names the order, `new` is the new order's parameters."""
+    return ex.signed("POST", "/api/v3/order/cancelReplace",
+                     {"symbol": "XRPUSDT", "cancelReplaceMode": mode, **cancel, **new})
+
+
+LIMIT_BUY = {"side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "20"}
+
+
+def test_cancel_replace_cancels_and_places_as_binance_answers(ex: Exchange, market: Market) -> None:
+    c = ex.client()
+    old = c.new_order("XRPUSDT", "BUY", "0.4", "20", "cr-old")
+    before = ex.get("/paper/usage")
+    status, body = cancel_replace(ex, "STOP_ON_FAILURE", {"cancelOrderId": str(old.order_id), "cancelNewClientOrderId": "cr-x"},
+                           **LIMIT_BUY, price="0.45", newClientOrderId="cr-new")
+    assert status == 200, body
+    assert (body["cancelResult"], body["newOrderResult"]) == ("SUCCESS", "SUCCESS")
+    cancelled, placed = body["cancelResponse"], body["newOrderResponse"]
+    # the cancel's answer is DELETE /api/v3/order's; the new order's POST /api/v3/order's (LIMIT: FULL)
+    assert (cancelled["orderId"], cancelled["origClientOrderId"], cancelled["clientOrderId"], cancelled["status"]) == (
+        old.order_id, "cr-old", "cr-x", "CANCELED")
+    assert (placed["clientOrderId"], placed["status"], placed["price"], placed["fills"]) == (
+        "cr-new", "NEW", "0.45000000", [])
+    assert {o: v["status"] for o, v in ex.orders().items()} == {"cr-old": "CANCELED", "cr-new": "NEW"}
+    assert ex.balances()["USDT"] == {"free": Decimal("10000") - Decimal("9"), "locked": Decimal("9")}
+    after = ex.get("/paper/usage")
+    assert after["weight"] - before["weight"] == 1  # Binance's weight for it
+    # newOrderRespType and cancelOrigClientOrderId, as for the endpoints they stand for
+    status, body = cancel_replace(ex, "STOP_ON_FAILURE", {"cancelOrigClientOrderId": "cr-new"}, **LIMIT_BUY, price="0.44",
+                           newClientOrderId="cr-ack", newOrderRespType="ACK")
+    assert status == 200 and set(body["newOrderResponse"]) == {
+        "symbol", "orderId", "orderListId", "clientOrderId", "transactTime"}
+    assert body["cancelResponse"]["origClientOrderId"] == "cr-new" and body["cancelResponse"]["clientOrderId"]
+
+
+def test_cancel_replace_failures_answer_2021_or_2022_with_both_halves(ex: Exchange, market: Market) -> None:
+    follow(ex, market)
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5"))
+    unknown = {"code": -2011, "msg": "Unknown order sent."}
+    # the cancel fails, STOP_ON_FAILURE: nothing is attempted, 400 -2022
+    assert cancel_replace(ex, "STOP_ON_FAILURE", {"cancelOrigClientOrderId": "none"}, **LIMIT_BUY, price="0.4",
+                   newClientOrderId="never") == (400, {
+        "code": -2022, "msg": "Order cancel-replace failed.",
+        "data": {"cancelResult": "FAILURE", "newOrderResult": "NOT_ATTEMPTED", "cancelResponse": unknown,
+                 "newOrderResponse": None}})
+    assert "never" not in ex.orders()
+    # the cancel fails, ALLOW_FAILURE: the new order is placed all the same, 409 -2021
+    status, body = cancel_replace(ex, "ALLOW_FAILURE", {"cancelOrigClientOrderId": "none"}, **LIMIT_BUY, price="0.4",
+                           newClientOrderId="placed", newOrderRespType="ACK")
+    assert (status, body["code"], body["msg"]) == (409, -2021, "Order cancel-replace partially failed.")
+    assert (body["data"]["cancelResult"], body["data"]["newOrderResult"], body["data"]["cancelResponse"]) == (
+        "FAILURE", "SUCCESS", unknown)
+    assert body["data"]["newOrderResponse"]["clientOrderId"] == "placed" and ex.orders()["placed"]["status"] == "NEW"
+    # the cancel succeeds, the new order is refused by the engine (a LIMIT_MAKER that would take): 409 -2021
+    status, body = cancel_replace(ex, "STOP_ON_FAILURE", {"cancelOrigClientOrderId": "placed"}, side="BUY", type="LIMIT_MAKER",
+                           quantity="20", price="0.6", newClientOrderId="taker")
+    assert (status, body["code"], body["data"]["cancelResult"], body["data"]["newOrderResult"]) == (
+        409, -2021, "SUCCESS", "FAILURE")
+    assert body["data"]["cancelResponse"]["status"] == "CANCELED"
+    assert body["data"]["newOrderResponse"] == {"code": -2010, "msg": "Order would immediately match and take."}
+    assert ex.orders()["placed"]["status"] == "CANCELED" and "taker" not in ex.orders()
+    # both fail, ALLOW_FAILURE: 400 -2022
+    status, body = cancel_replace(ex, "ALLOW_FAILURE", {"cancelOrderId": "999"}, side="BUY", type="LIMIT_MAKER",
+                           quantity="20", price="0.6")
+    assert (status, body["code"], body["data"]["cancelResult"], body["data"]["newOrderResult"]) == (
+        400, -2022, "FAILURE", "FAILURE")
+    # parameters and filters are checked before anything is done: a plain error, the order stays
+    ex.client().new_order("XRPUSDT", "BUY", "0.4", "20", "stays")
+    assert cancel_replace(ex, "STOP_ON_FAILURE", {"cancelOrigClientOrderId": "stays"}, **LIMIT_BUY, price="0.40005") == (
+        400, {"code": -1013, "msg": "Filter failure: PRICE_FILTER"})
+    assert cancel_replace(ex, "STOP_ON_FAILURE", {}, **LIMIT_BUY, price="0.4") == (400, {
+        "code": -1102, "msg": "Param 'cancelOrigClientOrderId' or 'cancelOrderId' must be sent, but both were empty/null!"})
+    assert cancel_replace(ex, "", {"cancelOrigClientOrderId": "stays"}, **LIMIT_BUY, price="0.4")[1]["code"] == -1102
+    assert cancel_replace(ex, "STOP_ON_FAILURE", {"cancelOrigClientOrderId": "stays", "cancelRestrictions": "ONLY_OLD"},
+                   **LIMIT_BUY, price="0.4") == (400, {"code": -1145, "msg": "Invalid cancelRestrictions"})
+    # cancelRestrictions: a NEW order is not PARTIALLY_FILLED, so the cancel fails
+    status, body = cancel_replace(ex, "STOP_ON_FAILURE", {"cancelOrigClientOrderId": "stays",
+                                                   "cancelRestrictions": "ONLY_PARTIALLY_FILLED"}, **LIMIT_BUY, price="0.4")
+    assert (status, body["data"]["cancelResponse"]) == (
+        400, {"code": -2011, "msg": "Order was not canceled due to cancel restrictions."})
+    assert ex.orders()["stays"]["status"] == "NEW"
+    assert ex.signed("DELETE", "/api/v3/order", {"symbol": "XRPUSDT", "origClientOrderId": "stays",
+                                                 "cancelRestrictions": "ONLY_NEW"})[1]["status"] == "CANCELED"
+    assert_balances_follow_fills(ex)

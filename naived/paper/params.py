@@ -26,6 +26,7 @@ MICROSECOND_STAMPS = 10**14  # a ms timestamp stays below this until the year 51
 TIME_UNITS = {"MILLISECOND": False, "millisecond": False, "MICROSECOND": True, "microsecond": True}
 ORDER_TYPES = ("LIMIT", "LIMIT_MAKER", "MARKET")  # what exchangeInfo lists: what is implemented
 TIME_IN_FORCE = ("GTC", "IOC", "FOK")
+CANCEL_RESTRICTIONS = {"ONLY_NEW": "NEW", "ONLY_PARTIALLY_FILLED": "PARTIALLY_FILLED"}  # value -> the status it allows
 
 
 def request_params(query: str, form: str) -> Params:
@@ -115,9 +116,25 @@ def wants_microseconds(headers: Any) -> bool:
     return unit is not None and TIME_UNITS[unit]
 
 
+def cancel_restriction(params: Params) -> str | None:
+    """`cancelRestrictions` of a cancel: the status the order must have to be cancelled, or None."""
+    value = params.get("cancelRestrictions")
+    if not value:
+        return None
+    if value not in CANCEL_RESTRICTIONS:
+        raise Rejected(-1145, "Invalid cancelRestrictions")
+    return CANCEL_RESTRICTIONS[value]
+
+
 def generated_id() -> str:
     """A client order id for a request that names none (an order, a cancel)."""
     return "paper" + secrets.token_hex(8)
+
+
+def response_type(params: Params, order_type: str) -> str:
+    """`newOrderRespType`: Binance answers MARKET and LIMIT orders in FULL by default, others in ACK."""
+    return choice(params, "newOrderRespType", ("ACK", "RESULT", "FULL"),
+                  default="FULL" if order_type in ("MARKET", "LIMIT") else "ACK")
 
 
 def parse_new_order(params: Params, received_ns: int) -> tuple[SymbolFilters, NewOrder]:

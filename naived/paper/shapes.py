@@ -177,7 +177,8 @@ def exchange_info_json(symbols: list[dict[str, Any]]) -> dict[str, Any]:
 
 def exchange_info_entry(f: SymbolFilters) -> dict[str, Any]:
     """One symbol in Binance's `exchangeInfo` shape, every field Binance sends; what the paper
-    exchange does not implement is switched off (order types, icebergs, order lists, STP)."""
+    exchange does not implement is switched off (order types, icebergs, order lists, STP); what
+    it does is on (quoteOrderQty MARKET orders, cancelReplace)."""
     q = fmt
     lot = {"minQty": q(f.min_qty), "maxQty": q(f.max_qty), "stepSize": q(f.step_size)}
     return {
@@ -186,7 +187,7 @@ def exchange_info_entry(f: SymbolFilters) -> dict[str, Any]:
         "quoteAssetPrecision": 8, "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8,
         "orderTypes": list(ORDER_TYPES),
         "icebergAllowed": False, "ocoAllowed": False, "otoAllowed": False, "quoteOrderQtyMarketAllowed": True,
-        "allowTrailingStop": False, "cancelReplaceAllowed": False, "isSpotTradingAllowed": True,
+        "allowTrailingStop": False, "cancelReplaceAllowed": True, "isSpotTradingAllowed": True,
         "isMarginTradingAllowed": False,
         "filters": [
             {"filterType": "PRICE_FILTER", "minPrice": q(f.tick_size), "maxPrice": q(MAX_PRICE), "tickSize": q(f.tick_size)},
