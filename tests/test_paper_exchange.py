@@ -562,6 +562,12 @@ def test_exchange_info_has_every_field_of_binances_symbol_entry(ex: Exchange) ->
                       ("NOTIONAL", "minNotional")]:
         assert {f["filterType"]: f for f in ours["filters"]}[kind][key] == real_filters[kind][key]
     assert ours["orderTypes"] == ["LIMIT", "LIMIT_MAKER", "MARKET"]  # only what it implements
+    # Fields Binance added after that 2023 recording (rest-api.md's exchangeInfo sample), each on
+    # only where the paper exchange implements it
+    assert {k: ours[k] for k in ("otoAllowed", "opoAllowed", "cancelReplaceAllowed", "amendAllowed",
+                                 "pegInstructionsAllowed")} == {
+        "otoAllowed": False, "opoAllowed": False, "cancelReplaceAllowed": True, "amendAllowed": False,
+        "pegInstructionsAllowed": False}
 
 
 def test_every_listed_order_type_is_accepted_and_binances_errors(ex: Exchange, market: Market) -> None:
