@@ -208,3 +208,10 @@ def test_cancel_and_replace(ex: Exchange) -> None:
     assert refused(lambda: client.cancel_and_replace(SYMBOL, "SELL", "LIMIT", "STOP_ON_FAILURE", cancelOrderId=424242,
                                                      timeInForce="GTC", price="0.66", quantity="20")) == (
         400, -2022, "Order cancel-replace failed.")
+    # the unfilled order count headers, as the library reads them (`show_limit_usage`): lib-o, lib-n, lib-2
+    counted = spot(ex, show_limit_usage=True).cancel_and_replace(
+        SYMBOL, "SELL", "LIMIT", "STOP_ON_FAILURE", cancelOrigClientOrderId="lib-2", timeInForce="GTC", price="0.67",
+        quantity="20")
+    assert counted["data"]["newOrderResult"] == "SUCCESS"
+    assert int(counted["limit_usage"]["x-mbx-order-count-1d"]) == 5  # and the not-attempted one above
+    assert 1 <= int(counted["limit_usage"]["x-mbx-order-count-10s"]) <= 5

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +27,8 @@ from recorded import EXCHANGE_INFO
 
 from naived.core.messages import TradeEvent, encode_trade, trade_topic
 from naived.exchange.binance import BinanceClient, BinanceError, OutcomeUnknown, RateLimited, UnknownOrder, signature
+from naived.paper.book import Change, Fill, PaperOrder
+from naived.paper.usage import OrderCount
 
 KEY, SECRET = "paper-key", "paper-secret"
 T = TypeVar("T")
@@ -1047,3 +1050,70 @@ def test_cancel_replace_failures_answer_2021_or_2022_with_both_halves(ex: Exchan
     assert ex.signed("DELETE", "/api/v3/order", {"symbol": "XRPUSDT", "origClientOrderId": "stays",
                                                  "cancelRestrictions": "ONLY_NEW"})[1]["status"] == "CANCELED"
     assert_balances_follow_fills(ex)
+
+
+# --- unfilled order count ------------------------------------------------------------------------
+
+
+def test_order_answers_carry_the_unfilled_order_count(ex: Exchange, market: Market) -> None:
+    """X-MBX-ORDER-COUNT-10S/-1D on every order placed (rest-api.md, "Unfilled Order Count"): +1 an
+    order, -1 when it first fills (faqs/order_count_decrement.md); not on other answers."""
+    follow(ex, market)
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5"))
+    first_window = int(time.time()) // 10
+
+    def counts(method: str, path: str, params: dict[str, str]) -> tuple[int, int] | None:
+        query = urlencode({**params, "timestamp": int(time.time() * 1000)})
+        r = ex.http.request(method, f"{ex.url}{path}?{query}&signature={signature(SECRET, query)}",
+                            headers={"X-MBX-APIKEY": KEY}, timeout=5)
+        if "X-MBX-ORDER-COUNT-1D" not in r.headers:
+            assert "X-MBX-ORDER-COUNT-10S" not in r.headers
+            return None
+        in_10s, in_day = int(r.headers["X-MBX-ORDER-COUNT-10S"]), int(r.headers["X-MBX-ORDER-COUNT-1D"])
+        # within one 10 s window both count the same orders; a later window has counted fewer
+        assert in_10s == in_day if int(time.time()) // 10 == first_window else in_10s <= in_day
+        return in_10s, in_day
+
+    def day(method: str, path: str, params: dict[str, str]) -> int | None:
+        got = counts(method, path, params)
+        return None if got is None else got[1]
+
+    assert day("POST", "/api/v3/order", order("BUY", "0.48", "20", "A")) == 1  # rests
+    assert day("POST", "/api/v3/order", order("BUY", "0.495", "20", "B")) == 2  # rests
+    assert day("POST", "/api/v3/order", order("BUY", "0.6", "20", "C")) == 2  # filled at once: +1 -1
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.49"))  # B's first fill, as a maker: -1
+    assert day("POST", "/api/v3/order", order("BUY", "0.4", "20", "D")) == 2
+    assert day("POST", "/api/v3/order", order("BUY", "0.4", "200000", "E")) is None  # refused: not counted
+    # a cancelReplace counts its new order even when it was not attempted
+    assert day("POST", "/api/v3/order/cancelReplace", {"symbol": "XRPUSDT", "cancelReplaceMode": "STOP_ON_FAILURE",
+                                                        "cancelOrigClientOrderId": "none", **LIMIT_BUY, "price": "0.4"}) == 3
+    assert day("POST", "/api/v3/order/cancelReplace", {"symbol": "XRPUSDT", "cancelReplaceMode": "STOP_ON_FAILURE",
+                                                        "cancelOrigClientOrderId": "D", **LIMIT_BUY, "price": "0.41"}) == 4
+    assert day("GET", "/api/v3/order", {"symbol": "XRPUSDT", "origClientOrderId": "D"}) is None
+    assert day("DELETE", "/api/v3/order", {"symbol": "XRPUSDT", "origClientOrderId": "A"}) is None
+    assert day("POST", "/api/v3/order/test", order("BUY", "0.4", "20", "T")) is None
+
+
+def test_the_unfilled_order_count_by_window() -> None:
+    now = [86400.0 * 20000 + 5]  # 5 s into a UTC day and into a 10 s window
+    count = OrderCount(clock=lambda: now[0])
+    placed = PaperOrder(1, "XRPUSDT", "a", "BUY", Decimal("0.4"), Decimal(20), 0, 0)
+    fill = Fill(Decimal("0.4"), Decimal(5), 1, 0, Decimal(0), "XRP", True, 1)
+    first, second = replace(placed, fills=[fill]), replace(placed, fills=[fill, fill])
+
+    def changes(*pairs: tuple[PaperOrder, str]) -> list[Change]:
+        return [Change(o, kind, fill if kind == "TRADE" else None, {}, 0) for o, kind in pairs]
+
+    assert count.headers() == {"X-MBX-ORDER-COUNT-10S": "0", "X-MBX-ORDER-COUNT-1D": "0"}
+    count.on_changes(changes((placed, "NEW"), (placed, "NEW"), (placed, "CANCELED"), (placed, "EXPIRED")))
+    assert count.headers() == {"X-MBX-ORDER-COUNT-10S": "2", "X-MBX-ORDER-COUNT-1D": "2"}
+    count.on_changes(changes((first, "TRADE"), (second, "TRADE")))  # only the first fill counts
+    assert count.headers() == {"X-MBX-ORDER-COUNT-10S": "1", "X-MBX-ORDER-COUNT-1D": "1"}
+    now[0] += 5  # the next 10 s window
+    count.add(2)
+    assert count.headers() == {"X-MBX-ORDER-COUNT-10S": "2", "X-MBX-ORDER-COUNT-1D": "3"}
+    count.on_changes(changes((first, "TRADE"), (first, "TRADE"), (first, "TRADE")))  # never below 0
+    assert count.headers() == {"X-MBX-ORDER-COUNT-10S": "0", "X-MBX-ORDER-COUNT-1D": "0"}
+    count.add(1)
+    now[0] += 86400  # the next UTC day
+    assert count.headers() == {"X-MBX-ORDER-COUNT-10S": "0", "X-MBX-ORDER-COUNT-1D": "0"}

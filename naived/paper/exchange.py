@@ -1,8 +1,11 @@
 """The paper exchange's endpoints: Binance's spot REST API, answered from the book.
 
 Binance's spot API documentation is the specification: same paths, parameters (query
-string and/or form body), JSON shapes, statuses, error codes and messages, and the
-`X-MBX-USED-WEIGHT-1M` header.
+string and/or form body; the query string's value when both send one), JSON shapes, statuses,
+error codes and messages, the `X-MBX-USED-WEIGHT-1M` header on every answer, and the
+unfilled-order counts `X-MBX-ORDER-COUNT-10S`/`-1D` (`usage.OrderCount`) on the answer of every
+order placed (POST /api/v3/order, and cancelReplace's whenever it counted one: 200, or an
+error with `data`).
 
     GET    /api/v3/ping, /api/v3/time, /api/v3/exchangeInfo[?symbol=|?symbols=], /api/v3/avgPrice?symbol=
     POST   /api/v3/order        LIMIT (GTC, IOC, FOK), LIMIT_MAKER, MARKET by quantity or
@@ -117,13 +120,14 @@ from naived.paper.params import (
     symbol_filters,
     wants_microseconds,
 )
-from naived.paper.usage import Usage, weight_of
+from naived.paper.usage import OrderCount, Usage, weight_of
 from naived.paper.userstream import UNKNOWN_KEY, UserStreamServer
 
 log = logging.getLogger(__name__)
 
 Reply = tuple[int, Any]
 NEW_ORDER = ("POST", "/api/v3/order")  # the only request faults are drawn for
+CANCEL_REPLACE = ("POST", "/api/v3/order/cancelReplace")
 
 
 class Feed(Protocol):
@@ -151,6 +155,8 @@ class PaperExchange:
         self.faults = FaultInjector(config.paper.faults, book, hang_seconds=config.exchange.timeout_seconds + 1.0)
         feed.after_trade = self.faults.after_trade
         self.usage = Usage()
+        self.order_count = OrderCount()
+        book.listeners.append(self.order_count.on_changes)
         self._symbols = {s: shapes.exchange_info_entry(f) for s, f in sorted(table().items())}
         # (method, path) -> (handler, request weight, signed)
         self.routes: dict[tuple[str, str], tuple[Callable[[Params, int], Reply], int, bool]] = {
@@ -246,6 +252,8 @@ class PaperExchange:
                 result["newOrderResponse"] = self._place(f, new, kind)
             except Rejected as exc:
                 result["newOrderResult"], result["newOrderResponse"] = "FAILURE", exc.answer()
+        if result["newOrderResult"] != "SUCCESS":
+            self.order_count.add(1)  # Binance counts the new order even when it was not placed
         done = [result["cancelResult"], result["newOrderResult"]].count("SUCCESS")
         if done == 2:
             return 200, result
@@ -432,7 +440,9 @@ class PaperExchange:
             time.sleep(self.faults.hang_seconds)
             request.close_connection = True
             return
-        self._respond(request, status, reply, used)
+        counted = status == 200 or (isinstance(reply, dict) and "data" in reply)
+        order_counts = self.order_count.headers() if counted and (method, url.path) in (NEW_ORDER, CANCEL_REPLACE) else None
+        self._respond(request, status, reply, used, order_counts)
 
     def _guarded(self, call: Callable[[], Reply]) -> Reply:
         try:
