@@ -181,3 +181,37 @@ def test_avg_price_and_a_percent_price_by_side_refusal(ex: Exchange, market: Mar
     assert refused(lambda: client.new_order(SYMBOL, "BUY", "LIMIT", timeInForce="GTC", price="0.0999", quantity="60")) == (
         400, -1013, "Filter failure: PERCENT_PRICE_BY_SIDE")
     assert client.new_order(SYMBOL, "BUY", "LIMIT", timeInForce="GTC", price="0.1", quantity="60")["status"] == "NEW"
+
+
+def test_cancel_and_replace(ex: Exchange) -> None:
+    """`cancel_and_replace`: POST /api/v3/order/cancelReplace; a partial failure is the library's
+    ClientError with HTTP 409, Binance's -2021 and both halves in `error_data`."""
+    client = spot(ex)
+    old = client.new_order(SYMBOL, "SELL", "LIMIT", timeInForce="GTC", price="0.7", quantity="20", newClientOrderId="lib-o")
+    done = client.cancel_and_replace(SYMBOL, "SELL", "LIMIT", "STOP_ON_FAILURE", cancelOrderId=old["orderId"],
+                                     timeInForce="GTC", price="0.65", quantity="20", newClientOrderId="lib-n")
+    assert (done["cancelResult"], done["newOrderResult"]) == ("SUCCESS", "SUCCESS")
+    assert (done["cancelResponse"]["origClientOrderId"], done["cancelResponse"]["status"]) == ("lib-o", "CANCELED")
+    assert (done["newOrderResponse"]["clientOrderId"], Decimal(done["newOrderResponse"]["price"])) == ("lib-n", Decimal("0.65"))
+    assert [o["clientOrderId"] for o in client.get_open_orders(SYMBOL)] == ["lib-n"]
+    assert balances(client)["XRP"] == {"free": Decimal("80"), "locked": Decimal("20")}
+
+    with pytest.raises(ClientError) as info:  # the cancel fails; ALLOW_FAILURE places the new order anyway
+        client.cancel_and_replace(SYMBOL, "SELL", "LIMIT", "ALLOW_FAILURE", cancelOrigClientOrderId="lib-o",
+                                  timeInForce="GTC", price="0.66", quantity="20", newClientOrderId="lib-2")
+    assert (info.value.status_code, info.value.error_code, info.value.error_message) == (
+        409, -2021, "Order cancel-replace partially failed.")
+    data = info.value.error_data
+    assert (data["cancelResult"], data["newOrderResult"], data["cancelResponse"]) == (
+        "FAILURE", "SUCCESS", {"code": -2011, "msg": "Unknown order sent."})
+    assert sorted(o["clientOrderId"] for o in client.get_open_orders(SYMBOL)) == ["lib-2", "lib-n"]
+    assert refused(lambda: client.cancel_and_replace(SYMBOL, "SELL", "LIMIT", "STOP_ON_FAILURE", cancelOrderId=424242,
+                                                     timeInForce="GTC", price="0.66", quantity="20")) == (
+        400, -2022, "Order cancel-replace failed.")
+    # the unfilled order count headers, as the library reads them (`show_limit_usage`): lib-o, lib-n, lib-2
+    counted = spot(ex, show_limit_usage=True).cancel_and_replace(
+        SYMBOL, "SELL", "LIMIT", "STOP_ON_FAILURE", cancelOrigClientOrderId="lib-2", timeInForce="GTC", price="0.67",
+        quantity="20")
+    assert counted["data"]["newOrderResult"] == "SUCCESS"
+    assert int(counted["limit_usage"]["x-mbx-order-count-1d"]) == 5  # and the not-attempted one above
+    assert 1 <= int(counted["limit_usage"]["x-mbx-order-count-10s"]) <= 5

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +27,8 @@ from recorded import EXCHANGE_INFO
 
 from naived.core.messages import TradeEvent, encode_trade, trade_topic
 from naived.exchange.binance import BinanceClient, BinanceError, OutcomeUnknown, RateLimited, UnknownOrder, signature
+from naived.paper.book import Change, Fill, PaperOrder
+from naived.paper.usage import OrderCount
 
 KEY, SECRET = "paper-key", "paper-secret"
 T = TypeVar("T")
@@ -276,6 +279,21 @@ def test_response_types(ex: Exchange, kind: str) -> None:
     assert body["clientOrderId"] == f"r-{kind}"
     if kind != "ACK":
         assert (body["status"], body["price"], body["origQty"]) == ("NEW", "0.50000000", "20.00000000")
+
+
+def test_a_parameter_in_both_the_query_string_and_the_body_takes_the_query_strings_value(ex: Exchange) -> None:
+    # Binance: "If a parameter sent in both the query string and request body, the query string
+    # parameter will be used"; the signature is over the query string followed by the body.
+    query = urlencode(order("BUY", "0.5", "20", "both") | {"timestamp": int(time.time() * 1000)})
+    body = urlencode({"quantity": "30", "price": "0.4", "newClientOrderId": "body", "recvWindow": "5000"})
+    body += "&signature=" + signature(SECRET, query + body)
+    r = ex.http.post(f"{ex.url}/api/v3/order?{query}", data=body, timeout=5,
+                     headers={"X-MBX-APIKEY": KEY, "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text
+    placed = r.json()
+    assert (placed["clientOrderId"], placed["origQty"], placed["price"]) == ("both", "20.00000000", "0.50000000")
+    # what only the body sends is still taken: recvWindow (and the signature)
+    assert set(ex.orders()) == {"both"}
 
 
 def test_query_open_orders_cancel_account(ex: Exchange) -> None:
@@ -547,6 +565,12 @@ def test_exchange_info_has_every_field_of_binances_symbol_entry(ex: Exchange) ->
                       ("NOTIONAL", "minNotional")]:
         assert {f["filterType"]: f for f in ours["filters"]}[kind][key] == real_filters[kind][key]
     assert ours["orderTypes"] == ["LIMIT", "LIMIT_MAKER", "MARKET"]  # only what it implements
+    # Fields Binance added after that 2023 recording (rest-api.md's exchangeInfo sample), each on
+    # only where the paper exchange implements it
+    assert {k: ours[k] for k in ("otoAllowed", "opoAllowed", "cancelReplaceAllowed", "amendAllowed",
+                                 "pegInstructionsAllowed")} == {
+        "otoAllowed": False, "opoAllowed": False, "cancelReplaceAllowed": True, "amendAllowed": False,
+        "pegInstructionsAllowed": False}
 
 
 def test_every_listed_order_type_is_accepted_and_binances_errors(ex: Exchange, market: Market) -> None:
@@ -937,3 +961,159 @@ def test_the_average_price_window(tmp_path: Path) -> None:
     now[0] += 3_600_000  # no trade in the window: the last trade's price
     assert book.average_price(f) == (Decimal("2"), now[0] - 3_703_000)
     assert buy("0.3999") == "Filter failure: PERCENT_PRICE_BY_SIDE"
+
+
+# --- POST /api/v3/order/cancelReplace --------------------------------------------------------------
+
+
+def cancel_replace(ex: Exchange, mode: str, cancel: dict[str, str], **new: str) -> tuple[int, Any]:
+    """A cancelReplace on XRPUSDT: `cancel` names the order, `new` is the new order's parameters."""
+    return ex.signed("POST", "/api/v3/order/cancelReplace",
+                     {"symbol": "XRPUSDT", "cancelReplaceMode": mode, **cancel, **new})
+
+
+LIMIT_BUY = {"side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "20"}
+
+
+def test_cancel_replace_cancels_and_places_as_binance_answers(ex: Exchange, market: Market) -> None:
+    c = ex.client()
+    old = c.new_order("XRPUSDT", "BUY", "0.4", "20", "cr-old")
+    before = ex.get("/paper/usage")
+    status, body = cancel_replace(ex, "STOP_ON_FAILURE", {"cancelOrderId": str(old.order_id), "cancelNewClientOrderId": "cr-x"},
+                           **LIMIT_BUY, price="0.45", newClientOrderId="cr-new")
+    assert status == 200, body
+    assert (body["cancelResult"], body["newOrderResult"]) == ("SUCCESS", "SUCCESS")
+    cancelled, placed = body["cancelResponse"], body["newOrderResponse"]
+    # the cancel's answer is DELETE /api/v3/order's; the new order's POST /api/v3/order's (LIMIT: FULL)
+    assert (cancelled["orderId"], cancelled["origClientOrderId"], cancelled["clientOrderId"], cancelled["status"]) == (
+        old.order_id, "cr-old", "cr-x", "CANCELED")
+    assert (placed["clientOrderId"], placed["status"], placed["price"], placed["fills"]) == (
+        "cr-new", "NEW", "0.45000000", [])
+    assert {o: v["status"] for o, v in ex.orders().items()} == {"cr-old": "CANCELED", "cr-new": "NEW"}
+    assert ex.balances()["USDT"] == {"free": Decimal("10000") - Decimal("9"), "locked": Decimal("9")}
+    after = ex.get("/paper/usage")
+    assert after["weight"] - before["weight"] == 1  # Binance's weight for it
+    # newOrderRespType and cancelOrigClientOrderId, as for the endpoints they stand for
+    status, body = cancel_replace(ex, "STOP_ON_FAILURE", {"cancelOrigClientOrderId": "cr-new"}, **LIMIT_BUY, price="0.44",
+                           newClientOrderId="cr-ack", newOrderRespType="ACK")
+    assert status == 200 and set(body["newOrderResponse"]) == {
+        "symbol", "orderId", "orderListId", "clientOrderId", "transactTime"}
+    assert body["cancelResponse"]["origClientOrderId"] == "cr-new" and body["cancelResponse"]["clientOrderId"]
+
+
+def test_cancel_replace_failures_answer_2021_or_2022_with_both_halves(ex: Exchange, market: Market) -> None:
+    follow(ex, market)
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5"))
+    unknown = {"code": -2011, "msg": "Unknown order sent."}
+    # the cancel fails, STOP_ON_FAILURE: nothing is attempted, 400 -2022
+    assert cancel_replace(ex, "STOP_ON_FAILURE", {"cancelOrigClientOrderId": "none"}, **LIMIT_BUY, price="0.4",
+                   newClientOrderId="never") == (400, {
+        "code": -2022, "msg": "Order cancel-replace failed.",
+        "data": {"cancelResult": "FAILURE", "newOrderResult": "NOT_ATTEMPTED", "cancelResponse": unknown,
+                 "newOrderResponse": None}})
+    assert "never" not in ex.orders()
+    # the cancel fails, ALLOW_FAILURE: the new order is placed all the same, 409 -2021
+    status, body = cancel_replace(ex, "ALLOW_FAILURE", {"cancelOrigClientOrderId": "none"}, **LIMIT_BUY, price="0.4",
+                           newClientOrderId="placed", newOrderRespType="ACK")
+    assert (status, body["code"], body["msg"]) == (409, -2021, "Order cancel-replace partially failed.")
+    assert (body["data"]["cancelResult"], body["data"]["newOrderResult"], body["data"]["cancelResponse"]) == (
+        "FAILURE", "SUCCESS", unknown)
+    assert body["data"]["newOrderResponse"]["clientOrderId"] == "placed" and ex.orders()["placed"]["status"] == "NEW"
+    # the cancel succeeds, the new order is refused by the engine (a LIMIT_MAKER that would take): 409 -2021
+    status, body = cancel_replace(ex, "STOP_ON_FAILURE", {"cancelOrigClientOrderId": "placed"}, side="BUY", type="LIMIT_MAKER",
+                           quantity="20", price="0.6", newClientOrderId="taker")
+    assert (status, body["code"], body["data"]["cancelResult"], body["data"]["newOrderResult"]) == (
+        409, -2021, "SUCCESS", "FAILURE")
+    assert body["data"]["cancelResponse"]["status"] == "CANCELED"
+    assert body["data"]["newOrderResponse"] == {"code": -2010, "msg": "Order would immediately match and take."}
+    assert ex.orders()["placed"]["status"] == "CANCELED" and "taker" not in ex.orders()
+    # both fail, ALLOW_FAILURE: 400 -2022
+    status, body = cancel_replace(ex, "ALLOW_FAILURE", {"cancelOrderId": "999"}, side="BUY", type="LIMIT_MAKER",
+                           quantity="20", price="0.6")
+    assert (status, body["code"], body["data"]["cancelResult"], body["data"]["newOrderResult"]) == (
+        400, -2022, "FAILURE", "FAILURE")
+    # parameters and filters are checked before anything is done: a plain error, the order stays
+    ex.client().new_order("XRPUSDT", "BUY", "0.4", "20", "stays")
+    assert cancel_replace(ex, "STOP_ON_FAILURE", {"cancelOrigClientOrderId": "stays"}, **LIMIT_BUY, price="0.40005") == (
+        400, {"code": -1013, "msg": "Filter failure: PRICE_FILTER"})
+    assert cancel_replace(ex, "STOP_ON_FAILURE", {}, **LIMIT_BUY, price="0.4") == (400, {
+        "code": -1102, "msg": "Param 'cancelOrigClientOrderId' or 'cancelOrderId' must be sent, but both were empty/null!"})
+    assert cancel_replace(ex, "", {"cancelOrigClientOrderId": "stays"}, **LIMIT_BUY, price="0.4")[1]["code"] == -1102
+    assert cancel_replace(ex, "STOP_ON_FAILURE", {"cancelOrigClientOrderId": "stays", "cancelRestrictions": "ONLY_OLD"},
+                   **LIMIT_BUY, price="0.4") == (400, {"code": -1145, "msg": "Invalid cancelRestrictions"})
+    # cancelRestrictions: a NEW order is not PARTIALLY_FILLED, so the cancel fails
+    status, body = cancel_replace(ex, "STOP_ON_FAILURE", {"cancelOrigClientOrderId": "stays",
+                                                   "cancelRestrictions": "ONLY_PARTIALLY_FILLED"}, **LIMIT_BUY, price="0.4")
+    assert (status, body["data"]["cancelResponse"]) == (
+        400, {"code": -2011, "msg": "Order was not canceled due to cancel restrictions."})
+    assert ex.orders()["stays"]["status"] == "NEW"
+    assert ex.signed("DELETE", "/api/v3/order", {"symbol": "XRPUSDT", "origClientOrderId": "stays",
+                                                 "cancelRestrictions": "ONLY_NEW"})[1]["status"] == "CANCELED"
+    assert_balances_follow_fills(ex)
+
+
+# --- unfilled order count ------------------------------------------------------------------------
+
+
+def test_order_answers_carry_the_unfilled_order_count(ex: Exchange, market: Market) -> None:
+    """X-MBX-ORDER-COUNT-10S/-1D on every order placed (rest-api.md, "Unfilled Order Count"): +1 an
+    order, -1 when it first fills (faqs/order_count_decrement.md); not on other answers."""
+    follow(ex, market)
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5"))
+    first_window = int(time.time()) // 10
+
+    def counts(method: str, path: str, params: dict[str, str]) -> tuple[int, int] | None:
+        query = urlencode({**params, "timestamp": int(time.time() * 1000)})
+        r = ex.http.request(method, f"{ex.url}{path}?{query}&signature={signature(SECRET, query)}",
+                            headers={"X-MBX-APIKEY": KEY}, timeout=5)
+        if "X-MBX-ORDER-COUNT-1D" not in r.headers:
+            assert "X-MBX-ORDER-COUNT-10S" not in r.headers
+            return None
+        in_10s, in_day = int(r.headers["X-MBX-ORDER-COUNT-10S"]), int(r.headers["X-MBX-ORDER-COUNT-1D"])
+        # within one 10 s window both count the same orders; a later window has counted fewer
+        assert in_10s == in_day if int(time.time()) // 10 == first_window else in_10s <= in_day
+        return in_10s, in_day
+
+    def day(method: str, path: str, params: dict[str, str]) -> int | None:
+        got = counts(method, path, params)
+        return None if got is None else got[1]
+
+    assert day("POST", "/api/v3/order", order("BUY", "0.48", "20", "A")) == 1  # rests
+    assert day("POST", "/api/v3/order", order("BUY", "0.495", "20", "B")) == 2  # rests
+    assert day("POST", "/api/v3/order", order("BUY", "0.6", "20", "C")) == 2  # filled at once: +1 -1
+    ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.49"))  # B's first fill, as a maker: -1
+    assert day("POST", "/api/v3/order", order("BUY", "0.4", "20", "D")) == 2
+    assert day("POST", "/api/v3/order", order("BUY", "0.4", "200000", "E")) is None  # refused: not counted
+    # a cancelReplace counts its new order even when it was not attempted
+    assert day("POST", "/api/v3/order/cancelReplace", {"symbol": "XRPUSDT", "cancelReplaceMode": "STOP_ON_FAILURE",
+                                                        "cancelOrigClientOrderId": "none", **LIMIT_BUY, "price": "0.4"}) == 3
+    assert day("POST", "/api/v3/order/cancelReplace", {"symbol": "XRPUSDT", "cancelReplaceMode": "STOP_ON_FAILURE",
+                                                        "cancelOrigClientOrderId": "D", **LIMIT_BUY, "price": "0.41"}) == 4
+    assert day("GET", "/api/v3/order", {"symbol": "XRPUSDT", "origClientOrderId": "D"}) is None
+    assert day("DELETE", "/api/v3/order", {"symbol": "XRPUSDT", "origClientOrderId": "A"}) is None
+    assert day("POST", "/api/v3/order/test", order("BUY", "0.4", "20", "T")) is None
+
+
+def test_the_unfilled_order_count_by_window() -> None:
+    now = [86400.0 * 20000 + 5]  # 5 s into a UTC day and into a 10 s window
+    count = OrderCount(clock=lambda: now[0])
+    placed = PaperOrder(1, "XRPUSDT", "a", "BUY", Decimal("0.4"), Decimal(20), 0, 0)
+    fill = Fill(Decimal("0.4"), Decimal(5), 1, 0, Decimal(0), "XRP", True, 1)
+    first, second = replace(placed, fills=[fill]), replace(placed, fills=[fill, fill])
+
+    def changes(*pairs: tuple[PaperOrder, str]) -> list[Change]:
+        return [Change(o, kind, fill if kind == "TRADE" else None, {}, 0) for o, kind in pairs]
+
+    assert count.headers() == {"X-MBX-ORDER-COUNT-10S": "0", "X-MBX-ORDER-COUNT-1D": "0"}
+    count.on_changes(changes((placed, "NEW"), (placed, "NEW"), (placed, "CANCELED"), (placed, "EXPIRED")))
+    assert count.headers() == {"X-MBX-ORDER-COUNT-10S": "2", "X-MBX-ORDER-COUNT-1D": "2"}
+    count.on_changes(changes((first, "TRADE"), (second, "TRADE")))  # only the first fill counts
+    assert count.headers() == {"X-MBX-ORDER-COUNT-10S": "1", "X-MBX-ORDER-COUNT-1D": "1"}
+    now[0] += 5  # the next 10 s window
+    count.add(2)
+    assert count.headers() == {"X-MBX-ORDER-COUNT-10S": "2", "X-MBX-ORDER-COUNT-1D": "3"}
+    count.on_changes(changes((first, "TRADE"), (first, "TRADE"), (first, "TRADE")))  # never below 0
+    assert count.headers() == {"X-MBX-ORDER-COUNT-10S": "0", "X-MBX-ORDER-COUNT-1D": "0"}
+    count.add(1)
+    now[0] += 86400  # the next UTC day
+    assert count.headers() == {"X-MBX-ORDER-COUNT-10S": "0", "X-MBX-ORDER-COUNT-1D": "0"}

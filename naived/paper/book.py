@@ -85,6 +85,10 @@ class Rejected(Exception):
         self.msg = msg
         self.status = status
 
+    def answer(self) -> dict[str, Any]:
+        """Binance's error body."""
+        return {"code": self.code, "msg": self.msg}
+
 
 @dataclass(frozen=True)
 class Fees:
@@ -541,12 +545,16 @@ class PaperBook:
             order = self._lookup(symbol, order_id, client_order_id)
             return _snapshot(order) if order else None
 
-    def cancel(self, f: SymbolFilters, order_id: int | None, client_order_id: str | None, cancel_id: str = "") -> PaperOrder:
-        """DELETE /api/v3/order: the order must be open. `cancel_id`: the request's own id."""
+    def cancel(self, f: SymbolFilters, order_id: int | None, client_order_id: str | None, cancel_id: str = "",
+               only_status: str | None = None) -> PaperOrder:
+        """DELETE /api/v3/order: the order must be open (and, with `cancelRestrictions`, have
+        `only_status`). `cancel_id`: the request's own id."""
         with self._lock:
             order = self._lookup(f.symbol, order_id, client_order_id)
             if order is None or not order.is_open:
                 raise Rejected(-2011, "Unknown order sent.")
+            if only_status is not None and order.status != only_status:
+                raise Rejected(-2011, "Order was not canceled due to cancel restrictions.")
             return self._close(f, order, "CANCELED", lambda o: cancel_id).order
 
     def cancel_all(self, f: SymbolFilters, cancel_id: Callable[[PaperOrder], str] = lambda o: "") -> list[Change]:

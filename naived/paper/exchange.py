@@ -1,13 +1,18 @@
 """The paper exchange's endpoints: Binance's spot REST API, answered from the book.
 
 Binance's spot API documentation is the specification: same paths, parameters (query
-string and/or form body), JSON shapes, statuses, error codes and messages, and the
-`X-MBX-USED-WEIGHT-1M` header.
+string and/or form body; the query string's value when both send one), JSON shapes, statuses,
+error codes and messages, the `X-MBX-USED-WEIGHT-1M` header on every answer, and the
+unfilled-order counts `X-MBX-ORDER-COUNT-10S`/`-1D` (`usage.OrderCount`) on the answer of every
+order placed (POST /api/v3/order, and cancelReplace's whenever it counted one: 200, or an
+error with `data`).
 
     GET    /api/v3/ping, /api/v3/time, /api/v3/exchangeInfo[?symbol=|?symbols=], /api/v3/avgPrice?symbol=
     POST   /api/v3/order        LIMIT (GTC, IOC, FOK), LIMIT_MAKER, MARKET by quantity or
                                 quoteOrderQty; newOrderRespType ACK | RESULT | FULL    (signed)
     POST   /api/v3/order/test   the same checks, nothing placed; computeCommissionRates (signed)
+    POST   /api/v3/order/cancelReplace   cancel an order and place a new one on its symbol:
+                                cancelReplaceMode STOP_ON_FAILURE | ALLOW_FAILURE     (signed)
     GET    /api/v3/order        by orderId or origClientOrderId                      (signed)
     DELETE /api/v3/order        by orderId or origClientOrderId                      (signed)
     GET    /api/v3/openOrders[?symbol=]   DELETE /api/v3/openOrders?symbol=          (signed)
@@ -46,8 +51,10 @@ Deliberate differences from Binance (the paper exchange is never kinder):
   trade, and avgPrice answers price "0.00000000", closeTime 0 until then. Binance's newer
   "reference price" (which, when set, replaces the average in the filter) is not modelled.
 - Not implemented, so not listed in exchangeInfo: stop and take-profit orders, iceberg
-  orders, order lists (OCO/OTO), cancel-replace, SOR, self-trade prevention modes other
-  than NONE, MAX_NUM_ORDERS; rate limits other than injected faults (`faults.py`).
+  orders, order lists (OCO/OTO/OPO), order amend, pegged orders, SOR, self-trade prevention
+  modes other than NONE, MAX_NUM_ORDERS; rate limits other than injected faults (`faults.py`).
+- cancelReplace: `orderRateLimitExceededMode` is checked and changes nothing (no unfilled-order
+  limit is enforced); faults are drawn for POST /api/v3/order only.
 
 Inspection and control, unsigned (the server only listens on loopback):
 
@@ -80,7 +87,7 @@ import time
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -88,7 +95,7 @@ from naived.core.config import Config, Faults
 from naived.core.symbols import SymbolFilters, table
 from naived.paper import shapes
 from naived.paper.auth import Auth
-from naived.paper.book import PaperBook, Rejected
+from naived.paper.book import NewOrder, PaperBook, Rejected
 from naived.paper.faults import (
     ANSWER_503,
     ANSWER_NOTHING,
@@ -100,6 +107,7 @@ from naived.paper.faults import (
 from naived.paper.http import Gate, Handler
 from naived.paper.params import (
     Params,
+    cancel_restriction,
     choice,
     generated_id,
     in_time_range,
@@ -107,16 +115,19 @@ from naived.paper.params import (
     optional_int,
     page_limit,
     parse_new_order,
+    request_params,
+    response_type,
     symbol_filters,
     wants_microseconds,
 )
-from naived.paper.usage import Usage, weight_of
+from naived.paper.usage import OrderCount, Usage, weight_of
 from naived.paper.userstream import UNKNOWN_KEY, UserStreamServer
 
 log = logging.getLogger(__name__)
 
 Reply = tuple[int, Any]
 NEW_ORDER = ("POST", "/api/v3/order")  # the only request faults are drawn for
+CANCEL_REPLACE = ("POST", "/api/v3/order/cancelReplace")
 
 
 class Feed(Protocol):
@@ -144,6 +155,8 @@ class PaperExchange:
         self.faults = FaultInjector(config.paper.faults, book, hang_seconds=config.exchange.timeout_seconds + 1.0)
         feed.after_trade = self.faults.after_trade
         self.usage = Usage()
+        self.order_count = OrderCount()
+        book.listeners.append(self.order_count.on_changes)
         self._symbols = {s: shapes.exchange_info_entry(f) for s, f in sorted(table().items())}
         # (method, path) -> (handler, request weight, signed)
         self.routes: dict[tuple[str, str], tuple[Callable[[Params, int], Reply], int, bool]] = {
@@ -153,6 +166,7 @@ class PaperExchange:
             ("GET", "/api/v3/avgPrice"): (self.avg_price, 2, False),
             ("POST", "/api/v3/order"): (self.new_order, 1, True),
             ("POST", "/api/v3/order/test"): (self.test_order, 1, True),
+            ("POST", "/api/v3/order/cancelReplace"): (self.cancel_replace, 1, True),
             ("GET", "/api/v3/order"): (self.get_order, 4, True),
             ("DELETE", "/api/v3/order"): (self.cancel_order, 1, True),
             ("GET", "/api/v3/openOrders"): (self.open_orders, 6, True),
@@ -205,12 +219,47 @@ class PaperExchange:
 
     def new_order(self, params: Params, received_ns: int) -> Reply:
         f, new = parse_new_order(params, received_ns)
-        # Binance answers MARKET and LIMIT orders in FULL by default, others in ACK.
-        default = "FULL" if new.type in ("MARKET", "LIMIT") else "ACK"
-        kind = choice(params, "newOrderRespType", ("ACK", "RESULT", "FULL"), default=default)
+        kind = response_type(params, new.type)
+        return 200, self._place(f, new, kind)
+
+    def _place(self, f: SymbolFilters, new: NewOrder, kind: str) -> dict[str, Any]:
         self._want(f)
         order, _ = self.book.place(f, new)
-        return 200, shapes.placed_json(order, kind)
+        return shapes.placed_json(order, kind)
+
+    def cancel_replace(self, params: Params, received_ns: int) -> Reply:
+        """POST /api/v3/order/cancelReplace. Parameters and filters are checked before anything
+        is done (a plain error, as for a new order); then the cancel, then, unless the cancel
+        failed under STOP_ON_FAILURE, the placement. Both done: 200; one of them: 409 -2021; neither:
+        400 -2022, each with the four fields (under `data` for an error), as Binance answers."""
+        f, new = parse_new_order(params, received_ns)
+        kind = response_type(params, new.type)
+        mode = choice(params, "cancelReplaceMode", ("STOP_ON_FAILURE", "ALLOW_FAILURE"))
+        choice(params, "orderRateLimitExceededMode", ("DO_NOTHING", "CANCEL_ONLY"), default="DO_NOTHING")
+        only = cancel_restriction(params)
+        _, order_id, client_id = self._find(params, "cancelOrderId", "cancelOrigClientOrderId")
+        self.book.check(f, new)  # "Filters ... are evaluated before the processing of the cancellation"
+        result: dict[str, Any] = {"cancelResult": "SUCCESS", "newOrderResult": "SUCCESS",
+                                  "cancelResponse": None, "newOrderResponse": None}
+        try:
+            result["cancelResponse"] = self._cancel(f, order_id, client_id, params.get("cancelNewClientOrderId"), only)
+        except Rejected as exc:
+            result["cancelResult"], result["cancelResponse"] = "FAILURE", exc.answer()
+        if result["cancelResult"] == "FAILURE" and mode == "STOP_ON_FAILURE":
+            result["newOrderResult"] = "NOT_ATTEMPTED"
+        else:
+            try:
+                result["newOrderResponse"] = self._place(f, new, kind)
+            except Rejected as exc:
+                result["newOrderResult"], result["newOrderResponse"] = "FAILURE", exc.answer()
+        if result["newOrderResult"] != "SUCCESS":
+            self.order_count.add(1)  # Binance counts the new order even when it was not placed
+        done = [result["cancelResult"], result["newOrderResult"]].count("SUCCESS")
+        if done == 2:
+            return 200, result
+        if done == 1:
+            return 409, {"code": -2021, "msg": "Order cancel-replace partially failed.", "data": result}
+        return 400, {"code": -2022, "msg": "Order cancel-replace failed.", "data": result}
 
     def late_order(self, params: Params, received_ns: int) -> Reply:
         """POST /api/v3/order under a late-acceptance fault: a valid order is answered (then
@@ -257,11 +306,13 @@ class PaperExchange:
         f = symbol_filters(mandatory(params, "symbol"))
         return 200, shapes.commission_json(f.symbol, self.book.fees)
 
-    def _find(self, params: Params) -> tuple[SymbolFilters, int | None, str | None]:
+    def _find(self, params: Params, by_id: str = "orderId",
+              by_client_id: str = "origClientOrderId") -> tuple[SymbolFilters, int | None, str | None]:
+        """The order a request names: by order id and/or client order id (cancelReplace's own names)."""
         f = symbol_filters(mandatory(params, "symbol"))
-        order_id, client_id = optional_int(params, "orderId"), params.get("origClientOrderId")
+        order_id, client_id = optional_int(params, by_id), params.get(by_client_id)
         if order_id is None and not client_id:
-            raise Rejected(-1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!")
+            raise Rejected(-1102, f"Param '{by_client_id}' or '{by_id}' must be sent, but both were empty/null!")
         return f, order_id, client_id
 
     def get_order(self, params: Params, received_ns: int) -> Reply:
@@ -272,9 +323,13 @@ class PaperExchange:
         return 200, shapes.query_json(order)
 
     def cancel_order(self, params: Params, received_ns: int) -> Reply:
-        cancel_id = params.get("newClientOrderId") or generated_id()
-        order = self.book.cancel(*self._find(params), cancel_id)
-        return 200, shapes.cancelled_json(order, cancel_id)
+        return 200, self._cancel(*self._find(params), params.get("newClientOrderId"), cancel_restriction(params))
+
+    def _cancel(self, f: SymbolFilters, order_id: int | None, client_id: str | None, cancel_id: str | None,
+                only_status: str | None) -> dict[str, Any]:
+        """Cancel an open order; `cancel_id`: the request's own client order id (generated if none)."""
+        cancel_id = cancel_id or generated_id()
+        return shapes.cancelled_json(self.book.cancel(f, order_id, client_id, cancel_id, only_status), cancel_id)
 
     def open_orders(self, params: Params, received_ns: int) -> Reply:
         symbol = params.get("symbol")
@@ -355,8 +410,7 @@ class PaperExchange:
             return
         handler, weight, signed = route
         form = body.decode("latin-1")
-        params = dict(parse_qsl(url.query, keep_blank_values=True))
-        params.update(parse_qsl(form, keep_blank_values=True))
+        params = request_params(url.query, form)
         used = self.usage.count(weight_of(method, url.path, params, weight)) if weight else self.usage.used()
         fault = self.faults.draw() if (method, url.path) == NEW_ORDER else None
         if fault in REFUSED:
@@ -386,13 +440,15 @@ class PaperExchange:
             time.sleep(self.faults.hang_seconds)
             request.close_connection = True
             return
-        self._respond(request, status, reply, used)
+        counted = status == 200 or (isinstance(reply, dict) and "data" in reply)
+        order_counts = self.order_count.headers() if counted and (method, url.path) in (NEW_ORDER, CANCEL_REPLACE) else None
+        self._respond(request, status, reply, used, order_counts)
 
     def _guarded(self, call: Callable[[], Reply]) -> Reply:
         try:
             return call()
         except Rejected as exc:
-            return exc.status, {"code": exc.code, "msg": exc.msg}
+            return exc.status, exc.answer()
         except Exception:
             log.exception("internal error")
             return 500, {"code": -1000, "msg": "An unknown error occurred while processing the request."}

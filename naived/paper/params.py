@@ -4,7 +4,7 @@ A parameter that is missing, malformed or not allowed with the others is refused
 Binance's error code and message (`Rejected`: -1100 illegal characters, -1102 mandatory, -1106
 not required, -1115/-1116/-1117 invalid timeInForce/type/side, -1121 invalid symbol, -1194
 time unit), before the book sees the request. Parameters come from the query string and/or
-the form body, as one `Params` mapping.
+the form body, as one `Params` mapping (`request_params`: the query string's value wins).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import re
 import secrets
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qsl
 
 from naived.core.symbols import SymbolFilters, table
 from naived.paper.book import NewOrder, Rejected
@@ -25,6 +26,16 @@ MICROSECOND_STAMPS = 10**14  # a ms timestamp stays below this until the year 51
 TIME_UNITS = {"MILLISECOND": False, "millisecond": False, "MICROSECOND": True, "microsecond": True}
 ORDER_TYPES = ("LIMIT", "LIMIT_MAKER", "MARKET")  # what exchangeInfo lists: what is implemented
 TIME_IN_FORCE = ("GTC", "IOC", "FOK")
+CANCEL_RESTRICTIONS = {"ONLY_NEW": "NEW", "ONLY_PARTIALLY_FILLED": "PARTIALLY_FILLED"}  # value -> the status it allows
+
+
+def request_params(query: str, form: str) -> Params:
+    """A request's parameters from its query string and its form body. A parameter sent in both
+    takes the query string's value, as Binance documents ("General Information on Endpoints");
+    the signature is still over both as sent (`auth.check_signed`)."""
+    params = dict(parse_qsl(form, keep_blank_values=True))
+    params.update(parse_qsl(query, keep_blank_values=True))
+    return params
 
 
 def mandatory(params: Params, name: str) -> str:
@@ -105,9 +116,25 @@ def wants_microseconds(headers: Any) -> bool:
     return unit is not None and TIME_UNITS[unit]
 
 
+def cancel_restriction(params: Params) -> str | None:
+    """`cancelRestrictions` of a cancel: the status the order must have to be cancelled, or None."""
+    value = params.get("cancelRestrictions")
+    if not value:
+        return None
+    if value not in CANCEL_RESTRICTIONS:
+        raise Rejected(-1145, "Invalid cancelRestrictions")
+    return CANCEL_RESTRICTIONS[value]
+
+
 def generated_id() -> str:
     """A client order id for a request that names none (an order, a cancel)."""
     return "paper" + secrets.token_hex(8)
+
+
+def response_type(params: Params, order_type: str) -> str:
+    """`newOrderRespType`: Binance answers MARKET and LIMIT orders in FULL by default, others in ACK."""
+    return choice(params, "newOrderRespType", ("ACK", "RESULT", "FULL"),
+                  default="FULL" if order_type in ("MARKET", "LIMIT") else "ACK")
 
 
 def parse_new_order(params: Params, received_ns: int) -> tuple[SymbolFilters, NewOrder]:

@@ -177,7 +177,8 @@ def exchange_info_json(symbols: list[dict[str, Any]]) -> dict[str, Any]:
 
 def exchange_info_entry(f: SymbolFilters) -> dict[str, Any]:
     """One symbol in Binance's `exchangeInfo` shape, every field Binance sends; what the paper
-    exchange does not implement is switched off (order types, icebergs, order lists, STP)."""
+    exchange does not implement is switched off (order types, icebergs, order lists, STP); what
+    it does is on (quoteOrderQty MARKET orders, cancelReplace)."""
     q = fmt
     lot = {"minQty": q(f.min_qty), "maxQty": q(f.max_qty), "stepSize": q(f.step_size)}
     return {
@@ -185,8 +186,11 @@ def exchange_info_entry(f: SymbolFilters) -> dict[str, Any]:
         "baseAsset": f.base, "baseAssetPrecision": 8, "quoteAsset": f.quote, "quotePrecision": 8,
         "quoteAssetPrecision": 8, "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8,
         "orderTypes": list(ORDER_TYPES),
-        "icebergAllowed": False, "ocoAllowed": False, "otoAllowed": False, "quoteOrderQtyMarketAllowed": True,
-        "allowTrailingStop": False, "cancelReplaceAllowed": False, "isSpotTradingAllowed": True,
+        # amendAllowed (2025-04), pegInstructionsAllowed (2025-08, true on every symbol) and opoAllowed
+        # (2025-12) came after the 2023 recording (CHANGELOG.md): false here, none is implemented.
+        "icebergAllowed": False, "ocoAllowed": False, "otoAllowed": False, "opoAllowed": False,
+        "quoteOrderQtyMarketAllowed": True, "allowTrailingStop": False, "cancelReplaceAllowed": True,
+        "amendAllowed": False, "pegInstructionsAllowed": False, "isSpotTradingAllowed": True,
         "isMarginTradingAllowed": False,
         "filters": [
             {"filterType": "PRICE_FILTER", "minPrice": q(f.tick_size), "maxPrice": q(MAX_PRICE), "tickSize": q(f.tick_size)},

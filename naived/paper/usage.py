@@ -1,13 +1,18 @@
-"""Request weight, counted as Binance counts it: per minute, every request to its paths, refused
-or not. The count is the `X-MBX-USED-WEIGHT-1M` header of each answer and what GET /paper/usage
-reports (tests and benchmarks read the exchange's own figures, not the client's). Nothing is
-refused for weight: rate limits are injected faults (`faults.py`)."""
+"""Request weight and unfilled orders, counted as Binance counts them.
+
+Weight: per minute, every request to its paths, refused or not. The count is the
+`X-MBX-USED-WEIGHT-1M` header of each answer and what GET /paper/usage reports (tests and
+benchmarks read the exchange's own figures, not the client's). Unfilled orders (`OrderCount`):
+the `X-MBX-ORDER-COUNT-10S`/`-1D` headers of an order's answer. Nothing is refused for either:
+rate limits are injected faults (`faults.py`)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
+from naived.paper.book import Change
 from naived.paper.params import Params
 
 USAGE_MINUTES = 60  # minutes of weight history /paper/usage keeps
@@ -55,3 +60,47 @@ class Usage:
         with self._lock:
             return {"requests": self._requests, "weight": self._weight_total,
                     "minutes": {str(m): w for m, w in sorted(self._minutes.items())}}
+
+
+class OrderCount:
+    """Binance's unfilled order count (faqs/order_count_decrement.md) in its two windows, the
+    exchangeInfo `ORDERS` limits: the wall-clock 10 s window and the UTC day. +1 for each order
+    placed (a cancelReplace counts its new order even when it was not placed); -1 in both when an
+    order fills for the first time, now or later (Binance may take off more for one that first
+    fills as a maker: one here, never kinder); never below 0. Kept in memory (a restart starts
+    at 0); counted for the headers, never enforced. Called from the HTTP threads and, as the
+    book's listener, from whichever thread commits a change."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._window, self._in_window = 0, 0  # epoch s // 10
+        self._day, self._in_day = 0, 0  # epoch s // 86400
+
+    def _roll(self) -> None:
+        second = int(self._clock())
+        if second // 10 != self._window:
+            self._window, self._in_window = second // 10, 0
+        if second // 86400 != self._day:
+            self._day, self._in_day = second // 86400, 0
+
+    def add(self, orders: int) -> None:
+        """`orders` placed (negative: first filled)."""
+        with self._lock:
+            self._roll()
+            self._in_window = max(0, self._in_window + orders)
+            self._in_day = max(0, self._in_day + orders)
+
+    def on_changes(self, changes: list[Change]) -> None:
+        """The book's listener: NEW is an order placed, an order's first TRADE its first fill."""
+        for change in changes:
+            if change.execution == "NEW":
+                self.add(1)
+            elif change.execution == "TRADE" and len(change.order.fills) == 1:
+                self.add(-1)
+
+    def headers(self) -> dict[str, str]:
+        """Binance's `X-MBX-ORDER-COUNT-(intervalNum)(intervalLetter)` headers, as counted now."""
+        with self._lock:
+            self._roll()
+            return {"X-MBX-ORDER-COUNT-10S": str(self._in_window), "X-MBX-ORDER-COUNT-1D": str(self._in_day)}
