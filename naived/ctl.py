@@ -397,7 +397,8 @@ def _branch(lines: list[str], last: bool) -> list[str]:
 
 
 def _leader_lines(leader: LeaderStatus, now: float) -> list[str]:
-    head = f"leader  pid {leader.pid}, up {_age(leader.started_at, now)}, cycles finished {leader.cycles_finished}"
+    head = (f"leader  pid {leader.pid}, up {_age(leader.started_at, now)}, restarts {leader.restarts}, "
+            f"cycles finished {leader.cycles_finished}")
     if leader.cycles_finished:
         head += f" ({books_text(leader)})"
     if leader.shutting_down:

@@ -42,7 +42,7 @@ def test_the_leader_line_shows_the_market_so_a_silent_feed_shows() -> None:
     def line(leader: LeaderStatus) -> str:
         return ctl._leader_lines(leader, NOW)[0]
 
-    assert line(_leader(_trade(3), True)).endswith(", cycles finished 0, last trade 0.5012 3s ago")
+    assert line(_leader(_trade(3), True)).endswith(", restarts 0, cycles finished 0, last trade 0.5012 3s ago")
     assert line(_leader(None, True)).endswith(", no market trade seen yet")
     assert line(_leader(_trade(300), True)).endswith(
         ", last trade 0.5012 5m ago (a quiet market or a silent feed: is streamerd running?)")

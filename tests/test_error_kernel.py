@@ -5,6 +5,7 @@ that used to take the whole tree down, on real processes."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -98,8 +99,15 @@ def test_a_leader_that_gave_up_is_not_restarted_and_its_reason_reaches_status(tm
         tree.ctl("start-trading", "BTCUSDT")
         failed = wait_for("BTCUSDT to be marked failed", lambda: (s := tree.symbol("BTCUSDT")) and s["state"] == "failed" and s,
                           timeout=60)
-        assert failed["error"].startswith("trader BTCUSDT/0 kept failing (exit status 2: ") and "minimum" in failed["error"]
-        assert tree.log("naived").count("started leader BTCUSDT") == 1
+        # max_restarts = 3: restarted 3 times (one log line each), the 4th failure one too many
+        assert failed["error"].startswith("trader BTCUSDT/0 kept failing after 3 restarts (exit status 2: ")
+        assert "minimum" in failed["error"]
+        log = tree.log("naived")
+        assert log.count("started leader BTCUSDT") == 1
+        restarts = re.findall(r"restarted trader BTCUSDT/0 as pid \d+, restart (\d) \(pid \d+ exit status 2: ", log)
+        assert restarts == ["1", "2", "3"]
+        shown = next(line for line in tree.ctl("status").stdout.splitlines() if "BTCUSDT [failed]" in line)
+        assert "kept failing after 3 restarts" in shown, shown
 
 
 def test_an_unreachable_exchange_does_not_take_the_root_down(tmp_path: Path) -> None:
@@ -184,7 +192,7 @@ def test_a_corrupt_paper_database_is_reported_with_its_reason(tmp_path: Path) ->
         tree.start_streamer()
         tree.start_naived()
         paper = wait_for("the paper exchange to give up", lambda: (p := tree.status()["paper_exchange"]) and p["error"] and p)
-        assert (paper["error"].startswith("paper-exchange kept failing (exit status 1: ")
+        assert (paper["error"].startswith("paper-exchange kept failing after 3 restarts (exit status 1: ")
                 and "paper-exchange.sqlite" in paper["error"])
         assert tree.naived.poll() is None
         assert db.read_bytes() == b"garbage, not a database\n" * 200

@@ -354,6 +354,8 @@ class LeaderStatus(msgspec.Struct, tag=True):
     waiting_since: float | None = None
     # Market frames the symbol's traders dropped, by reason, since the leader started
     market_dropped: dict[str, int] = {}
+    restarts: int = 0  # the leader's own, as its symbol supervisor counts them (supervisor.py defines a restart)
+    start_id: str = ""  # the symbol's start (start-trading, autostart) this leader belongs to
 
 
 LeaderReply = Ack | LeaderStatus

@@ -12,6 +12,11 @@ worker children (`workers.py`) that report back over the leader's own socket. Th
 are theirs: retried, counted against the restart intensity, and a symbol the
 exchange does not list gives up (exit 3) with that reason.
 
+Restarts (the definition is supervisor.py's): the leader counts its traders' and keeps the
+counts in its store under the symbol's `start_id`, so a restarted leader goes on from them (the
+traders it starts again are starts, not restarts); its own count is its symbol supervisor's,
+handed to it at fork, and shown in its status.
+
 A store that fails ends the leader with the reason as its last words: exit 1
 (restarted) for an error that may pass (locked, full, read-only), exit 3 (the
 symbol is marked failed) for a corrupt file, which is never overwritten.
@@ -62,6 +67,16 @@ log = logging.getLogger(__name__)
 FILTERS, RECONCILE = "filters", "reconcile"  # the keys of the leader's workers
 REPORT_RETRY = 0.1  # seconds: a status the root's socket did not take is sent again this soon
 
+RESTARTS = "trader_restarts"  # the store's meta key of the traders' restart counts (RestartCounts)
+
+
+class RestartCounts(msgspec.Struct):
+    """The traders' restarts within one start of the symbol: a later start begins from 0."""
+
+    start_id: str
+    traders: dict[int, int]
+
+
 COUNTERS = ("leader_starts", "orders_placed", "orders_filled", "intents_unknown", "drift")
 
 
@@ -82,10 +97,13 @@ def _record_prefix(config: Config, prefix: str, symbol: str) -> None:
 
 
 class Leader(Role):
-    def __init__(self, config: Config, symbol: str, shutting_down: bool, filters: SymbolFilters | None = None) -> None:
+    def __init__(self, config: Config, symbol: str, shutting_down: bool, filters: SymbolFilters | None = None,
+                 start_id: str = "", restarts: int = 0) -> None:
         self.config = config
         self.symbol = symbol
         self.shutting_down = shutting_down
+        self.start_id = start_id
+        self.restarts = restarts
         self.started_at = time.time()
         self.path = store_path(config.state_dir, symbol)
         try:
@@ -101,6 +119,7 @@ class Leader(Role):
             # this store is lost.
             self.id_prefix = self.store.id_prefix(lambda p: _record_prefix(config, p, symbol))
             self.books = self.store.books()
+            self.trader_restarts = self.stored_restarts()
         except sqlite3.Error as exc:
             raise store_failed(self.path, exc) from None
         if not new_store:  # a store from before the registry, or one whose record was lost
@@ -111,6 +130,8 @@ class Leader(Role):
                             "recognised if it is lost", symbol, self.id_prefix, registry_path(config.state_dir), exc)
         self.ctx = zmq.Context()
         self.supervisor = Supervisor(f"leader {symbol}", config.naived.supervision)
+        for trader_id, n in self.trader_restarts.items():
+            self.supervisor.carry(str(trader_id), n)
         self.rep = bind_rep(self.ctx, config.leader_endpoint(symbol))
         self.supervisor.watch(self.rep, self.on_request)
         # Requests to the traders: look up an order the reconcile found no longer open.
@@ -212,6 +233,26 @@ class Leader(Role):
             if not cycles.continues(trader_id, self.trading.chunks, self.shutting_down):
                 return "forget"
             return "restart_uncounted" if self.new_cycle(trader_id) else "forget"
+        except sqlite3.Error as exc:
+            raise store_failed(self.path, exc) from None
+
+    def stored_restarts(self) -> dict[int, int]:
+        """The traders' restart counts of this start of the symbol, as the leader before us left them."""
+        raw = self.store.get_meta(RESTARTS)
+        try:
+            counts = msgspec.json.decode(raw, type=RestartCounts) if raw else None
+        except msgspec.DecodeError:
+            counts = None  # written by no leader of ours: the counts start again, nothing else depends on them
+        return dict(counts.traders) if counts is not None and counts.start_id == self.start_id else {}
+
+    def on_started(self, child: Child) -> None:
+        """A trader restarted: its count is stored before anything else happens, so a leader
+        restarted from now on goes on from it."""
+        if child.spec.kind is not Kind.TRADER or self.trader_restarts.get(int(child.spec.key), 0) == child.restarts:
+            return
+        self.trader_restarts[int(child.spec.key)] = child.restarts
+        try:
+            self.store.set_meta(RESTARTS, msgspec.json.encode(RestartCounts(self.start_id, self.trader_restarts)).decode())
         except sqlite3.Error as exc:
             raise store_failed(self.path, exc) from None
 
@@ -426,6 +467,8 @@ class Leader(Role):
             market_dropped=self.market_dropped(),
             last_trade=self.last_trade,
             following_market=any(self.following.values()),
+            restarts=self.restarts,
+            start_id=self.start_id,
         )
 
     def market_dropped(self) -> dict[str, int]:
@@ -448,10 +491,11 @@ class Leader(Role):
         return self.supervisor.run(self)
 
 
-def run(config: Config, symbol: str, shutting_down: bool = False, filters: SymbolFilters | None = None) -> int:
-    """Entry point in the forked child."""
+def run(config: Config, symbol: str, shutting_down: bool = False, filters: SymbolFilters | None = None,
+        start_id: str = "", restarts: int = 0) -> int:
+    """Entry point in the forked child. `restarts`: this leader's, as its supervisor counts them."""
     try:
-        return Leader(config, symbol, shutting_down, filters).run()
+        return Leader(config, symbol, shutting_down, filters, start_id, restarts).run()
     except Exit as exc:  # at start, before the loop: the store could not be opened
         log.error("leader %s: %s", symbol, exc)
         last_words(str(exc))

@@ -19,7 +19,9 @@ from naived.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-RESTARTS, RESTARTS_HELP = "naive_restarts_total", "process restarts by level of the tree"
+# One sample per process line of `naivectl status`, with the same number (a restart as
+# naived/tree/supervisor.py defines it: a start-trading or a new naived starts from 0).
+RESTARTS, RESTARTS_HELP = "naive_restarts_total", "restarts of each process of the tree since its start"
 
 
 def render(config: Config, tree: TreeStatus, control_refused: int, account_events_dropped: dict[str, int]) -> str:
@@ -55,8 +57,9 @@ def render(config: Config, tree: TreeStatus, control_refused: int, account_event
 def _leader_metrics(m: Metrics, symbol: str, leader: LeaderStatus) -> None:
     """One symbol's figures, as its leader last pushed them."""
     c = leader.counters
-    m.add(RESTARTS, "counter", RESTARTS_HELP, max(0, c.get("leader_starts", 1) - 1), level="leader", symbol=symbol)
-    m.add(RESTARTS, "counter", RESTARTS_HELP, sum(t.restarts for t in leader.traders), level="trader", symbol=symbol)
+    m.add(RESTARTS, "counter", RESTARTS_HELP, leader.restarts, level="leader", symbol=symbol)
+    for t in leader.traders:
+        m.add(RESTARTS, "counter", RESTARTS_HELP, t.restarts, level="trader", symbol=symbol, trader=str(t.trader_id))
     by_status: dict[str, int] = {}
     for t in leader.traders:
         cycle: str = t.state.status if t.state else "new"

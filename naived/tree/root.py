@@ -25,11 +25,12 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import msgspec
@@ -108,6 +109,10 @@ class StartError(Exception):
 class SymbolEntry:
     state: str = "running"  # running | shutting-down | failed
     error: str | None = None
+    # This start of the symbol (start-trading, autostart): restarts count within it, so a new
+    # start (or a new naived) begins from 0 while a restarted supervisor or leader goes on.
+    start_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    leader_restarts: int = 0  # as the leader last said: handed to a restarted symbol supervisor
 
 
 
@@ -209,7 +214,8 @@ class Root(Role):
             title=f"supervisor {symbol}",
             # the mode as of fork time: a supervisor restarted after a shutdown-trading keeps it
             run=lambda: symbol_supervisor.run(self.config, symbol, self.symbols[symbol].state == "shutting-down",
-                                              self.filters.get(symbol)),
+                                              self.filters.get(symbol), self.symbols[symbol].start_id,
+                                              self.symbols[symbol].leader_restarts),
             restart="transient",  # exit 0 = shut down on request
             new_process_group=True,
             kind=Kind.SYMBOL_SUPERVISOR,
@@ -325,8 +331,10 @@ class Root(Role):
                 log.warning("ignored a malformed report: %s", exc)
                 continue
             match report:
-                case LeaderStatus(symbol=symbol) if symbol in self.symbols:
-                    self.leaders[symbol] = report
+                case LeaderStatus(symbol=symbol, start_id=start_id) if (
+                        symbol in self.symbols and start_id == self.symbols[symbol].start_id):
+                    self.leaders[symbol] = report  # not a late word of a leader from a start before this one
+                    self.symbols[symbol].leader_restarts = report.restarts
                 case StreamAlive(within, dropped):
                     self.stream_due = time.monotonic() + within + self.config.account_stream.heartbeat_seconds
                     self.stream_dropped = dropped

@@ -15,6 +15,13 @@ for its children's exits. What the loop does, at every level:
   escalated at every level: the supervisor stops its children and exits 3
   itself, unless its role handles the escalation (the root marks the symbol
   failed and keeps serving the others).
+- A restart, the one definition every level counts, shows and logs (`_on_child_exit`): the
+  supervisor starting a child again after that child exited without being asked to (a crash,
+  a kill, a nonzero exit, its own failure). Starting a child (a symbol's start, a fresh trader
+  after a finished cycle, the children a restarted parent starts again) is not one; nor is an
+  exit on request. Each child's count is kept by the supervisor that restarts it; a parent
+  restarted hands its children's counts to its successor (`carry`), so they never reset
+  while the daemon runs. One log line per restart: child, new PID, restart number, why.
 - Restart intensity as OTP counts it: more than `max_restarts` counted
   restarts in `period_seconds` within one supervisor means it gives up
   (`scope="child"` counts per child instead: the root, so one bad symbol never
@@ -197,8 +204,9 @@ class Supervisor:
 
     # --- children ----------------------------------------------------------------------
 
-    def start(self, spec: ChildSpec) -> Child:
-        """Fork a child running `spec.run`; returns in the parent only."""
+    def start(self, spec: ChildSpec, restarted_after: tuple[Child, ExitStatus] | None = None) -> Child:
+        """Fork a child running `spec.run`; returns in the parent only. `restarted_after`: this
+        start is a restart (counted already), of the child that exited so."""
         pid, words_fd = fork_child(spec.title, spec.run, spec.new_process_group, spec.kind.supervises, spec.keep_fds)
         pidfd = os.pidfd_open(pid)
         child = Child(spec, pid, pidfd, words_fd, time.time(), self._restarts.get(spec.key, 0))
@@ -206,7 +214,12 @@ class Supervisor:
         self.specs[spec.key] = spec
         self._by_fd[pidfd] = child
         self.pidfds.register(pidfd, select.EPOLLIN)
-        log.info("%s: started %s pid %d", self.name, spec.title, pid)
+        if restarted_after is None:
+            log.info("%s: started %s pid %d", self.name, spec.title, pid)
+        else:
+            old, status = restarted_after
+            log.warning("%s: restarted %s as pid %d, restart %d (pid %d %s)", self.name, spec.title, pid, child.restarts,
+                        old.pid, status.reason())
         return child
 
     def stop(self, key: str) -> None:
@@ -285,7 +298,14 @@ class Supervisor:
         return [c for c in self.children.values() if c.spec.kind is kind]
 
     def restarts(self, key: str) -> int:
+        """The child's restarts (see the module's definition) since it was first started."""
         return self._restarts.get(key, 0)
+
+    def carry(self, key: str, restarts: int) -> None:
+        """Take over a child's count from the process that kept it before us (a restarted parent's
+        predecessor): it goes on from there instead of from 0. Not a restart itself."""
+        if restarts > 0:
+            self._restarts[key] = restarts
 
     def forget_history(self, key: str) -> None:
         self._restart_times.pop(key, None)
@@ -380,14 +400,16 @@ class Supervisor:
             log.error("%s: more than %d restarts in %gs, giving up", self.name, self.limits.max_restarts,
                       self.limits.period_seconds)
             decision = "give_up"
-        if decision == "restart":
+        if decision == "restart":  # the one place a restart is counted: an exit nobody asked for, started again
             self._restarts[spec.key] = self._restarts.get(spec.key, 0) + 1
         if decision == "give_up":
             if status.code == EXIT_GAVE_UP and status.words:
                 reason = status.words  # escalated from below: the reason travels up as it is
-            else:
-                verb = "gave up" if status.code == EXIT_GAVE_UP else "kept failing"
-                reason = f"{spec.title} {verb} ({status.reason()})"
+            elif status.code == EXIT_GAVE_UP:
+                reason = f"{spec.title} gave up ({status.reason()})"
+            else:  # how hard it was tried, before the child's own words (which may be cut short)
+                n = self.restarts(spec.key)
+                reason = f"{spec.title} kept failing after {n} restart{'' if n == 1 else 's'} ({status.reason()})"
             self.specs.pop(spec.key, None)
             if self._guarded(lambda: role.on_give_up(child, status, reason), f"give-up of {spec.title}"):
                 return None
@@ -400,7 +422,8 @@ class Supervisor:
                 log.info("%s: %s ended, and with it this supervisor", self.name, spec.title)
                 return 0
             return None
-        self._restart(spec, role)
+        # "restart_uncounted" (a trader's finished cycle): a fresh start under the same key, not a restart
+        self._restart(spec, role, (child, status) if decision == "restart" else None)
         return None
 
     @staticmethod
@@ -411,14 +434,14 @@ class Supervisor:
             return "forget"
         return "restart"
 
-    def _restart(self, spec: ChildSpec, role: Role) -> None:
+    def _restart(self, spec: ChildSpec, role: Role, exited: tuple[Child, ExitStatus] | None) -> None:
         specs = [spec]
         if self.strategy == "one_for_all":
             self.specs[spec.key] = spec
             specs = list(self.specs.values())
-            self.stop_all()  # the others die with the one that died, then all start again in order
+            self.stop_all()  # the others die with the one that died, then all start again in order (not restarts)
         for s in specs:
-            child = self.start(s)
+            child = self.start(s, exited if s is spec else None)
             self._guarded(functools.partial(role.on_started, child), f"start of {s.title}")
 
     def _exit(self, role: Role, code: int) -> int:

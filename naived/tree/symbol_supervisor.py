@@ -6,6 +6,11 @@ with their parent through PR_SET_PDEATHSIG), and a new leader resumes every
 trader from the durable store. The leader is significant: when it ends
 normally (the symbol was shut down), so does this supervisor.
 
+Restarts (the definition is supervisor.py's): this supervisor counts its leader's. A restarted
+supervisor goes on from the count the root last heard from the leader; `start_id` names this
+start of the symbol, and the leader keeps its traders' counts in its store under it, so they
+outlive the leader too.
+
 Signals from the root are passed down: SIGUSR1 (shutdown-trading) and SIGHUP
 (reload). A shutdown is remembered, so a leader restarted later starts in
 shutdown mode too.
@@ -27,19 +32,23 @@ log = logging.getLogger(__name__)
 
 
 class SymbolSupervisor(Role):
-    def __init__(self, config: Config, symbol: str, shutting_down: bool, filters: SymbolFilters | None) -> None:
+    def __init__(self, config: Config, symbol: str, shutting_down: bool, filters: SymbolFilters | None,
+                 start_id: str = "", leader_restarts: int = 0) -> None:
         self.config = config
         self.filters = filters  # the exchange's, as the root knew them: the leader needs no worker for them
         self.symbol = symbol
         self.shutting_down = shutting_down
+        self.start_id = start_id
         self.supervisor = Supervisor(f"supervisor {symbol}", config.naived.supervision, strategy="one_for_all")
+        self.supervisor.carry("leader", leader_restarts)
 
     def leader_spec(self) -> ChildSpec:
         # Read at fork time, not now: a restarted leader gets the config and mode of that moment.
         return ChildSpec(
             key="leader",
             title=f"leader {self.symbol}",
-            run=lambda: leader.run(self.config, self.symbol, self.shutting_down, self.filters),
+            run=lambda: leader.run(self.config, self.symbol, self.shutting_down, self.filters, self.start_id,
+                                   self.supervisor.restarts("leader")),
             restart="transient",  # exit 0 = the symbol was shut down: nothing to restart
             significant=True,
             new_process_group=True,
@@ -68,6 +77,7 @@ class SymbolSupervisor(Role):
         return self.supervisor.run(self)
 
 
-def run(config: Config, symbol: str, shutting_down: bool = False, filters: SymbolFilters | None = None) -> int:
+def run(config: Config, symbol: str, shutting_down: bool = False, filters: SymbolFilters | None = None,
+        start_id: str = "", leader_restarts: int = 0) -> int:
     """Entry point in the forked child."""
-    return SymbolSupervisor(config, symbol, shutting_down, filters).run()
+    return SymbolSupervisor(config, symbol, shutting_down, filters, start_id, leader_restarts).run()
