@@ -278,3 +278,14 @@ def test_log_file_on_the_command_line_must_be_openable_too(tmp_path: Path) -> No
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, (program, result.stderr)
         assert result.stderr.count("\n") == 1 and str(missing.parent) in result.stderr, result.stderr
+
+
+def test_a_file_gets_plain_lines_under_systemd_too(tmp_path: Path) -> None:
+    # Priority prefixes are for journald reading stderr; a file set under systemd is no journal.
+    path = tmp_path / "naived.log"
+    script = "import logging, sys\nfrom naived.ops.log import setup_logging\n" \
+             "setup_logging('naived', 'info', sys.argv[1])\nlogging.getLogger('x').warning('to the file')\n"
+    result = subprocess.run([sys.executable, "-c", script, str(path)], env={**os.environ, "JOURNAL_STREAM": "8:12345"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d [\d:,]+ WARNING naived\[\d+\] to the file\n", path.read_text())
