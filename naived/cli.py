@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from naived.core.config import Config, ConfigError, find_config, load_config
-from naived.ops.log import setup_logging
+from naived.core.config import Config, ConfigError, find_config, load_config, with_log_options
+from naived.ops.log import LEVELS, setup_logging
 
 if TYPE_CHECKING:
     from naived.backtest.plot import Books
@@ -17,6 +18,23 @@ if TYPE_CHECKING:
 config_option = click.option(
     "--config", "config_path", metavar="PATH", help="TOML file (default: $NAIVE_CONFIG, /etc/naive/naive.toml, embedded)."
 )
+
+
+def log_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--log-level and --log-file, over the config's [naived.log] (streamerd's: [streamer.log])."""
+    command = click.option("--log-file", metavar="PATH",
+                           help="Append the log here (default: stderr, or [naived.log] file).")(command)
+    return click.option("--log-level", type=click.Choice(list(LEVELS)),
+                        help="Log this level and above (default: info, or [naived.log] level).")(command)
+
+
+def open_log(program: str, title: str, level: str, file: str) -> int | None:
+    """setup_logging, or one line and exit 2 when the log file cannot be opened (before any fork)."""
+    try:
+        return setup_logging(title, level, file)
+    except OSError as exc:
+        click.echo(f"{program}: cannot open log file {file}: {exc.strerror}", err=True)
+        sys.exit(2)
 
 
 def _load(config_path: str | None) -> Config:
@@ -39,9 +57,10 @@ def main() -> None:
 
 @main.command(short_help="Run the tree in the foreground (as systemd does).")
 @config_option
-def start(config_path: str | None) -> None:
+@log_options
+def start(config_path: str | None, log_level: str | None, log_file: str | None) -> None:
     """Run the root of the tree in the foreground (as systemd runs it)."""
-    config = _load(config_path)
+    config = with_log_options(_load(config_path), log_level, log_file)
     from naived.core import validate
     from naived.store import ownership
     from naived.tree import process, root
@@ -59,20 +78,23 @@ def start(config_path: str | None) -> None:
         sys.exit(1)
     assert owner.fd is not None
     process.inherit_in_tree(owner.fd)
-    setup_logging("naived")
     problem = validate.config_problem(config)  # check-config refuses the same, by the same function
     if problem is not None:  # e.g. no usable keys: refused before forking anything
         click.echo(f"naived: {_origin(config_path)}: {problem}", err=True)
         sys.exit(2)
+    log_fd = open_log("naived", "naived", config.naived.log.level, config.naived.log.file)
+    if log_fd is not None:
+        process.inherit_in_tree(log_fd)  # every process of the tree appends to the same file
 
     sys.exit(root.run(config, held))
 
 
 @main.command("paper-exchange", short_help="Run the paper exchange alone, for other clients.")
 @config_option
-def paper_exchange_command(config_path: str | None) -> None:
+@log_options
+def paper_exchange_command(config_path: str | None, log_level: str | None, log_file: str | None) -> None:
     """Run the paper exchange alone (naived starts its own when exchange = "paper")."""
-    config = _load(config_path)
+    config = with_log_options(_load(config_path), log_level, log_file)
     from naived.paper import main as paper
     from naived.store import ownership
 
@@ -82,7 +104,7 @@ def paper_exchange_command(config_path: str | None) -> None:
     except (ownership.Held, OSError) as exc:
         click.echo(f"naived paper-exchange: {exc}", err=True)
         sys.exit(1)
-    setup_logging("paper-exchange")
+    open_log("naived paper-exchange", "paper-exchange", config.naived.log.level, config.naived.log.file)
     paper.run(config)
 
 

@@ -13,7 +13,7 @@ import zmq
 
 from naived.core.config import ConfigError, Streamer, load_config
 from naived.market.tape import TapeError, check_files
-from naived.ops.log import setup_logging
+from naived.ops.log import LEVELS, setup_logging
 from streamerd.daemon import Daemon
 from streamerd.publisher import Demand
 from streamerd.recorder import Recorder
@@ -72,6 +72,8 @@ def main() -> None:
 @click.option("--seed", type=int, help="simulate: random seed")
 @click.option("--rate", type=float, help="simulate: trades per second per symbol")
 @click.option("--record-dir", help="record what is published as <symbol>_<YYYYMMDD>.gz tapes here")
+@click.option("--log-level", type=click.Choice(list(LEVELS)), help="log this level and above (default: info)")
+@click.option("--log-file", metavar="PATH", help="append the log here (default: stderr, the journal under systemd)")
 def start(
     config_path: str | None,
     source: str | None,
@@ -84,9 +86,10 @@ def start(
     seed: int | None,
     rate: float | None,
     record_dir: str | None,
+    log_level: str | None,
+    log_file: str | None,
 ) -> None:
     """Run the market-data daemon until SIGTERM/SIGINT."""
-    setup_logging("streamerd")
     try:
         settings = streamer_settings(
             config_path,
@@ -106,6 +109,13 @@ def start(
         factory = make_source(settings)
     except (ConfigError, TapeError) as exc:
         click.echo(f"streamerd: {exc}", err=True)
+        sys.exit(2)
+    chosen = {k: v for k, v in (("level", log_level), ("file", log_file)) if v is not None}
+    logs = msgspec.structs.replace(settings.log, **chosen)  # the command line over [streamer.log]
+    try:
+        setup_logging("streamerd", logs.level, logs.file)
+    except OSError as exc:
+        click.echo(f"streamerd: cannot open log file {logs.file}: {exc.strerror}", err=True)
         sys.exit(2)
 
     demand = Demand(always=frozenset(settings.symbols), grace_seconds=settings.grace_seconds)

@@ -127,16 +127,17 @@ ws_port = {self.paper_ws_port}
         self.procs.append(proc)
         return proc
 
-    def start_streamer(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        self.streamer = self._spawn("streamerd", "start", env=env)
+    def start_streamer(self, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+        self.streamer = self._spawn("streamerd", "start", *args, env=env)
         return self.streamer
 
     def stop_streamer(self, timeout: float = 15.0) -> None:
         """Stop the market: SIGTERM streamerd and wait for it (SIGKILL at the deadline)."""
         processes.stop([self.streamer], timeout)
 
-    def start_naived(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        self.naived = self._spawn("naived", "start", env=env)
+    def start_naived(self, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+        """`args`: more of `naived start`'s options. Its stderr goes to <dir>/naived.log (`log`)."""
+        self.naived = self._spawn("naived", "start", *args, env=env)
         wait_for("naived to answer", lambda: self.ctl("status").returncode == 0)
         return self.naived
 

@@ -180,3 +180,25 @@ def test_real_exchanges_refuse_losing_settings_in_one_line(exchange, trading, ke
 def test_paper_trades_losing_settings_without_asking():
     config = parse_config(b'[trading.defaults]\nprofit_interval = "-0.0012"\n')
     assert config.trading.defaults.profit_interval == Decimal("-0.0012")
+
+
+def test_a_reload_applies_the_level_and_keeps_the_command_lines_log_options(tmp_path, monkeypatch):
+    from naived.core import config as config_module
+
+    levels: list[str] = []
+    monkeypatch.setattr(config_module, "set_log_level", levels.append)  # pytest's own logging stays as it is
+    monkeypatch.setattr(config_module, "_log_options", {})
+    path = tmp_path / "naive.toml"
+    path.write_text(f'[naived.log]\nlevel = "warning"\nfile = "{tmp_path}/from-file.log"\n')
+    running = config_module.with_log_options(load_config(str(path)), None, str(tmp_path / "cli.log"))
+    assert running.naived.log == config_module.Log(level="warning", file=str(tmp_path / "cli.log"))
+    path.write_text(f'[naived.log]\nlevel = "debug"\nfile = "{tmp_path}/from-file.log"\n')
+    reloaded = config_module.reload_config(running)
+    assert reloaded is not None
+    assert reloaded.naived.log == config_module.Log(level="debug", file=str(tmp_path / "cli.log"))
+    assert levels == ["debug"]
+    # --log-level wins over the file at a reload too: the file's change applies nowhere
+    levels.clear()
+    config_module.with_log_options(running, "error", None)
+    assert config_module.reload_config(running).naived.log.level == "error"
+    assert levels == ["error"]

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import msgspec
 
 from naived.core.symbols import lookup as lookup_symbol
+from naived.ops.log import set_level as set_log_level
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 LATE_ACCEPT_WINDOW = 10.0  # seconds: Binance's backend may still execute an order with an unknown status
@@ -120,6 +121,15 @@ class Paths(msgspec.Struct, forbid_unknown_fields=True):
                              f"{SOCKET_PATH_MAX}): set a shorter one" + ("" if self.runtime_dir else " or a shorter TMPDIR"))
 
 
+class Log(msgspec.Struct, forbid_unknown_fields=True):
+    """One daemon's log (`[naived.log]`, `[streamer.log]`; `--log-level`, `--log-file` override)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # "" = stderr (the journal under systemd); else appended to this file, created mode 0600,
+    # whose directory must exist. Rotation: moved or removed, the next line reopens it.
+    file: str = ""
+
+
 class Streamer(msgspec.Struct, forbid_unknown_fields=True):
     endpoint: str = "tcp://127.0.0.1:5680"  # XPUB bind / SUB connect
     source: Literal["binance", "replay", "simulate"] = "simulate"
@@ -135,6 +145,7 @@ class Streamer(msgspec.Struct, forbid_unknown_fields=True):
     record_dir: str = ""  # record published trades here as <symbol>_<YYYYMMDD>.gz tapes; "" = off
     record_budget_mb: float = 10240.0  # disk budget of all recorded files; the oldest days are deleted first
     record_symbols: list[str] = []  # record only these; [] = every published symbol
+    log: Log = msgspec.field(default_factory=Log)
 
     def __post_init__(self) -> None:
         self.symbols = _symbols("symbols", self.symbols)
@@ -181,6 +192,7 @@ class Naived(msgspec.Struct, forbid_unknown_fields=True):
     # identical copies of the same pages. Nothing is merged unless the host runs KSM.
     memory_merge: bool = True
     supervision: Supervision = msgspec.field(default_factory=Supervision)
+    log: Log = msgspec.field(default_factory=Log)
 
     def __post_init__(self) -> None:
         self.autostart = _symbols("autostart", self.autostart)
@@ -616,15 +628,32 @@ def find_config(explicit: str | None) -> Path | None:
 _explicit: str | None = None  # what load_config was last given: SIGHUP reads the same source again
 log = logging.getLogger(__name__)
 
-# Sections a running tree applies on SIGHUP; a change anywhere else needs a restart.
-RELOADABLE = ("trading", "naived.supervision", "naived.autostart")
+# Sections a running tree applies on SIGHUP; a change anywhere else needs a restart. The log
+# level: at once in every process that reloads (root, symbol supervisors, leaders) and so in
+# what they fork later; the paper exchange, the account stream and running traders keep theirs.
+RELOADABLE = ("trading", "naived.supervision", "naived.autostart", "naived.log.level")
+_log_options: dict[str, str] = {}  # naived start's --log-level/--log-file: they win at every reload too
+
+
+def with_log_options(config: Config, level: str | None, file: str | None) -> Config:
+    """`config` with naived's log settings from the command line on top of the file's; a reload
+    keeps them (a child forked later inherits them with this module)."""
+    _log_options.update({k: v for k, v in (("level", level), ("file", file)) if v is not None})
+    return _apply_log_options(config)
+
+
+def _apply_log_options(config: Config) -> Config:
+    if not _log_options:
+        return config
+    log_settings = msgspec.structs.replace(config.naived.log, **_log_options)
+    return msgspec.structs.replace(config, naived=msgspec.structs.replace(config.naived, log=log_settings))
 
 
 def reload_config(current: Config, check: Callable[[Config], str | None] = lambda new: None) -> Config | None:
     """Read the configuration again (SIGHUP): the new one, or None when it does not check out
     (parsing, then `check`, the caller's own problems with it: one error line) and nothing changes."""
     try:
-        new = load_config(_explicit)
+        new = _apply_log_options(load_config(_explicit))
     except ConfigError as exc:
         log.error("reload refused, keeping the running configuration: %s", exc)
         return None
@@ -635,6 +664,9 @@ def reload_config(current: Config, check: Callable[[Config], str | None] = lambd
     needing_restart = [key for key in _changed_keys(current, new) if not key.startswith(RELOADABLE)]
     if needing_restart:
         log.warning("reloaded; these changes take effect only after a restart: %s", ", ".join(needing_restart))
+    if new.naived.log.level != current.naived.log.level:
+        set_log_level(new.naived.log.level)
+        log.info("log level %s (was %s)", new.naived.log.level, current.naived.log.level)
     return new
 
 

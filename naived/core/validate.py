@@ -2,7 +2,8 @@
 (and autostart) and SIGHUP reloads, so that none of them accepts what another refuses.
 
 Parsing (`config.parse_config`) refuses what a file can get wrong on its own. This module adds
-what needs more than the file: the API keys of a real exchange, and for each symbol to trade,
+what needs more than the file: the API keys of a real exchange, the log file's directory, and
+for each symbol to trade,
 that the symbol table lists it, that its budget is in a named asset (its quote asset, see
 `config.Trading`) and that a trader's share of it reaches the symbol's minimum notional.
 Every problem is one line for the user; nothing here creates a file or talks to the exchange.
@@ -13,6 +14,7 @@ from __future__ import annotations
 from naived.core.config import Config, ConfigError, NoBudget
 from naived.core.credentials import check_keys
 from naived.core.symbols import SymbolFilters, lookup, table_path
+from naived.ops.log import file_problem
 
 
 def symbol_problem(config: Config, symbol: str, filters: SymbolFilters | None = None) -> str | None:
@@ -44,6 +46,8 @@ def config_problem(config: Config) -> str | None:
         check_keys(config)
     except ConfigError as exc:
         return str(exc)
+    if config.naived.log.file and (problem := file_problem(config.naived.log.file)):
+        return f"naived.log.file: {problem}"
     return None
 
 
