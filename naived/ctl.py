@@ -45,6 +45,7 @@ from naived.tree.ipc import ipc_path, request
 # The feed of a followed symbol without a trade for this long is called out in status (the busy
 # USDT pairs trade every second; a quiet pair may go minutes, hence the question, not a verdict).
 SILENT_FEED_SECONDS = 60.0
+STARTING_GRACE = 5.0  # seconds a naived that holds its state directory gets to bind its control socket
 DEFAULT_TIMEOUT = 1.0  # seconds: naived answers from memory in well under a millisecond
 
 
@@ -62,7 +63,7 @@ def _fail(message: str) -> NoReturn:
 def call(target: Target, message: ControlRequest) -> msgspec.Struct:
     endpoint = target.endpoint
     path = ipc_path(endpoint)
-    if path is not None and not os.path.exists(path):
+    if path is not None and not os.path.exists(path) and not _starting(target, path):
         _unreachable(target, f"its control socket {path} is gone", f"naived is not running (no control socket at {path})")
     ctx = zmq.Context()
     try:
@@ -81,6 +82,26 @@ def call(target: Target, message: ControlRequest) -> msgspec.Struct:
         _fail(reply.message)
     assert isinstance(reply, msgspec.Struct)  # control_reply_decoder decodes Structs only
     return reply
+
+
+def _starting(target: Target, path: str) -> bool:
+    """A naived holds the state directory but has no control socket yet: it may be starting (a
+    user who types `naived start &` and then `naivectl ...` at once). Give it STARTING_GRACE
+    seconds to bind; True once the socket is there."""
+    if target.state_dir is None:
+        return False
+    try:
+        holder = StateDirLock(Path(target.state_dir)).holder()
+    except OSError:
+        return False
+    if holder is None or time.time() - holder.since > STARTING_GRACE:
+        return False  # nobody, or a naived up for longer that lost its socket: say so at once
+    deadline = holder.since + STARTING_GRACE - time.time() + time.monotonic()
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            return True
+        time.sleep(0.05)  # a file appearing: nothing to wait on but the clock
+    return False
 
 
 def _unreachable(target: Target, if_running: str, if_not: str) -> None:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from pathlib import Path
+from unittest import mock
+
 import click
 from click.testing import CliRunner
 
 from naived import cli, ctl
 from naived.core.messages import History, LeaderStatus, TradeEvent
 from naived.ctl import history_lines
+from naived.store.ownership import StateDirLock
 
 
 def test_history_says_so_before_the_first_finished_cycle() -> None:
@@ -48,3 +54,23 @@ def test_the_leader_line_shows_the_market_so_a_silent_feed_shows() -> None:
         ", last trade 0.5012 5m ago (a quiet market or a silent feed: is streamerd running?)")
     assert line(_leader(_trade(300), False)).endswith(
         ", last trade 0.5012 5m ago (not followed while the orders rest)")
+
+
+def test_naivectl_gives_a_naived_that_is_starting_time_to_bind_its_socket(tmp_path: Path) -> None:
+    """`naived start &` then `naivectl ...` at once: naived holds its state directory a moment
+    before its control socket exists; naivectl waits for it, but not for a long-running one."""
+    lock = StateDirLock(tmp_path)
+    lock.acquire()
+    socket_path = tmp_path / "naived.sock"
+    target = ctl.Target(f"ipc://{socket_path}", 1.0, str(tmp_path))
+    try:
+        threading.Timer(0.3, socket_path.touch).start()
+        assert ctl._starting(target, str(socket_path))
+        socket_path.unlink()
+        started = time.monotonic()
+        with mock.patch.object(time, "time", lambda: lock.holder().since + ctl.STARTING_GRACE + 1):  # type: ignore[union-attr]
+            assert not ctl._starting(target, str(socket_path))
+        assert time.monotonic() - started < 0.5
+    finally:
+        lock.release()
+    assert not ctl._starting(target, str(socket_path))  # nobody holds it: not running, said at once

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 from harness import BIN
 
 from naived import demo
@@ -36,16 +33,6 @@ def ports_taken(*ports: int) -> Iterator[None]:
     finally:
         for s in held:
             s.close()
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """A temporary directory with a short path: pytest's are too long for the sockets made in them."""
-    path = Path(tempfile.mkdtemp(prefix="nd-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_the_demo_trades_kills_a_trader_shows_its_profit_and_cleans_up(short_tmp: Path) -> None:
