@@ -18,7 +18,7 @@ import click
 import msgspec
 import zmq
 
-from naived.core.config import SYSTEMD_RUNTIME_DIR, Config, ConfigError, Naived, Paths, find_config, load_config
+from naived.core.config import SYSTEMD_RUNTIME_DIR, Config, ConfigError, Naived, Paths, find_config, ipc_path, load_config
 from naived.core.messages import (
     ControlRequest,
     Error,
@@ -40,7 +40,7 @@ from naived.core.messages import (
 from naived.core.strategy import StrategyError, assets
 from naived.core.symbols import lookup
 from naived.store.ownership import StateDirLock
-from naived.tree.ipc import ipc_path, request
+from naived.tree.ipc import request
 
 # The feed of a followed symbol without a trade for this long is called out in status (the busy
 # USDT pairs trade every second; a quiet pair may go minutes, hence the question, not a verdict).

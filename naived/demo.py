@@ -21,6 +21,7 @@ from pathlib import Path
 import msgspec
 import zmq
 
+from naived.core import validate
 from naived.core.messages import StatusRequest, TreeStatus, control_reply_decoder
 from naived.core.symbols import lookup
 from naived.ctl import books_text, render
@@ -101,15 +102,14 @@ def _kill_a_trader(tree: TreeStatus) -> str | None:
 def run(seconds: float, symbols: list[str], keep: bool = False) -> int:
     """The demo; its directory is removed at the end unless `keep`, or a daemon failed (its logs
     are then what the message points to)."""
-    from naived.core.config import ConfigError, load_config
+    from naived.core.config import load_config
 
     directory = Path(tempfile.mkdtemp(prefix="naive-demo-"))
     config_path = write_config(directory, symbols)
-    try:
-        config = load_config(str(config_path))
-    except ConfigError as exc:  # e.g. a TMPDIR too long for the sockets in it
+    config = load_config(str(config_path))
+    if problem := validate.config_problem(config):  # e.g. a TMPDIR too long for the sockets in it
         shutil.rmtree(directory, ignore_errors=True)
-        print(f"naive demo: {exc}", file=sys.stderr)
+        print(f"naive demo: {problem}", file=sys.stderr)
         return 2
     config.make_dirs()  # 0700, before streamerd binds its ipc socket there
     print(f"naive demo: SIMULATED market (simulate_volatility {DEMO_VOLATILITY}), paper exchange, symbols {' '.join(symbols)}")
@@ -160,13 +160,10 @@ def run(seconds: float, symbols: list[str], keep: bool = False) -> int:
 
 
 def _failure(procs: list[subprocess.Popen[bytes]], directory: Path) -> str | None:
-    """Why a daemon exited early, from the last error line of its log (or its exit status)."""
+    """Why a daemon exited early (None while both run)."""
     for proc, name in zip(procs, ("streamerd", "naived"), strict=True):
-        if proc.poll() is None:
-            continue
-        errors = [line for line in (directory / f"{name}.log").read_text(errors="replace").splitlines()
-                  if " ERROR " in line or line.startswith(f"{name}:")]
-        return f"{name} exited ({proc.returncode}): {errors[-1] if errors else 'see its log'}"
+        if proc.poll() is not None:
+            return processes.exit_reason(name, proc, directory / f"{name}.log")
     return None
 
 

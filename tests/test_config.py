@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from naived.core import validate
 from naived.core.config import Config, ConfigError, TradingSettings, load_config, parse_config
 
 DOCUMENTED = Path(__file__).resolve().parent.parent / "config" / "naive.toml"
@@ -100,11 +101,6 @@ def test_load_config_error_names_the_file(tmp_path):
         ),
         ("[naived.supervision]\nmax_restarts = 0\n", "naived.supervision.max_restarts: must be > 0, got 0"),
         ("[streamer]\nsimulate_volatility = 0.5\n", "streamer.simulate_volatility: must be > 0 and <= 0.01, got 0.5"),
-        (
-            f'[paths]\nruntime_dir = "/{"r" * 71}"\n',
-            f"paths.runtime_dir: /{'r' * 71} is too long for the sockets naived makes in it (at most 70 bytes; "
-            "a Unix socket path is at most 107): set a shorter one",
-        ),
     ],
 )
 def test_invalid_config_is_one_line_naming_the_key(toml, message):
@@ -202,3 +198,18 @@ def test_a_reload_applies_the_level_and_keeps_the_command_lines_log_options(tmp_
     config_module.with_log_options(running, "error", None)
     assert config_module.reload_config(running).naived.log.level == "error"
     assert levels == ["error"]
+
+
+def test_a_socket_path_too_long_for_the_kernel_is_refused_at_start_and_start_trading() -> None:
+    """107 bytes at most: naived-reports.sock (19 characters) in an 87-byte runtime_dir fits, in an 88-byte
+    one it does not; a leader's leader-<symbol>-pub.sock is checked per symbol."""
+    fits = parse_config(f'[paths]\nruntime_dir = "/{"r" * 86}"\n'.encode())
+    assert validate.config_problem(fits) is None
+    long = "/" + "r" * 87
+    assert validate.config_problem(parse_config(f'[paths]\nruntime_dir = "{long}"\n'.encode())) == (
+        f"the socket {long}/naived-reports.sock would be 108 bytes, more than a Unix socket path may have (107): "
+        "set a shorter paths.runtime_dir")
+    leader = f"{fits.runtime_dir}/leader-XRPUSDT-pub.sock"
+    assert validate.symbol_problem(fits, "XRPUSDT") == (
+        f"XRPUSDT: the socket {leader} would be 111 bytes, more than a Unix socket path may have (107): "
+        "set a shorter paths.runtime_dir")

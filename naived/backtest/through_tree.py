@@ -16,6 +16,7 @@ docs/architecture.md, "Backtest".
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -226,9 +227,10 @@ def run(config: Config, files: list[str], symbols: list[str] | None = None, spee
         if problem := validate.symbol_problem(config, symbol):
             raise BacktestError(problem)
     total = sum(1 for _ in read_trades(files)[0])  # the replay publishes every trade, asked for or not
-    with tempfile.TemporaryDirectory(prefix="naive-backtest-") as tmp:
-        directory = Path(keep or tmp)
-        directory.mkdir(parents=True, exist_ok=True)
+    # Not a TemporaryDirectory: a failure's message points to the logs in it, so they must stay.
+    directory = Path(keep or tempfile.mkdtemp(prefix="naive-backtest-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
         # Free ports for both listeners: another naived on this host holds the defaults.
         port, ws_port = free_ports(2)
         streamer_toml, naived_toml, upstream, market = tree_configs(config, directory, files, names, speed, port, ws_port)
@@ -247,6 +249,14 @@ def run(config: Config, files: list[str], symbols: list[str] | None = None, spee
             tree.stop()
             forwarder.stopping.set()
             forwarder.join(10)
+    except BacktestError:
+        raise  # its message names the directory: keep it
+    except BaseException:
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    if not keep:
+        shutil.rmtree(directory, ignore_errors=True)
     return _report(config, files, names, *facts)
 
 
@@ -268,7 +278,9 @@ def _trade_and_settle(forwarder: Forwarder, tree: _Tree, directory: Path, config
         for proc in tree.procs:
             if proc.poll() is not None:
                 module = cast(list[str], proc.args)[2]  # the list `_Tree.spawn` gave it: [python, "-m", module, ...]
-                raise BacktestError(f"--through-tree: {module} exited with {proc.returncode} (logs in {directory})")
+                name = module.split(".")[0]
+                raise BacktestError(f"--through-tree: {processes.exit_reason(name, proc, directory / f'{name}.log')} "
+                                    f"(logs in {directory})")
 
     try:
         def started() -> bool:

@@ -102,23 +102,18 @@ def _symbols(name: str, symbols: list[str]) -> list[str]:
         raise ValueError(f"{name}: {exc}") from None
 
 
-# A Unix socket's path is at most 107 bytes (sockaddr_un.sun_path); the longest naive binds in the
-# runtime directory is a leader's "/leader-<20-character symbol>-pub.sock".
+# A Unix socket's path is at most 107 bytes (sockaddr_un.sun_path): validate.py checks naived's.
 SOCKET_PATH_MAX = 107
-LONGEST_SOCKET_NAME = len("/leader-") + 20 + len("-pub.sock")
+
+
+def ipc_path(endpoint: str) -> str | None:
+    """The socket file of an ipc:// endpoint; None for any other transport."""
+    return endpoint.removeprefix("ipc://") if endpoint.startswith("ipc://") else None
 
 
 class Paths(msgspec.Struct, forbid_unknown_fields=True):
     runtime_dir: str = ""  # "" = $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/naive, else a temp dir
     state_dir: str = ""  # "" = $STATE_DIRECTORY, else ~/.local/state/naive
-
-    def __post_init__(self) -> None:
-        # Checked here, not when a leader binds its socket: there it fails every symbol, one by one.
-        where = runtime_dir(self)
-        if len(os.fsencode(where)) + LONGEST_SOCKET_NAME > SOCKET_PATH_MAX:
-            raise ValueError(f"runtime_dir: {where} is too long for the sockets naived makes in it (at most "
-                             f"{SOCKET_PATH_MAX - LONGEST_SOCKET_NAME} bytes; a Unix socket path is at most "
-                             f"{SOCKET_PATH_MAX}): set a shorter one" + ("" if self.runtime_dir else " or a shorter TMPDIR"))
 
 
 class Log(msgspec.Struct, forbid_unknown_fields=True):
@@ -682,10 +677,7 @@ def load_config(explicit: str | None = None) -> Config:
     _explicit = explicit
     path = find_config(explicit)
     if path is None:
-        try:
-            return Config()
-        except ValueError as exc:  # a default that the environment makes invalid (a long TMPDIR)
-            raise ConfigError(f"the embedded defaults: paths.{exc}") from None
+        return Config()
     try:
         raw = path.read_bytes()
     except OSError as exc:

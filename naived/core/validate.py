@@ -2,7 +2,8 @@
 (and autostart) and SIGHUP reloads, so that none of them accepts what another refuses.
 
 Parsing (`config.parse_config`) refuses what a file can get wrong on its own. This module adds
-what needs more than the file: the API keys of a real exchange, the log file's directory, and
+what needs more than the file: the API keys of a real exchange, the log file's directory, the
+runtime directory's length (for its sockets), and
 for each symbol to trade,
 that the symbol table lists it, that its budget is in a named asset (its quote asset, see
 `config.Trading`) and that a trader's share of it reaches the symbol's minimum notional.
@@ -11,7 +12,10 @@ Every problem is one line for the user; nothing here creates a file or talks to 
 
 from __future__ import annotations
 
-from naived.core.config import Config, ConfigError, NoBudget
+import os
+from pathlib import Path
+
+from naived.core.config import SOCKET_PATH_MAX, Config, ConfigError, NoBudget, ipc_path
 from naived.core.credentials import check_keys
 from naived.core.symbols import SymbolFilters, lookup, table_path
 from naived.ops.log import file_problem
@@ -20,6 +24,9 @@ from naived.ops.log import file_problem
 def symbol_problem(config: Config, symbol: str, filters: SymbolFilters | None = None) -> str | None:
     """Why `symbol` cannot trade under `config`, in one line; None when it can. `filters`: the
     exchange's own when the caller has them (the root's exchange-info), else the symbol table's."""
+    for endpoint in (config.leader_endpoint(symbol), config.leader_pub_endpoint(symbol)):
+        if problem := socket_problem(config, endpoint):
+            return f"{symbol}: {problem}"
     filters = filters or lookup(symbol)
     if filters is None:
         return f"unknown symbol {symbol}: the symbol table does not list it ({table_path()})"
@@ -48,7 +55,24 @@ def config_problem(config: Config) -> str | None:
         return str(exc)
     if config.naived.log.file and (problem := file_problem(config.naived.log.file)):
         return f"naived.log.file: {problem}"
+    for endpoint in (config.control_endpoint, config.reports_endpoint, config.workers_endpoint,
+                     config.account_stream_endpoint):
+        if problem := socket_problem(config, endpoint):
+            return problem
     return None
+
+
+def socket_problem(config: Config, endpoint: str) -> str | None:
+    """An ipc endpoint whose path the kernel cannot bind (longer than sockaddr_un allows): found
+    here, at start or start-trading, not when a process binds it and fails, restarted, again."""
+    path = ipc_path(endpoint)
+    if path is None or len(os.fsencode(path)) <= SOCKET_PATH_MAX:
+        return None
+    fix = "a shorter paths.runtime_dir" + ("" if config.paths.runtime_dir else " (or TMPDIR)")
+    if Path(path).parent != config.runtime_dir:
+        fix = "a shorter endpoint"
+    return f"the socket {path} would be {len(os.fsencode(path))} bytes, more than a Unix socket path may have " \
+           f"({SOCKET_PATH_MAX}): set {fix}"
 
 
 def named_symbols(config: Config) -> list[str]:

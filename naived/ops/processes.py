@@ -1,5 +1,5 @@
 """Stopping the daemons a tool started: the one way the demo, `backtest --through-tree`, the
-tests and the benchmarks end what they spawned.
+tests and the benchmarks end what they spawned; and why one of them exited, from its log.
 
 Each process must lead its own process group (`start_new_session=True`): a daemon that does not
 stop in time is SIGKILLed with everything it forked, so none is left behind.
@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -32,3 +33,14 @@ def stop(procs: Sequence[subprocess.Popen[Any]], timeout: float) -> None:
             except ProcessLookupError:  # not a group leader after all: the process alone
                 proc.kill()
             proc.wait()
+
+
+def exit_reason(name: str, proc: subprocess.Popen[Any], log: Path) -> str:
+    """One line for the user on a daemon `name` that exited early: its status and the last line
+    of its log that says why (an ERROR line, or the `name: message` a command-line error prints)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    errors = [line for line in lines if " ERROR " in line or line.startswith(f"{name}:")]
+    return f"{name} exited ({proc.returncode}): {errors[-1] if errors else f'see {log}'}"

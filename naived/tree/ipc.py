@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 import zmq
 
+from naived.core.config import ipc_path
 from naived.core.messages import Ack, encode
 
 REPORT_TIMEOUT_MS = 5000  # a worker whose report is not taken by then exits 1 (its supervisor decides)
@@ -47,8 +48,6 @@ def _remove_file(endpoint: str) -> None:
             pass
 
 
-def ipc_path(endpoint: str) -> str | None:
-    return endpoint.removeprefix("ipc://") if endpoint.startswith("ipc://") else None
 
 
 def request(
