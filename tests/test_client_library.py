@@ -1,30 +1,58 @@
-"""Binance's own Python connector (binance-connector, `binance.spot.Spot`) against a real paper exchange process.
+"""Three independent Python clients of Binance against a real paper exchange process.
 
-An independent client: its request signing, its parameter encoding (everything in the query
-string, also for POST, PUT and DELETE, under a JSON Content-Type with no body), its JSON-array
-`symbols` and its error handling (`ClientError` from Binance's `code`/`msg`) are not naived's.
-What it can do against api.binance.com it must be able to do against the paper exchange.
-Trades come from the test's XPUB (`Market`), as in test_paper_exchange.py.
+Binance's own connector (binance-connector, `binance.spot.Spot`), python-binance
+(`binance.client.Client`) and ccxt (`ccxt.binance`): their request signing, their parameter
+encoding (the connector puts everything in the query string, also for POST, PUT and DELETE, under
+a JSON Content-Type with no body; python-binance and ccxt send a form body for POST, and
+python-binance for DELETE too), the fields they read and their error handling are not naived's.
+What they can do against api.binance.com they must be able to do against the paper exchange,
+cancelReplace included (ccxt's `edit_order` on a spot market is a cancelReplace). Each client's
+`requests` session can reach the paper exchange only (`loopback_only`). Trades come from the
+test's XPUB (`Market`), as in test_paper_exchange.py.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+import ccxt
 import pytest
+import requests
+from binance.client import Client
 from binance.error import ClientError
+from binance.exceptions import BinanceAPIException
 from binance.spot import Spot
+from requests.adapters import BaseAdapter, HTTPAdapter
 from test_paper_exchange import KEY, SECRET, Exchange, Market, ex, market, start  # noqa: F401 - fixtures
 
 SYMBOL = "XRPUSDT"
 
 
+class Refuse(BaseAdapter):
+    """Mounted for every address but the paper exchange's: a client that tries to leave the
+    machine (Binance's real hosts, a futures or margin endpoint) fails the test."""
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        raise AssertionError(f"a request to {request.url}: only the paper exchange may be asked")
+
+    def close(self) -> None:
+        pass
+
+
+def loopback_only(session: requests.Session, ex: Exchange) -> None:
+    session.trust_env = False  # loopback: no proxy from the environment
+    session.mount("http://", Refuse())
+    session.mount("https://", Refuse())
+    session.mount(f"{ex.url}/", HTTPAdapter())  # the longest matching prefix wins
+
+
 def spot(ex: Exchange, key: str = KEY, secret: str = SECRET, **options: Any) -> Spot:
     client = Spot(api_key=key, api_secret=secret, base_url=ex.url, timeout=5, **options)
-    client.session.trust_env = False  # loopback: no proxy from the environment
+    loopback_only(client.session, ex)
     return client
 
 
@@ -215,3 +243,168 @@ def test_cancel_and_replace(ex: Exchange) -> None:
     assert counted["data"]["newOrderResult"] == "SUCCESS"
     assert int(counted["limit_usage"]["x-mbx-order-count-1d"]) == 5  # and the not-attempted one above
     assert 1 <= int(counted["limit_usage"]["x-mbx-order-count-10s"]) <= 5
+
+
+# --- python-binance (`binance.client.Client`) ------------------------------------------------------
+
+
+def python_binance(ex: Exchange) -> Client:
+    """python-binance at the paper exchange. Its URLs are `API_URL` + "/v3/" + path (`tld` and
+    `base_endpoint` only fill in Binance's host name), so `API_URL` is set on the instance;
+    `ping=False`, or the constructor would ask Binance's host before that."""
+    client = Client(KEY, SECRET, ping=False, requests_params={"timeout": 5})
+    client.API_URL = f"{ex.url}/api"
+    loopback_only(client.session, ex)
+    return client
+
+
+def raised(call: Callable[[], Any]) -> tuple[int, int, str, Any]:
+    """(HTTP status, Binance code, message, the body's `data`) of python-binance's BinanceAPIException."""
+    with pytest.raises(BinanceAPIException) as info:
+        call()
+    return info.value.status_code, info.value.code, info.value.message, info.value.response.json().get("data")
+
+
+def statuses(ex: Exchange) -> dict[str, str]:
+    """Every order the paper exchange keeps, by clientOrderId: its status."""
+    return {cid: o["status"] for cid, o in ex.orders().items()}
+
+
+def terms(ex: Exchange, client_order_id: str) -> tuple[Decimal, Decimal]:
+    """(price, quantity) of an order as the paper exchange keeps it."""
+    kept = ex.orders()[client_order_id]
+    return Decimal(kept["price"]), Decimal(kept["origQty"])
+
+
+def test_python_binance_places_queries_replaces_and_cancels(ex: Exchange) -> None:
+    """A resting order placed, queried, replaced by `cancel_replace_order` (POST
+    /api/v3/order/cancelReplace) and cancelled, parameters in a form body (POST, DELETE)."""
+    client = python_binance(ex)
+    assert client.ping() == {}
+    assert abs(client.get_server_time()["serverTime"] - time.time() * 1000) < 1000
+    xrp = client.get_symbol_info(SYMBOL)  # looked up in the whole exchangeInfo
+    assert xrp is not None and (xrp["baseAsset"], xrp["quoteAsset"], xrp["cancelReplaceAllowed"]) == ("XRP", "USDT", True)
+    old = client.order_limit_sell(symbol=SYMBOL, quantity="20", price="0.7", newClientOrderId="pb-old")
+    assert (old["status"], old["clientOrderId"], old["fills"]) == ("NEW", "pb-old", [])
+    assert client.get_order(symbol=SYMBOL, orderId=old["orderId"])["status"] == "NEW"
+
+    done = client.cancel_replace_order(symbol=SYMBOL, side="SELL", type="LIMIT", cancelReplaceMode="STOP_ON_FAILURE",
+                                       cancelOrderId=old["orderId"], timeInForce="GTC", price="0.65", quantity="15",
+                                       newClientOrderId="pb-new")
+    assert (done["cancelResult"], done["newOrderResult"]) == ("SUCCESS", "SUCCESS")
+    assert (done["cancelResponse"]["orderId"], done["cancelResponse"]["status"]) == (old["orderId"], "CANCELED")
+    new = done["newOrderResponse"]
+    assert (new["clientOrderId"], new["status"], Decimal(new["price"]), Decimal(new["origQty"])) == (
+        "pb-new", "NEW", Decimal("0.65"), Decimal("15"))
+    # as the client reads them back, and as the paper exchange keeps them
+    assert client.get_order(symbol=SYMBOL, origClientOrderId="pb-old")["status"] == "CANCELED"
+    listed = client.get_open_orders(symbol=SYMBOL)
+    assert [(o["orderId"], o["status"], Decimal(o["price"]), Decimal(o["origQty"])) for o in listed] == [
+        (new["orderId"], "NEW", Decimal("0.65"), Decimal("15"))]
+    assert statuses(ex) == {"pb-old": "CANCELED", "pb-new": "NEW"}
+    assert terms(ex, "pb-new") == (Decimal("0.65"), Decimal("15"))
+    assert {b["asset"]: (Decimal(b["free"]), Decimal(b["locked"])) for b in client.get_account()["balances"]}["XRP"] == (
+        Decimal("85"), Decimal("15"))
+
+    assert client.cancel_order(symbol=SYMBOL, orderId=new["orderId"])["status"] == "CANCELED"
+    assert client.get_open_orders(symbol=SYMBOL) == []
+    assert raised(lambda: client.cancel_order(symbol=SYMBOL, orderId=new["orderId"])) == (
+        400, -2011, "Unknown order sent.", None)
+
+
+def test_python_binance_cancel_replace_failures(ex: Exchange) -> None:
+    """A failed cancelReplace as python-binance raises it: BinanceAPIException with the HTTP status,
+    Binance's code and msg, both halves under the body's `data`."""
+    client = python_binance(ex)
+
+    def replace(mode: str, price: str, **cancel: Any) -> Any:
+        return client.cancel_replace_order(symbol=SYMBOL, side="SELL", type="LIMIT", cancelReplaceMode=mode,
+                                           timeInForce="GTC", price=price, quantity="20", **cancel)
+
+    unknown = {"code": -2011, "msg": "Unknown order sent."}
+    # an unknown order, STOP_ON_FAILURE: nothing placed
+    assert raised(lambda: replace("STOP_ON_FAILURE", "0.7", cancelOrderId=424242, newClientOrderId="pb-never")) == (
+        400, -2022, "Order cancel-replace failed.",
+        {"cancelResult": "FAILURE", "newOrderResult": "NOT_ATTEMPTED", "cancelResponse": unknown, "newOrderResponse": None})
+    assert statuses(ex) == {}
+    # ALLOW_FAILURE: placed all the same
+    status, code, msg, data = raised(lambda: replace("ALLOW_FAILURE", "0.7", cancelOrigClientOrderId="pb-none",
+                                                     newClientOrderId="pb-1"))
+    assert (status, code, msg, data["cancelResult"], data["newOrderResult"], data["cancelResponse"]) == (
+        409, -2021, "Order cancel-replace partially failed.", "FAILURE", "SUCCESS", unknown)
+    assert data["newOrderResponse"]["clientOrderId"] == "pb-1" and statuses(ex) == {"pb-1": "NEW"}
+    # the new order's filters are checked before the cancel: a plain error, pb-1 stays
+    assert raised(lambda: replace("STOP_ON_FAILURE", "0.70005", cancelOrigClientOrderId="pb-1")) == (
+        400, -1013, "Filter failure: PRICE_FILTER", None)
+    assert statuses(ex) == {"pb-1": "NEW"}
+
+
+# --- ccxt (`ccxt.binance`) -------------------------------------------------------------------------------
+
+XRP = "XRP/USDT"  # ccxt's name of XRPUSDT
+
+
+def ccxt_binance(ex: Exchange) -> ccxt.binance:
+    """ccxt's Binance at the paper exchange: the spot API's public and private URLs point at it;
+    only spot markets (no futures' exchangeInfo, no margin pairs) and no currencies (sapi), which
+    the paper exchange does not serve; no rate limiter, to keep the tests quick."""
+    exchange = ccxt.binance({
+        "apiKey": KEY, "secret": SECRET, "enableRateLimit": False, "timeout": 5000,
+        "urls": {"api": {"public": f"{ex.url}/api/v3", "private": f"{ex.url}/api/v3"}},
+        "options": {"fetchMarkets": {"types": ["spot"]}, "fetchMargins": False, "fetchCurrencies": False},
+    })
+    loopback_only(exchange.session, ex)
+    return exchange
+
+
+def answer(error: ccxt.ExchangeError) -> Any:
+    """Binance's JSON answer, which ccxt puts in its exception's message after "binance "."""
+    return json.loads(str(error).removeprefix("binance "))
+
+
+def test_ccxt_places_fetches_edits_and_cancels(ex: Exchange) -> None:
+    """ccxt's unified calls: its markets from exchangeInfo's filters, a resting order placed,
+    fetched, edited (`edit_order` on a spot market: a cancelReplace, STOP_ON_FAILURE) and cancelled."""
+    exchange = ccxt_binance(ex)
+    market = exchange.load_markets()[XRP]
+    assert (market["id"], market["spot"], market["active"]) == (SYMBOL, True, True)
+    assert (market["precision"]["price"], market["precision"]["amount"], market["limits"]["cost"]["min"]) == (0.0001, 1, 5)
+    assert exchange.fetch_balance()["XRP"] == {"free": 100, "used": 0, "total": 100}
+    old = exchange.create_order(XRP, "limit", "sell", 20, 0.7, {"newClientOrderId": "cx-old"})
+    assert (old["status"], old["clientOrderId"], old["price"], old["amount"]) == ("open", "cx-old", 0.7, 20)
+    assert exchange.fetch_order(old["id"], XRP)["status"] == "open"
+
+    new = exchange.edit_order(old["id"], XRP, "limit", "sell", 15, 0.65, {"newClientOrderId": "cx-new"})
+    assert new["id"] != old["id"]
+    assert (new["status"], new["clientOrderId"], new["price"], new["amount"]) == ("open", "cx-new", 0.65, 15)
+    assert exchange.fetch_order(old["id"], XRP)["status"] == "canceled"
+    assert [(o["id"], o["price"], o["amount"]) for o in exchange.fetch_open_orders(XRP)] == [(new["id"], 0.65, 15)]
+    assert statuses(ex) == {"cx-old": "CANCELED", "cx-new": "NEW"}
+    assert terms(ex, "cx-new") == (Decimal("0.65"), Decimal("15"))
+    assert exchange.fetch_balance()["XRP"] == {"free": 85, "used": 15, "total": 100}
+
+    assert exchange.cancel_order(new["id"], XRP)["status"] == "canceled"
+    assert exchange.fetch_open_orders(XRP) == []
+    with pytest.raises(ccxt.OrderNotFound):  # -2011
+        exchange.cancel_order(new["id"], XRP)
+
+
+def test_ccxt_edit_order_failures(ex: Exchange) -> None:
+    """A failed `edit_order` as ccxt raises it: an ExchangeError carrying Binance's answer. (ccxt's
+    table for -2021/-2022 is keyed on Binance's spot hosts: at another URL they stay ExchangeError.)"""
+    exchange = ccxt_binance(ex)
+    exchange.load_markets()
+    with pytest.raises(ccxt.ExchangeError) as unknown:
+        exchange.edit_order("424242", XRP, "limit", "sell", 20, 0.7, {"newClientOrderId": "cx-never"})
+    assert answer(unknown.value) == {"code": -2022, "msg": "Order cancel-replace failed.", "data": {
+        "cancelResult": "FAILURE", "newOrderResult": "NOT_ATTEMPTED",
+        "cancelResponse": {"code": -2011, "msg": "Unknown order sent."}, "newOrderResponse": None}}
+    assert statuses(ex) == {}
+    # the cancel succeeds and the new order is refused (more XRP than the account has): the old one is gone
+    old = exchange.create_order(XRP, "limit", "sell", 20, 0.7, {"newClientOrderId": "cx-old"})
+    with pytest.raises(ccxt.ExchangeError) as partial:
+        exchange.edit_order(old["id"], XRP, "limit", "sell", 200, 0.65, {"newClientOrderId": "cx-big"})
+    data = answer(partial.value)["data"]
+    assert (answer(partial.value)["code"], data["cancelResult"], data["newOrderResult"], data["newOrderResponse"]) == (
+        -2021, "SUCCESS", "FAILURE", {"code": -2010, "msg": "Account has insufficient balance for requested action."})
+    assert statuses(ex) == {"cx-old": "CANCELED"} and exchange.fetch_order(old["id"], XRP)["status"] == "canceled"
