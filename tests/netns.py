@@ -65,6 +65,7 @@ it in every child; start servers such as postgres in the foreground, not through
 a Cluster on a thread that outlives it: PR_SET_PDEATHSIG follows the thread that forked unshare.
 
 Every request has a deadline; waits poll the kernel's state with a deadline, never sleep blindly.
+Requests are answered one at a time: use a Cluster from one thread.
 Needs root, util-linux's `unshare` and iproute2's `ip` (.ci/run installs iproute2 when missing).
 """
 
