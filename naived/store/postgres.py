@@ -82,10 +82,9 @@ def connect(dsn: str, application_name: str = "naived") -> Conn:
     try:
         conn = psycopg.connect(make_conninfo(dsn, **params), autocommit=True)
     except psycopg.Error as exc:
-        reason = str(exc).strip().replace("\n", " ")
-        if password:
-            reason = reason.replace(password, HIDDEN)
-        raise ConnectError(f"cannot connect to PostgreSQL ({where}): {reason}") from None
+        message = f"cannot connect to PostgreSQL ({where}): {str(exc).strip()}".replace("\n", " ")
+        # libpq quotes hosts, users and databases: the password is hidden wherever it turns up
+        raise ConnectError(message.replace(password, HIDDEN) if password else message) from None
     log.info("connected to PostgreSQL (%s), backend pid %d", where, conn.info.backend_pid)
     return conn
 
