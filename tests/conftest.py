@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pg import PgServer, running_server
 
 from naived.ops.listen import free_ports
 
@@ -27,3 +30,27 @@ def short_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """A real PostgreSQL server for the whole run (tests/pg.py), started by the first test that asks
+    (about 0.6 s). One that cannot start fails every test that needs it, with its log: never a skip."""
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(running_server())
+        except RuntimeError as exc:
+            pytest.fail(f"PostgreSQL did not start: {exc}", pytrace=False)
+        yield server
+
+
+@pytest.fixture
+def pg_dsn(postgres: PgServer) -> str:
+    """The role naive's DSN onto a schema of this test's own (empty, not migrated): tests share the
+    server, never a table."""
+    import psycopg
+
+    schema = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}".encode())
+    return postgres.dsn(options=f"-c search_path={schema}")

@@ -13,17 +13,20 @@ cycle counter (`next_cycle`) and the store's random client order id prefix
 from __future__ import annotations
 
 import contextlib
-import secrets
-import string
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from naived.core.messages import TraderState
 from naived.store import sqlfile
+from naived.store.base import new_id_prefix
+
+if TYPE_CHECKING:
+    from naived.store.base import SymbolStore
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(TraderState).decode
@@ -45,9 +48,6 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 """
-
-
-ID_ALPHABET = string.ascii_lowercase + string.digits  # Binance allows [.A-Z:/a-z0-9_-] in client order ids
 
 # A symbol store is recognised by its header (naived/store/sqlfile.py); one written before naive stamped
 # its files, by its three tables.
@@ -204,7 +204,7 @@ class Store:
         `record` is given a new prefix before this store keeps it (the install's registry)."""
         prefix = self.get_meta("id_prefix")
         if prefix is None:
-            candidate = "nv" + "".join(secrets.choice(ID_ALPHABET) for _ in range(6))
+            candidate = new_id_prefix()
             if record is not None:
                 record(candidate)  # a crash after this leaves a recorded prefix no order carries: harmless
             with self._durably():
@@ -233,3 +233,8 @@ class Store:
             self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
         else:
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+if TYPE_CHECKING:
+    def _satisfies(store: Store) -> SymbolStore:  # mypy: Store is a SymbolStore
+        return store

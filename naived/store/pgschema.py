@@ -1,0 +1,116 @@
+"""The PostgreSQL store's schema, created and migrated by naive itself, versioned.
+
+`MIGRATIONS` is the ordered list of steps; step N (1-based) takes the schema from version N-1 to N.
+A step is never edited once released: a change is a new step at the end. `migrate` applies the
+missing steps in one transaction under a transaction-level advisory lock, so hosts starting
+together queue there and the later ones find the work done; a database written by a newer naive
+(a version past the last step) is refused untouched.
+
+Every table is keyed by symbol and shared by all hosts (docs/architecture.md, "PostgreSQL store").
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.rows import TupleRow
+
+Conn = psycopg.Connection[TupleRow]
+
+# pg_advisory_xact_lock's key for migrations: "naive" in ASCII, any constant every host agrees on.
+MIGRATION_LOCK = 0x6E61697665
+
+MIGRATIONS: list[str] = [
+    # 1: hosts, fenced leases, the symbol stores' tables, the id prefix registry, the trading set
+    """
+    CREATE TABLE hosts (
+        host_id    text PRIMARY KEY,
+        pid        integer NOT NULL,
+        started_at timestamptz NOT NULL,
+        last_seen  timestamptz NOT NULL
+    );
+    -- Fencing tokens: a sequence only ever grows (never cycles, never rolls back: a token handed
+    -- out by a transaction that then failed is skipped, not reused).
+    CREATE SEQUENCE lease_tokens AS bigint NO CYCLE;
+    CREATE TABLE leases (
+        symbol      text PRIMARY KEY,
+        holder      text NOT NULL,
+        token       bigint NOT NULL,
+        acquired_at timestamptz NOT NULL,
+        expires_at  timestamptz NOT NULL
+    );
+    CREATE TABLE traders (
+        symbol     text NOT NULL,
+        trader_id  integer NOT NULL,
+        state      text NOT NULL,  -- msgspec's JSON of a TraderState, the same bytes as in SQLite
+        updated_at timestamptz NOT NULL,
+        PRIMARY KEY (symbol, trader_id)
+    );
+    CREATE TABLE cycles (
+        symbol      text NOT NULL,
+        cycle       bigint NOT NULL,
+        trader_id   integer NOT NULL,
+        state       text NOT NULL,
+        finished_at timestamptz NOT NULL,
+        PRIMARY KEY (symbol, cycle)
+    );
+    CREATE TABLE meta (
+        symbol text NOT NULL,
+        key    text NOT NULL,
+        value  text NOT NULL,
+        PRIMARY KEY (symbol, key)
+    );
+    CREATE TABLE id_prefixes (
+        prefix    text PRIMARY KEY,
+        symbol    text NOT NULL,
+        minted_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE trading (
+        symbol text PRIMARY KEY,
+        mode   text NOT NULL CHECK (mode IN ('running', 'shutting-down'))
+    );
+    """,
+]
+
+LATEST = len(MIGRATIONS)
+
+
+class SchemaError(Exception):
+    """The database's schema is not one this naive can use (newer, or not migrated yet)."""
+
+
+def version(conn: Conn) -> int:
+    """The schema version of the database (0: naive never migrated it)."""
+    with conn.transaction():
+        row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+        if row is None or not row[0]:
+            return 0
+        found = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+    return int(found[0]) if found else 0
+
+
+def migrate(conn: Conn) -> tuple[int, int]:
+    """Bring the schema to `LATEST`: (the version found, the version left). Raises SchemaError for a
+    database of a newer naive, psycopg.Error for a database that fails; either way nothing changes."""
+    with conn.transaction():
+        # Held to the end of the transaction: a second host waits here, then finds the steps applied.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
+                     "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+        row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+        found = int(row[0]) if row else 0
+        if found > LATEST:
+            raise SchemaError(f"the database's schema is version {found}, newer than this naive's {LATEST}: "
+                              "upgrade naive on this host")
+        for step in range(found + 1, LATEST + 1):
+            conn.execute(MIGRATIONS[step - 1])  # several statements: no parameters, so the simple query protocol
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (step,))
+    return found, LATEST
+
+
+def check(conn: Conn) -> None:
+    """Raise SchemaError unless the database is at this naive's schema version."""
+    found = version(conn)
+    if found != LATEST:
+        direction = "newer than" if found > LATEST else "older than"
+        raise SchemaError(f"the database's schema is version {found}, {direction} this naive's {LATEST}"
+                          + ("" if found > LATEST else ": naived migrates it when it starts"))

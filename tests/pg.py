@@ -1,0 +1,184 @@
+"""A real PostgreSQL server for the tests: `initdb` in a temporary directory, `pg_ctl start` on
+127.0.0.1 (a free port) and a Unix socket in that directory, a database `naive` owned by a
+password-authenticated (SCRAM) role `naive` that is not a superuser, as naive would be given.
+
+The server runs as an unprivileged user when the tests run as root (they do here and in CI;
+PostgreSQL refuses to run as root): `nobody`, through `setpriv`, with the directory handed to it.
+Passwords never go on a command line: initdb reads the superuser's from a file (removed once read),
+the roles' are sent over the connection. A server that cannot start fails the test with the tail of
+its log, never skips: `.ci/run` installs the binaries on a fresh machine.
+
+A watchdog process holds a pipe from the test run: if the run dies without stopping the server
+(a killed pytest), the pipe's end wakes it and it kills the server's process group and removes
+the directory, so no server outlives its tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from naived.ops.listen import free_ports
+
+UNPRIVILEGED = "nobody"
+
+# Run in its own process: waits for the test run's word ("done": the server was stopped) or for
+# the pipe to close without it (the run died), then cleans up after it.
+_WATCHDOG = """
+import os, shutil, signal, sys
+word = sys.stdin.read()
+if word != "done":
+    base, bindir = sys.argv[1], sys.argv[2]
+    try:
+        pid = int(open(base + "/data/postmaster.pid").readline())
+        if os.readlink(f"/proc/{pid}/exe").startswith(bindir):  # still our server, not a reused pid
+            os.killpg(pid, signal.SIGKILL)  # pg_ctl made the postmaster a session (and group) leader
+    except (OSError, ValueError):
+        pass
+    shutil.rmtree(base, ignore_errors=True)
+"""
+
+
+def server_bin_dir() -> Path | None:
+    """Where PostgreSQL's server programs are: `initdb` on PATH, else Debian's newest
+    /usr/lib/postgresql/<version>/bin (Debian puts only the client programs on PATH)."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parent.parent.name))
+    return Path(versions[-1]).parent if versions else None
+
+
+class PgServer:
+    """One running server; `dsn()` for the role naive, `admin()` for a superuser connection."""
+
+    def __init__(self, base: Path, port: int, bindir: Path, superuser_password: str, password: str) -> None:
+        self.base = base
+        self.port = port
+        self.bindir = bindir
+        self.superuser_password = superuser_password
+        self.password = password
+        self.startup_seconds = 0.0  # initdb + start + role and database, measured
+
+    @property
+    def data(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.base / "sock"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "server.log"
+
+    def dsn(self, *, password: str | None = None, options: str | None = None) -> str:
+        """The role naive's connection string over TCP (password authentication, as a remote host has)."""
+        parts = {"host": "127.0.0.1", "port": str(self.port), "dbname": "naive", "user": "naive",
+                 "password": self.password if password is None else password, "connect_timeout": "5"}
+        if options:
+            parts["options"] = options
+        return psycopg.conninfo.make_conninfo(**parts)
+
+    def admin(self, dbname: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
+        """A superuser connection over the Unix socket, in autocommit."""
+        return psycopg.connect(host=str(self.socket_dir), port=self.port, dbname=dbname, user="postgres",
+                               password=self.superuser_password, autocommit=True)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"(no log: {exc})"
+
+
+def _as_server_user(argv: list[str]) -> list[str]:
+    if os.geteuid() != 0:
+        return argv
+    user = pwd.getpwnam(UNPRIVILEGED)
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--", *argv]
+
+
+def _run(argv: list[str], base: Path, what: str, server: PgServer | None = None) -> None:
+    done = subprocess.run(_as_server_user(argv), cwd=base, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "LC_ALL": "C", "TZ": "UTC"})
+    if done.returncode != 0:
+        tail = f"\n--- server log ---\n{server.log_tail()}" if server else ""
+        raise RuntimeError(f"{what} failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}{tail}")
+
+
+@contextlib.contextmanager
+def running_server() -> Iterator[PgServer]:
+    """Start a server in a new temporary directory; stop it and remove the directory at the end.
+    Raises RuntimeError (with the server's log tail) if it cannot start."""
+    bindir = server_bin_dir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL's server programs (initdb, pg_ctl) are not installed: "
+                           "`apt-get install postgresql` (.ci/run does it on a fresh machine)")
+    started = time.monotonic()
+    base = Path(tempfile.mkdtemp(prefix="nd-pg-"))
+    server = PgServer(base, free_ports(1)[0], bindir, secrets.token_urlsafe(18), secrets.token_urlsafe(18))
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(base), str(bindir)], stdin=subprocess.PIPE, text=True,
+                                start_new_session=True)  # not in the test run's group: a Ctrl-C must not kill it first
+    try:
+        server.socket_dir.mkdir()
+        pwfile = base / "pw"
+        pwfile.write_text(server.superuser_password + "\n")
+        pwfile.chmod(0o600)
+        if os.geteuid() == 0:
+            user = pwd.getpwnam(UNPRIVILEGED)
+            for path in (base, server.socket_dir, pwfile):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        # --no-sync: the new files need not reach the disk (a crashed machine loses a test server);
+        # the server itself runs with fsync on, as a real one does.
+        _run([str(bindir / "initdb"), "-D", str(server.data), "-U", "postgres", f"--pwfile={pwfile}",
+              "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"],
+             base, "initdb")
+        pwfile.unlink()
+        options = (f"-p {server.port} -c listen_addresses=127.0.0.1 -k {server.socket_dir} "
+                   "-c max_connections=60 -c shared_buffers=32MB")
+        _run([str(bindir / "pg_ctl"), "-D", str(server.data), "-l", str(server.log), "-o", options,
+              "-w", "-t", "30", "start"], base, "pg_ctl start", server)
+        with server.admin() as admin:
+            admin.execute(sql.SQL("CREATE ROLE naive LOGIN PASSWORD {}").format(sql.Literal(server.password)))
+            admin.execute("CREATE DATABASE naive OWNER naive")
+        server.startup_seconds = time.monotonic() - started
+        yield server
+    finally:
+        _stop(server)
+        shutil.rmtree(base, ignore_errors=True)
+        if watchdog.stdin is not None:
+            watchdog.stdin.write("done")
+            watchdog.stdin.close()
+        watchdog.wait(10)
+
+
+def _stop(server: PgServer) -> None:
+    """pg_ctl stop (immediate: nothing of a test server needs a checkpoint); the process group
+    killed if anything of it survives."""
+    try:
+        pid = int((server.data / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return  # never started
+    try:
+        _run([str(server.bindir / "pg_ctl"), "-D", str(server.data), "-m", "immediate", "-w", "-t", "10", "stop"],
+             server.base, "pg_ctl stop")
+    except (RuntimeError, subprocess.TimeoutExpired):
+        pass
+    with contextlib.suppress(OSError):
+        if os.readlink(f"/proc/{pid}/exe").startswith(str(server.bindir)):  # it survived, and the pid is still its
+            os.killpg(pid, signal.SIGKILL)  # pg_ctl made the postmaster a session (and group) leader
