@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
 import tempfile
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pg import PgServer, running_server
+from pg import PgServer, running_server, server_bin_dir
 
 from naived.ops.listen import free_ports
 
@@ -36,12 +37,22 @@ def short_tmp() -> Iterator[Path]:
 def postgres() -> Iterator[PgServer]:
     """A real PostgreSQL server for the whole run (tests/pg.py), started by the first test that asks
     (about 0.6 s). One that cannot start fails every test that needs it, with its log: never a skip."""
+    if server_bin_dir() is None:
+        missing_service("PostgreSQL's server programs (initdb, pg_ctl) are not installed: apt-get install postgresql")
     with contextlib.ExitStack() as stack:
         try:
             server = stack.enter_context(running_server())
         except RuntimeError as exc:
             pytest.fail(f"PostgreSQL did not start: {exc}", pytrace=False)
         yield server
+
+
+def missing_service(reason: str) -> None:
+    """A service a test needs cannot be had on this machine: in CI (`.ci/run` sets NAIVE_CI=1) the test
+    fails; on a developer's machine it is skipped, saying what to install."""
+    if os.environ.get("NAIVE_CI"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture

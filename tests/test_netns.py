@@ -18,14 +18,20 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import missing_service
 from harness import wait_for
 from netns import CONTROLLER, Cluster, ip_command, mntns_inode, netns_inode
 
 TESTS = Path(__file__).resolve().parent
 
-# Network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN: CI runs as root and always runs these;
-# a developer's unprivileged run skips them, saying why.
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces); CI runs it as root")
+
+
+@pytest.fixture(autouse=True)
+def privileged() -> None:
+    """Network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN: CI runs as root (and fails without);
+    a developer's unprivileged run skips, saying why."""
+    if os.geteuid() != 0:
+        missing_service("network namespaces need root (CI runs these tests as root)")
 
 
 def exchange(client: socket.socket, server: socket.socket, data: bytes = b"ping") -> None:
