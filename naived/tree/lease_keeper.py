@@ -81,9 +81,9 @@ class Keeper:
                      if holder == self.host_id and s not in self.held and s in wanted and s not in todo.release]
         for symbol in todo.acquire + sorted(forgotten):
             t0 = time.monotonic()
-            lease = self.leases.acquire(symbol, self.host_id, self.ttl)
-            if lease is not None:
-                log.info("%s: lease acquired, token %d", symbol, lease.token)
-                self.held[symbol] = (lease, t0 + self.ttl - self.margin)
+            granted = self.leases.acquire(symbol, self.host_id, self.ttl)
+            if granted is not None:
+                log.info("%s: lease acquired, token %d", symbol, granted.token)
+                self.held[symbol] = (granted, t0 + self.ttl - self.margin)
         return Round([Held(s, lease.token, deadline, wanted.get(s, "running"))
                       for s, (lease, deadline) in sorted(self.held.items())], sorted(alive))
