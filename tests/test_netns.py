@@ -228,7 +228,9 @@ def test_nothing_of_a_closed_cluster_outlives_it(short_tmp: Path) -> None:
     spawned = cluster.spawn("h1", [sys.executable, "-c", DAEMON], log=log)
     assert cluster.wait(spawned) == 0
     daemon = int(wait_for("the daemon's pid", lambda: log.read_text().strip(), timeout=10))
-    assert psutil.Process(daemon).ppid() == cluster.controller_pid  # adopted by the sandbox, not by init
+    # Adopted by the sandbox, not by init, once its parent has exited (it may print before that).
+    wait_for("the daemon adopted by the controller",
+             lambda: psutil.Process(daemon).ppid() == cluster.controller_pid, timeout=10)
     sleeper = cluster.spawn("h2", ["sleep", "600"])
     sandbox = [cluster.unshare.pid, cluster.controller_pid, daemon, sleeper]
     assert alive(sandbox) == sandbox
