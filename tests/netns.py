@@ -462,7 +462,7 @@ class Controller:
         op = request.get("op")
         if op == "spawn":
             enter = self.in_ns(request["ns"])
-            log = open(request["log"], "ab") if request.get("log") else open(os.devnull, "wb")  # noqa: SIM115
+            log = open(request["log"], "ab") if request.get("log") else open(os.devnull, "wb")  # noqa: SIM115 - closed once spawned
             with log:
                 proc = subprocess.Popen(request["argv"], env=request["env"], cwd=request.get("cwd"), stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=enter)

@@ -60,7 +60,7 @@ def test_naivectl_gives_a_naived_that_is_starting_time_to_bind_its_socket(tmp_pa
     """`naived start &` then `naivectl ...` at once: naived holds its state directory a moment
     before its control socket exists; naivectl waits for it, but not for a long-running one."""
     lock = StateDirLock(tmp_path)
-    lock.acquire()
+    held = lock.acquire()
     socket_path = tmp_path / "naived.sock"
     target = ctl.Target(f"ipc://{socket_path}", 1.0, str(tmp_path))
     try:
@@ -68,7 +68,7 @@ def test_naivectl_gives_a_naived_that_is_starting_time_to_bind_its_socket(tmp_pa
         assert ctl._starting(target, str(socket_path))
         socket_path.unlink()
         started = time.monotonic()
-        with mock.patch.object(time, "time", lambda: lock.holder().since + ctl.STARTING_GRACE + 1):  # type: ignore[union-attr]
+        with mock.patch.object(time, "time", lambda: held.since + ctl.STARTING_GRACE + 1):
             assert not ctl._starting(target, str(socket_path))
         assert time.monotonic() - started < 0.5
     finally:

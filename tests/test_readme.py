@@ -115,8 +115,9 @@ ws_port = {ws_port}
     def kill_trader(self) -> str:
         """`kill -9 <the PID of trader 0>`: the PID the user reads off the status they printed."""
         self.killed = self.buying()[0]
-        os.kill(self.killed["pid"], signal.SIGKILL)
-        wait_for("trader 0 to come back", lambda: (t := self.buying().get(0)) and t["pid"] != self.killed["pid"])  # type: ignore[index]
+        old_pid = self.killed["pid"]
+        os.kill(old_pid, signal.SIGKILL)
+        wait_for("trader 0 to come back", lambda: (t := self.buying().get(0)) is not None and t["pid"] != old_pid)
         return ""
 
     def stop(self) -> None:
