@@ -213,3 +213,25 @@ def test_a_socket_path_too_long_for_the_kernel_is_refused_at_start_and_start_tra
     assert validate.symbol_problem(fits, "XRPUSDT") == (
         f"XRPUSDT: the socket {leader} would be 111 bytes, more than a Unix socket path may have (107): "
         "set a shorter paths.runtime_dir")
+
+
+def test_the_store_section_checks_its_lease_times_and_host_id() -> None:
+    assert Config().store.backend == "sqlite" and not Config().store.shared
+    with pytest.raises(ConfigError, match=r"store.lease_seconds: must be at least 2 \* renew_seconds"):
+        parse_config(b"[store]\nlease_seconds = 10.0\nrenew_seconds = 4.0\n")
+    with pytest.raises(ConfigError, match="store.host_id"):
+        parse_config(b'[store]\nhost_id = "a b"\n')
+    with pytest.raises(ConfigError, match="choose one of: sqlite, postgresql"):
+        parse_config(b'[store]\nbackend = "mysql"\n')
+
+
+def test_the_postgresql_store_needs_a_dsn_that_parses_and_never_shows_it(monkeypatch) -> None:
+    monkeypatch.delenv("NAIVE_STORE_DSN", raising=False)
+    config = parse_config(b'[store]\nbackend = "postgresql"\n')
+    assert "store.dsn" in (validate.config_problem(config) or "")
+    monkeypatch.setenv("NAIVE_STORE_DSN", "host=db password=s3cret dbname=naive")
+    assert validate.config_problem(config) is None
+    assert config.store.resolved_dsn().startswith("host=db")
+    bad = parse_config(b'[store]\nbackend = "postgresql"\ndsn = "host=db password=\'s3cret"\n')
+    problem = validate.config_problem(bad) or ""
+    assert "does not parse" in problem and "s3cret" not in problem

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import socket
 import tempfile
 import types
 import typing
@@ -26,6 +27,7 @@ from naived.core.symbols import lookup as lookup_symbol
 from naived.ops.log import set_level as set_log_level
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
+HOST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
 LATE_ACCEPT_WINDOW = 10.0  # seconds: Binance's backend may still execute an order with an unknown status
 
 
@@ -342,6 +344,43 @@ class Exchange(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError(f"key_file: no such file: {self.key_file}")
 
 
+class StoreSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """Where the trading state lives. SQLite (the default): one file per symbol in the state
+    directory, one host. PostgreSQL: one database shared by several naived hosts, each symbol held
+    by one host at a time through a fenced lease (naived/store/postgres.py, naived/tree/lease_keeper.py)."""
+
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
+    # libpq's key=value or postgresql:// form; "" = $NAIVE_STORE_DSN. Keep a password out of the
+    # file: $NAIVE_STORE_DSN, a ~/.pgpass file or $PGPASSWORD (libpq reads both); it is never logged.
+    dsn: str = ""
+    host_id: str = ""  # this host's name in the cluster; "" = the hostname
+    # A lease lives lease_seconds by the database's clock; renewed every renew_seconds; a host that
+    # could not renew stops the symbol stop_margin_seconds before the lease can expire anywhere.
+    lease_seconds: float = 15.0
+    renew_seconds: float = 5.0
+    stop_margin_seconds: float = 3.0
+
+    def __post_init__(self) -> None:
+        for name in ("lease_seconds", "renew_seconds", "stop_margin_seconds"):
+            _positive(name, getattr(self, name))
+        # Two renewals may fail in a row (a slow database) and the holder still stops in time.
+        if 2 * self.renew_seconds + self.stop_margin_seconds > self.lease_seconds:
+            raise ValueError(f"lease_seconds: must be at least 2 * renew_seconds + stop_margin_seconds "
+                             f"({2 * self.renew_seconds + self.stop_margin_seconds:g}), got {self.lease_seconds:g}")
+        if self.host_id and not HOST_ID_RE.match(self.host_id):
+            raise ValueError(f"host_id: 1-63 letters, digits, '.', '_' or '-', got {self.host_id!r}")
+
+    @property
+    def shared(self) -> bool:
+        return self.backend == "postgresql"
+
+    def resolved_dsn(self) -> str:
+        return self.dsn or os.environ.get("NAIVE_STORE_DSN", "")
+
+    def resolved_host_id(self) -> str:
+        return self.host_id or socket.gethostname()
+
+
 class AccountStreamSettings(msgspec.Struct, forbid_unknown_fields=True):
     """The account-stream process (the user data stream -> ZeroMQ) and how traders rely on it."""
 
@@ -504,6 +543,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     exchange: Exchange = msgspec.field(default_factory=Exchange)
     trading: Trading = msgspec.field(default_factory=Trading)
     account_stream: AccountStreamSettings = msgspec.field(default_factory=AccountStreamSettings)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
 
     def __post_init__(self) -> None:
         if self.naived.exchange in REAL_EXCHANGES and not self.trading.allow_losing_settings:

@@ -10,6 +10,7 @@ events, one msgpack frame for request/reply sockets.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 
 import msgspec
@@ -483,8 +484,47 @@ class OrphansFound(msgspec.Struct, tag=True):
     orders: list[OrphanOrder]
 
 
+class Holding(msgspec.Struct, frozen=True):
+    """A symbol's lease in the cluster (PostgreSQL store) as status shows it; ages by the database's clock."""
+
+    symbol: str
+    holder: str  # host id
+    token: int
+    age_seconds: float  # since this holder acquired it (renewals keep the age)
+    expires_in_seconds: float  # negative once expired: free for another host
+
+
+class Host(msgspec.Struct, frozen=True):
+    """A naived host of the cluster, as the hosts table has it."""
+
+    host_id: str
+    pid: int
+    started_at: dt.datetime
+    seen_seconds_ago: float  # by the database's clock
+
+
+class HeldLease(msgspec.Struct, frozen=True):
+    """A lease this host holds: the symbol may trade here, under `token`, until `deadline`."""
+
+    symbol: str
+    token: int
+    deadline: float  # CLOCK_MONOTONIC (one clock for every process of the host): stop trading by then
+    mode: str  # the shared trading set's: running | shutting-down
+
+
+class LeasesHeld(msgspec.Struct, tag=True):
+    """From the lease keeper, every round: what this host holds, and the cluster as the database
+    showed it. `error`: the round failed (the database); `held` is then what was held before, each
+    lease still good until its deadline."""
+
+    held: list[HeldLease]
+    hosts: list[Host] = []
+    leases: list[Holding] = []
+    error: str | None = None
+
+
 RootReport = LeaderStatus | StreamAlive  # pushed by the leaders and the account stream
-WorkerReport = WorkerReply | ExchangeFilters | OrphansFound  # the root's workers' answers
+WorkerReport = WorkerReply | ExchangeFilters | OrphansFound | LeasesHeld  # the root's workers' answers
 
 
 class Stopping(msgspec.Struct, tag=True):

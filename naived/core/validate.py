@@ -59,6 +59,25 @@ def config_problem(config: Config) -> str | None:
                      config.account_stream_endpoint):
         if problem := socket_problem(config, endpoint):
             return problem
+    return store_problem(config)
+
+
+def store_problem(config: Config) -> str | None:
+    """The PostgreSQL store needs a DSN and its client library; both are known before anything starts
+    (whether the database answers is the lease keeper's to find out, and to retry)."""
+    if not config.store.shared:
+        return None
+    if not config.store.resolved_dsn():
+        return 'store.dsn: backend = "postgresql" needs a DSN: set store.dsn or $NAIVE_STORE_DSN'
+    try:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return "store.backend: postgresql needs psycopg 3: pip install 'naive[postgresql]'"
+    try:
+        conninfo_to_dict(config.store.resolved_dsn())
+    except psycopg.Error:  # libpq's message quotes the DSN around the mistake: maybe the password
+        return "store.dsn: the PostgreSQL DSN does not parse (not shown: it may hold a password)"
     return None
 
 

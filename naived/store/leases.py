@@ -23,6 +23,7 @@ import datetime as dt
 
 import msgspec
 
+from naived.core.messages import Holding, Host
 from naived.store.pgschema import Conn
 
 
@@ -34,23 +35,6 @@ class Lease(msgspec.Struct, frozen=True):
     token: int
     ttl: float  # seconds asked for; the caller's deadline is its t0 + ttl - margin
     expires_at: dt.datetime  # the database's clock
-
-
-class Holding(msgspec.Struct, frozen=True):
-    """A symbol's lease as status shows it; ages by the database's clock."""
-
-    symbol: str
-    holder: str
-    token: int
-    age_seconds: float  # since this holder acquired it (renewals keep the age)
-    expires_in_seconds: float  # negative once expired: free for another host
-
-
-class Host(msgspec.Struct, frozen=True):
-    host_id: str
-    pid: int
-    started_at: dt.datetime
-    seen_seconds_ago: float  # by the database's clock
 
 
 _ACQUIRE = """

@@ -30,24 +30,18 @@ import time
 
 import msgspec
 
+from naived.core.messages import HeldLease, Holding, Host
 from naived.core.placement import plan
 from naived.store.leases import Lease, Leases
 
 log = logging.getLogger(__name__)
 
 
-class Held(msgspec.Struct, frozen=True):
-    """A lease this host holds, as the keeper reports it to the root."""
-
-    symbol: str
-    token: int
-    deadline: float  # CLOCK_MONOTONIC (one clock for every process of the host): stop trading by then
-    mode: str  # the trading set's: running | shutting-down
-
-
 class Round(msgspec.Struct, frozen=True):
-    held: list[Held]
+    held: list[HeldLease]
     alive: list[str]  # hosts seen within the lease time, this one included
+    hosts: list[Host]  # every registered host, as the database showed them this round
+    leases: list[Holding]  # every symbol's lease as read this round (before this round's acquisitions)
 
 
 class Keeper:
@@ -71,8 +65,9 @@ class Keeper:
             else:
                 log.warning("%s: lease token %d lost (taken over or expired); stopping it here", symbol, lease.token)
                 del self.held[symbol]
-        alive = {h.host_id for h in self.leases.hosts() if h.seen_seconds_ago < self.ttl} | {self.host_id}
-        held_by = {h.symbol: h.holder for h in self.leases.holders() if h.expires_in_seconds > 0}
+        hosts, holdings = self.leases.hosts(), self.leases.holders()
+        alive = {h.host_id for h in hosts if h.seen_seconds_ago < self.ttl} | {self.host_id}
+        held_by = {h.symbol: h.holder for h in holdings if h.expires_in_seconds > 0}
         todo = plan(self.host_id, sorted(wanted), held_by, alive)
         for symbol in todo.release:
             if symbol in self.held:
@@ -88,5 +83,5 @@ class Keeper:
             if granted is not None:
                 log.info("%s: lease acquired, token %d", symbol, granted.token)
                 self.held[symbol] = (granted, t0 + self.ttl - self.margin)
-        return Round([Held(s, lease.token, deadline, wanted.get(s, "running"))
-                      for s, (lease, deadline) in sorted(self.held.items())], sorted(alive))
+        return Round([HeldLease(s, lease.token, deadline, wanted.get(s, "running"))
+                      for s, (lease, deadline) in sorted(self.held.items())], sorted(alive), hosts, holdings)
