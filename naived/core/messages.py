@@ -445,6 +445,7 @@ class TreeStatus(msgspec.Struct, tag=True):
     account_stream: ProcessInfo | None = None
     orphans: list[OrphanOrder] = []
     problems: list[str] = []  # the tree's own, e.g. an unreadable trading set (one line each)
+    cluster: ClusterStatus | None = None  # the PostgreSQL store's hosts and leases; None on SQLite
 
 
 class History(msgspec.Struct, tag=True):
@@ -521,6 +522,16 @@ class LeasesHeld(msgspec.Struct, tag=True):
     hosts: list[Host] = []
     leases: list[Holding] = []
     error: str | None = None
+
+
+class ClusterStatus(msgspec.Struct):
+    """The cluster as this host's lease keeper last read it (naivectl status shows it)."""
+
+    host_id: str  # this host
+    hosts: list[Host]
+    leases: list[Holding]
+    read_seconds_ago: float | None  # since the keeper's last good round; None before the first
+    error: str | None = None  # the keeper's last round failed (the database), in one line
 
 
 RootReport = LeaderStatus | StreamAlive  # pushed by the leaders and the account stream

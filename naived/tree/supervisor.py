@@ -77,6 +77,9 @@ Scope = Literal["supervisor", "child"]
 Decision = Literal["restart", "restart_uncounted", "forget", "give_up"]
 
 EXIT_GAVE_UP = 3  # a process's exit status when it gave up: its supervisor escalates, never retries
+# A leader whose store refused a write as fenced (PostgreSQL store: another host holds the symbol's lease now):
+# its symbol supervisor ends with it, unrestarted, and the root waits for the lease keeper's word.
+EXIT_LEASE_LOST = 4
 
 
 class Exit(Exception):
