@@ -20,6 +20,7 @@ import zmq
 
 from naived.core.config import SYSTEMD_RUNTIME_DIR, Config, ConfigError, Naived, Paths, find_config, ipc_path, load_config
 from naived.core.messages import (
+    ClusterStatus,
     ControlRequest,
     Error,
     History,
@@ -337,9 +338,11 @@ def history_lines(reply: History) -> list[str]:
 
 
 def _age(started_at: float | None, now: float) -> str:
-    if started_at is None:
-        return "-"
-    seconds = max(0, int(now - started_at))
+    return "-" if started_at is None else _duration(now - started_at)
+
+
+def _duration(span: float) -> str:
+    seconds = max(0, int(span))
     if seconds < 120:
         return f"{seconds}s"
     if seconds < 7200:
@@ -445,7 +448,8 @@ def render(tree: TreeStatus, now: float) -> str:
     if tree.account_stream is not None:
         branches.append([f"account-stream  {_proc(tree.account_stream, now)}"])
     for sym in tree.symbols:
-        head = f"{sym.symbol} [{sym.state}]  supervisor {_proc(sym.supervisor, now)}"
+        lease = "" if sym.lease_token is None else f"lease {sym.lease_token}, "
+        head = f"{sym.symbol} [{sym.state}]  {lease}supervisor {_proc(sym.supervisor, now)}"
         if sym.error:
             head += f"  error: {sym.error}"
         lines_sym = [head]
@@ -460,7 +464,45 @@ def render(tree: TreeStatus, now: float) -> str:
                          f"(for {_age(o.since, now)}); cancel it or settle it by hand"])
     for i, branch in enumerate(branches):
         lines += _branch(branch, i == len(branches) - 1)
+    if tree.cluster is not None:
+        lines += cluster_lines(tree.cluster)
     return "\n".join(lines)
+
+
+def cluster_lines(cluster: ClusterStatus) -> list[str]:
+    """The PostgreSQL store's hosts and leases, after the tree. The keeper's figures are as of its
+    last good read; they are aged by the time since (`read_seconds_ago`) so that a lease nobody
+    renewed since, this host's own while the database is away, shows running out."""
+    since = cluster.read_seconds_ago or 0.0
+    read = "no good read yet" if cluster.read_seconds_ago is None else f"last good read {_duration(since)} ago"
+    lines = [f"cluster  this host {cluster.host_id}, lease time {cluster.lease_seconds:g}s"]
+    if cluster.error is not None:
+        lines.append(f"  lease keeper: {cluster.error}, {read}")
+    else:
+        lines[0] += ", not read yet" if cluster.read_seconds_ago is None else f", read {_duration(since)} ago"
+    branches: list[str] = []
+    hosts = sorted(cluster.hosts, key=lambda h: h.host_id)
+    width = max((len(h.host_id) for h in hosts), default=0)
+    for h in hosts:
+        seen = h.seen_seconds_ago + since
+        # as the keepers count them: seen within the lease time (placement.plan's `alive`)
+        state = "alive" if seen < cluster.lease_seconds else "dead"
+        here = "  (this host)" if h.host_id == cluster.host_id else ""
+        branches.append(f"host {h.host_id:<{width}}  {state}, last seen {_duration(seen)} ago, pid {h.pid}{here}")
+    leases = sorted(cluster.leases, key=lambda lease: lease.symbol)
+    width = max((len(lease.symbol) for lease in leases), default=0)
+    for lease in leases:
+        left = lease.expires_in_seconds - since
+        expiry = f"expires in {_duration(left)}" if left > 0 else \
+            f"expired {_duration(-left)} ago (free for another host)"
+        holder = lease.holder + (" (this host)" if lease.holder == cluster.host_id else "")
+        branches.append(f"lease {lease.symbol:<{width}}  {holder}, token {lease.token}, "
+                        f"age {_duration(lease.age_seconds + since)}, {expiry}")
+    if cluster.read_seconds_ago is not None and not leases:
+        branches.append("(no leases)")
+    for i, line in enumerate(branches):
+        lines += _branch([line], i == len(branches) - 1)
+    return lines
 
 
 if __name__ == "__main__":

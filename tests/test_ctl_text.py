@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from pathlib import Path
 from unittest import mock
 
 import click
+import msgspec
 from click.testing import CliRunner
 
 from naived import cli, ctl
-from naived.core.messages import History, LeaderStatus, TradeEvent
+from naived.core.messages import (
+    ClusterStatus,
+    History,
+    Holding,
+    Host,
+    LeaderStatus,
+    ProcessInfo,
+    SymbolStatus,
+    TradeEvent,
+    TreeStatus,
+)
 from naived.ctl import history_lines
 from naived.store.ownership import StateDirLock
 
@@ -74,3 +86,72 @@ def test_naivectl_gives_a_naived_that_is_starting_time_to_bind_its_socket(tmp_pa
     finally:
         lock.release()
     assert not ctl._starting(target, str(socket_path))  # nobody holds it: not running, said at once
+
+
+def _tree(cluster: ClusterStatus | None, token: int | None = None) -> TreeStatus:
+    leader = _leader(_trade(3), False)
+    return TreeStatus(10167, NOW - 8, "paper", "tcp://127.0.0.1:5680",
+                      [SymbolStatus("XRPUSDT", "running", ProcessInfo(10190, NOW - 6, 0), leader, lease_token=token)],
+                      paper_exchange=ProcessInfo(10173, NOW - 7, 0), account_stream=ProcessInfo(10174, NOW - 7, 0),
+                      cluster=cluster)
+
+
+SQLITE_STATUS = """\
+naived  pid 10167, up 8s, exchange paper, market tcp://127.0.0.1:5680
+├── paper-exchange  pid 10173, up 7s, restarts 0
+├── account-stream  pid 10174, up 7s, restarts 0
+└── XRPUSDT [running]  supervisor pid 10190, up 6s, restarts 0
+    └── leader  pid 5022, up 60s, restarts 0, cycles finished 0, last trade 0.5012 3s ago (not followed while the orders rest)"""
+
+
+def test_status_on_sqlite_has_no_cluster_and_no_lease() -> None:
+    """The single-host text stays as it was (the README's tour compares its samples to it)."""
+    assert ctl.render(_tree(None), NOW) == SQLITE_STATUS
+
+
+def test_status_shows_the_cluster_after_the_tree_and_each_symbols_lease() -> None:
+    """Figures are as the keeper read them 1s ago, aged by that second: h3, last seen 14.2s before the
+    read, is now past the 15s lease time (dead); XRPUSDT's lease had 9.9s left, 8.9s now."""
+    started = dt.datetime(2023, 11, 14, tzinfo=dt.UTC)
+    cluster = ClusterStatus(
+        "h1", [Host("h3", 6161, started, 14.2), Host("h1", 4242, started, 0.2), Host("h2", 5151, started, 12.5)],
+        [Holding("XRPUSDT", "h1", 17, 130.0, 9.9), Holding("BTCUSDT", "h3", 12, 300.0, -2.5),
+         Holding("ADAUSDT", "h2", 9, 5.0, 13.0)],
+        read_seconds_ago=1.0)
+    tree_text = SQLITE_STATUS.replace("supervisor pid 10190", "lease 17, supervisor pid 10190")
+    assert ctl.render(_tree(cluster, 17), NOW) == tree_text + """
+cluster  this host h1, lease time 15s, read 1s ago
+├── host h1  alive, last seen 1s ago, pid 4242  (this host)
+├── host h2  alive, last seen 13s ago, pid 5151
+├── host h3  dead, last seen 15s ago, pid 6161
+├── lease ADAUSDT  h2, token 9, age 6s, expires in 12s
+├── lease BTCUSDT  h3, token 12, age 5m, expired 3s ago (free for another host)
+└── lease XRPUSDT  h1 (this host), token 17, age 2m, expires in 8s"""
+
+
+def test_the_cluster_says_when_the_lease_keeper_cannot_read_the_database() -> None:
+    lost = ClusterStatus("h1", [Host("h1", 4242, dt.datetime(2023, 11, 14, tzinfo=dt.UTC), 0.5)],
+                         [Holding("XRPUSDT", "h1", 17, 60.0, 14.0)], read_seconds_ago=12.0,
+                         error="connection refused")
+    assert ctl.cluster_lines(lost) == [
+        "cluster  this host h1, lease time 15s",
+        "  lease keeper: connection refused, last good read 12s ago",
+        "├── host h1  alive, last seen 12s ago, pid 4242  (this host)",
+        "└── lease XRPUSDT  h1 (this host), token 17, age 72s, expires in 2s"]
+    assert ctl.cluster_lines(ClusterStatus("h1", [], [], None, "connection refused", lease_seconds=30)) == [
+        "cluster  this host h1, lease time 30s",
+        "  lease keeper: connection refused, no good read yet"]
+    assert ctl.cluster_lines(ClusterStatus("h1", [], [], None)) == ["cluster  this host h1, lease time 15s, not read yet"]
+    assert ctl.cluster_lines(ClusterStatus("h1", lost.hosts, [], 0.0))[1:] == [
+        "├── host h1  alive, last seen 0s ago, pid 4242  (this host)", "└── (no leases)"]
+
+
+def test_status_json_carries_the_cluster() -> None:
+    cluster = ClusterStatus("h1", [Host("h1", 4242, dt.datetime(2023, 11, 14, tzinfo=dt.UTC), 0.5)],
+                            [Holding("XRPUSDT", "h1", 17, 60.0, 14.0)], read_seconds_ago=1.0)
+    tree = _tree(cluster, 17)
+    with mock.patch.object(ctl, "call", lambda target, message: tree):
+        out = CliRunner().invoke(ctl.main, ["--endpoint", "ipc:///nowhere", "status", "--json"]).output
+    assert msgspec.json.decode(out, type=TreeStatus) == tree
+    assert msgspec.json.decode(out)["cluster"]["leases"][0] == {
+        "symbol": "XRPUSDT", "holder": "h1", "token": 17, "age_seconds": 60.0, "expires_in_seconds": 14.0}

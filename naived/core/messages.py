@@ -420,6 +420,7 @@ class SymbolStatus(msgspec.Struct):
     supervisor: ProcessInfo
     leader: LeaderStatus | None = None
     error: str | None = None
+    lease_token: int | None = None  # the fencing token it trades under (PostgreSQL store); None on SQLite
 
 
 class OrphanOrder(msgspec.Struct, frozen=True):
@@ -532,6 +533,7 @@ class ClusterStatus(msgspec.Struct):
     leases: list[Holding]
     read_seconds_ago: float | None  # since the keeper's last good round; None before the first
     error: str | None = None  # the keeper's last round failed (the database), in one line
+    lease_seconds: float = 15.0  # [store] lease_seconds: a host seen within it is alive
 
 
 RootReport = LeaderStatus | StreamAlive  # pushed by the leaders and the account stream
