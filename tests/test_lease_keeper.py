@@ -1,21 +1,37 @@
-"""The lease keeper's rounds (naived/tree/lease_keeper.py) against a real PostgreSQL: three hosts
-share the trading set by placement, each symbol held by one; a host that stops renewing loses its
-symbols to the others once the leases expire by the database's clock, never before."""
+"""The lease keeper (naived/tree/lease_keeper.py) against a real PostgreSQL.
+
+Its rounds: three hosts share the trading set by placement, each symbol held by one; a host that
+stops renewing loses its symbols to the others once the leases expire by the database's clock,
+never before. Its process (`run`, forked as the root forks its children, reporting to a REP socket
+that stands in for the root's workers endpoint): what it reports, the poke, a database that goes
+away or never answers, a root that does not take a report, SIGTERM."""
 
 from __future__ import annotations
 
+import os
+import secrets
+import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+import zmq
 from harness import wait_for
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from naived.core.config import Config, Paths, StoreSettings
+from naived.core.messages import Ack, LeasesHeld, encode, worker_report_decoder
 from naived.core.placement import place
 from naived.store import pgschema
 from naived.store.leases import Leases
 from naived.store.pgschema import Conn
-from naived.store.postgres import connect
+from naived.store.postgres import PgTradingSet, connect
+from naived.tree import lease_keeper
+from naived.tree.ipc import bind, close_bound
 from naived.tree.lease_keeper import Keeper
+from naived.tree.process import fork_child, read_words
 
 WANTED = {f"S{i:02d}USDT": "running" for i in range(24)}
 TTL, MARGIN = 2.0, 0.5
@@ -108,3 +124,169 @@ def test_a_restarted_keeper_takes_its_own_leases_again_with_new_tokens(connectio
     again = Keeper(Leases(connections()), "h1", 999, TTL, MARGIN)  # the keeper process restarted
     after = {h.symbol: h.token for h in again.round(WANTED).held}
     assert set(after) == set(WANTED) and all(after[s] > before[s] for s in WANTED)
+
+
+# --- the process ----------------------------------------------------------------------------------
+
+
+class KeeperChild:
+    """A forked `lease_keeper.run`, and the REP socket it reports to (answered as the root does)."""
+
+    def __init__(self, config: Config, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.config = config
+        self.host = config.store.resolved_host_id()
+        self.ctx = ctx
+        self.rep = bind(ctx, zmq.REP, config.workers_endpoint)
+        self.pid, self.words_fd = fork_child(f"lease-keeper {self.host}", lambda: lease_keeper.run(config),
+                                             new_process_group=True, supervises=True, keep_fds=())
+        self.status: int | None = None
+        self.words: str | None = None
+
+    def last_words(self) -> str:
+        """What it said before it exited (its supervisor's read); once it has exited."""
+        if self.words is None:
+            self.words = read_words(self.words_fd)
+        return self.words
+
+    def next_report(self, timeout: float, ack: bool = True) -> LeasesHeld:
+        if not self.rep.poll(int(timeout * 1000)):
+            raise AssertionError(f"no report from the keeper within {timeout}s")
+        report = worker_report_decoder.decode(self.rep.recv())
+        assert isinstance(report, LeasesHeld)
+        if ack:
+            self.rep.send(encode(Ack()))  # what the root's on_worker_reports answers
+        return report
+
+    def rebind(self) -> None:
+        """The root restarting: its socket gone (with a report not answered), then a new one."""
+        close_bound(self.rep, self.config.workers_endpoint)
+        self.rep = bind(self.ctx, zmq.REP, self.config.workers_endpoint)
+
+    def exited(self) -> int | None:
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid == self.pid:
+                self.status = os.waitstatus_to_exitcode(status)
+        return self.status
+
+    def stop(self) -> None:
+        if self.exited() is None:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.status = -signal.SIGKILL
+        self.last_words()
+        self.rep.close()
+
+
+@pytest.fixture
+def trading(pg_dsn: str) -> Iterator[PgTradingSet]:
+    conn = connect(pg_dsn)
+    pgschema.migrate(conn)
+    yield PgTradingSet(conn)
+    conn.close()
+
+
+@pytest.fixture
+def keeper_process(pg_dsn: str, short_tmp: Path) -> Iterator[Callable[..., KeeperChild]]:
+    ctx = zmq.Context()
+    children: list[KeeperChild] = []
+
+    def start(renew: float, lease: float, margin: float, dsn: str = pg_dsn) -> KeeperChild:
+        store = StoreSettings(backend="postgresql", dsn=dsn, host_id=f"h-{secrets.token_hex(4)}", lease_seconds=lease,
+                              renew_seconds=renew, stop_margin_seconds=margin)
+        config = Config(paths=Paths(runtime_dir=str(short_tmp), state_dir=str(short_tmp / "state")), store=store)
+        children.append(KeeperChild(config, ctx))
+        return children[-1]
+
+    yield start
+    for child in children:
+        child.stop()
+    ctx.term()
+
+
+LONG = {"renew": 30.0, "lease": 70.0, "margin": 3.0}  # no round on its own schedule within a test
+
+
+def test_the_keeper_process_reports_its_leases_and_a_poke_runs_a_round_at_once(
+        trading: PgTradingSet, keeper_process: Callable[..., KeeperChild]) -> None:
+    trading.set("BTCUSDT", "running")
+    keeper = keeper_process(**LONG)
+    first = keeper.next_report(timeout=10)
+    now = time.monotonic()
+    assert first.error is None
+    (btc,) = first.held
+    assert btc.symbol == "BTCUSDT" and btc.token > 0 and btc.mode == "running"
+    assert now < btc.deadline <= now + LONG["lease"] - LONG["margin"]
+    assert [(h.host_id, h.pid) for h in first.hosts] == [(keeper.host, os.getpid())]  # the root's pid: its parent's
+    assert [(h.symbol, h.holder, h.token) for h in first.leases] == []  # read before this round's acquisitions
+
+    trading.set("ETHUSDT", "shutting-down")  # what start-trading on any host does, then the root's poke
+    poked = time.monotonic()
+    os.kill(keeper.pid, signal.SIGUSR1)
+    second = keeper.next_report(timeout=2)  # on its own, the next round would come 30 s after the first
+    assert time.monotonic() - poked < 2
+    assert [(h.symbol, h.mode) for h in second.held] == [("BTCUSDT", "running"), ("ETHUSDT", "shutting-down")]
+    assert second.held[0].token == btc.token and second.held[0].deadline > btc.deadline  # renewed, not re-taken
+    assert [(h.symbol, h.holder, h.token) for h in second.leases] == [("BTCUSDT", keeper.host, btc.token)]
+    assert not keeper.rep.poll(500)  # one poke, one round (the poke was consumed)
+
+
+def test_sigterm_ends_the_keeper_process_at_once_with_0_and_leaves_its_leases_to_expire(
+        trading: PgTradingSet, keeper_process: Callable[..., KeeperChild]) -> None:
+    trading.set("BTCUSDT", "running")
+    keeper = keeper_process(**LONG)
+    (btc,) = keeper.next_report(timeout=10).held
+    os.kill(keeper.pid, signal.SIGTERM)
+    wait_for("the keeper's exit", lambda: keeper.exited() is not None, timeout=2)
+    assert (keeper.exited(), keeper.last_words()) == (0, "")
+    row = trading.conn.execute("SELECT holder, token, expires_at > now() FROM leases WHERE symbol = 'BTCUSDT'").fetchone()
+    assert row == (keeper.host, btc.token, True)  # not released: the root stops the symbol, the lease expires
+
+
+def test_a_lost_database_is_reported_with_the_old_deadlines_then_the_keeper_reconnects(
+        pg_dsn: str, trading: PgTradingSet, keeper_process: Callable[..., KeeperChild]) -> None:
+    trading.set("BTCUSDT", "running")
+    trading.set("ETHUSDT", "running")
+    keeper = keeper_process(**LONG)
+    first = keeper.next_report(timeout=10)
+    assert [h.symbol for h in first.held] == ["BTCUSDT", "ETHUSDT"]
+
+    row = trading.conn.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                               "WHERE application_name = %s", (f"naived lease-keeper {keeper.host}",)).fetchone()
+    assert row == (True,)
+    os.kill(keeper.pid, signal.SIGUSR1)
+    failed = keeper.next_report(timeout=5)
+    assert failed.error is not None and "\n" not in failed.error
+    assert str(conninfo_to_dict(pg_dsn)["password"]) not in failed.error
+    assert failed.held == first.held  # the same tokens and deadlines: never extended without the database
+    assert (failed.hosts, failed.leases) == ([], [])
+
+    os.kill(keeper.pid, signal.SIGUSR1)
+    again = keeper.next_report(timeout=5)
+    assert again.error is None
+    assert [(h.symbol, h.token) for h in again.held] == [(h.symbol, h.token) for h in first.held]
+    assert all(new.deadline > old.deadline for new, old in zip(again.held, first.held, strict=True))
+
+
+def test_a_database_that_never_answers_fails_the_round_within_its_time_and_hides_the_password(
+        keeper_process: Callable[..., KeeperChild]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (the kernel does), never answers
+        dsn = make_conninfo(host="127.0.0.1", port=str(silent.getsockname()[1]), dbname="naive", user="naive",
+                            password="hunter2-not-shown")
+        started = time.monotonic()
+        keeper = keeper_process(renew=2.0, lease=6.0, margin=1.0, dsn=dsn)
+        failed = keeper.next_report(timeout=6)
+        assert time.monotonic() - started < 6
+    assert failed.held == [] and failed.error is not None
+    assert "cannot connect" in failed.error and "hunter2" not in failed.error
+
+
+def test_a_report_the_root_does_not_take_is_dropped_and_the_keeper_goes_on(
+        trading: PgTradingSet, keeper_process: Callable[..., KeeperChild]) -> None:
+    trading.set("BTCUSDT", "running")
+    keeper = keeper_process(renew=2.0, lease=6.0, margin=1.0)
+    (btc,) = keeper.next_report(timeout=10, ack=False).held
+    keeper.rebind()  # the root restarted without answering
+    later = keeper.next_report(timeout=8)  # the report timeout (renew: 2 s), then the next round
+    assert later.error is None and keeper.exited() is None
+    assert [(h.symbol, h.token) for h in later.held] == [("BTCUSDT", btc.token)]
