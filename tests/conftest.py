@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pg import PgServer, running_server, server_bin_dir
@@ -65,3 +66,15 @@ def pg_dsn(postgres: PgServer) -> str:
     with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}".encode())
     return postgres.dsn(options=f"-c search_path={schema}")
+
+
+@pytest.fixture
+def pg_db(pg_dsn: str) -> Iterator[Any]:
+    """A connection (autocommit) onto this test's own schema, migrated to naive's latest version."""
+    from naived.store import pgschema
+    from naived.store.postgres import connect
+
+    conn = connect(pg_dsn)
+    pgschema.migrate(conn)
+    yield conn
+    conn.close()

@@ -36,11 +36,8 @@ RESULT = CycleResult("40", "19.8", "39", "19.3596", {"USDT": "0.0193596"}, "0.03
 
 
 @pytest.fixture
-def db(pg_dsn: str) -> Iterator[Conn]:
-    conn = connect(pg_dsn)
-    pgschema.migrate(conn)
-    yield conn
-    conn.close()
+def db(pg_db: Conn) -> Conn:
+    return pg_db
 
 
 @pytest.fixture

@@ -17,6 +17,13 @@ from naived.core.messages import TraderState
 ID_ALPHABET = string.ascii_lowercase + string.digits  # Binance allows [.A-Z:/a-z0-9_-] in client order ids
 
 
+class Fenced(Exception):
+    """A write refused because this store no longer holds the symbol's lease with its token (the
+    PostgreSQL store: another host trades the symbol now); its transaction was rolled back. The
+    message is one line: symbol, our token, the lease now. Here, not in postgres.py, so that the
+    leader can tell it apart without importing psycopg (a SQLite store never raises it)."""
+
+
 def new_id_prefix() -> str:
     """A fresh client order id prefix: `nv` and 6 random characters (36^6 ≈ 2·10^9)."""
     return "nv" + "".join(secrets.choice(ID_ALPHABET) for _ in range(6))

@@ -32,7 +32,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from naived.core.config import check_symbol
 from naived.core.messages import TraderState
 from naived.store import pgschema
-from naived.store.base import new_id_prefix
+from naived.store.base import Fenced, new_id_prefix
 from naived.store.leases import Lease
 from naived.store.pgschema import Conn
 
@@ -53,11 +53,6 @@ class DsnError(ValueError):
 
 class ConnectError(psycopg.OperationalError):
     """The database cannot be reached or refused us; the message names it by its redacted DSN."""
-
-
-class Fenced(Exception):
-    """A write refused because this store no longer holds the symbol's lease with its token; its
-    transaction was rolled back. The message is one line: symbol, our token, the lease now."""
 
 
 def redact(dsn: str) -> str:

@@ -17,9 +17,14 @@ counts in its store under the symbol's `start_id`, so a restarted leader goes on
 traders it starts again are starts, not restarts); its own count is its symbol supervisor's,
 handed to it at fork, and shown in its status.
 
-A store that fails ends the leader with the reason as its last words: exit 1
-(restarted) for an error that may pass (locked, full, read-only), exit 3 (the
-symbol is marked failed) for a corrupt file, which is never overwritten.
+The store is the backend `[store]` names (naived/store/backend.py): a SQLite file per symbol,
+or the PostgreSQL database every host shares, where each write is fenced by the symbol's lease
+token, which the leader is handed at fork. A store that fails ends the leader with the reason as
+its last words: exit 1 (restarted) for an error that may pass (locked, full, read-only, a
+database that does not answer), exit 3 (the symbol is marked failed) for a corrupt file, which
+is never overwritten. A write refused as fenced (another host holds the lease now) ends it with
+EXIT_LEASE_LOST, unacked: what the trader reported was not stored, so it was not acked, and the
+trader is stopped before it can act on it.
 """
 
 from __future__ import annotations
@@ -56,11 +61,23 @@ from naived.core.messages import (
     leader_request_decoder,
 )
 from naived.core.symbols import SymbolFilters
-from naived.store.sqlite import Store, record_prefix, registry_path, store_path
+from naived.store.backend import backend
+from naived.store.base import Fenced
 from naived.tree import trader, workers
 from naived.tree.ipc import bind, bind_rep, close_bound
 from naived.tree.process import last_words
-from naived.tree.supervisor import EXIT_GAVE_UP, Child, ChildSpec, Decision, Exit, ExitStatus, Kind, Role, Supervisor
+from naived.tree.supervisor import (
+    EXIT_GAVE_UP,
+    EXIT_LEASE_LOST,
+    Child,
+    ChildSpec,
+    Decision,
+    Exit,
+    ExitStatus,
+    Kind,
+    Role,
+    Supervisor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,34 +97,34 @@ class RestartCounts(msgspec.Struct):
 COUNTERS = ("leader_starts", "orders_placed", "orders_filled", "intents_unknown", "drift")
 
 
-def store_failed(path: object, exc: sqlite3.Error) -> Exit:
-    """The exit a store failure calls for: a corrupt file will not heal by restarting."""
+def store_failed(path: object, exc: Exception) -> Exit:
+    """The exit a store failure calls for: a corrupt file will not heal by restarting; a write
+    refused as fenced means another host trades the symbol now (the symbol stops here); a
+    database that failed may come back (restarted)."""
+    if isinstance(exc, Fenced):
+        return Exit(f"{exc}: the symbol stops on this host, the refused write was not acked", EXIT_LEASE_LOST)
     if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
         return Exit(f"state store {path} is unreadable ({exc}); it was left as it is: restore it or move it "
                     "aside with its -wal and -shm files, then naivectl start-trading again", EXIT_GAVE_UP)
-    return Exit(f"state store {path} failed ({exc})", 1)
-
-
-def _record_prefix(config: Config, prefix: str, symbol: str) -> None:
-    """A failure names the registry, not the symbol's store (store_failed words the exit)."""
-    try:
-        record_prefix(config.state_dir, prefix, symbol)
-    except sqlite3.Error as exc:
-        raise type(exc)(f"{registry_path(config.state_dir)}: {exc}") from None
+    # PostgreSQL's errors may span lines (DETAIL, HINT): one line, as last words and logs want
+    return Exit(f"state store {path} failed ({exc if isinstance(exc, sqlite3.Error) else ' '.join(str(exc).split())})", 1)
 
 
 class Leader(Role):
     def __init__(self, config: Config, symbol: str, shutting_down: bool, filters: SymbolFilters | None = None,
-                 start_id: str = "", restarts: int = 0) -> None:
+                 start_id: str = "", restarts: int = 0, lease_token: int | None = None) -> None:
         self.config = config
         self.symbol = symbol
         self.shutting_down = shutting_down
         self.start_id = start_id
         self.restarts = restarts
         self.started_at = time.time()
-        self.path = store_path(config.state_dir, symbol)
+        self.backend = backend(config, f"leader {symbol}")
+        # What a failing store raises (sqlite3.Error, or psycopg's), and Fenced: store_failed words the exit.
+        self.store_errors: tuple[type[Exception], ...] = (*self.backend.errors, Fenced)
+        self.path = self.backend.name(symbol)
         try:
-            self.store = Store(self.path)
+            self.store = self.backend.open(symbol, lease_token)
             self.states: dict[int, TraderState] = self.store.traders()
             self.store.bump("leader_starts")
             self.counters = {k: self.store.counter(k) for k in COUNTERS}
@@ -117,17 +134,17 @@ class Leader(Role):
             # Made once per store, durably: client order ids start with it. A new one is recorded
             # in the install's registry first, so its orders stay recognisable as ours even if
             # this store is lost.
-            self.id_prefix = self.store.id_prefix(lambda p: _record_prefix(config, p, symbol))
+            self.id_prefix = self.store.id_prefix(self._record_prefix)
             self.books = self.store.books()
             self.trader_restarts = self.stored_restarts()
-        except sqlite3.Error as exc:
+        except self.store_errors as exc:
             raise store_failed(self.path, exc) from None
         if not new_store:  # a store from before the registry, or one whose record was lost
             try:
-                record_prefix(config.state_dir, self.id_prefix, symbol)
-            except sqlite3.Error as exc:  # only orphan detection needs it: trade on, say so
+                self.backend.record_prefix(self.id_prefix, symbol)
+            except self.backend.errors as exc:  # only orphan detection needs it: trade on, say so
                 log.warning("%s: could not record id prefix %s in %s (%s); orders of this store are not "
-                            "recognised if it is lost", symbol, self.id_prefix, registry_path(config.state_dir), exc)
+                            "recognised if it is lost", symbol, self.id_prefix, self.backend.registry, exc)
         self.ctx = zmq.Context()
         self.supervisor = Supervisor(f"leader {symbol}", config.naived.supervision)
         for trader_id, n in self.trader_restarts.items():
@@ -170,6 +187,13 @@ class Leader(Role):
         # periodic reconcile can only find missing what was open before it asked.
         self.open_since = dict.fromkeys(self.open_ours(), self.started_at)
         self.changed = True
+
+    def _record_prefix(self, prefix: str) -> None:
+        """A failure names the registry, not the symbol's store (store_failed words the exit)."""
+        try:
+            self.backend.record_prefix(prefix, self.symbol)
+        except self.backend.errors as exc:
+            raise type(exc)(f"{self.backend.registry}: {exc}") from None
 
     # --- traders ------------------------------------------------------------------
 
@@ -233,7 +257,7 @@ class Leader(Role):
             if not cycles.continues(trader_id, self.trading.chunks, self.shutting_down):
                 return "forget"
             return "restart_uncounted" if self.new_cycle(trader_id) else "forget"
-        except sqlite3.Error as exc:
+        except self.store_errors as exc:
             raise store_failed(self.path, exc) from None
 
     def stored_restarts(self) -> dict[int, int]:
@@ -253,7 +277,7 @@ class Leader(Role):
         self.trader_restarts[int(child.spec.key)] = child.restarts
         try:
             self.store.set_meta(RESTARTS, msgspec.json.encode(RestartCounts(self.start_id, self.trader_restarts)).decode())
-        except sqlite3.Error as exc:
+        except self.store_errors as exc:
             raise store_failed(self.path, exc) from None
 
     def on_give_up(self, child: Child, status: ExitStatus, reason: str) -> bool:
@@ -323,7 +347,7 @@ class Leader(Role):
             return
         try:
             reply = self.handle(request)
-        except sqlite3.Error as exc:
+        except self.store_errors as exc:
             raise store_failed(self.path, exc) from None  # no ack: what was not stored was not acked
         except Exception as exc:
             raise Exit(f"handling {type(request).__name__} failed: {exc!r}", 1) from None
@@ -486,16 +510,17 @@ class Leader(Role):
                 self.reserved = self.store.next_cycles(fresh)  # one fsync, not one per trader
             for trader_id in trader_ids:
                 self.start_trader(trader_id)
-        except sqlite3.Error as exc:
+        except self.store_errors as exc:
             raise store_failed(self.path, exc) from None
         return self.supervisor.run(self)
 
 
 def run(config: Config, symbol: str, shutting_down: bool = False, filters: SymbolFilters | None = None,
-        start_id: str = "", restarts: int = 0) -> int:
-    """Entry point in the forked child. `restarts`: this leader's, as its supervisor counts them."""
+        start_id: str = "", restarts: int = 0, lease_token: int | None = None) -> int:
+    """Entry point in the forked child. `restarts`: this leader's, as its supervisor counts them.
+    `lease_token`: the symbol's lease held by this host (PostgreSQL; None on SQLite)."""
     try:
-        return Leader(config, symbol, shutting_down, filters, start_id, restarts).run()
+        return Leader(config, symbol, shutting_down, filters, start_id, restarts, lease_token).run()
     except Exit as exc:  # at start, before the loop: the store could not be opened
         log.error("leader %s: %s", symbol, exc)
         last_words(str(exc))

@@ -11,22 +11,25 @@ up on the one worker channel (`ipc.report`: acked, so a worker that exits 0 has 
   with an install prefix that no trader owns go to the root (orphans).
 - `reconcile_symbol` (a leader's, once per (re)start): the symbol's open orders, for the drift check.
 - `read_history`: a symbol's finished cycles, read-only, for `naivectl history`.
+- `write_trading_set` (PostgreSQL only): a symbol's mode in the trading set every host shares,
+  written for the root's start-trading, stop-trading and shutdown-trading.
+
+Stores are read on the backend `[store]` names (naived/store/backend.py).
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
-
-import msgspec
 
 from naived.core.config import Config
 from naived.core.messages import (
+    Error,
     ExchangeFilters,
     ExchangeWaiting,
     FiltersFetched,
     History,
+    Ok,
     OpenOrdersFetched,
     OrphanOrder,
     OrphansFound,
@@ -35,7 +38,7 @@ from naived.core.messages import (
 )
 from naived.core.symbols import filters_from_exchange_info, trading_filters
 from naived.exchange import binance as exchange
-from naived.store.sqlite import Store, recorded_prefixes, registry_path, store_path
+from naived.store.backend import Backend, PgBackend, backend
 from naived.tree.ipc import Unanswered, report
 from naived.tree.process import last_words
 from naived.tree.supervisor import EXIT_GAVE_UP
@@ -92,12 +95,15 @@ def reconcile_all(config: Config, known: dict[str, tuple[str, set[str]]], owned:
     listed: dict[str, list[str]] = {}
     for order in orders:
         listed.setdefault(order.symbol, []).append(order.clientOrderId)
+    stores = backend(config, "reconcile")
     try:
-        report(config.workers_endpoint, OrphansFound(find_orphans(config, orders, owned, reporting)))
-    except sqlite3.Error as exc:
-        log.warning("reconcile: cannot read %s (%s): orphan orders are not looked for", registry_path(config.state_dir), exc)
+        report(config.workers_endpoint, OrphansFound(find_orphans(stores, orders, owned, reporting)))
+    except stores.errors as exc:
+        log.warning("reconcile: cannot read %s (%s): orphan orders are not looked for", stores.registry, _one_line(exc))
     except Unanswered as exc:  # the leaders are told all the same
         log.warning("reconcile: %s", exc)
+    finally:
+        stores.close()
     for symbol, (prefix, ours) in known.items():
         at_exchange = listed.get(symbol, [])
         if not ours - {cid for cid in at_exchange if cid.startswith(f"{prefix}-")}:
@@ -109,12 +115,13 @@ def reconcile_all(config: Config, known: dict[str, tuple[str, set[str]]], owned:
     return 0
 
 
-def find_orphans(config: Config, orders: list[exchange.Listed], owned: set[str], reporting: frozenset[str]) -> list[OrphanOrder]:
-    """The open orders whose prefix this install minted (the registry, naived/store/sqlite.py) that no
-    trader owns: not a running trader's (`owned`, as the root knew them), nor named by a trader
-    state kept in the store of a symbol that is not running (stopped: adopted at its next start).
-    A store that is gone, moved aside or unreadable owns nothing. Raises sqlite3.Error."""
-    prefixes = recorded_prefixes(config.state_dir)
+def find_orphans(stores: Backend, orders: list[exchange.Listed], owned: set[str], reporting: frozenset[str]) -> list[OrphanOrder]:
+    """The open orders whose prefix this install minted (the registry: naived/store/sqlite.py, or the
+    shared one) that no trader owns: not a running trader's (`owned`, as the root knew them), nor
+    named by a trader state kept in the store of a symbol that is not running here (stopped, or
+    traded by another host: adopted at its next start). A SQLite store that is gone, moved aside
+    or unreadable owns nothing. Raises one of `stores.errors`."""
+    prefixes = stores.recorded_prefixes()
     stored: dict[str, set[str]] = {}
     found = []
     for order in orders:
@@ -124,7 +131,7 @@ def find_orphans(config: Config, orders: list[exchange.Listed], owned: set[str],
             continue
         if minted_for not in reporting:
             if minted_for not in stored:
-                stored[minted_for] = _stored_ids(config, minted_for)
+                stored[minted_for] = {cid for state in stores.stored_states(minted_for) for cid in named_ids(state)}
             if cid in stored[minted_for]:
                 continue
         found.append(OrphanOrder(order.symbol, cid, order.side, order.price, order.origQty, order.executedQty, minted_for))
@@ -137,21 +144,41 @@ def named_ids(state: TraderState) -> list[str]:
     return [o.client_order_id for o in orders if o is not None] + ([state.intent.client_order_id] if state.intent else [])
 
 
-def _stored_ids(config: Config, symbol: str) -> set[str]:
-    try:
-        store = Store(store_path(config.state_dir, symbol), readonly=True)
-    except (sqlite3.Error, OSError):
-        return set()  # gone or unreadable: it owns nothing
-    try:
-        return {cid for state in store.traders().values() for cid in named_ids(state)}
-    except (sqlite3.Error, msgspec.DecodeError, msgspec.ValidationError):
-        return set()
-    finally:
-        store.close()
-
-
 def read_history(config: Config, symbol: str, request_id: int) -> int:
-    """A symbol's finished cycles, read-only, to the root (which answers the client with them)."""
-    store = Store(store_path(config.state_dir, symbol), readonly=True)
-    report(config.workers_endpoint, WorkerReply(request_id, History(symbol, store.finished_cycles())))
+    """A symbol's finished cycles, read-only, to the root (which answers the client with them). On
+    PostgreSQL the root cannot look for a file: a symbol the database has no record of is said so
+    here. A store that fails ends the worker (the root answers with its last words)."""
+    stores = backend(config, f"history {symbol}")
+    try:
+        cycles = stores.history(symbol)
+    finally:
+        stores.close()
+    answer = Error(f"{symbol} has never traded here") if cycles is None else History(symbol, cycles)
+    report(config.workers_endpoint, WorkerReply(request_id, answer))
     return 0
+
+
+def write_trading_set(config: Config, symbol: str, mode: str | None, request_id: int, answer: str) -> int:
+    """PostgreSQL: record `symbol`'s mode ("running", "shutting-down"; None: removed) in the trading
+    set every host shares, then hand the root `answer` for the client (Ok), or why it could not
+    (Error, one line, exit 1): the root's loop never waits on the database."""
+    stores = backend(config, "trading set")
+    if not isinstance(stores, PgBackend):
+        raise ValueError("the trading set is a file of the root's on SQLite (naived/store/trading_set.py)")
+    try:
+        stores.set_trading(symbol, mode)
+    except stores.errors as exc:
+        reason = f"cannot record {symbol} in the shared trading set: {_one_line(exc)}"
+        log.error("%s", reason)
+        report(config.workers_endpoint, WorkerReply(request_id, Error(reason)))
+        last_words(reason)
+        return 1
+    finally:
+        stores.close()
+    report(config.workers_endpoint, WorkerReply(request_id, Ok(answer)))
+    return 0
+
+
+def _one_line(exc: Exception) -> str:
+    """PostgreSQL's errors may span lines (DETAIL, HINT); none holds a password (connect hides it)."""
+    return " ".join(str(exc).split())
