@@ -1,7 +1,6 @@
 """The lease keeper: this host's hold on its symbols in a cluster of hosts on one PostgreSQL.
 
-(Issue 23, in progress: the keeper's rounds and its process are built and tested against a real
-server; the root does not start it yet, and no configuration selects the PostgreSQL store yet.)
+The root forks it when `[store] backend = "postgresql"` (naived/tree/root.py, `start_lease_keeper`).
 
 A child of the root, because every step is a call to the database, which may hang or fail: the
 root only supervises (the error kernel), and it learns what is held from the keeper's reports.

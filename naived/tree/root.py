@@ -46,6 +46,7 @@ from naived.core.messages import (
     ExchangeFilters,
     HistoryRequest,
     LeaderStatus,
+    LeasesHeld,
     Ok,
     OrphanOrder,
     OrphansFound,
@@ -74,10 +75,12 @@ from naived.store.sqlite import store_path
 from naived.store.trading_set import TradingSet
 from naived.tree import account_stream, symbol_supervisor, trader, workers
 from naived.tree import metrics as tree_metrics
+from naived.tree.cluster import Leased
 from naived.tree.control import ControlServer
 from naived.tree.ipc import bind, close_bound, request
-from naived.tree.process import merge_identical_pages
+from naived.tree.process import merge_identical_pages, send_signal
 from naived.tree.supervisor import (
+    EXIT_LEASE_LOST,
     Child,
     ChildSpec,
     Decision,
@@ -92,6 +95,7 @@ log = logging.getLogger(__name__)
 
 PAPER = "paper-exchange"
 ACCOUNT_STREAM = "account-stream"
+LEASE_KEEPER = "lease-keeper"  # a cluster's (PostgreSQL store): this host's leases
 EXCHANGE_INFO = "exchange-info"  # the worker that fetches every symbol's filters at once
 RECONCILE = "reconcile"  # the worker that checks every symbol's open orders at once
 FILTERS_REFRESH = 3600.0  # seconds between two fetches of every symbol's filters
@@ -113,6 +117,7 @@ class SymbolEntry:
     # start (or a new naived) begins from 0 while a restarted supervisor or leader goes on.
     start_id: str = field(default_factory=lambda: secrets.token_hex(8))
     leader_restarts: int = 0  # as the leader last said: handed to a restarted symbol supervisor
+    lease_token: int | None = None  # in a cluster: the lease this host trades the symbol under
 
 
 
@@ -168,7 +173,10 @@ class Root(Role):
         self.stream_dropped: dict[str, int] = {}
         self.stream_dropped_before: dict[str, int] = {}
         self.next_reconcile = time.monotonic() + config.naived.reconcile_seconds
-        self.trading = TradingSet(config.state_dir / "trading.json")
+        self.trading = TradingSet(config.state_dir / "trading.json")  # one host's (SQLite store)
+        # A cluster (PostgreSQL store): what trades is the shared trading set, and this host trades
+        # what its lease keeper holds; control requests write the set through a worker.
+        self.cluster = Leased(config.store.resolved_host_id(), config.store.lease_seconds) if config.store.shared else None
         self.paper_failed: str | None = None
         self.account_stream_failed: str | None = None
         self.pending: dict[int, list[bytes]] = {}  # history request id -> the client's envelope, until answered
@@ -207,15 +215,15 @@ class Root(Role):
             kind=Kind.ACCOUNT_STREAM,
         ))
 
-    def start_symbol(self, symbol: str, mode: str = "running") -> None:
-        self.symbols[symbol] = SymbolEntry(mode)
+    def start_symbol(self, symbol: str, mode: str = "running", lease_token: int | None = None) -> None:
+        self.symbols[symbol] = SymbolEntry(mode, lease_token=lease_token)
         self.supervisor.start(ChildSpec(
             key=symbol,
             title=f"supervisor {symbol}",
             # the mode as of fork time: a supervisor restarted after a shutdown-trading keeps it
             run=lambda: symbol_supervisor.run(self.config, symbol, self.symbols[symbol].state == "shutting-down",
                                               self.filters.get(symbol), self.symbols[symbol].start_id,
-                                              self.symbols[symbol].leader_restarts),
+                                              self.symbols[symbol].leader_restarts, self.symbols[symbol].lease_token),
             restart="transient",  # exit 0 = shut down on request
             new_process_group=True,
             kind=Kind.SYMBOL_SUPERVISOR,
@@ -225,6 +233,65 @@ class Root(Role):
         self.next_filters = None
         self.supervisor.start(ChildSpec(EXCHANGE_INFO, "exchange-info", lambda: workers.fetch_filters(self.config), "temporary",
                                         kind=Kind.FILTERS))
+
+    # --- the cluster (PostgreSQL store) ------------------------------------------------
+
+    def start_lease_keeper(self) -> None:
+        self.supervisor.start(ChildSpec(LEASE_KEEPER, "lease-keeper", lambda: _run_lease_keeper(self.config),
+                                        new_process_group=True, kind=Kind.LEASE_KEEPER))
+
+    def poke_lease_keeper(self) -> None:
+        """A round now (SIGUSR1), not at its next turn: the shared trading set just changed."""
+        child = self.supervisor.children.get(LEASE_KEEPER)
+        if child is not None:
+            send_signal(child.pid, signal.SIGUSR1)
+
+    def write_trading_set(self, symbol: str, mode: str | None, answer: str, envelope: list[bytes] | None) -> None:
+        """Record a start, stop or shutdown in the shared trading set, by a worker (the root makes
+        no call to the database); `envelope`: the client to answer once it is written."""
+        request_id = next(self.request_ids)
+        if envelope is not None:
+            self.pending[request_id] = envelope
+        child = self.supervisor.start(ChildSpec(
+            key=f"trading-set-{request_id}", title=f"trading-set {symbol}",
+            run=lambda: workers.write_trading_set(self.config, symbol, mode, request_id, answer),
+            restart="temporary", kind=Kind.TRADING_SET))
+        self.readers[child.spec.key] = request_id
+
+    def on_leases(self, report: LeasesHeld) -> None:
+        """The keeper's round: start what this host holds now, stop what it does not."""
+        assert self.cluster is not None
+        if report.error is not None:
+            log.warning("lease keeper: %s; the symbols held stop at their deadlines unless a renewal comes", report.error)
+        changes = self.cluster.on_report(report, time.monotonic())
+        for symbol in changes.stop:
+            self.lose_symbol(symbol, "its lease is no longer held here (handed off, or lost)")
+        for held in changes.start:
+            if self.supervisor.stopping(held.symbol):
+                self.cluster.forget(held.symbol)  # its last run is still stopping: the next round starts it
+                continue
+            problem = validate.symbol_problem(self.config, held.symbol, self.filters.get(held.symbol))
+            if problem is not None:
+                log.error("%s: lease %d held but not started: %s", held.symbol, held.token, problem)
+                self.symbols[held.symbol] = SymbolEntry("failed", problem, lease_token=held.token)
+                continue
+            log.info("%s: lease %d held: starting it here", held.symbol, held.token)
+            self.leaders.pop(held.symbol, None)
+            self.supervisor.forget_history(held.symbol)
+            self.start_symbol(held.symbol, held.mode, held.token)
+        for symbol in changes.shut_down:
+            self.shutdown_here(symbol)
+
+    def lose_symbol(self, symbol: str, why: str, kill: bool = False) -> None:
+        """Stop a symbol this host may no longer trade; its open orders stay at the exchange for the
+        next holder. `kill`: at once (its lease deadline passed), not after a graceful stop."""
+        entry = self.symbols.pop(symbol, None)
+        if entry is None:
+            return
+        log.warning("%s: stopping it here: %s", symbol, why)
+        self.leaders.pop(symbol, None)
+        self.supervisor.stop(symbol, kill=kill)
+        self.supervisor.forget_history(symbol)
 
     def open_orders_known(self) -> dict[str, tuple[str, set[str]]]:
         """Per symbol, the id prefix and the orders its traders last said are open (as pushed up)."""
@@ -283,6 +350,13 @@ class Root(Role):
                 if not status.normal:
                     log.warning("fetching every symbol's filters failed (%s); leaders fetch their own meanwhile", status.reason())
                 self.next_filters = time.monotonic() + (FILTERS_REFRESH if status.normal else FILTERS_RETRY)
+            case Kind.TRADING_SET:
+                request_id = self.readers.pop(child.spec.key)
+                if request_id in self.pending:
+                    self.control.reply(self.pending.pop(request_id),
+                                       Error(f"could not record it in the shared trading set: {status.reason()}"))
+                self.poke_lease_keeper()
+                return "forget"
             case Kind.HISTORY:
                 request_id = self.readers.pop(child.spec.key)
                 if request_id in self.pending:  # a reader that answered was acked, so had its answer taken, before it exited
@@ -298,10 +372,20 @@ class Root(Role):
         self.leaders.pop(symbol, None)
         if child.stop_deadline is not None:
             return None  # stop-trading: already forgotten
+        if status.code == EXIT_LEASE_LOST and symbol in self.symbols:
+            # Fenced: another host holds it now. Not restarted; the keeper's next round has the lease
+            # under a new token (started again) or not at all.
+            log.warning("%s: %s", symbol, status.reason())
+            del self.symbols[symbol]
+            return "forget"
         if status.normal and symbol in self.symbols:
             log.info("%s: shut down", symbol)
             del self.symbols[symbol]
-            self.trading.set(symbol, None)
+            if self.cluster is not None:
+                if not self.draining:  # naived stopping gracefully here: the symbol goes on on another host
+                    self.write_trading_set(symbol, None, "", None)
+            else:
+                self.trading.set(symbol, None)
             return "forget"
         return None
 
@@ -360,6 +444,8 @@ class Root(Role):
                 self.control.reply(self.pending.pop(request_id), reply)
             case OrphansFound(orders):
                 self.on_orphans(orders)
+            case LeasesHeld() if self.cluster is not None:
+                self.on_leases(report)
             case ExchangeFilters(symbols):
                 self.filters = {f.symbol: f for f in symbols}
                 log.info("exchange filters of %d symbols fetched", len(self.filters))
@@ -369,11 +455,11 @@ class Root(Role):
     def dispatch(self, req: ControlRequest, envelope: list[bytes]) -> msgspec.Struct | None:
         match req:
             case StartTrading(symbol):
-                return self.start_trading(check_symbol(symbol))
+                return self.start_trading(check_symbol(symbol), envelope)
             case StopTrading(symbol):
-                return self.stop_trading(check_symbol(symbol))
+                return self.stop_trading(check_symbol(symbol), envelope)
             case ShutdownTrading(symbol):
-                return self.shutdown_trading(check_symbol(symbol))
+                return self.shutdown_trading(check_symbol(symbol), envelope)
             case StatusRequest(symbol):
                 return self.status(check_symbol(symbol) if symbol else None)
             case HistoryRequest(symbol):
@@ -392,7 +478,14 @@ class Root(Role):
             "its traders stop first; open orders stay at the exchange and are adopted at the next start"
         return Stopping(os.getpid(), socket.gethostname(), f"naived pid {os.getpid()} is stopping: {how}")
 
-    def start_trading(self, symbol: str) -> msgspec.Struct:
+    def start_trading(self, symbol: str, envelope: list[bytes] | None = None) -> msgspec.Struct | None:
+        if self.cluster is not None:
+            problem = validate.symbol_problem(self.config, symbol, self.filters.get(symbol))
+            if problem is not None:
+                return Error(problem)
+            self.write_trading_set(symbol, "running", f"started trading {symbol} (in the shared trading set: "
+                                   "the host it is placed on starts it)", envelope)
+            return None  # answered once written
         entry = self.symbols.get(symbol)
         if entry is not None and entry.state != "failed":
             return Ok(f"{symbol} is already trading")
@@ -414,7 +507,11 @@ class Root(Role):
         self.start_symbol(symbol)
         return Ok(f"started trading {symbol}")
 
-    def stop_trading(self, symbol: str) -> msgspec.Struct:
+    def stop_trading(self, symbol: str, envelope: list[bytes] | None = None) -> msgspec.Struct | None:
+        if self.cluster is not None:  # its holder stops it when its keeper hands the lease back
+            self.write_trading_set(symbol, None, f"stopped trading {symbol} (on whichever host holds it); "
+                                   "its open orders stay on the exchange", envelope)
+            return None
         if symbol not in self.symbols:
             return Error(f"{symbol} is not trading")
         del self.symbols[symbol]
@@ -424,12 +521,23 @@ class Root(Role):
         self.trading.set(symbol, None)
         return Ok(f"stopped trading {symbol}; its open orders stay on the exchange")
 
-    def shutdown_trading(self, symbol: str) -> msgspec.Struct:
+    def shutdown_trading(self, symbol: str, envelope: list[bytes] | None = None) -> msgspec.Struct | None:
+        if self.cluster is not None:  # its holder shuts it down when its keeper reads the new mode
+            self.write_trading_set(symbol, "shutting-down", f"shutting down {symbol} (on whichever host holds it): "
+                                   "no new cycles; it stops when its traders finish", envelope)
+            return None
+        entry = self.symbols.get(symbol)
+        if entry is None or entry.state == "failed":
+            return Error(f"{symbol} is not trading")
+        self.trading.set(symbol, "shutting-down")
+        return self.shutdown_here(symbol)
+
+    def shutdown_here(self, symbol: str) -> msgspec.Struct:
+        """This host's part of a shutdown: the symbol's supervisor is told (or starts so when restarting)."""
         entry = self.symbols.get(symbol)
         if entry is None or entry.state == "failed":
             return Error(f"{symbol} is not trading")
         entry.state = "shutting-down"
-        self.trading.set(symbol, "shutting-down")
         child = self.supervisor.children.get(symbol)
         if child is not None:  # else it is restarting, and starts in shutdown mode
             try:
@@ -440,7 +548,7 @@ class Root(Role):
 
     def history(self, symbol: str, envelope: list[bytes]) -> msgspec.Struct | None:
         """Read by a worker child: a bad store fails there, not here."""
-        if not store_path(self.config.state_dir, symbol).exists():
+        if self.cluster is None and not store_path(self.config.state_dir, symbol).exists():
             return Error(f"{symbol} has never traded here")
         request_id = next(self.request_ids)
         self.pending[request_id] = envelope
@@ -467,6 +575,7 @@ class Root(Role):
                 supervisor=self._process_info(symbol),
                 leader=self.leaders.get(symbol) if symbol in self.supervisor.children else None,
                 error=entry.error,
+                lease_token=entry.lease_token,
             )
             for symbol, entry in sorted(self.symbols.items())
             if not only or symbol == only
@@ -487,6 +596,7 @@ class Root(Role):
             account_stream=stream,
             orphans=[o for _, o in sorted(self.orphans.items()) if not only or o.symbol == only],
             problems=[p for p in [self.trading.problem] if p is not None],
+            cluster=self.cluster.status() if self.cluster is not None else None,
         )
 
     def _process_info(self, key: str) -> ProcessInfo:
@@ -531,8 +641,9 @@ class Root(Role):
 
     def next_tick(self) -> float | None:
         metrics = self.metrics.next_deadline() if self.metrics is not None else None
+        lease = self.cluster.next_deadline() if self.cluster is not None else None
         return min((t for t in (self.watchdog.deadline(), self.next_filters, self.stream_due, self.next_reconcile,
-                                metrics)
+                                metrics, lease)
                     if t is not None), default=None)
 
     def shutdown(self) -> None:
@@ -543,7 +654,10 @@ class Root(Role):
         log.info("SIGUSR1: shutting down gracefully: %d symbols finish their cycles, then naived exits", len(running))
         self.draining = True
         for symbol in running:
-            self.shutdown_trading(symbol)
+            if self.cluster is not None:
+                self.shutdown_here(symbol)  # not the shared set: the other hosts go on trading it
+            else:
+                self.shutdown_trading(symbol)
 
     def tick(self) -> None:
         if self.draining and not any(e.state != "failed" for e in self.symbols.values()):
@@ -555,6 +669,9 @@ class Root(Role):
             self.start_exchange_info()
         if now >= self.next_reconcile:
             self.start_reconcile()
+        if self.cluster is not None:
+            for symbol in self.cluster.overdue(now):  # no renewal came in time: stop before the lease can expire
+                self.lose_symbol(symbol, "its lease could not be renewed in time", kill=True)
         stream = self.supervisor.children.get(ACCOUNT_STREAM)
         if self.stream_due is not None and now >= self.stream_due and stream is not None:
             # Hung (its traders would wait on pushes that never come): killed, and restarted by the
@@ -572,7 +689,12 @@ class Root(Role):
             self.start_paper_exchange()
         self.start_account_stream()
         self.start_exchange_info()
-        for symbol in dict.fromkeys(self.config.naived.autostart + list(self.trading.modes)):
+        if self.cluster is not None:
+            self.start_lease_keeper()
+            if self.config.naived.autostart:
+                log.warning("naived.autostart is not used with the PostgreSQL store: the shared trading set says what "
+                            "trades (naivectl start-trading adds to it)")
+        for symbol in [] if self.cluster is not None else dict.fromkeys(self.config.naived.autostart + list(self.trading.modes)):
             log.info("%s: autostart", symbol)
             mode = self.trading.modes.get(symbol, "running")
             problem = validate.symbol_problem(self.config, symbol)
@@ -592,7 +714,7 @@ class Root(Role):
     def before_stop(self) -> None:
         """The symbols first (their traders first of all), the account stream and paper exchange last."""
         sdnotify.notify("STOPPING=1")
-        self.supervisor.stop_all(keep=frozenset({PAPER, ACCOUNT_STREAM}))
+        self.supervisor.stop_all(keep=frozenset({PAPER, ACCOUNT_STREAM, LEASE_KEEPER}))
 
     def on_stop(self) -> None:
         close_bound(self.control.socket, self.config.control_endpoint)
@@ -610,6 +732,13 @@ def _received(recv: Callable[[int], T]) -> Iterator[T]:
             yield recv(zmq.NOBLOCK)
         except zmq.Again:
             return
+
+
+def _run_lease_keeper(config: Config) -> int:
+    """In the forked child; imported here, so that a host on SQLite never imports the database client."""
+    from naived.tree import lease_keeper
+
+    return lease_keeper.run(config)
 
 
 def _run_paper_exchange(config: Config, listener: socket.socket, ws_listener: socket.socket) -> int:

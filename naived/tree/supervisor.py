@@ -104,11 +104,14 @@ class Kind(enum.Enum):
     FILTERS = "filters worker"  # the exchange's filters: every symbol's (the root's) or one's (a leader's)
     RECONCILE = "reconcile worker"  # the open orders at the exchange
     HISTORY = "history worker"  # a symbol's finished cycles, read from its store for a client
+    LEASE_KEEPER = "lease keeper"  # this host's leases in a cluster (PostgreSQL store)
+    TRADING_SET = "trading-set worker"  # writes a start/stop/shutdown into the shared trading set
 
     @property
     def supervises(self) -> bool:
-        """It runs a Supervisor: the handled signals stay blocked until its SignalQueue takes them."""
-        return self in (Kind.SYMBOL_SUPERVISOR, Kind.LEADER)
+        """It takes its signals through a SignalQueue (its Supervisor's, or the lease keeper's own): they stay
+        blocked from the fork until the queue takes them, so an early signal is queued, not fatal."""
+        return self in (Kind.SYMBOL_SUPERVISOR, Kind.LEADER, Kind.LEASE_KEEPER)
 
 
 @dataclass(frozen=True)
@@ -225,14 +228,15 @@ class Supervisor:
                         old.pid, status.reason())
         return child
 
-    def stop(self, key: str) -> None:
+    def stop(self, key: str, kill: bool = False) -> None:
         """Ask one child to stop (SIGTERM; SIGKILL at its deadline) without waiting: the loop
-        reaps it. It is not restarted, and its key is free at once for a new child."""
+        reaps it. It is not restarted, and its key is free at once for a new child. `kill`:
+        SIGKILL at once (a lease past its deadline: no grace that could outlast the lease)."""
         child = self.children.pop(key, None)
         self.specs.pop(key, None)
         if child is not None:
             child.stop_deadline = time.monotonic() + self.limits.stop_timeout_seconds
-            send_signal(child.pid, signal.SIGTERM)
+            send_signal(child.pid, signal.SIGKILL if kill else signal.SIGTERM)
 
     def stopping(self, key: str) -> bool:
         return any(c.spec.key == key and c.stop_deadline is not None for c in self._by_fd.values())

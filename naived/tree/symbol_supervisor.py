@@ -26,15 +26,16 @@ from naived.core import validate
 from naived.core.config import Config, reload_config
 from naived.core.symbols import SymbolFilters
 from naived.tree import leader
-from naived.tree.supervisor import ChildSpec, Kind, Role, Supervisor
+from naived.tree.supervisor import EXIT_LEASE_LOST, Child, ChildSpec, Decision, Exit, ExitStatus, Kind, Role, Supervisor
 
 log = logging.getLogger(__name__)
 
 
 class SymbolSupervisor(Role):
     def __init__(self, config: Config, symbol: str, shutting_down: bool, filters: SymbolFilters | None,
-                 start_id: str = "", leader_restarts: int = 0) -> None:
+                 start_id: str = "", leader_restarts: int = 0, lease_token: int | None = None) -> None:
         self.config = config
+        self.lease_token = lease_token  # the symbol's lease in a cluster (PostgreSQL store): fences the leader's writes
         self.filters = filters  # the exchange's, as the root knew them: the leader needs no worker for them
         self.symbol = symbol
         self.shutting_down = shutting_down
@@ -48,12 +49,18 @@ class SymbolSupervisor(Role):
             key="leader",
             title=f"leader {self.symbol}",
             run=lambda: leader.run(self.config, self.symbol, self.shutting_down, self.filters, self.start_id,
-                                   self.supervisor.restarts("leader")),
+                                   self.supervisor.restarts("leader"), lease_token=self.lease_token),
             restart="transient",  # exit 0 = the symbol was shut down: nothing to restart
             significant=True,
             new_process_group=True,
             kind=Kind.LEADER,
         )
+
+    def on_exit(self, child: Child, status: ExitStatus) -> Decision | None:
+        if status.code == EXIT_LEASE_LOST:
+            # Another host holds the symbol now: a restarted leader would only be fenced again.
+            raise Exit(status.words or f"{self.symbol}: the lease was lost", EXIT_LEASE_LOST)
+        return None
 
     def _tell_leader(self, sig: int) -> None:
         child = self.supervisor.children.get("leader")
@@ -78,6 +85,6 @@ class SymbolSupervisor(Role):
 
 
 def run(config: Config, symbol: str, shutting_down: bool = False, filters: SymbolFilters | None = None,
-        start_id: str = "", leader_restarts: int = 0) -> int:
+        start_id: str = "", leader_restarts: int = 0, lease_token: int | None = None) -> int:
     """Entry point in the forked child."""
-    return SymbolSupervisor(config, symbol, shutting_down, filters, start_id, leader_restarts).run()
+    return SymbolSupervisor(config, symbol, shutting_down, filters, start_id, leader_restarts, lease_token).run()
