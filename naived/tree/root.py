@@ -263,7 +263,9 @@ class Root(Role):
         assert self.cluster is not None
         if report.error is not None:
             log.warning("lease keeper: %s; the symbols held stop at their deadlines unless a renewal comes", report.error)
-        changes = self.cluster.on_report(report, time.monotonic())
+        now = time.monotonic()
+        self.stop_overdue(now)  # first: a report that comes late never saves a lease past its deadline
+        changes = self.cluster.on_report(report, now)
         for symbol in changes.stop:
             self.lose_symbol(symbol, "its lease is no longer held here (handed off, or lost)")
         for held in changes.start:
@@ -281,6 +283,12 @@ class Root(Role):
             self.start_symbol(held.symbol, held.mode, held.token)
         for symbol in changes.shut_down:
             self.shutdown_here(symbol)
+
+    def stop_overdue(self, now: float) -> None:
+        """No renewal came in time: stop the symbol at once, before its lease can expire anywhere."""
+        if self.cluster is not None:
+            for symbol in self.cluster.overdue(now):
+                self.lose_symbol(symbol, "its lease could not be renewed in time", kill=True)
 
     def lose_symbol(self, symbol: str, why: str, kill: bool = False) -> None:
         """Stop a symbol this host may no longer trade; its open orders stay at the exchange for the
@@ -669,9 +677,7 @@ class Root(Role):
             self.start_exchange_info()
         if now >= self.next_reconcile:
             self.start_reconcile()
-        if self.cluster is not None:
-            for symbol in self.cluster.overdue(now):  # no renewal came in time: stop before the lease can expire
-                self.lose_symbol(symbol, "its lease could not be renewed in time", kill=True)
+        self.stop_overdue(now)
         stream = self.supervisor.children.get(ACCOUNT_STREAM)
         if self.stream_due is not None and now >= self.stream_due and stream is not None:
             # Hung (its traders would wait on pushes that never come): killed, and restarted by the
