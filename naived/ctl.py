@@ -456,7 +456,9 @@ def render(tree: TreeStatus, now: float) -> str:
         if sym.leader is not None:
             lines_sym += _branch(_leader_lines(sym.leader, now), True)
         branches.append(lines_sym)
-    if not tree.symbols:
+    if not tree.symbols and tree.cluster is not None:
+        branches.append(["(no symbols held by this host: the cluster below says which host trades what)"])
+    elif not tree.symbols:
         branches.append(["(no symbols trading: naivectl start-trading XRPUSDT)"])
     for o in tree.orphans:  # an abandoned position must never go unnoticed
         branches.append([f"orphan {o.symbol} {o.client_order_id}  {o.side} {_num(o.quantity)} @ {_num(o.price)}, "

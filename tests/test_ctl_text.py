@@ -155,3 +155,11 @@ def test_status_json_carries_the_cluster() -> None:
     assert msgspec.json.decode(out, type=TreeStatus) == tree
     assert msgspec.json.decode(out)["cluster"]["leases"][0] == {
         "symbol": "XRPUSDT", "holder": "h1", "token": 17, "age_seconds": 60.0, "expires_in_seconds": 14.0}
+
+
+def test_a_cluster_host_holding_nothing_points_to_the_cluster_not_to_start_trading() -> None:
+    empty = msgspec.structs.replace(_tree(None), symbols=[])
+    assert "(no symbols trading: naivectl start-trading XRPUSDT)" in ctl.render(empty, NOW)
+    clustered = msgspec.structs.replace(empty, cluster=ClusterStatus("h1", [], [], 0.0))
+    text = ctl.render(clustered, NOW)
+    assert "no symbols held by this host" in text and "start-trading" not in text

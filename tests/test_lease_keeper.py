@@ -218,7 +218,8 @@ def test_the_keeper_process_reports_its_leases_and_a_poke_runs_a_round_at_once(
     assert btc.symbol == "BTCUSDT" and btc.token > 0 and btc.mode == "running"
     assert now < btc.deadline <= now + LONG["lease"] - LONG["margin"]
     assert [(h.host_id, h.pid) for h in first.hosts] == [(keeper.host, os.getpid())]  # the root's pid: its parent's
-    assert [(h.symbol, h.holder, h.token) for h in first.leases] == []  # read before this round's acquisitions
+    # the cluster as status shows it: with what this very round took
+    assert [(h.symbol, h.holder, h.token) for h in first.leases] == [("BTCUSDT", keeper.host, btc.token)]
 
     trading.set("ETHUSDT", "shutting-down")  # what start-trading on any host does, then the root's poke
     poked = time.monotonic()
@@ -227,7 +228,8 @@ def test_the_keeper_process_reports_its_leases_and_a_poke_runs_a_round_at_once(
     assert time.monotonic() - poked < 2
     assert [(h.symbol, h.mode) for h in second.held] == [("BTCUSDT", "running"), ("ETHUSDT", "shutting-down")]
     assert second.held[0].token == btc.token and second.held[0].deadline > btc.deadline  # renewed, not re-taken
-    assert [(h.symbol, h.holder, h.token) for h in second.leases] == [("BTCUSDT", keeper.host, btc.token)]
+    assert [(h.symbol, h.holder, h.token) for h in second.leases] == [
+        ("BTCUSDT", keeper.host, btc.token), ("ETHUSDT", keeper.host, second.held[1].token)]
     assert not keeper.rep.poll(500)  # one poke, one round (the poke was consumed)
 
 

@@ -74,7 +74,7 @@ class Round(msgspec.Struct, frozen=True):
     held: list[HeldLease]
     alive: list[str]  # hosts seen within the lease time, this one included
     hosts: list[Host]  # every registered host, as the database showed them this round
-    leases: list[Holding]  # every symbol's lease as read this round (before this round's acquisitions)
+    leases: list[Holding]  # every symbol's lease as read this round (after its acquisitions)
 
 
 class Keeper:
@@ -116,12 +116,16 @@ class Keeper:
         # token, which fences whatever the old one still writes.
         forgotten = [s for s, holder in held_by.items()
                      if holder == self.host_id and s not in self.held and s in wanted and s not in todo.release]
+        taken = False
         for symbol in todo.acquire + sorted(forgotten):
             t0 = time.monotonic()
             granted = self.leases.acquire(symbol, self.host_id, self.ttl)
             if granted is not None:
                 log.info("%s: lease acquired, token %d", symbol, granted.token)
                 self.held[symbol] = (granted, t0 + self.ttl - self.margin)
+                taken = True
+        if taken:  # the cluster as status shows it: with what this round took, not a round behind
+            holdings = self.leases.holders()
         return Round([HeldLease(s, lease.token, deadline, wanted.get(s, "running"))
                       for s, (lease, deadline) in sorted(self.held.items())], sorted(alive), hosts, holdings)
 
