@@ -328,6 +328,18 @@ def test_of_two_hosts_joining_at_once_one_waits_a_round(cluster: Cluster) -> Non
     assert cluster.reserved() == {"a": 15, "c": 15, "d": 15}
 
 
+def test_a_host_publishes_the_share_it_may_use_into_a_table_that_lost_it(cluster: Cluster) -> None:
+    cluster.round("a", {"a", "b"}, wall=AT - 20)
+    assert cluster.budgets["a"].orders(AT).per_10s == 22
+    cluster.db.execute("DELETE FROM order_counts")  # a database restored from before the hosts shared
+
+    def check(params: dict[str, Any]) -> None:  # read by the others before a's new share is written
+        assert cluster.reserved()["a"] == 22
+
+    cluster.round("a", {"a", "b", "c"}, before_confirm=check)
+    assert cluster.reserved() == {"a": 15}
+
+
 def test_a_dead_hosts_orders_count_all_day(cluster: Cluster) -> None:
     hosts = ["a", "b", "c"]
     place(cluster.budget("c"), 1000)
