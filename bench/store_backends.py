@@ -89,11 +89,16 @@ def main() -> None:
         conn.close()
         startup = server.startup_seconds
     print(f"{n} saves each; test server start-up (initdb + start + role + database) {startup:.2f} s")
+    report(results, args.json)
+
+
+def report(results: dict[str, dict[str, float]], as_json: bool, decimals: int = 0) -> None:
+    """The figures as a table; with `as_json`, also the BENCH-JSON line bench/run_all reads."""
     width = max(len(k) for k in results)
     print(f"{'':{width}}  {'p50 µs':>9} {'p99 µs':>9} {'mean µs':>9}")
     for name, r in results.items():
-        print(f"{name:{width}}  {r['p50_us']:9.0f} {r['p99_us']:9.0f} {r['mean_us']:9.0f}")
-    if args.json:
+        print(f"{name:{width}}  {r['p50_us']:9.{decimals}f} {r['p99_us']:9.{decimals}f} {r['mean_us']:9.{decimals}f}")
+    if as_json:
         print("BENCH-JSON: " + json.dumps([{"figure": name, "unit": "µs", "p50": r["p50_us"], "p99": r["p99_us"]}
                                            for name, r in results.items()]))
 

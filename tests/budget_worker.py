@@ -6,6 +6,8 @@ and prints one JSON line per result.
     python tests/budget_worker.py <config> probe          ping, order query and placement, each once
     python tests/budget_worker.py <config> count <n>      n order acquisitions on the shared budget
     python tests/budget_worker.py <config> hold           take the budget's lock and keep it
+    python tests/budget_worker.py <config> orders <n> <wall>  n order placements at wall-clock `wall` on the
+                                                          configured limits (and the share the file holds)
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ def main() -> None:
         for _ in range(int(args[0])):
             shared.acquire(1, "order")
         say(done=True)
+    elif command == "orders":
+        shared = exchange.shared_budget(config)
+        placed = 0
+        for _ in range(int(args[0])):
+            try:
+                shared.acquire(1, "order", float(args[1]))
+                placed += 1
+            except budget.Refused:
+                pass
+        say(placed=placed)
     elif command == "hold":
         shared = budget.SharedBudget(config.budget_path)
 

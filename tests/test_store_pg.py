@@ -73,7 +73,8 @@ def test_a_fresh_database_is_migrated_to_the_latest_version_and_again_is_a_no_op
     rows = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
     assert [v for (v,) in rows] == list(range(1, pgschema.LATEST + 1))
     tables = {t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
-    assert tables == {"schema_version", "hosts", "leases", "traders", "cycles", "meta", "id_prefixes", "trading"}
+    assert tables == {"schema_version", "hosts", "leases", "traders", "cycles", "meta", "id_prefixes", "trading",
+                      "order_counts", "order_share_epoch"}
     PgStore(conn, "XRPUSDT", None).close()
 
 

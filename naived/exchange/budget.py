@@ -10,7 +10,7 @@ to 3 days. Every trader of a host shares that IP, so what one process learns (a 
 The shared state is one small file in the runtime directory, memory-mapped by each process:
 
     offset size  field
-         0    8  magic b"NVBUDGT1" (layout version in the last byte)
+         0    8  magic b"NVBUDGT2" (layout version in the last byte; 2: the order shares at 136-183)
          8   16  boot id (/proc/sys/kernel/random/boot_id): a ban deadline from before a reboot is void
         24    8  banned_until_ns     CLOCK_MONOTONIC ns; nothing is sent before it
         32    8  ban_status          429 or 418 (the last refusal that set banned_until), 0 = none
@@ -27,8 +27,17 @@ The shared state is one small file in the runtime directory, memory-mapped by ea
        120    8  held_total          requests held back by this budget (never sent), since then
        128    8  weight_used         the minute's weight as best known: Binance's latest figure plus
                                      what this host sent after the request that carried it
+       136    8  share_hosts         hosts sharing the account's order limits; 0 = not shared (the
+                                     configured limits hold: one host, or a cluster host before its
+                                     keeper's first round)
+       144    8  share_10s           this host's orders per 10 s window, in force
+       152    8  share_10s_next      ... and from window share_10s_from on (a raise waits for it)
+       160    8  share_10s_from      wall-clock 10 s window (epoch s // 10)
+       168    8  share_day           this host's orders on day share_day_of, its count included
+       176    8  share_day_of        UTC day (epoch s // 86400); on another day: the day's limit / share_hosts
 
-little-endian signed 64-bit integers, 136 bytes in all.
+little-endian signed 64-bit integers, 184 bytes in all. A file of another layout (magic) or size
+is made afresh when a process opens it (the root's `ensure`, before it forks), counts and all.
 
 Clocks. Binance's windows are wall-clock aligned ("a request submitted at 00:01:23.456 counts
 towards the 00:01:00 minute"), so the minute, 10 s and day fields use CLOCK_REALTIME (corrected
@@ -53,6 +62,13 @@ so reads give way before orders and spread over the minute instead of spending i
 seconds. Orders are held to `orders_budget_per_10s` and `orders_budget_per_day` (our own
 count of every placement, which overcounts Binance's *unfilled* orders: on the safe side).
 After the answer `record()` folds in the headers and any 429/418 `Retry-After`.
+
+Shared orders. Binance counts orders per account: hosts of a cluster trading one account split
+the order limits (naived/core/order_shares.py says how and why it is safe). The host's lease keeper
+sets this host's share at run time (`set_order_share`, once a round) and every process obeys it
+at its next `acquire`: this host's own count is held to its share, Binance's headers (the
+account's count) to the configured limits. The weight stays per host: Binance counts it per IP.
+`ensure` (the root, at start) clears the share: a single host then has the whole account again.
 """
 
 from __future__ import annotations
@@ -66,15 +82,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from naived.core.order_shares import OrderBudget, OrderCounts, OrderLimits, OrderShare
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"NVBUDGT1"
-LAYOUT = struct.Struct("<8s16s14q")
-SIZE = LAYOUT.size  # 136
+MAGIC = b"NVBUDGT2"
+LAYOUT = struct.Struct("<8s16s20q")
+SIZE = LAYOUT.size  # 184
 FIELDS = (
     "banned_until_ns", "ban_status", "minute", "weight_header", "weight_spent", "window_10s", "orders_10s",
     "orders_10s_header", "day", "orders_day", "orders_day_header", "limited_total", "held_total", "weight_used",
+    "share_hosts", "share_10s", "share_10s_next", "share_10s_from", "share_day", "share_day_of",
 )
 
 BINANCE_WEIGHT_PER_MINUTE = 6000  # exchangeInfo REQUEST_WEIGHT, 1 MINUTE, per IP
@@ -82,6 +102,13 @@ READ_SHARE = 0.85  # reads stop here; the last 15% of the budget is kept for ord
 READ_BURST_SECONDS = 10.0  # reads may spend (elapsed + this) / 60 of their share: a burst, then an even pace
 RECHECK_MAX = 5.0  # seconds: the slowest a trader looks at an order its price has reached
 MAX_BAN_SECONDS = 3 * 86400  # Binance's longest ban; a larger deadline is not ours (corrupt file)
+# A raised 10 s share is in force from the first window starting after the write plus this: the
+# hosts' clocks (NTP) agree far better, so a window another host placed its old share in is never
+# counted twice.
+RAISE_GUARD_SECONDS = 1.0
+# A placement held by this host's share of the day (the account has room): asked again after about
+# one keeper round, which may give more.
+SHARE_RECHECK_SECONDS = 5.0
 
 
 def _boot_id() -> bytes:
@@ -121,6 +148,12 @@ class State:
     limited_total: int = 0
     held_total: int = 0
     weight_used: int = 0
+    share_hosts: int = 0
+    share_10s: int = 0
+    share_10s_next: int = 0
+    share_10s_from: int = 0
+    share_day: int = 0
+    share_day_of: int = 0
 
     @property
     def weight(self) -> int:
@@ -143,6 +176,21 @@ class State:
             self.window_10s, self.orders_10s, self.orders_10s_header = second // 10, 0, 0
         if second // 86400 > self.day:
             self.day, self.orders_day, self.orders_day_header = second // 86400, 0, 0
+        if self.share_hosts and self.window_10s >= self.share_10s_from:
+            self.share_10s = self.share_10s_next  # a raise's window has come
+
+    def order_limits(self, limits: Limits) -> tuple[int, int]:
+        """This host's order limits now (windows rolled): per 10 s window and today's."""
+        if not self.share_hosts:
+            return limits.orders_per_10s, limits.orders_per_day
+        today = self.share_day if self.share_day_of == self.day else limits.orders_per_day // self.share_hosts
+        return min(self.share_10s, limits.orders_per_10s), min(today, limits.orders_per_day)
+
+    def pending_10s(self, limits: Limits) -> int:
+        """The 10 s share of the windows to come: a raise waiting for its window, else the one in force."""
+        now = self.order_limits(limits)[0]
+        waiting = self.share_hosts and self.share_10s_from > self.window_10s
+        return min(self.share_10s_next, limits.orders_per_10s) if waiting else now
 
 
 def _decode(raw: bytes) -> State | None:
@@ -200,10 +248,18 @@ class Budget:
             if kind != "read":
                 if s.weight + weight > limits.weight_per_minute:
                     wait = 60 - into_minute
-                if kind == "order" and s.orders + 1 > limits.orders_per_10s:
-                    wait = max(wait, 10 - min(10.0, max(0.0, wall - s.window_10s * 10)))
-                if kind == "order" and max(s.orders_day, s.orders_day_header) + 1 > limits.orders_per_day:
-                    wait = max(wait, 86400 - min(86400.0, max(0.0, wall - s.day * 86400)))
+                if kind == "order":
+                    # Our own count against this host's share, Binance's (the account's) against the
+                    # account's limit; one host's share is the whole limit, so that is max(both) + 1.
+                    per_10s, per_day = s.order_limits(limits)
+                    if s.orders_10s + 1 > per_10s or s.orders_10s_header + 1 > limits.orders_per_10s:
+                        wait = max(wait, 10 - min(10.0, max(0.0, wall - s.window_10s * 10)))
+                    day_left = 86400 - min(86400.0, max(0.0, wall - s.day * 86400))
+                    if s.orders_day_header + 1 > limits.orders_per_day:
+                        wait = max(wait, day_left)
+                    elif s.orders_day + 1 > per_day:  # a share below the account's limit may grow next round
+                        wait = max(wait, day_left if per_day >= limits.orders_per_day else
+                                   min(day_left, SHARE_RECHECK_SECONDS))
             else:
                 share = limits.weight_per_minute * READ_SHARE
                 need = s.weight + weight
@@ -270,6 +326,79 @@ class Budget:
         self._locked(change)
         return copy[0]
 
+    # --- the account's order limits shared by the hosts (naived/core/order_shares.py) ----------
+
+    def order_limits(self) -> OrderLimits:
+        """The account's order limits as configured, for the hosts to share."""
+        return OrderLimits(self.limits.orders_per_10s, self.limits.orders_per_day)
+
+    def orders(self, wall: float | None = None) -> OrderCounts:
+        """This host's order counts and its allowance, windows rolled to now (for the keeper to publish)."""
+        s = self.state(wall)
+        per_10s, per_day = s.order_limits(self.limits)
+        return OrderCounts(s.window_10s, s.orders_10s, s.day, s.orders_day, s.share_hosts, per_10s,
+                           max(per_10s, s.pending_10s(self.limits)), per_day)
+
+    def count_orders_day(self, day: int, count: int, wall: float | None = None) -> None:
+        """Take `count` as this host's orders on `day` if that is more than the file has: the database
+        remembers what the host placed today; the file may not (a reboot empties the runtime directory)."""
+
+        def change(s: State) -> int | None:
+            s.roll(time.time() if wall is None else wall)
+            if day == s.day and count > s.orders_day:
+                s.orders_day = count
+            return None
+
+        self._locked(change)
+
+    def hold_orders(self, hosts: int, wall: float | None = None) -> None:
+        """No orders until `set_order_share` says otherwise: a cluster host before its first share."""
+
+        def change(s: State) -> int | None:
+            s.roll(time.time() if wall is None else wall)
+            s.share_hosts = max(1, hosts)
+            s.share_10s = s.share_10s_next = s.share_10s_from = 0
+            s.share_day, s.share_day_of = 0, s.day
+            return None
+
+        self._locked(change)
+
+    def set_order_share(self, share: OrderShare, confirmed: bool, wall: float | None = None) -> None:
+        """Put this host's share in force. Unconfirmed (before the database has it): only what
+        lowers the limits, at once. Confirmed (the database reserves it): a higher 10 s share
+        from the window after `RAISE_GUARD_SECONDS` from now, a higher day's at once."""
+        wall = time.time() if wall is None else wall
+        limits = self.limits
+
+        def change(s: State) -> int | None:
+            s.roll(wall)
+            per_10s, per_day = s.order_limits(limits)
+            coming = s.pending_10s(limits)
+            s.share_hosts = max(1, share.hosts)
+            s.share_10s = min(per_10s, share.per_10s)
+            later = share.per_10s if confirmed else min(coming, share.per_10s)
+            if later <= s.share_10s:
+                s.share_10s_next, s.share_10s_from = s.share_10s, 0
+            else:
+                s.share_10s_next = later
+                if confirmed:  # a waiting raise not confirmed again keeps its window
+                    # (never the file's current window, which another process's clock may have opened)
+                    s.share_10s_from = max(int(wall + RAISE_GUARD_SECONDS) // 10, s.window_10s) + 1
+            today = share.per_day if confirmed else min(per_day, share.per_day)
+            s.share_day, s.share_day_of = today, share.day
+            return None
+
+        self._locked(change)
+
+    def unshare_orders(self) -> None:
+        """The configured limits again, as on one host."""
+
+        def change(s: State) -> int | None:
+            s.share_hosts = s.share_10s = s.share_10s_next = s.share_10s_from = s.share_day = s.share_day_of = 0
+            return None
+
+        self._locked(change)
+
     def tightness(self, wall: float | None = None) -> float:
         """The minute's weight against what reads may use by now: 0 idle, 1 and over: reads are
         being held back."""
@@ -297,6 +426,9 @@ class LocalBudget(Budget):
     def _locked(self, change: Callable[[State], int | None]) -> int | None:
         return change(self._state)
 
+
+if TYPE_CHECKING:  # the lease keeper's view of a budget (naived/store/order_counts.py), checked by mypy
+    _AN_ORDER_BUDGET: type[OrderBudget] = Budget
 
 _INHERITED: list[object] = []  # a forked child's copies of its parent's mappings, kept, never closed
 
@@ -360,8 +492,14 @@ class SharedBudget(Budget):
 
 
 def ensure(path: Path) -> None:
-    """Create (or repair) the budget file: naived's root does it before it forks anything."""
-    SharedBudget(path).close()
+    """Create (or repair) the budget file: naived's root does it before it forks anything. A file
+    of an older layout is made afresh; an order share from an earlier run is cleared (the lease
+    keeper of a cluster host sets it again before the host trades anything)."""
+    budget = SharedBudget(path)
+    try:
+        budget.unshare_orders()
+    finally:
+        budget.close()
 
 
 def snapshot(path: Path) -> State | None:

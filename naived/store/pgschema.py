@@ -69,6 +69,27 @@ MIGRATIONS: list[str] = [
         mode   text NOT NULL CHECK (mode IN ('running', 'shutting-down'))
     );
     """,
+    # 2: the account's order limits shared by the hosts (naived/store/order_counts.py)
+    """
+    -- Each host's latest counts, one row per kind of window: its orders in the window that starts
+    -- at window_start (epoch seconds, UTC) and its allowance (per 10 s: the share it reserves).
+    CREATE TABLE order_counts (
+        host_id      text NOT NULL,
+        kind         text NOT NULL CHECK (kind IN ('10s', 'day')),
+        window_start bigint NOT NULL,
+        count        bigint NOT NULL,
+        allowance    bigint NOT NULL,
+        updated_at   timestamptz NOT NULL,
+        PRIMARY KEY (host_id, kind)
+    );
+    -- One row: bumped by every write of a share, so a host writes its share only if no other host
+    -- wrote one since it read them (a compare-and-set: the reservations never add up past the limit).
+    CREATE TABLE order_share_epoch (
+        one   boolean PRIMARY KEY DEFAULT true CHECK (one),
+        epoch bigint NOT NULL
+    );
+    INSERT INTO order_share_epoch (epoch) VALUES (0);
+    """,
 ]
 
 LATEST = len(MIGRATIONS)
