@@ -160,6 +160,7 @@ SERVER = textwrap.dedent("""
             conn, _ = server.accept()
             conn.sendall(conn.recv(100))
             conn.close()
+    os.setpgid(child, child)  # here too (the usual idiom): the test reads the group as soon as this prints
     print(json.dumps({"port": server.getsockname()[1], "child": child}), flush=True)
     os.waitpid(child, 0)
 """)

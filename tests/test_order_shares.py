@@ -372,3 +372,14 @@ def test_with_the_database_gone_a_host_keeps_its_share_and_a_new_one_gets_none(c
     assert (counts.hosts, counts.per_10s, counts.per_day) == (3, 0, 0)
     with pytest.raises(budget.Refused):
         cluster.budgets["c"].acquire(1, "order", AT + 10)
+
+
+def test_a_raise_confirmed_again_every_round_is_not_pushed_back() -> None:
+    """The keeper confirms its share every round (every renew_seconds, less than a window): a raise
+    must come in its window all the same, not be re-scheduled a window later each time."""
+    b = budget.LocalBudget()
+    b.hold_orders(2, MINUTE + 1.0)
+    for second in range(1, 30):
+        b.set_order_share(OrderShare(2, 22, 75_000, DAY), confirmed=True, wall=MINUTE + second)
+    assert b.orders(MINUTE + 30.0).per_10s == 22
+    b.acquire(1, "order", MINUTE + 30.0)

@@ -374,6 +374,9 @@ class Budget:
             s.roll(wall)
             per_10s, per_day = s.order_limits(limits)
             coming = s.pending_10s(limits)
+            # A raise already on its way to at least this much: every round confirms it again, and
+            # setting its window again would push it back each round, so that it never came.
+            waiting = bool(s.share_hosts) and s.share_10s_from > s.window_10s and s.share_10s_next >= share.per_10s
             s.share_hosts = max(1, share.hosts)
             s.share_10s = min(per_10s, share.per_10s)
             later = share.per_10s if confirmed else min(coming, share.per_10s)
@@ -381,7 +384,7 @@ class Budget:
                 s.share_10s_next, s.share_10s_from = s.share_10s, 0
             else:
                 s.share_10s_next = later
-                if confirmed:  # a waiting raise not confirmed again keeps its window
+                if confirmed and not waiting:  # a waiting raise keeps its window (confirmed again or not)
                     # (never the file's current window, which another process's clock may have opened)
                     s.share_10s_from = max(int(wall + RAISE_GUARD_SECONDS) // 10, s.window_10s) + 1
             today = share.per_day if confirmed else min(per_day, share.per_day)

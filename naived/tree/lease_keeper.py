@@ -59,9 +59,12 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from naived.core.config import Config
 from naived.core.messages import HeldLease, Holding, Host, LeasesHeld
+from naived.core.order_shares import OrderBudget
 from naived.core.placement import plan
+from naived.exchange.binance import shared_budget
 from naived.store import pgschema, postgres
 from naived.store.leases import Lease, Leases
+from naived.store.order_counts import share_orders
 from naived.store.pgschema import Conn
 from naived.store.postgres import DsnError, PgTradingSet
 from naived.tree import ipc
@@ -78,7 +81,9 @@ class Round(msgspec.Struct, frozen=True):
 
 
 class Keeper:
-    def __init__(self, leases: Leases, host_id: str, pid: int, lease_seconds: float, stop_margin_seconds: float) -> None:
+    def __init__(self, leases: Leases, host_id: str, pid: int, lease_seconds: float, stop_margin_seconds: float,
+                 orders: OrderBudget | None = None) -> None:
+        self.orders = orders  # the host's rate budget: its share of the account's order limits, set each round
         self.leases = leases
         self.host_id = host_id
         self.pid = pid  # the host's naived (the root): shown in the hosts table
@@ -126,6 +131,8 @@ class Keeper:
                 taken = True
         if taken:  # the cluster as status shows it: with what this round took, not a round behind
             holdings = self.leases.holders()
+        if self.orders is not None:  # before the report: a symbol starts here only under this host's share
+            share_orders(self.leases.conn, self.host_id, alive, self.orders)
         return Round([HeldLease(s, lease.token, deadline, wanted.get(s, "running"))
                       for s, (lease, deadline) in sorted(self.held.items())], sorted(alive), hosts, holdings)
 
@@ -155,6 +162,7 @@ class KeeperProcess:
 
     def __init__(self, config: Config, root_pid: int) -> None:
         self.settings = config.store
+        self.orders = shared_budget(config)  # the host's budget file (the root made it before forking)
         self.host_id = config.store.resolved_host_id()
         self.dsn = config.store.resolved_dsn()
         self.root_pid = root_pid
@@ -176,7 +184,7 @@ class KeeperProcess:
             trading = PgTradingSet(conn)
             if self.keeper is None:
                 self.keeper = Keeper(Leases(conn), self.host_id, self.root_pid, self.settings.lease_seconds,
-                                     self.settings.stop_margin_seconds)
+                                     self.settings.stop_margin_seconds, self.orders)
             else:
                 self.keeper.use(Leases(conn))
         except BaseException:
