@@ -29,30 +29,13 @@ import statistics
 import sys
 import tempfile
 import time
-from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import psycopg
 from harness import RESTING, wait_for
-from hosts import Hosts, running_hosts
+from hosts import Hosts, running_hosts, usable_symbols
 from pg import running_server
-
-from naived.core.symbols import table
-from streamerd.simulate import START_PRICES
-
-
-def usable_symbols(n: int) -> list[str]:
-    """USDT symbols whose resting buy (half the simulated start price) a 50 USDT chunk can place."""
-    found = []
-    for name, f in sorted(table().items()):
-        if f.quote != "USDT" or f.status != "TRADING":
-            continue
-        buy = START_PRICES.get(name, f.tick_size * 10_000) * Decimal("0.5")
-        qty = Decimal(50) / buy
-        if f.min_notional <= 10 and f.min_qty <= qty <= f.max_qty and f.min_qty * buy <= 20:
-            found.append(name)
-    return found[:n]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -60,9 +60,11 @@ KINDS = {"trader": 12, "leader": 4, "supervisor": 2, "paper": 2, "account_stream
 # a 1 s recvWindow and a 0.5 s backend window (the paper exchange decides every order before it
 # answers) keep short the wait of a trader that finds no order behind an unknown intent (it trusts
 # "no such order" only once no request in flight can still execute).
-CONFIG = f"""
+def trading_config(chunks: int) -> str:
+    """The trading and supervision part (tests/cluster_chaos.py trades with it too)."""
+    return f"""
 [trading.defaults]
-chunks = {CHUNKS}
+chunks = {chunks}
 buy_down_interval = "0.000001"
 profit_interval = "-0.003"
 
@@ -70,7 +72,10 @@ profit_interval = "-0.003"
 max_restarts = 1000000
 period_seconds = 1.0
 stop_timeout_seconds = 3.0
+"""
 
+
+CONFIG = trading_config(CHUNKS) + """
 [exchange]
 timeout_seconds = 1.0
 recv_window_ms = 1000
@@ -335,10 +340,18 @@ def _dec(value: str | None) -> Decimal:
 
 
 def check(tree: Tree, leader: dict[str, Any], orders: list[dict[str, Any]], report: Report) -> None:
-    problems = report.problems
     history = tree.history(SYMBOL)
     report.cycles = len(history)
     report.orders = len(orders)
+    check_symbol(SYMBOL, CHUNKS, history, leader, orders, report)
+    check_balances(tree.paper_orders(), tree.paper_balances(), {"USDT": START_USDT}, report)
+
+
+def check_symbol(symbol: str, chunks: int, history: list[dict[str, Any]], leader: dict[str, Any],
+                 orders: list[dict[str, Any]], report: Report) -> None:
+    """One symbol's invariants: its orders at the exchange (`orders`) against its live traders
+    (`leader`, as status shows it) and its finished cycles (`history`)."""
+    problems = report.problems
 
     # 1. No two orders share a (store prefix, trader, cycle, leg).
     by_key: dict[tuple[str, int, int, str], list[dict[str, Any]]] = {}
@@ -375,7 +388,7 @@ def check(tree: Tree, leader: dict[str, Any], orders: list[dict[str, Any]], repo
             named[cid] = order
 
     live = {t["trader_id"]: t for t in leader["traders"]}
-    for trader_id in range(CHUNKS):
+    for trader_id in range(chunks):
         t = live.get(trader_id)
         if t is None or not t["pid"] or not t["state"]:
             problems.append(f"trader {trader_id} is not running with a state: {t}")
@@ -404,7 +417,7 @@ def check(tree: Tree, leader: dict[str, Any], orders: list[dict[str, Any]], repo
         # Done, every order final, and the books add up: what the buy delivered was sold or is dust.
         if not (c["status"] == "done" and r is not None and buy and buy["status"] in FINAL
                 and all(o["status"] in FINAL for o in sells if o)
-                and _dec(r["sold"]) + _dec(r["dust"]) + _dec(r["fees"].get(SYMBOL.removesuffix("USDT")))
+                and _dec(r["sold"]) + _dec(r["dust"]) + _dec(r["fees"].get(symbol.removesuffix("USDT")))
                     == _dec(buy["executed_qty"])):
             problems.append(f"{who} did not finish with final orders whose books add up: {c}")
     for cycle, n in cycles_seen.items():
@@ -439,17 +452,24 @@ def check(tree: Tree, leader: dict[str, Any], orders: list[dict[str, Any]], repo
                 f"{theirs['price']} {theirs['status']} executed {theirs['executedQty']}"
             )
 
-    # 5. Balances: the starting balance plus every fill; locked = what open orders still commit.
-    f = lookup(SYMBOL)
-    expected = {f.quote: START_USDT, f.base: Decimal(0)}
-    locked = {f.quote: Decimal(0), f.base: Decimal(0)}
-    for o in tree.paper_orders():  # every symbol: the account is shared
+
+
+def check_balances(all_orders: list[dict[str, Any]], balances: dict[str, dict[str, str]], start: dict[str, Decimal],
+                   report: Report) -> None:
+    """5. The account's balances: `start` plus every fill of every order, each asset of every symbol
+    traded counted from 0 unless `start` says otherwise; locked = what open orders still commit."""
+    problems = report.problems
+    expected: dict[str, Decimal] = dict(start)
+    locked: dict[str, Decimal] = {asset: Decimal(0) for asset in start}
+    for o in all_orders:  # every symbol: the account is shared
         price, filled = _dec(o["price"]), sum((_dec(x["qty"]) for x in o["fills"]), Decimal(0))
         if filled != _dec(o["executedQty"]):
             problems.append(f"{o['clientOrderId']}: fills add up to {filled}, executedQty is {o['executedQty']}")
-        base, quote = (f.base, f.quote) if o["symbol"] == SYMBOL else (None, None)
-        if base is None:
-            continue
+        f = lookup(o["symbol"])
+        base, quote = f.base, f.quote
+        for asset in (base, quote):
+            expected.setdefault(asset, Decimal(0))
+            locked.setdefault(asset, Decimal(0))
         sign = 1 if o["side"] == "BUY" else -1
         for x in o["fills"]:
             expected[base] += sign * _dec(x["qty"])
@@ -462,7 +482,6 @@ def check(tree: Tree, leader: dict[str, Any], orders: list[dict[str, Any]], repo
                 locked[quote] += price * remaining
             else:
                 locked[base] += remaining
-    balances = tree.paper_balances()
     for asset, amount in expected.items():
         b = balances.get(asset, {"free": "0", "locked": "0"})
         total = _dec(b["free"]) + _dec(b["locked"])

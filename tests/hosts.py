@@ -13,11 +13,15 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import psutil
 from harness import Tree, free_port, wait_for
+
+from naived.core.symbols import table
+from streamerd.simulate import START_PRICES
 
 PAPER_KEYS = {"BINANCE_API_KEY": "paper-key", "BINANCE_API_SECRET": "paper-secret"}
 
@@ -47,16 +51,19 @@ stop_margin_seconds = {margin}
 
 
 class Hosts:
-    def __init__(self, directory: Path, dsn: str, trading: str, lease: tuple[float, float, float] = (3.0, 1.0, 0.5)) -> None:
+    def __init__(self, directory: Path, dsn: str, trading: str, lease: tuple[float, float, float] = (3.0, 1.0, 0.5),
+                 paper: str = "", streamer: str = "") -> None:
+        """`paper`, `streamer`: extra lines for the shared paper exchange's and streamerd's tables."""
         self.dir = directory
         self.dsn = dsn
         self.trading = trading
         self.lease = lease
         market = f"tcp://127.0.0.1:{free_port()}"
         (directory / "services").mkdir()
-        self.services = Tree(directory / "services", trading, market_endpoint=market)
+        self.services = Tree(directory / "services", trading, market_endpoint=market, paper=paper, streamer=streamer)
         self.market = market
-        self.hosts: dict[str, Tree] = {}
+        self.hosts: dict[str, Tree] = {}  # the hosts running
+        self.down: dict[str, Tree] = {}  # killed, to be restarted
 
     def start_services(self) -> None:
         self.services.start_streamer()
@@ -67,15 +74,26 @@ class Hosts:
         path = self.dir / host_id
         path.mkdir()
         tree = Tree(path, host_config(self.services, host_id, self.trading, self.lease), market_endpoint=self.market)
-        tree.start_naived(env={**PAPER_KEYS, "NAIVE_STORE_DSN": self.dsn})
         self.hosts[host_id] = tree
+        self.restart(host_id)
         return tree
+
+    def restart(self, host_id: str) -> None:
+        """Start the host's naived (again, after `kill`: its directories as they were)."""
+        tree = self.hosts.get(host_id) or self.down.pop(host_id)
+        self.hosts[host_id] = tree
+        tree.start_naived(env={**PAPER_KEYS, "NAIVE_STORE_DSN": self.dsn})
+
+    def members(self, host_id: str) -> list[psutil.Process]:
+        """The host's naived and every process under it."""
+        root = psutil.Process(self.hosts[host_id].naived.pid)
+        return [root, *root.children(recursive=True)]
 
     def kill(self, host_id: str) -> None:
         """SIGKILL the host's whole tree at once (a power cut): the root and every descendant."""
+        members = self.members(host_id)
         tree = self.hosts.pop(host_id)
-        root = psutil.Process(tree.naived.pid)
-        members = [root, *root.children(recursive=True)]
+        self.down[host_id] = tree
         for p in members:
             try:
                 p.send_signal(signal.SIGKILL)
@@ -125,3 +143,16 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def usable_symbols(n: int) -> list[str]:
+    """USDT symbols whose resting buy (half the simulated start price) a 50 USDT chunk can place."""
+    found = []
+    for name, f in sorted(table().items()):
+        if f.quote != "USDT" or f.status != "TRADING":
+            continue
+        buy = START_PRICES.get(name, f.tick_size * 10_000) * Decimal("0.5")
+        qty = Decimal(50) / buy
+        if f.min_notional <= 10 and f.min_qty <= qty <= f.max_qty and f.min_qty * buy <= 20:
+            found.append(name)
+    return found[:n]

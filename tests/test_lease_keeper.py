@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import zmq
 from harness import wait_for
@@ -24,7 +25,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from naived.core.config import Config, Paths, StoreSettings
 from naived.core.messages import Ack, LeasesHeld, encode, worker_report_decoder
 from naived.core.placement import place
-from naived.store import pgschema
+from naived.store import pgschema, postgres
 from naived.store.leases import Leases
 from naived.store.pgschema import Conn
 from naived.store.postgres import PgTradingSet, connect
@@ -292,3 +293,45 @@ def test_a_report_the_root_does_not_take_is_dropped_and_the_keeper_goes_on(
     later = keeper.next_report(timeout=8)  # the report timeout (renew: 2 s), then the next round
     assert later.error is None and keeper.exited() is None
     assert [(h.symbol, h.token) for h in later.held] == [("BTCUSDT", btc.token)]
+
+
+def test_a_host_frozen_inside_a_fenced_write_holds_up_no_one(connections: Callable[[], Conn]) -> None:
+    """A host frozen (SIGSTOP, a paused VM) in the middle of a fenced write holds the lease row's
+    lock: the adopter's round must not wait on it (it takes that symbol a round after the lock
+    goes) and the rest of its round goes on."""
+    old = Keeper(Leases(connections()), "old", 1, TTL, MARGIN)
+    old.round({"XRPUSDT": "running"})
+    frozen = connections()  # the old host's leader, mid-write: the fence's lock, then nothing
+    frozen.execute("SET idle_in_transaction_session_timeout = 0")  # here the test ends it, not the server
+    frozen.execute("BEGIN")
+    frozen.execute("SELECT 1 FROM leases WHERE symbol = 'XRPUSDT' FOR SHARE")
+    adopter_conn = connections()
+    adopter_conn.execute(f"SET lock_timeout = {int(lease_keeper.LOCK_WAIT_SECONDS * 1000)}".encode())
+    adopter = Keeper(Leases(adopter_conn), "new", 2, TTL, MARGIN)
+    wanted = {"XRPUSDT": "running", "BTCUSDT": "running"}
+    Leases(connections()).conn.execute("UPDATE hosts SET last_seen = now() - interval '1 hour' WHERE host_id = 'old'")
+    wait_for("the old lease to expire", lambda: all(h.expires_in_seconds <= 0 for h in adopter.leases.holders()), 10)
+    started = time.monotonic()
+    first = adopter.round(wanted)
+    assert time.monotonic() - started < 2 * lease_keeper.LOCK_WAIT_SECONDS + 1
+    assert [h.symbol for h in first.held] == ["BTCUSDT"]  # the rest of the round went on
+    frozen.execute("ROLLBACK")  # the session ends (below: the server does it by itself)
+    assert {h.symbol for h in adopter.round(wanted).held} == set(wanted)
+
+
+def test_the_server_ends_a_session_left_idle_inside_a_transaction(connections: Callable[[], Conn]) -> None:
+    """naive never waits between a transaction's statements: a session idle inside one belongs to a
+    frozen or cut-off process, and the server ends it, releasing its locks."""
+    frozen, observer = connections(), connections()
+    frozen.execute("BEGIN")
+    frozen.execute("SELECT 1")
+    ended = time.monotonic()
+
+    def gone() -> bool:
+        row = observer.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (frozen.info.backend_pid,)).fetchone()
+        return row == (0,)
+
+    wait_for("the server to end the idle session", gone, postgres.IDLE_IN_TRANSACTION_SECONDS + 5, 0.1)
+    assert time.monotonic() - ended >= postgres.IDLE_IN_TRANSACTION_SECONDS - 0.2
+    with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+        frozen.execute("SELECT 1")  # what it wrote in that transaction never commits

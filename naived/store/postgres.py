@@ -45,6 +45,7 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(TraderState).decode
 
 HIDDEN = "********"
+IDLE_IN_TRANSACTION_SECONDS = 2.0
 
 
 class DsnError(ValueError):
@@ -80,6 +81,11 @@ def connect(dsn: str, application_name: str = "naived") -> Conn:
         message = f"cannot connect to PostgreSQL ({where}): {str(exc).strip()}".replace("\n", " ")
         # libpq quotes hosts, users and databases: the password is hidden wherever it turns up
         raise ConnectError(message.replace(password, HIDDEN) if password else message) from None
+    # naive never waits between the statements of a transaction: one open and idle this long
+    # belongs to a process that was frozen (SIGSTOP, a paused VM) or cut off in the middle of it.
+    # The server ends its session, so that its locks (the fence's FOR SHARE on a lease row) do not
+    # hold up the host that takes the lease over once it expires.
+    conn.execute(f"SET idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION_SECONDS * 1000)}".encode())
     log.info("connected to PostgreSQL (%s), backend pid %d", where, conn.info.backend_pid)
     return conn
 

@@ -104,7 +104,12 @@ class Keeper:
             self.leases.register_host(self.host_id, self.pid)
         for symbol, (lease, _) in list(self.held.items()):
             t0 = time.monotonic()
-            if self.leases.renew(lease, self.ttl):
+            try:
+                renewed = self.leases.renew(lease, self.ttl)
+            except psycopg.errors.LockNotAvailable:  # our own leader's write still holds the row: next round
+                log.warning("%s: lease token %d not renewed this round: its row is locked", symbol, lease.token)
+                continue
+            if renewed:
                 self.held[symbol] = (lease, t0 + self.ttl - self.margin)
             else:
                 log.warning("%s: lease token %d lost (taken over or expired); stopping it here", symbol, lease.token)
@@ -124,7 +129,13 @@ class Keeper:
         taken = False
         for symbol in todo.acquire + sorted(forgotten):
             t0 = time.monotonic()
-            granted = self.leases.acquire(symbol, self.host_id, self.ttl)
+            try:
+                granted = self.leases.acquire(symbol, self.host_id, self.ttl)
+            except psycopg.errors.LockNotAvailable:
+                # The old holder's write is still open on the row (a host frozen mid-transaction):
+                # the server ends that session (postgres.IDLE_IN_TRANSACTION_SECONDS); try next round.
+                log.info("%s: lease row locked by an open write of its last holder; taking it next round", symbol)
+                continue
             if granted is not None:
                 log.info("%s: lease acquired, token %d", symbol, granted.token)
                 self.held[symbol] = (granted, t0 + self.ttl - self.margin)
@@ -140,6 +151,7 @@ class Keeper:
 # What a round may fail with: the database (psycopg.Error, ConnectError among them), its DSN, the
 # network under it, a schema this naive cannot use (a newer naive migrated it).
 DB_ERRORS = (psycopg.Error, DsnError, OSError, pgschema.SchemaError)
+LOCK_WAIT_SECONDS = 0.5  # the longest a keeper statement waits on a row lock
 ERROR_MAX = 500  # characters of an error kept for the report (status shows it on one line)
 
 
@@ -180,7 +192,11 @@ class KeeperProcess:
         conn = postgres.connect(_dsn_with_timeouts(self.dsn, self.settings.renew_seconds),
                                 application_name=f"naived lease-keeper {self.host_id}")
         try:
-            pgschema.migrate(conn)
+            # A row lock held by another session (a host frozen in the middle of a fenced write) fails
+            # the statement that waits on it within a fraction of a round, instead of stalling the
+            # round, and every other lease's renewal with it, until that session ends.
+            pgschema.migrate(conn)  # first: its advisory lock may rightly wait for another host's migration
+            conn.execute(f"SET lock_timeout = {int(LOCK_WAIT_SECONDS * 1000)}".encode())
             trading = PgTradingSet(conn)
             if self.keeper is None:
                 self.keeper = Keeper(Leases(conn), self.host_id, self.root_pid, self.settings.lease_seconds,

@@ -571,6 +571,9 @@ class Root(Role):
         return None  # answered when the worker reports (or dies)
 
     def status(self, only: str | None) -> TreeStatus:
+        # A root that was frozen may be asked before its tick ran: what is past its deadline is
+        # stopped first, so that status never shows a symbol running that this host may not trade.
+        self.stop_overdue(time.monotonic())
         if only and only not in self.symbols:
             if lookup(only) is not None:
                 raise ValueError(f"{only} is not trading (naivectl start-trading {only})")
