@@ -87,9 +87,7 @@ def fault_loop(hosts: Hosts, symbols: list[str], faults: int, rng: random.Random
             hosts.kill(victim)
             down.append((t0 + rng.uniform(ttl, 2 * ttl), victim))
         else:
-            members = hosts.members(victim)
-            for p in members:
-                p.suspend()
+            members = hosts.freeze(victim)
             try:
                 others = {h: t for h, t in hosts.hosts.items() if h != victim}
                 wait_for(f"the others to adopt {victim}'s symbols",

@@ -89,6 +89,18 @@ class Hosts:
         root = psutil.Process(self.hosts[host_id].naived.pid)
         return [root, *root.children(recursive=True)]
 
+    def freeze(self, host_id: str) -> list[psutil.Process]:
+        """SIGSTOP the host's tree (a paused VM); returns what to resume. A short-lived worker that
+        exits between the listing and its signal is simply not there to freeze."""
+        frozen = []
+        for p in self.members(host_id):
+            try:
+                p.suspend()
+                frozen.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        return frozen
+
     def kill(self, host_id: str) -> None:
         """SIGKILL the host's whole tree at once (a power cut): the root and every descendant."""
         members = self.members(host_id)

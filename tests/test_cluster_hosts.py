@@ -7,7 +7,6 @@ import datetime
 import time
 from pathlib import Path
 
-import psutil
 from harness import RESTING, wait_for
 from hosts import Hosts, running_hosts
 
@@ -110,9 +109,7 @@ def test_a_frozen_host_is_fenced_and_stops_its_symbols_when_it_wakes(tmp_path: P
         placed = wait_for("every symbol trading", lambda: all_resting(hosts), 60)
         before = open_orders(hosts)
         frozen = hosts.hosts["h1"]
-        members = [psutil.Process(frozen.naived.pid), *psutil.Process(frozen.naived.pid).children(recursive=True)]
-        for p in members:
-            p.suspend()
+        members = hosts.freeze("h1")
         awake = {k: v for k, v in hosts.hosts.items() if k != "h1"}
         try:
             def adopted() -> bool:
