@@ -20,10 +20,19 @@ sends the same order POST to the same paper exchange), whose p50 the target comp
 A SUB socket in this process receives the same trades, which splits each sample
 into the streamer leg (websocket → streamerd → ZeroMQ) and the trader leg. The
 script then times the parts of the trader leg one by one against the live tree
-(the leader's acked state write, a cold vs a warm exchange client), and with
-`--profile` samples the traders with py-spy.
+(the leader's acked state write, back to back and after a quiet spell as a trader's; a cold
+vs a warm exchange client), and with `--profile` samples the traders with py-spy.
 
-    .venv/bin/python bench/tick_to_order.py [--samples 200] [--quick] [--profile] [--json]
+The same is measured on each store backend of `--stores` (default both), one deployment each,
+alike but for `[store]`: SQLite (the default) and PostgreSQL (a real server started as the tests
+start it, tests/pg.py, over TCP on 127.0.0.1; the host a one-host cluster whose leader fences
+every write with the symbol's lease). Both trees run at once and their cycles alternate, so
+that the machine's other work weighs on both alike; the bare chain runs once, on the first
+store's tree. A PostgreSQL host trades a symbol once its lease keeper took the lease, and
+places orders once the keeper's first round set its share of the account's order limits (in
+force from the next 10 s window): the cycles start only then.
+
+    .venv/bin/python bench/tick_to_order.py [--samples 200] [--stores sqlite postgresql] [--quick] [--profile] [--json]
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
 
@@ -47,8 +57,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fake_binance import FakeBinance, server_frame, trade_json
 from figures import percentiles
 from harness import BIN, Tree, wait_for
+from pg import running_server
 
-from naived.core.config import load_config
+from naived.core.config import Config, load_config
 from naived.core.messages import (  # noqa: E402
     LeaderStatus,
     LeaderStatusRequest,
@@ -60,6 +71,7 @@ from naived.core.messages import (  # noqa: E402
     trade_topic,
 )
 from naived.exchange import binance as exchange
+from naived.exchange import budget as rate_budget
 from naived.tree.ipc import request
 
 SYMBOL = "XRPUSDT"
@@ -75,6 +87,7 @@ rebuy_interval = "0.5"      # the fill trade must not also trigger a rebuy notif
 """
 
 
+IDLE_ACK_S = 0.3  # s: a leader ack timed after as long a quiet spell as a warmed trader's
 ORDER_PAIR_SPACING = 0.45  # s: two orders per 0.45 s is 44 in 10 s, under the budget's 45
 
 
@@ -178,23 +191,30 @@ class Bench:
 
     # --- the trader leg, part by part ----------------------------------------------------
 
-    def parts(self, rounds: int) -> dict[str, dict[str, float]]:
-        """Each step of a fresh trader's first order, timed alone against the live tree."""
-        out: dict[str, list[float]] = {"leader ack (state stored)": [], "exchange: cold client, first order": [],
-                                      "exchange: warm client, one order": [], "exchange: cold client, server time only": []}
-        # a state write the leader must store before it acks, on a spare trader id the leader never runs
+    def leader_acks(self, rounds: int, idle: float = 0.0) -> dict[str, float]:
+        """A state write the leader must store before it acks (on this tree's store), on a spare
+        trader id the leader never runs; `idle` s before each, as a trader's intent comes after a
+        quiet spell (the processes of the store's path are asleep then and must be woken)."""
         status = self.leader()
         settings = next(t.state.settings for t in status.traders if t.state)
         req = self.ctx.socket(zmq.REQ)
         req.setsockopt(zmq.LINGER, 0)
         req.connect(self.config.leader_endpoint(SYMBOL))
+        took = []
         for i in range(rounds):
+            time.sleep(idle)
             payload = encode(StateUpdated(TraderState(SYMBOL, 99, 10_000_000 + i, settings), 0))
             start = time.perf_counter()
             req.send(payload)
             req.recv()
-            out["leader ack (state stored)"].append((time.perf_counter() - start) * 1000)
+            took.append((time.perf_counter() - start) * 1000)
         req.close()
+        return percentiles(took)
+
+    def exchange_parts(self, rounds: int) -> dict[str, dict[str, float]]:
+        """A fresh trader's exchange calls, each timed alone against the live tree's paper exchange."""
+        out: dict[str, list[float]] = {"exchange: cold client, first order": [], "exchange: warm client, one order": [],
+                                      "exchange: cold client, server time only": []}
         for i in range(rounds):
             time.sleep(ORDER_PAIR_SPACING)  # two orders a round, under the host's order budget
             client = exchange.client_for(self.config)
@@ -260,12 +280,8 @@ def bare_chain(bench: Bench, directory: Path, samples: int) -> list[float]:
             proc.wait()
 
 
-def profile(tree: Tree, bench: Bench, tap: Tap, cycles: int, directory: Path) -> None:
+def profile(spy: str, bench: Bench, tap: Tap, cycles: int, directory: Path, store: str) -> None:
     """py-spy on the leader and its forked traders while cycles run: where the active time goes."""
-    spy = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")
-    if spy is None:
-        print("\nprofile: py-spy is not installed (pip install py-spy into the venv)")
-        return
     leader = bench.leader()
     out = directory / "profile.txt"
     proc = subprocess.Popen([spy, "record", "--subprocesses", "--rate", "1000", "--format", "raw", "--output", str(out),
@@ -299,7 +315,7 @@ def profile(tree: Tree, bench: Bench, tap: Tap, cycles: int, directory: Path) ->
         print("\nprofile: no trader samples; py-spy said:", err.decode(errors="replace")[-300:])
         print("\n".join(out.read_text().splitlines()[:3])[:600])
         return
-    print(f"\nprofile: py-spy, traders' active samples over {cycles} cycles ({total} samples at 1 kHz,"
+    print(f"\nprofile ({store}): py-spy, traders' active samples over {cycles} cycles ({total} samples at 1 kHz,"
           " zmq waits left out; whole cycles: buy, fill checks, sell)")
     interesting = [f for f, _ in inclusive.most_common(60) if any(k in f for k in (
         "report", "place", "new_order", "server_time", "_send", "connect", "call ", "on_trade", "decode", "getresponse",
@@ -311,77 +327,164 @@ def profile(tree: Tree, bench: Bench, tap: Tap, cycles: int, directory: Path) ->
         print(f"  {n / max(total, 1):6.1%}       {f}")
 
 
+STORES = ("sqlite", "postgresql")
+HOST_ID = "bench"  # the PostgreSQL host's name in its (one-host) cluster
+
+
+def store_config(store: str) -> str:
+    """The only lines the deployments differ by: the store."""
+    if store == "sqlite":
+        return CONFIG  # the default store
+    return CONFIG + f"""
+[store]
+backend = "postgresql"
+host_id = "{HOST_ID}"
+"""
+
+
+def orders_open(config: Config) -> bool:
+    """The host may place its whole order budget now. On PostgreSQL the host shares the account's
+    order limits with the cluster: its lease keeper's first round holds the orders and reserves the
+    host's share, which is in force from the 10 s window after it (naived/core/order_shares.py);
+    a cycle timed before then would time the hold."""
+    state = rate_budget.snapshot(config.budget_path)
+    if state is None:
+        return False
+    if config.store.shared and not state.share_hosts:
+        return False  # the keeper's first round has not set the host's share yet
+    limits = exchange.budget_limits(config)
+    return state.order_limits(limits)[0] >= limits.orders_per_10s
+
+
+class Deployment:
+    """One store's tree: its fake Binance, streamerd, naived (paper exchange), its tap and its bench."""
+
+    def __init__(self, store: str, directory: Path, stack: ExitStack, dsn: str | None) -> None:
+        self.store = store
+        directory.mkdir()
+        self.fake = stack.enter_context(FakeBinance())
+        self.tree = Tree(directory, store_config(store), market="binance")
+        stack.callback(self.tree.stop)
+        self.tree._spawn("streamerd", "start", "--binance-url", self.fake.url)
+        self.tree.start_naived(env={"NAIVE_STORE_DSN": dsn} if dsn else None)
+        self.tap = Tap(tree_endpoint(self.tree))
+        self.tap.start()
+        stack.callback(self.tap.stop)
+        assert self.tree.ctl("start-trading", SYMBOL).returncode == 0
+        self.bench = Bench(self.tree, self.fake)
+
+    def held(self) -> int:
+        """Requests the host's rate budget has held back so far (never sent)."""
+        state = rate_budget.snapshot(self.bench.config.budget_path)
+        return state.held_total if state else 0
+
+    def wait_ready(self) -> None:
+        """Trader 0 said hello (on PostgreSQL: once the keeper's round took the symbol's lease) and
+        the host's orders are open; a symbol on PostgreSQL may take a lease round and a 10 s window."""
+        wait_for(f"trader 0 of {SYMBOL} ready ({self.store})", self.bench.trader, timeout=60, interval=0.1)
+        wait_for(f"the host's order budget in force ({self.store})", lambda: orders_open(self.bench.config),
+                 timeout=60, interval=0.1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--stores", nargs="+", choices=STORES, default=list(STORES),
+                        help="the store backends to measure, each on its own tree, cycles alternating (default: both)")
     parser.add_argument("--quick", action="store_true", help="a few samples, to check the script works")
     parser.add_argument("--profile", action="store_true", help="py-spy the traders over some more cycles")
     parser.add_argument("--json", action="store_true", help="also print one BENCH-JSON line for bench/run_all")
     args = parser.parse_args()
     if args.quick:
         args.samples = 10
-    with tempfile.TemporaryDirectory(prefix="naive-bench-") as directory, FakeBinance() as fake:
-        tree = Tree(Path(directory), CONFIG, market="binance")
-        tap = None
-        try:
-            tree._spawn("streamerd", "start", "--binance-url", fake.url)
-            tree.start_naived()
-            tap = Tap(tree_endpoint(tree))
-            tap.start()
-            assert tree.ctl("start-trading", SYMBOL).returncode == 0
-            bench = Bench(tree, fake)
-            runs = {}
-            # fresh: the trade arrives the moment the trader said hello (before its warm-up request
-            # is done); warmed: a trader that has been waiting a while, which is what a user sees
-            for kind, settle in (("fresh", 0.01), ("warmed", 0.3)):
-                totals, streamer = [], []
-                for _ in range(args.samples):
-                    total, leg = bench.cycle(tap, settle)
+    stores = list(dict.fromkeys(args.stores))
+    with tempfile.TemporaryDirectory(prefix="naive-bench-") as tmp, ExitStack() as stack:
+        directory = Path(tmp)
+        dsn = None
+        if "postgresql" in stores:
+            try:
+                dsn = stack.enter_context(running_server()).dsn()
+            except RuntimeError as exc:
+                raise SystemExit(f"{exc}\n(`--stores sqlite` measures without PostgreSQL)") from None
+        deployments = [Deployment(store, directory / store, stack, dsn if store == "postgresql" else None)
+                       for store in stores]
+        for d in deployments:
+            d.wait_ready()
+        held_before = {d.store: d.held() for d in deployments}
+        first = deployments[0]
+        # fresh: the trade arrives the moment the trader said hello (before its warm-up request
+        # is done); warmed: a trader that has been waiting a while, which is what a user sees.
+        # The stores' cycles alternate, so that the machine's other work weighs on each alike.
+        runs: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+        for kind, settle in (("fresh", 0.01), ("warmed", 0.3)):
+            for d in deployments:
+                runs[kind, d.store] = [], []
+            for _ in range(args.samples):
+                for d in deployments:
+                    total, leg = d.bench.cycle(d.tap, settle)
+                    totals, streamer = runs[kind, d.store]
                     totals.append(total)
                     if leg is not None:
                         streamer.append(leg)
-                runs[kind] = totals, streamer
-            bare = percentiles(bare_chain(bench, Path(directory), args.samples))
-            print(f"tick to order, {SYMBOL}, one trader cycle per sample (n={args.samples} each)")
-            print(f"{'':<44}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}  (ms)")
-            def row(name: str, p: dict[str, float]) -> None:
-                print(f"{name:<44}{p['p50']:9.3f}{p['p90']:9.3f}{p['p99']:9.3f}{p['max']:9.3f}")
+        held = {d.store: d.held() - held_before[d.store] for d in deployments}
+        bare = percentiles(bare_chain(first.bench, first.tree.dir, args.samples))
+        print(f"tick to order, {SYMBOL}, one trader cycle per sample (n={args.samples} each), "
+              f"store{'s' * (len(stores) > 1)} {' and '.join(stores)}"
+              + (", their cycles alternating" if len(stores) > 1 else ""))
+        print(f"{'':<44}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}  (ms)")
 
-            for kind, (totals, streamer) in runs.items():
-                t, s = percentiles(totals), percentiles(streamer)
-                row(f"frame -> order, {kind} trader", t)
-                row("  streamer leg: frame -> SUB (this process)", s)
-                if len(streamer) == len(totals):
-                    row("  trader leg: SUB -> order request line",
-                        percentiles([a - b for a, b in zip(totals, streamer, strict=True)]))
-            row("frame -> order, bare chain of the same hops", bare)
-            t = percentiles(runs["warmed"][0])
-            for kind, (totals, _) in runs.items():
-                p50 = percentiles(totals)["p50"]
-                ratio = p50 / bare["p50"]
-                verdict = "met" if ratio <= TARGET_BARE_RATIO else f"MISSED by {p50 - TARGET_BARE_RATIO * bare['p50']:.2f} ms"
-                print(f"target p50 within {TARGET_BARE_RATIO:g}x of the bare chain, {kind} trader: {ratio:.2f}x, {verdict}")
-            parts = bench.parts(10 if args.quick else 50)
-            print("\nthe trader leg's steps, each timed alone against the live tree:")
-            for name, p in parts.items():
-                row(f"  {name}", p)
-            if args.profile:
-                profile(tree, bench, tap, 20 if args.quick else 100, Path(directory))
-            if args.json:
-                fresh = percentiles(runs["fresh"][0])
-                rows = [{"figure": "tick -> order at exchange, warmed trader", "unit": "ms", "p50": t["p50"], "p99": t["p99"],
-                         "peer": f"bare chain p50 {bare['p50']:.2f}", "ratio": bare["p50"] / t["p50"],
-                         "target": f"<={TARGET_BARE_RATIO:g}x bare", "n": t["n"]},
-                        {"figure": "tick -> order at exchange, fresh trader", "unit": "ms", "p50": fresh["p50"],
-                         "p99": fresh["p99"], "peer": f"bare chain p50 {bare['p50']:.2f}", "ratio": bare["p50"] / fresh["p50"],
-                         "target": f"<={TARGET_BARE_RATIO:g}x bare", "n": fresh["n"]},
-                        {"figure": "  bare chain of the same hops", "unit": "ms", "p50": bare["p50"], "p99": bare["p99"],
-                         "peer": None, "ratio": None, "target": "", "n": bare["n"]}]
-                print("BENCH-JSON: " + json.dumps(rows))
-        finally:
-            if tap is not None:
-                tap.stop()
-            tree.stop()
+        def row(name: str, p: dict[str, float]) -> None:
+            print(f"{name:<44}{p['p50']:9.3f}{p['p90']:9.3f}{p['p99']:9.3f}{p['max']:9.3f}")
+
+        for (kind, store), (totals, streamer) in runs.items():
+            row(f"frame -> order, {kind} trader, {store}", percentiles(totals))
+            row("  streamer leg: frame -> SUB (this process)", percentiles(streamer))
+            if len(streamer) == len(totals):
+                row("  trader leg: SUB -> order request line",
+                    percentiles([a - b for a, b in zip(totals, streamer, strict=True)]))
+        row("frame -> order, bare chain of the same hops", bare)
+        for (kind, store), (totals, _) in runs.items():
+            p50 = percentiles(totals)["p50"]
+            ratio = p50 / bare["p50"]
+            verdict = "met" if ratio <= TARGET_BARE_RATIO else f"MISSED by {p50 - TARGET_BARE_RATIO * bare['p50']:.2f} ms"
+            print(f"target p50 within {TARGET_BARE_RATIO:g}x of the bare chain, {kind} trader, {store}: {ratio:.2f}x, {verdict}")
+        if len(stores) > 1:
+            for kind in ("fresh", "warmed"):
+                base = percentiles(runs[kind, stores[0]][0])
+                print(f"{kind} trader, against {stores[0]}: " + ", ".join(
+                    f"{store} p50 {percentiles(runs[kind, store][0])['p50'] - base['p50']:+.3f} ms, "
+                    f"p90 {percentiles(runs[kind, store][0])['p90'] - base['p90']:+.3f} ms" for store in stores[1:]))
+        # A request the host's budget held back (an order share not yet in force, say) would be in
+        # a sample: none may be.
+        print("requests held back by the host's budget during the cycles: "
+              + ", ".join(f"{store} {n}" for store, n in held.items())
+              + ("" if not any(held.values()) else "  (NOT 0: some samples include a hold)"))
+        rounds = 10 if args.quick else 50
+        print("\nthe trader leg's steps, each timed alone against the live tree:")
+        for d in deployments:
+            row(f"  leader ack (state stored), {d.store}", d.bench.leader_acks(rounds))
+        for d in deployments:
+            row(f"  the same after {IDLE_ACK_S:g} s idle, {d.store}", d.bench.leader_acks(rounds, IDLE_ACK_S))
+        for name, p in first.bench.exchange_parts(rounds).items():
+            row(f"  {name}", p)
+        if args.profile:
+            spy = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")
+            if spy is None:
+                print("\nprofile: py-spy is not installed (pip install py-spy into the venv)")
+            for d in deployments if spy else []:
+                profile(spy, d.bench, d.tap, 20 if args.quick else 100, d.tree.dir, d.store)
+        if args.json:
+            rows = []
+            for store in stores:
+                label = "" if store == "sqlite" else f", {store} store"
+                for kind in ("warmed", "fresh"):
+                    p = percentiles(runs[kind, store][0])
+                    rows.append({"figure": f"tick -> order at exchange, {kind} trader{label}", "unit": "ms", "p50": p["p50"],
+                                 "p99": p["p99"], "peer": f"bare chain p50 {bare['p50']:.2f}", "ratio": bare["p50"] / p["p50"],
+                                 "target": f"<={TARGET_BARE_RATIO:g}x bare", "n": p["n"]})
+            rows.append({"figure": "  bare chain of the same hops", "unit": "ms", "p50": bare["p50"], "p99": bare["p99"],
+                         "peer": None, "ratio": None, "target": "", "n": bare["n"]})
+            print("BENCH-JSON: " + json.dumps(rows))
 
 
 def tree_endpoint(tree: Tree) -> str:
