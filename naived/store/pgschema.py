@@ -90,6 +90,22 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO order_share_epoch (epoch) VALUES (0);
     """,
+    # 3: the fence as one statement that fails the transaction (naived/store/postgres.py, PgStore): a
+    # write can then be sent with its fence in one round trip (a pipeline), its COMMIT included,
+    # since a fence that does not hold aborts what follows it on the server
+    """
+    CREATE FUNCTION naive_fence(p_symbol text, p_holder text, p_token bigint) RETURNS void
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM 1 FROM leases WHERE symbol = p_symbol AND holder = p_holder AND token = p_token
+            AND expires_at > now() FOR SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'fenced: % no longer held by % with token %', p_symbol, p_holder, p_token
+                USING ERRCODE = 'NVFNC';
+        END IF;
+    END
+    $$;
+    """,
 ]
 
 LATEST = len(MIGRATIONS)

@@ -45,6 +45,7 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(TraderState).decode
 
 HIDDEN = "********"
+FENCED_SQLSTATE = "NVFNC"  # naive_fence's error (pgschema, migration 3): the lease is not ours
 IDLE_IN_TRANSACTION_SECONDS = 2.0
 
 
@@ -90,11 +91,10 @@ def connect(dsn: str, application_name: str = "naived") -> Conn:
     return conn
 
 
-# The fence: the lease row, still ours and unexpired by the database's clock, locked FOR SHARE to
-# the end of the transaction. A takeover (leases.acquire's UPDATE) waits for that lock, so it
-# cannot commit between this check and the write's commit.
-_FENCE = ("SELECT 1 FROM leases WHERE symbol = %s AND holder = %s AND token = %s AND expires_at > now() "
-          "FOR SHARE")
+# The fence (naive_fence, pgschema's migration 3): the lease row, still ours and unexpired by the
+# database's clock, locked FOR SHARE to the end of the transaction, or the transaction fails. A
+# takeover (leases.acquire's UPDATE) waits for that lock, so it cannot commit between the check and
+# the write's commit.
 
 
 class PgStore:
@@ -124,14 +124,24 @@ class PgStore:
 
     @contextlib.contextmanager
     def _fenced(self) -> Iterator[Conn]:
-        """A transaction that goes on only while the lease is ours (see _FENCE); Fenced otherwise."""
+        """A transaction that goes on only while the lease is ours (see naive_fence above); Fenced otherwise.
+
+        Pipelined: the fence, the writes and the COMMIT go to the server at once and their answers
+        come back together (one round trip, not one per statement). That is safe because the fence
+        is `naive_fence`, which *fails* the transaction when the lease is not ours: the server then
+        skips every statement after it and the COMMIT rolls back. The writes inside must not read
+        a result (no fetch) before the block ends."""
         lease = self.lease
         if lease is None:
             raise Fenced(f"{self.symbol}: write refused: this store was opened without a lease (read only)")
-        with self._conn.transaction():
-            if self._conn.execute(_FENCE, (self.symbol, lease.holder, lease.token)).fetchone() is None:
-                raise Fenced(self._refusal(lease))  # rolls the transaction back
-            yield self._conn
+        try:
+            with self._conn.pipeline(), self._conn.transaction():
+                self._conn.execute("SELECT naive_fence(%s, %s, %s)", (self.symbol, lease.holder, lease.token))
+                yield self._conn
+        except psycopg.Error as exc:
+            if exc.sqlstate == FENCED_SQLSTATE:
+                raise Fenced(self._refusal(lease)) from None
+            raise
 
     def _refusal(self, lease: Lease) -> str:
         row = self._conn.execute("SELECT holder, token, extract(epoch FROM expires_at - now())::float8 "
