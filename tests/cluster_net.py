@@ -31,10 +31,10 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import zmq
@@ -59,6 +59,7 @@ RESTING = """
 chunks = 2
 buy_down_interval = "0.5"
 """
+T = TypeVar("T")
 _LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\w+)\s+(.*?)\[(\d+)\] (.*)$")
 
 
@@ -109,6 +110,39 @@ class Event:
     message: str
 
 
+def wait_until(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.1) -> T:
+    """harness.wait_for, but an AssertionError in `probe` fails at once (a symbol seen on two hosts
+    is an answer, not a state to wait out); other errors (a host or the exchange restarting) are retried."""
+    def checked() -> T | None:
+        try:
+            return probe()
+        except AssertionError as exc:
+            raise Seen(str(exc)) from exc
+
+    try:
+        return wait_for(what, checked, timeout, interval)
+    except Seen as seen:
+        raise AssertionError(str(seen)) from None
+
+
+class Seen(BaseException):
+    """An assertion inside a probe, carried past wait_for's retries (it catches Exception only)."""
+
+
+def wait_for_or_tell(what: str, probe: Callable[[], object], logs: list[Path], timeout: float) -> None:
+    """wait_for, failing with the end of the logs of what did not come up."""
+    try:
+        wait_for(what, probe, timeout, interval=0.1)
+    except AssertionError as exc:
+        tails = []
+        for log in logs:
+            try:
+                tails.append(f"{log} ends:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:]))
+            except OSError as error:
+                tails.append(f"(no {log}: {error})")
+        raise AssertionError(f"{exc}; " + "\n".join(tails)) from None
+
+
 def log_events(path: Path, pattern: str) -> list[tuple[Event, re.Match[str]]]:
     """The lines of a naive log whose message matches `pattern` (re.search), oldest first."""
     found = []
@@ -153,7 +187,7 @@ class NetCluster:
             with self.pg.admin() as admin:
                 return admin.execute("SELECT 1").fetchone() == (1,)
 
-        wait_for("PostgreSQL to answer", answers, 60, interval=0.1)
+        wait_for_or_tell("PostgreSQL to answer", answers, [self.pg.log], 60)
         if first:
             create_database(self.pg)
 
@@ -187,7 +221,8 @@ class NetCluster:
                            log=path / "streamerd.log")
         self.cluster.spawn("paper", [str(BIN / "naived"), "paper-exchange", "--config", str(config)], env=env,
                            log=path / "paper-exchange.log")
-        wait_for("the paper exchange", lambda: self.paper("/api/v3/ping") == {}, 60, interval=0.1)
+        wait_for_or_tell("the paper exchange", lambda: self.paper("/api/v3/ping") == {},
+                         [path / "paper-exchange.log", path / "streamerd.log"], 60)
 
     def add_host(self, name: str) -> Host:
         host = Host(name, self.dir / name)
@@ -204,7 +239,8 @@ class NetCluster:
         env = {**self.base_env, **PAPER_KEYS, "NAIVE_STORE_DSN": dsn}
         host.pid = self.cluster.spawn(name, [str(BIN / "naived"), "start", "--config", str(host.config),
                                              "--log-file", str(host.log)], env=env, log=host.dir / "stderr.log")
-        wait_for(f"{name} to answer", lambda: self.status(name) is not None, 60, interval=0.1)
+        wait_for_or_tell(f"{name} to answer", lambda: self.status(name) is not None,
+                         [host.dir / "stderr.log", host.log], 60)
 
     # -- looking ------------------------------------------------------------------------------------
 
@@ -286,10 +322,15 @@ _TITLE = re.compile(r"^naive: (?:supervisor|leader|trader) ([A-Z0-9]+)")
 
 @dataclass
 class Overlap:
-    at: float  # wall clock of the sample
+    start: float  # wall clock: the sample was taken between these two times
+    end: float
     symbol: str
     hosts: list[str]
     by: str  # "status" or "processes"
+
+    def within(self, start: float, end: float) -> bool:
+        """Whether the sample may have been taken (in part) between `start` and `end`."""
+        return self.end >= start and self.start <= end
 
 
 @dataclass
@@ -327,10 +368,11 @@ class Sampler:
             for name, host in list(self.net.hosts.items()):
                 for symbol in live_symbols(host.pid):
                     by_process.setdefault(symbol, []).append(name)
+            end = time.time()
             for by, found in (("status", by_status), ("processes", by_process)):
                 for symbol, hosts in found.items():
                     if len(hosts) > 1:
-                        self.overlaps.append(Overlap(now, symbol, sorted(hosts), by))
+                        self.overlaps.append(Overlap(now, end, symbol, sorted(hosts), by))
             self.samples += 1
 
 
