@@ -51,20 +51,3 @@ def test_a_shutdown_in_the_shared_trading_set_is_passed_on_once() -> None:
     first = leased.on_report(LeasesHeld([held("XRPUSDT", 2, 25.0, "shutting-down")]), now=11.0)
     assert first.shut_down == ["XRPUSDT"] and first.start == [] and first.stop == []
     assert leased.on_report(LeasesHeld([held("XRPUSDT", 2, 30.0, "shutting-down")]), now=12.0).shut_down == []
-
-
-def test_a_report_handled_after_a_deadline_kills_what_it_does_not_renew() -> None:
-    """The root busy or frozen past a deadline, a report waiting: handled before the tick, it must
-    not turn the deadline's kill into a graceful stop (a stop takes its time; the lease may be gone)."""
-    leased = Leased("h1", 15.0)
-    leased.on_report(LeasesHeld([held("BTCUSDT", 1, 20.0), held("ETHUSDT", 2, 20.0), held("XRPUSDT", 3, 30.0)]), now=10.0)
-    # the keeper's failed round (the old deadlines) and its next good one (ETHUSDT lost), both late
-    late = leased.on_report(LeasesHeld([held("BTCUSDT", 1, 20.0), held("XRPUSDT", 3, 30.0)], error="down"), now=21.0)
-    assert (late.kill, late.stop, late.start) == (["BTCUSDT", "ETHUSDT"], [], [])
-    assert leased.overdue(21.0) == [] and leased.token("XRPUSDT") == 3
-    # renewed in time by the keeper (the same token, a later deadline): it goes on, late report or not
-    renewed = leased.on_report(LeasesHeld([held("XRPUSDT", 3, 45.0)]), now=31.0)
-    assert (renewed.kill, renewed.stop, renewed.start) == ([], [], [])
-    # handed off or lost before its deadline: a graceful stop, as before
-    handed = leased.on_report(LeasesHeld([]), now=32.0)
-    assert (handed.kill, handed.stop) == ([], ["XRPUSDT"])

@@ -20,7 +20,6 @@ class Changes(msgspec.Struct, frozen=True):
     start: list[HeldLease]  # newly held, or held again under a new token (stop the old run first)
     stop: list[str]  # no longer held, or re-tokened
     shut_down: list[str]  # held, and the shared trading set now says shutting-down
-    kill: list[str] = []  # no longer held and past the deadline held here: stop at once, as `overdue`
 
 
 class Leased:
@@ -38,15 +37,12 @@ class Leased:
         if report.error is None:
             self.last_good = now
         new = {h.symbol: h for h in report.held if h.deadline > now}
-        gone = sorted(s for s, h in self.held.items() if s not in new or new[s].token != h.token)
-        # A report handled after a deadline the tick has not acted on yet (the root was busy or
-        # frozen) must not turn that deadline's kill into a graceful stop.
-        kill = [s for s in gone if self.held[s].deadline <= now]
+        stop = sorted(s for s, h in self.held.items() if s not in new or new[s].token != h.token)
         start = [h for s, h in sorted(new.items()) if s not in self.held or self.held[s].token != h.token]
         shut_down = sorted(s for s, h in new.items() if h.mode == "shutting-down"
                            and (s not in self.held or self.held[s].mode != "shutting-down"))
         self.held = new
-        return Changes(start, [s for s in gone if s not in kill], shut_down, kill)
+        return Changes(start, stop, shut_down)
 
     def forget(self, symbol: str) -> None:
         """Not started after all (its last run is still stopping): the next report starts it."""

@@ -264,8 +264,6 @@ class Root(Role):
         if report.error is not None:
             log.warning("lease keeper: %s; the symbols held stop at their deadlines unless a renewal comes", report.error)
         changes = self.cluster.on_report(report, time.monotonic())
-        for symbol in changes.kill:
-            self.lose_symbol(symbol, "its lease could not be renewed in time", kill=True)
         for symbol in changes.stop:
             self.lose_symbol(symbol, "its lease is no longer held here (handed off, or lost)")
         for held in changes.start:
