@@ -25,7 +25,7 @@ import pytest
 from cluster_net import Event, NetCluster, Sampler, live_symbols, net_cluster, placement, resting_buys, running, wait_until
 from conftest import missing_service
 from harness import wait_for
-from netns import ip_command
+from netns import NetnsError, ip_command
 from pg import server_bin_dir
 
 from naived.core import validate
@@ -115,6 +115,11 @@ def share_of(net: NetCluster, victim: str) -> tuple[dict[str, str], dict[str, tu
     return before, orders, mine
 
 
+def signal_if_alive(net: NetCluster, pid: int, sig: int) -> None:
+    with contextlib.suppress(NetnsError):  # gone: nothing to do
+        net.cluster.kill(pid, sig)
+
+
 def adoption(net: NetCluster, victim: str, mine: list[str], since: float) -> tuple[dict[str, str], dict[str, float]]:
     """Wait until the other hosts run every one of `mine` with both traders ready: (symbol -> its
     adopter, symbol -> seconds from `since` to its last trader's hello)."""
@@ -139,7 +144,7 @@ def percentile(values: list[float], q: float) -> float:
 def test_a_cut_off_host_stops_its_symbols_before_the_others_adopt_them_and_takes_its_share_back(net: NetCluster) -> None:
     victim = "h1"
     before, orders, mine = share_of(net, victim)
-    with Sampler(net) as sampler, contextlib.ExitStack() as undo:
+    with Sampler(net) as sampler, contextlib.ExitStack() as undo, contextlib.ExitStack() as thaw:
         cut = time.time()
         net.cluster.cut(victim)
         undo.callback(net.cluster.heal, victim)  # also when the test fails: the next one needs the cluster whole
@@ -159,6 +164,17 @@ def test_a_cut_off_host_stops_its_symbols_before_the_others_adopt_them_and_takes
             assert stop - cut < TTL, f"{symbol}: stopped {stop - cut:.2f}s after the cut, past its lease"
         assert net.orders() == orders, "an order was placed or lost while the symbols moved"
 
+        # One adopter's stop of one symbol will be slow: its symbol supervisor cannot take the SIGTERM
+        # of the hand-off (stopped), while its leader and traders run on. Its grace must end with its
+        # lease, not at stop_timeout_seconds (5 s), which would outlast the lease.
+        slow = mine[0]
+        adopter_status = net.status(after[slow])
+        assert adopter_status is not None
+        slow_pid = next(s.supervisor.pid for s in adopter_status.symbols if s.symbol == slow)
+        assert slow_pid is not None
+        net.cluster.kill(slow_pid, signal.SIGSTOP)
+        thaw.callback(signal_if_alive, net, slow_pid, signal.SIGCONT)
+
         healed = time.time()
         undo.close()  # the heal
         back, orders_back = steady_with_orders(net)
@@ -171,6 +187,10 @@ def test_a_cut_off_host_stops_its_symbols_before_the_others_adopt_them_and_takes
             take = first_after(net.events(victim, ACQUIRED), healed, symbol)
             assert stop is not None and take is not None, (symbol, stop, take)
             assert stop < take, f"{symbol}: {adopter} handed it off at {stop:.3f}, {victim} took it at {take:.3f}"
+            if symbol == slow:
+                killed = first_after(net.events(adopter, rf"supervisor (\w+) pid {slow_pid} killed by SIGKILL"), healed, slow)
+                assert killed is not None and killed < take, (
+                    f"{slow}: {adopter}'s slow stop was not killed before {victim} took it at {take:.3f} ({killed})")
     assert sampler.overlaps == [], sampler.overlaps[:5]
     assert sampler.samples >= 20  # it looked all along (~5 a second on a loaded machine)
     values = list(took.values())

@@ -265,7 +265,7 @@ class Root(Role):
             log.warning("lease keeper: %s; the symbols held stop at their deadlines unless a renewal comes", report.error)
         changes = self.cluster.on_report(report, time.monotonic())
         for symbol in changes.stop:
-            self.lose_symbol(symbol, "its lease is no longer held here (handed off, or lost)")
+            self.lose_symbol(symbol, "its lease is no longer held here (handed off, or lost)", by=changes.stop_by[symbol])
         for held in changes.start:
             if self.supervisor.stopping(held.symbol):
                 self.cluster.forget(held.symbol)  # its last run is still stopping: the next round starts it
@@ -282,15 +282,16 @@ class Root(Role):
         for symbol in changes.shut_down:
             self.shutdown_here(symbol)
 
-    def lose_symbol(self, symbol: str, why: str, kill: bool = False) -> None:
+    def lose_symbol(self, symbol: str, why: str, kill: bool = False, by: float | None = None) -> None:
         """Stop a symbol this host may no longer trade; its open orders stay at the exchange for the
-        next holder. `kill`: at once (its lease deadline passed), not after a graceful stop."""
+        next holder. `kill`: at once (its lease deadline passed), not after a graceful stop; `by`:
+        the graceful stop ends by this deadline (its lease's), killed if it has not."""
         entry = self.symbols.pop(symbol, None)
         if entry is None:
             return
         log.warning("%s: stopping it here: %s", symbol, why)
         self.leaders.pop(symbol, None)
-        self.supervisor.stop(symbol, kill=kill)
+        self.supervisor.stop(symbol, kill=kill, by=by)
         self.supervisor.forget_history(symbol)
 
     def open_orders_known(self) -> dict[str, tuple[str, set[str]]]:

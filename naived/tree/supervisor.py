@@ -228,14 +228,17 @@ class Supervisor:
                         old.pid, status.reason())
         return child
 
-    def stop(self, key: str, kill: bool = False) -> None:
+    def stop(self, key: str, kill: bool = False, by: float | None = None) -> None:
         """Ask one child to stop (SIGTERM; SIGKILL at its deadline) without waiting: the loop
         reaps it. It is not restarted, and its key is free at once for a new child. `kill`:
-        SIGKILL at once (a lease past its deadline: no grace that could outlast the lease)."""
+        SIGKILL at once (a lease past its deadline: no grace that could outlast the lease). `by`:
+        SIGKILL at this monotonic time at the latest (a lease handed off: its grace ends with it)."""
         child = self.children.pop(key, None)
         self.specs.pop(key, None)
         if child is not None:
             child.stop_deadline = time.monotonic() + self.limits.stop_timeout_seconds
+            if by is not None:
+                child.stop_deadline = min(child.stop_deadline, by)
             send_signal(child.pid, signal.SIGKILL if kill else signal.SIGTERM)
 
     def stopping(self, key: str) -> bool:
