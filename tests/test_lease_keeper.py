@@ -15,9 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 import zmq
 from harness import wait_for
@@ -292,61 +290,3 @@ def test_a_report_the_root_does_not_take_is_dropped_and_the_keeper_goes_on(
     later = keeper.next_report(timeout=8)  # the report timeout (renew: 2 s), then the next round
     assert later.error is None and keeper.exited() is None
     assert [(h.symbol, h.token) for h in later.held] == [("BTCUSDT", btc.token)]
-
-
-def open_write(pg_dsn: str, short_tmp: Path, host: str, symbol: str, token: int) -> tuple[Any, Any]:
-    """(the store, an open fenced write on it): `symbol`'s store opened as its leader on `host` opens it
-    (naived/store/backend.py), frozen between its fence (the lease row locked FOR SHARE) and its commit.
-    `write.__exit__(None, None, None)` commits it."""
-    from naived.store.backend import backend
-
-    settings = StoreSettings(backend="postgresql", dsn=pg_dsn, host_id=host, lease_seconds=TTL, renew_seconds=0.5,
-                             stop_margin_seconds=MARGIN)
-    config = Config(paths=Paths(runtime_dir=str(short_tmp), state_dir=str(short_tmp / "state")), store=settings)
-    store = backend(config, f"leader {symbol}").open(symbol, token)
-    write = store._fenced()
-    write.__enter__()
-    return store, write
-
-
-def test_a_holder_frozen_in_the_middle_of_a_write_holds_up_no_other_host(
-        pg_dsn: str, short_tmp: Path, connections: Callable[[], Conn], trading: PgTradingSet,
-        keeper_process: Callable[..., KeeperChild]) -> None:
-    """Host a's leader took its fence and froze before its commit, just before the lease expired:
-    the lock lives as long as that transaction. Host b's keeper must go on renewing what it holds
-    meanwhile, and take the symbol once the database has ended a's transaction (a lease's time idle
-    in it), never wait on it."""
-    trading.set("XRPUSDT", "running")
-    trading.set("BTCUSDT", "running")
-    a = Keeper(Leases(connections()), "a", 100, TTL, MARGIN)
-    (lease,) = a.round({"XRPUSDT": "running"}).held
-    wait_for("a's lease about to expire", lambda: a.leases.holders()[0].expires_in_seconds < 0.3, timeout=TTL)
-    store, frozen = open_write(pg_dsn, short_tmp, "a", "XRPUSDT", lease.token)
-
-    b = keeper_process(renew=0.5, lease=TTL, margin=MARGIN)
-    reports = [b.next_report(timeout=5)]
-    while "XRPUSDT" not in [h.symbol for h in reports[-1].held]:
-        reports.append(b.next_report(timeout=1.5))  # a round every 0.5 s: none may wait on a's lock
-        assert len(reports) < 20, "b never took XRPUSDT"
-    assert all(r.error is None for r in reports)
-    assert all("BTCUSDT" in [h.symbol for h in r.held] for r in reports[1:])  # renewed all along
-    with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):  # ended by the database: nothing of it commits
-        frozen.__exit__(None, None, None)
-    store.close()
-
-
-def test_a_lease_whose_row_a_stalled_write_of_ours_holds_keeps_its_deadline_and_the_others_are_renewed(
-        pg_dsn: str, short_tmp: Path, connections: Callable[[], Conn]) -> None:
-    conn = connections()
-    conn.execute("SELECT set_config('lock_timeout', '100', false)")  # as the keeper process's connection has it
-    keeper = Keeper(Leases(conn), "a", 100, TTL, MARGIN)
-    wanted = {"XRPUSDT": "running", "BTCUSDT": "running"}
-    first = {h.symbol: h for h in keeper.round(wanted).held}
-    store, stalled = open_write(pg_dsn, short_tmp, "a", "XRPUSDT", first["XRPUSDT"].token)
-    second = {h.symbol: h for h in keeper.round(wanted).held}
-    assert second["XRPUSDT"] == first["XRPUSDT"]  # not renewed, not dropped: the root stops it at that deadline
-    assert second["BTCUSDT"].deadline > first["BTCUSDT"].deadline
-    stalled.__exit__(None, None, None)  # the write commits after all
-    third = {h.symbol: h for h in keeper.round(wanted).held}
-    assert third["XRPUSDT"].token == first["XRPUSDT"].token and third["XRPUSDT"].deadline > first["XRPUSDT"].deadline
-    store.close()

@@ -140,11 +140,6 @@ class PgBackend:
             from naived.store.postgres import connect
 
             self._conn = connect(self.dsn, application_name=f"naived {self.user}")
-            # A transaction left open (a host frozen or cut off mid-write) holds its fence's lock on
-            # the lease row, which the next holder's acquisition waits for: the server ends it after
-            # a lease's time idle (a live leader's write idles milliseconds).
-            self._conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
-                               (str(int(self.ttl * 1000)),))
         return self._conn
 
     def name(self, symbol: str) -> str:

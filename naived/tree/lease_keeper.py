@@ -99,13 +99,7 @@ class Keeper:
             self.leases.register_host(self.host_id, self.pid)
         for symbol, (lease, _) in list(self.held.items()):
             t0 = time.monotonic()
-            try:
-                renewed = self.leases.renew(lease, self.ttl)
-            except psycopg.errors.LockNotAvailable:
-                log.warning("%s: lease token %d not renewed: a write of ours holds its row; its deadline stands",
-                            symbol, lease.token)
-                continue
-            if renewed:
+            if self.leases.renew(lease, self.ttl):
                 self.held[symbol] = (lease, t0 + self.ttl - self.margin)
             else:
                 log.warning("%s: lease token %d lost (taken over or expired); stopping it here", symbol, lease.token)
@@ -124,12 +118,7 @@ class Keeper:
                      if holder == self.host_id and s not in self.held and s in wanted and s not in todo.release]
         for symbol in todo.acquire + sorted(forgotten):
             t0 = time.monotonic()
-            try:
-                granted = self.leases.acquire(symbol, self.host_id, self.ttl)
-            except psycopg.errors.LockNotAvailable:  # its last holder's write is open (frozen or cut off mid-write)
-                log.info("%s: its lease row is locked by a write of its last holder; taken when the database ends it",
-                         symbol)
-                continue
+            granted = self.leases.acquire(symbol, self.host_id, self.ttl)
             if granted is not None:
                 log.info("%s: lease acquired, token %d", symbol, granted.token)
                 self.held[symbol] = (granted, t0 + self.ttl - self.margin)
@@ -179,10 +168,7 @@ class KeeperProcess:
         conn = postgres.connect(_dsn_with_timeouts(self.dsn, self.settings.renew_seconds),
                                 application_name=f"naived lease-keeper {self.host_id}")
         try:
-            pgschema.migrate(conn)  # waits for another host's migration, if any
-            # From here a row lock is waited for a tenth of a round at most: one held by a write left
-            # open (a host frozen or cut off mid-write) must not hold up this host's renewals.
-            conn.execute("SELECT set_config('lock_timeout', %s, false)", (str(int(self.settings.renew_seconds * 100)),))
+            pgschema.migrate(conn)
             trading = PgTradingSet(conn)
             if self.keeper is None:
                 self.keeper = Keeper(Leases(conn), self.host_id, self.root_pid, self.settings.lease_seconds,
