@@ -265,7 +265,7 @@ class Root(Role):
             log.warning("lease keeper: %s; the symbols held stop at their deadlines unless a renewal comes", report.error)
         changes = self.cluster.on_report(report, time.monotonic())
         for symbol in changes.stop:
-            self.lose_symbol(symbol, "its lease is no longer held here (handed off, or lost)", by=changes.stop_by[symbol])
+            self.hand_off(symbol, changes.stop_by[symbol])
         for held in changes.start:
             if self.supervisor.stopping(held.symbol):
                 self.cluster.forget(held.symbol)  # its last run is still stopping: the next round starts it
@@ -282,17 +282,22 @@ class Root(Role):
         for symbol in changes.shut_down:
             self.shutdown_here(symbol)
 
-    def lose_symbol(self, symbol: str, why: str, kill: bool = False, by: float | None = None) -> None:
+    def lose_symbol(self, symbol: str, why: str, kill: bool = False) -> None:
         """Stop a symbol this host may no longer trade; its open orders stay at the exchange for the
-        next holder. `kill`: at once (its lease deadline passed), not after a graceful stop; `by`:
-        the graceful stop ends by this deadline (its lease's), killed if it has not."""
+        next holder. `kill`: at once (its lease deadline passed), not after a graceful stop."""
         entry = self.symbols.pop(symbol, None)
         if entry is None:
             return
         log.warning("%s: stopping it here: %s", symbol, why)
         self.leaders.pop(symbol, None)
-        self.supervisor.stop(symbol, kill=kill, by=by)
+        self.supervisor.stop(symbol, kill=kill)
         self.supervisor.forget_history(symbol)
+
+    def hand_off(self, symbol: str, deadline: float) -> None:
+        """A lease no longer held (handed off, or lost): a graceful stop, but one that ends by the
+        deadline the lease was held to (SIGKILL then): stop_timeout_seconds could outlast the lease."""
+        self.lose_symbol(symbol, "its lease is no longer held here (handed off, or lost)")
+        self.supervisor.stop_by(symbol, deadline)
 
     def open_orders_known(self) -> dict[str, tuple[str, set[str]]]:
         """Per symbol, the id prefix and the orders its traders last said are open (as pushed up)."""

@@ -228,18 +228,22 @@ class Supervisor:
                         old.pid, status.reason())
         return child
 
-    def stop(self, key: str, kill: bool = False, by: float | None = None) -> None:
+    def stop(self, key: str, kill: bool = False) -> None:
         """Ask one child to stop (SIGTERM; SIGKILL at its deadline) without waiting: the loop
         reaps it. It is not restarted, and its key is free at once for a new child. `kill`:
-        SIGKILL at once (a lease past its deadline: no grace that could outlast the lease). `by`:
-        SIGKILL at this monotonic time at the latest (a lease handed off: its grace ends with it)."""
+        SIGKILL at once (a lease past its deadline: no grace that could outlast the lease)."""
         child = self.children.pop(key, None)
         self.specs.pop(key, None)
         if child is not None:
             child.stop_deadline = time.monotonic() + self.limits.stop_timeout_seconds
-            if by is not None:
-                child.stop_deadline = min(child.stop_deadline, by)
             send_signal(child.pid, signal.SIGKILL if kill else signal.SIGTERM)
+
+    def stop_by(self, key: str, deadline: float) -> None:
+        """A child being stopped under `key` is killed at `deadline` (monotonic) if that comes before
+        the end of its grace (a lease handed off: the grace ends with the lease)."""
+        for child in self._by_fd.values():
+            if child.spec.key == key and child.stop_deadline is not None:
+                child.stop_deadline = min(child.stop_deadline, deadline)
 
     def stopping(self, key: str) -> bool:
         return any(c.spec.key == key and c.stop_deadline is not None for c in self._by_fd.values())
