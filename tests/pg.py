@@ -66,9 +66,11 @@ def server_bin_dir() -> Path | None:
 class PgServer:
     """One running server; `dsn()` for the role naive, `admin()` for a superuser connection."""
 
-    def __init__(self, base: Path, port: int, bindir: Path, superuser_password: str, password: str) -> None:
+    def __init__(self, base: Path, port: int, bindir: Path, superuser_password: str, password: str,
+                 listen: str = "127.0.0.1") -> None:
         self.base = base
         self.port = port
+        self.listen = listen  # the one TCP address it listens on
         self.bindir = bindir
         self.superuser_password = superuser_password
         self.password = password
@@ -88,7 +90,7 @@ class PgServer:
 
     def dsn(self, *, password: str | None = None, options: str | None = None) -> str:
         """The role naive's connection string over TCP (password authentication, as a remote host has)."""
-        parts = {"host": "127.0.0.1", "port": str(self.port), "dbname": "naive", "user": "naive",
+        parts = {"host": self.listen, "port": str(self.port), "dbname": "naive", "user": "naive",
                  "password": self.password if password is None else password, "connect_timeout": "5"}
         if options:
             parts["options"] = options
@@ -99,6 +101,16 @@ class PgServer:
         return psycopg.connect(host=str(self.socket_dir), port=self.port, dbname=dbname, user="postgres",
                                password=self.superuser_password, autocommit=True)
 
+    def options(self) -> list[str]:
+        """The server's command-line settings (the same for pg_ctl's -o and a foreground postgres)."""
+        return ["-p", str(self.port), "-c", f"listen_addresses={self.listen}", "-k", str(self.socket_dir),
+                "-c", "max_connections=60", "-c", "shared_buffers=32MB"]
+
+    def foreground_argv(self) -> list[str]:
+        """`postgres` itself in the foreground as the unprivileged user, dying with its parent: for a
+        process that spawns it and outlives it (tests/netns.py's controller), not pg_ctl's daemon."""
+        return _as_server_user([str(self.bindir / "postgres"), "-D", str(self.data), *self.options()], keep_pdeathsig=True)
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -106,10 +118,25 @@ class PgServer:
             return f"(no log: {exc})"
 
 
-def _as_server_user(argv: list[str]) -> list[str]:
+# Drops root's privileges, then asks to die with the parent (a change of user clears that request,
+# so setpriv cannot keep one made before it) and execs the command.
+_DEMOTE = """
+import ctypes, os, signal, sys
+uid, gid, parent = int(sys.argv[1]), int(sys.argv[2]), os.getppid()
+os.setgroups([]); os.setgid(gid); os.setuid(uid)
+ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+if os.getppid() != parent:
+    sys.exit("the parent died before the server started")
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+
+def _as_server_user(argv: list[str], keep_pdeathsig: bool = False) -> list[str]:
     if os.geteuid() != 0:
         return argv
     user = pwd.getpwnam(UNPRIVILEGED)
+    if keep_pdeathsig:
+        return [sys.executable, "-c", _DEMOTE, str(user.pw_uid), str(user.pw_gid), *argv]
     return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--", *argv]
 
 
@@ -122,16 +149,18 @@ def _run(argv: list[str], base: Path, what: str, server: PgServer | None = None)
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[PgServer]:
-    """Start a server in a new temporary directory; stop it and remove the directory at the end.
-    Raises RuntimeError (with the server's log tail) if it cannot start."""
+def initialized_server(listen: str = "127.0.0.1", port: int | None = None) -> Iterator[PgServer]:
+    """`initdb` done in a new temporary directory, the server not started: `running_server` starts it
+    with pg_ctl; tests/cluster_net.py runs `foreground_argv` in a network namespace. `listen`: the
+    address it will listen on (another than loopback: password connections from its subnet allowed).
+    The server is stopped and the directory removed at the end, whoever started it."""
     bindir = server_bin_dir()
     if bindir is None:
         raise RuntimeError("PostgreSQL's server programs (initdb, pg_ctl) are not installed: "
                            "`apt-get install postgresql` (.ci/run does it on a fresh machine)")
-    started = time.monotonic()
     base = Path(tempfile.mkdtemp(prefix="nd-pg-"))
-    server = PgServer(base, free_ports(1)[0], bindir, secrets.token_urlsafe(18), secrets.token_urlsafe(18))
+    server = PgServer(base, port or free_ports(1)[0], bindir, secrets.token_urlsafe(18), secrets.token_urlsafe(18),
+                      listen)
     watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(base), str(bindir)], stdin=subprocess.PIPE, text=True,
                                 start_new_session=True)  # not in the test run's group: a Ctrl-C must not kill it first
     try:
@@ -149,14 +178,9 @@ def running_server() -> Iterator[PgServer]:
               "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"],
              base, "initdb")
         pwfile.unlink()
-        options = (f"-p {server.port} -c listen_addresses=127.0.0.1 -k {server.socket_dir} "
-                   "-c max_connections=60 -c shared_buffers=32MB")
-        _run([str(bindir / "pg_ctl"), "-D", str(server.data), "-l", str(server.log), "-o", options,
-              "-w", "-t", "30", "start"], base, "pg_ctl start", server)
-        with server.admin() as admin:
-            admin.execute(sql.SQL("CREATE ROLE naive LOGIN PASSWORD {}").format(sql.Literal(server.password)))
-            admin.execute("CREATE DATABASE naive OWNER naive")
-        server.startup_seconds = time.monotonic() - started
+        if listen != "127.0.0.1":
+            with open(server.data / "pg_hba.conf", "a") as hba:
+                hba.write("host all all samenet scram-sha-256\n")
         yield server
     finally:
         _stop(server)
@@ -165,6 +189,26 @@ def running_server() -> Iterator[PgServer]:
             watchdog.stdin.write("done")
             watchdog.stdin.close()
         watchdog.wait(10)
+
+
+def create_database(server: PgServer) -> None:
+    """The role naive (its password over the connection) and its database, on a server that runs."""
+    with server.admin() as admin:
+        admin.execute(sql.SQL("CREATE ROLE naive LOGIN PASSWORD {}").format(sql.Literal(server.password)))
+        admin.execute("CREATE DATABASE naive OWNER naive")
+
+
+@contextlib.contextmanager
+def running_server() -> Iterator[PgServer]:
+    """Start a server in a new temporary directory; stop it and remove the directory at the end.
+    Raises RuntimeError (with the server's log tail) if it cannot start."""
+    started = time.monotonic()
+    with initialized_server() as server:
+        _run([str(server.bindir / "pg_ctl"), "-D", str(server.data), "-l", str(server.log), "-o",
+              " ".join(server.options()), "-w", "-t", "30", "start"], server.base, "pg_ctl start", server)
+        create_database(server)
+        server.startup_seconds = time.monotonic() - started
+        yield server
 
 
 def _stop(server: PgServer) -> None:

@@ -16,6 +16,7 @@ def test_a_report_starts_what_is_newly_held_and_stops_what_is_not_held_any_more(
     assert [h.symbol for h in first.start] == ["BTCUSDT", "XRPUSDT"] and first.stop == []
     second = leased.on_report(LeasesHeld([held("XRPUSDT", 2, 25.0), held("ETHUSDT", 3, 25.0)]), now=15.0)
     assert [h.symbol for h in second.start] == ["ETHUSDT"] and second.stop == ["BTCUSDT"]
+    assert second.stop_by == {"BTCUSDT": 20.0}  # handed off: its graceful stop ends by the deadline it had
     assert leased.token("XRPUSDT") == 2 and leased.token("BTCUSDT") is None
 
 

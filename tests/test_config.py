@@ -235,3 +235,29 @@ def test_the_postgresql_store_needs_a_dsn_that_parses_and_never_shows_it(monkeyp
     bad = parse_config(b'[store]\nbackend = "postgresql"\ndsn = "host=db password=\'s3cret"\n')
     problem = validate.config_problem(bad) or ""
     assert "does not parse" in problem and "s3cret" not in problem
+
+
+def test_the_paper_exchange_serves_other_hosts_only_when_asked_and_only_standalone() -> None:
+    import socket
+
+    from naived.paper import main as paper_main
+
+    with pytest.raises(ConfigError) as err:  # loopback unless asked
+        parse_config(b'[paper]\nhost = "10.1.2.3"\n', "naive.toml")
+    assert str(err.value) == ("naive.toml: paper.host: must be a loopback address (127.0.0.1, ::1, localhost), got "
+                              "'10.1.2.3' (remote_clients = true lets `naived paper-exchange` serve other hosts)")
+    assert not Config().paper.remote_clients
+    shared = parse_config(b'[paper]\nhost = "10.1.2.3"\nremote_clients = true\n'
+                          b'[naived]\nexchange = "binance-testnet"\n')
+    assert shared.paper.host == "10.1.2.3"
+    # naived's own paper exchange (exchange = "paper") stays on loopback: refused before anything starts...
+    own = parse_config(b'[paper]\nhost = "10.1.2.3"\nremote_clients = true\n')
+    assert validate.config_problem(own) == (
+        "paper.host: naived's own paper exchange (exchange = \"paper\") serves this host alone, on loopback, got "
+        "'10.1.2.3'; remote_clients is for `naived paper-exchange`")
+    assert validate.config_problem(parse_config(b"[paper]\nremote_clients = true\n")) is None
+    # ...and a listener the root hands down is never served off loopback, whatever the file says
+    # (refused first: its state directory, which it cannot make, is never reached).
+    own = parse_config(b'[paper]\nhost = "10.1.2.3"\nremote_clients = true\n[paths]\nstate_dir = "/dev/null/x"\n')
+    with socket.create_server(("0.0.0.0", 0)) as listener, pytest.raises(SystemExit, match="not a loopback address"):
+        paper_main.run(own, listener)

@@ -78,3 +78,47 @@ def test_a_child_of_a_supervising_kind_keeps_the_handled_signals_blocked_for_its
     result = subprocess.run([sys.executable, "-c", KINDS], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["LEADER", "LEASE_KEEPER", "SYMBOL_SUPERVISOR"]
+
+
+# A child that ignores SIGTERM, stopped with a grace of 30 s but `stop_by` a deadline 0.3 s away (a lease
+# handed off): killed at that deadline, not at the end of the grace.
+BY = textwrap.dedent("""
+    import signal, time
+    from naived.core.config import Supervision
+    from naived.tree.supervisor import ChildSpec, Exit, Kind, Role, Supervisor
+
+    def stubborn():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(60)
+
+    class Stop(Role):
+        def __init__(self):
+            self.asked = None
+
+        def next_tick(self):
+            return None if self.asked else time.monotonic() + 0.2
+
+        def tick(self):
+            if self.asked is None:
+                self.asked = time.monotonic()
+                sup.stop("symbol")
+                sup.stop_by("symbol", self.asked + 0.3)
+
+        def on_exit(self, child, status):
+            self.ended = (status.signal, time.monotonic() - self.asked)
+            raise Exit("stopped", 0)
+
+    sup = Supervisor("test", Supervision(stop_timeout_seconds={grace}))
+    sup.start(ChildSpec("symbol", "symbol", stubborn, "temporary", kind=Kind.TRADER))
+    role = Stop()
+    sup.run(role)
+    print(*role.ended)
+""")
+
+
+def test_a_stop_by_a_deadline_kills_at_it_whatever_the_grace() -> None:
+    result = subprocess.run([sys.executable, "-c", BY.format(grace=30.0)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    sig, after = result.stdout.split()
+    assert int(sig) == 9 and 0.3 <= float(after) < 1.5, result.stdout  # SIGKILL at the deadline

@@ -62,13 +62,17 @@ def _port(name: str, value: int, zero_means_off: bool = False) -> None:
         raise ValueError(f"{name}: must be a TCP port {low}-65535{' (0 = off)' if zero_means_off else ''}, got {value}")
 
 
-def _loopback(name: str, host: str) -> None:
+def is_loopback(host: str) -> bool:
     try:
-        ok = ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        ok = host == "localhost"
-    if not ok:
-        raise ValueError(f"{name}: must be a loopback address (127.0.0.1, ::1, localhost), got {host!r}")
+        return host == "localhost"
+
+
+def _loopback(name: str, host: str) -> None:
+    if not is_loopback(host):
+        raise ValueError(f"{name}: must be a loopback address (127.0.0.1, ::1, localhost), got {host!r} "
+                         "(remote_clients = true lets `naived paper-exchange` serve other hosts)")
 
 
 def _existing_files(name: str, paths: list[str]) -> None:
@@ -239,6 +243,9 @@ class Faults(msgspec.Struct, forbid_unknown_fields=True):
 
 class Paper(msgspec.Struct, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
+    # The inspection and control endpoints are unsigned and the keys fixed: loopback only, unless
+    # the standalone `naived paper-exchange` serves several hosts on a trusted network (fake money).
+    remote_clients: bool = False
     port: int = 5681
     ws_port: int = 5682  # the user data stream: ws://<host>:<ws_port>/ws/<listenKey>
     # Binance: a listen key is valid 60 minutes after its creation or last keep-alive, and a
@@ -267,8 +274,9 @@ class Paper(msgspec.Struct, forbid_unknown_fields=True):
     faults: Faults = msgspec.field(default_factory=Faults)
 
     def __post_init__(self) -> None:
-        # The inspection endpoints are unsigned: only this machine may reach them.
-        _loopback("host", self.host)
+        # The inspection endpoints are unsigned: only this machine may reach them, unless asked.
+        if not self.remote_clients:
+            _loopback("host", self.host)
         _port("port", self.port)
         _port("ws_port", self.ws_port)
         if self.ws_port == self.port:

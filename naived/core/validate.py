@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from naived.core.config import SOCKET_PATH_MAX, Config, ConfigError, NoBudget, ipc_path
+from naived.core.config import SOCKET_PATH_MAX, Config, ConfigError, NoBudget, ipc_path, is_loopback
 from naived.core.credentials import check_keys
 from naived.core.symbols import SymbolFilters, lookup, table_path
 from naived.ops.log import file_problem
@@ -59,6 +59,9 @@ def config_problem(config: Config) -> str | None:
                      config.account_stream_endpoint):
         if problem := socket_problem(config, endpoint):
             return problem
+    if config.naived.exchange == "paper" and not is_loopback(config.paper.host):
+        return (f"paper.host: naived's own paper exchange (exchange = \"paper\") serves this host alone, on loopback, "
+                f"got {config.paper.host!r}; remote_clients is for `naived paper-exchange`")
     return store_problem(config)
 
 

@@ -56,7 +56,7 @@ Deliberate differences from Binance (the paper exchange is never kinder):
 - cancelReplace: `orderRateLimitExceededMode` is checked and changes nothing (no unfilled-order
   limit is enforced); faults are drawn for POST /api/v3/order only.
 
-Inspection and control, unsigned (the server only listens on loopback):
+Inspection and control, unsigned (the server listens on loopback, unless `[paper] remote_clients`):
 
     GET  /paper/orders[?symbol=]  every order ever placed, oldest first: the RESULT fields
                                   plus `time`, `updateTime`, `receivedNs` (wall clock in ns

@@ -46,7 +46,8 @@ def run(config: Config, listener: socket.socket | None = None, ws_listener: sock
     A state file that cannot be read raises SystemExit with one line saying what to do."""
     paper = config.paper
     host = listener.getsockname()[0] if listener is not None else paper.host
-    if not _is_loopback(host):
+    # naived's own paper exchange (a listener handed down) serves this host alone, whatever the file says.
+    if not _is_loopback(host) and (listener is not None or not paper.remote_clients):
         raise SystemExit(f"paper exchange: {host!r} is not a loopback address; refusing to serve unsigned inspection endpoints")
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     # Blocked before any thread exists, so every thread inherits the mask and the signals

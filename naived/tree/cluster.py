@@ -20,6 +20,7 @@ class Changes(msgspec.Struct, frozen=True):
     start: list[HeldLease]  # newly held, or held again under a new token (stop the old run first)
     stop: list[str]  # no longer held, or re-tokened
     shut_down: list[str]  # held, and the shared trading set now says shutting-down
+    stop_by: dict[str, float] = {}  # each of `stop`: the deadline it was held to (its graceful stop ends by it)
 
 
 class Leased:
@@ -41,8 +42,9 @@ class Leased:
         start = [h for s, h in sorted(new.items()) if s not in self.held or self.held[s].token != h.token]
         shut_down = sorted(s for s, h in new.items() if h.mode == "shutting-down"
                            and (s not in self.held or self.held[s].mode != "shutting-down"))
+        stop_by = {s: self.held[s].deadline for s in stop}
         self.held = new
-        return Changes(start, stop, shut_down)
+        return Changes(start, stop, shut_down, stop_by)
 
     def forget(self, symbol: str) -> None:
         """Not started after all (its last run is still stopping): the next report starts it."""

@@ -267,7 +267,7 @@ class Root(Role):
         self.stop_overdue(now)  # first: a report that comes late never saves a lease past its deadline
         changes = self.cluster.on_report(report, now)
         for symbol in changes.stop:
-            self.lose_symbol(symbol, "its lease is no longer held here (handed off, or lost)")
+            self.hand_off(symbol, changes.stop_by[symbol])
         for held in changes.start:
             if self.supervisor.stopping(held.symbol):
                 self.cluster.forget(held.symbol)  # its last run is still stopping: the next round starts it
@@ -300,6 +300,12 @@ class Root(Role):
         self.leaders.pop(symbol, None)
         self.supervisor.stop(symbol, kill=kill)
         self.supervisor.forget_history(symbol)
+
+    def hand_off(self, symbol: str, deadline: float) -> None:
+        """A lease no longer held (handed off, or lost): a graceful stop, but one that ends by the
+        deadline the lease was held to (SIGKILL then): stop_timeout_seconds could outlast the lease."""
+        self.lose_symbol(symbol, "its lease is no longer held here (handed off, or lost)")
+        self.supervisor.stop_by(symbol, deadline)
 
     def open_orders_known(self) -> dict[str, tuple[str, set[str]]]:
         """Per symbol, the id prefix and the orders its traders last said are open (as pushed up)."""

@@ -238,6 +238,13 @@ class Supervisor:
             child.stop_deadline = time.monotonic() + self.limits.stop_timeout_seconds
             send_signal(child.pid, signal.SIGKILL if kill else signal.SIGTERM)
 
+    def stop_by(self, key: str, deadline: float) -> None:
+        """A child being stopped under `key` is killed at `deadline` (monotonic) if that comes before
+        the end of its grace (a lease handed off: the grace ends with the lease)."""
+        for child in self._by_fd.values():
+            if child.spec.key == key and child.stop_deadline is not None:
+                child.stop_deadline = min(child.stop_deadline, deadline)
+
     def stopping(self, key: str) -> bool:
         return any(c.spec.key == key and c.stop_deadline is not None for c in self._by_fd.values())
 
