@@ -32,7 +32,8 @@ def main() -> int:
     parser.add_argument("--lease", type=float, nargs=3, default=(3.0, 1.0, 0.5), metavar=("TTL", "RENEW", "MARGIN"))
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    with running_server() as server, tempfile.TemporaryDirectory() as tmp:
+    # a connection per leader, per keeper, and a few for workers and the checks
+    with running_server(max_connections=args.symbols + 10 * args.hosts + 20) as server, tempfile.TemporaryDirectory() as tmp:
         report = cluster_chaos.run(Path(tmp), server.dsn(), args.faults, args.hosts, args.seed,
                                    lease=tuple(args.lease), symbols=usable_symbols(args.symbols))
     print(f"{args.hosts} hosts, {args.symbols} symbols, lease {args.lease[0]:g}s")

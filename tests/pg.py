@@ -75,6 +75,9 @@ class PgServer:
         self.superuser_password = superuser_password
         self.password = password
         self.startup_seconds = 0.0  # initdb + start + role and database, measured
+        # naive holds one connection per leader and per host's keeper (and a worker's, briefly): a
+        # cluster of many symbols needs more than the tests' default
+        self.max_connections = 60
 
     @property
     def data(self) -> Path:
@@ -104,7 +107,7 @@ class PgServer:
     def options(self) -> list[str]:
         """The server's command-line settings (the same for pg_ctl's -o and a foreground postgres)."""
         return ["-p", str(self.port), "-c", f"listen_addresses={self.listen}", "-k", str(self.socket_dir),
-                "-c", "max_connections=60", "-c", "shared_buffers=32MB"]
+                "-c", f"max_connections={self.max_connections}", "-c", "shared_buffers=32MB"]
 
     def foreground_argv(self) -> list[str]:
         """`postgres` itself in the foreground as the unprivileged user, dying with its parent: for a
@@ -199,11 +202,12 @@ def create_database(server: PgServer) -> None:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[PgServer]:
+def running_server(max_connections: int = 60) -> Iterator[PgServer]:
     """Start a server in a new temporary directory; stop it and remove the directory at the end.
     Raises RuntimeError (with the server's log tail) if it cannot start."""
     started = time.monotonic()
     with initialized_server() as server:
+        server.max_connections = max_connections
         _run([str(server.bindir / "pg_ctl"), "-D", str(server.data), "-l", str(server.log), "-o",
               " ".join(server.options()), "-w", "-t", "30", "start"], server.base, "pg_ctl start", server)
         create_database(server)
