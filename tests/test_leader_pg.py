@@ -271,6 +271,16 @@ def test_the_shared_trading_set_is_written_for_the_root_and_a_failure_is_answere
     assert PgTradingSet(db).modes == {SYMBOL: "shutting-down"}
     assert write(None, 3) == WorkerReply(3, Ok(f"{SYMBOL}: None"))
     assert PgTradingSet(db).modes == {} and codes == [0, 0, 0]
+    # As on one host: a shutdown or stop of a symbol not trading is refused, and adds nothing (a
+    # shutdown once put it in the set, and a host started it); a start of one trading is no change.
+    assert write("shutting-down", 31) == WorkerReply(31, Error(f"{SYMBOL} is not trading"))
+    assert write(None, 32) == WorkerReply(32, Error(f"{SYMBOL} is not trading"))
+    assert PgTradingSet(db).modes == {}
+    write("running", 33)
+    write("shutting-down", 34)
+    assert write("running", 35) == WorkerReply(35, Ok(f"{SYMBOL} is already trading"))  # its shutdown goes on
+    assert PgTradingSet(db).modes == {SYMBOL: "shutting-down"} and codes == [0] * 8
+    write(None, 36)
     params = conninfo_to_dict(pg_dsn)
     monkeypatch.setenv("NAIVE_STORE_DSN", pg_dsn.replace(f"port={params['port']}", f"port={free_tcp_port}"))
     reply = write("running", 4)

@@ -183,11 +183,12 @@ class PgBackend:
 
         return recorded_prefixes(self.conn)
 
-    def set_trading(self, symbol: str, mode: str | None) -> None:
-        """Record the symbol's mode in the trading set every host shares (None: remove it)."""
+    def set_trading(self, symbol: str, mode: str | None) -> bool:
+        """A start ("running"), shutdown ("shutting-down") or stop (None) of the symbol in the trading
+        set every host shares; False when there was nothing to do (PgTradingSet.request)."""
         from naived.store.postgres import PgTradingSet
 
-        PgTradingSet(self.conn).set(symbol, mode)
+        return PgTradingSet(self.conn).request(symbol, mode)
 
     def close(self) -> None:
         if self._conn is not None:
