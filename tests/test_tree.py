@@ -35,6 +35,18 @@ def tree(tmp_path: Path) -> Iterator[Tree]:
         yield t
 
 
+def test_the_tree_runs_on_the_store_the_test_run_asks_for(tree: Tree, tmp_path: Path) -> None:
+    """NAIVE_TEST_STORE=postgresql (tests/conftest.py): every tree is a cluster of one host, its
+    state in PostgreSQL and none in SQLite files; else SQLite, as a user who configures nothing has."""
+    on_postgresql = os.environ.get("NAIVE_TEST_STORE") == "postgresql"
+    assert tree.ctl("start-trading", "XRPUSDT").returncode == 0
+    open_buys(tree, "XRPUSDT", 2)
+    cluster = tree.status()["cluster"]
+    assert (cluster is not None) == on_postgresql
+    assert cluster is None or [h["host_id"] for h in cluster["hosts"]] == ["test-host"]
+    assert (tmp_path / "state" / "symbols" / "XRPUSDT.sqlite").exists() != on_postgresql
+
+
 def test_kill_9_a_trader_restarts_it_with_its_last_state(tree: Tree) -> None:
     assert tree.ctl("start-trading", "xrpusdt").returncode == 0
     before = open_buys(tree, "XRPUSDT", 2)[0]
