@@ -4,6 +4,9 @@ Tests talk to it only through its real interfaces: the command lines, the
 control socket (via naivectl), the paper exchange's HTTP API and signals.
 Everything started here is killed by PID at the end, including every process
 the tree reported in its status.
+
+Its store is SQLite (the state directory), or PostgreSQL when `store_dsn` is set
+(NAIVE_TEST_STORE=postgresql, tests/conftest.py): naived then runs as a cluster of one host.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import requests
 
 from naived.ops import processes
 from naived.ops.listen import free_ports
+from naived.store import sqlite
 from naived.tree.process import die_with_parent
 
 BIN = Path(sys.executable).parent
@@ -47,6 +51,24 @@ RESTING_QUICK_FAILURE = RESTING + """
 max_restarts = 3
 period_seconds = 30.0
 stop_timeout_seconds = 3.0
+"""
+
+# The store every Tree's naived keeps its state in. None: SQLite, the default (files in <dir>/state).
+# Else a function giving the PostgreSQL DSN for a tree's directory: a schema of its own, the same one for
+# the same directory (a tree started again there finds its state, as on SQLite). tests/conftest.py sets it
+# for a test when NAIVE_TEST_STORE=postgresql. A config that names its own [store] (tests/hosts.py) keeps it.
+store_dsn: Callable[[Path], str] | None = None
+PG_HOST_ID = "test-host"
+# One host alone: a lease matters only to the rounds' pace (a symbol starts on the keeper's round; a
+# poke after start-trading runs one at once). Rounds every 2 s keep a restart's wait short; 10 s
+# leases survive a keeper delayed by a busy machine (it stops its symbols at lease - margin = 8 s).
+PG_STORE = f"""
+[store]
+backend = "postgresql"
+host_id = "{PG_HOST_ID}"
+lease_seconds = 10.0
+renew_seconds = 2.0
+stop_margin_seconds = 2.0
 """
 
 
@@ -81,6 +103,10 @@ class Tree:
         seccomp filters (tests/sandbox.py)."""
         self.dir = directory
         self.sandboxed = sandboxed
+        # PostgreSQL (`store_dsn` set): the DSN goes to every naived and naivectl by the environment,
+        # as the README advises (never in the file, never in argv).
+        self.store_dsn = store_dsn(directory) if store_dsn is not None and "[store]" not in extra_config else None
+        self.store_env = {"NAIVE_STORE_DSN": self.store_dsn} if self.store_dsn else {}
         self.paper_port, self.paper_ws_port = free_ports(2)
         run = directory / "run"
         run.mkdir(mode=0o700, exist_ok=True)
@@ -104,6 +130,7 @@ ws_port = {self.paper_ws_port}
 {paper}
 
 {extra_config}
+{PG_STORE if self.store_dsn else ""}
 """
         )
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -122,7 +149,7 @@ ws_port = {self.paper_ws_port}
                 stderr=log,
                 start_new_session=True,
                 preexec_fn=die_with_test,
-                env={**os.environ, **(env or {})},
+                env={**self.env(), **(env or {})},
             )
         self.procs.append(proc)
         return proc
@@ -141,9 +168,26 @@ ws_port = {self.paper_ws_port}
         wait_for("naived to answer", lambda: self.ctl("status").returncode == 0)
         return self.naived
 
+    def env(self) -> dict[str, str]:
+        """The environment naived and naivectl get here: this one's, with the store's DSN when on PostgreSQL."""
+        return {**os.environ, **self.store_env}
+
+    def recorded_prefixes(self) -> dict[str, str]:
+        """The install's client order id prefixes, each -> the symbol it was minted for, as its store has them."""
+        if not self.store_dsn:
+            return sqlite.recorded_prefixes(self.dir / "state")
+        from naived.store import postgres
+
+        conn = postgres.connect(self.store_dsn, application_name="test")
+        try:
+            return postgres.recorded_prefixes(conn)
+        finally:
+            conn.close()
+
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN / "naivectl"), "--config", str(self.config_path), *args], capture_output=True, text=True, timeout=30
+            [str(BIN / "naivectl"), "--config", str(self.config_path), *args], capture_output=True, text=True, timeout=30,
+            env=self.env(),
         )
 
     def status(self) -> dict[str, Any]:

@@ -66,6 +66,7 @@ def test_a_two_frame_control_message_gets_an_error_and_naived_stays_up(tmp_path:
         assert tree.symbol("XRPUSDT")["state"] == "running"
 
 
+@pytest.mark.sqlite_only("a symbol's store file made corrupt")
 def test_a_corrupt_store_fails_its_symbol_only_and_is_never_overwritten(tmp_path: Path) -> None:
     tree = Tree(tmp_path, RESTING)
     store = tmp_path / "state" / "symbols" / "BTCUSDT.sqlite"
@@ -173,7 +174,7 @@ def test_a_paper_port_in_use_is_one_line_and_exit_1_before_ready(tmp_path: Path)
     try:
         started = time.monotonic()
         result = subprocess.run([str(BIN / "naived"), "start", "--config", str(tree.config_path)],
-                                capture_output=True, text=True, timeout=30)
+                                capture_output=True, text=True, timeout=30, env=tree.env())
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{tree.paper_port} for the paper exchange" in lines[0]

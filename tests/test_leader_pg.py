@@ -41,7 +41,7 @@ from naived.exchange.binance import Listed
 from naived.store.backend import backend
 from naived.store.leases import Lease, Leases
 from naived.store.pgschema import Conn
-from naived.store.postgres import PgStore, PgTradingSet, record_prefix
+from naived.store.postgres import PgStore, PgTradingSet, connect, record_prefix
 from naived.tree import workers
 from naived.tree.ipc import bind
 from naived.tree.supervisor import EXIT_LEASE_LOST
@@ -271,6 +271,16 @@ def test_the_shared_trading_set_is_written_for_the_root_and_a_failure_is_answere
     assert PgTradingSet(db).modes == {SYMBOL: "shutting-down"}
     assert write(None, 3) == WorkerReply(3, Ok(f"{SYMBOL}: None"))
     assert PgTradingSet(db).modes == {} and codes == [0, 0, 0]
+    # As on one host: a shutdown or stop of a symbol not trading is refused, and adds nothing (a
+    # shutdown once put it in the set, and a host started it); a start of one trading is no change.
+    assert write("shutting-down", 31) == WorkerReply(31, Error(f"{SYMBOL} is not trading"))
+    assert write(None, 32) == WorkerReply(32, Error(f"{SYMBOL} is not trading"))
+    assert PgTradingSet(db).modes == {}
+    write("running", 33)
+    write("shutting-down", 34)
+    assert write("running", 35) == WorkerReply(35, Ok(f"{SYMBOL} is already trading"))  # its shutdown goes on
+    assert PgTradingSet(db).modes == {SYMBOL: "shutting-down"} and codes == [0] * 8
+    write(None, 36)
     params = conninfo_to_dict(pg_dsn)
     monkeypatch.setenv("NAIVE_STORE_DSN", pg_dsn.replace(f"port={params['port']}", f"port={free_tcp_port}"))
     reply = write("running", 4)
@@ -279,6 +289,21 @@ def test_the_shared_trading_set_is_written_for_the_root_and_a_failure_is_answere
     assert message.startswith(f"cannot record {SYMBOL} in the shared trading set: cannot connect to PostgreSQL (")
     assert "\n" not in message and str(params["password"]) not in message and "password=********" in message
     assert PgTradingSet(db).modes == {}
+
+
+def test_a_start_trading_on_a_new_database_before_the_keepers_first_round_is_recorded(
+        config: Config, pg_dsn: str) -> None:
+    """A naived just started on an empty database: its trading-set worker may run before the lease
+    keeper migrated the schema (a start-trading at once); it migrates it itself, not fail."""
+    codes: list[int] = []
+    reply = answered(config, threading.Thread(target=lambda: codes.append(
+        workers.write_trading_set(config, SYMBOL, "running", 1, "started"))))
+    assert reply == WorkerReply(1, Ok("started")) and codes == [0]
+    conn = connect(pg_dsn)
+    try:
+        assert PgTradingSet(conn).modes == {SYMBOL: "running"}
+    finally:
+        conn.close()
 
 
 def test_orphans_are_our_prefixes_no_state_in_the_shared_store_names_and_a_failing_database_finds_none(

@@ -216,10 +216,11 @@ def test_the_tree_logs_to_one_file_follows_its_rotation_and_a_reloaded_level(tmp
     on stderr; renamed (rotated) and SIGHUP: a new file, with the reload's lines of the root and a
     leader; the reloaded level (debug) reaches a leader: its debug line for a restarted trader."""
     tree_log, market_log = tmp_path / "tree.log", tmp_path / "market.log"  # harness: <name>.log is stderr
-    tree = Tree(tmp_path, RESTING + '\n[naived]\nautostart = ["XRPUSDT"]\n')
+    tree = Tree(tmp_path, RESTING)
     try:
         tree.start_streamer(args=("--log-file", str(market_log)))
         tree.start_naived(args=("--log-file", str(tree_log)))
+        assert tree.ctl("start-trading", "XRPUSDT").returncode == 0
         open_buys(tree, "XRPUSDT", 2)  # the leader forked its traders: its debug line was due
 
         def lines() -> str:

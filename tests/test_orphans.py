@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import requests
 from harness import Tree, free_port, open_buys, running_tree, tree_pids, wait_for
 
 from naived.exchange.binance import BinanceClient
-from naived.store.sqlite import recorded_prefixes
 
 RESTING = """
 [trading.defaults]
@@ -47,7 +47,7 @@ def test_an_order_with_our_prefix_that_no_trader_owns_shows_in_status_metrics_an
         assert tree.ctl("start-trading", "XRPUSDT").returncode == 0
         traders = open_buys(tree, "XRPUSDT", 2)
         prefix = traders[0]["state"]["id_prefix"]
-        assert recorded_prefixes(tmp_path / "state") == {prefix: "XRPUSDT"}  # recorded before any order carried it
+        assert tree.recorded_prefixes() == {prefix: "XRPUSDT"}  # recorded before any order carried it
         stray = BinanceClient(tree.paper_url, "paper-key", "paper-secret")
         stray.new_order("XRPUSDT", "BUY", "0.2000", "100", f"{prefix}-9-999B")
         stray.new_order("XRPUSDT", "BUY", "0.2000", "100", "nvother1-9-999B")  # another installation's: not ours
@@ -67,6 +67,7 @@ def test_an_order_with_our_prefix_that_no_trader_owns_shows_in_status_metrics_an
         assert f"{prefix}-9-999B is no longer an orphan" in tree.log("naived")
 
 
+@pytest.mark.sqlite_only("a symbol's store files moved aside")
 def test_the_orders_of_a_store_moved_aside_are_orphans_and_a_stopped_symbols_are_not(tmp_path: Path) -> None:
     port = free_port()
     with running_tree(tmp_path, RESTING.format(port=port)) as tree:

@@ -30,11 +30,11 @@ def second_config(tree: Tree, runtime_dir: Path) -> Path:
     return path
 
 
-def start_second(config: Path, log: Path) -> subprocess.CompletedProcess[str]:
+def start_second(config: Path, log: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`naived start` that must refuse at once; if it starts instead, it is killed (by its
     process group) and the test fails on what it logged."""
     proc = subprocess.Popen([str(BIN / "naived"), "start", "--config", str(config)], stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, env=env)
     try:
         _, err = proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
@@ -55,7 +55,7 @@ def test_a_second_naived_on_the_same_state_dir_refuses_and_the_first_never_notic
         orders = sorted(o["clientOrderId"] for o in tree.paper_orders())
         socket_path = tmp_path / "run" / "naived.sock"
 
-        result = start_second(second_config(tree, tmp_path / "run2"), tmp_path / "second.log")
+        result = start_second(second_config(tree, tmp_path / "run2"), tmp_path / "second.log", tree.env())
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 1, result.stderr
         assert len(lines) == 1, result.stderr
@@ -96,7 +96,7 @@ def test_naivectl_tells_a_running_naived_without_its_socket_and_no_second_start_
         assert len(gone.stderr.strip().splitlines()) == 1
 
         # What that message used to invite: a second start, on the same configuration.
-        again = start_second(tree.config_path, tmp_path / "second.log")
+        again = start_second(tree.config_path, tmp_path / "second.log", tree.env())
         assert again.returncode == 1 and f"naived pid {pid}" in again.stderr, again.stderr
         assert tree.naived.poll() is None
     finally:

@@ -89,7 +89,7 @@ def test_kill_9_counts_one_restart_of_the_killed_process_only_and_no_count_reset
             f"(pid {leader_pid} killed by SIGKILL)") in tree.log("naived")
     assert tree.log("naived").count("restarted trader XRPUSDT/") == 1  # one line per restart, and no more
     text = tree.ctl("status", "XRPUSDT").stdout
-    assert re.search(r"XRPUSDT \[running\]  supervisor pid \d+, up \S+, restarts 0", text), text
+    assert re.search(r"XRPUSDT \[running\]  (lease \d+, )?supervisor pid \d+, up \S+, restarts 0", text), text
     assert re.search(r"leader  pid \d+, up \S+, restarts 1,", text), text
     assert re.search(r"trader 0  pid \d+, up \S+, restarts 1", text) and re.search(r"trader 1  pid \d+, up \S+, restarts 0",
                                                                                     text), text

@@ -113,6 +113,7 @@ def test_the_paper_exchange_refuses_an_empty_file_and_opens_an_old_one(tmp_path:
     assert header(old) == (PAPER_STORE.application_id, 1)
 
 
+@pytest.mark.sqlite_only("symbols' store files emptied and replaced")
 def test_an_emptied_store_and_a_foreign_one_fail_their_symbols_only(tmp_path: Path) -> None:
     """The failure of item 5: a store truncated to 0 bytes opened as a new one (new prefix, cycles
     counted from 1, its orders and positions owned by nobody) without a word."""

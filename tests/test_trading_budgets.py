@@ -131,6 +131,7 @@ def test_check_config_and_start_refuse_the_same_values_with_the_same_line(
 # --- through a running tree on paper -------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only("naived.autostart (a cluster host starts what the shared trading set holds)")
 def test_on_paper_a_symbol_without_a_budget_is_refused_and_not_autostarted(tmp_path: Path) -> None:
     with running_tree(tmp_path, RESTING_QUICK_FAILURE + '\n[naived]\nautostart = ["ETHBTC", "XRPUSDT"]\n') as tree:
         eth = wait_for("ETHBTC marked failed", lambda: (s := tree.symbol("ETHBTC")) and s["state"] == "failed" and s)

@@ -135,11 +135,21 @@ class PgBackend:
 
     @property
     def conn(self) -> Conn:
-        """Connected at the first use: raises ConnectError (a psycopg.Error) with no password."""
+        """Connected at the first use, the schema migrated if it is behind: on a new database this
+        process may come before the lease keeper's first round (a start-trading right after naived
+        started). Raises ConnectError (a psycopg.Error) with no password, or pgschema.SchemaError."""
         if self._conn is None:
+            from naived.store import pgschema
             from naived.store.postgres import connect
 
-            self._conn = connect(self.dsn, application_name=f"naived {self.user}")
+            conn = connect(self.dsn, application_name=f"naived {self.user}")
+            try:
+                if pgschema.version(conn) != pgschema.LATEST:
+                    pgschema.migrate(conn)  # under its lock, idempotent: the keeper may be at it too
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
 
     def name(self, symbol: str) -> str:
@@ -183,11 +193,12 @@ class PgBackend:
 
         return recorded_prefixes(self.conn)
 
-    def set_trading(self, symbol: str, mode: str | None) -> None:
-        """Record the symbol's mode in the trading set every host shares (None: remove it)."""
+    def set_trading(self, symbol: str, mode: str | None) -> bool:
+        """A start ("running"), shutdown ("shutting-down") or stop (None) of the symbol in the trading
+        set every host shares; False when there was nothing to do (PgTradingSet.request)."""
         from naived.store.postgres import PgTradingSet
 
-        PgTradingSet(self.conn).set(symbol, mode)
+        return PgTradingSet(self.conn).request(symbol, mode)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -283,6 +283,27 @@ class PgTradingSet:
         else:
             self.conn.execute("INSERT INTO trading (symbol, mode) VALUES (%s, %s) "
                               "ON CONFLICT (symbol) DO UPDATE SET mode = excluded.mode", (symbol, mode))
+        self._remember(symbol, mode)
+
+    def request(self, symbol: str, mode: str | None) -> bool:
+        """A control request, as one host's root takes it (naived/tree/root.py): start ("running") adds
+        a symbol not in the set, shutdown ("shutting-down") changes one in it, stop (None) removes one
+        in it. False: nothing to do (started already, or not trading), and the set is left as it was:
+        a shutdown of a symbol not in the set must not add it (a host would take its lease and start
+        it, resuming its stored traders), nor a start undo a shutdown under way. Raises psycopg.Error."""
+        args: tuple[str, ...]
+        if mode is None:
+            sql, args = "DELETE FROM trading WHERE symbol = %s", (symbol,)
+        elif mode == "running":
+            sql, args = "INSERT INTO trading (symbol, mode) VALUES (%s, %s) ON CONFLICT (symbol) DO NOTHING", (symbol, mode)
+        else:
+            sql, args = "UPDATE trading SET mode = %s WHERE symbol = %s", (mode, symbol)
+        if self.conn.execute(sql, args).rowcount == 0:
+            return False
+        self._remember(symbol, mode)
+        return True
+
+    def _remember(self, symbol: str, mode: str | None) -> None:
         modes = dict(self.modes)
         if mode is None:
             modes.pop(symbol, None)

@@ -161,12 +161,13 @@ def read_history(config: Config, symbol: str, request_id: int) -> int:
 def write_trading_set(config: Config, symbol: str, mode: str | None, request_id: int, answer: str) -> int:
     """PostgreSQL: record `symbol`'s mode ("running", "shutting-down"; None: removed) in the trading
     set every host shares, then hand the root `answer` for the client (Ok), or why it could not
-    (Error, one line, exit 1): the root's loop never waits on the database."""
+    (Error, one line, exit 1): the root's loop never waits on the database. As on one host: a
+    start of a symbol in the set is "already trading", a stop or shutdown of one not in it an error."""
     stores = backend(config, "trading set")
     if not isinstance(stores, PgBackend):
         raise ValueError("the trading set is a file of the root's on SQLite (naived/store/trading_set.py)")
     try:
-        stores.set_trading(symbol, mode)
+        changed = stores.set_trading(symbol, mode)
     except stores.errors as exc:
         reason = f"cannot record {symbol} in the shared trading set: {_one_line(exc)}"
         log.error("%s", reason)
@@ -175,7 +176,11 @@ def write_trading_set(config: Config, symbol: str, mode: str | None, request_id:
         return 1
     finally:
         stores.close()
-    report(config.workers_endpoint, WorkerReply(request_id, Ok(answer)))
+    if changed:
+        reply: Ok | Error = Ok(answer)
+    else:
+        reply = Ok(f"{symbol} is already trading") if mode == "running" else Error(f"{symbol} is not trading")
+    report(config.workers_endpoint, WorkerReply(request_id, reply))
     return 0
 
 
