@@ -21,7 +21,10 @@ chunks = 2
 buy_down_interval = "0.5"   # the buys rest far below the market
 
 [naived]
-reconcile_seconds = 0.3
+# Often, for a quick test, but within the read budget: an openOrders of every symbol weighs 80, and
+# reconciles every 0.3 s spent the host's reads within seconds (a cluster host's first orders, which
+# wait for its order share, then met a budget that held every reconcile back).
+reconcile_seconds = 1.5
 metrics_port = {port}
 """
 
