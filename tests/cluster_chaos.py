@@ -24,6 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psutil
 from chaos import Report, check_balances, check_symbol, trading_config
 from figures import percentiles
 from harness import Tree, wait_for
@@ -96,7 +97,7 @@ def fault_loop(hosts: Hosts, symbols: list[str], faults: int, rng: random.Random
                 for p in members:
                     try:
                         p.resume()
-                    except Exception:  # noqa: BLE001  (a member that died meanwhile: nothing to resume)
+                    except psutil.NoSuchProcess:  # a member that died meanwhile: nothing to resume
                         pass
         wait_for("every symbol trading again on one host", lambda: running(hosts, symbols), 4 * ttl + 60, 0.1)
         report.adoption_s.append(time.monotonic() - t0)

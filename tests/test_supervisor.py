@@ -80,7 +80,7 @@ def test_a_child_of_a_supervising_kind_keeps_the_handled_signals_blocked_for_its
     assert result.stdout.split() == ["LEADER", "LEASE_KEEPER", "SYMBOL_SUPERVISOR"]
 
 
-# A child that ignores SIGTERM, stopped with a grace of 30 s but `stop_by` a deadline 0.3 s away (a lease
+# A child that ignores SIGTERM, stopped with a grace of 30 s but `by` a deadline 0.3 s away (a lease
 # handed off): killed at that deadline, not at the end of the grace.
 BY = textwrap.dedent("""
     import signal, time
@@ -101,8 +101,7 @@ BY = textwrap.dedent("""
         def tick(self):
             if self.asked is None:
                 self.asked = time.monotonic()
-                sup.stop("symbol")
-                sup.stop_by("symbol", self.asked + 0.3)
+                sup.stop("symbol", by=self.asked + 0.3)
 
         def on_exit(self, child, status):
             self.ended = (status.signal, time.monotonic() - self.asked)

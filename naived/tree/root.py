@@ -290,22 +290,22 @@ class Root(Role):
             for symbol in self.cluster.overdue(now):
                 self.lose_symbol(symbol, "its lease could not be renewed in time", kill=True)
 
-    def lose_symbol(self, symbol: str, why: str, kill: bool = False) -> None:
+    def lose_symbol(self, symbol: str, why: str, kill: bool = False, by: float | None = None) -> None:
         """Stop a symbol this host may no longer trade; its open orders stay at the exchange for the
-        next holder. `kill`: at once (its lease deadline passed), not after a graceful stop."""
+        next holder. `kill`: at once (its lease deadline passed), not after a graceful stop; `by`: the
+        graceful stop ends then at the latest (Supervisor.stop)."""
         entry = self.symbols.pop(symbol, None)
         if entry is None:
             return
         log.warning("%s: stopping it here: %s", symbol, why)
         self.leaders.pop(symbol, None)
-        self.supervisor.stop(symbol, kill=kill)
+        self.supervisor.stop(symbol, kill=kill, by=by)
         self.supervisor.forget_history(symbol)
 
     def hand_off(self, symbol: str, deadline: float) -> None:
         """A lease no longer held (handed off, or lost): a graceful stop, but one that ends by the
         deadline the lease was held to (SIGKILL then): stop_timeout_seconds could outlast the lease."""
-        self.lose_symbol(symbol, "its lease is no longer held here (handed off, or lost)")
-        self.supervisor.stop_by(symbol, deadline)
+        self.lose_symbol(symbol, "its lease is no longer held here (handed off, or lost)", by=deadline)
 
     def open_orders_known(self) -> dict[str, tuple[str, set[str]]]:
         """Per symbol, the id prefix and the orders its traders last said are open (as pushed up)."""
@@ -698,18 +698,9 @@ class Root(Role):
         # watchdog restarts naived as a whole.
         self.watchdog.tick(self.paper_failed is None, self.status_line)
 
-    def run(self) -> int:
-        trader.prepare(self.config)  # shared by every trader forked below us (see trader.prepare)
-        if self.paper_listener is not None:
-            self.start_paper_exchange()
-        self.start_account_stream()
-        self.start_exchange_info()
-        if self.cluster is not None:
-            self.start_lease_keeper()
-            if self.config.naived.autostart:
-                log.warning("naived.autostart is not used with the PostgreSQL store: the shared trading set says what "
-                            "trades (naivectl start-trading adds to it)")
-        for symbol in [] if self.cluster is not None else dict.fromkeys(self.config.naived.autostart + list(self.trading.modes)):
+    def autostart(self) -> None:
+        """One host (SQLite): the symbols of naived.autostart and those trading when naived stopped."""
+        for symbol in dict.fromkeys(self.config.naived.autostart + list(self.trading.modes)):
             log.info("%s: autostart", symbol)
             mode = self.trading.modes.get(symbol, "running")
             problem = validate.symbol_problem(self.config, symbol)
@@ -722,6 +713,20 @@ class Root(Role):
                 self.trading.set(symbol, mode)
             except OSError as exc:  # it autostarts from the config next time too; trading goes on
                 log.warning("%s: cannot record it in %s: %s", symbol, self.trading.path, exc.strerror or exc)
+
+    def run(self) -> int:
+        trader.prepare(self.config)  # shared by every trader forked below us (see trader.prepare)
+        if self.paper_listener is not None:
+            self.start_paper_exchange()
+        self.start_account_stream()
+        self.start_exchange_info()
+        if self.cluster is not None:
+            self.start_lease_keeper()
+            if self.config.naived.autostart:
+                log.warning("naived.autostart is not used with the PostgreSQL store: the shared trading set says what "
+                            "trades (naivectl start-trading adds to it)")
+        else:
+            self.autostart()
         sdnotify.notify("READY=1", f"STATUS={self.status_line()}")
         log.info("naived ready: control %s, exchange %s", self.config.control_endpoint, self.config.naived.exchange)
         return self.supervisor.run(self)

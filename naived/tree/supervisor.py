@@ -228,22 +228,18 @@ class Supervisor:
                         old.pid, status.reason())
         return child
 
-    def stop(self, key: str, kill: bool = False) -> None:
+    def stop(self, key: str, kill: bool = False, by: float | None = None) -> None:
         """Ask one child to stop (SIGTERM; SIGKILL at its deadline) without waiting: the loop
         reaps it. It is not restarted, and its key is free at once for a new child. `kill`:
-        SIGKILL at once (a lease past its deadline: no grace that could outlast the lease)."""
+        SIGKILL at once (a lease past its deadline: no grace that could outlast the lease). `by`:
+        a monotonic time the grace ends at if that comes sooner (a lease handed off: the grace ends
+        with the lease)."""
         child = self.children.pop(key, None)
         self.specs.pop(key, None)
         if child is not None:
-            child.stop_deadline = time.monotonic() + self.limits.stop_timeout_seconds
+            grace_ends = time.monotonic() + self.limits.stop_timeout_seconds
+            child.stop_deadline = grace_ends if by is None else min(grace_ends, by)
             send_signal(child.pid, signal.SIGKILL if kill else signal.SIGTERM)
-
-    def stop_by(self, key: str, deadline: float) -> None:
-        """A child being stopped under `key` is killed at `deadline` (monotonic) if that comes before
-        the end of its grace (a lease handed off: the grace ends with the lease)."""
-        for child in self._by_fd.values():
-            if child.spec.key == key and child.stop_deadline is not None:
-                child.stop_deadline = min(child.stop_deadline, deadline)
 
     def stopping(self, key: str) -> bool:
         return any(c.spec.key == key and c.stop_deadline is not None for c in self._by_fd.values())
