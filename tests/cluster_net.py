@@ -42,7 +42,7 @@ from harness import BIN, wait_for
 from netns import Cluster
 from pg import PgServer, create_database, initialized_server
 
-from naived.core.messages import StatusRequest, TreeStatus, control_reply_decoder
+from naived.core.messages import History, HistoryRequest, StatusRequest, TreeStatus, control_reply_decoder
 from naived.store import pgschema
 from naived.store.postgres import PgTradingSet, connect
 from naived.tree.ipc import request
@@ -69,16 +69,20 @@ def toml(tables: dict[str, dict[str, Any]]) -> str:
                    for name, values in tables.items())
 
 
-def config_of(directory: Path, paper_addr: str, tables: dict[str, dict[str, Any]]) -> str:
+def config_of(directory: Path, paper_addr: str, tables: dict[str, dict[str, Any]],
+              streamer: dict[str, Any] | None = None) -> str:
     """A process's configuration: its own directories, the market on the paper namespace, `tables`."""
     own = {"paths": {"runtime_dir": str(directory / "run"), "state_dir": str(directory / "state")},
-           "streamer": {"endpoint": f"tcp://{paper_addr}:{MARKET_PORT}", "source": "simulate", "simulate_rate": 2.0}}
+           "streamer": {"endpoint": f"tcp://{paper_addr}:{MARKET_PORT}", "source": "simulate", "simulate_rate": 2.0,
+                        **(streamer or {})}}
     return toml(own | tables)
 
 
-def services_config(directory: Path, paper_addr: str) -> str:
+def services_config(directory: Path, paper_addr: str, paper: dict[str, Any] | None = None,
+                    streamer: dict[str, Any] | None = None) -> str:
     return config_of(directory, paper_addr, {"paper": {
-        "host": paper_addr, "port": PAPER_PORT, "ws_port": PAPER_WS_PORT, "remote_clients": True}})
+        "host": paper_addr, "port": PAPER_PORT, "ws_port": PAPER_WS_PORT, "remote_clients": True, **(paper or {})}},
+        streamer)
 
 
 def host_config(directory: Path, host_id: str, paper_addr: str, lease: tuple[float, float, float], trading: str) -> str:
@@ -159,8 +163,12 @@ def log_events(path: Path, pattern: str) -> list[tuple[Event, re.Match[str]]]:
 
 class NetCluster:
     def __init__(self, cluster: Cluster, directory: Path, pg: PgServer, symbols: list[str],
-                 lease: tuple[float, float, float], trading: str) -> None:
+                 lease: tuple[float, float, float], trading: str, paper: dict[str, Any] | None = None,
+                 streamer: dict[str, Any] | None = None) -> None:
         self.cluster = cluster
+        self.paper_table = paper or {}  # more of the shared paper exchange's and streamerd's settings
+        self.streamer_table = streamer or {}
+        self.streamer_pid = 0
         self.dir = directory
         self.pg = pg
         self.symbols = symbols
@@ -215,9 +223,9 @@ class NetCluster:
         path.mkdir()
         (path / "run").mkdir(mode=0o700)
         config = path / "naive.toml"
-        config.write_text(services_config(path, self.paper_addr))
+        config.write_text(services_config(path, self.paper_addr, self.paper_table, self.streamer_table))
         env = {**self.base_env, **PAPER_KEYS}
-        self.cluster.spawn("paper", [str(BIN / "streamerd"), "start", "--config", str(config)], env=env,
+        self.streamer_pid = self.cluster.spawn("paper", [str(BIN / "streamerd"), "start", "--config", str(config)], env=env,
                            log=path / "streamerd.log")
         self.cluster.spawn("paper", [str(BIN / "naived"), "paper-exchange", "--config", str(config)], env=env,
                            log=path / "paper-exchange.log")
@@ -249,6 +257,13 @@ class NetCluster:
         reply = request(self.ctx, self.hosts[name].endpoint, StatusRequest(None), control_reply_decoder,
                         int(timeout * 1000))
         return reply if isinstance(reply, TreeStatus) else None
+
+    def history(self, name: str, symbol: str, timeout: float = 10.0) -> History:
+        """`symbol`'s finished cycles, asked of host `name`'s root (read from the shared store)."""
+        reply = request(self.ctx, self.hosts[name].endpoint, HistoryRequest(symbol), control_reply_decoder,
+                        int(timeout * 1000))
+        assert isinstance(reply, History), f"history of {symbol} from {name}: {reply!r}"
+        return reply
 
     def statuses(self, skip: tuple[str, ...] = ()) -> dict[str, TreeStatus]:
         found = {}
@@ -341,6 +356,7 @@ class Sampler:
 
     net: NetCluster
     interval: float = 0.1
+    by_status: bool = True  # False: by processes only (statuses of hundreds of symbols are slow to ask)
     overlaps: list[Overlap] = field(default_factory=list)
     samples: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -360,7 +376,7 @@ class Sampler:
         while not self._stop.wait(self.interval):
             now = time.time()
             by_status: dict[str, list[str]] = {}
-            for name in list(self.net.hosts):
+            for name in list(self.net.hosts) if self.by_status else []:
                 status = self.net.status(name, timeout=0.3)
                 for symbol in running(status) if status is not None else {}:
                     by_status.setdefault(symbol, []).append(name)
@@ -395,14 +411,17 @@ def live_symbols(root: int) -> set[str]:
 
 @contextlib.contextmanager
 def net_cluster(directory: Path, symbols: list[str], hosts: int = 3, lease: tuple[float, float, float] = (3.0, 1.0, 0.5),
-                trading: str = RESTING) -> Iterator[NetCluster]:
+                trading: str = RESTING, paper: dict[str, Any] | None = None, streamer: dict[str, Any] | None = None,
+                max_connections: int = 60) -> Iterator[NetCluster]:
     """The sandbox, PostgreSQL, the market and the paper exchange, `hosts` naived hosts and the
-    trading set of `symbols`, all running; everything killed at the end (the sandbox's close)."""
+    trading set of `symbols`, all running; everything killed at the end (the sandbox's close).
+    `paper`, `streamer`: more settings of the shared paper exchange and market."""
     with contextlib.ExitStack() as stack:
         cluster = stack.enter_context(Cluster(hosts=hosts, services=("db", "paper")))
         pg = stack.enter_context(initialized_server(listen=cluster.addr("db"), port=DB_PORT))
+        pg.max_connections = max_connections
         stack.callback(cluster.close)  # before the server's directory goes: postgres dies first
-        net = NetCluster(cluster, directory, pg, symbols, lease, trading)
+        net = NetCluster(cluster, directory, pg, symbols, lease, trading, paper, streamer)
         stack.callback(net.close)
         net.start_db(first=True)
         net.set_trading(symbols)
