@@ -6,8 +6,10 @@ from __future__ import annotations
 import datetime
 import time
 from pathlib import Path
+from typing import Any
 
-from harness import RESTING, wait_for
+import psutil
+from harness import RESTING, RESTING_QUICK_FAILURE, wait_for
 from hosts import Hosts, running_hosts
 
 SYMBOLS = ["XRPUSDT", "BTCUSDT", "ETHUSDT", "ADAUSDT"]
@@ -23,6 +25,25 @@ def open_orders(hosts: Hosts) -> dict[str, tuple[str, str]]:
     """Open orders at the shared exchange: client order id -> (symbol, side)."""
     return {o["clientOrderId"]: (o["symbol"], o["side"]) for o in hosts.services.paper_orders()
             if o["status"] in ("NEW", "PARTIALLY_FILLED")}
+
+
+def logged(log: str, text: str) -> str:
+    """The level of the first log line holding `text` ("" if none)."""
+    line = next((line for line in log.splitlines() if text in line), "")
+    return line[24:].split(" ", 1)[0]
+
+
+def where(hosts: Hosts, symbol: str) -> tuple[str, dict[str, Any]] | None:
+    """The host that has the symbol (in any state) and its status there."""
+    for host_id, tree in hosts.hosts.items():
+        for sym in tree.status()["symbols"]:
+            if sym["symbol"] == symbol:
+                return host_id, sym
+    return None
+
+
+def lease_keeper(hosts: Hosts, host_id: str) -> psutil.Process:
+    return next(p for p in hosts.members(host_id) if " ".join(p.cmdline()).strip() == "naive: lease-keeper")
 
 
 def all_resting(hosts: Hosts) -> dict[str, str] | None:
@@ -126,3 +147,60 @@ def test_a_frozen_host_is_fenced_and_stops_its_symbols_when_it_wakes(tmp_path: P
             assert f"{symbol}: stopping it here: its lease could not be renewed in time" in log
         assert open_orders(hosts) == before
         assert len(hosts.services.paper_orders()) == 8
+
+
+def test_start_trading_on_another_host_starts_a_failed_symbol_afresh_on_its_holder(tmp_path: Path, pg_dsn: str) -> None:
+    """As on one host: start-trading of a symbol whose supervisor gave up starts it again with a
+    fresh restart budget; in a cluster, asked of any host, done by the one that holds it."""
+    # BTCUSDT with 5 USDT per trader: its buy, truncated to the lot step, is a little below the
+    # minimum notional, so its trader fails every time (tests/test_error_kernel.py)
+    failing = RESTING_QUICK_FAILURE + '\n[trading.symbols.BTCUSDT]\nbudget = "5"\nchunks = 1\n'
+    with running_hosts(tmp_path, pg_dsn, failing, ["h1", "h2"]) as hosts:
+        assert hosts.hosts["h1"].ctl("start-trading", "BTCUSDT").returncode == 0
+        holder, first = wait_for("BTCUSDT to fail", lambda: (w := where(hosts, "BTCUSDT")) and w[1]["state"] == "failed" and w,
+                                 60)
+        assert "kept failing after 3 restarts" in first["error"]
+        other = next(h for h in hosts.hosts if h != holder)
+        log = hosts.hosts[holder]
+        assert log.log("naived").count("started leader BTCUSDT") == 1
+        result = hosts.hosts[other].ctl("start-trading", "BTCUSDT")
+        assert result.returncode == 0 and "already trading" in result.stdout, result  # the answer as before
+        wait_for("the holder to start it afresh", lambda: log.log("naived").count("started leader BTCUSDT") == 2, 15)
+        assert logged(log.log("naived"), "BTCUSDT: start-trading after it failed: starting it afresh") == "INFO"
+        # with a fresh restart budget: it fails again only after as many restarts as the first time
+        again = wait_for("BTCUSDT to fail again", lambda: (s := hosts.hosts[holder].symbol("BTCUSDT")) and
+                         s["state"] == "failed" and log.log("naived").count("started leader BTCUSDT") == 2 and s, 60)
+        assert "kept failing after 3 restarts" in again["error"]
+
+
+def test_a_stop_and_a_start_at_once_start_the_symbol_afresh_and_a_stop_is_no_warning(tmp_path: Path, pg_dsn: str) -> None:
+    """As on one host: stop-trading then start-trading stop the symbol's run and start a new one,
+    even when both come within one round of the holder's keeper (here: frozen meanwhile, so they
+    do); and a stop-trading is logged as asked for, not as a lease lost."""
+    with running_hosts(tmp_path, pg_dsn, RESTING, ["h1", "h2"], lease=(6.0, 1.0, 0.5)) as hosts:
+        assert hosts.hosts["h1"].ctl("start-trading", "XRPUSDT").returncode == 0
+        holder = wait_for("XRPUSDT trading with its buys resting", lambda: len(hosts.traders_with_buys("XRPUSDT")) == 2
+                          and hosts.held().get("XRPUSDT"), 60)
+        tree = hosts.hosts[holder]
+        other = hosts.hosts[next(h for h in hosts.hosts if h != holder)]
+        leader = tree.symbol("XRPUSDT")["leader"]["pid"]
+        keeper = lease_keeper(hosts, holder)
+        keeper.suspend()
+        try:
+            stopped = other.ctl("stop-trading", "XRPUSDT")
+            started = other.ctl("start-trading", "XRPUSDT")
+        finally:
+            keeper.resume()
+        assert stopped.returncode == 0 and "stopped trading" in stopped.stdout, stopped
+        assert started.returncode == 0 and "started trading" in started.stdout, started
+        wait_for("a new run of XRPUSDT", lambda: (s := tree.symbol("XRPUSDT")) and s.get("leader")
+                 and s["leader"]["pid"] != leader, 15)
+        assert not psutil.pid_exists(leader) or psutil.Process(leader).status() == psutil.STATUS_ZOMBIE
+        assert logged(tree.log("naived"), "XRPUSDT: stopping it here: stop-trading and start-trading came at once") == "INFO"
+        wait_for("its buys resting again", lambda: len(hosts.traders_with_buys("XRPUSDT")) == 2, 30)
+
+        assert other.ctl("stop-trading", "XRPUSDT").returncode == 0
+        wait_for("XRPUSDT to stop", lambda: where(hosts, "XRPUSDT") is None, 15)
+        log = tree.log("naived")
+        assert logged(log, "XRPUSDT: stopping it here: no longer in the trading set (stop-trading)") == "INFO"
+        assert "its lease is no longer held here" not in log

@@ -23,7 +23,7 @@ from harness import wait_for
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from naived.core.config import Config, Paths, StoreSettings
-from naived.core.messages import Ack, LeasesHeld, encode, worker_report_decoder
+from naived.core.messages import Ack, HeldLease, LeasesHeld, encode, worker_report_decoder
 from naived.core.placement import place
 from naived.store import pgschema, postgres
 from naived.store.leases import Leases
@@ -127,6 +127,37 @@ def test_a_restarted_keeper_takes_its_own_leases_again_with_new_tokens(connectio
     assert set(after) == set(WANTED) and all(after[s] > before[s] for s in WANTED)
 
 
+def test_each_lease_is_reported_with_the_start_requests_of_its_symbol(connections: Callable[[], Conn]) -> None:
+    """The control requests as one host takes them: a start of a symbol in the set answers "already
+    trading" but draws a new generation (its holder starts it afresh if it failed); a stop and a
+    start between two rounds leave the row, and the lease, in place, under a new run."""
+    trading = PgTradingSet(connections())
+    keeper = Keeper(Leases(connections()), "h1", 100, TTL, MARGIN)
+
+    def btc() -> HeldLease:
+        trading.reload()
+        done = keeper.round(trading.modes, trading.starts)
+        assert done.trading == sorted(trading.modes)
+        return next(h for h in done.held if h.symbol == "BTCUSDT")
+
+    assert trading.request("BTCUSDT", "running") is True
+    first = btc()
+    assert first.run == first.generation > 0
+    assert trading.request("BTCUSDT", "running") is False  # already trading
+    asked = btc()
+    assert (asked.token, asked.run) == (first.token, first.run) and asked.generation > first.generation
+    assert trading.request("BTCUSDT", None) is True and trading.request("BTCUSDT", "running") is True
+    again = btc()
+    assert again.token == first.token and again.run == again.generation > asked.generation
+    assert trading.request("BTCUSDT", "shutting-down") is True
+    assert trading.request("BTCUSDT", "running") is False  # a start never undoes a shutdown under way
+    last = btc()
+    assert last.mode == "shutting-down" and last.run == again.run and last.generation > again.generation
+    assert trading.request("BTCUSDT", None) is True
+    trading.reload()
+    assert keeper.round(trading.modes, trading.starts).trading == []
+
+
 # --- the process ----------------------------------------------------------------------------------
 
 
@@ -214,7 +245,7 @@ def test_the_keeper_process_reports_its_leases_and_a_poke_runs_a_round_at_once(
     keeper = keeper_process(**LONG)
     first = keeper.next_report(timeout=10)
     now = time.monotonic()
-    assert first.error is None
+    assert first.error is None and first.trading == ["BTCUSDT"]
     (btc,) = first.held
     assert btc.symbol == "BTCUSDT" and btc.token > 0 and btc.mode == "running"
     assert now < btc.deadline <= now + LONG["lease"] - LONG["margin"]

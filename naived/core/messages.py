@@ -512,6 +512,11 @@ class HeldLease(msgspec.Struct, frozen=True):
     token: int
     deadline: float  # CLOCK_MONOTONIC (one clock for every process of the host): stop trading by then
     mode: str  # the shared trading set's: running | shutting-down
+    # The trading set's start requests (naived/store/postgres.py, Starts): a new `run` under the same
+    # token is a stop-trading and a start-trading since the last report (stop it, start it afresh);
+    # a new `generation`, a start-trading of any host (a failed run starts afresh).
+    run: int = 0
+    generation: int = 0
 
 
 class LeasesHeld(msgspec.Struct, tag=True):
@@ -523,6 +528,9 @@ class LeasesHeld(msgspec.Struct, tag=True):
     hosts: list[Host] = []
     leases: list[Holding] = []
     error: str | None = None
+    # The shared trading set's symbols as the round read them (None: not read, the round failed): a
+    # lease no longer held whose symbol is not there was given up for a stop-trading, not lost.
+    trading: list[str] | None = None
 
 
 class ClusterStatus(msgspec.Struct):

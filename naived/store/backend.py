@@ -144,7 +144,7 @@ class PgBackend:
 
             conn = connect(self.dsn, application_name=f"naived {self.user}")
             try:
-                if pgschema.version(conn) != pgschema.LATEST:
+                if not pgschema.current(conn):
                     pgschema.migrate(conn)  # under its lock, idempotent: the keeper may be at it too
             except BaseException:
                 conn.close()

@@ -1,10 +1,11 @@
 """The PostgreSQL store's schema, created and migrated by naive itself, versioned.
 
-`MIGRATIONS` is the ordered list of steps; step N (1-based) takes the schema from version N-1 to N.
-A step is never edited once released: a change is a new step at the end. `migrate` applies the
-missing steps in one transaction under a transaction-level advisory lock, so hosts starting
-together queue there and the later ones find the work done; a database written by a newer naive
-(a version past the last step) is refused untouched.
+`MIGRATIONS` holds the steps by number, applied in that order; `schema_version` records each step
+applied. A step is never edited once released: a change is a new step with a higher number.
+`migrate` applies the steps not recorded yet (a gap in the numbers, a step merged after a later one,
+is filled in when it comes) in one transaction under a transaction-level advisory lock, so hosts
+starting together queue there and the later ones find the work done; a database written by a newer
+naive (a version past the last step) is refused untouched.
 
 Every table is keyed by symbol and shared by all hosts (docs/architecture.md, "PostgreSQL store").
 """
@@ -19,9 +20,9 @@ Conn = psycopg.Connection[TupleRow]
 # pg_advisory_xact_lock's key for migrations: "naive" in ASCII, any constant every host agrees on.
 MIGRATION_LOCK = 0x6E61697665
 
-MIGRATIONS: list[str] = [
+MIGRATIONS: dict[int, str] = {
     # 1: hosts, fenced leases, the symbol stores' tables, the id prefix registry, the trading set
-    """
+    1: """
     CREATE TABLE hosts (
         host_id    text PRIMARY KEY,
         pid        integer NOT NULL,
@@ -70,7 +71,7 @@ MIGRATIONS: list[str] = [
     );
     """,
     # 2: the account's order limits shared by the hosts (naived/store/order_counts.py)
-    """
+    2: """
     -- Each host's latest counts, one row per kind of window: its orders in the window that starts
     -- at window_start (epoch seconds, UTC) and its allowance (per 10 s: the share it reserves).
     CREATE TABLE order_counts (
@@ -93,7 +94,7 @@ MIGRATIONS: list[str] = [
     # 3: the fence as one statement that fails the transaction (naived/store/postgres.py, PgStore): a
     # write can then be sent with its fence in one round trip (a pipeline), its COMMIT included,
     # since a fence that does not hold aborts what follows it on the server
-    """
+    3: """
     CREATE FUNCTION naive_fence(p_symbol text, p_holder text, p_token bigint) RETURNS void
     LANGUAGE plpgsql AS $$
     BEGIN
@@ -106,23 +107,44 @@ MIGRATIONS: list[str] = [
     END
     $$;
     """,
-]
+    # 5: the start requests in the trading set (naived/store/postgres.py, PgTradingSet.request): every
+    # start-trading draws a new `generation` (a failed run is started afresh by its holder when it
+    # moves); a row a start adds also takes it as its `run` (a stop-trading and a start-trading within
+    # one keeper round leave the row in place, but under a new run: its holder starts it afresh).
+    # Rows from before keep 0 for both.
+    5: """
+    CREATE SEQUENCE trading_generations AS bigint NO CYCLE;
+    ALTER TABLE trading ADD COLUMN generation bigint NOT NULL DEFAULT 0,
+                        ADD COLUMN run bigint NOT NULL DEFAULT 0;
+    """,
+}
 
-LATEST = len(MIGRATIONS)
+LATEST = max(MIGRATIONS)
 
 
 class SchemaError(Exception):
     """The database's schema is not one this naive can use (newer, or not migrated yet)."""
 
 
-def version(conn: Conn) -> int:
-    """The schema version of the database (0: naive never migrated it)."""
+def applied(conn: Conn) -> set[int]:
+    """The steps the database has had (none: naive never migrated it)."""
     with conn.transaction():
         row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
         if row is None or not row[0]:
-            return 0
-        found = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-    return int(found[0]) if found else 0
+            return set()
+        return {int(v) for (v,) in conn.execute("SELECT version FROM schema_version")}
+
+
+def version(conn: Conn) -> int:
+    """The schema version of the database: its highest step (0: naive never migrated it)."""
+    return max(applied(conn), default=0)
+
+
+def current(conn: Conn) -> bool:
+    """The database has every step of this naive's and none past its last (else `migrate` applies
+    what is missing, or refuses a newer schema)."""
+    done = applied(conn)
+    return not MIGRATIONS.keys() - done and max(done, default=0) == LATEST
 
 
 def migrate(conn: Conn) -> tuple[int, int]:
@@ -133,21 +155,24 @@ def migrate(conn: Conn) -> tuple[int, int]:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
                      "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
-        row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-        found = int(row[0]) if row else 0
+        done = {int(v) for (v,) in conn.execute("SELECT version FROM schema_version")}
+        found = max(done, default=0)
         if found > LATEST:
             raise SchemaError(f"the database's schema is version {found}, newer than this naive's {LATEST}: "
                               "upgrade naive on this host")
-        for step in range(found + 1, LATEST + 1):
-            conn.execute(MIGRATIONS[step - 1])  # several statements: no parameters, so the simple query protocol
+        for step in sorted(MIGRATIONS.keys() - done):
+            conn.execute(MIGRATIONS[step])  # several statements: no parameters, so the simple query protocol
             conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (step,))
     return found, LATEST
 
 
 def check(conn: Conn) -> None:
-    """Raise SchemaError unless the database is at this naive's schema version."""
-    found = version(conn)
-    if found != LATEST:
-        direction = "newer than" if found > LATEST else "older than"
-        raise SchemaError(f"the database's schema is version {found}, {direction} this naive's {LATEST}"
-                          + ("" if found > LATEST else ": naived migrates it when it starts"))
+    """Raise SchemaError unless the database has every step of this naive's and none past its last."""
+    done = applied(conn)
+    found, missing = max(done, default=0), sorted(MIGRATIONS.keys() - done)
+    if found > LATEST:
+        raise SchemaError(f"the database's schema is version {found}, newer than this naive's {LATEST}")
+    if missing:
+        behind = f"older than this naive's {LATEST}" if found < LATEST else \
+            f"without step {', '.join(map(str, missing))} of this naive's"
+        raise SchemaError(f"the database's schema is version {found}, {behind}: naived migrates it when it starts")

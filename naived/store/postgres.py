@@ -23,7 +23,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 import psycopg
@@ -260,42 +260,72 @@ if TYPE_CHECKING:
 # --- shared by every host: the trading set and the id prefix registry ---------------------------
 
 
+class Starts(NamedTuple):
+    """A symbol's start requests in the trading set (pgschema's migration 5)."""
+
+    run: int  # the start that added the row: a new one means it was stopped and started again since
+    generation: int  # the latest start request, of any host: a failed run starts afresh when it moves
+
+
+# A start: a row added takes a new number as its run and its generation; a row there already (trading,
+# or shutting down) keeps its run and mode, and only its generation moves. So run = generation only
+# for a row just added: a number drawn later is always larger.
+_START = """
+INSERT INTO trading AS t (symbol, mode, run, generation)
+SELECT %s, 'running', g, g FROM nextval('trading_generations') AS g
+ON CONFLICT (symbol) DO UPDATE SET generation = excluded.generation
+RETURNING t.run, t.generation, t.mode
+"""
+
+
 class PgTradingSet:
     """The trading set (naived/store/trading_set.py's interface) in the `trading` table: which symbols
-    trade and how, for every host. `modes` is this host's copy, read at start and by `reload`."""
+    trade and how, for every host. `modes` is this host's copy, read at start and by `reload`; `starts`
+    each symbol's start requests (the lease keeper reports them to the holder's root)."""
 
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
         self.path = f"the trading table ({redact(conn.info.dsn)})"  # where it is kept, for messages
         self.problem: str | None = None  # a table cannot be half-written: nothing to report, unlike the file
         self.modes: dict[str, str] = {}
+        self.starts: dict[str, Starts] = {}
         self.reload()
 
     def reload(self) -> None:
         """Read the set again (another host may have changed it). Raises psycopg.Error."""
-        self.modes = {symbol: mode for symbol, mode in self.conn.execute("SELECT symbol, mode FROM trading ORDER BY symbol")}
+        rows = self.conn.execute("SELECT symbol, mode, run, generation FROM trading ORDER BY symbol").fetchall()
+        self.modes = {symbol: mode for symbol, mode, _, _ in rows}
+        self.starts = {symbol: Starts(run, generation) for symbol, _, run, generation in rows}
 
     def set(self, symbol: str, mode: str | None) -> None:
         """Record a symbol's mode (None: remove it) for every host, durably; a psycopg.Error leaves
-        both the table and the modes in memory as they were."""
+        both the table and the modes in memory as they were. A row added is a start (a new run)."""
         if mode is None:
             self.conn.execute("DELETE FROM trading WHERE symbol = %s", (symbol,))
         else:
-            self.conn.execute("INSERT INTO trading (symbol, mode) VALUES (%s, %s) "
+            self.conn.execute("INSERT INTO trading (symbol, mode, run, generation) "
+                              "SELECT %s, %s, g, g FROM nextval('trading_generations') AS g "
                               "ON CONFLICT (symbol) DO UPDATE SET mode = excluded.mode", (symbol, mode))
         self._remember(symbol, mode)
 
     def request(self, symbol: str, mode: str | None) -> bool:
         """A control request, as one host's root takes it (naived/tree/root.py): start ("running") adds
         a symbol not in the set, shutdown ("shutting-down") changes one in it, stop (None) removes one
-        in it. False: nothing to do (started already, or not trading), and the set is left as it was:
+        in it. False: nothing to do (started already, or not trading), and the mode is left as it was:
         a shutdown of a symbol not in the set must not add it (a host would take its lease and start
-        it, resuming its stored traders), nor a start undo a shutdown under way. Raises psycopg.Error."""
+        it, resuming its stored traders), nor a start undo a shutdown under way. A start always draws
+        a new generation, even of a symbol started already: its holder starts a failed run afresh, as
+        one host does (and leaves a healthy one alone). Raises psycopg.Error."""
         args: tuple[str, ...]
+        if mode == "running":
+            row = self.conn.execute(_START, (symbol,)).fetchone()
+            assert row is not None  # an upsert always returns its row
+            run, generation, now = row
+            self._remember(symbol, str(now))
+            self.starts = {**self.starts, symbol: Starts(run, generation)}
+            return bool(run == generation)  # added now: else it was trading, or shutting down, already
         if mode is None:
             sql, args = "DELETE FROM trading WHERE symbol = %s", (symbol,)
-        elif mode == "running":
-            sql, args = "INSERT INTO trading (symbol, mode) VALUES (%s, %s) ON CONFLICT (symbol) DO NOTHING", (symbol, mode)
         else:
             sql, args = "UPDATE trading SET mode = %s WHERE symbol = %s", (mode, symbol)
         if self.conn.execute(sql, args).rowcount == 0:
@@ -304,12 +334,13 @@ class PgTradingSet:
         return True
 
     def _remember(self, symbol: str, mode: str | None) -> None:
-        modes = dict(self.modes)
+        modes, starts = dict(self.modes), dict(self.starts)
         if mode is None:
             modes.pop(symbol, None)
+            starts.pop(symbol, None)
         else:
             modes[symbol] = mode
-        self.modes = modes
+        self.modes, self.starts = modes, starts
 
 
 def record_prefix(conn: Conn, prefix: str, symbol: str) -> None:

@@ -1,10 +1,12 @@
 """What this host may trade in a cluster (the PostgreSQL store), as the root keeps it.
 
 The lease keeper (naived/tree/lease_keeper.py) reports every round which symbols this host holds,
-each with its fencing token and its deadline; `Leased` turns each report into what the root must
-do (start a symbol, stop one, shut one down) and keeps the deadlines, so that the root stops a
-symbol when its deadline passes even if no report comes (a keeper stuck on an unreachable
-database). It makes no call and holds no socket: the root's loop owns it, the keeper does the I/O.
+each with its fencing token, its deadline and the trading set's start requests; `Leased` turns each
+report into what the root must do (start a symbol, stop one, shut one down, start one afresh: after
+a stop-trading and a start-trading, or after a start-trading if it failed) and keeps the deadlines,
+so that the root stops a symbol when its deadline passes even if no report comes (a keeper stuck on
+an unreachable database). It makes no call and holds no socket: the root's loop owns it, the keeper
+does the I/O.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ class Changes(msgspec.Struct, frozen=True):
     stop: list[str]  # no longer held, or re-tokened
     shut_down: list[str]  # held, and the shared trading set now says shutting-down
     stop_by: dict[str, float] = {}  # each of `stop`: the deadline it was held to (its graceful stop ends by it)
+    left: list[str] = []  # of `stop`: no longer in the shared trading set (a stop-trading), not lost or handed off
+    # Held on under the same token, but a new run: a stop-trading and a start-trading both came since
+    # the last report. As on one host, the old run stops and a new one starts afresh.
+    restart: list[HeldLease] = []
+    retry: list[HeldLease] = []  # held on, and a start-trading came for it: a failed run starts afresh
 
 
 class Leased:
@@ -40,11 +47,16 @@ class Leased:
         new = {h.symbol: h for h in report.held if h.deadline > now}
         stop = sorted(s for s, h in self.held.items() if s not in new or new[s].token != h.token)
         start = [h for s, h in sorted(new.items()) if s not in self.held or self.held[s].token != h.token]
+        kept = [(self.held[s], h) for s, h in sorted(new.items()) if s in self.held and self.held[s].token == h.token]
+        restart = [h for old, h in kept if h.run != old.run]
+        retry = [h for old, h in kept if h.run == old.run and h.generation != old.generation]
         shut_down = sorted(s for s, h in new.items() if h.mode == "shutting-down"
                            and (s not in self.held or self.held[s].mode != "shutting-down"))
         stop_by = {s: self.held[s].deadline for s in stop}
+        trading = set(report.trading) if report.trading is not None else None
+        left = [s for s in stop if trading is not None and s not in trading]
         self.held = new
-        return Changes(start, stop, shut_down, stop_by)
+        return Changes(start, stop, shut_down, stop_by, left, restart, retry)
 
     def forget(self, symbol: str) -> None:
         """Not started after all (its last run is still stopping): the next report starts it."""

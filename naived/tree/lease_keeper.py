@@ -66,11 +66,13 @@ from naived.store import pgschema, postgres
 from naived.store.leases import Lease, Leases
 from naived.store.order_counts import share_orders
 from naived.store.pgschema import Conn
-from naived.store.postgres import DsnError, PgTradingSet
+from naived.store.postgres import DsnError, PgTradingSet, Starts
 from naived.tree import ipc
 from naived.tree.process import SignalQueue
 
 log = logging.getLogger(__name__)
+
+NO_STARTS = Starts(0, 0)  # the start requests of a symbol held but not in the trading set (handed back this round)
 
 
 class Round(msgspec.Struct, frozen=True):
@@ -78,6 +80,7 @@ class Round(msgspec.Struct, frozen=True):
     alive: list[str]  # hosts seen within the lease time, this one included
     hosts: list[Host]  # every registered host, as the database showed them this round
     leases: list[Holding]  # every symbol's lease as read this round (after its acquisitions)
+    trading: list[str]  # the trading set's symbols, as this round read them
 
 
 class Keeper:
@@ -97,9 +100,10 @@ class Keeper:
         until its deadline: a lease lives by the database's clock, not by a connection."""
         self.leases = leases
 
-    def round(self, wanted: dict[str, str]) -> Round:
-        """One round (see the module docstring). `wanted`: the trading set, symbol -> mode. Raises
-        psycopg.Error when the database fails; what was held stays held until its deadline."""
+    def round(self, wanted: dict[str, str], starts: dict[str, Starts] | None = None) -> Round:
+        """One round (see the module docstring). `wanted`: the trading set, symbol -> mode; `starts`:
+        its start requests, reported with each lease held. Raises psycopg.Error when the database
+        fails; what was held stays held until its deadline."""
         if not self.leases.heartbeat(self.host_id):
             self.leases.register_host(self.host_id, self.pid)
         for symbol, (lease, _) in list(self.held.items()):
@@ -144,8 +148,10 @@ class Keeper:
             holdings = self.leases.holders()
         if self.orders is not None:  # before the report: a symbol starts here only under this host's share
             share_orders(self.leases.conn, self.host_id, alive, self.orders)
-        return Round([HeldLease(s, lease.token, deadline, wanted.get(s, "running"))
-                      for s, (lease, deadline) in sorted(self.held.items())], sorted(alive), hosts, holdings)
+        asked = starts or {}
+        held = [HeldLease(s, lease.token, deadline, wanted.get(s, "running"), asked.get(s, NO_STARTS).run,
+                          asked.get(s, NO_STARTS).generation) for s, (lease, deadline) in sorted(self.held.items())]
+        return Round(held, sorted(alive), hosts, holdings, sorted(wanted))
 
 
 # What a round may fail with: the database (psycopg.Error, ConnectError among them), its DSN, the
@@ -217,7 +223,7 @@ class KeeperProcess:
             else:
                 trading, keeper = self.trading, self.keeper
                 trading.reload()
-            done = keeper.round(trading.modes)
+            done = keeper.round(trading.modes, trading.starts)
         except DB_ERRORS as exc:
             return self.failed(exc)
         if self.failed_rounds:
@@ -225,7 +231,7 @@ class KeeperProcess:
                      self.failed_rounds)
         self.failed_rounds, self.error_logged = 0, ""
         self.held = done.held
-        return LeasesHeld(done.held, done.hosts, done.leases, None)
+        return LeasesHeld(done.held, done.hosts, done.leases, None, done.trading)
 
     def failed(self, exc: BaseException) -> LeasesHeld:
         error = self.one_line(exc)

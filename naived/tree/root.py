@@ -44,6 +44,7 @@ from naived.core.messages import (
     ControlRequest,
     Error,
     ExchangeFilters,
+    HeldLease,
     HistoryRequest,
     LeaderStatus,
     LeasesHeld,
@@ -267,22 +268,36 @@ class Root(Role):
         self.stop_overdue(now)  # first: a report that comes late never saves a lease past its deadline
         changes = self.cluster.on_report(report, now)
         for symbol in changes.stop:
-            self.hand_off(symbol, changes.stop_by[symbol])
-        for held in changes.start:
+            if symbol in changes.left:  # stop-trading, on any host: its lease was handed back for it
+                self.lose_symbol(symbol, "no longer in the trading set (stop-trading)", by=changes.stop_by[symbol],
+                                 level=logging.INFO)
+            else:
+                self.hand_off(symbol, changes.stop_by[symbol])
+        for held in changes.restart:  # as one host takes a stop-trading, then a start-trading
+            self.lose_symbol(held.symbol, "stop-trading and start-trading came at once: it starts afresh",
+                             by=held.deadline, level=logging.INFO)
+        retry = [h for h in changes.retry if (e := self.symbols.get(h.symbol)) is not None and e.state == "failed"]
+        for held in retry:  # as one host takes a start-trading of a symbol that failed
+            log.info("%s: start-trading after it failed: starting it afresh", held.symbol)
+        for held in sorted(changes.start + changes.restart + retry, key=lambda h: h.symbol):
             if self.supervisor.stopping(held.symbol):
                 self.cluster.forget(held.symbol)  # its last run is still stopping: the next round starts it
                 continue
-            problem = validate.symbol_problem(self.config, held.symbol, self.filters.get(held.symbol))
-            if problem is not None:
-                log.error("%s: lease %d held but not started: %s", held.symbol, held.token, problem)
-                self.symbols[held.symbol] = SymbolEntry("failed", problem, lease_token=held.token)
-                continue
-            log.info("%s: lease %d held: starting it here", held.symbol, held.token)
-            self.leaders.pop(held.symbol, None)
-            self.supervisor.forget_history(held.symbol)
-            self.start_symbol(held.symbol, held.mode, held.token)
+            self.start_held(held)
         for symbol in changes.shut_down:
             self.shutdown_here(symbol)
+
+    def start_held(self, held: HeldLease) -> None:
+        """Start a symbol under the lease this host holds for it, afresh (a new restart budget)."""
+        problem = validate.symbol_problem(self.config, held.symbol, self.filters.get(held.symbol))
+        if problem is not None:
+            log.error("%s: lease %d held but not started: %s", held.symbol, held.token, problem)
+            self.symbols[held.symbol] = SymbolEntry("failed", problem, lease_token=held.token)
+            return
+        log.info("%s: lease %d held: starting it here", held.symbol, held.token)
+        self.leaders.pop(held.symbol, None)
+        self.supervisor.forget_history(held.symbol)
+        self.start_symbol(held.symbol, held.mode, held.token)
 
     def stop_overdue(self, now: float) -> None:
         """No renewal came in time: stop the symbol at once, before its lease can expire anywhere."""
@@ -290,14 +305,16 @@ class Root(Role):
             for symbol in self.cluster.overdue(now):
                 self.lose_symbol(symbol, "its lease could not be renewed in time", kill=True)
 
-    def lose_symbol(self, symbol: str, why: str, kill: bool = False, by: float | None = None) -> None:
+    def lose_symbol(self, symbol: str, why: str, kill: bool = False, by: float | None = None,
+                    level: int = logging.WARNING) -> None:
         """Stop a symbol this host may no longer trade; its open orders stay at the exchange for the
         next holder. `kill`: at once (its lease deadline passed), not after a graceful stop; `by`: the
-        graceful stop ends then at the latest (Supervisor.stop)."""
+        graceful stop ends then at the latest (Supervisor.stop); `level`: of its log line (a stop that
+        was asked for is no warning)."""
         entry = self.symbols.pop(symbol, None)
         if entry is None:
             return
-        log.warning("%s: stopping it here: %s", symbol, why)
+        log.log(level, "%s: stopping it here: %s", symbol, why)
         self.leaders.pop(symbol, None)
         self.supervisor.stop(symbol, kill=kill, by=by)
         self.supervisor.forget_history(symbol)
