@@ -106,6 +106,16 @@ MIGRATIONS: list[str] = [
     END
     $$;
     """,
+    # 4: when each host last held a lease (naived/store/leases.py sets it with every grant and
+    # renewal): a host alone in that sense takes its order share at once (naived/store/order_counts.py)
+    """
+    -- NULL: never held a lease. A host places orders only under a lease and stops before it
+    -- expires, so this bounds the last moment the host could have placed an order.
+    ALTER TABLE hosts ADD COLUMN leased_until timestamptz;
+    -- the leases held when a naive of this version first migrates: their holders counted at once
+    UPDATE hosts h SET leased_until = l.until
+    FROM (SELECT holder, max(expires_at) AS until FROM leases GROUP BY holder) l WHERE l.holder = h.host_id;
+    """,
 ]
 
 LATEST = len(MIGRATIONS)
