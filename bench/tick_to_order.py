@@ -30,7 +30,7 @@ every write with the symbol's lease). Both trees run at once and their cycles al
 that the machine's other work weighs on both alike; the bare chain runs once, on the first
 store's tree. A PostgreSQL host trades a symbol once its lease keeper took the lease, and
 places orders once the keeper's first round set its share of the account's order limits (in
-force from the next 10 s window): the cycles start only then.
+force at once for a host alone, else from the next 10 s window): the cycles start only then.
 
     .venv/bin/python bench/tick_to_order.py [--samples 200] [--stores sqlite postgresql] [--quick] [--profile] [--json]
 """
@@ -345,8 +345,9 @@ host_id = "{HOST_ID}"
 def orders_open(config: Config) -> bool:
     """The host may place its whole order budget now. On PostgreSQL the host shares the account's
     order limits with the cluster: its lease keeper's first round holds the orders and reserves the
-    host's share, which is in force from the 10 s window after it (naived/core/order_shares.py);
-    a cycle timed before then would time the hold."""
+    host's share, which is in force at once for a host alone (no other host held a lease lately),
+    else from the 10 s window after it (naived/core/order_shares.py); a cycle timed before then
+    would time the hold."""
     state = rate_budget.snapshot(config.budget_path)
     if state is None:
         return False

@@ -8,6 +8,7 @@ away or never answers, a root that does not take a report, SIGTERM."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets
 import signal
@@ -25,8 +26,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from naived.core.config import Config, Paths, StoreSettings
 from naived.core.messages import Ack, HeldLease, LeasesHeld, encode, worker_report_decoder
 from naived.core.placement import place
+from naived.exchange.budget import LocalBudget
 from naived.store import pgschema, postgres
-from naived.store.leases import Leases
+from naived.store.leases import Lease, Leases
 from naived.store.pgschema import Conn
 from naived.store.postgres import PgTradingSet, connect
 from naived.tree import lease_keeper
@@ -53,8 +55,10 @@ def connections(pg_dsn: str) -> Iterator[Callable[[], Conn]]:
         conn.close()
 
 
-def keepers(connections: Callable[[], Conn], names: list[str]) -> dict[str, Keeper]:
-    return {name: Keeper(Leases(connections()), name, 100 + i, TTL, MARGIN) for i, name in enumerate(names)}
+def keepers(connections: Callable[[], Conn], names: list[str], orders: bool = False) -> dict[str, Keeper]:
+    """A keeper per host; with `orders`, each sharing the account's order limits through a budget of its own."""
+    return {name: Keeper(Leases(connections()), name, 100 + i, TTL, MARGIN, LocalBudget() if orders else None)
+            for i, name in enumerate(names)}
 
 
 DOUBLES: list[str] = []  # symbols two hosts reported at once (checked after each test: wait_for retries asserts)
@@ -156,6 +160,104 @@ def test_each_lease_is_reported_with_the_start_requests_of_its_symbol(connection
     assert trading.request("BTCUSDT", None) is True
     trading.reload()
     assert keeper.round(trading.modes, trading.starts).trading == []
+
+
+def leased_until(conn: Conn, host: str) -> dt.datetime | None:
+    row = conn.execute("SELECT leased_until FROM hosts WHERE host_id = %s", (host,)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def expiry(conn: Conn, symbol: str) -> dt.datetime:
+    row = conn.execute("SELECT expires_at FROM leases WHERE symbol = %s", (symbol,)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def test_a_grant_or_a_renewal_pushes_the_hosts_leased_until_and_a_refusal_does_not(
+        connections: Callable[[], Conn]) -> None:
+    leases = Leases(connections())
+    for i, host in enumerate(["h1", "h2"]):
+        leases.register_host(host, 100 + i)
+    assert leased_until(leases.conn, "h1") is None  # never held a lease
+    long = leases.acquire("S1", "h1", 30)
+    assert long is not None and leased_until(leases.conn, "h1") == long.expires_at
+    assert leases.acquire("S1", "h2", 600) is None and leased_until(leases.conn, "h2") is None  # refused
+    short = leases.acquire("S2", "h1", 1)
+    assert short is not None and leased_until(leases.conn, "h1") == long.expires_at  # never taken back
+    assert leases.renew(long, 60) and leased_until(leases.conn, "h1") == expiry(leases.conn, "S1") > long.expires_at
+    pushed = leased_until(leases.conn, "h1")
+    stale = Lease("S1", "h1", long.token - 1, 600, long.expires_at)  # an older token: refused
+    forged = Lease("S1", "h2", long.token, 600, long.expires_at)  # another holder: refused
+    assert not leases.renew(stale, 600) and not leases.renew(forged, 600)
+    assert (leased_until(leases.conn, "h1"), leased_until(leases.conn, "h2")) == (pushed, None)
+    brief = leases.acquire("S3", "h2", 0.2)
+    assert brief is not None and leased_until(leases.conn, "h2") == brief.expires_at
+    wait_for("S3's lease to expire", lambda: expiry(leases.conn, "S3") < leases.conn.execute("SELECT now()").fetchone()[0],
+             timeout=5)
+    assert not leases.renew(brief, 600) and leased_until(leases.conn, "h2") == brief.expires_at  # expired: refused
+
+
+def test_the_migration_takes_leased_until_from_the_leases_held_then(
+        pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = connect(pg_dsn)
+    try:
+        with monkeypatch.context() as before:
+            # a database of the naive before hosts.leased_until
+            before.setattr(pgschema, "MIGRATIONS", {k: v for k, v in pgschema.MIGRATIONS.items() if k <= 3})
+            before.setattr(pgschema, "LATEST", 3)
+            pgschema.migrate(conn)
+        leases = Leases(conn)
+        for i, host in enumerate(["h1", "h2", "h3"]):
+            leases.register_host(host, i)
+        conn.execute("INSERT INTO leases VALUES ('S1', 'h1', 1, now(), now() + interval '30 s'), "
+                     "('S2', 'h1', 2, now(), now() + interval '60 s'), ('S3', 'h2', 3, now(), now() - interval '5 s')")
+        assert pgschema.migrate(conn) == (3, pgschema.LATEST)
+        assert [leased_until(conn, h) for h in ("h1", "h2", "h3")] == [
+            expiry(conn, "S2"), expiry(conn, "S3"), None]  # the latest of each; h3 never held one
+    finally:
+        conn.close()
+
+
+def test_a_lone_keepers_order_share_is_in_force_in_its_first_round(connections: Callable[[], Conn]) -> None:
+    hosts = keepers(connections, ["h1"], orders=True)
+    assert {h.symbol for h in hosts["h1"].round(WANTED).held} == set(WANTED)
+    hosts.update(keepers(connections, ["h2"], orders=True))  # registered: seen now
+    h1, h2 = (k.orders for k in hosts.values())
+    assert isinstance(h1, LocalBudget) and isinstance(h2, LocalBudget)
+    assert (h1.orders().per_10s, h1.orders().per_10s_most) == (45, 45)  # the leases it took are its own
+    before = time.time()
+    hosts["h2"].round(WANTED)  # h2 joins: h1 holds leases, so h2 is not alone; 45 - 45 left
+    assert h2.orders(before).per_10s_most == 0
+    hosts["h1"].round(WANTED)  # a cut: at once
+    assert h1.orders().per_10s == 22
+    before = time.time()
+    hosts["h2"].round(WANTED)
+    assert (h2.orders(before).per_10s, h2.orders(before).per_10s_most) == (0, 22)  # from the next window
+
+
+def test_when_one_of_two_keepers_dies_the_survivors_raise_waits_for_the_next_window(
+        connections: Callable[[], Conn]) -> None:
+    """The dead host may have placed its 22 in the current window: its lease ended less than 10 s +
+    the guard ago when the survivor stops counting it alive (lease_seconds after its last round)."""
+    hosts = keepers(connections, ["h1", "h2"], orders=True)
+    h1 = hosts["h1"].orders
+    assert isinstance(h1, LocalBudget)
+
+    def settled() -> bool:
+        holders(hosts)
+        return all(isinstance(k.orders, LocalBudget) and k.orders.orders().per_10s == 22 for k in hosts.values())
+
+    wait_for("both hosts trading at 22 orders per 10 s", settled, timeout=TTL * 10)
+    del hosts["h2"]  # dies: no more rounds
+
+    def raised() -> tuple[int, int] | None:
+        before = time.time()
+        hosts["h1"].round(WANTED)
+        counts = h1.orders(before)
+        return (counts.per_10s, counts.per_10s_most) if counts.per_10s_most == 45 else None
+
+    assert wait_for("h1 to take h2's share", raised, timeout=TTL * 4) == (22, 45)
 
 
 # --- the process ----------------------------------------------------------------------------------

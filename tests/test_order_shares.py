@@ -9,6 +9,7 @@ import logging
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from naived.core.config import load_config
 from naived.core.order_shares import HostOrders, OrderCounts, OrderLimits, OrderShare, allowance
 from naived.exchange import budget
 from naived.store import pgschema
+from naived.store.leases import Leases
 from naived.store.order_counts import share_orders
 from naived.store.pgschema import Conn
 from naived.store.postgres import connect
@@ -168,6 +170,27 @@ def test_a_raise_never_lands_in_a_window_another_process_already_opened() -> Non
     assert b.orders(MINUTE + 12.0).per_10s == 0 and b.orders(MINUTE + 20.0).per_10s == 15
 
 
+def test_a_raise_confirmed_for_a_host_alone_is_in_force_at_once_and_only_if_confirmed() -> None:
+    b = budget.LocalBudget()
+    at = MINUTE + 1.0
+    b.hold_orders(2, at)
+    b.set_order_share(OrderShare(1, 45, 100, DAY), confirmed=False, wall=at, at_once=True)
+    assert b.orders(at).per_10s_most == 0  # not in the database yet: nothing raised, at once or not
+    b.set_order_share(OrderShare(1, 45, 100, DAY), confirmed=True, wall=at)
+    assert (b.orders(at).per_10s, b.orders(at).per_10s_most) == (0, 45)  # waiting for the next window
+    b.set_order_share(OrderShare(1, 45, 100, DAY), confirmed=True, wall=at, at_once=True)
+    assert (b.orders(at).per_10s, b.orders(at).per_10s_most) == (45, 45)  # the waiting raise, now
+    b.set_order_share(OrderShare(2, 22, 100, DAY), confirmed=True, wall=at, at_once=True)
+    assert (b.orders(at).per_10s, b.orders(at).per_10s_most) == (22, 22)  # a cut stays a cut
+    for _ in range(22):
+        b.acquire(1, "order", at)
+    b.set_order_share(OrderShare(1, 30, 100, DAY), confirmed=True, wall=at, at_once=True)
+    for _ in range(8):
+        b.acquire(1, "order", at)
+    with pytest.raises(budget.Refused):  # its own orders earlier in the window count against the new share
+        b.acquire(1, "order", at)
+
+
 def test_the_database_remembers_todays_count_for_a_file_made_afresh() -> None:
     b = budget.LocalBudget()
     b.acquire(1, "order", MINUTE + 1.0)
@@ -251,11 +274,23 @@ class Cluster:
         conn: Any = self.conns[host] if before_confirm is None else Watched(self.conns[host], before_confirm)
         return share_orders(conn, host, alive, self.budgets[host], wall)
 
-    def budget(self, host: str) -> budget.LocalBudget:
-        """`host`'s budget (and its keeper's connection), made at first use."""
+    def budget(self, host: str, trading: bool = True) -> budget.LocalBudget:
+        """`host`'s budget (and its keeper's connection), made at first use. A host `trading` holds a
+        lease from then on (its keeper takes its leases before it shares the orders), so no host is
+        alone (naived/core/order_shares.py) unless a test says so."""
         if host not in self.conns:
             self.conns[host], self.budgets[host] = connect(self.dsn), budget.LocalBudget()
+            if trading:
+                self.leased(host, -60.0)
         return self.budgets[host]
+
+    def leased(self, host: str, ago: float | None) -> None:
+        """`host` registered, its last lease ending `ago` seconds before now by the database's clock
+        (negative: a live one; None: it never held one)."""
+        self.db.execute("INSERT INTO hosts (host_id, pid, started_at, last_seen, leased_until) "
+                        "VALUES (%(h)s, 1, now(), now(), now() - make_interval(secs => %(ago)s)) "
+                        "ON CONFLICT (host_id) DO UPDATE SET leased_until = excluded.leased_until",
+                        {"h": host, "ago": ago})
 
     def reserved(self) -> dict[str, int]:
         rows = self.db.execute("SELECT host_id, allowance FROM order_counts WHERE kind = '10s'").fetchall()
@@ -383,3 +418,112 @@ def test_a_raise_confirmed_again_every_round_is_not_pushed_back() -> None:
         b.set_order_share(OrderShare(2, 22, 75_000, DAY), confirmed=True, wall=MINUTE + second)
     assert b.orders(MINUTE + 30.0).per_10s == 22
     b.acquire(1, "order", MINUTE + 30.0)
+
+
+# --- a host alone: its raise at once ------------------------------------------------------------
+
+
+def test_a_host_alone_has_its_share_in_force_in_this_window(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    cluster.budget("a")  # it holds a lease: its own do not matter
+    with caplog.at_level(logging.INFO, logger="naived.store.order_counts"):
+        counts = cluster.round("a", {"a"})  # no other host ever: its first round
+        assert (counts.per_10s, counts.per_10s_most) == (45, 45)
+        cluster.round("a", {"a"})
+    assert [r.getMessage() for r in caplog.records if "at once" in r.getMessage()] == [
+        "order share a: 45 orders per 10 s (45 in force at once: no other host held a lease in the last 11s), "
+        "150000 today (0 placed), among 1 hosts"]  # once
+    assert cluster.reserved() == {"a": 45}
+
+
+def test_hosts_whose_leases_ended_long_ago_or_never_were_leave_a_host_alone(cluster: Cluster) -> None:
+    cluster.leased("b", 10 + budget.RAISE_GUARD_SECONDS + 1)  # its last lease ended 12 s ago: gone
+    cluster.leased("c", None)  # alive, never held a lease: it placed no order
+    counts = cluster.round("a", {"a", "c"})
+    assert (counts.per_10s, counts.per_10s_most) == (22, 22)
+
+
+@pytest.mark.parametrize("other", ["live lease", "live lease of an earlier naive", "lease ended 3 s ago",
+                                   "lease ended 10.5 s ago"])
+def test_a_host_that_held_a_lease_lately_makes_a_raise_wait_for_the_next_window(cluster: Cluster, other: str) -> None:
+    """2 hosts at 22 each, b dies: a's raise to 45 waits for the next window, since b may have
+    placed its 22 in this one (its lease ended at most 10 s + the guard ago)."""
+    for h in ("a", "b"):
+        cluster.round(h, {"a", "b"}, wall=AT - 20)
+    assert cluster.budgets["a"].orders(AT).per_10s == 22
+    if other == "live lease":
+        cluster.leased("b", None)
+        assert Leases(cluster.db).acquire("XRPUSDT", "b", 60) is not None
+        assert in_window(cluster, "a", 0) == 22
+    elif other == "live lease of an earlier naive":  # it sets no leased_until; its lease is there all the same
+        cluster.leased("b", None)
+        cluster.db.execute("INSERT INTO leases VALUES ('XRPUSDT', 'b', 1, now(), now() + interval '1 minute')")
+        assert in_window(cluster, "a", 0) == 22
+    elif other == "lease ended 3 s ago":
+        assert in_window(cluster, "a", 3.0) == 22
+    else:  # within the guard: the database's clock may be behind a's by up to the guard
+        for _ in range(5):  # a's round within 0.4 s of the lease's end being set, or the test says nothing
+            cluster.budgets["a"] = budget.LocalBudget()
+            cluster.round("a", {"a", "b"}, wall=AT - 20)
+            started = time.monotonic()
+            now = in_window(cluster, "a", 10.5)
+            if time.monotonic() - started < 0.4:
+                assert now == 22
+                break
+        else:
+            pytest.skip("the database too slow to answer within 0.4 s: the guard's edge untested")
+    assert (cluster.budgets["a"].orders(AT).per_10s_most, cluster.budgets["a"].orders(AT + 10).per_10s) == (45, 45)
+
+
+def in_window(cluster: Cluster, host: str, other_ago: float) -> int:
+    """b's last lease ended `other_ago` s ago (0: b's live lease stays); then `host`'s round, alone
+    among the alive hosts: its share in force in this window after it."""
+    if other_ago:
+        cluster.leased("b", other_ago)
+    return cluster.round(host, {host}).per_10s
+
+
+def observe(cluster: Cluster, wall: float, most: dict[int, dict[str, int]]) -> None:
+    """Each host's share in force at `wall`, the most seen in its window kept in `most`."""
+    seen = most.setdefault(int(wall) // 10, {})
+    for h, b in cluster.budgets.items():
+        seen[h] = max(seen.get(h, 0), b.orders(wall).per_10s)
+
+
+@pytest.mark.parametrize("b_trading", [True, False], ids=["b took a lease", "b holds none"])
+@pytest.mark.parametrize("race", ["b's round in a's", "a's round in b's", "b's round after a's"])
+def test_a_host_joining_a_host_alone_never_makes_a_window_pass_the_limit(cluster: Cluster, race: str,
+                                                                          b_trading: bool) -> None:
+    """a, alone, takes its 45 at once; b joins around a's round (its publish and confirm before
+    a's confirm, its confirm after a's, or its round after): the most each host has in force in a
+    window adds up to at most 45 in every window, while both keep going in rounds."""
+    cluster.budget("a")  # a trades: its leases were taken before its rounds
+    most: dict[int, dict[str, int]] = {}
+
+    def round_of(h: str, alive: set[str], wall: float, meanwhile: Callable[[], None] | None = None) -> None:
+        if h == "b":
+            cluster.budget("b", trading=b_trading)
+
+        def hook(params: dict[str, Any]) -> None:
+            observe(cluster, wall, most)
+            if meanwhile is not None:
+                meanwhile()
+                observe(cluster, wall, most)
+
+        cluster.round(h, alive, wall=wall, before_confirm=hook)
+        observe(cluster, wall, most)
+
+    both = {"a", "b"}
+    if race == "b's round in a's":
+        round_of("a", {"a"}, AT, lambda: round_of("b", both, AT))
+    elif race == "a's round in b's":
+        round_of("b", both, AT, lambda: round_of("a", {"a"}, AT))
+    else:
+        round_of("a", {"a"}, AT)
+        round_of("b", both, AT)
+    for wall in (AT + 10, AT + 20):
+        observe(cluster, wall, most)  # the window has come before either keeper's next round
+        for h in ("b", "a", "b", "a"):
+            round_of(h, both, wall)
+            assert sum(cluster.reserved().values()) <= 45
+    assert {w: sum(hosts.values()) for w, hosts in most.items() if sum(hosts.values()) > 45} == {}
+    assert [cluster.budgets[h].orders(AT + 30).per_10s for h in "ab"] == [22, 22]

@@ -21,12 +21,24 @@ who is alive. Two rules make the reservations hold in every window, not just at 
   before it is written, a raise only once it is written (and if that write lost the race, not at
   all this round);
 - a raise is in force only from the 10 s window that starts after the write (plus
-  `budget.RAISE_GUARD_SECONDS` for the hosts' clocks disagreeing), because the host that gave
+  `RAISE_GUARD_SECONDS` for the hosts' clocks disagreeing), because the host that gave
   the room up may already have placed its old share in the current window.
+
+**A host alone takes a raise at once.** When, as the publish read them, no other host held a
+lease within the last 10 s + `RAISE_GUARD_SECONDS` (the database's clock; `hosts.leased_until`:
+a host places orders only under a lease and stops before it expires, naived/store/leases.py), a
+confirmed raise is in force in the current window: the room it takes was last usable by another
+host before this window began. A host that takes a lease after that read orders only under its
+share in force, never above what it reserves, and the epoch's compare-and-set orders its
+reservation against this one (a newcomer holds 0 until its own confirm, which either fails or is
+computed from the share this host now reserves). This host's own orders earlier in the window are
+in its budget file's count, which the new share bounds. So a lone host's first orders wait for
+its keeper's first round only, not for the next window.
 
 Hosts not alive hold nothing: a host is alive while seen within `lease_seconds`, and one not seen
 that long has stopped placing orders (its lease deadline, `t0 + lease - margin`, came first:
-naived/store/leases.py), and the capacity it frees is used only from the next window on. After a
+naived/store/leases.py), and the capacity it frees is used only in windows after its last orders
+(from the next window on; at once only by a host alone, past its lease by 10 s + the guard). After a
 join the shares settle in two rounds: the newcomer first gets what is left (45 - 22 - 22 = 1),
 the others cut to 15 in their next round, then it takes its 15.
 
@@ -46,6 +58,11 @@ from collections.abc import Collection, Sequence
 from typing import Protocol
 
 import msgspec
+
+# A raised 10 s share is in force from the first window starting after the write plus this: the
+# hosts' clocks (NTP) agree far better, so a window another host placed its old share in is never
+# counted twice. The database's clock is held to the same when it tells a host alone.
+RAISE_GUARD_SECONDS = 1.0
 
 
 class OrderLimits(msgspec.Struct, frozen=True):
@@ -101,7 +118,8 @@ class OrderBudget(Protocol):
 
     def hold_orders(self, hosts: int, wall: float | None = None) -> None: ...
 
-    def set_order_share(self, share: OrderShare, confirmed: bool, wall: float | None = None) -> None: ...
+    def set_order_share(self, share: OrderShare, confirmed: bool, wall: float | None = None,
+                        at_once: bool = False) -> None: ...
 
 
 def allowance(limits: OrderLimits, me: str, alive: Collection[str], hosts: Sequence[HostOrders]) -> OrderShare:

@@ -84,7 +84,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from naived.core.order_shares import OrderBudget, OrderCounts, OrderLimits, OrderShare
+from naived.core.order_shares import RAISE_GUARD_SECONDS, OrderBudget, OrderCounts, OrderLimits, OrderShare
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,6 @@ READ_SHARE = 0.85  # reads stop here; the last 15% of the budget is kept for ord
 READ_BURST_SECONDS = 10.0  # reads may spend (elapsed + this) / 60 of their share: a burst, then an even pace
 RECHECK_MAX = 5.0  # seconds: the slowest a trader looks at an order its price has reached
 MAX_BAN_SECONDS = 3 * 86400  # Binance's longest ban; a larger deadline is not ours (corrupt file)
-# A raised 10 s share is in force from the first window starting after the write plus this: the
-# hosts' clocks (NTP) agree far better, so a window another host placed its old share in is never
-# counted twice.
-RAISE_GUARD_SECONDS = 1.0
 # A placement held by this host's share of the day (the account has room): asked again after about
 # one keeper round, which may give more.
 SHARE_RECHECK_SECONDS = 5.0
@@ -363,10 +359,13 @@ class Budget:
 
         self._locked(change)
 
-    def set_order_share(self, share: OrderShare, confirmed: bool, wall: float | None = None) -> None:
+    def set_order_share(self, share: OrderShare, confirmed: bool, wall: float | None = None,
+                        at_once: bool = False) -> None:
         """Put this host's share in force. Unconfirmed (before the database has it): only what
         lowers the limits, at once. Confirmed (the database reserves it): a higher 10 s share
-        from the window after `RAISE_GUARD_SECONDS` from now, a higher day's at once."""
+        from the window after `RAISE_GUARD_SECONDS` from now, a higher day's at once; with
+        `at_once` (no other host can have placed an order in this window: order_shares.py) a
+        higher 10 s share at once too. `at_once` without `confirmed` raises nothing."""
         wall = time.time() if wall is None else wall
         limits = self.limits
 
@@ -378,7 +377,7 @@ class Budget:
             # setting its window again would push it back each round, so that it never came.
             waiting = bool(s.share_hosts) and s.share_10s_from > s.window_10s and s.share_10s_next >= share.per_10s
             s.share_hosts = max(1, share.hosts)
-            s.share_10s = min(per_10s, share.per_10s)
+            s.share_10s = share.per_10s if confirmed and at_once else min(per_10s, share.per_10s)
             later = share.per_10s if confirmed else min(coming, share.per_10s)
             if later <= s.share_10s:
                 s.share_10s_next, s.share_10s_from = s.share_10s, 0

@@ -15,6 +15,13 @@ arrived after it was sent), so the lease cannot expire before `t0 + ttl` in real
 long the request and its answer took. (This trusts the database's clock not to jump forward by
 more than the margin; a lease's life is seconds, a clock slews far slower.) `Lease.ttl` is what
 was asked for, for that computation; `expires_at` is the database's, for status.
+
+**When a host last held a lease** (`hosts.leased_until`): every grant and renewal also pushes the
+holder's `leased_until` to the new expiry, in the same statement (so neither is ever written
+without the other). A host places orders only for symbols it holds a lease for, and stops before
+the lease's expiry (its deadline `t0 + ttl - margin` comes first), so `leased_until` bounds the
+last moment the host could have placed an order: the order shares read it to tell a host alone
+(naived/store/order_counts.py).
 """
 
 from __future__ import annotations
@@ -37,16 +44,36 @@ class Lease(msgspec.Struct, frozen=True):
     expires_at: dt.datetime  # the database's clock
 
 
+# The holder's leased_until, pushed to a lease's new expiry when (and only when) it was granted or
+# renewed: a data-modifying CTE runs whether or not the outer query reads it, on what it returned.
+_HELD = """
+held AS (
+    UPDATE hosts h SET leased_until = greatest(coalesce(h.leased_until, '-infinity'), g.expires_at)
+    FROM granted g WHERE h.host_id = g.holder
+)"""
+
 _ACQUIRE = """
-INSERT INTO leases AS l (symbol, holder, token, acquired_at, expires_at)
-VALUES (%(symbol)s, %(holder)s, nextval('lease_tokens'), now(), now() + make_interval(secs => %(ttl)s))
-ON CONFLICT (symbol) DO UPDATE
-    SET holder = excluded.holder, token = excluded.token, acquired_at = excluded.acquired_at,
-        expires_at = excluded.expires_at
-    -- free (expired by the database's clock) or our own; and never a smaller token than the one
-    -- there (two acquisitions by one host racing: the one that drew the older token loses)
-    WHERE (l.expires_at <= now() OR l.holder = excluded.holder) AND l.token < excluded.token
-RETURNING token, expires_at
+WITH granted AS (
+    INSERT INTO leases AS l (symbol, holder, token, acquired_at, expires_at)
+    VALUES (%(symbol)s, %(holder)s, nextval('lease_tokens'), now(), now() + make_interval(secs => %(ttl)s))
+    ON CONFLICT (symbol) DO UPDATE
+        SET holder = excluded.holder, token = excluded.token, acquired_at = excluded.acquired_at,
+            expires_at = excluded.expires_at
+        -- free (expired by the database's clock) or our own; and never a smaller token than the one
+        -- there (two acquisitions by one host racing: the one that drew the older token loses)
+        WHERE (l.expires_at <= now() OR l.holder = excluded.holder) AND l.token < excluded.token
+    RETURNING holder, token, expires_at
+),""" + _HELD + """
+SELECT token, expires_at FROM granted
+"""
+
+_RENEW = """
+WITH granted AS (
+    UPDATE leases SET expires_at = now() + make_interval(secs => %(ttl)s)
+    WHERE symbol = %(symbol)s AND holder = %(holder)s AND token = %(token)s AND expires_at > now()
+    RETURNING holder, expires_at
+),""" + _HELD + """
+SELECT 1 FROM granted
 """
 
 
@@ -77,18 +104,18 @@ class Leases:
 
     def acquire(self, symbol: str, host_id: str, ttl: float) -> Lease | None:
         """Take the symbol's lease if it is free, expired or ours, with a new (larger) token and an
-        expiry of the database's now() + ttl; None while another host holds it. Take t0 before."""
+        expiry of the database's now() + ttl (the host's `leased_until` too); None while another
+        host holds it. Take t0 before."""
         row = self.conn.execute(_ACQUIRE, {"symbol": symbol, "holder": host_id, "ttl": ttl}).fetchone()
         return None if row is None else Lease(symbol, host_id, row[0], ttl, row[1])
 
     def renew(self, lease: Lease, ttl: float) -> bool:
-        """Push the expiry to the database's now() + ttl, only while the lease is still held with this
-        token and not expired. False: it is lost (stop the symbol's traders). Take t0 before."""
-        cur = self.conn.execute(
-            "UPDATE leases SET expires_at = now() + make_interval(secs => %s) "
-            "WHERE symbol = %s AND holder = %s AND token = %s AND expires_at > now()",
-            (ttl, lease.symbol, lease.holder, lease.token))
-        return cur.rowcount == 1
+        """Push the expiry (and the host's `leased_until`) to the database's now() + ttl, only while the
+        lease is still held with this token and not expired. False: it is lost (stop the symbol's
+        traders). Take t0 before."""
+        row = self.conn.execute(_RENEW, {"ttl": ttl, "symbol": lease.symbol, "holder": lease.holder,
+                                         "token": lease.token}).fetchone()
+        return row is not None
 
     def release(self, lease: Lease) -> bool:
         """Give the lease up (the symbol stopped here): free at once for another host. False if it

@@ -107,6 +107,16 @@ MIGRATIONS: dict[int, str] = {
     END
     $$;
     """,
+    # 4: when each host last held a lease (naived/store/leases.py sets it with every grant and
+    # renewal): a host alone in that sense takes its order share at once (naived/store/order_counts.py)
+    4: """
+    -- NULL: never held a lease. A host places orders only under a lease and stops before it
+    -- expires, so this bounds the last moment the host could have placed an order.
+    ALTER TABLE hosts ADD COLUMN leased_until timestamptz;
+    -- the leases held when a naive of this version first migrates: their holders counted at once
+    UPDATE hosts h SET leased_until = l.until
+    FROM (SELECT holder, max(expires_at) AS until FROM leases GROUP BY holder) l WHERE l.holder = h.host_id;
+    """,
     # 5: the start requests in the trading set (naived/store/postgres.py, PgTradingSet.request): every
     # start-trading draws a new `generation` (a failed run is started afresh by its holder when it
     # moves); a row a start adds also takes it as its `run` (a stop-trading and a start-trading within
