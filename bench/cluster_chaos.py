@@ -11,7 +11,7 @@ traded again on one host after each (p50/p99), cycles and orders, and orders los
 invariant broke.
 
     .venv/bin/python bench/cluster_chaos.py [--net] [--hosts 3] [--symbols 30] [--faults 20] [--rate 50]
-                                            [--lease 3 1 0.5] [--seed 1]
+                                            [--lease 3 1 0.5] [--seed 1] [--keep]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=50.0, help="simulated trades per second per symbol (--net)")
     parser.add_argument("--lease", type=float, nargs=3, default=(3.0, 1.0, 0.5), metavar=("TTL", "RENEW", "MARGIN"))
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep", action="store_true", help="keep the hosts' directories and logs (printed)")
     args = parser.parse_args()
     symbols = usable_symbols(args.symbols)
     lease = tuple(args.lease)
@@ -55,7 +56,10 @@ def main() -> int:
                                                                       args.seed, lease))
             report = cluster_chaos.run(fleet, args.faults, args.seed, ttl=args.lease[0], symbols=symbols)
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        if args.keep:
+            print(f"logs kept in {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
     print(f"{args.hosts} hosts{' in network namespaces' if args.net else ''}, {args.symbols} symbols, "
           f"lease {args.lease[0]:g}s")
     print(report.summary())

@@ -281,11 +281,11 @@ def fault_loop(fleet: Fleet, symbols: list[str], faults: int, rng: random.Random
             watch = (victim,) if kind == "cut" else ()  # a frozen host answers nothing
             try:
                 others = [h for h in fleet.up() if h != victim]
-                wait_for(f"the others to adopt {victim}'s symbols ({kind})",
-                         lambda others=others, watch=watch: running(fleet, symbols, report, others, watch), 4 * ttl + 60, 0.1)
+                told(fleet, symbols, f"the others to adopt {victim}'s symbols ({kind})",
+                     lambda others=others, watch=watch: running(fleet, symbols, report, others, watch), 4 * ttl + 60)
             finally:
                 undo()
-        wait_for("every symbol trading again on one host", lambda: running(fleet, symbols, report), 4 * ttl + 60, 0.1)
+        told(fleet, symbols, "every symbol trading again on one host", lambda: running(fleet, symbols, report), 4 * ttl + 60)
         report.adoption_s.append(time.monotonic() - t0)
         report.faults[kind] = report.faults.get(kind, 0) + 1
         for when, host in [d for d in down if d[0] <= time.monotonic()]:
@@ -294,6 +294,24 @@ def fault_loop(fleet: Fleet, symbols: list[str], faults: int, rng: random.Random
         time.sleep(rng.uniform(*pause))  # the workload: random moments
     for _, host in down:
         fleet.restart(host)
+
+
+def told(fleet: Fleet, symbols: list[str], what: str, probe: Callable[[], object], timeout: float) -> None:
+    """wait_for, failing with where each symbol not yet trading on one host stands on every host."""
+    try:
+        wait_for(what, probe, timeout, 0.1)
+    except AssertionError as exc:
+        where: dict[str, list[str]] = {s: [] for s in symbols}
+        for host in fleet.up():
+            status = fleet.status(host)
+            for sym in status["symbols"] if status is not None else []:
+                leader = sym.get("leader") or {"traders": []}
+                ready = sum(1 for t in leader["traders"] if t["pid"] and t["ready_at"])
+                where.setdefault(sym["symbol"], []).append(f"{host}: {sym['state']} {ready}/{CHUNKS} ready "
+                                                           f"token {sym.get('lease_token')} {sym.get('error') or ''}")
+        stuck = {s: w for s, w in where.items() if len(w) != 1 or f"running {CHUNKS}/{CHUNKS}" not in w[0]}
+        raise AssertionError(f"{exc}; {len(stuck)} symbols not trading on one host: "
+                             + "; ".join(f"{s} [{', '.join(w) or 'nowhere'}]" for s, w in sorted(stuck.items())[:20])) from None
 
 
 def settle(fleet: Fleet, symbols: list[str], report: ClusterReport, timeout: float = 120.0,
