@@ -30,6 +30,7 @@ from pg import server_bin_dir
 
 from naived.core import validate
 from naived.core.config import parse_config
+from naived.store.postgres import connect
 
 SYMBOLS = sorted([
     "BTCUSDT", "ETHUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "1INCHUSDT", "AAVEUSDT", "ALGOUSDT", "APEUSDT", "ARBUSDT",
@@ -144,11 +145,16 @@ def percentile(values: list[float], q: float) -> float:
 def test_a_cut_off_host_stops_its_symbols_before_the_others_adopt_them_and_takes_its_share_back(net: NetCluster) -> None:
     victim = "h1"
     before, orders, mine = share_of(net, victim)
+    assert sessions_of(net, victim) > 0  # its leaders' and its keeper's
     with Sampler(net) as sampler, contextlib.ExitStack() as undo, contextlib.ExitStack() as thaw:
         cut = time.time()
         net.cluster.cut(victim)
         undo.callback(net.cluster.heal, victim)  # also when the test fails: the next one needs the cluster whole
         after, took = adoption(net, victim, mine, cut)
+        # The server probes the sessions of a host it no longer hears from and ends them (postgres.
+        # SERVER_KEEPALIVE), or their connection slots would be held for hours: the adopters need them.
+        wait_for("the server to end the cut-off host's sessions", lambda: sessions_of(net, victim) == 0, 30)
+        dropped = time.time() - cut
         cut_off = net.status(victim)
         assert cut_off is not None and running(cut_off) == {}, "the cut-off host still runs symbols"
         assert cut_off.cluster is not None and cut_off.cluster.error, "its keeper does not report its lost database"
@@ -196,8 +202,18 @@ def test_a_cut_off_host_stops_its_symbols_before_the_others_adopt_them_and_takes
     values = list(took.values())
     print(f"\ncut {victim}: {len(mine)} symbols adopted; from the cut to the adopter's traders ready: "
           f"p50 {statistics.median(values):.2f}s p99 {percentile(values, 0.99):.2f}s (lease {TTL}s); "
+          f"its sessions ended by the server {dropped:.1f}s after the cut; "
           f"healed and handed back in {time.time() - healed:.1f}s; {sampler.samples} samples; "
           f"each: {' '.join(f'{v:.2f}' for v in sorted(values))}")
+
+
+def sessions_of(net: NetCluster, name: str) -> int:
+    """The database sessions open from host `name`'s address, as the server sees them."""
+    with connect(net.local_dsn(), application_name="test") as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE client_addr = %s::inet",
+                           (net.cluster.addr(name),)).fetchone()
+        assert row is not None
+        return int(row[0])
 
 
 def nothing_runs(net: NetCluster) -> None:

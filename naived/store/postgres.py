@@ -47,6 +47,10 @@ _decode = msgspec.json.Decoder(TraderState).decode
 HIDDEN = "********"
 FENCED_SQLSTATE = "NVFNC"  # naive_fence's error (pgschema, migration 3): the lease is not ours
 IDLE_IN_TRANSACTION_SECONDS = 2.0
+# The server's keep-alive probes of a session (connect): after this many seconds idle, every this
+# many seconds, this many unanswered (and data unacknowledged as long as the first): a host gone
+# from the network frees its slots within ~10 s.
+SERVER_KEEPALIVE = (5, 1, 3)
 
 
 class DsnError(ValueError):
@@ -82,11 +86,19 @@ def connect(dsn: str, application_name: str = "naived") -> Conn:
         message = f"cannot connect to PostgreSQL ({where}): {str(exc).strip()}".replace("\n", " ")
         # libpq quotes hosts, users and databases: the password is hidden wherever it turns up
         raise ConnectError(message.replace(password, HIDDEN) if password else message) from None
-    # naive never waits between the statements of a transaction: one open and idle this long
-    # belongs to a process that was frozen (SIGSTOP, a paused VM) or cut off in the middle of it.
-    # The server ends its session, so that its locks (the fence's FOR SHARE on a lease row) do not
-    # hold up the host that takes the lease over once it expires.
-    conn.execute(f"SET idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION_SECONDS * 1000)}".encode())
+    # The server's side of this session, set for it alone (every one of these is a user's setting):
+    # - naive never waits between the statements of a transaction: one open and idle this long
+    #   belongs to a process that was frozen (SIGSTOP, a paused VM) or cut off in the middle of it.
+    #   The server ends its session, so that its locks (the fence's FOR SHARE on a lease row) do not
+    #   hold up the host that takes the lease over once it expires;
+    # - the server probes the connection when idle and drops it when the host stops answering (cut
+    #   off, powered off): by default it would keep the session, and its connection slot, for two
+    #   hours, and the hosts that adopt the lost host's symbols need slots for their own leaders.
+    conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false), "
+                 "set_config('tcp_keepalives_idle', %s, false), set_config('tcp_keepalives_interval', %s, false), "
+                 "set_config('tcp_keepalives_count', %s, false), set_config('tcp_user_timeout', %s, false)",
+                 [str(int(IDLE_IN_TRANSACTION_SECONDS * 1000)), *(str(v) for v in SERVER_KEEPALIVE),
+                  str(SERVER_KEEPALIVE[0] * 1000)])
     log.info("connected to PostgreSQL (%s), backend pid %d", where, conn.info.backend_pid)
     return conn
 
