@@ -50,8 +50,8 @@ def main() -> int:
                 fleet = stack.enter_context(cluster_chaos.net_fleet(directory, args.hosts, symbols, args.seed, lease,
                                                                     args.rate))
             else:
-                # a connection per leader, per keeper, and a few for workers and the checks
-                server = stack.enter_context(running_server(max_connections=args.symbols + 10 * args.hosts + 20))
+                # a connection per leader, twice (a frozen host's stay open), per keeper, a few for workers and checks
+                server = stack.enter_context(running_server(max_connections=2 * args.symbols + 10 * args.hosts + 20))
                 fleet = stack.enter_context(cluster_chaos.local_fleet(directory, server.dsn(), names, symbols,
                                                                       args.seed, lease))
             report = cluster_chaos.run(fleet, args.faults, args.seed, ttl=args.lease[0], symbols=symbols)

@@ -353,10 +353,10 @@ def net_fleet(directory: Path, hosts_n: int, symbols: list[str], seed: int, leas
               rate: float = 50.0) -> Iterator[Fleet]:
     """The hosts in network namespaces, the trading set written before they start. `rate`: the
     simulated market's trades per second per symbol (tests/harness.py's default, 50)."""
-    # a connection per leader, per keeper, and a few for workers and the checks
+    # a connection per leader, twice (a frozen host's stay open), per keeper, a few for workers and checks
     with net_cluster(directory, symbols, hosts_n, lease, TRADING, paper={"default_balance": "0"},
                      streamer={"simulate_seed": seed, "simulate_rate": rate},
-                     max_connections=len(symbols) + 10 * hosts_n + 20) as net:
+                     max_connections=2 * len(symbols) + 10 * hosts_n + 20) as net:
         yield NetFleet(net)
 
 

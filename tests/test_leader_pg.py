@@ -42,7 +42,7 @@ from naived.store.backend import backend
 from naived.store.leases import Lease, Leases
 from naived.store.pgschema import Conn
 from naived.store.postgres import PgStore, PgTradingSet, connect, record_prefix
-from naived.tree import workers
+from naived.tree import leader, workers
 from naived.tree.ipc import bind
 from naived.tree.supervisor import EXIT_LEASE_LOST
 
@@ -357,3 +357,42 @@ def test_a_sqlite_user_never_imports_psycopg(tmp_path: Path) -> None:
                             timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+class Unreachable(Exception):
+    pass
+
+
+class Flaky:
+    """A backend whose store cannot be reached the first `failures` times it is opened."""
+
+    unreachable = (Unreachable,)
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.opened = 0
+
+    def open(self, symbol: str, lease_token: int | None) -> str:
+        self.opened += 1
+        if self.opened <= self.failures:
+            raise Unreachable("FATAL: remaining connection slots are reserved")
+        return f"store of {symbol}"
+
+
+def test_a_leader_asks_again_with_backoff_while_its_store_cannot_be_reached(caplog: pytest.LogCaptureFixture) -> None:
+    flaky = Flaky(failures=3)
+    assert leader.open_patiently(flaky, SYMBOL, 7, patience=5.0) == f"store of {SYMBOL}"  # type: ignore[arg-type,comparison-overlap]  # a stand-in backend
+    assert flaky.opened == 4
+    assert [r.levelname for r in caplog.records if "not reachable" in r.getMessage()] == ["WARNING"]  # said once
+
+
+def test_a_store_still_unreachable_after_the_patience_fails_the_leader_and_other_errors_at_once() -> None:
+    flaky = Flaky(failures=100)
+    with pytest.raises(Unreachable):
+        leader.open_patiently(flaky, SYMBOL, 7, patience=0.5)  # type: ignore[arg-type]  # a stand-in backend
+    assert 2 <= flaky.opened <= 4  # 0.2 s, then 0.4 s would pass the deadline
+    flaky = Flaky(failures=1)
+    flaky.unreachable = ()  # type: ignore[assignment]  # SQLite's: nothing is worth waiting for
+    with pytest.raises(Unreachable):
+        leader.open_patiently(flaky, SYMBOL, 7, patience=5.0)  # type: ignore[arg-type]  # a stand-in backend
+    assert flaky.opened == 1

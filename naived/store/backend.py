@@ -36,6 +36,9 @@ class Backend(Protocol):
     when the store fails, and a write on PostgreSQL raises base.Fenced once the lease is lost."""
 
     errors: tuple[type[Exception], ...]
+    # Of `errors`: the store could not be reached at all (a database refusing connections: its slots
+    # full, restarting), which passes; asked again after a while rather than failed on at once.
+    unreachable: tuple[type[Exception], ...]
     registry: str  # the id prefix registry, as messages name it
 
     def name(self, symbol: str) -> str:
@@ -75,6 +78,7 @@ class SqliteBackend:
     """A file per symbol in the state directory and the install's registry beside them."""
 
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+    unreachable: tuple[type[Exception], ...] = ()  # a file: there or not, nothing to wait for
 
     def __init__(self, config: Config) -> None:
         self.state_dir = config.state_dir
@@ -125,6 +129,7 @@ class PgBackend:
         from naived.store import pgschema, postgres
 
         self.errors: tuple[type[Exception], ...] = (psycopg.Error, pgschema.SchemaError)
+        self.unreachable: tuple[type[Exception], ...] = (postgres.ConnectError,)
         self.dsn = config.store.resolved_dsn()
         self.host_id = config.store.resolved_host_id()
         self.ttl = config.store.lease_seconds

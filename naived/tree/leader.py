@@ -61,8 +61,8 @@ from naived.core.messages import (
     leader_request_decoder,
 )
 from naived.core.symbols import SymbolFilters
-from naived.store.backend import backend
-from naived.store.base import Fenced
+from naived.store.backend import Backend, backend
+from naived.store.base import Fenced, SymbolStore
 from naived.tree import trader, workers
 from naived.tree.ipc import bind, bind_rep, close_bound
 from naived.tree.process import last_words
@@ -110,6 +110,29 @@ def store_failed(path: object, exc: Exception) -> Exit:
     return Exit(f"state store {path} failed ({exc if isinstance(exc, sqlite3.Error) else ' '.join(str(exc).split())})", 1)
 
 
+OPEN_RETRY_FIRST, OPEN_RETRY_MAX = 0.2, 2.0  # seconds between attempts to reach the store, doubling
+
+
+def open_patiently(store_backend: Backend, symbol: str, lease_token: int | None, patience: float) -> SymbolStore:
+    """The symbol's store, asked again with backoff for `patience` seconds while it cannot be reached
+    (a database out of connection slots while a lost host's sessions linger, or restarting); then
+    the error. Failing at once would restart the leader many times a second, adding to the load of
+    a database that is short of room, and spend the symbol's restart budget on something that passes."""
+    deadline = time.monotonic() + patience
+    delay = OPEN_RETRY_FIRST
+    while True:
+        try:
+            return store_backend.open(symbol, lease_token)
+        except store_backend.unreachable as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            if delay == OPEN_RETRY_FIRST:  # once: the attempts after it say nothing new
+                log.warning("leader %s: store not reachable (%s); asking again for %.0fs",
+                            symbol, " ".join(str(exc).split()), patience)
+            time.sleep(delay)
+            delay = min(delay * 2, OPEN_RETRY_MAX)
+
+
 class Leader(Role):
     def __init__(self, config: Config, symbol: str, shutting_down: bool, filters: SymbolFilters | None = None,
                  start_id: str = "", restarts: int = 0, lease_token: int | None = None) -> None:
@@ -124,7 +147,7 @@ class Leader(Role):
         self.store_errors: tuple[type[Exception], ...] = (*self.backend.errors, Fenced)
         self.path = self.backend.name(symbol)
         try:
-            self.store = self.backend.open(symbol, lease_token)
+            self.store = open_patiently(self.backend, symbol, lease_token, config.store.lease_seconds)
             self.states: dict[int, TraderState] = self.store.traders()
             self.store.bump("leader_starts")
             self.counters = {k: self.store.counter(k) for k in COUNTERS}
