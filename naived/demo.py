@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ import msgspec
 import zmq
 
 from naived.core import validate
+from naived.core.config import Web
 from naived.core.messages import StatusRequest, TreeStatus, control_reply_decoder
 from naived.core.symbols import lookup
 from naived.ctl import books_text, render
@@ -35,9 +37,22 @@ STATUS_EVERY = 5.0
 # trades/s it moves ~0.4% within a few seconds, enough for the default settings' +0.3% sells
 # (0.1% profit after 0.1% fees each way) to fill while you watch.
 DEMO_VOLATILITY = 0.0008
+WEB_PORT = Web().port  # [web] port's default
 
 
-def write_config(directory: Path, symbols: list[str]) -> Path:
+def web_port() -> int:
+    """The web observer's documented port when it is free here (an address to remember), else any free one."""
+    probe = socket.socket()
+    try:
+        probe.bind(("127.0.0.1", WEB_PORT))
+        return WEB_PORT
+    except OSError:
+        return free_ports(1)[0]
+    finally:
+        probe.close()
+
+
+def write_config(directory: Path, symbols: list[str], web: int) -> Path:
     path = directory / "naive.toml"
     port, ws_port = free_ports(2)
     path.write_text(
@@ -58,6 +73,9 @@ autostart = {msgspec.json.encode(symbols).decode()}
 [paper]
 port = {port}
 ws_port = {ws_port}
+
+[web]  # the web observer: the tree in a browser, live
+port = {web}
 
 # [trading.defaults]: none here; the demo trades with the defaults config/naive.toml documents.
 
@@ -105,7 +123,7 @@ def run(seconds: float, symbols: list[str], keep: bool = False) -> int:
     from naived.core.config import load_config
 
     directory = Path(tempfile.mkdtemp(prefix="naive-demo-"))
-    config_path = write_config(directory, symbols)
+    config_path = write_config(directory, symbols, web_port())
     config = load_config(str(config_path))
     if problem := validate.config_problem(config):  # e.g. a TMPDIR too long for the sockets in it
         shutil.rmtree(directory, ignore_errors=True)
@@ -115,6 +133,7 @@ def run(seconds: float, symbols: list[str], keep: bool = False) -> int:
     print(f"naive demo: SIMULATED market (simulate_volatility {DEMO_VOLATILITY}), paper exchange, symbols {' '.join(symbols)}")
     print("  trading settings: the defaults (config/naive.toml [trading.defaults]); budgets: "
           + ", ".join(line.replace(' = ', ' ').replace('"', '') for line in demo_budgets(symbols).splitlines()))
+    print(f"  watch it in a browser: http://127.0.0.1:{config.web.port}/")
     print(f"  this demo stops after {seconds:g}s" if seconds else "  Ctrl-C stops it")
     procs = []
     for name in ("streamerd", "naived"):

@@ -95,10 +95,12 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0, in
 class Tree:
     def __init__(
         self, directory: Path, extra_config: str = "", market: str = "simulate", streamer: str = "", paper: str = "",
-        market_endpoint: str = "", sandboxed: bool = False,
+        market_endpoint: str = "", sandboxed: bool = False, web: str | None = None,
     ) -> None:
         """`streamer` and `paper`: extra lines for the [streamer] and [paper] tables (TOML allows a
-        table once, so they cannot go into `extra_config`). `market_endpoint`: streamerd's XPUB
+        table once, so they cannot go into `extra_config`). `web`: None, the web observer is off (a
+        test tree serves no page unless it asks); else it serves on a free port (`web_url`), with
+        these extra lines for the [web] table. `market_endpoint`: streamerd's XPUB
         (default: ipc in the run directory). `sandboxed`: each daemon runs under its unit file's
         seccomp filters (tests/sandbox.py)."""
         self.dir = directory
@@ -107,7 +109,8 @@ class Tree:
         # as the README advises (never in the file, never in argv).
         self.store_dsn = store_dsn(directory) if store_dsn is not None and "[store]" not in extra_config else None
         self.store_env = {"NAIVE_STORE_DSN": self.store_dsn} if self.store_dsn else {}
-        self.paper_port, self.paper_ws_port = free_ports(2)
+        self.paper_port, self.paper_ws_port, self.web_port = free_ports(3)
+        web_table = "enabled = false" if web is None else f"port = {self.web_port}\n{web}"
         run = directory / "run"
         run.mkdir(mode=0o700, exist_ok=True)
         self.config_path = directory / "naive.toml"
@@ -129,6 +132,9 @@ port = {self.paper_port}
 ws_port = {self.paper_ws_port}
 {paper}
 
+[web]
+{web_table}
+
 {extra_config}
 {PG_STORE if self.store_dsn else ""}
 """
@@ -136,6 +142,7 @@ ws_port = {self.paper_ws_port}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.seen: dict[int, float] = {}  # pid -> create time, of every tree process ever reported
         self.paper_url = f"http://127.0.0.1:{self.paper_port}"
+        self.web_url = f"http://127.0.0.1:{self.web_port}"
         self.http = requests.Session()
         self.http.trust_env = False
 
@@ -272,7 +279,7 @@ def open_buys(tree: Tree, symbol: str, count: int) -> dict[int, dict[str, Any]]:
 
 def tree_pids(tree: dict[str, Any]) -> list[int]:
     pids = [tree["pid"]]
-    for name in ("paper_exchange", "account_stream"):
+    for name in ("paper_exchange", "account_stream", "lease_keeper", "web"):
         if tree.get(name) and tree[name]["pid"]:
             pids.append(tree[name]["pid"])
     for sym in tree["symbols"]:

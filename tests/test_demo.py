@@ -37,13 +37,15 @@ def ports_taken(*ports: int) -> Iterator[None]:
 
 def test_the_demo_trades_kills_a_trader_shows_its_profit_and_cleans_up(short_tmp: Path) -> None:
     tmp_path = short_tmp
-    with ports_taken(5680, 5681, 5682):
+    with ports_taken(5680, 5681, 5682, 8470):
         result = subprocess.run([str(BIN / "naived"), "demo", "--seconds", "20"], capture_output=True, text=True,
                                 timeout=90, env={**os.environ, "TMPDIR": str(tmp_path)})
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert out.startswith("naive demo: SIMULATED market")
     assert "trading settings: the defaults" in out
+    web = re.search(r"^  watch it in a browser: http://127\.0\.0\.1:(\d+)/$", out, re.M)
+    assert web and web[1] != "8470", out  # the documented port is taken here: another one, printed
     assert re.search(r"^>>> kill -9 \d+ \(trader \w+/\d, cycle \d+, \w+\)", out, re.M)
     for symbol in ("XRPUSDT", "BTCUSDT"):
         assert re.search(rf"^  {symbol}: \d+ cycles finished, pnl [+-]?[\d.]+ USDT after [\d.]+ USDT fees; "

@@ -17,6 +17,7 @@ LAYER = {
     "naived.exchange": 2,  # the Binance client, HTTP/1.1, the host's rate budget
     "naived.store": 2,  # durable state: SQLite files, the state directory's owner
     "naived.paper": 3,  # the paper exchange
+    "naived.web": 3,  # the web observer (the root forks it)
     "naived.tree": 4,  # the supervising loop and every process of the tree
     "streamerd": 4,  # the market-data daemon (never imported by naived)
     "naived.backtest": 5,  # the backtest, in process and through the tree

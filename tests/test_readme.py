@@ -67,7 +67,7 @@ class Tour:
         self.dir = directory
         run = directory / "run"
         run.mkdir(mode=0o700)
-        port, ws_port = free_ports(2)
+        port, ws_port, web_port = free_ports(3)
         config = directory / "naive.toml"
         config.write_text(f"""
 [paths]
@@ -78,6 +78,8 @@ endpoint = "ipc://{run / 'market.sock'}"
 [paper]
 port = {port}
 ws_port = {ws_port}
+[web]
+port = {web_port}
 """)
         self.env = {**os.environ, "NAIVE_CONFIG": str(config)}
         self.background: list[subprocess.Popen[bytes]] = []

@@ -543,6 +543,21 @@ class Trading(msgspec.Struct, forbid_unknown_fields=True):
         return msgspec.structs.replace(self.defaults, **changes)
 
 
+class Web(msgspec.Struct, forbid_unknown_fields=True):
+    """The web observer (naived/web/): a read-only page of the live tree and its JSON API, served by
+    a child of the root on a port the root binds before it says READY."""
+
+    enabled: bool = True
+    # Loopback by default: the page has no login. From another machine, reach it through an SSH tunnel.
+    host: str = "127.0.0.1"
+    port: int = 8470
+
+    def __post_init__(self) -> None:
+        _port("port", self.port)
+        if not self.host:
+            raise ValueError("host: must be an address to listen on, e.g. 127.0.0.1")
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     paths: Paths = msgspec.field(default_factory=Paths)
     streamer: Streamer = msgspec.field(default_factory=Streamer)
@@ -552,8 +567,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     trading: Trading = msgspec.field(default_factory=Trading)
     account_stream: AccountStreamSettings = msgspec.field(default_factory=AccountStreamSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    web: Web = msgspec.field(default_factory=Web)
 
     def __post_init__(self) -> None:
+        if self.web.enabled:
+            _distinct_web_port(self)
         if self.naived.exchange in REAL_EXCHANGES and not self.trading.allow_losing_settings:
             _refuse_losing(self.trading, self.naived.exchange)
 
@@ -579,6 +597,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     def workers_endpoint(self) -> str:
         """The root's REP socket: its workers hand their answers over (naived/tree/ipc.py report)."""
         return f"ipc://{self.runtime_dir / 'naived-workers.sock'}"
+
+    @property
+    def observer_endpoint(self) -> str:
+        """The root's XPUB socket: the tree's status, pushed to the web observer as it changes."""
+        return f"ipc://{self.runtime_dir / 'observer.sock'}"
 
     @property
     def control_endpoint(self) -> str:
@@ -615,6 +638,16 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     @property
     def account_stream_endpoint(self) -> str:
         return self.account_stream.endpoint or f"ipc://{self.runtime_dir / 'account-stream.sock'}"
+
+
+def _distinct_web_port(config: Config) -> None:
+    """The web observer's port is bound by the same root as the paper exchange's and the metrics'."""
+    others = [("naived.metrics_port", config.naived.metrics_port)]
+    if config.naived.exchange == "paper":
+        others += [("paper.port", config.paper.port), ("paper.ws_port", config.paper.ws_port)]
+    for key, port in others:
+        if port == config.web.port:
+            raise ValueError(f"web.port: must differ from {key} ({port}): each has its own listener")
 
 
 def _refuse_losing(trading: Trading, exchange: str) -> None:

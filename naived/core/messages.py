@@ -447,6 +447,8 @@ class TreeStatus(msgspec.Struct, tag=True):
     orphans: list[OrphanOrder] = []
     problems: list[str] = []  # the tree's own, e.g. an unreadable trading set (one line each)
     cluster: ClusterStatus | None = None  # the PostgreSQL store's hosts and leases; None on SQLite
+    lease_keeper: ProcessInfo | None = None  # a cluster's (PostgreSQL store); None on SQLite
+    web: ProcessInfo | None = None  # the web observer ([web]); None when it is off
 
 
 class History(msgspec.Struct, tag=True):

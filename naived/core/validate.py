@@ -56,7 +56,7 @@ def config_problem(config: Config) -> str | None:
     if config.naived.log.file and (problem := file_problem(config.naived.log.file)):
         return f"naived.log.file: {problem}"
     for endpoint in (config.control_endpoint, config.reports_endpoint, config.workers_endpoint,
-                     config.account_stream_endpoint):
+                     config.account_stream_endpoint, config.observer_endpoint):
         if problem := socket_problem(config, endpoint):
             return problem
     if config.naived.exchange == "paper" and not is_loopback(config.paper.host):

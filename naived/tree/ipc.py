@@ -19,12 +19,16 @@ def bind_rep(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Socket[b
     return bind(ctx, zmq.REP, endpoint)
 
 
-def bind(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str, max_message_bytes: int = -1) -> zmq.Socket[bytes]:
+def bind(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str, max_message_bytes: int = -1,
+         options: tuple[tuple[int, int], ...] = ()) -> zmq.Socket[bytes]:
     """Bind a socket; an ipc path left behind by a killed predecessor is replaced (mode 0600).
-    `max_message_bytes` (ZMQ_MAXMSGSIZE): a peer sending a larger frame is disconnected by libzmq."""
+    `max_message_bytes` (ZMQ_MAXMSGSIZE): a peer sending a larger frame is disconnected by libzmq.
+    `options`: more socket options, set before the bind (a high-water mark applies to the pipes made after it)."""
     socket = ctx.socket(kind)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    for option, value in options:
+        socket.setsockopt(option, value)
     _remove_file(endpoint)
     socket.bind(endpoint)
     if (path := ipc_path(endpoint)) is not None:

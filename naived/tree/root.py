@@ -38,7 +38,7 @@ import setproctitle
 import zmq
 
 from naived.core import strategy, validate
-from naived.core.config import Config, check_symbol, reload_config
+from naived.core.config import Config, check_symbol, is_loopback, reload_config
 from naived.core.messages import (
     Ack,
     ControlRequest,
@@ -97,11 +97,17 @@ log = logging.getLogger(__name__)
 PAPER = "paper-exchange"
 ACCOUNT_STREAM = "account-stream"
 LEASE_KEEPER = "lease-keeper"  # a cluster's (PostgreSQL store): this host's leases
+WEB = "web"  # the web observer ([web]): the tree's status as a page, pushed to it by the root
 EXCHANGE_INFO = "exchange-info"  # the worker that fetches every symbol's filters at once
 RECONCILE = "reconcile"  # the worker that checks every symbol's open orders at once
 FILTERS_REFRESH = 3600.0  # seconds between two fetches of every symbol's filters
 FILTERS_RETRY = 30.0  # ...after a fetch that failed
 REPORTS_PER_TURN = 1000  # drained per wake-up, so a flood of reports cannot starve the control socket
+# The status pushed to the web observer: at most this often, and only when its bytes changed. The
+# socket keeps OBSERVER_HWM statuses for a child that does not read, then drops: never waits.
+OBSERVE_SECONDS = 0.25
+OBSERVER_HWM = 4
+OBSERVER_MAX_MESSAGE = 256  # what the observer sends: its subscription (one byte and an empty topic)
 
 T = TypeVar("T")
 
@@ -154,6 +160,23 @@ class Root(Role):
                                                 "[paper] ws_port")
             except CannotListen as exc:
                 raise StartError(str(exc)) from None
+        self.web_listener: socket.socket | None = None
+        self.observer: zmq.Socket[bytes] | None = None  # XPUB: the status, pushed to the web observer
+        if config.web.enabled:
+            try:
+                self.web_listener = listen(config.web.host, config.web.port, "the web observer", "[web] port")
+                self.observer = bind(self.ctx, zmq.XPUB, config.observer_endpoint, OBSERVER_MAX_MESSAGE,
+                                     ((zmq.SNDHWM, OBSERVER_HWM), (zmq.XPUB_VERBOSE, 1)))
+            except CannotListen as exc:
+                raise StartError(str(exc)) from None
+            except zmq.ZMQError as exc:
+                raise StartError(f"cannot bind {config.observer_endpoint}: {exc}") from None
+            self.supervisor.watch(self.observer, self.on_observer)
+        self.published = b""  # the status last pushed to the web observer (JSON)
+        self.published_at = 0.0  # monotonic: when it was last encoded
+        self.publish_at: float | None = None  # monotonic: the next push is due then (a loop turn may have changed it)
+        self.observer_joined = False  # a web observer subscribed: it gets the status at once, changed or not
+        self.web_failed: str | None = None
         self.metrics: MetricsEndpoint | None = None
         if config.naived.metrics_port:
             try:
@@ -214,6 +237,19 @@ class Root(Role):
             run=lambda: account_stream.run(self.config),
             new_process_group=True,
             kind=Kind.ACCOUNT_STREAM,
+        ))
+
+    def start_web(self) -> None:
+        """The web observer: a page of the tree and its JSON API, on the listener bound in __init__."""
+        listener = self.web_listener
+        assert listener is not None
+        self.supervisor.start(ChildSpec(
+            key=WEB,
+            title="web",
+            run=lambda: _run_web(self.config, listener),
+            new_process_group=True,
+            keep_fds=(listener.fileno(),),
+            kind=Kind.WEB,
         ))
 
     def start_symbol(self, symbol: str, mode: str = "running", lease_token: int | None = None) -> None:
@@ -429,6 +465,9 @@ class Root(Role):
             case Kind.ACCOUNT_STREAM:
                 self.account_stream_failed = reason
                 log.error("%s; traders learn of fills by asking the exchange until naived restarts", reason)
+            case Kind.WEB:
+                self.web_failed = reason
+                log.error("%s; the web observer is off until naived restarts", reason)
             case Kind.SYMBOL_SUPERVISOR if key in self.symbols:
                 entry = self.symbols[key]
                 entry.state, entry.error = "failed", reason
@@ -620,6 +659,10 @@ class Root(Role):
             paper.error = self.paper_failed
         stream = self._process_info(ACCOUNT_STREAM)
         stream.error = self.account_stream_failed
+        web = None
+        if self.web_listener is not None:
+            web = self._process_info(WEB)
+            web.error = self.web_failed
         return TreeStatus(
             pid=os.getpid(),
             started_at=self.started_at,
@@ -631,6 +674,8 @@ class Root(Role):
             orphans=[o for _, o in sorted(self.orphans.items()) if not only or o.symbol == only],
             problems=[p for p in [self.trading.problem] if p is not None],
             cluster=self.cluster.status() if self.cluster is not None else None,
+            lease_keeper=self._process_info(LEASE_KEEPER) if self.cluster is not None else None,
+            web=web,
         )
 
     def _process_info(self, key: str) -> ProcessInfo:
@@ -645,6 +690,10 @@ class Root(Role):
         dropped = {reason: self.stream_dropped.get(reason, 0) + self.stream_dropped_before.get(reason, 0)
                    for reason in set(self.stream_dropped) | set(self.stream_dropped_before)}
         return tree_metrics.render(self.config, self.status(None), self.control.refused, dropped)
+
+    def web_url(self) -> str:
+        host, port = self.config.web.host, self.config.web.port
+        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
     def status_line(self) -> str:
         running = sum(1 for e in self.symbols.values() if e.state != "failed")
@@ -677,7 +726,7 @@ class Root(Role):
         metrics = self.metrics.next_deadline() if self.metrics is not None else None
         lease = self.cluster.next_deadline() if self.cluster is not None else None
         return min((t for t in (self.watchdog.deadline(), self.next_filters, self.stream_due, self.next_reconcile,
-                                metrics, lease)
+                                metrics, lease, self.publish_at)
                     if t is not None), default=None)
 
     def shutdown(self) -> None:
@@ -714,6 +763,40 @@ class Root(Role):
         # Healthy = this loop turns and the paper exchange has not given up; otherwise systemd's
         # watchdog restarts naived as a whole.
         self.watchdog.tick(self.paper_failed is None, self.status_line)
+        self.publish_status(now)
+
+    # --- the web observer ---------------------------------------------------------------
+
+    def publish_status(self, now: float) -> None:
+        """Push the tree's status to the web observer when it changed, at most every OBSERVE_SECONDS.
+        Every turn of the loop may have changed it (a report, an exit, a request), so a turn that
+        cannot push yet makes the loop turn again when it can (next_tick); an idle root is not woken.
+        NOBLOCK on a PUB with a small high-water mark: a web child that does not read loses
+        statuses, and the root never waits for it."""
+        if self.observer is None:
+            return
+        if self.publish_at is None:
+            self.publish_at = max(now, self.published_at + OBSERVE_SECONDS)
+        if now < self.publish_at:
+            return
+        self.publish_at, self.published_at = None, now
+        raw = msgspec.json.encode(self.status(None))
+        if raw == self.published and not self.observer_joined:
+            return
+        self.published, self.observer_joined = raw, False
+        try:
+            self.observer.send(raw, zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # a PUB drops past its high-water mark rather than wait; kept for the non-dropping kinds
+
+    def on_observer(self) -> None:
+        """The XPUB's incoming frames: subscriptions. A web observer that (re)connects gets the
+        status at this turn's tick, unchanged or not, instead of at the next change."""
+        assert self.observer is not None
+        for frame in _received(self.observer.recv):
+            if frame[:1] == b"\x01":
+                self.observer_joined = True
+                self.publish_at = time.monotonic()
 
     def autostart(self) -> None:
         """One host (SQLite): the symbols of naived.autostart and those trading when naived stopped."""
@@ -736,6 +819,8 @@ class Root(Role):
         if self.paper_listener is not None:
             self.start_paper_exchange()
         self.start_account_stream()
+        if self.web_listener is not None:
+            self.start_web()
         self.start_exchange_info()
         if self.cluster is not None:
             self.start_lease_keeper()
@@ -745,18 +830,24 @@ class Root(Role):
         else:
             self.autostart()
         sdnotify.notify("READY=1", f"STATUS={self.status_line()}")
-        log.info("naived ready: control %s, exchange %s", self.config.control_endpoint, self.config.naived.exchange)
+        log.info("naived ready: control %s, exchange %s%s", self.config.control_endpoint, self.config.naived.exchange,
+                 f", web observer {self.web_url()}" if self.web_listener is not None else "")
+        if self.web_listener is not None and not is_loopback(self.config.web.host):
+            log.warning("web observer on %s: reachable from other hosts, and it has no login; an SSH tunnel to "
+                        "a loopback address keeps it to you (README)", self.web_url())
         return self.supervisor.run(self)
 
     def before_stop(self) -> None:
         """The symbols first (their traders first of all), the account stream and paper exchange last."""
         sdnotify.notify("STOPPING=1")
-        self.supervisor.stop_all(keep=frozenset({PAPER, ACCOUNT_STREAM, LEASE_KEEPER}))
+        self.supervisor.stop_all(keep=frozenset({PAPER, ACCOUNT_STREAM, LEASE_KEEPER, WEB}))
 
     def on_stop(self) -> None:
         close_bound(self.control.socket, self.config.control_endpoint)
         close_bound(self.reports, self.config.reports_endpoint)
         close_bound(self.worker_reports, self.config.workers_endpoint)
+        if self.observer is not None:
+            close_bound(self.observer, self.config.observer_endpoint)
         self.ctx.term()
         log.info("naived stopped")
 
@@ -776,6 +867,13 @@ def _run_lease_keeper(config: Config) -> int:
     from naived.tree import lease_keeper
 
     return lease_keeper.run(config)
+
+
+def _run_web(config: Config, listener: socket.socket) -> int:
+    """In the forked child; imported here, so the root never holds asyncio's and websockets' modules."""
+    from naived.web import main as web
+
+    return web.run(config, listener)
 
 
 def _run_paper_exchange(config: Config, listener: socket.socket, ws_listener: socket.socket) -> int:

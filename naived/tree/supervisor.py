@@ -106,6 +106,7 @@ class Kind(enum.Enum):
     HISTORY = "history worker"  # a symbol's finished cycles, read from its store for a client
     LEASE_KEEPER = "lease keeper"  # this host's leases in a cluster (PostgreSQL store)
     TRADING_SET = "trading-set worker"  # writes a start/stop/shutdown into the shared trading set
+    WEB = "web observer"  # the read-only page of the tree and its JSON API ([web])
 
     @property
     def supervises(self) -> bool:
