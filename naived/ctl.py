@@ -28,6 +28,7 @@ from naived.core.messages import (
     LeaderStatus,
     Ok,
     ProcessInfo,
+    Profit,
     ShutdownTrading,
     StartTrading,
     StatusRequest,
@@ -263,7 +264,8 @@ def _exited(pid: int, seconds: float) -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def status(target: Target, symbol: str | None, as_json: bool) -> None:
-    """The live process tree: PIDs, uptimes, restarts, each trader's cycle and orders."""
+    """The live process tree: PIDs, uptimes, restarts, each trader's cycle and orders, each symbol's
+    position and profit."""
     reply = call(target, StatusRequest(symbol))
     assert isinstance(reply, TreeStatus)
     if as_json:
@@ -384,6 +386,26 @@ def books_text(leader: LeaderStatus) -> str:
     return f"pnl {'+' if pnl > 0 else ''}{_num(str(pnl))} {quote} after {_num(leader.books.get('fees_quote', '0'))} {quote} fees"
 
 
+def _signed(text: str) -> str:
+    return ("+" if Decimal(text) > 0 else "") + _num(text)
+
+
+def profit_line(p: Profit) -> str:
+    """A symbol's position and profit, live: "profit  position 199.8 XRP (cost 100 USDT), unrealised
+    -0.08 USDT, realised +0.03 USDT after 0.02 USDT fees, return -0.05% on 100 USDT". The fees are
+    the finished cycles' (a third asset's, e.g. BNB, listed as it is: it is in no profit)."""
+    quote = p.quote
+    unrealised = f"{_signed(p.unrealised)} {quote}" if p.unrealised is not None else "unknown (no market trade seen yet)"
+    third = [f"{_num(v)} {a}" for a, v in p.fees.items() if a not in (p.base, quote)]
+    fees = " + ".join([f"{_num(p.fees_quote)} {quote}", *third])
+    line = (f"profit  position {_num(p.position)} {p.base} (cost {_num(p.cost)} {quote}), unrealised {unrealised}, "
+            f"realised {_signed(p.realised)} {quote} after {fees} fees")
+    if p.return_on_budget is not None:
+        percent = (Decimal(p.return_on_budget) * 100).quantize(Decimal("0.0001"))
+        line += f", return {_signed(str(percent))}% on {_num(p.budget)} {quote}"
+    return line
+
+
 def _quote(leader: LeaderStatus) -> str:
     filters = lookup(leader.symbol)
     if filters is not None:
@@ -423,7 +445,7 @@ def _branch(lines: list[str], last: bool) -> list[str]:
 def _leader_lines(leader: LeaderStatus, now: float) -> list[str]:
     head = (f"leader  pid {leader.pid}, up {_age(leader.started_at, now)}, restarts {leader.restarts}, "
             f"cycles finished {leader.cycles_finished}")
-    if leader.cycles_finished:
+    if leader.cycles_finished and leader.profit is None:  # a leader from before profit lines
         head += f" ({books_text(leader)})"
     if leader.shutting_down:
         head += ", shutting down"
@@ -453,6 +475,8 @@ def render(tree: TreeStatus, now: float) -> str:
         if sym.error:
             head += f"  error: {sym.error}"
         lines_sym = [head]
+        if sym.leader is not None and sym.leader.profit is not None:
+            lines_sym.append(profit_line(sym.leader.profit))
         if sym.leader is not None:
             lines_sym += _branch(_leader_lines(sym.leader, now), True)
         branches.append(lines_sym)

@@ -51,6 +51,8 @@ def shape(text: str) -> list[str]:
     lines = []
     for line in text.splitlines():
         line = re.sub(r" \(pnl [^)]*\)", "", line)  # shown once a cycle has finished
+        if "profit  position " in line:  # a profit or a loss, as the market went
+            line = re.sub(r"[+-](?=\d)", "", line)
         line = re.sub(r"(, last trade [\d.]+ \S+ ago)( \([^)]*\))?", r"\1", line)
         line = re.sub(r"cycle \d+ \w+(, (?:BUY|SELL) [\d.]+ @ [\d.]+ \w+)*", "cycle N ORDERS", line)
         line = re.sub(r"\b\d+(?:h\d+)?[sm]\b", "AGE", line)

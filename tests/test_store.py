@@ -113,7 +113,20 @@ def test_finished_cycles_add_their_fees_and_pnl_to_the_books_once(open_store: Op
         store.finish(TraderState("XRPUSDT", 0, cycle, SETTINGS, status="done", result=RESULT))
     store.finish(TraderState("XRPUSDT", 0, 2, SETTINGS, status="done", result=RESULT))  # recorded again: not counted twice
     assert store.books() == {"fees_quote": "0.0783192", "pnl_quote": "0.03183216"}
+    assert store.fees() == {"USDT": "0.0387192"}  # by asset, as the results list them
     assert store.cycles_finished() == 2
+
+
+def test_a_store_from_before_fees_by_asset_sums_them_from_its_cycles(open_store: OpenStore) -> None:
+    store = open_store("XRPUSDT")
+    assert store.fees() == {}
+    third = CycleResult("40", "19.8", "39", "19.3596", {"BNB": "0.00003", "USDT": "0.01"}, "0.01", "0.1", "0", "0")
+    store.finish(TraderState("XRPUSDT", 0, 1, SETTINGS, status="done", result=RESULT))
+    store.finish(TraderState("XRPUSDT", 0, 2, SETTINGS, status="done", result=third))
+    store.set_meta("fees", None)  # as a store written before it kept them
+    assert store.fees() == {"USDT": "0.0293596", "BNB": "0.00003"}
+    store.finish(TraderState("XRPUSDT", 0, 3, SETTINGS, status="done", result=third))  # kept from now on
+    assert store.get_meta("fees") is not None and store.fees() == {"USDT": "0.0393596", "BNB": "0.00006"}
 
 
 def test_cycles_taken_together_are_never_handed_out_again(open_store: OpenStore) -> None:

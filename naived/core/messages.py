@@ -336,6 +336,26 @@ class TraderInfo(msgspec.Struct):
     ready_at: float | None = None  # wall clock of the trader's hello: subscribed, state restored
 
 
+class Profit(msgspec.Struct, frozen=True):
+    """A symbol's position and profit as its leader last computed them (naived/core/pnl.py has the
+    definitions), decimal strings, money in `quote`. Fees in a third asset (BNB) are listed in
+    `fees` and `open_fees` by asset, never converted, so they are in neither profit nor return."""
+
+    base: str
+    quote: str
+    budget: str  # the symbol's [trading] budget, what the return is on
+    position: str  # base asset the open cycles hold, net of commissions taken in it
+    cost: str  # what that cost in quote, quote commissions on the buy included
+    price: str | None = None  # the last trade price the position is valued at; None before one is seen
+    unrealised: str | None = None  # the open cycles' profit at `price` (None: a position and no price)
+    realised: str = "0"  # the finished cycles' pnl
+    fees: dict[str, str] = {}  # the finished cycles' commissions, by asset
+    fees_quote: str = "0"  # their value in quote (those in the base or quote asset)
+    cycles: int = 0  # the finished cycles counted in `realised`
+    open_fees: dict[str, str] = {}  # commissions the open cycles paid so far, by asset (in `cost` or `position`)
+    return_on_budget: str | None = None  # (realised + unrealised) / budget, a fraction; None without `unrealised`
+
+
 class LeaderStatus(msgspec.Struct, tag=True):
     symbol: str
     pid: int
@@ -357,6 +377,7 @@ class LeaderStatus(msgspec.Struct, tag=True):
     market_dropped: dict[str, int] = {}
     restarts: int = 0  # the leader's own, as its symbol supervisor counts them (supervisor.py defines a restart)
     start_id: str = ""  # the symbol's start (start-trading, autostart) this leader belongs to
+    profit: Profit | None = None  # positions and profit, live; None from a leader before it was added
 
 
 LeaderReply = Ack | LeaderStatus

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import secrets
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from decimal import Decimal
 from typing import Protocol
+
+import msgspec
 
 from naived.core.messages import TraderState
 
@@ -22,6 +25,30 @@ class Fenced(Exception):
     PostgreSQL store: another host trades the symbol now); its transaction was rolled back. The
     message is one line: symbol, our token, the lease now. Here, not in postgres.py, so that the
     leader can tell it apart without importing psycopg (a SQLite store never raises it)."""
+
+
+FEES = "fees"  # meta key: the finished cycles' commissions by asset, a JSON object of decimal strings
+
+
+def add_fees(total: dict[str, str], more: dict[str, str]) -> dict[str, str]:
+    """Commissions by asset, summed exactly (Decimal)."""
+    summed = dict(total)
+    for asset, amount in more.items():
+        summed[asset] = format(Decimal(summed.get(asset, "0")) + Decimal(amount), "f")
+    return summed
+
+
+def fees_by_asset(kept: str | None, finished: Callable[[], Iterable[TraderState]]) -> dict[str, str]:
+    """The finished cycles' commissions by asset: as the store keeps them (`kept`, its FEES meta), or,
+    in a store from before it kept them, summed from its cycles (read whole, until its next finished
+    cycle writes them)."""
+    if kept is not None:
+        return msgspec.json.decode(kept, type=dict[str, str])
+    total: dict[str, str] = {}
+    for state in finished():
+        if state.result is not None:
+            total = add_fees(total, state.result.fees)
+    return total
 
 
 def new_id_prefix() -> str:
@@ -47,11 +74,15 @@ class SymbolStore(Protocol):
     def counter(self, key: str) -> int: ...
 
     def finish(self, state: TraderState) -> None:
-        """Record a finished cycle, forget the trader's state and add its result to the books, in one
-        transaction; a cycle recorded again is not counted twice."""
+        """Record a finished cycle, forget the trader's state and add its result to the books and the
+        fees, in one transaction; a cycle recorded again is not counted twice."""
         ...
 
     def books(self) -> dict[str, str]: ...
+
+    def fees(self) -> dict[str, str]:
+        """The finished cycles' commissions by asset (decimal strings), kept with `books`."""
+        ...
 
     def finished_cycles(self) -> list[TraderState]: ...
 

@@ -32,7 +32,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from naived.core.config import check_symbol
 from naived.core.messages import TraderState
 from naived.store import pgschema
-from naived.store.base import Fenced, new_id_prefix
+from naived.store.base import FEES, Fenced, add_fees, fees_by_asset, new_id_prefix
 from naived.store.leases import Lease
 from naived.store.pgschema import Conn
 
@@ -197,6 +197,7 @@ class PgStore:
         with self._fenced() as conn:
             fresh = conn.execute("SELECT 1 FROM cycles WHERE symbol = %s AND cycle = %s",
                                  (self.symbol, state.cycle)).fetchone() is None
+            fees = self.fees() if fresh and state.result is not None else {}  # before this cycle is among them
             conn.execute(
                 "INSERT INTO cycles (symbol, cycle, trader_id, state, finished_at) VALUES (%s, %s, %s, %s, now()) "
                 "ON CONFLICT (symbol, cycle) DO UPDATE SET trader_id = excluded.trader_id, state = excluded.state, "
@@ -207,9 +208,13 @@ class PgStore:
                 for key, amount in (("fees_quote", state.result.fees_quote), ("pnl_quote", state.result.pnl)):
                     total = Decimal(self.get_meta(key) or "0") + Decimal(amount)  # Decimal, as SQLite's store sums
                     self._put(conn, key, str(total))
+                self._put(conn, FEES, _encode(add_fees(fees, state.result.fees)).decode())
 
     def books(self) -> dict[str, str]:
         return {key: self.get_meta(key) or "0" for key in ("fees_quote", "pnl_quote")}
+
+    def fees(self) -> dict[str, str]:
+        return fees_by_asset(self.get_meta(FEES), self.finished_cycles)
 
     def finished_cycles(self) -> list[TraderState]:
         rows = self._conn.execute("SELECT state FROM cycles WHERE symbol = %s ORDER BY cycle", (self.symbol,))

@@ -23,7 +23,7 @@ import msgspec
 
 from naived.core.messages import TraderState
 from naived.store import sqlfile
-from naived.store.base import new_id_prefix
+from naived.store.base import FEES, add_fees, fees_by_asset, new_id_prefix
 
 if TYPE_CHECKING:
     from naived.store.base import SymbolStore
@@ -158,6 +158,7 @@ class Store:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             fresh = self._db.execute("SELECT 1 FROM cycles WHERE cycle = ?", (state.cycle,)).fetchone() is None
+            fees = self.fees() if fresh and state.result is not None else {}  # before this cycle is among them
             self._db.execute(
                 "INSERT OR REPLACE INTO cycles (cycle, trader_id, state, finished_at) VALUES (?, ?, ?, ?)",
                 (state.cycle, state.trader_id, _encode(state).decode(), time.time()),
@@ -167,10 +168,15 @@ class Store:
                 for key, amount in (("fees_quote", state.result.fees_quote), ("pnl_quote", state.result.pnl)):
                     total = Decimal(self.get_meta(key) or "0") + Decimal(amount)
                     self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(total)))
+                fees = add_fees(fees, state.result.fees)
+                self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (FEES, _encode(fees).decode()))
 
     def books(self) -> dict[str, str]:
         """Totals over the finished cycles, in the quote asset (decimal strings): fees_quote, pnl_quote."""
         return {key: self.get_meta(key) or "0" for key in ("fees_quote", "pnl_quote")}
+
+    def fees(self) -> dict[str, str]:
+        return fees_by_asset(self.get_meta(FEES), self.finished_cycles)
 
     def finished_cycles(self) -> list[TraderState]:
         return [_decode(s) for (s,) in self._db.execute("SELECT state FROM cycles ORDER BY cycle")]

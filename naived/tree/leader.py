@@ -33,11 +33,12 @@ import logging
 import os
 import sqlite3
 import time
+from decimal import Decimal
 
 import msgspec
 import zmq
 
-from naived.core import cycles, strategy, validate
+from naived.core import cycles, pnl, strategy, validate
 from naived.core.config import Config, reload_config
 from naived.core.messages import (
     Ack,
@@ -47,6 +48,7 @@ from naived.core.messages import (
     LeaderStatusRequest,
     MarketReport,
     OpenOrdersFetched,
+    Profit,
     RebuyTriggered,
     Settings,
     ShutdownRequest,
@@ -60,7 +62,7 @@ from naived.core.messages import (
     encode,
     leader_request_decoder,
 )
-from naived.core.symbols import SymbolFilters
+from naived.core.symbols import SymbolFilters, lookup
 from naived.store.backend import Backend, backend
 from naived.store.base import Fenced, SymbolStore
 from naived.tree import trader, workers
@@ -159,6 +161,10 @@ class Leader(Role):
             # this store is lost.
             self.id_prefix = self.store.id_prefix(self._record_prefix)
             self.books = self.store.books()
+            # The finished cycles' totals, as the store keeps them (no cycle is read again), then
+            # added to in memory as each cycle finishes.
+            self.realised = pnl.Realised(self.cycles_finished, Decimal(self.books["pnl_quote"]),
+                                         {a: Decimal(v) for a, v in self.store.fees().items()}, Decimal(self.books["fees_quote"]))
             self.trader_restarts = self.stored_restarts()
         except self.store_errors as exc:
             raise store_failed(self.path, exc) from None
@@ -209,6 +215,9 @@ class Leader(Role):
         # Since when (wall clock) each of the traders' orders is known here to be open: the root's
         # periodic reconcile can only find missing what was open before it asked.
         self.open_since = dict.fromkeys(self.open_ours(), self.started_at)
+        # Each trader's cycle figures, with the state they were computed from: a status recomputes
+        # only those of states that changed since (it is sent after every trader's report).
+        self.figures: dict[int, tuple[TraderState, pnl.Cycle]] = {}
         self.changed = True
 
     def _record_prefix(self, prefix: str) -> None:
@@ -275,6 +284,7 @@ class Leader(Role):
             self.store.finish(state)
             del self.states[trader_id]
             self.cycles_finished += 1
+            self.realised = self.realised.add(state.result)
             self.books = self.store.books()
             log.info("%s/%d: cycle %d finished", self.symbol, trader_id, state.cycle)
             if not cycles.continues(trader_id, self.trading.chunks, self.shutting_down):
@@ -516,7 +526,24 @@ class Leader(Role):
             following_market=any(self.following.values()),
             restarts=self.restarts,
             start_id=self.start_id,
+            profit=self.profit(),
         )
+
+    def profit(self) -> Profit:
+        """The symbol's position and profit at the last trade price (naived/core/pnl.py)."""
+        figures = {}
+        for trader_id, state in self.states.items():
+            known = self.figures.get(trader_id)
+            figures[trader_id] = known if known is not None and known[0] is state else (state, pnl.cycle(state))
+        self.figures = figures
+        price = Decimal(self.last_trade.p) if self.last_trade is not None else None
+        if self.filters is not None:
+            base, quote = self.filters.base, self.filters.quote
+        else:  # not fetched yet: the symbol table knows it (the budget needed its quote asset)
+            known_symbol = lookup(self.symbol)
+            base, quote = (known_symbol.base, known_symbol.quote) if known_symbol else ("", "")
+        budget = self.trading.budget or pnl.ZERO  # for_symbol always gives one; none would mean no return, not no status
+        return pnl.profit((c for _, c in figures.values()), self.realised, price, budget, base, quote)
 
     def market_dropped(self) -> dict[str, int]:
         total = dict(self.dropped_before)

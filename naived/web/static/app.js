@@ -207,6 +207,8 @@
     const problems = [...(tree.problems || [])];
     problemsEl.replaceChildren(...problems.map((p) => Object.assign(document.createElement("li"), { textContent: p })));
     problemsEl.hidden = problems.length === 0;
+    // Other scripts of the page (pnl.js) draw into the tree now that it is drawn.
+    document.dispatchEvent(new CustomEvent("naive:render", { detail: { status: tree, rows: rowsByKey, fromServer } }));
   }
 
   function setConnection(state, text) {
