@@ -15,6 +15,8 @@ import logging
 import time
 from decimal import Decimal, InvalidOperation
 
+import msgspec
+
 from naived.core.config import Config
 from naived.core.messages import AccountRead, AccountStatus, Balance, PushedBalance, RateBudget
 from naived.exchange import budget as rate_budget
@@ -44,7 +46,8 @@ class Account:
             return
         if self.error is not None:
             log.info("account: read again (%d balances, %d open orders)", len(read.balances), len(read.open_orders))
-        self.read, self.error, self.error_at = read, None, None
+        orders = sorted(read.open_orders, key=lambda o: (o.symbol, o.time, o.client_order_id))  # once, not per status
+        self.read, self.error, self.error_at = msgspec.structs.replace(read, open_orders=orders), None, None
 
     def worker_ended(self, reason: str) -> None:
         """The reconcile worker exited: without its read (killed, crashed, hung past the root's
@@ -76,7 +79,7 @@ class Account:
         return AccountStatus(
             read_at=read.asked_at if read is not None else None,
             balances=balances,
-            open_orders=sorted(read.open_orders, key=lambda o: (o.symbol, o.time, o.client_order_id)) if read else [],
+            open_orders=read.open_orders if read is not None else [],
             error=self.error,
             error_at=self.error_at,
             pushed_at=pushed,
