@@ -18,12 +18,13 @@ from typing import Any
 from harness import RESTING, Tree, open_buys, running_tree, wait_for
 
 from naived import ctl
-from naived.core.config import load_config
+from naived.core.config import load_config, parse_config
 from naived.core.messages import AccountRead, Balance, OpenOrder, PushedBalance
+from naived.core.order_shares import OrderShare
 from naived.exchange import binance as exchange
 from naived.exchange import budget as rate_budget
 from naived.tree import workers
-from naived.tree.account import Account
+from naived.tree.account import Account, budget_in_use
 
 # Reads every 2 s (weight 100 each: within the reads' share of the minute); the exchange's calls give
 # up after 1 s, so a frozen exchange is an error within a read or two.
@@ -128,6 +129,30 @@ def test_pushed_balances_newer_than_the_read_replace_the_reads_and_a_failed_read
     keep.worker_started()
     keep.on_read(AccountRead(1020.0, [Balance("USDT", "1000", "0")], []))
     assert keep.error is None and keep.error_at is None and keep.read.asked_at == 1020.0
+
+
+def test_the_budget_in_use_is_this_hosts_own_against_its_share_of_the_accounts_order_limits(tmp_path: Path) -> None:
+    config = parse_config(f'[paths]\nruntime_dir = "{tmp_path}"\nstate_dir = "{tmp_path / "state"}"\n'.encode())
+    assert budget_in_use(config) is None  # no file: nothing to show, nothing raised
+    budget = exchange.shared_budget(config)
+    try:
+        wall = time.time()
+        budget.acquire(20, "read", wall)
+        budget.acquire(1, "order", wall)
+        budget.record(wall, 500, 7, 900)  # Binance's headers: the account's counts, every host's orders
+        alone = budget_in_use(config)
+        assert alone is not None and (alone.weight, alone.weight_limit) == (500, 4800)
+        assert (alone.orders_10s, alone.orders_10s_limit, alone.orders_day, alone.orders_day_limit) == (7, 45, 900, 150000)
+        assert alone.share_hosts == 0 and alone.banned_until is None
+        budget.set_order_share(OrderShare(3, 15, 50000, int(wall) // 86400), confirmed=True, wall=wall, at_once=True)
+        budget.record(wall, None, None, None, limited=429, retry_after=30)
+        shared = budget_in_use(config)
+        assert shared is not None and shared.share_hosts == 3
+        # this host's own count (1) against its share; the account's (the headers) is not its to spend
+        assert (shared.orders_10s, shared.orders_10s_limit, shared.orders_day, shared.orders_day_limit) == (1, 15, 1, 50000)
+        assert shared.ban_status == 429 and shared.banned_until is not None and 25 < shared.banned_until - time.time() <= 31
+    finally:
+        budget.close()
 
 
 # --- the tree -----------------------------------------------------------------------------
