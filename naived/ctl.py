@@ -20,6 +20,8 @@ import zmq
 
 from naived.core.config import SYSTEMD_RUNTIME_DIR, Config, ConfigError, Naived, Paths, find_config, ipc_path, load_config
 from naived.core.messages import (
+    AccountRequest,
+    AccountStatus,
     ClusterStatus,
     ControlRequest,
     Error,
@@ -29,6 +31,7 @@ from naived.core.messages import (
     Ok,
     ProcessInfo,
     Profit,
+    RateBudget,
     ShutdownTrading,
     StartTrading,
     StatusRequest,
@@ -289,6 +292,20 @@ def history(target: Target, symbol: str, as_json: bool) -> None:
         click.echo(line)
 
 
+@main.command(short_help="Balances, open orders at the exchange, the rate budget.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def account(target: Target, as_json: bool) -> None:
+    """The account as naived last read it (every reconcile_seconds; naivectl asks the exchange
+    nothing): balances, the open orders at the exchange, and the host's rate budget in use."""
+    reply = call(target, AccountRequest())
+    assert isinstance(reply, AccountStatus)
+    if as_json:
+        click.echo(msgspec.json.format(msgspec.json.encode(reply).decode(), indent=2))
+    else:
+        click.echo(account_text(reply, time.time()))
+
+
 def _when(ms: int | None) -> str:
     if ms is None:
         return "?"
@@ -529,6 +546,59 @@ def cluster_lines(cluster: ClusterStatus) -> list[str]:
     for i, line in enumerate(branches):
         lines += _branch([line], i == len(branches) - 1)
     return lines
+
+
+# --- the account as text ------------------------------------------------------------
+
+
+def _table(header: list[str], rows: list[list[str]], right: frozenset[int]) -> list[str]:
+    """Columns padded to their widest cell; the columns in `right` (numbers) aligned right."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return ["  " + "  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                             for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+            for row in [header, *rows]]
+
+
+def budget_lines(b: RateBudget, now: float) -> list[str]:
+    """The host's rate budget in use, each figure against what this host allows itself."""
+    share = f" (this host's share: {b.share_hosts} hosts trade the account)" if b.share_hosts else ""
+    lines = [f"  request weight  {b.weight} / {b.weight_limit} this minute",
+             f"  orders          {b.orders_10s} / {b.orders_10s_limit} this 10 s, "
+             f"{b.orders_day} / {b.orders_day_limit} today (UTC){share}"]
+    if b.banned_until is not None and b.banned_until > now:
+        lines.append(f"  held: the exchange answered {b.ban_status}; nothing is sent for {_duration(b.banned_until - now)} more")
+    return lines
+
+
+def account_text(account: AccountStatus, now: float) -> str:
+    """How old it is, the last read's error first when it failed, then the balances, the open
+    orders at the exchange (every symbol's, this install's or not) and the rate budget."""
+    if account.read_at is None:
+        head = f"account  not read yet (naived's reconcile worker reads it every {account.every_seconds:g}s)"
+    else:
+        head = f"account  read {_duration(now - account.read_at)} ago (every {account.every_seconds:g}s)"
+        if account.pushed_at is not None:
+            head += f", balances pushed {_duration(now - account.pushed_at)} ago"
+    lines = [head]
+    if account.error is not None:
+        when = f" {_duration(now - account.error_at)} ago" if account.error_at is not None else ""
+        lines.append(f"  error{when}: {account.error}")
+    if account.read_at is not None:
+        lines.append("balances" if account.balances else "balances  (none)")
+        if account.balances:
+            lines += _table(["asset", "free", "locked"], [[b.asset, _num(b.free), _num(b.locked)] for b in account.balances],
+                            frozenset({1, 2}))
+        orders = account.open_orders
+        lines.append(f"open orders at the exchange  ({len(orders)})" if orders else "open orders at the exchange  (none)")
+        if orders:
+            rows = [[o.symbol, o.side, _num(o.price), _num(o.quantity), _num(o.executed_qty), o.status, o.client_order_id,
+                     _duration(now - o.time / 1000) if o.time else "-"] for o in orders]
+            lines += _table(["symbol", "side", "price", "qty", "executed", "status", "client order id", "age"], rows,
+                            frozenset({2, 3, 4, 7}))
+    if account.budget is not None:
+        lines.append("rate budget (this host)")
+        lines += budget_lines(account.budget, now)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """The user data stream's boundary (issue 20): every executionReport is checked once, in the
-account stream, before it reaches a trader; what fails is dropped, counted and never raised."""
+account stream, before it reaches a trader; what fails is dropped, counted and never raised. The
+same for the balances of `outboundAccountPosition`, on their way to the root's account (issue 24)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from naived.core.config import parse_config
 from naived.core.messages import (
     EXECUTION_TOPIC_PREFIX,
     ExecutionReport,
+    PushedBalance,
     StreamAlive,
     execution_report_decoder,
     root_report_decoder,
@@ -61,20 +65,35 @@ def test_each_bad_report_has_its_reason(case: str) -> None:
     assert report_problem(report) == reason
 
 
-def test_the_stream_drops_and_counts_bad_events_and_passes_the_good_ones(tmp_path: Path) -> None:
+@contextmanager
+def stream_and_root(tmp_path: Path) -> Iterator[tuple[AccountStream, zmq.Socket[bytes], zmq.Socket[bytes]]]:
+    """An account stream (not connected to any exchange), a trader's SUB of every execution report,
+    and the PULL socket where the root hears its StreamAlive."""
     run = tmp_path / "run"
     run.mkdir(mode=0o700)
     config = parse_config(f'[paths]\nruntime_dir = "{run}"\nstate_dir = "{tmp_path / "state"}"\n'.encode())
     stream = AccountStream(config)
-    ctx = zmq.Context()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, EXECUTION_TOPIC_PREFIX)
     sub.connect(config.account_stream_endpoint)
-    pull = ctx.socket(zmq.PULL)  # where the root hears StreamAlive
+    pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.LINGER, 0)
     pull.bind(config.reports_endpoint)
     try:
+        yield stream, sub, pull
+    finally:
+        sub.close()
+        pull.close()
+        stream.pub.close()
+        stream.root.close()
+        ctx.term()
+        stream.ctx.term()
+
+
+def test_the_stream_drops_and_counts_bad_events_and_passes_the_good_ones(tmp_path: Path) -> None:
+    with stream_and_root(tmp_path) as (stream, sub, pull):
         assert stream.pub.poll(5000, zmq.POLLIN), "the subscription did not arrive"
         stream.on_subscriptions()
         frames = [event(), b"{not json", b'{"e": "executionReport"}', *(event(**changes) for changes, _ in BAD.values()),
@@ -94,10 +113,33 @@ def test_the_stream_drops_and_counts_bad_events_and_passes_the_good_ones(tmp_pat
         assert pull.poll(5000, zmq.POLLIN)
         alive = root_report_decoder.decode(pull.recv())
         assert isinstance(alive, StreamAlive) and alive.dropped == expected
-    finally:
-        sub.close()
-        pull.close()
-        stream.pub.close()
-        stream.root.close()
-        ctx.term()
-        stream.ctx.term()
+
+
+def position(at: int, *balances: tuple[object, object, object]) -> bytes:
+    return json.dumps({"e": "outboundAccountPosition", "E": at + 1, "u": at,
+                       "B": [{"a": a, "f": f, "l": locked} for a, f, locked in balances]}).encode()
+
+
+def test_pushed_balances_go_up_with_the_liveness_word_and_bad_ones_are_dropped(tmp_path: Path) -> None:
+    with stream_and_root(tmp_path) as (stream, _, pull):
+        frames = [
+            position(1000, ("USDT", "9900.00000000", "100.00000000"), ("XRP", "0.00000000", "0.00000000")),
+            position(1001, ("USDT", "NaN", "0")),  # amount
+            position(1002, ("USDT", "-1", "0")),  # amount
+            position(1003, ("usdt", "1", "0")),  # asset
+            position(1004, ("A" * 21, "1", "0")),  # asset
+            position(1005, ("USDT", 5, "0")),  # decode: a number for a string
+            position(1006, ("BTC", "0.5", "0"), ("ETH", "1", "0")),
+            position(1007, ("XRP", "99.9", "0")),
+        ]
+        for frame in frames:
+            stream.on_frame(frame)  # never raises
+        assert stream.dropped == {"amount": 2, "asset": 2, "decode": 1}
+        assert pull.poll(5000, zmq.POLLIN)  # each good push goes up at once; the socket keeps the latest
+        while pull.poll(200, zmq.POLLIN):
+            alive = root_report_decoder.decode(pull.recv())
+        assert isinstance(alive, StreamAlive)
+        assert sorted(alive.balances, key=lambda b: b.asset) == [
+            PushedBalance("BTC", "0.5", "0", 1006), PushedBalance("ETH", "1", "0", 1006),
+            PushedBalance("USDT", "9900.00000000", "100.00000000", 1000), PushedBalance("XRP", "99.9", "0", 1007)]
+        assert alive.dropped == stream.dropped

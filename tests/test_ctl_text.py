@@ -14,12 +14,16 @@ from click.testing import CliRunner
 
 from naived import cli, ctl
 from naived.core.messages import (
+    AccountStatus,
+    Balance,
     ClusterStatus,
     History,
     Holding,
     Host,
     LeaderStatus,
+    OpenOrder,
     ProcessInfo,
+    RateBudget,
     SymbolStatus,
     TradeEvent,
     TreeStatus,
@@ -163,3 +167,34 @@ def test_a_cluster_host_holding_nothing_points_to_the_cluster_not_to_start_tradi
     clustered = msgspec.structs.replace(empty, cluster=ClusterStatus("h1", [], [], 0.0))
     text = ctl.render(clustered, NOW)
     assert "no symbols held by this host" in text and "start-trading" not in text
+
+
+def test_the_account_as_text_says_how_old_it_is_and_why_it_failed() -> None:
+    budget = RateBudget(120, 4800, 3, 15, 40, 50000, share_hosts=3, ban_status=429, banned_until=NOW + 30)
+    assert ctl.account_text(AccountStatus(every_seconds=30.0, budget=budget), NOW).splitlines() == [
+        "account  not read yet (naived's reconcile worker reads it every 30s)",
+        "rate budget (this host)",
+        "  request weight  120 / 4800 this minute",
+        "  orders          3 / 15 this 10 s, 40 / 50000 today (UTC) (this host's share: 3 hosts trade the account)",
+        "  held: the exchange answered 429; nothing is sent for 30s more",
+    ]
+    account = AccountStatus(
+        read_at=NOW - 95, balances=[Balance("USDT", "9900.00000000", "100.00000000"), Balance("XRP", "0.5", "0")],
+        open_orders=[OpenOrder("XRPUSDT", "nvabc-0-1B", "BUY", "0.25000000", "200.00000000", "0.00000000", "NEW",
+                               int((NOW - 300) * 1000))],
+        error="open orders not read: the exchange did not answer: timed out", error_at=NOW - 5, pushed_at=NOW - 40,
+        every_seconds=30.0)
+    assert ctl.account_text(account, NOW).splitlines() == [
+        "account  read 95s ago (every 30s), balances pushed 40s ago",
+        "  error 5s ago: open orders not read: the exchange did not answer: timed out",
+        "balances",
+        "  asset  free  locked",
+        "  USDT   9900     100",
+        "  XRP     0.5       0",
+        "open orders at the exchange  (1)",
+        "  symbol   side  price  qty  executed  status  client order id  age",
+        "  XRPUSDT  BUY    0.25  200         0  NEW     nvabc-0-1B        5m",
+    ]
+    empty = AccountStatus(read_at=NOW - 1)
+    assert ctl.account_text(empty, NOW).splitlines() == [
+        "account  read 1s ago (every 30s)", "balances  (none)", "open orders at the exchange  (none)"]

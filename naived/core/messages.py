@@ -408,6 +408,10 @@ class HistoryRequest(msgspec.Struct, tag=True):
     symbol: str
 
 
+class AccountRequest(msgspec.Struct, tag=True):
+    """`naivectl account`: the account as the root last had it read (AccountStatus); no exchange call."""
+
+
 class StopDaemon(msgspec.Struct, tag=True):
     """`naivectl stop`: what SIGTERM does (stop now; open orders stay and are adopted at the next
     start), or with `finish_cycles` what SIGUSR1 does (every symbol finishes its cycles first)."""
@@ -415,7 +419,7 @@ class StopDaemon(msgspec.Struct, tag=True):
     finish_cycles: bool = False
 
 
-ControlRequest = StartTrading | StopTrading | ShutdownTrading | StatusRequest | HistoryRequest | StopDaemon
+ControlRequest = StartTrading | StopTrading | ShutdownTrading | StatusRequest | HistoryRequest | StopDaemon | AccountRequest
 
 
 class Ok(msgspec.Struct, tag=True):
@@ -444,8 +448,8 @@ class SymbolStatus(msgspec.Struct):
     lease_token: int | None = None  # the fencing token it trades under (PostgreSQL store); None on SQLite
 
 
-class OrphanOrder(msgspec.Struct, frozen=True):
-    """An open order at the exchange with one of this install's id prefixes that no trader owns."""
+class ListedOrder(msgspec.Struct, frozen=True):
+    """An open order as the exchange listed it (`GET /api/v3/openOrders`, every symbol's)."""
 
     symbol: str
     client_order_id: str
@@ -453,8 +457,63 @@ class OrphanOrder(msgspec.Struct, frozen=True):
     price: str
     quantity: str
     executed_qty: str
+
+
+class OrphanOrder(ListedOrder, frozen=True):
+    """An open order at the exchange with one of this install's id prefixes that no trader owns."""
+
     minted_for: str  # the symbol whose store minted its prefix
     since: float = 0.0  # wall clock when the root first found it unowned
+
+
+# --- the account, as the root keeps it (naivectl account, the web observer) ------------------
+
+
+class Balance(msgspec.Struct, frozen=True):
+    """One asset of the account (decimal strings); only assets with a non-zero balance are kept."""
+
+    asset: str
+    free: str
+    locked: str
+
+
+class OpenOrder(ListedOrder, frozen=True):
+    """An open order at the exchange, any symbol's, as the account shows it."""
+
+    status: str
+    time: int = 0  # ms, the exchange's time of its creation (0: not said)
+
+
+class RateBudget(msgspec.Struct, frozen=True):
+    """The host's rate budget in use (naived/exchange/budget.py), as the root read it from the file:
+    the minute's request weight, the orders of this 10 s window and of today (UTC), each against
+    what this host allows itself (a cluster host: its share of the account's order limits)."""
+
+    weight: int
+    weight_limit: int
+    orders_10s: int
+    orders_10s_limit: int
+    orders_day: int
+    orders_day_limit: int
+    share_hosts: int = 0  # hosts sharing the account's order limits; 0: this host has them all
+    ban_status: int = 0  # 429 or 418 while a Retry-After holds every request of the host
+    banned_until: float | None = None  # wall clock, whole seconds
+
+
+class AccountStatus(msgspec.Struct, tag=True):
+    """The account as the root holds it: balances and open orders from its reconcile worker's last
+    good read (`read_at`, the wall clock it asked at; None before the first), balances moved since
+    by the user data stream's pushes merged in (`pushed_at`), and the last read's error when it
+    failed (what is shown is then older: `read_at`). `budget`: read by the root from the budget file."""
+
+    read_at: float | None = None
+    balances: list[Balance] = []
+    open_orders: list[OpenOrder] = []
+    error: str | None = None
+    error_at: float | None = None
+    pushed_at: float | None = None  # the exchange's time (s) of the latest balance push merged in
+    every_seconds: float = 30.0  # [naived] reconcile_seconds: how often it is read
+    budget: RateBudget | None = None
 
 
 class TreeStatus(msgspec.Struct, tag=True):
@@ -470,6 +529,7 @@ class TreeStatus(msgspec.Struct, tag=True):
     cluster: ClusterStatus | None = None  # the PostgreSQL store's hosts and leases; None on SQLite
     lease_keeper: ProcessInfo | None = None  # a cluster's (PostgreSQL store); None on SQLite
     web: ProcessInfo | None = None  # the web observer ([web]); None when it is off
+    account: AccountStatus | None = None  # balances, open orders at the exchange, the rate budget
 
 
 class History(msgspec.Struct, tag=True):
@@ -496,10 +556,33 @@ class ExchangeFilters(msgspec.Struct, tag=True):
 
 class StreamAlive(msgspec.Struct, tag=True):
     """From the account stream to the root's watchdog: it turns, and says more `within` seconds.
-    `dropped`: the events this process refused at its boundary so far, by reason (metrics)."""
+    `dropped`: the events this process refused at its boundary so far, by reason (metrics).
+    `balances`: every asset the stream's `outboundAccountPosition` pushes moved in this process,
+    as last pushed: the whole set in each message, since the socket keeps only the latest (CONFLATE)."""
 
     within: float
     dropped: dict[str, int] = {}
+    balances: list[PushedBalance] = []
+
+
+class PushedBalance(msgspec.Struct, frozen=True):
+    """An asset's balance as the user data stream pushed it, at `at` (ms, the exchange's time of
+    the account update): newer than a REST read, it is the one to show."""
+
+    asset: str
+    free: str
+    locked: str
+    at: int
+
+
+class AccountRead(msgspec.Struct, tag=True):
+    """From the root's reconcile worker: the account's open orders and non-zero balances, asked for
+    at `asked_at` (wall clock), or why they could not be read (`error`, one line)."""
+
+    asked_at: float
+    balances: list[Balance] = []
+    open_orders: list[OpenOrder] = []
+    error: str | None = None
 
 
 class OrphansFound(msgspec.Struct, tag=True):
@@ -568,7 +651,7 @@ class ClusterStatus(msgspec.Struct):
 
 
 RootReport = LeaderStatus | StreamAlive  # pushed by the leaders and the account stream
-WorkerReport = WorkerReply | ExchangeFilters | OrphansFound | LeasesHeld  # the root's workers' answers
+WorkerReport = WorkerReply | ExchangeFilters | OrphansFound | LeasesHeld | AccountRead  # the root's workers' answers
 
 
 class Stopping(msgspec.Struct, tag=True):
@@ -579,7 +662,7 @@ class Stopping(msgspec.Struct, tag=True):
     message: str
 
 
-ControlReply = Ok | Error | TreeStatus | History | Stopping
+ControlReply = Ok | Error | TreeStatus | History | Stopping | AccountStatus
 
 
 # --- codecs --------------------------------------------------------------------

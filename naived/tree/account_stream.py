@@ -24,6 +24,9 @@ stream as Binance). It holds the account's listen key, so no other process needs
   block, with that call's timeout) it pushes `StreamAlive(within)` to the root, which kills a
   process that stays silent longer (a hung stream is restarted, and its successor's new session
   makes the waiting traders ask).
+- Each `outboundAccountPosition` (the balances an account update moved) is kept, the latest per
+  asset, and goes to the root with every `StreamAlive` (at once after a push): the root shows
+  the balances its reconcile worker read with those pushed since (naived/tree/account.py).
 
 The listen key is a credential for the account's events: it is never logged, never in argv
 (the process title is fixed), and the websocket URL that contains it is never printed.
@@ -34,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import signal
 import ssl
 import time
@@ -48,6 +52,7 @@ from naived.core.messages import (
     EXECUTION_TOPIC_PREFIX,
     STREAM_STATUS_TOPIC,
     ExecutionReport,
+    PushedBalance,
     StreamAlive,
     StreamStatus,
     encode,
@@ -73,11 +78,31 @@ class _Event(msgspec.Struct):
 
 _event_decoder = msgspec.json.Decoder(_Event)
 
+
+class _Balance(msgspec.Struct):
+    a: str  # asset
+    f: str  # free
+    l: str  # noqa: E741 - Binance's name: locked
+
+
+class AccountPosition(msgspec.Struct):
+    """Binance's `outboundAccountPosition`: the balances an account update moved."""
+
+    e: str
+    E: int  # event time, ms
+    u: int  # time of the account update, ms
+    B: list[_Balance]
+
+
+_position_decoder = msgspec.json.Decoder(AccountPosition)
+ASSET_RE = re.compile(r"[A-Z0-9]{1,20}")
+MAX_ASSETS = 1000  # kept from the pushes; far above what one account holds, a bound on what the stream may make us keep
+
 # Binance's order statuses (spot REST and user data stream); a report with another is not ours to guess at.
 ORDER_STATUSES = frozenset({"NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "PENDING_CANCEL", "REJECTED", "EXPIRED",
                             "EXPIRED_IN_MATCH"})
 # Drop reasons of the stream's boundary (metrics label `reason`).
-UNDECODABLE, BAD_SYMBOL, BAD_STATUS, BAD_AMOUNT, BAD_ORDER = "decode", "symbol", "status", "amount", "order"
+UNDECODABLE, BAD_SYMBOL, BAD_STATUS, BAD_AMOUNT, BAD_ORDER, BAD_ASSET = "decode", "symbol", "status", "amount", "order", "asset"
 
 
 def report_problem(report: ExecutionReport) -> str | None:
@@ -96,6 +121,17 @@ def report_problem(report: ExecutionReport) -> str | None:
             return BAD_AMOUNT
     if report.i < 0 or not report.client_order_id:
         return BAD_ORDER
+    return None
+
+
+def position_problem(position: AccountPosition, known: dict[str, PushedBalance]) -> str | None:
+    """Why an `outboundAccountPosition` must not reach the root's account (a drop reason), or None:
+    an asset that is no asset name (or one more than MAX_ASSETS), an amount not a plain decimal >= 0."""
+    for b in position.B:
+        if not ASSET_RE.fullmatch(b.a) or (b.a not in known and len(known) >= MAX_ASSETS):
+            return BAD_ASSET
+        if plain_decimal(b.f) is None or plain_decimal(b.l) is None:
+            return BAD_AMOUNT
     return None
 
 
@@ -124,6 +160,7 @@ class AccountStream:
         self.session = ""
         self.next_alive = 0.0  # monotonic
         self.dropped: dict[str, int] = {}  # events refused at the boundary, by reason (to the root, with StreamAlive)
+        self.balances: dict[str, PushedBalance] = {}  # the latest push of each asset (to the root, with StreamAlive)
         self.drop_log = RateLimitedLog(log, "account stream", "events dropped")
 
     # --- the listen key ------------------------------------------------------------------
@@ -133,7 +170,8 @@ class AccountStream:
         that may block that long is next), else within a heartbeat."""
         heartbeat = self.settings.heartbeat_seconds
         try:
-            self.root.send(encode(StreamAlive(heartbeat + (within or 0.0), dict(self.dropped))), zmq.NOBLOCK)
+            alive = StreamAlive(heartbeat + (within or 0.0), dict(self.dropped), list(self.balances.values()))
+            self.root.send(encode(alive), zmq.NOBLOCK)
         except zmq.Again:
             pass  # the root is restarting: the next one will do
         self.next_alive = time.monotonic() + heartbeat
@@ -232,6 +270,15 @@ class AccountStream:
                     return
                 self.pub.send_multipart([execution_topic(report.client_order_id), encode(report)])
                 log.debug("account stream: %s %s %s %s", report.s, report.client_order_id, report.x, report.X)
+            elif kind == "outboundAccountPosition":
+                position = _position_decoder.decode(data)
+                problem = position_problem(position, self.balances)
+                if problem is not None:
+                    self.drop(problem, f"outboundAccountPosition {[(b.a[:20], b.f[:30], b.l[:30]) for b in position.B[:3]]}")
+                    return
+                for b in position.B:
+                    self.balances[b.a] = PushedBalance(b.a, b.f, b.l, position.u)
+                self.alive()  # the root has them now, not at the next heartbeat
             elif kind == "listenKeyExpired":
                 log.warning("account stream: the listen key expired; reconnecting with a new one")
                 self.key = None

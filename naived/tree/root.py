@@ -40,6 +40,8 @@ import zmq
 from naived.core import strategy, validate
 from naived.core.config import Config, check_symbol, is_loopback, reload_config
 from naived.core.messages import (
+    AccountRead,
+    AccountRequest,
     Ack,
     ControlRequest,
     Error,
@@ -76,6 +78,7 @@ from naived.store.sqlite import store_path
 from naived.store.trading_set import TradingSet
 from naived.tree import account_stream, symbol_supervisor, trader, workers
 from naived.tree import metrics as tree_metrics
+from naived.tree.account import Account
 from naived.tree.cluster import Leased
 from naived.tree.control import ControlServer
 from naived.tree.ipc import bind, close_bound, request
@@ -213,6 +216,7 @@ class Root(Role):
         # while the worker asked may not have reached the root yet); `orphan_suspects`: the last one's.
         self.orphans: dict[str, OrphanOrder] = {}
         self.orphan_suspects: set[str] = set()
+        self.account = Account()  # balances and open orders as the reconcile worker last read them
 
     # --- children --------------------------------------------------------------------
 
@@ -385,6 +389,7 @@ class Root(Role):
             self.supervisor.start(ChildSpec(RECONCILE, "reconcile",
                                             lambda: workers.reconcile_all(self.config, known, owned, reporting),
                                             "temporary", kind=Kind.RECONCILE))
+            self.account.worker_started()
 
     def on_orphans(self, found: list[OrphanOrder]) -> None:
         """The worker's unowned orders, checked again against the traders as known now; one log
@@ -413,6 +418,8 @@ class Root(Role):
                 for reason, n in self.stream_dropped.items():
                     self.stream_dropped_before[reason] = self.stream_dropped_before.get(reason, 0) + n
                 self.stream_dropped = {}
+            case Kind.RECONCILE:
+                self.account.worker_ended(status.reason())
             case Kind.FILTERS:
                 if not status.normal:
                     log.warning("fetching every symbol's filters failed (%s); leaders fetch their own meanwhile", status.reason())
@@ -489,9 +496,10 @@ class Root(Role):
                         symbol in self.symbols and start_id == self.symbols[symbol].start_id):
                     self.leaders[symbol] = report  # not a late word of a leader from a start before this one
                     self.symbols[symbol].leader_restarts = report.restarts
-                case StreamAlive(within, dropped):
+                case StreamAlive(within, dropped, balances):
                     self.stream_due = time.monotonic() + within + self.config.account_stream.heartbeat_seconds
                     self.stream_dropped = dropped
+                    self.account.on_pushed(balances)
 
     def on_worker_reports(self) -> None:
         """The workers' answers (REP, `ipc.report`): each is acked once handled, so a worker that
@@ -514,6 +522,8 @@ class Root(Role):
                 self.control.reply(self.pending.pop(request_id), reply)
             case OrphansFound(orders):
                 self.on_orphans(orders)
+            case AccountRead():
+                self.account.on_read(report)
             case LeasesHeld() if self.cluster is not None:
                 self.on_leases(report)
             case ExchangeFilters(symbols):
@@ -536,6 +546,8 @@ class Root(Role):
                 return self.history(check_symbol(symbol), envelope)
             case StopDaemon(finish_cycles):
                 return self.stop_daemon(finish_cycles)
+            case AccountRequest():
+                return self.account.status(self.config)
         return Error("unknown request")
 
     def stop_daemon(self, finish_cycles: bool) -> msgspec.Struct:
@@ -676,6 +688,7 @@ class Root(Role):
             cluster=self.cluster.status() if self.cluster is not None else None,
             lease_keeper=self._process_info(LEASE_KEEPER) if self.cluster is not None else None,
             web=web,
+            account=self.account.status(self.config),
         )
 
     def _process_info(self, key: str) -> ProcessInfo:

@@ -7,8 +7,9 @@ up on the one worker channel (`ipc.report`: acked, so a worker that exits 0 has 
 - `fetch_filters`: the exchange's filters, every TRADING symbol's for the root (its
   `exchange-info` worker, hourly) or one symbol's for a leader the root had none for.
 - `reconcile_all` (the root's, every `reconcile_seconds`): the account's open orders in one
-  call; each leader whose traders wait on an order no longer listed is told, and the orders
-  with an install prefix that no trader owns go to the root (orphans).
+  call and its balances in another, to the root (what `naivectl account` and the web observer
+  show, or why they could not be read); each leader whose traders wait on an order no longer
+  listed is told, and the orders with an install prefix that no trader owns go to the root (orphans).
 - `reconcile_symbol` (a leader's, once per (re)start): the symbol's open orders, for the drift check.
 - `read_history`: a symbol's finished cycles, read-only, for `naivectl history`.
 - `write_trading_set` (PostgreSQL only): a symbol's mode in the trading set every host shares,
@@ -24,12 +25,15 @@ import time
 
 from naived.core.config import Config
 from naived.core.messages import (
+    AccountRead,
+    Balance,
     Error,
     ExchangeFilters,
     ExchangeWaiting,
     FiltersFetched,
     History,
     Ok,
+    OpenOrder,
     OpenOrdersFetched,
     OrphanOrder,
     OrphansFound,
@@ -82,16 +86,23 @@ def reconcile_symbol(config: Config, symbol: str) -> int:
     return 0
 
 
+EXCHANGE_FAILURES = (exchange.BinanceError, exchange.OutcomeUnknown, exchange.RateLimited, OSError)
+
+
 def reconcile_all(config: Config, known: dict[str, tuple[str, set[str]]], owned: set[str], reporting: frozenset[str]) -> int:
-    """The root's: the account's open orders (one call), and each leader whose traders wait on an
-    order no longer listed is handed that symbol's list, which it checks against its own state.
-    The orders with an install prefix that no trader owns go to the root (`find_orphans`)."""
+    """The root's: the account's open orders (one call) and balances (another), to the root; each
+    leader whose traders wait on an order no longer listed is handed that symbol's list, which it
+    checks against its own state. The orders with an install prefix that no trader owns go to the
+    root (`find_orphans`)."""
     asked_at = time.time()
+    client = exchange.client_for(config)
     try:
-        orders = exchange.client_for(config).all_open_orders()
-    except (exchange.BinanceError, exchange.OutcomeUnknown, exchange.RateLimited, OSError) as exc:
+        orders = client.all_open_orders()
+    except EXCHANGE_FAILURES as exc:
         log.warning("reconcile: the exchange did not list the open orders (%s: %s); next time", type(exc).__name__, exc)
+        _report_account(config, AccountRead(asked_at, error=f"open orders not read: {_failure(exc)}"))
         return 1
+    _report_account(config, read_account(client, asked_at, orders))
     listed: dict[str, list[str]] = {}
     for order in orders:
         listed.setdefault(order.symbol, []).append(order.clientOrderId)
@@ -113,6 +124,35 @@ def reconcile_all(config: Config, known: dict[str, tuple[str, set[str]]], owned:
         except Unanswered:
             log.warning("%s: reconcile: the leader did not answer", symbol)
     return 0
+
+
+def read_account(client: exchange.BinanceClient, asked_at: float, orders: list[exchange.Listed]) -> AccountRead:
+    """The account as the root shows it: the open orders just listed and the balances, read now
+    (through the host's rate budget, like every request); a failure is said, never raised."""
+    listed = [OpenOrder(o.symbol, o.clientOrderId, o.side, o.price, o.origQty, o.executedQty, o.status, o.time)
+              for o in orders]
+    try:
+        balances = [Balance(asset, free, locked) for asset, free, locked in client.balances()]
+    except EXCHANGE_FAILURES as exc:
+        log.warning("reconcile: the exchange did not give the balances (%s: %s); next time", type(exc).__name__, exc)
+        return AccountRead(asked_at, open_orders=listed, error=f"balances not read: {_failure(exc)}")
+    return AccountRead(asked_at, balances, listed)
+
+
+def _report_account(config: Config, read: AccountRead) -> None:
+    try:
+        report(config.workers_endpoint, read)
+    except Unanswered as exc:  # the orphans and the leaders are looked at all the same
+        log.warning("reconcile: %s", exc)
+
+
+def _failure(exc: Exception) -> str:
+    """One line for a person: what the exchange said, or that it did not answer."""
+    if isinstance(exc, exchange.OutcomeUnknown):
+        return f"the exchange did not answer: {exc}"
+    if isinstance(exc, OSError):
+        return f"the exchange cannot be reached: {_one_line(exc) or type(exc).__name__}"
+    return str(exc)  # the exchange's refusal, a 429/418, or the host's own rate budget
 
 
 def find_orphans(stores: Backend, orders: list[exchange.Listed], owned: set[str], reporting: frozenset[str]) -> list[OrphanOrder]:

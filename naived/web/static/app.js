@@ -28,6 +28,7 @@
   const age = (t) => (t == null ? "-" : duration(now() - t));
   // "0.49980000" -> "0.4998", "100.00000000" -> "100"
   const num = (text) => (text.includes(".") ? text.replace(/0+$/, "").replace(/\.$/, "") : text);
+  window.naiveFormat = { duration, num };  // for the other panels (account.js)
 
   function proc(key, kind, name, info, extra) {
     const running = info && info.pid != null;
@@ -228,6 +229,9 @@
       backoffMs = BACKOFF_MIN_MS;
       setConnection("live", "live");
       render(true);
+      // The other panels (account.js) draw from the same push: the latest here, for one loaded after it.
+      window.naiveStatus = { status: latest, now: message.now, skewMs };
+      document.dispatchEvent(new Event("naive:status"));
     };
     ws.onclose = () => {
       const wait = Math.round(backoffMs * (0.5 + Math.random() / 2));  // jitter: tabs do not retry in step
