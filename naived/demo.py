@@ -134,7 +134,8 @@ def run(seconds: float, symbols: list[str], keep: bool = False) -> int:
     print("  trading settings: the defaults (config/naive.toml [trading.defaults]); budgets: "
           + ", ".join(line.replace(' = ', ' ').replace('"', '') for line in demo_budgets(symbols).splitlines()))
     print(f"  watch it in a browser: http://127.0.0.1:{config.web.port}/")
-    print(f"  this demo stops after {seconds:g}s" if seconds else "  Ctrl-C stops it")
+    print(f"  this demo stops after {seconds:g}s (naived demo --seconds 0 runs until Ctrl-C, to watch it at leisure)"
+          if seconds else "  Ctrl-C stops it")
     procs = []
     for name in ("streamerd", "naived"):
         with open(directory / f"{name}.log", "w") as log:  # the daemon keeps its own copy of the descriptor
