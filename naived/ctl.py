@@ -561,7 +561,8 @@ def _table(header: list[str], rows: list[list[str]], right: frozenset[int]) -> l
 
 def budget_lines(b: RateBudget, now: float) -> list[str]:
     """The host's rate budget in use, each figure against what this host allows itself."""
-    share = f" (this host's share: {b.share_hosts} hosts trade the account)" if b.share_hosts else ""
+    hosts = f"{b.share_hosts} host{'' if b.share_hosts == 1 else 's'}"
+    share = f" (this host's share of the account, among {hosts})" if b.share_hosts else ""
     lines = [f"  request weight  {b.weight} / {b.weight_limit} this minute",
              f"  orders          {b.orders_10s} / {b.orders_10s_limit} this 10 s, "
              f"{b.orders_day} / {b.orders_day_limit} today (UTC){share}"]

@@ -70,10 +70,12 @@ class Hosts:
         self.services._spawn("naived", "paper-exchange")
         wait_for("the paper exchange", lambda: self.services.http.get(f"{self.services.paper_url}/api/v3/ping", timeout=1).ok)
 
-    def add(self, host_id: str) -> Tree:
+    def add(self, host_id: str, web: str | None = None) -> Tree:
+        """`web`: as Tree's (None: no web observer; "": one on a free port, `tree.web_url`)."""
         path = self.dir / host_id
         path.mkdir()
-        tree = Tree(path, host_config(self.services, host_id, self.trading, self.lease), market_endpoint=self.market)
+        tree = Tree(path, host_config(self.services, host_id, self.trading, self.lease), market_endpoint=self.market,
+                    web=web)
         self.hosts[host_id] = tree
         self.restart(host_id)
         return tree

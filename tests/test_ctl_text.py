@@ -175,7 +175,7 @@ def test_the_account_as_text_says_how_old_it_is_and_why_it_failed() -> None:
         "account  not read yet (naived's reconcile worker reads it every 30s)",
         "rate budget (this host)",
         "  request weight  120 / 4800 this minute",
-        "  orders          3 / 15 this 10 s, 40 / 50000 today (UTC) (this host's share: 3 hosts trade the account)",
+        "  orders          3 / 15 this 10 s, 40 / 50000 today (UTC) (this host's share of the account, among 3 hosts)",
         "  held: the exchange answered 429; nothing is sent for 30s more",
     ]
     account = AccountStatus(

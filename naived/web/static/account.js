@@ -71,7 +71,7 @@
       ["orders", `${b.orders_day} / ${b.orders_day_limit}`, "today (UTC)"],
     ];
     const parts = items.flatMap(([term, used, when]) => [el("dt", { textContent: term }), el("dd", {}, el("b", { textContent: used }), ` ${when}`)]);
-    if (b.share_hosts) parts.push(el("dt", { textContent: "shared" }), el("dd", { textContent: `this host's share: ${b.share_hosts} hosts trade the account` }));
+    if (b.share_hosts) parts.push(el("dt", { textContent: "shared" }), el("dd", { textContent: `this host's share of the account, among ${b.share_hosts} host${b.share_hosts === 1 ? "" : "s"}` }));
     if (b.banned_until != null && b.banned_until > now()) {
       parts.push(el("dt", { textContent: "held", className: "bad" }),
         el("dd", { className: "bad", textContent: `the exchange answered ${b.ban_status}: nothing is sent for ${duration(b.banned_until - now())}` }));
