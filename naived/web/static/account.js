@@ -11,12 +11,7 @@
   let drawn = "";  // the balances, orders and error last drawn, as JSON: redrawn only when they change
 
   const now = () => (Date.now() + skewMs) / 1000;
-  const { duration, num: trimmed } = window.naiveFormat;  // app.js's, which runs first (both deferred, in order)
-  const el = (tag, props = {}, ...children) => {
-    const node = Object.assign(document.createElement(tag), props);
-    node.append(...children);
-    return node;
-  };
+  const { duration, num: trimmed, el } = window.naiveFormat;  // app.js's, which runs first (both deferred, in order)
 
   // The panel's parts, made once: a heading with the read's age, the error line, three blocks.
   const age = el("span", { className: "age" });

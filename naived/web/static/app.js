@@ -28,7 +28,13 @@
   const age = (t) => (t == null ? "-" : duration(now() - t));
   // "0.49980000" -> "0.4998", "100.00000000" -> "100"
   const num = (text) => (text.includes(".") ? text.replace(/0+$/, "").replace(/\.$/, "") : text);
-  window.naiveFormat = { duration, num };  // for the other panels (account.js)
+  // An element with properties (textContent, never HTML) and children: the other panels build with it.
+  const el = (tag, props = {}, ...children) => {
+    const node = Object.assign(document.createElement(tag), props);
+    node.append(...children);
+    return node;
+  };
+  window.naiveFormat = { duration, num, el };  // for the other panels (account.js, cluster.js)
 
   function proc(key, kind, name, info, extra) {
     const running = info && info.pid != null;

@@ -7,12 +7,7 @@
 (() => {
   const panel = document.getElementById("cluster");
   if (!panel) return;
-  const { duration } = window.naiveFormat;  // app.js's, which runs first (both deferred, in order)
-  const el = (tag, props = {}, ...children) => {
-    const node = Object.assign(document.createElement(tag), props);
-    node.append(...children);
-    return node;
-  };
+  const { duration, el } = window.naiveFormat;  // app.js's, which runs first (both deferred, in order)
 
   const age = el("span", { className: "age" });
   const error = el("p", { id: "cluster-error", hidden: true });
