@@ -122,7 +122,8 @@ def test_the_first_symbols_chart_is_drawn_with_its_buys_and_sells_and_the_others
             shown = drawn(page, first)
             assert shown["open"] and shown["canvas"] and shown["points"] >= 1, shown
             assert shown["buys"] >= 1 and shown["sells"] >= 1, shown
-            assert shown["price"] > 50 and shown["buy"] > 10 and shown["sell"] > 10, shown  # the line, ▲ and ▼
+            # The price line, ▲ and ▼ in their colours (opaque: the resting levels are drawn translucent)
+            assert shown["price"] > 50 and shown["buy"] > 10 and shown["sell"] > 10, shown
 
             # The other symbol's chart is closed: not drawn, never fetched
             closed = drawn(page, other)

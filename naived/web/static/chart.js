@@ -150,6 +150,7 @@
     ctx.clip();
     ctx.lineWidth = px;
     ctx.setLineDash([6 * px, 4 * px]);
+    ctx.globalAlpha = 0.75;  // lighter than the fills' markers
     ctx.font = `${11 * px}px system-ui, sans-serif`;
     const far = { above: 0, below: 0 };  // levels named at each edge so far
     for (const level of chart.data.resting) {
@@ -172,6 +173,7 @@
       counts.levels += 1;
     }
     ctx.setLineDash([]);
+    ctx.globalAlpha = 1;
     const size = 5 * px;
     for (const fill of chart.data.fills) {
       const x = u.valToPos(fill.t, "x", true), y = u.valToPos(Number(fill.price), "price", true);
