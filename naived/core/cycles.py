@@ -1,7 +1,7 @@
 """A symbol's cycle bookkeeping, as the book's leader keeps it (chapters 5 and 9): the traders a
 symbol starts with, a fresh cycle's state, the next cycle after a finished one under the same
-trader id, the trader a rebuy starts, and what a trader's state change adds to the symbol's
-counters.
+trader id, the trader a rebuy starts, what a trader's state change adds to the symbol's
+counters, and the orders of a cycle that filled.
 
 Pure rules over plain values. The leader (`naived.tree.leader`: forking and reaping the
 traders, the durable store and its cycle counter) and the backtest (`naived.backtest.traders`,
@@ -11,9 +11,10 @@ in process) both follow them, so a backtest starts and numbers cycles as the tre
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from decimal import Decimal
 
 from naived.core.config import TradingSettings
-from naived.core.messages import Settings, TraderState
+from naived.core.messages import FilledOrder, Order, Settings, TraderState
 
 
 def starting(resumed: Iterable[int], traders_at_start: int, shutting_down: bool = False) -> list[int]:
@@ -64,3 +65,15 @@ def counts(old: TraderState | None, new: TraderState) -> dict[str, int]:
     if new.intent and new.intent.unknown and not (old and old.intent and old.intent.unknown):
         result["intents_unknown"] = 1
     return result
+
+
+def orders(state: TraderState) -> list[Order]:
+    """A cycle's orders in the order they were placed: the buy, the earlier sells, the sell."""
+    return [o for o in (state.buy_order, *state.sells, state.sell_order) if o is not None]
+
+
+def filled(placed: Iterable[Order]) -> list[FilledOrder]:
+    """The orders that filled, fully or in part (whatever their status: a sell cancelled part-filled
+    sold something), as the observer's chart marks them."""
+    return [FilledOrder(o.client_order_id, o.side, o.executed_qty, o.quote_qty, o.update_time)
+            for o in placed if Decimal(o.executed_qty) > 0]

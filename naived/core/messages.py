@@ -356,6 +356,20 @@ class Profit(msgspec.Struct, frozen=True):
     return_on_budget: str | None = None  # (realised + unrealised) / budget, a fraction; None without `unrealised`
 
 
+class FilledOrder(msgspec.Struct, frozen=True):
+    """An order of a finished cycle that filled, fully or in part: what the web observer's chart marks
+    (naived/web/series.py). Amounts as the exchange gave them; its average price is quote_qty / executed_qty."""
+
+    client_order_id: str
+    side: Side
+    executed_qty: str
+    quote_qty: str
+    update_time: int | None = None  # ms, the exchange's time of the order's last change
+
+
+LAST_FILLS = 8  # filled orders of finished cycles a leader's status carries: four cycles of a buy and a sell
+
+
 class LeaderStatus(msgspec.Struct, tag=True):
     symbol: str
     pid: int
@@ -378,6 +392,10 @@ class LeaderStatus(msgspec.Struct, tag=True):
     restarts: int = 0  # the leader's own, as its symbol supervisor counts them (supervisor.py defines a restart)
     start_id: str = ""  # the symbol's start (start-trading, autostart) this leader belongs to
     profit: Profit | None = None  # positions and profit, live; None from a leader before it was added
+    # The filled orders of the symbol's last finished cycles, oldest first, at most LAST_FILLS. A cycle's
+    # last fill often ends it within milliseconds, so its state may never be in a status the observer
+    # sees; here it stays for the next few cycles (the observer's chart takes its buys and sells from both).
+    last_fills: list[FilledOrder] = []
 
 
 LeaderReply = Ack | LeaderStatus

@@ -33,6 +33,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections import deque
 from decimal import Decimal
 
 import msgspec
@@ -41,8 +42,10 @@ import zmq
 from naived.core import cycles, pnl, strategy, validate
 from naived.core.config import Config, reload_config
 from naived.core.messages import (
+    LAST_FILLS,
     Ack,
     ExchangeWaiting,
+    FilledOrder,
     FiltersFetched,
     LeaderStatus,
     LeaderStatusRequest,
@@ -218,6 +221,8 @@ class Leader(Role):
         # Each trader's cycle figures, with the state they were computed from: a status recomputes
         # only those of states that changed since (it is sent after every trader's report).
         self.figures: dict[int, tuple[TraderState, pnl.Cycle]] = {}
+        # The filled orders of the last finished cycles, for status (the observer's chart): since this start.
+        self.last_fills: deque[FilledOrder] = deque(maxlen=LAST_FILLS)
         self.changed = True
 
     def _record_prefix(self, prefix: str) -> None:
@@ -285,6 +290,7 @@ class Leader(Role):
             del self.states[trader_id]
             self.cycles_finished += 1
             self.realised = self.realised.add(state.result)
+            self.last_fills.extend(cycles.filled(cycles.orders(state)))
             self.books = self.store.books()
             log.info("%s/%d: cycle %d finished", self.symbol, trader_id, state.cycle)
             if not cycles.continues(trader_id, self.trading.chunks, self.shutting_down):
@@ -527,6 +533,7 @@ class Leader(Role):
             restarts=self.restarts,
             start_id=self.start_id,
             profit=self.profit(),
+            last_fills=list(self.last_fills),
         )
 
     def profit(self) -> Profit:

@@ -9,6 +9,9 @@ plain HTTP requests, so one port serves everything, read-only:
   with a JSON error until the root's first status arrived;
 - `GET /api/v1/live` (websocket): the latest status at once, then each new one, as
   `{"type": "status", "now": <server's wall clock>, "status": {...}}`; clients send nothing.
+- `GET /api/v1/symbols/<SYMBOL>/series`: the symbol's chart as this process kept it from the
+  statuses (`series.py`): `{symbol, base, quote, points: [[t, price, equity], ...], fills: [...],
+  resting: [...]}`; 400 for a malformed symbol, 404 for one not charted.
 
 Limits and deadlines, as the paper exchange's listeners have them: at most MAX_CONNECTIONS
 websockets (the next handshake gets 503), a handshake within OPEN_SECONDS, incoming messages of
@@ -30,21 +33,26 @@ import asyncio
 import ipaddress
 import json
 import logging
+import re
 import time
 from http import HTTPStatus
 from pathlib import Path
 
+import msgspec
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from naived.core.config import check_symbol
 from naived.ops.ratelog import RateLimitedLog
+from naived.web.series import Charts
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 LIVE, STATUS = "/api/v1/live", "/api/v1/status"
+SERIES = re.compile(r"/api/v1/symbols/([^/]{1,64})/series")
 MAX_CONNECTIONS = 64  # open websockets; the next handshake is answered 503
 OPEN_SECONDS = 5.0  # from the connection to the end of its request (and handshake)
 MAX_MESSAGE_BYTES = 1024  # clients send nothing but control frames (pongs, close)
@@ -118,6 +126,8 @@ class Observer:
         self.clients: dict[ServerConnection, int] = {}  # open websockets -> the version they were last sent
         self.refused = dict.fromkeys(REFUSALS, 0)
         self._log = RateLimitedLog(log, "web observer", "requests refused")
+        self.charts = Charts()
+        self._charts_log = RateLimitedLog(log, "web observer", "statuses the charts could not read")
 
     def _refuse(self, reason: str, answer: Response, message: str, *args: object) -> Response:
         self.refused[reason] += 1
@@ -127,7 +137,11 @@ class Observer:
     # --- the status -----------------------------------------------------------------------
 
     def on_status(self, raw: bytes) -> None:
-        """A new status from the root (feed.py): to every client that can take it now."""
+        """A new status from the root (feed.py): into the charts, then to every client that can take it now."""
+        try:
+            self.charts.take(raw, time.time())
+        except (msgspec.DecodeError, ValueError, ArithmeticError) as exc:  # the charts go without it, the page not
+            self._charts_log.warning("status", "a status the charts could not read: %s", str(exc)[:200])
         self.status = raw
         self.version += 1
         self.push()
@@ -177,11 +191,25 @@ class Observer:
             if self.status is None:
                 return error(HTTPStatus.SERVICE_UNAVAILABLE, "no status from naived yet; try again in a moment")
             return response(HTTPStatus.OK, self.status, "application/json", ("Cache-Control", "no-store"))
+        if (asked := SERIES.fullmatch(path)) is not None:
+            return self.series(asked[1])
         found = self.files.get(path)
         if found is None:
             return error(HTTPStatus.NOT_FOUND, f"no such page: {path[:100]}")
         body, kind = found
         return response(HTTPStatus.OK, body, kind, ("Cache-Control", "no-cache"))
+
+    def series(self, name: str) -> Response:
+        try:
+            symbol = check_symbol(name)  # as naivectl's symbols are: upper-cased, letters and digits
+        except ValueError as exc:
+            return error(HTTPStatus.BAD_REQUEST, str(exc))
+        body = self.charts.answer(symbol)
+        if body is None:
+            why = ("more symbols than the observer charts" if symbol in self.charts.left_out
+                   else "not in the tree's status since the observer started")
+            return error(HTTPStatus.NOT_FOUND, f"no series for {symbol}: {why}")
+        return response(HTTPStatus.OK, body, "application/json", ("Cache-Control", "no-store"))
 
     def process_response(self, ws: ServerConnection, request: Request, answer: Response) -> None:
         """The safe headers on every answer: the page, the API, errors and the websocket's 101."""
