@@ -69,6 +69,7 @@ simulate_volatility = {DEMO_VOLATILITY}  # livelier than the default market: cyc
 
 [naived]
 autostart = {msgspec.json.encode(symbols).decode()}
+reconcile_seconds = 5.0  # the account read as often: the web observer's Account panel fills within seconds
 
 [paper]
 port = {port}
