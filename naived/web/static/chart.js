@@ -17,18 +17,16 @@
   const ratio = () => window.devicePixelRatio || 1;
   const width = () => Math.round(Math.max(320, Math.min(760, document.getElementById("tree").clientWidth * 0.62)));
 
+  const { el } = window.naiveFormat;  // app.js's, which runs first (both deferred, in order)
+
   function make(symbol, open) {
-    const details = document.createElement("details");
-    details.className = "chart";
+    const box = el("div", { className: "chart-box" });
+    const key = el("div", { className: "chart-key" },
+      ...[["buy", "▲ buy"], ["sell", "▼ sell"], ["level", "- - resting order"]].map(([className, textContent]) =>
+        el("span", { className, textContent })));
+    const note = el("div", { className: "chart-note" });
+    const details = el("details", { className: "chart" }, el("summary", { textContent: "chart" }), box, key, note);
     details.dataset.symbol = symbol;
-    const summary = Object.assign(document.createElement("summary"), { textContent: "chart" });
-    const box = Object.assign(document.createElement("div"), { className: "chart-box" });
-    const key = Object.assign(document.createElement("div"), { className: "chart-key" });
-    for (const [cls, text] of [["buy", "▲ buy"], ["sell", "▼ sell"], ["level", "- - resting order"]]) {
-      key.append(Object.assign(document.createElement("span"), { className: cls, textContent: text }));
-    }
-    const note = Object.assign(document.createElement("div"), { className: "chart-note" });
-    details.append(summary, box, key, note);
     const chart = { symbol, details, box, note, plot: null, data: null, fetchedAt: 0, inFlight: false, again: false, timer: null };
     details.addEventListener("toggle", () => (details.open ? schedule(chart) : close(chart)));
     details.open = open;
