@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from decimal import Decimal
 from pathlib import Path
@@ -234,6 +235,9 @@ def test_two_runs_give_byte_identical_json(tmp_path: Path) -> None:
     inputs = [str(BTC_TAPE), str(ETH_TAPE)]
     first = cli("--json", *inputs)
     assert cli("--json", *inputs) == first
+    settings = json.loads(first)["settings"]["BTCUSDT"]
+    assert (settings["chunks"], settings["initial_traders"]) == (2, 0)  # counts as numbers, not "2"
+    assert settings["buy_down_interval"] == "0.0001"  # a decimal as written: exact
     assert "bt-0-1B" in repr(engine.run(parse_config(b""), inputs).runs[0][1].exchange.book.all_orders())
 
 

@@ -75,7 +75,7 @@ class Total(msgspec.Struct, frozen=True):
 class Report(msgspec.Struct, frozen=True):
     inputs: list[str]  # file names (without directories: the same report wherever the files are)
     mode: str  # "backtest" | "through-tree"
-    settings: dict[str, dict[str, str]]  # per symbol, what the traders traded with
+    settings: dict[str, dict[str, str | int]]  # per symbol, what the traders traded with
     symbols: list[SymbolSummary]
     totals: list[Total]  # one per quote asset
 
@@ -133,5 +133,11 @@ def totals(summaries: list[SymbolSummary], curves: dict[str, Curve]) -> list[Tot
     return result
 
 
-def settings_dict(trading: TradingSettings) -> dict[str, str]:
-    return {f: str(getattr(trading, f)) for f in trading.__struct_fields__}
+def settings_dict(trading: TradingSettings) -> dict[str, str | int]:
+    """The settings as the report shows them: counts (chunks, initial_traders) as numbers, the rest
+    (decimal intervals and budgets, names) as the strings they are written as."""
+    shown: dict[str, str | int] = {}
+    for name in trading.__struct_fields__:
+        value = getattr(trading, name)
+        shown[name] = value if isinstance(value, int) and not isinstance(value, bool) else str(value)
+    return shown
