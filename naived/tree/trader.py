@@ -378,11 +378,15 @@ class Trader:
         was_live = self.live()
         if not status.up:
             self.stream_up = False
-            if was_live:
-                log.info("%s/%d: the account stream is down; asking the exchange every %gs", self.symbol,
-                         self.state.trader_id, self.fallback_every)
-            self.next_fallback = time.monotonic()  # what was pushed just before may be lost
-            return False
+            if not was_live:
+                self.next_fallback = time.monotonic()  # what was pushed just before may be lost
+                return False
+            log.info("%s/%d: the account stream is down; asking the exchange every %gs", self.symbol,
+                     self.state.trader_id, self.fallback_every)
+            # What was pushed just before may be lost: ask now, before a reconnect's news in the
+            # same drain could make the look-up look like a new session's.
+            self.next_fallback = time.monotonic() + self.fallback_every
+            return self.look_up_open("the account stream is not up")
         new_session = status.session != self.stream_session
         self.stream_session, self.stream_up = status.session, True
         # Reports between two sessions (or before this trader's subscription took effect) may be
