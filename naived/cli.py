@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -186,14 +187,20 @@ def refresh_symbols(config_path: str | None, source: str | None, output: str | N
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON (byte-identical for the same input and settings).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=V1[,V2...]",
               help="Override a trading setting for every symbol; several values sweep (one row each).")
-@click.option("--symbol", "symbols", multiple=True, help="Only these symbols (default: every symbol in the input).")
+@click.option("--symbol", "symbols", multiple=True,
+              help="Only these symbols (default: every symbol in the input); one names a CSV whose file name does not.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="A sweep's settings in this many processes (default: the cores this process may use).")
+@click.option("--every-trade", is_flag=True,
+              help="Hand every trade to the strategy (the reference path; the same report, slower).")
 @click.option("--plot", "plot_path", metavar="FILE.png", help="Draw equity, price with fills, and drawdown (needs .[plot]).")
 @click.option("--through-tree", is_flag=True, help="Replay through streamerd, naived and the paper exchange instead.")
 @click.option("--speed", default=20.0, show_default=True, type=click.FloatRange(min=0.01),
               help="--through-tree: replay this many times faster than the tape's own time.")
 @click.option("--keep", metavar="DIR", help="--through-tree: run the tree in DIR and keep its logs and state.")
 def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, sets: tuple[str, ...],
-             symbols: tuple[str, ...], plot_path: str | None, through_tree: bool, speed: float, keep: str | None) -> None:
+             symbols: tuple[str, ...], jobs: int | None, every_trade: bool, plot_path: str | None, through_tree: bool,
+             speed: float, keep: str | None) -> None:
     """Run the naive strategy over recorded trades (tapes or data.binance.vision CSVs) and report
     cycles, fees, realised and unrealised P&L, return on budget and maximum drawdown."""
     config = _load(config_path)
@@ -219,12 +226,22 @@ def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, set
             reports = [(combos[0], result.report)]
             drawn = result.backtest
         else:
-            outcome = engine.run(config, list(files), combos, keep_samples=bool(plot_path), symbols=wanted)
-            reports = [(changes, b.report(list(files))) for changes, b in outcome.runs]
-            drawn = outcome.runs[0][1]
+            cores = jobs or len(os.sched_getaffinity(0))
+            outcome = engine.run(config, list(files), combos, keep_samples=bool(plot_path), symbols=wanted,
+                                 every_trade=every_trade, csv_symbol=wanted[0] if wanted and len(wanted) == 1 else None,
+                                 jobs=cores)
+            reports = outcome.reports
+            if outcome.backtest is not None:
+                drawn = outcome.backtest
+            parallel = f" in {min(cores, len(combos))} processes" if cores > 1 and len(combos) > 1 else ""
             click.echo(f"{outcome.trades:,} trades in {outcome.seconds:.2f}s "
                        f"({outcome.trades / max(outcome.seconds, 1e-9):,.0f} trades/s"
-                       f"{f' × {len(combos)} settings' if len(combos) > 1 else ''})", err=True)
+                       f"{f' × {len(combos)} settings{parallel}' if len(combos) > 1 else ''})", err=True)
+            read = outcome.input
+            if read.duplicates or read.gaps or read.malformed or read.truncated:
+                click.echo(f"input: {read.duplicates:,} duplicate trades dropped, {read.gaps:,} gaps "
+                           f"({read.missing_trades:,} trade ids missing), {read.malformed:,} malformed lines, "
+                           f"{read.truncated} files cut short", err=True)
         if plot_path:
             backtest_plot.plot(drawn, plot_path)
     except BacktestError as exc:

@@ -149,7 +149,8 @@ def test_an_out_of_band_trade_is_dropped_as_the_tree_drops_it(tmp_path: Path, ta
     # gate's 5th price), at trade 5 ("crosses-the-buy"). Nothing fills: the wild trade is the only
     # one under 0.99. The account never moves: equity 100 at every trade, marked at 0.5 too.
     outcome = engine.run(parse_config(config.read_bytes()), [str(csv)])
-    (_, bt), = outcome.runs
+    bt = outcome.backtest
+    assert bt is not None
     buy_trade = {"first-price": 6, "crosses-the-buy": 5}[tape]
     assert [(o.side, o.price, o.time_ms, o.executed_qty) for o in bt.exchange.book.all_orders()] == \
         [("BUY", Decimal("0.99"), T0 + 1000 * buy_trade, 0)]
@@ -213,7 +214,8 @@ def test_the_books_agree_with_the_paper_account(tmp_path: Path) -> None:
     """The ledger (from fills) and the paper exchange's balances are the same account."""
     config = parse_config(HAND_CONFIG)
     outcome = engine.run(config, [str(write_csv(tmp_path, HAND_TRADES))])
-    (_, bt), = outcome.runs
+    bt = outcome.backtest
+    assert bt is not None
     balances = bt.exchange.book.balance_sheet()
     ledger = bt.ledgers["XRPUSDT"]
     usdt, xrp = balances["USDT"], balances["XRP"]
@@ -238,7 +240,7 @@ def test_two_runs_give_byte_identical_json(tmp_path: Path) -> None:
     settings = json.loads(first)["settings"]["BTCUSDT"]
     assert (settings["chunks"], settings["initial_traders"]) == (2, 0)  # counts as numbers, not "2"
     assert settings["buy_down_interval"] == "0.0001"  # a decimal as written: exact
-    assert "bt-0-1B" in repr(engine.run(parse_config(b""), inputs).runs[0][1].exchange.book.all_orders())
+    assert "bt-0-1B" in repr(engine.run(parse_config(b""), inputs).backtest.exchange.book.all_orders())
 
 
 def test_the_strategy_functions_decide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

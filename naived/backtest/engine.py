@@ -32,17 +32,19 @@ prefix `traders.BACKTEST_PREFIX`, and nothing reads the wall clock but the speed
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from naived.backtest import columns, parallel, quiet
+from naived.backtest.columns import Checked
 from naived.backtest.errors import BacktestError
 from naived.backtest.exchange import InProcessExchange
 from naived.backtest.ledger import ZERO, Curve, Ledger
-from naived.backtest.report import Report, settings_dict, totals
+from naived.backtest.report import InputSummary, Report, settings_dict, totals
 from naived.backtest.sweep import apply_settings
 from naived.backtest.traders import SymbolRun
-from naived.backtest.trades import read_trades
 from naived.core.config import Config, NoBudget
 from naived.core.messages import TradeEvent
 from naived.core.symbols import SymbolFilters, table
@@ -126,34 +128,59 @@ class Backtest:
         if change or curve.samples is not None:
             curve.move(change, event.E)
 
-    def report(self, inputs: list[str], mode: str = "backtest") -> Report:
+    def report(self, inputs: list[str], mode: str = "backtest", read: InputSummary | None = None) -> Report:
         summaries = [self.runs[s].summary() for s in sorted(self.runs)]
         settings = {s: settings_dict(self.runs[s].trading) for s in sorted(self.runs)}
-        return Report([Path(p).name for p in inputs], mode, settings, summaries, totals(summaries, self.curves))
+        return Report([Path(p).name for p in inputs], mode, settings, summaries, totals(summaries, self.curves), read)
 
 
 @dataclass
 class Outcome:
-    runs: list[tuple[dict[str, str], Backtest]]
+    reports: list[tuple[dict[str, str], Report]]  # per setting, in the sweep's order
+    backtest: Backtest | None  # the last setting's run, when run in this process (the plot draws it)
     trades: int
     seconds: float
+    input: InputSummary
+    breaks: list[int]  # when a new period of the input starts (ms): the plot's panels
+
+
+def drive(bt: Backtest, trades: Checked, every_trade: bool = False, progress: Callable[[int], None] | None = None) -> None:
+    """One setting over the checked trades: the fast path (`quiet.Quiet`) where its arithmetic
+    holds, else (or when asked: the reference) every trade through `Backtest.on_trade`."""
+    tick = progress or (lambda _: None)
+    fast = None if every_trade else quiet.Quiet(bt, trades)
+    if fast is not None and fast.possible():
+        fast.run(tick)
+    else:
+        quiet.every_trade(bt, trades, tick)
 
 
 def run(config: Config, paths: list[str], sets: list[dict[str, str]] | None = None, keep_samples: bool = False,
-        symbols: list[str] | None = None) -> Outcome:
-    """Every setting of the sweep over one pass of the input (one `Backtest` each)."""
-    events, ratio = read_trades(paths)
-    runs = [(changes, Backtest(apply_settings(config, changes), symbols, keep_samples)) for changes in (sets or [{}])]
-    bar = ProgressBar("backtest", ratio)
-    started = time.perf_counter()
-    count = 0
-    handlers = [bt.on_trade for _, bt in runs]
-    for count, event in enumerate(events, 1):
-        for handle in handlers:
-            handle(event)
-        if bar.enabled and not count & 0x3FFF:
-            bar.update(count)
-    bar.close()
-    if not count:
+        symbols: list[str] | None = None, every_trade: bool = False, csv_symbol: str | None = None,
+        jobs: int = 1) -> Outcome:
+    """Every setting of the sweep over the input, read and checked once (`columns.read`); with
+    `jobs` > 1 the settings run in that many processes (`parallel.sweep`), in the same order."""
+    trades = columns.read(paths, csv_symbol, set(symbols) if symbols else None)
+    if not len(trades):
         raise BacktestError("the input has no trades")
-    return Outcome(runs, count, time.perf_counter() - started)
+    settings = [(changes, apply_settings(config, changes)) for changes in (sets or [{}])]
+    started = time.perf_counter()
+    bt = None
+    if jobs > 1 and len(settings) > 1:
+        reports = parallel.sweep(settings, trades, paths, symbols, every_trade, jobs)
+    else:
+        reports = []
+        done = [0]
+        bar = ProgressBar("backtest", lambda: done[0] / (len(trades) * len(settings)))
+        for number, (changes, chosen) in enumerate(settings):
+            bt = Backtest(chosen, symbols, keep_samples)
+
+            def tick(row: int, base: int = number * len(trades)) -> None:
+                done[0] = base + row
+                if bar.enabled:
+                    bar.update(done[0])
+
+            drive(bt, trades, every_trade, tick)
+            reports.append((changes, bt.report(paths, read=trades.summary)))
+        bar.close()
+    return Outcome(reports, bt, len(trades), time.perf_counter() - started, trades.summary, trades.breaks)

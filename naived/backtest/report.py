@@ -72,12 +72,36 @@ class Total(msgspec.Struct, frozen=True):
     max_drawdown_fraction: str
 
 
+class Gap(msgspec.Struct, frozen=True):
+    """Trade ids of a symbol that no input holds: from `after_id` + 1 to `before_id` − 1."""
+
+    symbol: str
+    after_id: int
+    before_id: int
+    missing: int
+    from_ms: int  # the last trade before the gap
+    to_ms: int  # the first trade after it
+
+
+class InputSummary(msgspec.Struct, frozen=True):
+    """What the input held and what its checks found (`naived.backtest.columns`)."""
+
+    trades: int  # used: after duplicates were dropped
+    duplicates: int  # the same symbol and trade id again: dropped
+    malformed: int  # lines that are not trades: skipped
+    truncated: int  # gzip files cut short: read up to the cut
+    gaps: int
+    missing_trades: int  # trade ids inside gaps
+    largest_gaps: list[Gap]  # at most `columns.GAPS_LISTED`, the largest first
+
+
 class Report(msgspec.Struct, frozen=True):
     inputs: list[str]  # file names (without directories: the same report wherever the files are)
     mode: str  # "backtest" | "through-tree"
     settings: dict[str, dict[str, str | int]]  # per symbol, what the traders traded with
     symbols: list[SymbolSummary]
     totals: list[Total]  # one per quote asset
+    input: InputSummary | None = None  # what reading the files found (in-process runs)
 
 
 def money(value: Decimal) -> str:

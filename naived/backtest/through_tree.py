@@ -92,8 +92,8 @@ def _table(name: str, values: dict[str, Any]) -> str:
 def tree_configs(config: Config, directory: Path, files: list[str], symbols: list[str], speed: float,
                  paper_port: int, ws_port: int) -> tuple[Path, Path, str, str]:
     """(streamerd's config, naived's config, streamerd's endpoint, the forwarder's endpoint).
-    The trading and paper settings are the user's; faults are off; everything else lives in
-    `directory`."""
+    The trading and paper settings are the user's; faults are off; no web observer (its fixed
+    port may be another tree's); everything else lives in `directory`."""
     run = directory / "run"
     run.mkdir(mode=0o700)
     upstream, market = f"ipc://{run / 'replay.sock'}", f"ipc://{run / 'market.sock'}"
@@ -108,7 +108,7 @@ def tree_configs(config: Config, directory: Path, files: list[str], symbols: lis
         "port": paper_port, "ws_port": ws_port, "fill_on_touch": paper.fill_on_touch, "partial_fills": paper.partial_fills,
         "balances": paper.balances, "default_balance": paper.default_balance, "maker_commission": paper.maker_commission,
         "taker_commission": paper.taker_commission, "commission_in_bnb": paper.commission_in_bnb,
-    }) + _table("trading", {"allow_losing_settings": trading.allow_losing_settings}) + _table(
+    }) + _table("web", {"enabled": False}) + _table("trading", {"allow_losing_settings": trading.allow_losing_settings}) + _table(
         "trading.defaults", msgspec.structs.asdict(trading.defaults)) + _table("trading.budgets", trading.budgets)
     for symbol, overrides in trading.symbols.items():
         naived += _table(f"trading.symbols.{symbol}", msgspec.structs.asdict(overrides))

@@ -94,11 +94,18 @@ def _open_lines(path: Path, progress: Progress, stats: ReadCounts | None = None)
         raw.close()
 
 
-def _csv_symbol(path: Path) -> str:
+def _csv_symbol(path: Path, named: str | None = None) -> str:
+    """The symbol of a CSV from its name, else `named` (the backtest's `--symbol`)."""
     match = CSV_NAME.match(path.name)
-    if not match:
-        raise TapeError(f"{path}: cannot tell the symbol of a CSV from its name (expected SYMBOL-trades-...)")
-    return match.group(1)
+    if match:
+        return match.group(1)
+    if named:
+        return named
+    raise TapeError(f"{path}: cannot tell the symbol of a CSV from its name (expected SYMBOL-trades-...); "
+                    "name it with --symbol")
+
+
+csv_symbol = _csv_symbol
 
 
 def _is_tape(path: Path) -> bool:
@@ -114,13 +121,16 @@ def _is_tape(path: Path) -> bool:
     return first == b"" or re.match(rb"^\d+ \{", first) is not None
 
 
-def read_file(path: Path, order: int, stats: ReadCounts, progress: Progress) -> Iterator[Timed]:
-    """The trades of one file, in file order."""
+is_tape = _is_tape
+
+
+def read_file(path: Path, order: int, stats: ReadCounts, progress: Progress, csv_symbol: str | None = None) -> Iterator[Timed]:
+    """The trades of one file, in file order (`csv_symbol`: of a CSV whose name does not say it)."""
     lines = _open_lines(path, progress, stats)
     if _is_tape(path):
         yield from _tape(path, order, lines, stats)
     else:
-        yield from _csv(path, order, _csv_symbol(path), lines, stats)
+        yield from _csv(path, order, _csv_symbol(path, csv_symbol), lines, stats)
 
 
 _envelope = msgspec.json.Decoder(StreamEnvelope)
@@ -139,7 +149,7 @@ def _tape(path: Path, order: int, lines: Iterator[bytes], stats: ReadCounts) -> 
             event = _trade.decode(envelope.data)
             yield int(stamp), order, event, text.rstrip(b"\r\n")
         except (msgspec.DecodeError, ValueError) as exc:
-            _malformed(stats, f"{path}:{number}: {exc}")
+            count_malformed(stats, f"{path}:{number}: {exc}")
 
 
 def _csv(path: Path, order: int, symbol: str, lines: Iterator[bytes], stats: ReadCounts) -> Iterator[Timed]:
@@ -147,7 +157,7 @@ def _csv(path: Path, order: int, symbol: str, lines: Iterator[bytes], stats: Rea
         fields = line.strip().split(b",")
         if len(fields) < 6 or not fields[0].isdigit():
             if line.strip() and not (number == 1 and fields[0] == b"id"):  # tolerate a header
-                _malformed(stats, f"{path}:{number}: not a trade row")
+                count_malformed(stats, f"{path}:{number}: not a trade row")
             continue
         try:
             stamp = int(fields[4])
@@ -165,24 +175,25 @@ def _csv(path: Path, order: int, symbol: str, lines: Iterator[bytes], stats: Rea
                 M=len(fields) < 7 or fields[6].lower() == b"true",
             ), None
         except ValueError as exc:
-            _malformed(stats, f"{path}:{number}: {exc}")
+            count_malformed(stats, f"{path}:{number}: {exc}")
 
 
-def _malformed(stats: ReadCounts, message: str) -> None:
+def count_malformed(stats: ReadCounts, message: str) -> None:
+    """A line (or trade) that is not a trade: counted, the first ten and every thousandth logged."""
     stats.malformed += 1
     if stats.malformed <= 10 or stats.malformed % 1000 == 0:
         log.warning("malformed trade line (%d so far): %s", stats.malformed, message)
 
 
-def check_files(paths: list[str]) -> list[Path]:
-    """Fail early, in one line, on files that are missing or nameless CSVs."""
+def check_files(paths: list[str], csv_symbol: str | None = None) -> list[Path]:
+    """Fail early, in one line, on files that are missing or nameless CSVs (`csv_symbol` names them)."""
     result = []
     for name in paths:
         path = Path(name)
         if not path.is_file():
             raise TapeError(f"{path}: no such file")
         if not _is_tape(path):
-            _csv_symbol(path)  # raises now rather than when the replay reaches this file
+            _csv_symbol(path, csv_symbol)  # raises now rather than when the replay reaches this file
         result.append(path)
     if not result:
         raise TapeError("--source replay needs at least one --replay-file (or streamer.replay_files)")

@@ -1,0 +1,243 @@
+"""The backtest's input boundary: every trade of the files, read once into columns, merged by
+time and checked, before any of it reaches the engine.
+
+Reading: data.binance.vision CSVs are parsed by numpy (`np.loadtxt`, C) into columns; a CSV it
+cannot parse whole (a malformed row, a gzip cut short) and streamerd's tapes go through the
+line reader the replay uses (`naived.market.tape`), which skips and counts what is not a trade.
+Prices and quantities are kept as integers of 1e-8 (Binance prints eight decimals): exact,
+comparable without `Decimal`, and turned back into Binance's text (`text`) only for the few
+trades the engine looks at.
+
+Checks, in this one place:
+- a CSV whose name does not say its symbol takes `--symbol` (exactly one), else a one-line error;
+- a file whose trades go back in time is an error naming the file and the line;
+- the same trade (symbol and trade id) in several files, or twice in one, is kept once: the
+  others are dropped and counted (`Checked.duplicates`);
+- missing trade ids (Binance numbers each symbol's trades without holes) are gaps: counted,
+  listed (the largest first) and, when they span more than `BREAK_MS`, the plot's breaks.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zipfile
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from naived.backtest.errors import BacktestError
+from naived.backtest.report import Gap, InputSummary
+from naived.market import tape
+from naived.market.tape import MICROS_THRESHOLD, ReadCounts, TapeError
+
+SCALE = 10**8  # prices and quantities as integers of 1e-8
+MAX_PRICE = 90_000_000  # a float64 holds price × 1e8 exactly below ~9e15
+BREAK_MS = 3_600_000  # a gap in the trades longer than this starts a new period in the plot
+GAPS_LISTED = 20  # the report lists this many gaps, the largest first
+
+Ints = npt.NDArray[np.int64]
+
+
+@dataclass
+class Checked:
+    """Every trade of the input in time order (the replay's order: time, then file, then line),
+    one row per trade: `code` indexes `symbols`."""
+
+    symbols: list[str]
+    code: npt.NDArray[np.int32]
+    trade_id: Ints
+    price: Ints  # × 1e8
+    qty: Ints  # × 1e8
+    time_ms: Ints
+    summary: InputSummary
+    breaks: list[int] = field(default_factory=list)  # times (ms) at which a new period starts
+
+    def __len__(self) -> int:
+        return len(self.trade_id)
+
+
+def text(value: int) -> str:
+    """An integer of 1e-8 as Binance prints it: eight decimals."""
+    whole, part = divmod(value, SCALE)
+    return f"{whole}.{part:08d}"
+
+
+@dataclass
+class _File:
+    path: Path
+    symbols: list[str]
+    code: npt.NDArray[np.int32]
+    trade_id: Ints
+    price: Ints
+    qty: Ints
+    time_ms: Ints
+    key: Ints  # the merge key, ns: a CSV's trade time, a tape's receive time
+    lines: Ints | None  # the line of each row, when known
+
+
+def read(paths: list[str], symbol: str | None = None, only: set[str] | None = None) -> Checked:
+    """Read and check every file (see the module's docstring); `symbol` names the symbol of
+    CSVs whose names do not; `only`: keep these symbols' trades only."""
+    try:
+        files = tape.check_files(list(paths), csv_symbol=symbol)
+    except TapeError as exc:
+        raise BacktestError(str(exc)) from None
+    counts = ReadCounts()
+    parts = [_read_file(path, order, symbol, counts) for order, path in enumerate(files)]
+    for part in parts:
+        _check_order(part)
+    return _merge(parts, counts, only)
+
+
+def _read_file(path: Path, order: int, symbol: str | None, counts: ReadCounts) -> _File:
+    if not tape.is_tape(path):
+        name = tape.csv_symbol(path, symbol)
+        columns = _csv_columns(path)
+        if columns is not None:
+            trade_id, price, qty, stamp, lines = columns
+            micros = np.where(stamp >= MICROS_THRESHOLD, stamp, stamp * 1000)
+            return _File(path, [name], np.zeros(len(trade_id), np.int32), trade_id, price, qty, micros // 1000,
+                         micros * 1000, lines)
+    return _line_reader(path, order, symbol, counts)
+
+
+def _csv_columns(path: Path) -> tuple[Ints, Ints, Ints, Ints, Ints | None] | None:
+    """(trade id, price, qty, time, line) of a clean CSV, or None: the line reader takes it."""
+    try:
+        data = _decompressed(path)
+    except (OSError, EOFError, zipfile.BadZipFile, gzip.BadGzipFile):
+        return None  # cut short, or not what its name says: the line reader counts and says why
+    header = 1 if data[:2] == b"id" else 0
+    if not data.strip():
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty, empty, empty
+    try:
+        rows = np.loadtxt(io.BytesIO(data), delimiter=",", usecols=(0, 1, 2, 4), skiprows=header, ndmin=1,
+                          dtype=[("id", np.int64), ("p", np.float64), ("q", np.float64), ("t", np.int64)])
+    except ValueError:
+        return None  # a row that is not a trade: the line reader skips and counts it
+    price, qty = _scaled(rows["p"]), _scaled(rows["q"])
+    if price is None or qty is None:
+        return None
+    # The row's line, unless blank lines (which loadtxt skips) make them differ.
+    whole = data.count(b"\n") + (not data.endswith(b"\n")) == len(rows) + header
+    lines = np.arange(1 + header, 1 + header + len(rows), dtype=np.int64) if whole else None
+    return rows["id"].astype(np.int64), price, qty, rows["t"].astype(np.int64), lines
+
+
+def _decompressed(path: Path) -> bytes:
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as archive:
+            return archive.read(archive.namelist()[0])
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    return path.read_bytes()
+
+
+def _scaled(values: npt.NDArray[np.float64]) -> Ints | None:
+    """Decimals of at most 8 places as integers of 1e-8; None when one has more places or is too
+    large for a float to carry exactly (the line reader then reads the text)."""
+    if len(values) and (values.max() >= MAX_PRICE or values.min() <= 0):
+        return None
+    scaled = np.rint(values * SCALE)
+    if len(values) and np.abs(values * SCALE - scaled).max() > 1e-3:
+        return None
+    return scaled.astype(np.int64)
+
+
+def _line_reader(path: Path, order: int, symbol: str | None, counts: ReadCounts) -> _File:
+    """A tape, or a CSV numpy would not take whole: `naived.market.tape`'s reader, row by row."""
+    names: dict[str, int] = {}
+    code, trade_id, price, qty, time_ms, key = [], [], [], [], [], []
+    for ns, _, event, _ in tape.read_file(path, order, counts, tape.Progress(), csv_symbol=symbol):
+        p, q = _exact(event.p), _exact(event.q)
+        if p is None or q is None or p <= 0 or q <= 0:
+            tape.count_malformed(counts, f"{path}: trade {event.t}: price {event.p!r} or quantity {event.q!r} "
+                                         "is not a positive decimal of at most 8 places")
+            continue
+        code.append(names.setdefault(event.s, len(names)))
+        trade_id.append(event.t)
+        price.append(p)
+        qty.append(q)
+        time_ms.append(event.E)
+        key.append(ns)
+
+    def ints(values: list[int]) -> Ints:
+        return np.array(values, dtype=np.int64)
+
+    return _File(path, list(names), np.array(code, dtype=np.int32), ints(trade_id), ints(price), ints(qty),
+                 ints(time_ms), ints(key), None)
+
+
+def _exact(value: str) -> int | None:
+    try:
+        scaled = Decimal(value) * SCALE
+    except ArithmeticError:
+        return None
+    if not scaled.is_finite() or scaled != scaled.to_integral_value():
+        return None
+    return int(scaled)
+
+
+def _check_order(part: _File) -> None:
+    """Trades of one file go forward in time: a file that goes back is not what it claims."""
+    back = np.flatnonzero(np.diff(part.key) < 0)
+    if not len(back):
+        return
+    row = int(back[0]) + 1
+    where = f"line {int(part.lines[row])}" if part.lines is not None else f"trade {row + 1} of the file"
+    raise BacktestError(
+        f"{part.path}: {where} (trade id {int(part.trade_id[row])}) is earlier than the trade before it: "
+        "the file is out of time order (sort it by time, or give the files it was cut from)")
+
+
+def _merge(parts: list[_File], counts: ReadCounts, only: set[str] | None) -> Checked:
+    symbols = sorted({s for p in parts for s in p.symbols if only is None or s in only})
+    index = {s: i for i, s in enumerate(symbols)}
+    codes = []
+    for part in parts:  # each file's symbol codes into the merged table (-1: not wanted)
+        table = np.array([index.get(s, -1) for s in part.symbols] or [-1], dtype=np.int32)
+        codes.append(table[part.code])
+    code = np.concatenate(codes) if parts else np.zeros(0, np.int32)
+
+    def joined(name: str) -> Ints:
+        return np.concatenate([getattr(p, name) for p in parts]) if parts else np.zeros(0, np.int64)
+
+    key, trade_id = joined("key"), joined("trade_id")
+    order = np.concatenate([np.full(len(p.key), i, np.int64) for i, p in enumerate(parts)]) if parts else key
+    # The replay's merge: by time, then by file; a stable sort keeps each file's own order.
+    rank = np.lexsort((order, key))
+    rank = rank[code[rank] >= 0]
+    # The same trade twice (one symbol, one id): the first in time order stays.
+    ident = code[rank].astype(np.int64) * (1 << 42) + trade_id[rank]
+    _, first = np.unique(ident, return_index=True)
+    kept = rank[np.sort(first)]
+    duplicates = len(rank) - len(kept)
+    columns = {name: joined(name)[kept] for name in ("trade_id", "price", "qty", "time_ms")}
+    checked = Checked(symbols, code[kept], columns["trade_id"], columns["price"], columns["qty"], columns["time_ms"],
+                      InputSummary(0, 0, 0, 0, 0, 0, []))
+    gaps = _gaps(checked)
+    checked.breaks = sorted({g.to_ms for g in gaps if g.to_ms - g.from_ms > BREAK_MS})
+    listed = sorted(gaps, key=lambda g: (-g.missing, g.symbol, g.after_id))[:GAPS_LISTED]
+    checked.summary = InputSummary(len(kept), duplicates, counts.malformed, counts.truncated, len(gaps),
+                                   sum(g.missing for g in gaps), listed)
+    return checked
+
+
+def _gaps(trades: Checked) -> list[Gap]:
+    found = []
+    for i, symbol in enumerate(trades.symbols):
+        rows = np.flatnonzero(trades.code == i)
+        ids = trades.trade_id[rows]
+        holes = np.flatnonzero(np.diff(ids) > 1)
+        for h in holes:
+            before, after = rows[h], rows[h + 1]
+            found.append(Gap(symbol, int(trades.trade_id[before]), int(trades.trade_id[after]),
+                             int(trades.trade_id[after] - trades.trade_id[before] - 1),
+                             int(trades.time_ms[before]), int(trades.time_ms[after])))
+    return found
