@@ -27,6 +27,8 @@ So a tape holds its trade ids in order, each once, with its times strictly incre
 reserves one ns per missing id right after the last line stamped before it, and the lines that
 fill it take those stamps (a fetched trade's line carries the ns of its place in the tape, not
 of its arrival). A symbol kept back for more than `MAX_HELD` lines gives up its holes (gap lines).
+A hole opened before UTC midnight and filled after it lands in the new day's file (with the
+lines kept back behind it), its lines' times falling just before that file's day.
 
 Any write error (disk full: ENOSPC, or EFBIG under a file-size limit) stops the recorder with
 one error line; publishing goes on. Files beyond `budget_bytes` are deleted, oldest day first.

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import select
+import socket
+import time
 from pathlib import Path
 
 import msgspec
@@ -14,9 +17,12 @@ import pytest
 import test_streamerd
 from test_streamerd import _today, assert_quiet, receive, subscriber
 
+import streamerd.gapfill as gapfill
 import streamerd.recorder as recorder_module
 from naived.core.messages import TradeEvent
 from naived.market.tape import Progress, ReadCounts, TapeGap, read_file
+from streamerd.gapfill import GapFiller
+from streamerd.publisher import Stats
 from streamerd.recorder import Recorder
 
 ctx, fake, start_streamerd = test_streamerd.ctx, test_streamerd.fake, test_streamerd.start_streamerd  # fixtures
@@ -179,3 +185,57 @@ def test_the_reader_counts_bad_gap_lines_as_malformed_and_yields_trades_only(tmp
     assert [t for _, t in trades] == [1, 4]
     assert counts.tape_gaps == [TapeGap("XRPUSDT", 2, 3, 5, str(path))] and counts.tape_gaps[0].missing == 2
     assert counts.malformed == 2
+
+
+def test_a_fill_without_an_answer_by_its_deadline_is_a_gap_line_and_the_late_answer_is_dropped(tmp_path, monkeypatch):
+    """The main loop never waits for REST: a hole whose answer is late is given up at its deadline."""
+    monkeypatch.setattr(gapfill, "REQUEST_TIMEOUT", 0.5)
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does) and never answers
+    recorder = _recorder(tmp_path)
+    filler = GapFiller(recorder, Stats(), f"http://127.0.0.1:{silent.getsockname()[1]}", fill_seconds=0.2)
+    try:
+        recorder.record(_trade("XRPUSDT", 1))
+        started = time.monotonic()
+        filler.on_gap("XRPUSDT", 2, 4, 444)
+        recorder.record(_trade("XRPUSDT", 5))
+        assert time.monotonic() - started < 0.1  # handed over, not fetched here
+        deadline = filler.next_deadline()
+        assert deadline is not None and deadline <= started + 0.2 + 0.01
+        filler.on_timer(deadline - 0.01)
+        assert filler.stats.unfilled == 0  # not yet
+        filler.on_timer(deadline)
+        assert filler.stats.unfilled == 3 and filler.next_deadline() is None
+        ready, _, _ = select.select([filler.fd], [], [], 5)  # the worker's own timeout, then its result
+        assert ready
+        filler.on_readable()  # late: dropped
+        assert filler.stats.filled == 0 and filler.stats.unfilled == 3
+    finally:
+        filler.close()
+        silent.close()
+    recorder.close()
+    trades, counts = _read(_tape_of(tmp_path, "XRPUSDT"))
+    assert [t for _, t in trades] == [1, 5]
+    assert [(g.first, g.last, g.time_ms) for g in counts.tape_gaps] == [(2, 4, 444)]
+
+
+def test_gaps_not_asked_for_are_gap_lines_at_once(tmp_path):
+    """Filling off (`gap_fill = false`), or a gap over `gap_fill_max_trades`: a gap line, no wait."""
+    recorder = _recorder(tmp_path)
+    off = GapFiller(recorder, Stats(), None)
+    small = GapFiller(recorder, Stats(), "http://127.0.0.1:9", max_trades=10)  # never asked: too large
+    try:
+        recorder.record(_trade("XRPUSDT", 1))
+        off.on_gap("XRPUSDT", 2, 3, 5)
+        recorder.record(_trade("XRPUSDT", 4))
+        small.on_gap("XRPUSDT", 5, 1_000_004, 6)  # one stamp for its line, not a million
+        recorder.record(_trade("XRPUSDT", 1_000_005))
+        assert off.next_deadline() is None and small.next_deadline() is None
+        assert (off.stats.unfilled, small.stats.unfilled) == (2, 1_000_000)
+    finally:
+        off.close()
+        small.close()
+    recorder.close()
+    trades, counts = _read(_tape_of(tmp_path, "XRPUSDT"))
+    assert [t for _, t in trades] == [1, 4, 1_000_005]
+    assert trades[-1][0] - trades[0][0] < 10**6  # the stamps stay close to the clock
+    assert [(g.first, g.last) for g in counts.tape_gaps] == [(2, 3), (5, 1_000_004)]
