@@ -31,6 +31,7 @@ from naived.core.messages import TradeEvent
 from naived.market.gate import PRICE, QUANTITY, positive_decimal
 from naived.ops.ratelog import RateLimitedLog
 from streamerd.daemon import Emit
+from streamerd.gapfill import GapFiller
 from streamerd.publisher import Stats
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,11 @@ class BinanceSource:
         base_url: str,
         max_age: float = MAX_AGE,
         handover_timeout: float = HANDOVER_TIMEOUT,
+        gaps: GapFiller | None = None,
     ) -> None:
+        """`gaps`: fills the recorder's tapes where trade ids were skipped (None: not recording)."""
         self.emit = emit
+        self.gaps = gaps
         self.stats = stats
         self.base_url = base_url.rstrip("/")
         self.max_age = max_age
@@ -135,12 +139,14 @@ class BinanceSource:
     # --- loop interface ----------------------------------------------------------
 
     def fds(self) -> list[int]:
-        return list(self.by_fd)
+        return [*self.by_fd, self.gaps.fd] if self.gaps is not None else list(self.by_fd)
 
     def next_deadline(self) -> float | None:
         if self.backlog:
             return 0.0
         deadlines = []
+        if self.gaps is not None and (filling := self.gaps.next_deadline()) is not None:
+            deadlines.append(filling)
         for c in self.conns:
             if c.ws is None:
                 if c.streams:
@@ -154,6 +160,8 @@ class BinanceSource:
         return min(deadlines, default=None)
 
     def on_timer(self, now: float) -> None:
+        if self.gaps is not None:
+            self.gaps.on_timer(now)
         for conn in list(self.backlog):
             self._drain(conn)
         for c in list(self.conns):
@@ -174,11 +182,15 @@ class BinanceSource:
         conn = self.by_fd.get(fd)
         if conn is not None:
             self._drain(conn)
+        elif self.gaps is not None and fd == self.gaps.fd:
+            self.gaps.on_readable()
 
     def close(self) -> None:
         for c in list(self.conns):
             self._close_ws(c)
         self.conns.clear()
+        if self.gaps is not None:
+            self.gaps.close()  # before the recorder's close: what it holds back is written
 
     # --- connections -------------------------------------------------------------
 
@@ -377,7 +389,7 @@ class BinanceSource:
                     # The old connection may still deliver the missing ids: wait for it.
                     self.held.setdefault(symbol, []).append((event, raw))
                     return
-                self._gap(symbol, last, trade_id)
+                self._gap(symbol, last, trade_id, event.E)
             elif old is not None:
                 self.last_id[symbol] = trade_id
                 self.emit(event, raw)
@@ -400,12 +412,16 @@ class BinanceSource:
                 if not final:
                     self.held[symbol] = held[i:]
                     return
-                self._gap(symbol, last, event.t)
+                self._gap(symbol, last, event.t, event.E)
             self.last_id[symbol] = event.t
             self.emit(event, raw)
 
-    def _gap(self, symbol: str, last: int, trade_id: int) -> None:
+    def _gap(self, symbol: str, last: int, trade_id: int, time_ms: int) -> None:
+        """Ids after `last` and before `trade_id` were skipped; called before `trade_id` is emitted,
+        so that the recorder's hole comes before it in the tape."""
         missing = trade_id - last - 1
         self.stats.gaps += 1
         self.stats.missing += missing
         log.warning("%s: gap of %d trades (ids %d..%d never received)", symbol, missing, last + 1, trade_id - 1)
+        if self.gaps is not None:
+            self.gaps.on_gap(symbol, last + 1, trade_id - 1, time_ms)

@@ -36,7 +36,7 @@ def streamer_settings(config_path: str | None, overrides: dict[str, Any]) -> Str
         raise ConfigError(f"command line: {exc}") from None
 
 
-def make_source(settings: Streamer) -> Any:
+def make_source(settings: Streamer, recorder: Recorder | None = None) -> Any:
     """A factory for the daemon: sources need the publisher's emit and the counters."""
     if settings.source == "simulate":
         from streamerd.simulate import SimulatedSource
@@ -49,8 +49,16 @@ def make_source(settings: Streamer) -> Any:
         files = check_files(settings.replay_files)
         return lambda emit, stats: ReplaySource(emit, stats, files, settings.replay_speed)
     from streamerd.binance import BinanceSource
+    from streamerd.gapfill import GapFiller
 
-    return lambda emit, stats: BinanceSource(emit, stats, settings.binance_url)
+    def binance(emit: Any, stats: Any) -> BinanceSource:
+        gaps = None
+        if recorder is not None:  # only a tape has holes to fill; subscribers never get old trades
+            gaps = GapFiller(recorder, stats, settings.rest_url if settings.gap_fill else None,
+                             settings.gap_fill_weight_per_minute, settings.gap_fill_max_trades)
+        return BinanceSource(emit, stats, settings.binance_url, gaps=gaps)
+
+    return binance
 
 
 @click.group()
@@ -68,6 +76,7 @@ def main() -> None:
 @click.option("--replay-file", "replay_files", multiple=True, help="CSV or recorded websocket lines, .gz/.zip ok")
 @click.option("--speed", type=float, help="replay speed: 1 = real time, 0 = as fast as possible")
 @click.option("--binance-url", help="websocket base URL, e.g. wss://stream.binance.com:9443")
+@click.option("--rest-url", help="Binance REST base URL for filling a tape's gaps, e.g. https://api.binance.com")
 @click.option("--grace-seconds", type=float, help="keep streaming this long after the last subscriber left")
 @click.option("--seed", type=int, help="simulate: random seed")
 @click.option("--rate", type=float, help="simulate: trades per second per symbol")
@@ -82,6 +91,7 @@ def start(
     replay_files: tuple[str, ...],
     speed: float | None,
     binance_url: str | None,
+    rest_url: str | None,
     grace_seconds: float | None,
     seed: int | None,
     rate: float | None,
@@ -100,13 +110,15 @@ def start(
                 "replay_files": list(replay_files) or None,
                 "replay_speed": speed,
                 "binance_url": binance_url,
+                "rest_url": rest_url,
                 "grace_seconds": grace_seconds,
                 "simulate_seed": seed,
                 "simulate_rate": rate,
                 "record_dir": record_dir,
             },
         )
-        factory = make_source(settings)
+        if settings.source == "replay":
+            check_files(settings.replay_files)  # a missing file fails here, in one line, before anything starts
     except (ConfigError, TapeError) as exc:
         click.echo(f"streamerd: {exc}", err=True)
         sys.exit(2)
@@ -123,6 +135,7 @@ def start(
     if settings.record_dir:
         recorder = Recorder(Path(settings.record_dir), int(settings.record_budget_mb * 1e6),
                             frozenset(settings.record_symbols))
+    factory = make_source(settings, recorder)
     try:
         daemon = Daemon(settings.endpoint, demand, factory, settings.metrics_port, recorder)
     except zmq.ZMQError as exc:

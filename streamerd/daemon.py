@@ -156,6 +156,8 @@ class Daemon:
             ("duplicates", "trades dropped as duplicates (connection handover)"),
             ("gaps", "gaps in trade ids"),
             ("missing", "trade ids skipped by gaps"),
+            ("filled", "skipped trade ids fetched from the REST API into the tape"),
+            ("unfilled", "skipped trade ids written into the tape as gap lines"),
             ("malformed", "frames that were not a trade and not expected"),
             ("refused", "trades refused: price or quantity not a positive decimal"),
             ("truncated", "replayed gzip files cut short (read up to the cut)"),

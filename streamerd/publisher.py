@@ -40,9 +40,11 @@ class Stats(ReadCounts):
     gaps: int = 0
     missing: int = 0  # trade ids skipped by gaps
     refused: int = 0  # trades whose price or quantity is not a positive decimal (never published)
+    filled: int = 0  # missing trade ids fetched from the REST API into the tape (not published)
+    unfilled: int = 0  # missing trade ids written into the tape as gap lines
 
     def line(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.__dict__.items())
+        return " ".join(f"{k}={len(v) if isinstance(v, list) else v}" for k, v in self.__dict__.items())
 
 
 class Publisher:

@@ -19,6 +19,17 @@ thread that holds the GIL line by line makes the publisher wait for it at every 
 Every `FLUSH_SECONDS` each file is flushed with a gzip sync flush: a streamerd killed with -9
 leaves a gzip that reads up to its last flush (without the trailer, which `replay.py` tolerates).
 
+Gaps (streamerd/gapfill.py). When the source misses trade ids of a symbol, `hold()` opens a
+hole in that symbol's tape: its later lines are kept back (published live all the same) until
+`resolve()` fills the hole with the trades fetched from Binance's REST API and, for ids that could
+not be fetched, gap lines (`<ns> {"stream":"<sym>@gap","data":{...}}`, naived/market/tape.py).
+So a tape holds its trade ids in order, each once, with its times strictly increasing: the hole
+reserves one ns per missing id right after the last line stamped before it, and the lines that
+fill it take those stamps (a fetched trade's line carries the ns of its place in the tape, not
+of its arrival). A symbol kept back for more than `MAX_HELD` lines gives up its holes (gap lines).
+A hole opened before UTC midnight and filled after it lands in the new day's file (with the
+lines kept back behind it), its lines' times falling just before that file's day.
+
 Any write error (disk full: ENOSPC, or EFBIG under a file-size limit) stops the recorder with
 one error line; publishing goes on. Files beyond `budget_bytes` are deleted, oldest day first.
 """
@@ -39,6 +50,7 @@ from typing import BinaryIO
 import msgspec
 
 from naived.core.messages import TradeEvent
+from naived.market.tape import GapData
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +60,7 @@ log = logging.getLogger(__name__)
 COMPRESS_LEVEL = 1
 FLUSH_SECONDS = 1.0  # at most this much recorded data is lost when streamerd is killed
 MAX_PENDING = 200_000  # events handed over but not yet written: ~3 s at streamerd's top rate
+MAX_HELD = 200_000  # lines of one symbol kept back behind an open hole (the gap filler's deadline comes first)
 DAY_NS = 86_400 * 10**9
 TAPE_NAME = re.compile(r"^[a-z0-9]+_(\d{8})(?:\.(\d+))?\.gz$")  # <symbol>_<YYYYMMDD>[.<part>].gz
 
@@ -79,6 +92,25 @@ def encode_frame(event: TradeEvent) -> bytes:
     return b'{"stream":"%s@trade","data":%s}' % (event.s.lower().encode(), msgspec.json.encode(fields))
 
 
+def encode_gap(symbol: str, first: int, last: int, time_ms: int) -> bytes:
+    """A gap line's frame: ids `first`..`last` of `symbol` are missing from the tape."""
+    data = msgspec.json.encode(GapData("gap", time_ms, symbol, first, last))
+    return b'{"stream":"%s@gap","data":%s}' % (symbol.lower().encode(), data)
+
+
+@dataclass(eq=False)
+class Hole:
+    """Trade ids missing from one symbol's tape, until `Recorder.resolve` fills them."""
+
+    symbol: str
+    first: int
+    last: int
+    time_ms: int  # the first trade received after the hole
+    base_ns: int  # stamps base_ns .. base_ns + reserved - 1 are kept for its lines
+    reserved: int  # its number of ids, or 1 when it cannot be filled (one gap line)
+    lines: list[bytes] | None = None  # set when resolved
+
+
 class Recorder:
     """The publish path's side: `record()` per trade, `hand_over()` per loop turn (main thread)."""
 
@@ -95,6 +127,7 @@ class Recorder:
         self._last_ns = 0
         self._handed = 0
         self._dropping = False
+        self._held: dict[str, list[bytes | Hole]] = {}  # symbol -> its lines and holes since its first open hole
         self._queue: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
         self._writer = _Writer(directory, budget_bytes, self.stats, self._queue)
         self._thread: threading.Thread | None = None
@@ -117,6 +150,12 @@ class Recorder:
         if stamp <= self._last_ns:  # the same ns, or the wall clock stepped back
             stamp = self._last_ns + 1
         self._last_ns = stamp
+        if self._held and event.s in self._held:  # behind a hole: kept back in order
+            held = self._held[event.s]
+            held.append(b"%d %b\n" % (stamp, raw or encode_frame(event)))
+            if len(held) > MAX_HELD:
+                self._give_up(event.s)
+            return
         lines = self._lines.get(event.s)
         if lines is None:
             lines = self._lines[event.s] = []
@@ -124,6 +163,72 @@ class Recorder:
                 self._first_ns = stamp
         lines.append(b"%d %b\n" % (stamp, raw or encode_frame(event)))
         self._count += 1
+
+    def hold(self, symbol: str, first: int, last: int, time_ms: int, fillable: bool = True) -> Hole | None:
+        """Open a hole for ids `first`..`last` of `symbol` (main thread, before the trade after
+        them is recorded); None when this symbol is not recorded. `fillable`: trades may come to
+        fill it (else it will be one gap line)."""
+        if (self.symbols and symbol not in self.symbols) or self._writer.failed:
+            return None
+        hole = Hole(symbol, first, last, time_ms, self._last_ns + 1, last - first + 1 if fillable else 1)
+        self._last_ns += hole.reserved  # the stamps of the lines that will fill it
+        self._held.setdefault(symbol, []).append(hole)
+        return hole
+
+    def resolve(self, hole: Hole, trades: list[TradeEvent]) -> list[tuple[int, int]]:
+        """Fill `hole` with the fetched `trades` (ids in it, ascending) and gap lines for the ids
+        still missing; release what it kept back. Returns the missing ranges (first, last)."""
+        if hole.lines is not None:
+            return []  # resolved already (given up when too much was kept back)
+        lines: list[bytes] = []
+        missing: list[tuple[int, int]] = []
+        expected = hole.first
+        for event in trades if hole.reserved > 1 or hole.first == hole.last else ():
+            if not expected <= event.t <= hole.last:
+                continue  # not in the hole, or out of order: what is not written is a gap line
+            if event.t > expected:
+                missing.append((expected, event.t - 1))
+                lines.append(encode_gap(hole.symbol, expected, event.t - 1, hole.time_ms))
+            lines.append(encode_frame(event))
+            expected = event.t + 1
+        if expected <= hole.last:
+            missing.append((expected, hole.last))
+            lines.append(encode_gap(hole.symbol, expected, hole.last, hole.time_ms))
+        hole.lines = [b"%d %b\n" % (hole.base_ns + i, line) for i, line in enumerate(lines)]
+        self._release(hole.symbol)
+        return missing
+
+    def _give_up(self, symbol: str) -> None:
+        for entry in self._held.get(symbol, []):
+            if isinstance(entry, Hole) and entry.lines is None:
+                log.warning("recorder: %s: %d lines kept back behind a hole, giving it up (gap line)",
+                            symbol, MAX_HELD)
+                self.resolve(entry, [])
+
+    def _release(self, symbol: str) -> None:
+        """Move the symbol's lines up to its first open hole into the batch."""
+        held = self._held.get(symbol)
+        if held is None:
+            return
+        out: list[bytes] = []
+        for i, entry in enumerate(held):
+            if isinstance(entry, Hole):
+                if entry.lines is None:
+                    del held[:i]
+                    break
+                out += entry.lines
+            else:
+                out.append(entry)
+        else:
+            del self._held[symbol]
+        if not out:
+            return
+        # Kept back, these lines are older than the batch's: its first time bounds them all
+        # (the writer's day rotation splits a batch by it).
+        stamp = int(out[0][: out[0].index(b" ")])
+        self._first_ns = stamp if not self._count else min(self._first_ns, stamp)
+        self._lines.setdefault(symbol, []).extend(out)
+        self._count += len(out)
 
     def hand_over(self) -> None:
         count = self._count

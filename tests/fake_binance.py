@@ -12,8 +12,14 @@ as `{"stream":..,"data":{..}}`, optional periodic pings. Tests script it:
         fake.cut()               # drop every connection without a close frame
         fake.server_shutdown()   # Binance's {"e":"serverShutdown"} on the stream
         fake.send_raw("garbage") # any text frame
+        fake.burst("XRPUSDT", range(1, 101), cut_after=50)  # the stream is cut mid-burst
 
-Everything the clients sent is recorded (`requests`, `Conn.pongs`).
+It also serves Binance's REST "Old trade lookup", `GET /api/v3/historicalTrades?symbol=&fromId=
+&limit=` at `fake.rest_url`, from every trade it made (pushed, or made while no client was
+connected), with Binance's answer format and `X-MBX-USED-WEIGHT-1M`; `rest_status = 429` (with
+`Retry-After`) or 403 makes it refuse, as Binance does.
+
+Everything the clients sent is recorded (`requests`, `Conn.pongs`, `rest_requests`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -39,13 +47,23 @@ def server_frame(payload: bytes | str, opcode: int = ABNF.OPCODE_TEXT) -> bytes:
     return ABNF(1, 0, 0, 0, opcode, 0, data).format()
 
 
-def trade_json(symbol: str, trade_id: int, price: str = "1.00000000", qty: str = "1.00000000",
-               time_ms: int | None = None, buyer_maker: bool = False) -> str:
-    """A combined-stream trade message as Binance sends it (no `b`/`a` since 2024)."""
+def trade_data(symbol: str, trade_id: int, price: str = "1.00000000", qty: str = "1.00000000",
+               time_ms: int | None = None, buyer_maker: bool = False) -> dict[str, Any]:
+    """A trade event's `data` as Binance's stream sends it (no `b`/`a` since 2024)."""
     now = int(time.time() * 1000) if time_ms is None else time_ms
-    data = {"e": "trade", "E": now, "s": symbol.upper(), "t": trade_id, "p": price, "q": qty,
+    return {"e": "trade", "E": now, "s": symbol.upper(), "t": trade_id, "p": price, "q": qty,
             "T": now, "m": buyer_maker, "M": True}
+
+
+def trade_json(symbol: str, trade_id: int, **fields: Any) -> str:
+    """A combined-stream trade message as Binance sends it."""
+    data = trade_data(symbol, trade_id, **fields)
     return json.dumps({"stream": f"{symbol.lower()}@trade", "data": data}, separators=(",", ":"))
+
+
+def _frame_of(data: dict[str, Any]) -> bytes:
+    stream = f"{data['s'].lower()}@trade"
+    return server_frame(json.dumps({"stream": stream, "data": data}, separators=(",", ":")))
 
 
 class Conn:
@@ -89,11 +107,18 @@ class FakeBinance:
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self.trades: dict[str, dict[int, dict[str, Any]]] = {}  # symbol -> id -> data: what REST knows
+        self.rest_status = 200
+        self.rest_requests: list[dict[str, str]] = []  # the query of every historicalTrades request
+        self._rest = ThreadingHTTPServer(("127.0.0.1", 0), _rest_handler(self))
+        self._rest.daemon_threads = True
+        self.rest_url = f"http://127.0.0.1:{self._rest.server_address[1]}"
 
     # --- lifecycle ---------------------------------------------------------------
 
     def start(self) -> FakeBinance:
         self._spawn(self._accept_loop)
+        self._spawn(self._rest.serve_forever, 0.05)
         if self.ping_interval:
             self._spawn(self._ping_loop)
         return self
@@ -105,6 +130,8 @@ class FakeBinance:
         except OSError:
             pass
         self._listener.close()
+        self._rest.shutdown()
+        self._rest.server_close()
         for conn in self.open_conns():
             conn.cut()
         for thread in self._threads:
@@ -132,8 +159,22 @@ class FakeBinance:
         return self.push_raw_trades(symbol, [server_frame(trade_json(symbol, trade_id, **fields))])
 
     def push_trades(self, symbol: str, ids: Iterable[int], **fields: Any) -> int:
-        frames = [server_frame(trade_json(symbol, t, **fields)) for t in ids]
+        frames = [_frame_of(data) for data in self.make_trades(symbol, ids, **fields)]
         return self.push_raw_trades(symbol, frames)
+
+    def make_trades(self, symbol: str, ids: Iterable[int], **fields: Any) -> list[dict[str, Any]]:
+        """Trades the market made (REST will know them), not sent to anyone."""
+        made = [trade_data(symbol, t, **fields) for t in ids]
+        with self._cond:
+            self.trades.setdefault(symbol.upper(), {}).update((d["t"], d) for d in made)
+        return made
+
+    def burst(self, symbol: str, ids: Iterable[int], cut_after: int, **fields: Any) -> None:
+        """A burst of trades whose stream is cut (no close frame) after `cut_after` of them were
+        sent: the rest are made all the same, and only REST has them."""
+        made = self.make_trades(symbol, ids, **fields)
+        self.push_raw_trades(symbol, [_frame_of(d) for d in made[:cut_after]])
+        self.cut()
 
     def push_raw_trades(self, symbol: str, frames: list[bytes]) -> int:
         """Pre-built frames in one write per connection (benchmarks build them ahead)."""
@@ -276,6 +317,47 @@ class FakeBinance:
     def _ping_loop(self) -> None:
         while not self._stopping.wait(self.ping_interval):
             self.ping(str(int(time.time() * 1000)).encode())
+
+
+def _rest_handler(fake: FakeBinance) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as Binance
+
+        def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+            url = urlsplit(self.path)
+            query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            if url.path != "/api/v3/historicalTrades":
+                return self._answer(404, {"code": -1100, "msg": "not found"})
+            with fake._cond:
+                fake.rest_requests.append(query)
+                fake._cond.notify_all()
+                status = fake.rest_status
+                known = dict(fake.trades.get(query.get("symbol", ""), {}))
+            if status == 429:
+                return self._answer(429, {"code": -1003, "msg": "Too much request weight used"}, {"Retry-After": "60"})
+            if status != 200:
+                return self._answer(status, {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."})
+            start, limit = int(query.get("fromId", "0")), min(1000, int(query.get("limit", "500")))
+            page = [known[i] for i in sorted(known) if i >= start][:limit]
+            self._answer(200, [{"id": d["t"], "price": d["p"], "qty": d["q"],
+                                "quoteQty": str(Decimal(d["p"]) * Decimal(d["q"])), "time": d["T"],
+                                "isBuyerMaker": d["m"], "isBestMatch": d["M"]} for d in page])
+
+        def _answer(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(body, separators=(",", ":")).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json;charset=UTF-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("X-MBX-USED-WEIGHT-1M", str(25 * len(fake.rest_requests)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass  # quiet: the tests read rest_requests
+
+    return Handler
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:

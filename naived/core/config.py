@@ -146,6 +146,12 @@ class Streamer(msgspec.Struct, forbid_unknown_fields=True):
     record_dir: str = ""  # record published trades here as <symbol>_<YYYYMMDD>.gz tapes; "" = off
     record_budget_mb: float = 10240.0  # disk budget of all recorded files; the oldest days are deleted first
     record_symbols: list[str] = []  # record only these; [] = every published symbol
+    # Trade ids missed while the Binance stream was cut, fetched again for the recorder
+    # (streamerd/gapfill.py); what cannot be fetched is a gap line in the tape.
+    gap_fill: bool = True
+    rest_url: str = "https://api.binance.com"  # Binance's REST API (GET /api/v3/historicalTrades)
+    gap_fill_weight_per_minute: int = 1000  # streamerd's own request weight; Binance allows 6000 per IP
+    gap_fill_max_trades: int = 10000  # a larger gap is not fetched (10 pages of 1000, weight 250)
     log: Log = msgspec.field(default_factory=Log)
 
     def __post_init__(self) -> None:
@@ -163,6 +169,10 @@ class Streamer(msgspec.Struct, forbid_unknown_fields=True):
         if self.replay_speed < 0:
             raise ValueError(f"replay_speed: must be >= 0, got {self.replay_speed}")
         _port("metrics_port", self.metrics_port, zero_means_off=True)
+        _positive("gap_fill_weight_per_minute", self.gap_fill_weight_per_minute)
+        _positive("gap_fill_max_trades", self.gap_fill_max_trades)
+        if not self.rest_url.startswith(("http://", "https://")):
+            raise ValueError(f"rest_url: not an http(s) URL: {self.rest_url!r}")
         _existing_files("replay_files", self.replay_files)
         _endpoint("endpoint", self.endpoint)
 

@@ -9,6 +9,13 @@ Formats (detected from the first line; `.gz` and `.zip` are opened transparently
   are read, everything else (bookTicker, depth, REST snapshots) is skipped.
   streamerd's recordings are tapes; one cut short (streamerd killed,
   disk full) lacks gzip's end-of-stream marker and is read up to the cut.
+- Gap lines in tapes: trade ids streamerd knows it missed and could not fetch again (its stream
+  was cut and Binance's REST refused, limited or was not asked), written where the trades would
+  have been, in the tape's time order:
+  `<ns> {"stream":"<sym>@gap","data":{"e":"gap","E":<ms>,"s":"<SYM>","from":<id>,"to":<id>}}`
+  — ids `from`..`to` (both included) are missing; `E` is the time (ms) of the first trade
+  received after them. They are never trades: `read_file` yields none for them, and counts each
+  in `ReadCounts.tape_gaps`.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import logging
 import re
 import zipfile
 from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,13 +48,38 @@ class TapeError(Exception):
     """A trade file that cannot be used, worded for the user."""
 
 
+class GapData(msgspec.Struct, frozen=True):
+    """The `data` of a gap line, in the style of Binance's events (streamerd writes it)."""
+
+    e: str  # event type, "gap"
+    E: int  # ms: the first trade received after the missing ids
+    s: str  # symbol, upper case
+    first: int = msgspec.field(name="from")  # first missing trade id
+    last: int = msgspec.field(name="to")  # last missing trade id (included)
+
+
+class TapeGap(msgspec.Struct, frozen=True):
+    """Trade ids a tape says are missing, as read from one of its gap lines."""
+
+    symbol: str
+    first: int  # first missing trade id
+    last: int  # last missing trade id (included)
+    time_ms: int  # the first trade received after them
+    path: str = ""  # the file it was read from
+
+    @property
+    def missing(self) -> int:
+        return self.last - self.first + 1
+
+
 @dataclass
 class ReadCounts:
-    """What reading found wrong: lines that are not trades, gzip files cut short. streamerd's
-    counters (`streamerd.publisher.Stats`) extend these."""
+    """What reading found wrong: lines that are not trades, gzip files cut short, and the gaps
+    a tape declares. streamerd's counters (`streamerd.publisher.Stats`) extend these."""
 
     malformed: int = 0
     truncated: int = 0  # gzip files cut short (no end-of-stream marker)
+    tape_gaps: list[TapeGap] = field(default_factory=list)  # gap lines read, in file order
 
 
 class Progress:
@@ -135,11 +167,14 @@ def read_file(path: Path, order: int, stats: ReadCounts, progress: Progress, csv
 
 _envelope = msgspec.json.Decoder(StreamEnvelope)
 _trade = msgspec.json.Decoder(TradeEvent)
+_gap = msgspec.json.Decoder(GapData)
 
 
 def _tape(path: Path, order: int, lines: Iterator[bytes], stats: ReadCounts) -> Iterator[Timed]:
     for number, line in enumerate(lines, 1):
         if b'@trade"' not in line:  # cheap pre-filter: depth/bookTicker/snapshots are most lines
+            if b'@gap"' in line:
+                _gap_line(path, number, line, stats)
             continue
         try:
             stamp, _, text = line.partition(b" ")
@@ -150,6 +185,20 @@ def _tape(path: Path, order: int, lines: Iterator[bytes], stats: ReadCounts) -> 
             yield int(stamp), order, event, text.rstrip(b"\r\n")
         except (msgspec.DecodeError, ValueError) as exc:
             count_malformed(stats, f"{path}:{number}: {exc}")
+
+
+def _gap_line(path: Path, number: int, line: bytes, stats: ReadCounts) -> None:
+    try:
+        envelope = _envelope.decode(line.partition(b" ")[2])
+        if not envelope.stream.endswith("@gap"):
+            return
+        gap = _gap.decode(envelope.data)
+        if gap.first > gap.last:
+            raise ValueError(f"gap from {gap.first} to {gap.last}")
+    except (msgspec.DecodeError, ValueError) as exc:
+        _malformed(stats, f"{path}:{number}: {exc}")
+        return
+    stats.tape_gaps.append(TapeGap(gap.s, gap.first, gap.last, gap.E, str(path)))
 
 
 def _csv(path: Path, order: int, symbol: str, lines: Iterator[bytes], stats: ReadCounts) -> Iterator[Timed]:
