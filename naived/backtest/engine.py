@@ -39,6 +39,7 @@ from pathlib import Path
 from naived.backtest.errors import BacktestError
 from naived.backtest.exchange import InProcessExchange
 from naived.backtest.ledger import ZERO, Curve, Ledger
+from naived.backtest.orders import OrderLog
 from naived.backtest.report import Report, settings_dict, totals
 from naived.backtest.sweep import apply_settings
 from naived.backtest.traders import SymbolRun
@@ -55,13 +56,17 @@ class Backtest:
     """One configuration over the trades it is fed, one `SymbolRun` per symbol, one paper
     account for all of them (as one naived trades every symbol on one account)."""
 
-    def __init__(self, config: Config, symbols: list[str] | None = None, keep_samples: bool = False) -> None:
+    def __init__(self, config: Config, symbols: list[str] | None = None, keep_samples: bool = False,
+                 keep_orders: bool = False) -> None:
         self.config = config
         self.only = set(symbols) if symbols else None
         self.keep_samples = keep_samples
         self.now_ms = 0
         self.exchange = InProcessExchange(config, self.clock)
         self.exchange.book.listeners.append(self._on_changes)
+        self.orders = OrderLog() if keep_orders else None  # --orders, --plot: every order and fill
+        if self.orders is not None:
+            self.exchange.book.listeners.append(self.orders.on_changes)
         self.filters: dict[str, SymbolFilters] = {}
         self.runs: dict[str, SymbolRun] = {}
         self.ledgers: dict[str, Ledger] = {}
@@ -140,10 +145,11 @@ class Outcome:
 
 
 def run(config: Config, paths: list[str], sets: list[dict[str, str]] | None = None, keep_samples: bool = False,
-        symbols: list[str] | None = None) -> Outcome:
+        symbols: list[str] | None = None, keep_orders: bool = False) -> Outcome:
     """Every setting of the sweep over one pass of the input (one `Backtest` each)."""
     events, ratio = read_trades(paths)
-    runs = [(changes, Backtest(apply_settings(config, changes), symbols, keep_samples)) for changes in (sets or [{}])]
+    runs = [(changes, Backtest(apply_settings(config, changes), symbols, keep_samples, keep_orders))
+            for changes in (sets or [{}])]
     bar = ProgressBar("backtest", ratio)
     started = time.perf_counter()
     count = 0
