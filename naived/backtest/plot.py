@@ -166,7 +166,9 @@ def figure(bt: Books, report: Report, orders: OrderLog | None = None, breaks: Se
         for ax, symbol in zip(axes[1:-1], symbols, strict=True):
             _price_panel(ax, bt.ledgers[symbol], [r for r in resting if r.symbol == symbol], span, end_ms)
         for ax in axes:
-            ax.set_xlim(*_times(span) if span[1] > span[0] else _times((span[0] - 500, span[0] + 500)))  # type: ignore[arg-type]  # datetimes: see _times
+            # A margin, so a fill at either end (and its ×n label) is not cut by the frame.
+            pad = max((span[1] - span[0]) // 50, 500)
+            ax.set_xlim(*_times((span[0] - pad, span[1] + pad)))  # type: ignore[arg-type]  # datetimes: see _times
             # Concise labels: a column of a few minutes reads as times, not as repeated dates.
             locator = mdates.AutoDateLocator(tz=datetime.UTC)  # type: ignore[no-untyped-call]  # untyped in matplotlib's stubs
             ax.xaxis.set_major_locator(locator)
