@@ -14,6 +14,7 @@ from naived.core.config import Config, ConfigError, find_config, load_config, wi
 from naived.ops.log import LEVELS, setup_logging
 
 if TYPE_CHECKING:
+    from naived.backtest.orders import OrderLog
     from naived.backtest.plot import Books
 
 config_option = click.option(
@@ -194,13 +195,15 @@ def refresh_symbols(config_path: str | None, source: str | None, output: str | N
 @click.option("--every-trade", is_flag=True,
               help="Hand every trade to the strategy (the reference path; the same report, slower).")
 @click.option("--plot", "plot_path", metavar="FILE.png", help="Draw equity, price with fills, and drawdown (needs .[plot]).")
+@click.option("--orders", "orders_path", metavar="FILE.csv",
+              help="Write every order and fill of the run (time, price, quantity, fee) as CSV.")
 @click.option("--through-tree", is_flag=True, help="Replay through streamerd, naived and the paper exchange instead.")
 @click.option("--speed", default=20.0, show_default=True, type=click.FloatRange(min=0.01),
               help="--through-tree: replay this many times faster than the tape's own time.")
 @click.option("--keep", metavar="DIR", help="--through-tree: run the tree in DIR and keep its logs and state.")
 def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, sets: tuple[str, ...],
-             symbols: tuple[str, ...], jobs: int | None, every_trade: bool, plot_path: str | None, through_tree: bool,
-             speed: float, keep: str | None) -> None:
+             symbols: tuple[str, ...], jobs: int | None, every_trade: bool, plot_path: str | None,
+             orders_path: str | None, through_tree: bool, speed: float, keep: str | None) -> None:
     """Run the naive strategy over recorded trades (tapes or data.binance.vision CSVs) and report
     cycles, fees, realised and unrealised P&L, return on budget and maximum drawdown."""
     config = _load(config_path)
@@ -211,12 +214,18 @@ def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, set
         combos = sweep.parse_sets(sets)
         if plot_path and len(combos) > 1:
             raise BacktestError("--plot draws one run: give one value per --set")
+        if orders_path and len(combos) > 1:
+            raise BacktestError("--orders lists one run's orders: give one value per --set")
+        if orders_path and through_tree:
+            raise BacktestError("--orders lists the in-process run's orders: not with --through-tree")
         if plot_path:
             from naived.backtest import plot as backtest_plot
 
             backtest_plot.check_available()
         wanted = [s.upper() for s in symbols] or None
         drawn: Books  # what --plot draws: the tree's books or the in-process run's
+        orders: OrderLog | None = None  # the in-process run's orders and fills (--orders, --plot)
+        breaks: list[int] = []  # where the input has a long gap: a new period in the plot
         if through_tree:
             if len(combos) > 1:
                 raise BacktestError("--through-tree runs one setting: give one value per --set")
@@ -229,10 +238,12 @@ def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, set
             cores = jobs or len(os.sched_getaffinity(0))
             outcome = engine.run(config, list(files), combos, keep_samples=bool(plot_path), symbols=wanted,
                                  every_trade=every_trade, csv_symbol=wanted[0] if wanted and len(wanted) == 1 else None,
-                                 jobs=cores)
+                                 jobs=cores, keep_orders=bool(plot_path or orders_path))
             reports = outcome.reports
             if outcome.backtest is not None:
                 drawn = outcome.backtest
+                orders = outcome.backtest.orders
+            breaks = outcome.breaks
             parallel = f" in {min(cores, len(combos))} processes" if cores > 1 and len(combos) > 1 else ""
             click.echo(f"{outcome.trades:,} trades in {outcome.seconds:.2f}s "
                        f"({outcome.trades / max(outcome.seconds, 1e-9):,.0f} trades/s"
@@ -243,7 +254,13 @@ def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, set
                            f"({read.missing_trades:,} trade ids missing), {read.malformed:,} malformed lines, "
                            f"{read.truncated} files cut short", err=True)
         if plot_path:
-            backtest_plot.plot(drawn, plot_path)
+            backtest_plot.plot(drawn, plot_path, reports[0][1], orders, breaks)
+        if orders_path:
+            assert orders is not None
+            try:
+                rows = orders.write_csv(orders_path)
+            except OSError as exc:
+                raise BacktestError(f"--orders: cannot write {orders_path}: {exc.strerror}") from None
     except BacktestError as exc:
         click.echo(f"naived backtest: {exc}", err=True)
         sys.exit(2)
@@ -255,6 +272,8 @@ def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, set
         click.echo(render.render_sweep(reports))
     if plot_path:
         click.echo(f"plot: {plot_path}", err=True)
+    if orders_path:
+        click.echo(f"orders: {orders_path} ({rows:,} rows)", err=True)
 
 
 @main.command(short_help="A simulated market, the paper exchange and naived.")

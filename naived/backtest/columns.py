@@ -14,7 +14,8 @@ Checks, in this one place:
 - the same trade (symbol and trade id) in several files, or twice in one, is kept once: the
   others are dropped and counted (`Checked.duplicates`);
 - missing trade ids (Binance numbers each symbol's trades without holes) are gaps: counted,
-  listed (the largest first) and, when they span more than `BREAK_MS`, the plot's breaks.
+  listed (the largest first) and, when they span more than `BREAK_MS`, the plot's breaks; the
+  holes streamerd marked in its tapes (trades it could not fetch) are counted apart.
 """
 
 from __future__ import annotations
@@ -220,12 +221,12 @@ def _merge(parts: list[_File], counts: ReadCounts, only: set[str] | None) -> Che
     duplicates = len(rank) - len(kept)
     columns = {name: joined(name)[kept] for name in ("trade_id", "price", "qty", "time_ms")}
     checked = Checked(symbols, code[kept], columns["trade_id"], columns["price"], columns["qty"], columns["time_ms"],
-                      InputSummary(0, 0, 0, 0, 0, 0, []))
+                      InputSummary(0, 0, 0, 0, 0, 0, 0, []))
     gaps = _gaps(checked)
     checked.breaks = sorted({g.to_ms for g in gaps if g.to_ms - g.from_ms > BREAK_MS})
     listed = sorted(gaps, key=lambda g: (-g.missing, g.symbol, g.after_id))[:GAPS_LISTED]
     checked.summary = InputSummary(len(kept), duplicates, counts.malformed, counts.truncated, len(gaps),
-                                   sum(g.missing for g in gaps), listed)
+                                   sum(g.missing for g in gaps), len(counts.tape_gaps), listed)
     return checked
 
 

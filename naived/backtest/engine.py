@@ -42,6 +42,7 @@ from naived.backtest.columns import Checked
 from naived.backtest.errors import BacktestError
 from naived.backtest.exchange import InProcessExchange
 from naived.backtest.ledger import ZERO, Curve, Ledger
+from naived.backtest.orders import OrderLog
 from naived.backtest.report import InputSummary, Report, settings_dict, totals
 from naived.backtest.sweep import apply_settings
 from naived.backtest.traders import SymbolRun
@@ -57,13 +58,17 @@ class Backtest:
     """One configuration over the trades it is fed, one `SymbolRun` per symbol, one paper
     account for all of them (as one naived trades every symbol on one account)."""
 
-    def __init__(self, config: Config, symbols: list[str] | None = None, keep_samples: bool = False) -> None:
+    def __init__(self, config: Config, symbols: list[str] | None = None, keep_samples: bool = False,
+                 keep_orders: bool = False) -> None:
         self.config = config
         self.only = set(symbols) if symbols else None
         self.keep_samples = keep_samples
         self.now_ms = 0
         self.exchange = InProcessExchange(config, self.clock)
         self.exchange.book.listeners.append(self._on_changes)
+        self.orders = OrderLog() if keep_orders else None  # --orders, --plot: every order and fill
+        if self.orders is not None:
+            self.exchange.book.listeners.append(self.orders.on_changes)
         self.filters: dict[str, SymbolFilters] = {}
         self.runs: dict[str, SymbolRun] = {}
         self.ledgers: dict[str, Ledger] = {}
@@ -157,7 +162,7 @@ def drive(bt: Backtest, trades: Checked, every_trade: bool = False, progress: Ca
 
 def run(config: Config, paths: list[str], sets: list[dict[str, str]] | None = None, keep_samples: bool = False,
         symbols: list[str] | None = None, every_trade: bool = False, csv_symbol: str | None = None,
-        jobs: int = 1) -> Outcome:
+        jobs: int = 1, keep_orders: bool = False) -> Outcome:
     """Every setting of the sweep over the input, read and checked once (`columns.read`); with
     `jobs` > 1 the settings run in that many processes (`parallel.sweep`), in the same order."""
     trades = columns.read(paths, csv_symbol, set(symbols) if symbols else None)
@@ -173,7 +178,7 @@ def run(config: Config, paths: list[str], sets: list[dict[str, str]] | None = No
         done = [0]
         bar = ProgressBar("backtest", lambda: done[0] / (len(trades) * len(settings)))
         for number, (changes, chosen) in enumerate(settings):
-            bt = Backtest(chosen, symbols, keep_samples)
+            bt = Backtest(chosen, symbols, keep_samples, keep_orders)
 
             def tick(row: int, base: int = number * len(trades)) -> None:
                 done[0] = base + row

@@ -92,6 +92,7 @@ class InputSummary(msgspec.Struct, frozen=True):
     truncated: int  # gzip files cut short: read up to the cut
     gaps: int
     missing_trades: int  # trade ids inside gaps
+    recorded_gaps: int  # of those, holes streamerd marked in its tape (it could not fetch them)
     largest_gaps: list[Gap]  # at most `columns.GAPS_LISTED`, the largest first
 
 

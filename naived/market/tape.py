@@ -196,7 +196,7 @@ def _gap_line(path: Path, number: int, line: bytes, stats: ReadCounts) -> None:
         if gap.first > gap.last:
             raise ValueError(f"gap from {gap.first} to {gap.last}")
     except (msgspec.DecodeError, ValueError) as exc:
-        _malformed(stats, f"{path}:{number}: {exc}")
+        count_malformed(stats, f"{path}:{number}: {exc}")
         return
     stats.tape_gaps.append(TapeGap(gap.s, gap.first, gap.last, gap.E, str(path)))
 
