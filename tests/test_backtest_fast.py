@@ -11,8 +11,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import msgspec
-from hypothesis import HealthCheck, given, settings
+import numpy as np
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from test_backtest import HAND_CONFIG, WARM, write_csv
 
 from naived.backtest import engine, render
 from naived.backtest.report import Report
@@ -103,3 +105,91 @@ def test_the_random_tapes_exercise_what_the_fast_path_skips(tmp_path: Path) -> N
     assert all(Decimal(s.max_drawdown) > 0 for s in report.symbols)
     assert report.totals[0].max_drawdown != "0.00000000"
     assert isinstance(report, Report)
+
+
+# --- the pieces the fast path computes in bulk, each against the rule it replaces -------------
+
+
+def sequential(cash: Decimal, units: Decimal, prices: list[int], peak: Decimal, drawdown: Decimal,
+               fraction: Decimal) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    """`Ledger.mark`'s peak and drawdown, trade by trade."""
+    equity = cash
+    for p in prices:
+        equity = cash + units * Decimal(p).scaleb(-8)
+        if equity > peak:
+            peak = equity
+        elif peak - equity > drawdown:
+            drawdown = peak - equity
+            fraction = drawdown / peak
+    return equity, peak, drawdown, fraction
+
+
+@settings(max_examples=500, deadline=None)
+@given(prices=st.lists(st.integers(1, 12), min_size=1, max_size=40), units=st.sampled_from([1, 2, 3, 1234]),
+       cash=st.integers(0, 10**6), above=st.integers(0, 30), drawdown=st.integers(0, 20))
+# The same deepest fall twice: from the old peak (10) to 5, and from 12 to 7; the first one's peak
+# makes the fraction (5 / 10, not 5 / 12).
+@example(prices=[5, 12, 7], units=1, cash=0, above=5, drawdown=0)
+def test_a_run_of_prices_takes_the_ledgers_peak_and_drawdown(prices: list[int], units: int, cash: int, above: int,
+                                                             drawdown: int) -> None:
+    from naived.backtest.quiet import _Peak
+
+    # Small whole numbers: equal prices, equal drawdowns at different times, ties everywhere.
+    u, c = Decimal(units), Decimal(cash).scaleb(-4)
+    scaled = [p * 10**8 for p in prices]
+    peak = c + u * prices[0] + above  # a peak at or over the equity
+    start = (peak, Decimal(drawdown), Decimal("0.125"))
+    got = _Peak.run(c, u, np.array(scaled, dtype=np.int64), *start)
+    assert got == sequential(c, u, scaled, *start)
+    assert [str(x) for x in got[2:]] == [str(x) for x in sequential(c, u, scaled, *start)[2:]]
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32), trades=st.integers(1, 400), wild=st.sampled_from([0.0, 0.1, 0.3]))
+def test_the_column_average_is_the_books(seed: int, trades: int, wild: float) -> None:
+    """PERCENT_PRICE_BY_SIDE's average from the columns equals the book's `_Average`, fed only the
+    trades the feed gate lets in, at whichever trade it is asked (an order placed on it)."""
+    from naived.backtest.columns import Checked
+    from naived.backtest.quiet import _ColumnAverage, _Symbol
+    from naived.market.gate import MarketGate
+    from naived.paper.book import _Average
+
+    rng = random.Random(seed)
+    band = Decimal("0.1")
+    t, p, rows = T0, 50_000_000, []
+    for _ in range(trades):
+        t += rng.choice((0, 300, 2000, 40_000))
+        p = max(1000, p + rng.randint(-400_000, 400_000))
+        rows.append((p * 3 if rng.random() < wild else p, rng.randint(1, 10**9), t))
+    column = np.array(rows, dtype=np.int64)
+    checked = Checked(["XRPUSDT"], np.zeros(trades, np.int32), np.arange(trades, dtype=np.int64), column[:, 0],
+                      column[:, 1], column[:, 2], msgspec.convert({}, object))  # type: ignore[arg-type]
+    symbol = _Symbol(checked, 0, np.arange(trades, dtype=np.int64))
+    at = [0]
+    lazy = _ColumnAverage(symbol, 5, band, lambda: at[0])
+    book = _Average(5)
+    gate = MarketGate("XRPUSDT", band, "test", confirm=1)
+    for k, (price, qty, ms) in enumerate(rows):
+        event = engine.TradeEvent("trade", ms, "XRPUSDT", k, format(Decimal(price).scaleb(-8), "f"), "1", ms, False)
+        if gate.judge(event) is event:
+            book.add(ms, Decimal(price).scaleb(-8), Decimal(qty).scaleb(-8))
+        at[0] = k
+        if rng.random() < 0.3 or k == trades - 1:  # asked at the trade's time, as an order placed on it asks
+            assert lazy.price(ms) == book.price(ms)
+
+
+def test_a_rebuy_due_while_the_sell_rests_is_not_skipped(tmp_path: Path) -> None:
+    """A selling trader still watches for its rebuy (chapter 9): the trade under the rebuy price
+    is an event though it crosses no order."""
+    config = HAND_CONFIG.replace(b"chunks = 1", b"chunks = 2\ninitial_traders = 1").replace(
+        b'rebuy_interval = "0.5"', b'rebuy_interval = "0.005"')
+    # 0.9890 fills the buy at 0.99 (above the rebuy price 0.99 × 0.995 = 0.98505): the sell rests
+    # at 1.0019; 0.9880 .. 0.9860 change nothing; 0.9840 is under the rebuy price: a second
+    # trader, which buys after its gate's five prices.
+    prices = WARM + ["1.0000", "0.9890", "0.9880", "0.9870", "0.9860"] + ["0.9840"] + ["0.9850"] * 6
+    path = write_csv(tmp_path, [(p, t * 1000) for t, p in enumerate(prices, 1)])
+    fast = engine.run(parse_config(config), [str(path)])
+    slow = engine.run(parse_config(config), [str(path)], every_trade=True)
+    (_, report), = fast.reports
+    assert render.encode(report) == render.encode(slow.reports[0][1])
+    assert report.symbols[0].orders_placed == 3  # the buy, its sell, the second trader's buy
