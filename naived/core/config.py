@@ -268,9 +268,9 @@ class Paper(msgspec.Struct, forbid_unknown_fields=True):
     partial_fills: bool = False  # fill at most the traded quantity per trade
     balances: dict[str, Decimal] = msgspec.field(default_factory=lambda: {"USDT": Decimal("10000")})
     # Every quote asset of the symbol table that `balances` does not name starts with this much
-    # (in that asset's units, as `trading.budgets` are), so a trader on ETHBTC can buy; 0 = none.
-    # Only the start is generous: orders beyond the balance are refused as Binance refuses them.
-    default_balance: Decimal = Decimal("10000")
+    # (in that asset's units, as `trading.budgets` are). 0, as a fresh Binance account: only what
+    # `balances` deposits, so fee-in-base dust and a missing BNB balance show as they would there.
+    default_balance: Decimal = Decimal(0)
     # Binance's standard spot rates (0.1%), charged on each fill from the asset it gives.
     maker_commission: Decimal = Decimal("0.001")
     taker_commission: Decimal = Decimal("0.001")
