@@ -193,3 +193,26 @@ def test_a_rebuy_due_while_the_sell_rests_is_not_skipped(tmp_path: Path) -> None
     (_, report), = fast.reports
     assert render.encode(report) == render.encode(slow.reports[0][1])
     assert report.symbols[0].orders_placed == 3  # the buy, its sell, the second trader's buy
+
+
+def test_a_csv_is_read_in_blocks_of_whole_lines(tmp_path: Path, monkeypatch: object) -> None:
+    """numpy parses a CSV a block at a time: a line cut by a block's end, a header, no newline at
+    the end and blank lines give the trades the line reader gives."""
+    from naived.backtest import columns
+
+    paths = tape(tmp_path, 3, ["XRPUSDT"], 300, 0.0, True)
+    path = Path(paths[0])
+    text = path.read_text()
+    path.write_text("id,price,qty,quote_qty,time,is_buyer_maker,is_best_match\n" + text.replace("\n", "\n\n", 7).rstrip("\n"))
+    monkeypatch.setattr(columns, "BLOCK_BYTES", 97)  # type: ignore[attr-defined]  # pytest's MonkeyPatch
+
+    def no_line_reader(*args: object) -> None:
+        raise AssertionError("numpy refused the CSV")
+
+    monkeypatch.setattr(columns, "_line_reader", no_line_reader)  # type: ignore[attr-defined]
+    read = columns.read(paths)
+    events, _ = read_trades(paths)
+    expected = [(e.t, Decimal(e.p), Decimal(e.q), e.E) for e in events]
+    got = [(int(i), Decimal(int(p)).scaleb(-8), Decimal(int(q)).scaleb(-8), int(t))
+           for i, p, q, t in zip(read.trade_id, read.price, read.qty, read.time_ms, strict=True)]
+    assert got == expected and len(got) == 300 and read.summary.malformed == 0

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -77,7 +79,7 @@ class _File:
     qty: Ints
     time_ms: Ints
     key: Ints  # the merge key, ns: a CSV's trade time, a tape's receive time
-    lines: Ints | None  # the line of each row, when known
+    csv: bool  # read by numpy: a row's line is found again for an error (`_line_of`)
 
 
 def read(paths: list[str], symbol: str | None = None, only: set[str] | None = None) -> Checked:
@@ -99,45 +101,77 @@ def _read_file(path: Path, order: int, symbol: str | None, counts: ReadCounts) -
         name = tape.csv_symbol(path, symbol)
         columns = _csv_columns(path)
         if columns is not None:
-            trade_id, price, qty, stamp, lines = columns
+            trade_id, price, qty, stamp = columns
             micros = np.where(stamp >= MICROS_THRESHOLD, stamp, stamp * 1000)
             return _File(path, [name], np.zeros(len(trade_id), np.int32), trade_id, price, qty, micros // 1000,
-                         micros * 1000, lines)
+                         micros * 1000, True)
     return _line_reader(path, order, symbol, counts)
 
 
-def _csv_columns(path: Path) -> tuple[Ints, Ints, Ints, Ints, Ints | None] | None:
-    """(trade id, price, qty, time, line) of a clean CSV, or None: the line reader takes it."""
+def _csv_columns(path: Path) -> tuple[Ints, Ints, Ints, Ints] | None:
+    """(trade id, price, qty, time) of a clean CSV, or None: the line reader takes it."""
     try:
-        data = _decompressed(path)
-    except (OSError, EOFError, zipfile.BadZipFile, gzip.BadGzipFile):
-        return None  # cut short, or not what its name says: the line reader counts and says why
-    header = 1 if data[:2] == b"id" else 0
-    if not data.strip():
-        empty = np.zeros(0, np.int64)
-        return empty, empty, empty, empty, empty
-    try:
-        rows = np.loadtxt(io.BytesIO(data), delimiter=",", usecols=(0, 1, 2, 4), skiprows=header, ndmin=1,
-                          dtype=[("id", np.int64), ("p", np.float64), ("q", np.float64), ("t", np.int64)])
-    except ValueError:
-        return None  # a row that is not a trade: the line reader skips and counts it
+        with _opened(path) as stream:
+            blocks = [_parse(block) for block in _blocks(stream)]
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError):
+        return None  # cut short, not what its name says, a row that is not a trade: the line reader counts it
+    rows = np.concatenate(blocks) if blocks else np.zeros(0, dtype=_ROW)
     price, qty = _scaled(rows["p"]), _scaled(rows["q"])
     if price is None or qty is None:
         return None
-    # The row's line, unless blank lines (which loadtxt skips) make them differ.
-    whole = data.count(b"\n") + (not data.endswith(b"\n")) == len(rows) + header
-    lines = np.arange(1 + header, 1 + header + len(rows), dtype=np.int64) if whole else None
-    return rows["id"].astype(np.int64), price, qty, rows["t"].astype(np.int64), lines
+    return rows["id"].astype(np.int64), price, qty, rows["t"].astype(np.int64)
 
 
-def _decompressed(path: Path) -> bytes:
+_ROW = np.dtype([("id", np.int64), ("p", np.float64), ("q", np.float64), ("t", np.int64)])
+BLOCK_BYTES = 32 << 20  # parsed a block of whole lines at a time: a month's text is never held whole
+
+
+def _blocks(stream: io.BufferedIOBase) -> Iterator[bytes]:
+    """The stream's text in blocks of whole lines; a header line (`id,price,...`) dropped."""
+    rest = b""
+    first = True
+    while True:
+        chunk = stream.read(BLOCK_BYTES)
+        if not chunk:
+            break
+        block = rest + chunk
+        cut = block.rfind(b"\n") + 1
+        block, rest = block[:cut], block[cut:]
+        if first and block.startswith(b"id"):
+            block = block[block.find(b"\n") + 1:]
+        first = first and not block
+        if block:
+            yield block
+    if rest.strip() and not (first and rest.startswith(b"id")):
+        yield rest
+
+
+def _parse(block: bytes) -> npt.NDArray[np.void]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # blank lines only: no rows
+        return np.loadtxt(io.BytesIO(block), delimiter=",", usecols=(0, 1, 2, 4), ndmin=1, dtype=_ROW)
+
+
+def _opened(path: Path) -> io.BufferedIOBase:
     if path.suffix == ".zip":
-        with zipfile.ZipFile(path) as archive:
-            return archive.read(archive.namelist()[0])
+        archive = zipfile.ZipFile(path)  # noqa: SIM115 - the member keeps it open; closed with it
+        return archive.open(archive.namelist()[0])  # type: ignore[return-value]  # a ZipExtFile: BufferedIOBase
     if path.suffix == ".gz":
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    return path.read_bytes()
+        return gzip.open(path, "rb")
+    return open(path, "rb")  # noqa: SIM115 - the caller closes it (with)
+
+
+def _line_of(path: Path, row: int) -> int:
+    """The line of a CSV's row (0-based, as numpy read it: blank lines and a header skipped);
+    read again only to word an error."""
+    seen = -1
+    with _opened(path) as stream:
+        for number, line in enumerate(stream, 1):
+            if line.strip() and not (number == 1 and line.startswith(b"id")):
+                seen += 1
+                if seen == row:
+                    return number
+    return row + 1
 
 
 def _scaled(values: npt.NDArray[np.float64]) -> Ints | None:
@@ -145,8 +179,10 @@ def _scaled(values: npt.NDArray[np.float64]) -> Ints | None:
     large for a float to carry exactly (the line reader then reads the text)."""
     if len(values) and (values.max() >= MAX_PRICE or values.min() <= 0):
         return None
-    scaled = np.rint(values * SCALE)
-    if len(values) and np.abs(values * SCALE - scaled).max() > 1e-3:
+    exact = values * SCALE
+    scaled = np.rint(exact)
+    exact -= scaled
+    if len(values) and np.abs(exact).max() > 1e-3:
         return None
     return scaled.astype(np.int64)
 
@@ -172,7 +208,7 @@ def _line_reader(path: Path, order: int, symbol: str | None, counts: ReadCounts)
         return np.array(values, dtype=np.int64)
 
     return _File(path, list(names), np.array(code, dtype=np.int32), ints(trade_id), ints(price), ints(qty),
-                 ints(time_ms), ints(key), None)
+                 ints(time_ms), ints(key), False)
 
 
 def _exact(value: str) -> int | None:
@@ -191,7 +227,7 @@ def _check_order(part: _File) -> None:
     if not len(back):
         return
     row = int(back[0]) + 1
-    where = f"line {int(part.lines[row])}" if part.lines is not None else f"trade {row + 1} of the file"
+    where = f"line {_line_of(part.path, row)}" if part.csv else f"trade {row + 1} of the file"
     raise BacktestError(
         f"{part.path}: {where} (trade id {int(part.trade_id[row])}) is earlier than the trade before it: "
         "the file is out of time order (sort it by time, or give the files it was cut from)")
@@ -207,19 +243,31 @@ def _merge(parts: list[_File], counts: ReadCounts, only: set[str] | None) -> Che
     code = np.concatenate(codes) if parts else np.zeros(0, np.int32)
 
     def joined(name: str) -> Ints:
+        if len(parts) == 1:
+            return getattr(parts[0], name)  # type: ignore[no-any-return]  # an Ints field
         return np.concatenate([getattr(p, name) for p in parts]) if parts else np.zeros(0, np.int64)
 
     key, trade_id = joined("key"), joined("trade_id")
-    order = np.concatenate([np.full(len(p.key), i, np.int64) for i, p in enumerate(parts)]) if parts else key
-    # The replay's merge: by time, then by file; a stable sort keeps each file's own order.
-    rank = np.lexsort((order, key))
-    rank = rank[code[rank] >= 0]
-    # The same trade twice (one symbol, one id): the first in time order stays.
+    # The replay's merge: by time, then by file; a stable sort keeps each file's own order. Files
+    # given in time order (one, or consecutive days) are merged already: no sort.
+    if np.all(key[1:] >= key[:-1]):
+        rank = np.arange(len(key))
+    else:
+        order = np.concatenate([np.full(len(p.key), i, np.int64) for i, p in enumerate(parts)])
+        rank = np.lexsort((order, key))
+    if not np.all(code >= 0):
+        rank = rank[code[rank] >= 0]
+    # The same trade twice (one symbol, one id): the first in time order stays. Ids that only
+    # grow within each symbol (one symbol: the whole column) hold no duplicate: no sort.
     ident = code[rank].astype(np.int64) * (1 << 42) + trade_id[rank]
-    _, first = np.unique(ident, return_index=True)
-    kept = rank[np.sort(first)]
+    if len(symbols) <= 1 and np.all(ident[1:] > ident[:-1]):
+        kept = rank
+    else:
+        _, first = np.unique(ident, return_index=True)
+        kept = rank[np.sort(first)]
     duplicates = len(rank) - len(kept)
-    columns = {name: joined(name)[kept] for name in ("trade_id", "price", "qty", "time_ms")}
+    identity = len(kept) == len(key) and bool(np.all(kept == np.arange(len(key))))
+    columns = {name: joined(name) if identity else joined(name)[kept] for name in ("trade_id", "price", "qty", "time_ms")}
     checked = Checked(symbols, code[kept], columns["trade_id"], columns["price"], columns["qty"], columns["time_ms"],
                       InputSummary(0, 0, 0, 0, 0, 0, 0, []))
     gaps = _gaps(checked)
