@@ -74,24 +74,30 @@ def before(text: bytes, paths: list[str]) -> bytes:
     return render.encode(bt.report(paths))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32), symbols=st.sampled_from([["XRPUSDT"], ["XRPUSDT", "ADAUSDT"], ["XRPUSDT", "BNBUSDT"],
                                                                   ["XRPUSDT", "ADAUSDT", "BNBUSDT"]]),
        trades=st.integers(50, 600), wild=st.sampled_from([0.0, 0.01, 0.05]), zeros=st.booleans(),
        chunks=st.integers(1, 3), buy_down=st.sampled_from(["0.001", "0.003", "0.01"]),
        profit=st.sampled_from(["0.0005", "0.002", "0.01"]), rebuy=st.sampled_from(["0.002", "0.005", "0.5"]),
-       partial=st.booleans(), touch=st.booleans(), bnb=st.booleans())
+       partial=st.booleans(), touch=st.booleans(), bnb=st.booleans(), samples=st.booleans())
 def test_the_fast_path_gives_the_slow_paths_report(tmp_path_factory: object, seed: int, symbols: list[str], trades: int,
                                                    wild: float, zeros: bool, chunks: int, buy_down: str, profit: str,
-                                                   rebuy: str, partial: bool, touch: bool, bnb: bool) -> None:
+                                                   rebuy: str, partial: bool, touch: bool, bnb: bool,
+                                                   samples: bool) -> None:
     directory = tmp_path_factory.mktemp("tape")  # type: ignore[attr-defined]  # pytest's TempPathFactory
     paths = tape(directory, seed, symbols, trades, wild, zeros)
     text = config(chunks, buy_down, profit, rebuy, partial, touch, bnb)
-    fast = engine.run(parse_config(text), paths)
-    slow = engine.run(parse_config(text), paths, every_trade=True)
+    fast = engine.run(parse_config(text), paths, keep_samples=samples)
+    slow = engine.run(parse_config(text), paths, every_trade=True, keep_samples=samples)
     (_, fast_report), = fast.reports
     (_, slow_report), = slow.reports
     assert render.encode(fast_report) == render.encode(slow_report)
+    assert fast.backtest is not None and slow.backtest is not None
+    for name, ledger in fast.backtest.ledgers.items():  # the plot's: one sample a second of tape
+        assert ledger.samples == slow.backtest.ledgers[name].samples
+    for quote, curve in fast.backtest.curves.items():
+        assert curve.samples == slow.backtest.curves[quote].samples
     assert render.encode(msgspec.structs.replace(fast_report, input=None)) == before(text, paths)
 
 

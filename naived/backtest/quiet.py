@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from naived.backtest.columns import SCALE, Checked, Ints, text
-from naived.backtest.ledger import Curve, Ledger
+from naived.backtest.ledger import SAMPLE_MS, Curve, Ledger
 from naived.core.messages import TradeEvent
 from naived.core.strategy import EIGHT
 from naived.market.gate import REFERENCE_TRADES
@@ -143,6 +143,17 @@ class _ColumnAverage:
         return (Decimal(quoted).scaleb(-16) / Decimal(volume).scaleb(-8)).quantize(EIGHT)
 
 
+def _firsts_of_seconds(times: Ints, last_sampled: int | None) -> list[int]:
+    """Which of these trades open a new second of tape (`SAMPLE_MS`) after the last sample."""
+    if not len(times):
+        return []
+    seconds = times // SAMPLE_MS
+    new = np.empty(len(times), dtype=bool)
+    new[0] = last_sampled is None or int(seconds[0]) != last_sampled // SAMPLE_MS
+    new[1:] = seconds[1:] != seconds[:-1]
+    return np.flatnonzero(new).tolist()
+
+
 class _Peak:
     """Where a run of prices takes an equity `cash + units × price` (units > 0) with its peak
     and largest drawdown so far: `Ledger.mark`'s and `Curve.move`'s rules over the whole run."""
@@ -186,9 +197,9 @@ class Quiet:
         self.averaged: set[str] = set()
 
     def possible(self) -> bool:
-        """The skip's arithmetic holds: no plot samples (every second is drawn) and each
-        symbol's times go forward (the book's average window assumes it)."""
-        return not self.bt.keep_samples and all(bool(np.all(np.diff(s.time_ms) >= 0)) for s in self.symbols)
+        """The skip's arithmetic holds: each symbol's times go forward (the book's average
+        window and the plot's samples assume it)."""
+        return all(bool(np.all(np.diff(s.time_ms) >= 0)) for s in self.symbols)
 
     def run(self, progress: Callable[[int], None]) -> None:
         n = len(self.trades)
@@ -324,11 +335,41 @@ class Quiet:
                 self.at = k
                 self.bt.on_trade(event(self.trades, k))
         else:
+            if self.bt.keep_samples:  # before the accounts move: the samples need where they start
+                self._samples(spans, moving)
             for s, a, b in spans:
                 self._account(s, a, b)
         for s, _, b in spans:
             s.done = b
         self.bt.now_ms = int(self.trades.time_ms[end - 1])
+
+    def _samples(self, spans: list[tuple[_Symbol, int, int]], moving: dict[str, list[_Symbol]]) -> None:
+        """The plot's samples over the run (`Ledger.mark`'s and `Curve.move`'s: the first trade
+        of each second of tape), per symbol and per quote; at most one symbol per quote moves."""
+        by_quote: dict[str, list[tuple[_Symbol, int, int]]] = {}
+        for s, a, b in spans:
+            ledger = self.bt.ledgers[s.name]
+            by_quote.setdefault(ledger.quote, []).append((s, a, b))
+            assert ledger.samples is not None
+            for k in _firsts_of_seconds(s.time_ms[a:b], ledger.samples[-1][0] if ledger.samples else None):
+                price = _dec(int(s.price[a + k]))
+                ledger.samples.append((int(s.time_ms[a + k]), price, ledger.cash + ledger.units * price))
+        for quote, group in by_quote.items():
+            curve = self.bt.curves[quote]
+            assert curve.samples is not None
+            rows = np.sort(np.concatenate([s.rows[a:b] for s, a, b in group]))
+            times = self.trades.time_ms[rows]
+            mover = next(((s, a, b) for s, a, b in group if s in moving.get(quote, [])), None)
+            for k in _firsts_of_seconds(times, curve.samples[-1][0] if curve.samples else None):
+                equity = curve.equity
+                if mover is not None:  # the curve moves with its one moving symbol's last price
+                    m, a, b = mover
+                    seen = int(np.searchsorted(m.rows[a:b], rows[k], side="right"))
+                    if seen:
+                        ledger = self.bt.ledgers[m.name]
+                        price = _dec(int(m.price[a + seen - 1]))
+                        equity = curve.equity - ledger.equity + ledger.cash + ledger.units * price
+                curve.samples.append((int(times[k]), equity))
 
     def _account(self, s: _Symbol, a: int, b: int) -> None:
         """`Ledger.mark` (and `Curve.move`) over trades a..b-1 of the symbol, none of them a fill."""
