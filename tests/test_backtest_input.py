@@ -149,6 +149,8 @@ def test_a_gap_streamerd_marked_in_its_tape_is_counted(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress("".join(lines).encode()))
     read = columns.read([str(path)]).summary
     assert (read.recorded_gaps, read.gaps, read.missing_trades, read.malformed) == (1, 1, 10, 0)
+    result = run(str(path))
+    assert result.exit_code == 0 and "1 gaps (10 trade ids missing, 1 marked in the tapes)" in result.stderr, result.stderr
 
 
 def test_a_parallel_sweep_prints_what_a_serial_one_prints(tmp_path: Path) -> None:
