@@ -250,8 +250,9 @@ def backtest(files: tuple[str, ...], config_path: str | None, as_json: bool, set
                        f"{f' × {len(combos)} settings{parallel}' if len(combos) > 1 else ''})", err=True)
             read = outcome.input
             if read.duplicates or read.gaps or read.malformed or read.truncated:
+                marked = f", {read.recorded_gaps:,} marked in the tapes" if read.recorded_gaps else ""
                 click.echo(f"input: {read.duplicates:,} duplicate trades dropped, {read.gaps:,} gaps "
-                           f"({read.missing_trades:,} trade ids missing), {read.malformed:,} malformed lines, "
+                           f"({read.missing_trades:,} trade ids missing{marked}), {read.malformed:,} malformed lines, "
                            f"{read.truncated} files cut short", err=True)
         if plot_path:
             backtest_plot.plot(drawn, plot_path, reports[0][1], orders, breaks)

@@ -35,7 +35,7 @@ import numpy.typing as npt
 from naived.backtest.errors import BacktestError
 from naived.backtest.report import Gap, InputSummary
 from naived.market import tape
-from naived.market.tape import MICROS_THRESHOLD, ReadCounts, TapeError
+from naived.market.tape import MICROS_THRESHOLD, NamelessCsv, ReadCounts, TapeError
 
 SCALE = 10**8  # prices and quantities as integers of 1e-8
 MAX_PRICE = 90_000_000  # a float64 holds price × 1e8 exactly below ~9e15
@@ -87,6 +87,8 @@ def read(paths: list[str], symbol: str | None = None, only: set[str] | None = No
     CSVs whose names do not; `only`: keep these symbols' trades only."""
     try:
         files = tape.check_files(list(paths), csv_symbol=symbol)
+    except NamelessCsv as exc:  # also when several --symbol were given: they only choose symbols then
+        raise BacktestError(f"{exc}: name its symbol with one --symbol SYMBOL") from None
     except TapeError as exc:
         raise BacktestError(str(exc)) from None
     counts = ReadCounts()
@@ -174,6 +176,19 @@ def _line_of(path: Path, row: int) -> int:
     return row + 1
 
 
+def _line_of_id(path: Path, trade_id: int, earlier: int) -> int | str:
+    """The line of a CSV's row with this trade id, after `earlier` rows with it; read again only to
+    word an error (a file the line reader took: its malformed lines are not rows)."""
+    wanted = str(trade_id).encode()
+    with _opened(path) as stream:
+        for number, line in enumerate(stream, 1):
+            if line.split(b",", 1)[0].strip() == wanted:
+                if not earlier:
+                    return number
+                earlier -= 1
+    return "?"
+
+
 def _scaled(values: npt.NDArray[np.float64]) -> Ints | None:
     """Decimals of at most 8 places as integers of 1e-8; None when one has more places or is too
     large for a float to carry exactly (the line reader then reads the text)."""
@@ -227,7 +242,13 @@ def _check_order(part: _File) -> None:
     if not len(back):
         return
     row = int(back[0]) + 1
-    where = f"line {_line_of(part.path, row)}" if part.csv else f"trade {row + 1} of the file"
+    if part.csv:
+        where = f"line {_line_of(part.path, row)}"
+    elif not tape.is_tape(part.path):  # a CSV the line reader took: rows skipped, so found by its id
+        trade_id = part.trade_id[row]
+        where = f"line {_line_of_id(part.path, int(trade_id), int(np.count_nonzero(part.trade_id[:row] == trade_id)))}"
+    else:
+        where = f"trade {row + 1} of the file"
     raise BacktestError(
         f"{part.path}: {where} (trade id {int(part.trade_id[row])}) is earlier than the trade before it: "
         "the file is out of time order (sort it by time, or give the files it was cut from)")

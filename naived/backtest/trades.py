@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from naived.backtest.errors import BacktestError
 from naived.core.messages import TradeEvent
-from naived.market.tape import Progress, ReadCounts, TapeError, check_files, read_file
+from naived.market.tape import NamelessCsv, Progress, ReadCounts, TapeError, check_files, read_file
 
 
 def read_trades(paths: Iterable[str], stats: ReadCounts | None = None) -> tuple[Iterator[TradeEvent], Callable[[], float]]:
@@ -16,6 +16,9 @@ def read_trades(paths: Iterable[str], stats: ReadCounts | None = None) -> tuple[
     function giving the fraction of the input read so far (for the progress bar)."""
     try:
         files = check_files(list(paths))
+    except NamelessCsv as exc:  # streamerd's replay (--through-tree) reads a CSV's symbol from its name only
+        raise BacktestError(f"{exc}: rename it SYMBOL-trades-....csv (--symbol names it only without "
+                            "--through-tree)") from None
     except TapeError as exc:
         raise BacktestError(str(exc)) from None
     stats = stats or ReadCounts()

@@ -48,6 +48,11 @@ class TapeError(Exception):
     """A trade file that cannot be used, worded for the user."""
 
 
+class NamelessCsv(TapeError):
+    """A CSV whose name does not say its symbol: each caller says how to name it (the backtest
+    has `--symbol`; streamerd's replay only the file's name)."""
+
+
 class GapData(msgspec.Struct, frozen=True):
     """The `data` of a gap line, in the style of Binance's events (streamerd writes it)."""
 
@@ -133,8 +138,7 @@ def _csv_symbol(path: Path, named: str | None = None) -> str:
         return match.group(1)
     if named:
         return named
-    raise TapeError(f"{path}: cannot tell the symbol of a CSV from its name (expected SYMBOL-trades-...); "
-                    "name it with --symbol")
+    raise NamelessCsv(f"{path}: cannot tell the symbol of a CSV from its name (expected SYMBOL-trades-...)")
 
 
 csv_symbol = _csv_symbol
