@@ -24,6 +24,7 @@ from naived.core.symbols import SymbolFilters, table
 from naived.market.gate import MAX_MARKET_FRAME, TOPIC, MarketGate
 from naived.ops.ratelog import RateLimitedLog
 from naived.paper.book import PaperBook
+from naived.paper.candles import Candles
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class TradeFeed(threading.Thread):
         self._stopping = False
         self._market: dict[str, dict[str, Any]] = {}  # symbol -> last price, last trade id, count
         self.after_trade: Callable[[SymbolFilters], None] | None = None  # exchange-side faults
+        self.candles: Candles | None = None  # the exchange's klines, fed every trade the book is
 
     def want(self, symbol: str) -> None:
         if symbol in self._wanted:  # the common case: no lock, no syscall
@@ -121,7 +123,10 @@ class TradeFeed(threading.Thread):
         f = table().get(event.s)
         if f is None:
             return
-        self._book.on_trade(f, Decimal(event.p), Decimal(event.q), event.t)
+        price, qty = Decimal(event.p), Decimal(event.q)
+        self._book.on_trade(f, price, qty, event.t)
+        if self.candles is not None:
+            self.candles.add(event.s, price, qty, event.T, event.m)
         if self.after_trade is not None:
             self.after_trade(f)
         with self._lock:
