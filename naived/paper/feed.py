@@ -1,9 +1,10 @@
 """The trade feed: the public trades the paper exchange matches against, from streamerd.
 
 One thread owns the SUB socket (a ZeroMQ socket belongs to one thread) and subscribes to the
-symbols asked for (`want`): in exchangeInfo (`symbol`/`symbols`) or avgPrice, at a symbol's first
-order, and at start for every symbol with open orders. Every frame passes the symbol's market
-gate (`naived.market.gate`, the traders' own check) before the book sees it; what the gates drop
+symbols asked for (`want`): in exchangeInfo (`symbol`/`symbols`), avgPrice or market data, at a
+symbol's first order, and at start for every symbol with open orders. Every frame passes the
+symbol's market gate (`naived.market.gate`, the traders' own check) before the book (and the
+exchange's klines, `candles.py`) see it; what the gates drop
 is counted by symbol and reason (GET /paper/feed), what was taken per symbol (GET /paper/market).
 """
 
