@@ -229,6 +229,8 @@ def test_market_data_errors_and_weights(ex: Exchange) -> None:
     assert get("/api/v3/klines", symbol="NOPEUSDT", interval="1m")[:2] == (400, {"code": -1121, "msg": "Invalid symbol."})
     assert get("/api/v3/klines", symbol=SYMBOL)[1]["code"] == -1102
     assert get("/api/v3/klines", symbol=SYMBOL, interval="1m", limit=1001)[1]["code"] == -1100
+    assert get("/api/v3/klines", symbol=SYMBOL, interval="1d", timeZone="8")[1]["code"] == -1100
+    assert get("/api/v3/klines", symbol=SYMBOL, interval="1d", timeZone="0")[:2] == (200, [])
     assert get("/api/v3/depth", symbol=SYMBOL)[:2] == (200, {"lastUpdateId": 0, "bids": [], "asks": []})
     assert get("/api/v3/ticker/24hr", symbol="NOPEUSDT")[1]["code"] == -1121
     day = get("/api/v3/ticker/24hr", symbol=SYMBOL, type="MINI")[1]

@@ -1,7 +1,8 @@
 """The paper exchange's market data endpoints, from the trades it has seen (Binance's spot API).
 
     GET /api/v3/klines, /api/v3/uiKlines   symbol, interval, startTime, endTime, limit (default
-                                           500, 1-1000): `candles.Candles`' klines
+                                           500, 1-1000): `candles.Candles`' klines; timeZone
+                                           only UTC (another is -1100)
     GET /api/v3/depth                      symbol, limit (default 100, 1-5000)
     GET /api/v3/ticker/24hr                symbol | symbols=[...] | every symbol; type FULL | MINI
     GET /api/v3/ticker/price, /api/v3/ticker/bookTicker   symbol | symbols=[...] | every symbol
@@ -43,6 +44,7 @@ Reply = tuple[int, Any]
 Route = tuple[Callable[[Params, int], Reply], int, bool]
 ZERO = Decimal(0)
 DAY_MS = 86_400_000
+UTC_ZONES = ("0", "+0", "-0", "00:00", "0:00", "+0:00", "+00:00", "-0:00", "-00:00")  # klines' timeZone: UTC only
 DEPTH_WEIGHTS = ((100, 5), (500, 25), (1000, 50), (5000, 250))  # limit up to -> weight
 
 
@@ -126,6 +128,8 @@ class MarketData:
         interval = mandatory(params, "interval")
         if interval not in INTERVALS:
             raise Rejected(-1120, "Invalid interval.")
+        if params.get("timeZone", "0") not in UTC_ZONES:  # klines in another zone need bars this exchange does not keep
+            raise Rejected(-1100, "Illegal characters found in parameter 'timeZone'; this paper exchange answers UTC only.")
         self.want(f)
         limit = page_limit(params)
         start, end = optional_int(params, "startTime"), optional_int(params, "endTime")
