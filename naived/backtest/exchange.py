@@ -14,7 +14,6 @@ from naived.core.messages import Fill, Order
 from naived.core.symbols import SymbolFilters, quote_assets
 from naived.exchange import binance as exchange
 from naived.paper.book import Fees, PaperBook, Rejected
-from naived.paper.candles import Candles
 from naived.paper.exchange import PaperExchange
 
 
@@ -23,7 +22,6 @@ class _NoFeed:
 
     def __init__(self) -> None:
         self.after_trade: Callable[[SymbolFilters], None] | None = None
-        self.candles: Candles | None = None  # PaperExchange sets its own; nothing feeds it here
 
     def want(self, symbol: str) -> None:
         pass

@@ -20,9 +20,6 @@ error with `data`).
     GET    /api/v3/account, /api/v3/account/commission                              (signed)
     POST | PUT | DELETE /api/v3/userDataStream   listen keys (API key, no signature); the
                                 stream itself: ws://<host>:<ws_port>/ws/<listenKey> (userstream.py)
-    GET    /api/v3/klines, /api/v3/uiKlines, /api/v3/depth, /api/v3/ticker/24hr, ticker/price,
-           ticker/bookTicker; futures/margin/wallet discovery, empty   (market_data.py: depth is
-                                the paper book, bid = ask = the last trade)
 
 Signed requests are checked as Binance checks them (`auth.py`). `startTime`/`endTime` are taken
 in ms or µs, and `X-MBX-TIME-UNIT: MICROSECOND` puts the time fields of the answers in µs (the
@@ -33,7 +30,7 @@ Matching and commission are `naived.paper.book`'s (see its docstring): marketabl
 fill at once at the last trade price as takers, resting ones as makers when a later
 trade crosses them, and every fill pays the maker or taker rate from the asset it gives
 (or BNB at the discount). A symbol is subscribed when it is asked for in exchangeInfo
-(`symbol`/`symbols`), avgPrice or its market data, when its first order is placed, and at start for every
+(`symbol`/`symbols`) or avgPrice, when its first order is placed, and at start for every
 symbol with open orders.
 
 Filters, as Binance applies them, with its error (-1013 "Filter failure: <name>"): PRICE_FILTER,
@@ -99,7 +96,6 @@ from naived.core.symbols import SymbolFilters, table
 from naived.paper import shapes
 from naived.paper.auth import Auth
 from naived.paper.book import NewOrder, PaperBook, Rejected
-from naived.paper.candles import Candles
 from naived.paper.faults import (
     ANSWER_503,
     ANSWER_NOTHING,
@@ -109,7 +105,6 @@ from naived.paper.faults import (
     FaultInjector,
 )
 from naived.paper.http import Gate, Handler
-from naived.paper.market_data import MarketData
 from naived.paper.params import (
     Params,
     cancel_restriction,
@@ -140,7 +135,6 @@ class Feed(Protocol):
     which hands trades to the book itself)."""
 
     after_trade: Callable[[SymbolFilters], None] | None  # exchange-side faults, run after each trade
-    candles: Candles | None  # the exchange's klines, fed each trade
 
     def want(self, symbol: str) -> None: ...
 
@@ -160,7 +154,6 @@ class PaperExchange:
         self.auth = Auth(config.paper.api_key, config.paper.api_secret)
         self.faults = FaultInjector(config.paper.faults, book, hang_seconds=config.exchange.timeout_seconds + 1.0)
         feed.after_trade = self.faults.after_trade
-        self.candles = feed.candles = Candles()
         self.usage = Usage()
         self.order_count = OrderCount()
         book.listeners.append(self.order_count.on_changes)
@@ -192,16 +185,12 @@ class PaperExchange:
             ("GET", "/paper/feed"): (lambda p, t: (200, {"dropped": self.feed.dropped()}), 0, False),
             ("GET", "/paper/usage"): (self.paper_usage, 0, False),
         }
-        self.routes |= MarketData(book, self.candles, self._last_trade_id, self._want).routes()  # market_data.py
 
     def _want(self, f: SymbolFilters) -> None:
         """Follow the symbol's trades (and BNB's price, when commission is paid in BNB)."""
         self.feed.want(f.symbol)
         if self.book.fees.bnb and "BNB" + f.quote in table():
             self.feed.want("BNB" + f.quote)
-
-    def _last_trade_id(self, symbol: str) -> int:
-        return int(self.feed.market().get(symbol, {}).get("lastTradeId", 0))
 
     # --- endpoints -----------------------------------------------------------------------------
 
@@ -390,9 +379,8 @@ class PaperExchange:
             f, price, qty = symbol_filters(trade["symbol"]), Decimal(trade["price"]), Decimal(trade["qty"])
         except (msgspec.DecodeError, KeyError, InvalidOperation):
             raise Rejected(-1100, "bad trade: expected {\"symbol\", \"price\", \"qty\"} as strings") from None
-        trade_id = self._last_trade_id(f.symbol) + 1
+        trade_id = int(self.feed.market().get(f.symbol, {}).get("lastTradeId", 0)) + 1
         filled = self.book.on_trade(f, price, qty, trade_id)
-        self.candles.add(f.symbol, price, qty, shapes.now_ms(), False)  # a trade on the exchange: in its klines
         log.warning("unseen trade %s %s @ %s: %d fills", f.symbol, qty, price, len(filled))
         return 200, {"fills": len(filled)}
 

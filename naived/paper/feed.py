@@ -1,10 +1,9 @@
 """The trade feed: the public trades the paper exchange matches against, from streamerd.
 
 One thread owns the SUB socket (a ZeroMQ socket belongs to one thread) and subscribes to the
-symbols asked for (`want`): in exchangeInfo (`symbol`/`symbols`), avgPrice or market data, at a
-symbol's first order, and at start for every symbol with open orders. Every frame passes the
-symbol's market gate (`naived.market.gate`, the traders' own check) before the book (and the
-exchange's klines, `candles.py`) see it; what the gates drop
+symbols asked for (`want`): in exchangeInfo (`symbol`/`symbols`) or avgPrice, at a symbol's first
+order, and at start for every symbol with open orders. Every frame passes the symbol's market
+gate (`naived.market.gate`, the traders' own check) before the book sees it; what the gates drop
 is counted by symbol and reason (GET /paper/feed), what was taken per symbol (GET /paper/market).
 """
 
@@ -25,7 +24,6 @@ from naived.core.symbols import SymbolFilters, table
 from naived.market.gate import MAX_MARKET_FRAME, TOPIC, MarketGate
 from naived.ops.ratelog import RateLimitedLog
 from naived.paper.book import PaperBook
-from naived.paper.candles import Candles
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +52,6 @@ class TradeFeed(threading.Thread):
         self._stopping = False
         self._market: dict[str, dict[str, Any]] = {}  # symbol -> last price, last trade id, count
         self.after_trade: Callable[[SymbolFilters], None] | None = None  # exchange-side faults
-        self.candles: Candles | None = None  # the exchange's klines, fed every trade the book is
 
     def want(self, symbol: str) -> None:
         if symbol in self._wanted:  # the common case: no lock, no syscall
@@ -124,10 +121,7 @@ class TradeFeed(threading.Thread):
         f = table().get(event.s)
         if f is None:
             return
-        price, qty = Decimal(event.p), Decimal(event.q)
-        self._book.on_trade(f, price, qty, event.t)
-        if self.candles is not None:
-            self.candles.add(event.s, price, qty, event.T, event.m)
+        self._book.on_trade(f, Decimal(event.p), Decimal(event.q), event.t)
         if self.after_trade is not None:
             self.after_trade(f)
         with self._lock:

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 
 from naived.paper.book import Change
-from naived.paper.market_data import depth_weight, symbols_weight
 from naived.paper.params import Params
 
 USAGE_MINUTES = 60  # minutes of weight history /paper/usage keeps
@@ -25,10 +24,6 @@ def weight_of(method: str, path: str, params: Params, weight: int) -> int:
         return 80  # every symbol
     if (method, path) == ("GET", "/api/v3/myTrades") and params.get("orderId"):
         return 5
-    if (method, path) == ("GET", "/api/v3/depth"):
-        return depth_weight(params)
-    if method == "GET" and path.startswith("/api/v3/ticker/"):
-        return symbols_weight(path, params)
     return weight
 
 
