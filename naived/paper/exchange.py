@@ -96,6 +96,7 @@ from naived.core.symbols import SymbolFilters, table
 from naived.paper import shapes
 from naived.paper.auth import Auth
 from naived.paper.book import NewOrder, PaperBook, Rejected
+from naived.paper.candles import Candles
 from naived.paper.faults import (
     ANSWER_503,
     ANSWER_NOTHING,
@@ -105,6 +106,7 @@ from naived.paper.faults import (
     FaultInjector,
 )
 from naived.paper.http import Gate, Handler
+from naived.paper.market_data import MarketData, Reply, Route
 from naived.paper.params import (
     Params,
     cancel_restriction,
@@ -125,7 +127,6 @@ from naived.paper.userstream import UNKNOWN_KEY, UserStreamServer
 
 log = logging.getLogger(__name__)
 
-Reply = tuple[int, Any]
 NEW_ORDER = ("POST", "/api/v3/order")  # the only request faults are drawn for
 CANCEL_REPLACE = ("POST", "/api/v3/order/cancelReplace")
 
@@ -146,7 +147,9 @@ class Feed(Protocol):
 class PaperExchange:
     """Request routing, Binance's checks, fault injection. Called from the HTTP threads."""
 
-    def __init__(self, config: Config, book: PaperBook, feed: Feed, stream: UserStreamServer | None = None) -> None:
+    def __init__(self, config: Config, book: PaperBook, feed: Feed, stream: UserStreamServer | None = None,
+                 candles: Candles | None = None) -> None:
+        """`candles`: the klines the feed builds (`main.run` shares them); an empty set without."""
         self.book = book
         self.feed = feed
         self.stream = stream
@@ -159,7 +162,7 @@ class PaperExchange:
         book.listeners.append(self.order_count.on_changes)
         self._symbols = {s: shapes.exchange_info_entry(f) for s, f in sorted(table().items())}
         # (method, path) -> (handler, request weight, signed)
-        self.routes: dict[tuple[str, str], tuple[Callable[[Params, int], Reply], int, bool]] = {
+        self.routes: dict[tuple[str, str], Route] = {
             ("GET", "/api/v3/ping"): (lambda p, t: (200, {}), 1, False),
             ("GET", "/api/v3/time"): (lambda p, t: (200, {"serverTime": shapes.now_ms()}), 1, False),
             ("GET", "/api/v3/exchangeInfo"): (self.exchange_info, 20, False),
@@ -185,6 +188,8 @@ class PaperExchange:
             ("GET", "/paper/feed"): (lambda p, t: (200, {"dropped": self.feed.dropped()}), 0, False),
             ("GET", "/paper/usage"): (self.paper_usage, 0, False),
         }
+        self.candles = candles if candles is not None else Candles()
+        self.routes.update(MarketData(self, self.candles).routes())  # klines, depth, tickers: market_data.py
 
     def _want(self, f: SymbolFilters) -> None:
         """Follow the symbol's trades (and BNB's price, when commission is paid in BNB)."""
