@@ -17,6 +17,7 @@ from test_paper_exchange import KEY, SECRET, Exchange, Market, ex, market, start
 
 from naived.core.messages import TradeEvent
 from naived.market import tape
+from naived.paper import candles as candles_module
 from naived.paper.candles import INTERVALS, Candles, close_time, load_history, open_time
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "btcusdt_20240809.gz"
@@ -189,3 +190,21 @@ def test_history_files_give_the_startup_candles(start: Callable[..., Exchange], 
     assert exchange.fetch_ohlcv("BTC/USDT", "1s", since=since, limit=3) == [
         [r[0], *map(float, r[1:6])] for r in decoded_back(independent(sample_trades(), 1000))[:3]]
     assert exchange.fetch_ticker("BTC/USDT")["info"]["count"] == 2927
+
+
+def test_memory_is_bounded_and_a_part_evicted_candle_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(candles_module.BASES, "1m", (60_000, 12))  # twelve 1m candles kept
+    candles = Candles()
+    t0 = utc_ms(2024, 3, 1, 10, 0)
+    for i in range(25):  # one trade a minute, 10:00 .. 10:24
+        candles.add("XRPUSDT", Decimal(1 + i), Decimal(1), t0 + i * 60_000, buyer_maker=False, trade_id=i + 1)
+    minutes = candles.klines("XRPUSDT", "1m")
+    assert [r[0] for r in minutes] == [t0 + i * 60_000 for i in range(13, 25)]
+    # from the 1m kept (10:13 .. 10:24): 10:10's 5m and 10:00's 15m lost their first minutes: left out, not short
+    assert [(r[0], r[8]) for r in candles.klines("XRPUSDT", "5m")] == [(t0 + 15 * 60_000, 5), (t0 + 20 * 60_000, 5)]
+    assert [(r[0], r[8]) for r in candles.klines("XRPUSDT", "15m")] == [(t0 + 15 * 60_000, 10)]
+    # the 1h level keeps its own: the hour is whole there
+    assert [(r[0], r[8]) for r in candles.klines("XRPUSDT", "1h")] == [(t0, 25)]
+    # the 24 h ticker's window: every 1m candle kept, ending at the last trade
+    window = candles.window("XRPUSDT", t0 + 24 * 60_000, 86_400_000)
+    assert window is not None and window.candle.trades == 12 and window.prev_close is None

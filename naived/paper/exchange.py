@@ -20,6 +20,9 @@ error with `data`).
     GET    /api/v3/account, /api/v3/account/commission                              (signed)
     POST | PUT | DELETE /api/v3/userDataStream   listen keys (API key, no signature); the
                                 stream itself: ws://<host>:<ws_port>/ws/<listenKey> (userstream.py)
+    GET    /api/v3/klines, /api/v3/uiKlines, /api/v3/depth, /api/v3/ticker/24hr, /api/v3/ticker/price,
+           /api/v3/ticker/bookTicker, and the futures/margin/capital discovery calls, answered empty:
+                                market_data.py (its docstring: the book stays the last trade)
 
 Signed requests are checked as Binance checks them (`auth.py`). `startTime`/`endTime` are taken
 in ms or µs, and `X-MBX-TIME-UNIT: MICROSECOND` puts the time fields of the answers in µs (the
@@ -30,7 +33,7 @@ Matching and commission are `naived.paper.book`'s (see its docstring): marketabl
 fill at once at the last trade price as takers, resting ones as makers when a later
 trade crosses them, and every fill pays the maker or taker rate from the asset it gives
 (or BNB at the discount). A symbol is subscribed when it is asked for in exchangeInfo
-(`symbol`/`symbols`) or avgPrice, when its first order is placed, and at start for every
+(`symbol`/`symbols`), avgPrice or the market data, when its first order is placed, and at start for every
 symbol with open orders.
 
 Filters, as Binance applies them, with its error (-1013 "Filter failure: <name>"): PRICE_FILTER,
