@@ -118,6 +118,8 @@ def test_interval_alignment_week_month_and_time_zone() -> None:
     assert candles.current("XRPUSDT", "1M") == months[-1]
     assert candles.current("XRPUSDT", "1w") == weeks[-1]
     assert candles.current("NOPE", "1m") is None
+    k = candles.stream_kline("XRPUSDT", "1M")  # what a kline stream sends: the same figures, and the trade ids
+    assert k is not None and [k[f] for f in "tohlcvTqnVQ"] == months[-1][:11] and (k["f"], k["L"], k["x"]) == (2, 4, False)
     # no trade between Feb 1 00:01 and Feb 4 23:00: no candle for those days (nothing invented)
     assert [r[0] for r in candles.klines("XRPUSDT", "1d")] == [utc_ms(2024, 1, 31), utc_ms(2024, 2, 1),
                                                                 utc_ms(2024, 2, 4), utc_ms(2024, 2, 5)]
@@ -179,6 +181,11 @@ def test_klines_errors_and_weights(ex: Exchange) -> None:
     after_depth = get("/api/v3/ping")[2]
     assert get("/api/v3/ticker/24hr")[2] - after_depth == 80
     assert get("/fapi/v1/exchangeInfo")[1]["symbols"] == [] and get("/dapi/v1/exchangeInfo")[1]["symbols"] == []
+    ms_ticker = get("/api/v3/ticker/24hr", symbol=SYMBOL)[1]
+    us_ticker = ex.http.get(ex.url + "/api/v3/ticker/24hr", params={"symbol": SYMBOL}, timeout=5,
+                            headers={"X-MBX-TIME-UNIT": "MICROSECOND"}).json()
+    assert us_ticker["closeTime"] - us_ticker["openTime"] == 86_400_000_000  # both in µs
+    assert abs(us_ticker["closeTime"] - ms_ticker["closeTime"] * 1000) < 5_000_000
 
 
 def test_history_files_give_the_startup_candles(start: Callable[..., Exchange], market: Market) -> None:

@@ -26,6 +26,7 @@ websocket) read. API:
     add(symbol, price, qty, time_ms, buyer_maker, trade_id=None) -> None
     klines(symbol, interval, start_ms=None, end_ms=None, limit=500, tz_offset_ms=0) -> list[list]
     current(symbol, interval, tz_offset_ms=0) -> list | None   # the kline of the last trade
+    stream_kline(symbol, interval, closed=False) -> dict | None # the same as a kline stream's `k`
     last_trade(symbol) -> LastTrade | None
     window(symbol, end_ms, span_ms) -> Window | None           # rolling statistics (24 h ticker)
     symbols() -> list[str]
@@ -115,13 +116,13 @@ class Candle:
         self.trades = 0
         self.first_id = self.last_id = -1
 
-    def add(self, price: Decimal, qty: Decimal, buyer_maker: bool, trade_id: int) -> None:
+    def add(self, price: Decimal, qty: Decimal, quote: Decimal, buyer_maker: bool, trade_id: int) -> None:
+        """One trade; `quote`: price x qty (computed once for every level)."""
         if price > self.high:
             self.high = price
         if price < self.low:
             self.low = price
         self.close = price
-        quote = price * qty
         self.volume += qty
         self.quote += quote
         self.trades += 1
@@ -168,7 +169,7 @@ class _Level:
         self.candles: dict[int, Candle] = {}
         self.complete_from = 0  # candles from this open time on hold every trade seen in them
 
-    def add(self, price: Decimal, qty: Decimal, time_ms: int, buyer_maker: bool, trade_id: int) -> None:
+    def add(self, price: Decimal, qty: Decimal, quote: Decimal, time_ms: int, buyer_maker: bool, trade_id: int) -> None:
         open_ms = time_ms // self.length * self.length
         if open_ms < self.complete_from:
             return  # older than what is kept
@@ -183,7 +184,7 @@ class _Level:
                 oldest = self.opens.pop(0)
                 del self.candles[oldest]
                 self.complete_from = oldest + self.length
-        candle.add(price, qty, buyer_maker, trade_id)
+        candle.add(price, qty, quote, buyer_maker, trade_id)
 
     def between(self, start_ms: int, end_ms: int) -> list[Candle]:
         lo, hi = bisect.bisect_left(self.opens, start_ms), bisect.bisect_right(self.opens, end_ms)
@@ -246,8 +247,9 @@ class Candles:
             elif s.last is not None and trade_id <= s.last.trade_id:
                 return
             s.next_id = trade_id + 1
+            quote = price * qty
             for level in s.levels.values():
-                level.add(price, qty, time_ms, buyer_maker, trade_id)
+                level.add(price, qty, quote, time_ms, buyer_maker, trade_id)
             if s.last is None or time_ms >= s.last.time_ms:
                 s.last = LastTrade(price, qty, time_ms, trade_id)
 
@@ -306,6 +308,25 @@ class Candles:
             open_ms = open_time(interval, s.last.time_ms, tz_offset_ms)
             candles = self._derived(s, interval, open_ms, open_ms, tz_offset_ms)
             return candles[-1].row(close_time(interval, open_ms, tz_offset_ms)) if candles else None
+
+    def stream_kline(self, symbol: str, interval: str, closed: bool = False) -> dict[str, object] | None:
+        """The kline of the last trade as the `k` object of Binance's `<symbol>@kline_<interval>`
+        stream event (`x`: `closed`, which the stream's sender knows); None before any trade."""
+        if interval not in INTERVALS:
+            raise ValueError(f"unknown interval {interval!r}")
+        with self._lock:
+            s = self._symbols.get(symbol)
+            if s is None or s.last is None:
+                return None
+            open_ms = open_time(interval, s.last.time_ms)
+            candles = self._derived(s, interval, open_ms, open_ms, 0)
+            if not candles:
+                return None
+            c = candles[-1]
+            return {"t": c.open_ms, "T": close_time(interval, c.open_ms), "s": symbol, "i": interval,
+                    "f": c.first_id, "L": c.last_id, "o": fmt(c.open), "c": fmt(c.close), "h": fmt(c.high),
+                    "l": fmt(c.low), "v": fmt(c.volume), "n": c.trades, "x": closed, "q": fmt(c.quote),
+                    "V": fmt(c.taker_base), "Q": fmt(c.taker_quote), "B": "0"}
 
     def window(self, symbol: str, end_ms: int, span_ms: int) -> Window | None:
         """The 1m candles overlapping (end_ms - span_ms, end_ms] folded into one; None if none."""

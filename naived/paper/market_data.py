@@ -23,7 +23,7 @@ What it stays (deliberate, documented differences from Binance):
   the exchange has seen trades of (Binance: every symbol).
 - Klines come only from trades the exchange saw (live, or `[paper] history_files` read at
   start): a period without them has no kline; before the history, the answer is shorter.
-- With `X-MBX-TIME-UNIT: MICROSECOND`, kline arrays keep their times in ms.
+- With `X-MBX-TIME-UNIT: MICROSECOND`, the tickers' times are in µs but kline arrays keep theirs in ms.
 """
 
 from __future__ import annotations
