@@ -296,9 +296,8 @@ class Candles:
             chosen = candles[:limit] if start_ms is not None else candles[-limit:]
             return [c.row(close_time(interval, c.open_ms, tz_offset_ms)) for c in chosen]
 
-    def current(self, symbol: str, interval: str, tz_offset_ms: int = 0) -> list[object] | None:
-        """The kline that holds the symbol's last trade (still open until a trade falls in the next
-        period), in Binance's kline array; None before any trade of the symbol."""
+    def _last_candle(self, symbol: str, interval: str, tz_offset_ms: int) -> Candle | None:
+        """The `interval` candle holding the symbol's last trade (a folded copy when derived)."""
         if interval not in INTERVALS:
             raise ValueError(f"unknown interval {interval!r}")
         with self._lock:
@@ -307,26 +306,24 @@ class Candles:
                 return None
             open_ms = open_time(interval, s.last.time_ms, tz_offset_ms)
             candles = self._derived(s, interval, open_ms, open_ms, tz_offset_ms)
-            return candles[-1].row(close_time(interval, open_ms, tz_offset_ms)) if candles else None
+            return candles[-1].copy(open_ms) if candles else None
+
+    def current(self, symbol: str, interval: str, tz_offset_ms: int = 0) -> list[object] | None:
+        """The kline that holds the symbol's last trade (still open until a trade falls in the next
+        period), in Binance's kline array; None before any trade of the symbol."""
+        c = self._last_candle(symbol, interval, tz_offset_ms)
+        return c.row(close_time(interval, c.open_ms, tz_offset_ms)) if c else None
 
     def stream_kline(self, symbol: str, interval: str, closed: bool = False) -> dict[str, object] | None:
         """The kline of the last trade as the `k` object of Binance's `<symbol>@kline_<interval>`
         stream event (`x`: `closed`, which the stream's sender knows); None before any trade."""
-        if interval not in INTERVALS:
-            raise ValueError(f"unknown interval {interval!r}")
-        with self._lock:
-            s = self._symbols.get(symbol)
-            if s is None or s.last is None:
-                return None
-            open_ms = open_time(interval, s.last.time_ms)
-            candles = self._derived(s, interval, open_ms, open_ms, 0)
-            if not candles:
-                return None
-            c = candles[-1]
-            return {"t": c.open_ms, "T": close_time(interval, c.open_ms), "s": symbol, "i": interval,
-                    "f": c.first_id, "L": c.last_id, "o": fmt(c.open), "c": fmt(c.close), "h": fmt(c.high),
-                    "l": fmt(c.low), "v": fmt(c.volume), "n": c.trades, "x": closed, "q": fmt(c.quote),
-                    "V": fmt(c.taker_base), "Q": fmt(c.taker_quote), "B": "0"}
+        c = self._last_candle(symbol, interval, 0)
+        if c is None:
+            return None
+        return {"t": c.open_ms, "T": close_time(interval, c.open_ms), "s": symbol, "i": interval,
+                "f": c.first_id, "L": c.last_id, "o": fmt(c.open), "c": fmt(c.close), "h": fmt(c.high),
+                "l": fmt(c.low), "v": fmt(c.volume), "n": c.trades, "x": closed, "q": fmt(c.quote),
+                "V": fmt(c.taker_base), "Q": fmt(c.taker_quote), "B": "0"}
 
     def window(self, symbol: str, end_ms: int, span_ms: int) -> Window | None:
         """The 1m candles overlapping (end_ms - span_ms, end_ms] folded into one; None if none."""
