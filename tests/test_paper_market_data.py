@@ -15,6 +15,7 @@ import pytest
 from test_client_library import SYMBOL, XRP, loopback_only
 from test_paper_exchange import KEY, SECRET, Exchange, Market, ex, market, start, wait_for  # noqa: F401 - fixtures
 
+from naived.core.config import Paper
 from naived.core.messages import TradeEvent
 from naived.market import tape
 from naived.paper import candles as candles_module
@@ -215,3 +216,9 @@ def test_memory_is_bounded_and_a_part_evicted_candle_is_left_out(monkeypatch: py
     # the 24 h ticker's window: every 1m candle kept, ending at the last trade
     window = candles.window("XRPUSDT", t0 + 24 * 60_000, 86_400_000)
     assert window is not None and window.candle.trades == 12 and window.prev_close is None
+
+
+def test_history_files_are_checked_at_load(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="history_files: no such file"):
+        Paper(history_files=[str(tmp_path / "nope.gz")])
+    assert Paper(history_files=[str(SAMPLE)]).history_files == [str(SAMPLE)]
