@@ -282,6 +282,9 @@ class Paper(msgspec.Struct, forbid_unknown_fields=True):
     idle_seconds: float = 60.0  # a kept-alive REST connection with no request for this long is closed
     request_seconds: float = 5.0  # a request's head and body must arrive within this, from its first byte
     faults: Faults = msgspec.field(default_factory=Faults)
+    # Recorded trades (streamerd tapes, data.binance.vision trade CSVs) read into the candles at
+    # start: the klines from before the paper exchange started (naived/paper/candles.py)
+    history_files: list[str] = []
 
     def __post_init__(self) -> None:
         # The inspection endpoints are unsigned: only this machine may reach them, unless asked.
@@ -306,6 +309,7 @@ class Paper(msgspec.Struct, forbid_unknown_fields=True):
             _finite(f"balances.{asset}", amount)
             if amount < 0:
                 raise ValueError(f"balances.{asset}: must be >= 0, got {amount}")
+        _existing_files("history_files", self.history_files)
         _finite("default_balance", self.default_balance)
         if self.default_balance < 0:
             raise ValueError(f"default_balance: must be >= 0, got {self.default_balance}")

@@ -20,6 +20,9 @@ error with `data`).
     GET    /api/v3/account, /api/v3/account/commission                              (signed)
     POST | PUT | DELETE /api/v3/userDataStream   listen keys (API key, no signature); the
                                 stream itself: ws://<host>:<ws_port>/ws/<listenKey> (userstream.py)
+    GET    /api/v3/klines, /api/v3/uiKlines, /api/v3/depth, /api/v3/ticker/24hr, /api/v3/ticker/price,
+           /api/v3/ticker/bookTicker, and the futures/margin/capital discovery calls, answered empty:
+                                market_data.py (its docstring: the book stays the last trade)
 
 Signed requests are checked as Binance checks them (`auth.py`). `startTime`/`endTime` are taken
 in ms or µs, and `X-MBX-TIME-UNIT: MICROSECOND` puts the time fields of the answers in µs (the
@@ -30,7 +33,7 @@ Matching and commission are `naived.paper.book`'s (see its docstring): marketabl
 fill at once at the last trade price as takers, resting ones as makers when a later
 trade crosses them, and every fill pays the maker or taker rate from the asset it gives
 (or BNB at the discount). A symbol is subscribed when it is asked for in exchangeInfo
-(`symbol`/`symbols`) or avgPrice, when its first order is placed, and at start for every
+(`symbol`/`symbols`), avgPrice or the market data, when its first order is placed, and at start for every
 symbol with open orders.
 
 Filters, as Binance applies them, with its error (-1013 "Filter failure: <name>"): PRICE_FILTER,
@@ -96,6 +99,7 @@ from naived.core.symbols import SymbolFilters, table
 from naived.paper import shapes
 from naived.paper.auth import Auth
 from naived.paper.book import NewOrder, PaperBook, Rejected
+from naived.paper.candles import Candles
 from naived.paper.faults import (
     ANSWER_503,
     ANSWER_NOTHING,
@@ -105,6 +109,7 @@ from naived.paper.faults import (
     FaultInjector,
 )
 from naived.paper.http import Gate, Handler
+from naived.paper.market_data import MarketData, Reply, Route
 from naived.paper.params import (
     Params,
     cancel_restriction,
@@ -125,7 +130,6 @@ from naived.paper.userstream import UNKNOWN_KEY, UserStreamServer
 
 log = logging.getLogger(__name__)
 
-Reply = tuple[int, Any]
 NEW_ORDER = ("POST", "/api/v3/order")  # the only request faults are drawn for
 CANCEL_REPLACE = ("POST", "/api/v3/order/cancelReplace")
 
@@ -146,7 +150,9 @@ class Feed(Protocol):
 class PaperExchange:
     """Request routing, Binance's checks, fault injection. Called from the HTTP threads."""
 
-    def __init__(self, config: Config, book: PaperBook, feed: Feed, stream: UserStreamServer | None = None) -> None:
+    def __init__(self, config: Config, book: PaperBook, feed: Feed, stream: UserStreamServer | None = None,
+                 candles: Candles | None = None) -> None:
+        """`candles`: the klines the feed builds (`main.run` shares them); an empty set without."""
         self.book = book
         self.feed = feed
         self.stream = stream
@@ -159,7 +165,7 @@ class PaperExchange:
         book.listeners.append(self.order_count.on_changes)
         self._symbols = {s: shapes.exchange_info_entry(f) for s, f in sorted(table().items())}
         # (method, path) -> (handler, request weight, signed)
-        self.routes: dict[tuple[str, str], tuple[Callable[[Params, int], Reply], int, bool]] = {
+        self.routes: dict[tuple[str, str], Route] = {
             ("GET", "/api/v3/ping"): (lambda p, t: (200, {}), 1, False),
             ("GET", "/api/v3/time"): (lambda p, t: (200, {"serverTime": shapes.now_ms()}), 1, False),
             ("GET", "/api/v3/exchangeInfo"): (self.exchange_info, 20, False),
@@ -185,6 +191,8 @@ class PaperExchange:
             ("GET", "/paper/feed"): (lambda p, t: (200, {"dropped": self.feed.dropped()}), 0, False),
             ("GET", "/paper/usage"): (self.paper_usage, 0, False),
         }
+        self.candles = candles if candles is not None else Candles()
+        self.routes.update(MarketData(self, self.candles).routes())  # klines, depth, tickers: market_data.py
 
     def _want(self, f: SymbolFilters) -> None:
         """Follow the symbol's trades (and BNB's price, when commission is paid in BNB)."""

@@ -5,6 +5,7 @@ symbols asked for (`want`): in exchangeInfo (`symbol`/`symbols`) or avgPrice, at
 order, and at start for every symbol with open orders. Every frame passes the symbol's market
 gate (`naived.market.gate`, the traders' own check) before the book sees it; what the gates drop
 is counted by symbol and reason (GET /paper/feed), what was taken per symbol (GET /paper/market).
+Every trade taken is also added to the candles (`candles.py`) the market data is answered from.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from naived.core.symbols import SymbolFilters, table
 from naived.market.gate import MAX_MARKET_FRAME, TOPIC, MarketGate
 from naived.ops.ratelog import RateLimitedLog
 from naived.paper.book import PaperBook
+from naived.paper.candles import Candles
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,15 @@ class TradeFeed(threading.Thread):
     symbol with `want()`; a pipe wakes the poll so the subscription is made at once."""
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, book: PaperBook,
-                 band_of: Callable[[str], Decimal] = lambda symbol: Decimal("0.1")) -> None:
-        """`band_of`: a symbol's `[trading] price_band`, for its market gate."""
+                 band_of: Callable[[str], Decimal] = lambda symbol: Decimal("0.1"), candles: Candles | None = None) -> None:
+        """`band_of`: a symbol's `[trading] price_band`, for its market gate; `candles`: the klines
+        every trade taken is added to (the market data's, `market_data.py`)."""
         super().__init__(name="trade-feed", daemon=True)
         self._ctx = ctx
         self._endpoint = endpoint
         self._book = book
         self._band_of = band_of
+        self._candles = candles
         # The same check as the traders' (naived/market/gate.py), one gate per subscribed symbol; it
         # acts from the first trade (confirm=1): it fills what traders placed, it places nothing.
         self._gates: dict[bytes, MarketGate] = {}
@@ -121,7 +125,10 @@ class TradeFeed(threading.Thread):
         f = table().get(event.s)
         if f is None:
             return
-        self._book.on_trade(f, Decimal(event.p), Decimal(event.q), event.t)
+        price, qty = Decimal(event.p), Decimal(event.q)
+        self._book.on_trade(f, price, qty, event.t)
+        if self._candles is not None:
+            self._candles.add(event.s, price, qty, event.T, event.m, event.t)
         if self.after_trade is not None:
             self.after_trade(f)
         with self._lock:

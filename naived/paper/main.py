@@ -19,8 +19,10 @@ import zmq
 
 from naived.core.config import Config
 from naived.core.symbols import quote_assets
+from naived.market.tape import TapeError
 from naived.ops.listen import CannotListen, listen
 from naived.paper.book import Fees, PaperBook
+from naived.paper.candles import Candles, load_history
 from naived.paper.exchange import PaperExchange
 from naived.paper.feed import TradeFeed
 from naived.paper.http import Gate, Server
@@ -63,8 +65,15 @@ def run(config: Config, listener: socket.socket | None = None, ws_listener: sock
         cleanup.callback(book.close)
         ctx = zmq.Context()
         cleanup.callback(ctx.term)
-        feed = TradeFeed(ctx, config.streamer.endpoint, book, lambda symbol: config.trading.for_symbol(symbol).price_band)
-        app = PaperExchange(config, book, feed)
+        candles = Candles()
+        if paper.history_files:  # before any live trade: a bot's startup candles
+            try:
+                load_history(candles, paper.history_files)
+            except TapeError as exc:
+                raise SystemExit(f"paper exchange: [paper] history_files: {exc}") from None
+        feed = TradeFeed(ctx, config.streamer.endpoint, book, lambda symbol: config.trading.for_symbol(symbol).price_band,
+                         candles)
+        app = PaperExchange(config, book, feed, candles=candles)
         if ws_listener is None:
             try:
                 ws_listener = listen(paper.host, paper.ws_port, "the user data stream", "[paper] ws_port")

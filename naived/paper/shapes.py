@@ -26,7 +26,7 @@ from naived.paper.params import ORDER_TYPES
 
 ZERO = Decimal(0)
 # The answers' time fields that X-MBX-TIME-UNIT: MICROSECOND rescales
-TIME_FIELDS = frozenset({"serverTime", "transactTime", "time", "updateTime", "workingTime", "closeTime"})
+TIME_FIELDS = frozenset({"serverTime", "transactTime", "time", "updateTime", "workingTime", "openTime", "closeTime"})
 RATE_LIMITS = [
     {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
     {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 50},

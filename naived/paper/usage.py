@@ -18,8 +18,11 @@ from naived.paper.params import Params
 USAGE_MINUTES = 60  # minutes of weight history /paper/usage keeps
 
 
-def weight_of(method: str, path: str, params: Params, weight: int) -> int:
-    """A request's weight: the route's, or Binance's that depends on the parameters (rest-api.md)."""
+def weight_of(method: str, path: str, params: Params, weight: int | Callable[[Params], int]) -> int:
+    """A request's weight: the route's, or Binance's that depends on the parameters (rest-api.md):
+    a route's own function of them (the market data's), or one of these."""
+    if callable(weight):
+        return weight(params)
     if (method, path) == ("GET", "/api/v3/openOrders") and not params.get("symbol"):
         return 80  # every symbol
     if (method, path) == ("GET", "/api/v3/myTrades") and params.get("orderId"):
