@@ -19,7 +19,7 @@ from test_client_library import XRP, ccxt_binance
 from test_paper_exchange import Exchange, Market, ex, follow, market, post, start  # noqa: F401 - fixtures
 
 from naived.core.symbols import SymbolFilters, lookup
-from naived.paper.book import Change, NewOrder, PaperBook, Rejected
+from naived.paper.book import Balance, Change, NewOrder, PaperBook, Rejected
 from naived.paper.stops import WOULD_TRIGGER
 from naived.paper.userstream import execution_report
 
@@ -240,6 +240,9 @@ def test_cancelling_a_stop_in_the_book_releases_what_it_locked() -> None:
     placed, _ = book.place(f, stop("STOP_LOSS_LIMIT", "BUY", "0.55", "0.56"))
     assert book.balance_sheet()["USDT"].locked == Decimal("11.2")
     book.cancel(f, placed.order_id, None)
-    assert book.balance_sheet()["USDT"].locked == 0 and book.balance_sheet()["USDT"].free == Decimal("1000")
-    # cancelled: a trade through its stop does nothing
-    assert book.on_trade(f, Decimal("0.6"), Decimal(1000), 2) == []
+    assert book.balance_sheet()["USDT"] == Balance(Decimal("1000"), Decimal(0))
+    # cancelled: a trade through its stop (and at its limit) does nothing, whatever else rests
+    book.place(f, NewOrder("BUY", "LIMIT", "GTC", "other", 0, Decimal("0.4"), Decimal("20")))
+    assert book.on_trade(f, Decimal("0.56"), Decimal(1000), 2) == []
+    assert book.find(SYMBOL, placed.order_id, None).status == "CANCELED"  # type: ignore[union-attr]
+    assert book.balance_sheet()["USDT"] == Balance(Decimal("992"), Decimal("8"))

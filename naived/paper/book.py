@@ -337,6 +337,8 @@ class PaperBook:
         self.orders: dict[int, PaperOrder] = {}
         self.balances: dict[str, Balance] = {}
         self._open: dict[str, dict[int, PaperOrder]] = {}  # symbol -> open orders, in time priority
+        # symbol -> the open stops not triggered yet (also in `_open`): what each trade checks for a trigger
+        self._waiting: dict[str, dict[int, PaperOrder]] = {}
         self._by_client_id: dict[tuple[str, str], PaperOrder] = {}  # latest order with that id
         for row in self._db.execute(f"SELECT {_ORDER_COLUMNS} FROM orders ORDER BY order_id"):
             (oid, symbol, cid, side, price, qty, executed, quote, status, t, updated, received, kind, tif, quote_qty,
@@ -361,6 +363,8 @@ class PaperBook:
         self._by_client_id[(order.symbol, order.client_order_id)] = order
         if order.is_open:
             self._open.setdefault(order.symbol, {})[order.order_id] = order
+            if not order.is_working:
+                self._waiting.setdefault(order.symbol, {})[order.order_id] = order
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -639,6 +643,7 @@ class PaperBook:
             order.status = status
             order.update_ms = now
             del self._open[f.symbol][order.order_id]
+            self._waiting.get(f.symbol, {}).pop(order.order_id, None)
         self._save(orders, assets)
         sheet = {a: replace(self.balances[a]) for a in sorted(assets)}
         for order in orders:
@@ -700,8 +705,9 @@ class PaperBook:
             book = self._open.get(f.symbol)
             if not book:
                 return filled
-            crossing = [o for o in book.values() if o.is_working and self._crosses(o, price)]
-            triggered = [o for o in book.values() if not o.is_working and stops.triggers(o.type, o.side, o.stop_price, price)]
+            waiting = self._waiting.get(f.symbol)
+            crossing = [o for o in book.values() if self._crosses(o, price) and not (waiting and o.order_id in waiting)]
+            triggered = [o for o in waiting.values() if stops.triggers(o.type, o.side, o.stop_price, price)] if waiting else []
             if not crossing and not triggered:
                 return filled  # most trades: nothing to sort, save or tell the listeners
             assets: set[str] = set()
@@ -723,6 +729,7 @@ class PaperBook:
                 filled.append((order, fill))
                 changes.append(Change(_snapshot(order), "TRADE", fill, {}, now))
             for order in triggered:  # in the order they were placed
+                del self._waiting[f.symbol][order.order_id]
                 assets |= self._trigger(f, order, market, now, changes, rows)
                 if not order.is_open:
                     del book[order.order_id]
