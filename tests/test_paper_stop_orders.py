@@ -21,6 +21,7 @@ from test_paper_exchange import Exchange, Market, ex, follow, market, post, star
 from naived.core.symbols import SymbolFilters, lookup
 from naived.paper.book import Balance, Change, NewOrder, PaperBook, Rejected
 from naived.paper.stops import WOULD_TRIGGER
+from naived.paper.usage import OrderCount
 from naived.paper.userstream import execution_report
 
 SYMBOL = "XRPUSDT"
@@ -182,7 +183,8 @@ def test_each_type_and_side_triggers_on_the_first_trade_through_its_stop(
 ) -> None:
     f, book = xrp(), new_book()
     changes: list[Change] = []
-    book.listeners.append(changes.extend)
+    count = OrderCount()
+    book.listeners += [changes.extend, count.on_changes]
     book.on_trade(f, Decimal("0.5"), Decimal(1000), 1)
     # the same stop on the other side of the last price would trigger at once: refused
     wrong = str(Decimal("1") - Decimal(stop_price))
@@ -205,6 +207,8 @@ def test_each_type_and_side_triggers_on_the_first_trade_through_its_stop(
         ("NEW", "NEW", kind.endswith("_LIMIT"), True, f"{Decimal(stop_price):.8f}"),  # triggered
         ("TRADE", "FILLED", False, True, f"{Decimal(stop_price):.8f}"),
     ]
+    # Binance's unfilled order count: +1 when placed (not again when triggered), -1 at its first fill
+    assert count.headers()["X-MBX-ORDER-COUNT-1D"] == "0"
 
 
 def test_a_triggered_stop_loss_buy_the_quote_no_longer_covers_expires() -> None:

@@ -185,6 +185,7 @@ class Change:
     balances: dict[str, Balance]
     time_ms: int
     cancel_id: str = ""  # CANCELED by a request: that request's client order id (Binance's `c`)
+    triggered: bool = False  # NEW: a stop that starts working, not an order placed
 
 
 @dataclass
@@ -753,7 +754,7 @@ class PaperBook:
         self._balance(asset).locked -= amount
         self._balance(asset).free += amount
         order.working_ms = order.update_ms = now
-        changes.append(Change(_snapshot(order), "NEW", None, {}, now))
+        changes.append(Change(_snapshot(order), "NEW", None, {}, now, triggered=True))
         if order.type in stops.TAKERS and order.side == "BUY" and self._balance(f.quote).free < market.price * order.remaining:
             order.status = "EXPIRED"
             changes.append(Change(_snapshot(order), "EXPIRED", None, {}, now))
