@@ -564,7 +564,7 @@ def test_exchange_info_has_every_field_of_binances_symbol_entry(ex: Exchange) ->
     for kind, key in [("PRICE_FILTER", "tickSize"), ("LOT_SIZE", "stepSize"), ("LOT_SIZE", "minQty"),
                       ("NOTIONAL", "minNotional")]:
         assert {f["filterType"]: f for f in ours["filters"]}[kind][key] == real_filters[kind][key]
-    assert ours["orderTypes"] == ["LIMIT", "LIMIT_MAKER", "MARKET"]  # only what it implements
+    assert ours["orderTypes"] == real["orderTypes"]  # what it implements, as Binance enables them
     # Fields Binance added after that 2023 recording (rest-api.md's exchangeInfo sample), each on
     # only where the paper exchange implements it
     assert {k: ours[k] for k in ("otoAllowed", "opoAllowed", "cancelReplaceAllowed", "amendAllowed",
@@ -577,7 +577,10 @@ def test_every_listed_order_type_is_accepted_and_binances_errors(ex: Exchange, m
     follow(ex, market)
     ex.processed("XRPUSDT", market.trade("XRPUSDT", "0.5"))
     valid = {"LIMIT": {"timeInForce": "GTC", "price": "0.4", "quantity": "20"},
-             "LIMIT_MAKER": {"price": "0.4", "quantity": "20"}, "MARKET": {"quantity": "20"}}
+             "LIMIT_MAKER": {"price": "0.4", "quantity": "20"}, "MARKET": {"quantity": "20"},
+             # BUY stops: a stop loss above the last price (0.5), a take profit below it
+             "STOP_LOSS_LIMIT": {"stopPrice": "0.6", "price": "0.61", "timeInForce": "GTC", "quantity": "20"},
+             "TAKE_PROFIT_LIMIT": {"stopPrice": "0.4", "price": "0.4", "timeInForce": "GTC", "quantity": "20"}}
     for kind in ex.get("/api/v3/exchangeInfo?symbol=XRPUSDT")["symbols"][0]["orderTypes"]:
         status, body = post(ex, side="BUY", type=kind, newClientOrderId=f"ok-{kind}", **valid[kind])
         assert status == 200, (kind, body)
@@ -589,7 +592,7 @@ def test_every_listed_order_type_is_accepted_and_binances_errors(ex: Exchange, m
         "symbol", "orderId", "orderListId", "clientOrderId", "transactTime"}
     cases = [
         ({"type": "LIMIT_MAKER", "price": "0.5", "quantity": "20"}, -2010, "Order would immediately match and take."),
-        ({"type": "STOP_LOSS_LIMIT", "price": "0.5", "quantity": "20"}, -1116, "Invalid orderType."),
+        ({"type": "STOP_MARKET", "stopPrice": "0.5", "quantity": "20"}, -1116, "Invalid orderType."),
         ({"type": "LIMIT", "timeInForce": "GTD", "price": "0.4", "quantity": "20"}, -1115, "Invalid timeInForce."),
         ({"type": "LIMIT", "price": "0.4", "quantity": "20"}, -1102,
          "Mandatory parameter 'timeInForce' was not sent, was empty/null, or malformed."),

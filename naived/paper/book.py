@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from naived.core.symbols import SymbolFilters
+from naived.paper import stops
 from naived.store import sqlfile
 
 log = logging.getLogger(__name__)
@@ -116,13 +117,14 @@ class NewOrder:
     """A checked new-order request (the server parses and validates the parameters)."""
 
     side: str
-    type: str  # LIMIT | LIMIT_MAKER | MARKET
-    time_in_force: str  # GTC | IOC | FOK; GTC for LIMIT_MAKER and MARKET, as Binance reports them
+    type: str  # LIMIT | LIMIT_MAKER | MARKET | STOP_LOSS[_LIMIT] | TAKE_PROFIT[_LIMIT]
+    time_in_force: str  # GTC | IOC | FOK; GTC for LIMIT_MAKER, MARKET, STOP_LOSS, TAKE_PROFIT, as Binance reports them
     client_order_id: str
     received_ns: int
-    price: Decimal = ZERO  # 0 for MARKET
+    price: Decimal = ZERO  # 0 for MARKET, STOP_LOSS, TAKE_PROFIT
     qty: Decimal = ZERO  # 0 for a MARKET order by quoteOrderQty until it is known
     quote_qty: Decimal = ZERO  # MARKET by quoteOrderQty
+    stop_price: Decimal = ZERO  # stop and take-profit orders (`stops.py`)
 
 
 @dataclass
@@ -143,6 +145,19 @@ class PaperOrder:
     type: str = "LIMIT"
     time_in_force: str = "GTC"
     orig_quote_qty: Decimal = ZERO
+    stop_price: Decimal = ZERO
+    # None: working since its placement (time_ms); stops.NOT_WORKING: a stop not triggered yet;
+    # else when its stop triggered (Binance's `workingTime`)
+    working_ms: int | None = None
+
+    @property
+    def working_time(self) -> int:
+        return self.time_ms if self.working_ms is None else self.working_ms
+
+    @property
+    def is_working(self) -> bool:
+        """On the book (Binance's `isWorking`): every order but a stop not triggered yet."""
+        return self.working_time != stops.NOT_WORKING
 
     @property
     def remaining(self) -> Decimal:
@@ -170,6 +185,7 @@ class Change:
     balances: dict[str, Balance]
     time_ms: int
     cancel_id: str = ""  # CANCELED by a request: that request's client order id (Binance's `c`)
+    triggered: bool = False  # NEW: a stop that starts working, not an order placed
 
 
 @dataclass
@@ -232,12 +248,13 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 # Columns added since the first schema: older state files gain them with these defaults.
 _ADDED_COLUMNS = {
     "orders": [("type", "TEXT NOT NULL DEFAULT 'LIMIT'"), ("time_in_force", "TEXT NOT NULL DEFAULT 'GTC'"),
-               ("orig_quote_qty", "TEXT NOT NULL DEFAULT '0'")],
+               ("orig_quote_qty", "TEXT NOT NULL DEFAULT '0'"), ("stop_price", "TEXT NOT NULL DEFAULT '0'"),
+               ("working_ms", "INTEGER")],
     "fills": [("commission", "TEXT NOT NULL DEFAULT '0'"), ("commission_asset", "TEXT NOT NULL DEFAULT ''"),
               ("is_maker", "INTEGER NOT NULL DEFAULT 1"), ("market_trade_id", "INTEGER NOT NULL DEFAULT 0")],
 }
 _ORDER_COLUMNS = ("order_id, symbol, client_order_id, side, price, orig_qty, executed_qty, cum_quote, status, time_ms, "
-                  "update_ms, received_ns, type, time_in_force, orig_quote_qty")
+                  "update_ms, received_ns, type, time_in_force, orig_quote_qty, stop_price, working_ms")
 _FILL_COLUMNS = "order_id, seq, price, qty, trade_id, time_ms, commission, commission_asset, is_maker, market_trade_id"
 
 
@@ -321,11 +338,15 @@ class PaperBook:
         self.orders: dict[int, PaperOrder] = {}
         self.balances: dict[str, Balance] = {}
         self._open: dict[str, dict[int, PaperOrder]] = {}  # symbol -> open orders, in time priority
+        # symbol -> the open stops not triggered yet (also in `_open`): what each trade checks for a trigger
+        self._waiting: dict[str, dict[int, PaperOrder]] = {}
         self._by_client_id: dict[tuple[str, str], PaperOrder] = {}  # latest order with that id
         for row in self._db.execute(f"SELECT {_ORDER_COLUMNS} FROM orders ORDER BY order_id"):
-            oid, symbol, cid, side, price, qty, executed, quote, status, t, updated, received, kind, tif, quote_qty = row
+            (oid, symbol, cid, side, price, qty, executed, quote, status, t, updated, received, kind, tif, quote_qty,
+             stop, working) = row
             order = PaperOrder(oid, symbol, cid, side, Decimal(price), Decimal(qty), t, received, Decimal(executed),
-                               Decimal(quote), status, updated, type=kind, time_in_force=tif, orig_quote_qty=Decimal(quote_qty))
+                               Decimal(quote), status, updated, type=kind, time_in_force=tif, orig_quote_qty=Decimal(quote_qty),
+                               stop_price=Decimal(stop), working_ms=working)
             self._index(order)
         self._next_trade_id = 1
         for oid, _, price, qty, trade_id, t, fee, fee_asset, maker, market_id in self._db.execute(
@@ -343,6 +364,8 @@ class PaperBook:
         self._by_client_id[(order.symbol, order.client_order_id)] = order
         if order.is_open:
             self._open.setdefault(order.symbol, {})[order.order_id] = order
+            if not order.is_working:
+                self._waiting.setdefault(order.symbol, {})[order.order_id] = order
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -360,10 +383,10 @@ class PaperBook:
         try:
             with self._transaction():
                 self._db.executemany(
-                    f"INSERT OR REPLACE INTO orders ({_ORDER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT OR REPLACE INTO orders ({_ORDER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [(o.order_id, o.symbol, o.client_order_id, o.side, str(o.price), str(o.orig_qty),
                       str(o.executed_qty), str(o.cum_quote), o.status, o.time_ms, o.update_ms, o.received_ns,
-                      o.type, o.time_in_force, str(o.orig_quote_qty))
+                      o.type, o.time_in_force, str(o.orig_quote_qty), str(o.stop_price), o.working_ms)
                      for o in orders],
                 )
                 self._db.executemany(
@@ -396,27 +419,33 @@ class PaperBook:
     def check(self, f: SymbolFilters, new: NewOrder) -> None:
         """Binance's filters for a new order (also what POST /api/v3/order/test checks)."""
         market = self._market.get(f.symbol)
-        if new.type != "MARKET" and (not (f.tick_size <= new.price <= MAX_PRICE) or new.price % f.tick_size):
-            raise Rejected(-1013, "Filter failure: PRICE_FILTER")
+        limited = new.type not in stops.TAKERS  # the order has a `price`
+        for price in ([new.price] if limited else []) + ([new.stop_price] if stops.is_stop(new.type) else []):
+            # PRICE_FILTER holds for `price` and `stopPrice` alike (filters.md)
+            if not (f.tick_size <= price <= MAX_PRICE) or price % f.tick_size:
+                raise Rejected(-1013, "Filter failure: PRICE_FILTER")
         if new.type == "MARKET" and new.quote_qty:
             if new.quote_qty < f.min_notional:
                 raise Rejected(-1013, "Filter failure: NOTIONAL")
             return  # the quantity is computed at execution, on the step size (never breaks LOT_SIZE)
         if not (f.min_qty <= new.qty <= f.max_qty) or (new.qty - f.min_qty) % f.step_size:
             raise Rejected(-1013, "Filter failure: LOT_SIZE")
-        if new.type != "MARKET":  # a filter on the order's `price`: a MARKET order has none
+        if limited:  # a filter on the order's `price`: MARKET, STOP_LOSS and TAKE_PROFIT have none
             average = self.average_price(f)
             band = f.price_band(new.side, average[0]) if average is not None else None
             if band is not None and not band[0] <= new.price <= band[1]:
                 raise Rejected(-1013, "Filter failure: PERCENT_PRICE_BY_SIDE")
-        notional_price = new.price if new.type != "MARKET" else (market.price if market else None)
+        # A STOP_LOSS / TAKE_PROFIT is valued at its stop price: the price it is meant to sell or buy at.
+        notional_price = new.price if limited else new.stop_price if stops.is_stop(new.type) else (
+            market.price if market else None)
         if notional_price is not None and notional_price * new.qty < f.min_notional:
             raise Rejected(-1013, "Filter failure: NOTIONAL")
 
     def place(self, f: SymbolFilters, new: NewOrder) -> tuple[PaperOrder, list[Change]]:
         """Check filters, duplicates and balance; fill what is marketable at once (taker), rest
-        or expire the rest; commit. Returns the order and its changes (NEW, then TRADEs, then
-        EXPIRED if it expired)."""
+        or expire the rest; commit. A stop or take-profit order only rests, its funds locked,
+        until a trade triggers it (`on_trade`). Returns the order and its changes (NEW, then
+        TRADEs, then EXPIRED if it expired)."""
         self.check(f, new)
         with self._lock:
             existing = self._by_client_id.get((f.symbol, new.client_order_id))
@@ -429,13 +458,15 @@ class PaperBook:
                 qty = (new.quote_qty / market.price / f.step_size).to_integral_value(ROUND_DOWN) * f.step_size
                 if qty < f.min_qty:
                     raise Rejected(-1013, "Filter failure: LOT_SIZE")
-            marketable = market is not None and (
-                new.type == "MARKET" or (market.price <= new.price if new.side == "BUY" else market.price >= new.price)
-            )
-            if new.type == "LIMIT_MAKER" and marketable:
+            stop = stops.is_stop(new.type)
+            if stop and market is not None and stops.triggers(new.type, new.side, new.stop_price, market.price):
+                raise Rejected(-2010, stops.WOULD_TRIGGER)
+            if new.type == "LIMIT_MAKER" and self._marketable(new.type, new.side, new.price, market):
                 raise Rejected(-2010, "Order would immediately match and take.")
-            # Funds: a BUY commits its limit price (a MARKET BUY the last price) times its quantity.
-            spend_price = new.price if new.type != "MARKET" else (market.price if market else ZERO)
+            # Funds: a BUY commits its limit price (a MARKET BUY the last price, a STOP_LOSS or
+            # TAKE_PROFIT BUY its stop price) times its quantity.
+            spend_price = (market.price if market else ZERO) if new.type == "MARKET" else (
+                new.stop_price if new.type in stops.TAKERS else new.price)
             asset, amount = (f.quote, spend_price * qty) if new.side == "BUY" else (f.base, qty)
             balance = self._balance(asset)
             if balance.free < amount:
@@ -443,37 +474,16 @@ class PaperBook:
             now = self.clock()
             order = PaperOrder(self._next_id, f.symbol, new.client_order_id, new.side, new.price, qty, now,
                                new.received_ns, update_ms=now, type=new.type, time_in_force=new.time_in_force,
-                               orig_quote_qty=new.quote_qty)
+                               orig_quote_qty=new.quote_qty, stop_price=new.stop_price,
+                               working_ms=stops.NOT_WORKING if stop else None)
             self._next_id += 1
             changes = [Change(_snapshot(order), "NEW", None, {}, now)]
             rows: list[tuple[PaperOrder, int, Fill]] = []
-            assets = {f.base, f.quote}
-            changed: set[str] = set()  # what the account position lists: only balances this order moved
-            take = ZERO
-            if marketable and market is not None:
-                take = min(qty, market.left) if self.partial_fills else qty
-                if new.time_in_force == "FOK" and take < qty:
-                    take = ZERO  # all or nothing
-            if take > 0 and market is not None:
-                if self.partial_fills:
-                    market.left -= take
-                fill, moved = self._fill(f, order, market.price, take, maker=False, locked=False,
-                                         market_trade_id=market.trade_id, now=now)
-                assets |= moved
-                changed |= moved
-                rows.append((order, 0, fill))
-                changes.append(Change(_snapshot(order), "TRADE", fill, {}, now))
-            if order.remaining > 0:
-                if new.type == "MARKET" or new.time_in_force in ("IOC", "FOK"):
-                    order.status = "EXPIRED"
-                    changes.append(Change(_snapshot(order), "EXPIRED", None, {}, now))
-                else:
-                    lock_asset, lock_amount = self._commitment(f, order)
-                    self._balance(lock_asset).free -= lock_amount
-                    self._balance(lock_asset).locked += lock_amount
-                    changed.add(lock_asset)
+            # What the account position lists: only the balances this order moved. A stop is off
+            # the book until a trade triggers it: only its funds are held.
+            changed = {self._lock_commitment(f, order)} if stop else self._work(f, order, market, now, changes, rows)
             self._index(order)
-            self._save([order], assets, rows)
+            self._save([order], {f.base, f.quote} | changed, rows)
             changes[-1].balances = {a: replace(self.balances[a]) for a in sorted(changed)}
             order = _snapshot(order)
             self._publish(changes)
@@ -481,9 +491,53 @@ class PaperBook:
                  new.side, qty, new.price, order.order_id, order.status)
         return order, changes
 
+    @staticmethod
+    def _marketable(kind: str, side: str, price: Decimal, market: _Market | None) -> bool:
+        """At or through the best opposite price (the last trade's): fills at once as a taker."""
+        if market is None:
+            return False
+        return kind in stops.TAKERS or (market.price <= price if side == "BUY" else market.price >= price)
+
+    def _work(self, f: SymbolFilters, order: PaperOrder, market: _Market | None, now: int, changes: list[Change],
+              rows: list[tuple[PaperOrder, int, Fill]]) -> set[str]:
+        """An order starting to work (placed, or a stop just triggered): what is marketable fills at
+        once as a taker at the last trade price; the rest of a MARKET (or triggered STOP_LOSS /
+        TAKE_PROFIT), IOC or FOK order expires, of a GTC order rests with its commitment locked.
+        Appends its changes and fill rows; returns the assets it moved."""
+        changed: set[str] = set()
+        take = ZERO
+        if market is not None and self._marketable(order.type, order.side, order.price, market):
+            take = min(order.remaining, market.left) if self.partial_fills else order.remaining
+            if order.time_in_force == "FOK" and take < order.remaining:
+                take = ZERO  # all or nothing
+        if take > 0 and market is not None:
+            if self.partial_fills:
+                market.left -= take
+            fill, moved = self._fill(f, order, market.price, take, maker=False, locked=False,
+                                     market_trade_id=market.trade_id, now=now)
+            changed |= moved
+            rows.append((order, len(order.fills) - 1, fill))
+            changes.append(Change(_snapshot(order), "TRADE", fill, {}, now))
+        if order.remaining > 0:
+            if order.type in stops.TAKERS or order.time_in_force in ("IOC", "FOK"):
+                order.status = "EXPIRED"
+                order.update_ms = now
+                changes.append(Change(_snapshot(order), "EXPIRED", None, {}, now))
+            else:
+                changed.add(self._lock_commitment(f, order))
+        return changed
+
+    def _lock_commitment(self, f: SymbolFilters, order: PaperOrder) -> str:
+        asset, amount = self._commitment(f, order)
+        self._balance(asset).free -= amount
+        self._balance(asset).locked += amount
+        return asset
+
     def _commitment(self, f: SymbolFilters, order: PaperOrder) -> tuple[str, Decimal]:
-        """What a resting order holds locked: the quote at its limit price for a BUY, the base for a SELL."""
-        return (f.quote, order.price * order.remaining) if order.side == "BUY" else (f.base, order.remaining)
+        """What a resting order holds locked: the quote at its limit price (a STOP_LOSS or
+        TAKE_PROFIT: its stop price) for a BUY, the base for a SELL."""
+        price = order.stop_price if order.type in stops.TAKERS else order.price
+        return (f.quote, price * order.remaining) if order.side == "BUY" else (f.base, order.remaining)
 
     def _fill(self, f: SymbolFilters, order: PaperOrder, price: Decimal, qty: Decimal, *, maker: bool, locked: bool,
               market_trade_id: int, now: int) -> tuple[Fill, set[str]]:
@@ -590,6 +644,7 @@ class PaperBook:
             order.status = status
             order.update_ms = now
             del self._open[f.symbol][order.order_id]
+            self._waiting.get(f.symbol, {}).pop(order.order_id, None)
         self._save(orders, assets)
         sheet = {a: replace(self.balances[a]) for a in sorted(assets)}
         for order in orders:
@@ -636,8 +691,8 @@ class PaperBook:
 
     def on_trade(self, f: SymbolFilters, price: Decimal, qty: Decimal, trade_id: int) -> list[tuple[PaperOrder, Fill]]:
         """Fill the resting orders this public trade crosses (makers, at their own price, by
-        price then time priority); what is left of its quantity is the liquidity for
-        marketable orders until the next trade."""
+        price then time priority), then trigger the stop orders it reaches (`_trigger`); what is
+        left of its quantity is the liquidity for them and for marketable orders until the next trade."""
         filled: list[tuple[PaperOrder, Fill]] = []
         changes: list[Change] = []
         with self._lock:
@@ -651,8 +706,10 @@ class PaperBook:
             book = self._open.get(f.symbol)
             if not book:
                 return filled
-            crossing = [o for o in book.values() if self._crosses(o, price)]
-            if not crossing:
+            waiting = self._waiting.get(f.symbol)
+            crossing = [o for o in book.values() if self._crosses(o, price) and not (waiting and o.order_id in waiting)]
+            triggered = [o for o in waiting.values() if stops.triggers(o.type, o.side, o.stop_price, price)] if waiting else []
+            if not crossing and not triggered:
                 return filled  # most trades: nothing to sort, save or tell the listeners
             assets: set[str] = set()
             rows: list[tuple[PaperOrder, int, Fill]] = []
@@ -672,14 +729,39 @@ class PaperBook:
                     del book[order.order_id]
                 filled.append((order, fill))
                 changes.append(Change(_snapshot(order), "TRADE", fill, {}, now))
-            if filled:
-                self._save([o for o, _ in filled], assets, rows)
+            for order in triggered:  # in the order they were placed
+                del self._waiting[f.symbol][order.order_id]
+                assets |= self._trigger(f, order, market, now, changes, rows)
+                if not order.is_open:
+                    del book[order.order_id]
+                filled.extend((order, fill) for o, _, fill in rows if o is order)
+            if changes:
+                self._save(list({o.order_id: o for o in [*crossing, *triggered]}.values()), assets, rows)
                 changes[-1].balances = {a: replace(self.balances[a]) for a in sorted(assets)}
                 self._publish(changes)
         for order, fill in filled:
             log.info("%s %s %s %s %s @ %s (orderId %d, trade %d)", order.status.lower().replace("_", " "), order.symbol,
                      order.client_order_id, order.side, fill.qty, fill.price, order.order_id, trade_id)
         return filled
+
+    def _trigger(self, f: SymbolFilters, order: PaperOrder, market: _Market, now: int, changes: list[Change],
+                 rows: list[tuple[PaperOrder, int, Fill]]) -> set[str]:
+        """A stop reached by the trade starts working (an executionReport NEW with `w` true, as Binance
+        sends when a stop triggers): its funds are released, then it works as the MARKET or LIMIT order
+        it becomes (`_work`), as a taker at the trade's price. A triggered STOP_LOSS / TAKE_PROFIT BUY
+        whose quote no longer covers the trade's price expires unfilled (never kinder than Binance)."""
+        asset, amount = self._commitment(f, order)
+        self._balance(asset).locked -= amount
+        self._balance(asset).free += amount
+        order.working_ms = order.update_ms = now
+        changes.append(Change(_snapshot(order), "NEW", None, {}, now, triggered=True))
+        if order.type in stops.TAKERS and order.side == "BUY" and self._balance(f.quote).free < market.price * order.remaining:
+            order.status = "EXPIRED"
+            changes.append(Change(_snapshot(order), "EXPIRED", None, {}, now))
+            return {asset}
+        log.info("triggered %s %s %s %s stop %s at %s (orderId %d)", f.symbol, order.client_order_id, order.type,
+                 order.side, order.stop_price, market.price, order.order_id)
+        return {asset} | self._work(f, order, market, now, changes, rows)
 
     def _crosses(self, order: PaperOrder, price: Decimal) -> bool:
         if order.side == "BUY":

@@ -9,7 +9,8 @@ error with `data`).
 
     GET    /api/v3/ping, /api/v3/time, /api/v3/exchangeInfo[?symbol=|?symbols=], /api/v3/avgPrice?symbol=
     POST   /api/v3/order        LIMIT (GTC, IOC, FOK), LIMIT_MAKER, MARKET by quantity or
-                                quoteOrderQty; newOrderRespType ACK | RESULT | FULL    (signed)
+                                quoteOrderQty, STOP_LOSS_LIMIT, TAKE_PROFIT_LIMIT (`stops.py`);
+                                newOrderRespType ACK | RESULT | FULL                  (signed)
     POST   /api/v3/order/test   the same checks, nothing placed; computeCommissionRates (signed)
     POST   /api/v3/order/cancelReplace   cancel an order and place a new one on its symbol:
                                 cancelReplaceMode STOP_ON_FAILURE | ALLOW_FAILURE     (signed)
@@ -36,10 +37,11 @@ trade crosses them, and every fill pays the maker or taker rate from the asset i
 (`symbol`/`symbols`), avgPrice or the market data, when its first order is placed, and at start for every
 symbol with open orders.
 
-Filters, as Binance applies them, with its error (-1013 "Filter failure: <name>"): PRICE_FILTER,
-LOT_SIZE, PERCENT_PRICE_BY_SIDE (orders with a price: LIMIT, LIMIT_MAKER; the band is the
-symbol table's multipliers around the book's average price, which GET /api/v3/avgPrice
-answers), NOTIONAL.
+Filters, as Binance applies them, with its error (-1013 "Filter failure: <name>"): PRICE_FILTER
+(on `price` and `stopPrice`), LOT_SIZE, PERCENT_PRICE_BY_SIDE (orders with a price: LIMIT,
+LIMIT_MAKER, STOP_LOSS_LIMIT, TAKE_PROFIT_LIMIT; the band is the symbol table's multipliers
+around the book's average price, which GET /api/v3/avgPrice answers), NOTIONAL (a STOP_LOSS /
+TAKE_PROFIT valued at its stop price).
 
 Deliberate differences from Binance (the paper exchange is never kinder):
 - The only book is the last public trade: its price is the best opposite price, and with
@@ -53,7 +55,11 @@ Deliberate differences from Binance (the paper exchange is never kinder):
   price): after a restart PERCENT_PRICE_BY_SIDE is not evaluated until the symbol's first
   trade, and avgPrice answers price "0.00000000", closeTime 0 until then. Binance's newer
   "reference price" (which, when set, replaces the average in the filter) is not modelled.
-- Not implemented, so not listed in exchangeInfo: stop and take-profit orders, iceberg
+- Stop orders trigger on the paper exchange's last trade price (Binance: "the market price");
+  STOP_LOSS and TAKE_PROFIT are implemented but refused as Binance refuses them on every recorded
+  symbol (not in their `orderTypes`); a stop placed before the symbol's first trade is seen
+  cannot be checked for "would trigger immediately" and is accepted.
+- Not implemented, so not listed in exchangeInfo: trailing stops (`trailingDelta`), iceberg
   orders, order lists (OCO/OTO/OPO), order amend, pegged orders, SOR, self-trade prevention
   modes other than NONE, MAX_NUM_ORDERS; rate limits other than injected faults (`faults.py`).
 - cancelReplace: `orderRateLimitExceededMode` is checked and changes nothing (no unfilled-order

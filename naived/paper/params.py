@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 
 from naived.core.symbols import SymbolFilters, table
 from naived.paper.book import NewOrder, Rejected
+from naived.paper.stops import MARKET_STOPS, STOP_TYPES
 
 Params = dict[str, str]
 NUMBER_RE = re.compile(r"^([0-9]{1,20})(\.[0-9]{1,20})?$")
@@ -24,7 +25,12 @@ CLIENT_ID_RE = re.compile(r"^[a-zA-Z0-9-_]{1,36}$")
 MICROSECOND_STAMPS = 10**14  # a ms timestamp stays below this until the year 5138
 # X-MBX-TIME-UNIT's accepted values (True: µs)
 TIME_UNITS = {"MILLISECOND": False, "millisecond": False, "MICROSECOND": True, "microsecond": True}
-ORDER_TYPES = ("LIMIT", "LIMIT_MAKER", "MARKET")  # what exchangeInfo lists: what is implemented
+# What exchangeInfo lists, as Binance lists it for every recorded symbol (samples/exchangeInfo.json):
+# the book implements STOP_LOSS and TAKE_PROFIT too, but Binance does not enable them on these
+# symbols, so they are refused as Binance refuses them (`UNLISTED`): never kinder than Binance.
+ORDER_TYPES = ("LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT")
+UNLISTED = {"STOP_LOSS": "Stop loss orders are not supported for this symbol.",
+            "TAKE_PROFIT": "Take profit orders are not supported for this symbol."}
 TIME_IN_FORCE = ("GTC", "IOC", "FOK")
 CANCEL_RESTRICTIONS = {"ONLY_NEW": "NEW", "ONLY_PARTIALLY_FILLED": "PARTIALLY_FILLED"}  # value -> the status it allows
 
@@ -139,24 +145,37 @@ def response_type(params: Params, order_type: str) -> str:
 
 def parse_new_order(params: Params, received_ns: int) -> tuple[SymbolFilters, NewOrder]:
     """POST /api/v3/order's parameters, checked in Binance's terms. Implemented: LIMIT
-    (GTC, IOC, FOK), LIMIT_MAKER, MARKET by `quantity` or by `quoteOrderQty`."""
+    (GTC, IOC, FOK), LIMIT_MAKER, MARKET by `quantity` or by `quoteOrderQty`, STOP_LOSS_LIMIT and
+    TAKE_PROFIT_LIMIT (`quantity`, `price`, `timeInForce`, `stopPrice`); STOP_LOSS and TAKE_PROFIT
+    (`quantity`, `stopPrice`) are checked, then refused as on Binance's symbols (`UNLISTED`).
+    `trailingDelta` is refused as on a symbol without trailing stops (exchangeInfo's
+    `allowTrailingStop` is false)."""
     f = symbol_filters(mandatory(params, "symbol"))
     side = mandatory(params, "side")
     if side not in ("BUY", "SELL"):
         raise Rejected(-1117, "Invalid side.")
     kind = mandatory(params, "type")
-    if kind not in ORDER_TYPES:
+    if kind not in ORDER_TYPES and kind not in UNLISTED:
         raise Rejected(-1116, "Invalid orderType.")
     client_id = params.get("newClientOrderId") or generated_id()
     if not CLIENT_ID_RE.match(client_id):
         raise Rejected(-1100, "Illegal characters found in parameter 'newClientOrderId'; legal range is '^[a-zA-Z0-9-_]{1,36}$'.")
     new = NewOrder(side=side, type=kind, time_in_force="GTC", client_order_id=client_id, received_ns=received_ns)
-    if kind == "LIMIT":
+    if kind in STOP_TYPES:
+        if params.get("trailingDelta"):
+            raise Rejected(-2010, "Trailing stop orders are not supported for this symbol.")
+        new.stop_price = number(params, "stopPrice")
+    else:
+        not_sent(params, "stopPrice", "trailingDelta")
+    if kind in ("LIMIT", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"):
         tif = mandatory(params, "timeInForce")
         if tif not in TIME_IN_FORCE:
             raise Rejected(-1115, "Invalid timeInForce.")
         not_sent(params, "quoteOrderQty")
         new.time_in_force, new.qty, new.price = tif, number(params, "quantity"), number(params, "price")
+    elif kind in MARKET_STOPS:
+        not_sent(params, "timeInForce", "price", "quoteOrderQty")
+        new.qty = number(params, "quantity")
     elif kind == "LIMIT_MAKER":
         not_sent(params, "timeInForce", "quoteOrderQty")
         new.qty, new.price = number(params, "quantity"), number(params, "price")
@@ -168,4 +187,6 @@ def parse_new_order(params: Params, received_ns: int) -> tuple[SymbolFilters, Ne
         if qty is not None and quote is not None:
             raise Rejected(-1106, "Parameter 'quoteOrderQty' sent when not required.")
         new.qty, new.quote_qty = qty or Decimal(0), quote or Decimal(0)
+    if kind in UNLISTED:  # the matching engine's refusal, after the parameters' checks
+        raise Rejected(-2010, UNLISTED[kind])
     return f, new

@@ -23,6 +23,7 @@ from naived.paper.book import (
     PaperOrder,
 )
 from naived.paper.params import ORDER_TYPES
+from naived.paper.stops import is_stop
 
 ZERO = Decimal(0)
 # The answers' time fields that X-MBX-TIME-UNIT: MICROSECOND rescales
@@ -69,13 +70,18 @@ def _details(o: PaperOrder) -> dict[str, Any]:
     }
 
 
+def _stop_price(o: PaperOrder) -> dict[str, str]:
+    """Binance's conditional `stopPrice`: in placement and cancel answers of stop orders only."""
+    return {"stopPrice": fmt(o.stop_price)} if is_stop(o.type) else {}
+
+
 def placed_json(o: PaperOrder, kind: str) -> dict[str, Any]:
-    """POST /api/v3/order, in the newOrderRespType asked for."""
+    """POST /api/v3/order, in the newOrderRespType asked for (a stop not triggered: workingTime -1)."""
     body: dict[str, Any] = {"symbol": o.symbol, "orderId": o.order_id, "orderListId": -1,
                             "clientOrderId": o.client_order_id, "transactTime": o.time_ms}
     if kind == "ACK":
         return body
-    body |= _details(o) | {"workingTime": o.time_ms, "selfTradePreventionMode": "NONE"}
+    body |= _details(o) | _stop_price(o) | {"workingTime": o.working_time, "selfTradePreventionMode": "NONE"}
     if kind == "FULL":
         body["fills"] = [_fill_json(f) for f in o.fills]
     return body
@@ -85,15 +91,16 @@ def query_json(o: PaperOrder) -> dict[str, Any]:
     """GET /api/v3/order and each entry of openOrders."""
     zero = fmt(ZERO)
     return {"symbol": o.symbol, "orderId": o.order_id, "orderListId": -1, "clientOrderId": o.client_order_id} | _details(o) | {
-        "stopPrice": zero, "icebergQty": zero, "time": o.time_ms, "updateTime": o.update_ms, "isWorking": True,
-        "workingTime": o.time_ms, "selfTradePreventionMode": "NONE",
+        "stopPrice": fmt(o.stop_price), "icebergQty": zero, "time": o.time_ms, "updateTime": o.update_ms,
+        "isWorking": o.is_working, "workingTime": o.working_time, "selfTradePreventionMode": "NONE",
     }
 
 
 def cancelled_json(o: PaperOrder, cancel_id: str) -> dict[str, Any]:
     """DELETE /api/v3/order: `clientOrderId` is the cancel request's own id."""
     return {"symbol": o.symbol, "origClientOrderId": o.client_order_id, "orderId": o.order_id, "orderListId": -1,
-            "clientOrderId": cancel_id, "transactTime": o.update_ms} | _details(o) | {"selfTradePreventionMode": "NONE"}
+            "clientOrderId": cancel_id, "transactTime": o.update_ms} | _details(o) | _stop_price(o) | {
+                "selfTradePreventionMode": "NONE"}
 
 
 def _fill_json(f: Fill) -> dict[str, Any]:
@@ -113,6 +120,7 @@ def trade_json(o: PaperOrder, f: Fill) -> dict[str, Any]:
 def inspection_json(o: PaperOrder) -> dict[str, Any]:
     """One entry of GET /paper/orders: the RESULT fields and what tests look at besides."""
     return {"symbol": o.symbol, "orderId": o.order_id, "clientOrderId": o.client_order_id} | _details(o) | {
+        "stopPrice": fmt(o.stop_price), "workingTime": o.working_time,
         "time": o.time_ms, "updateTime": o.update_ms, "receivedNs": o.received_ns,
         "fills": [_fill_json(f) | {"time": f.time_ms, "isMaker": f.is_maker, "marketTradeId": f.market_trade_id}
                   for f in o.fills],

@@ -95,9 +95,10 @@ class OrderCount:
             self._in_day = max(0, self._in_day + orders)
 
     def on_changes(self, changes: list[Change]) -> None:
-        """The book's listener: NEW is an order placed, an order's first TRADE its first fill."""
+        """The book's listener: NEW is an order placed (not a stop triggered: it was counted when
+        placed), an order's first TRADE its first fill."""
         for change in changes:
-            if change.execution == "NEW":
+            if change.execution == "NEW" and not change.triggered:
                 self.add(1)
             elif change.execution == "TRADE" and len(change.order.fills) == 1:
                 self.add(-1)

@@ -53,6 +53,7 @@ from naived.core.config import Faults
 from naived.ops.ratelog import RateLimitedLog
 from naived.paper.book import Change, PaperOrder
 from naived.paper.shapes import fmt, now_ms
+from naived.paper.stops import TAKERS
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class ListenKeys:
 
 def execution_report(change: Change, execution_id: int, event_ms: int) -> dict[str, Any]:
     """`executionReport` for one order change, with Binance's field set (and its conditional
-    `W`: our orders are all working from their placement, none is a triggered stop)."""
+    `W`, only once the order works on the book: a stop from its trigger, any other from its placement)."""
     o: PaperOrder = change.order
     f = change.fill
     canceled = change.execution == "CANCELED"
@@ -139,16 +140,17 @@ def execution_report(change: Change, execution_id: int, event_ms: int) -> dict[s
         # A cancel's report names the cancel request in `c` and the cancelled order in `C`.
         "c": change.cancel_id if canceled and change.cancel_id else o.client_order_id,
         "S": o.side, "o": o.type, "f": o.time_in_force, "q": fmt(o.orig_qty), "p": fmt(o.price),
-        "P": fmt(Decimal(0)), "F": fmt(Decimal(0)), "g": -1,
+        "P": fmt(o.stop_price), "F": fmt(Decimal(0)), "g": -1,
         "C": o.client_order_id if canceled and change.cancel_id else "",
         "x": change.execution, "X": o.status, "r": "NONE", "i": o.order_id,
         "l": fmt(f.qty if f else Decimal(0)), "z": fmt(o.executed_qty), "L": fmt(f.price if f else Decimal(0)),
         "n": fmt(f.commission) if f else "0", "N": f.commission_asset if f else None,
         "T": change.time_ms, "t": f.trade_id if f else -1, "I": execution_id,
-        "w": o.is_open and o.type != "MARKET" and o.time_in_force == "GTC", "m": f.is_maker if f else False,
+        "w": o.is_open and o.is_working and o.type not in TAKERS and o.time_in_force == "GTC",
+        "m": f.is_maker if f else False,
         "M": False, "O": o.time_ms, "Z": fmt(o.cum_quote), "Y": fmt(f.price * f.qty if f else Decimal(0)),
-        "Q": fmt(o.orig_quote_qty), "W": o.time_ms, "V": "NONE",
-    }
+        "Q": fmt(o.orig_quote_qty), "V": "NONE",
+    } | ({"W": o.working_time} if o.is_working else {})
 
 
 def account_position(change: Change, event_ms: int) -> dict[str, Any]:
