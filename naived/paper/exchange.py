@@ -371,7 +371,8 @@ class PaperExchange:
     def paper_usage(self, params: Params, received_ns: int) -> Reply:
         """GET /paper/usage: the weight counted (`usage.py`) and what the gates refused."""
         return 200, {**self.usage.counted(), "dropped": dict(self.gate.dropped) if self.gate is not None else {},
-                     "stream_dropped": dict(self.stream.dropped) if self.stream is not None else {}}
+                     "stream_dropped": dict(self.stream.dropped) if self.stream is not None else {},
+                     "market_stream_dropped": dict(self.stream.market.dropped) if self.stream and self.stream.market else {}}
 
     def unseen_trade(self, body: bytes) -> Reply:
         try:
