@@ -72,7 +72,8 @@ Inspection and control, unsigned (the server listens on loopback, unless `[paper
                                   requests to Binance's paths and their weight since start,
                                   and the weight of each of the last 60 minutes; `dropped` and
                                   `stream_dropped`: connections and requests refused by the
-                                  REST gate (`http.Gate`) and the user data stream, by reason
+                                  REST gate (`http.Gate`) and the user data stream, by reason;
+                                  `market_stream_dropped`: the market streams' (marketstream.py)
     POST /paper/faults            JSON object of `config.Faults` fields: replaces the fault
                                   probabilities and reseeds the fault RNG; answers the faults
     POST /paper/trade             {"symbol", "price", "qty"}: a public trade the exchange matches

@@ -15,6 +15,9 @@ Binance's `user-data-stream.md` is the specification:
   the connection (no close frame) instead of delivering the event: the event is lost for that
   connection, as on a real network failure.
 
+The market data streams' paths on the same port (`/ws`, `/stream`, `/ws/<name>` with an `@`)
+are handed to `marketstream.MarketStreams` (`UserStreamServer.market`), which shares `Outbox`.
+
 Deliberate differences: only `/ws/<listenKey>` (not the combined `/stream?streams=`), without
 the `timeUnit` URL parameter (times are in ms; a URL with a query is an unknown key); a
 handshake with an unknown key is refused with HTTP 400 and -1125 (Binance's behaviour there
