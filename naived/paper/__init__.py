@@ -1,4 +1,4 @@
-"""The paper exchange: Binance's spot REST API and user data stream on loopback, as its own process.
+"""The paper exchange: Binance's spot REST API, user data and market streams on loopback, as its own process.
 
 `main` runs the process (`main.run`: for naived's root and for `naived paper-exchange`) and puts
 these together: `http` (the HTTP/1.1 server and its gate), `exchange` (the endpoints: routing,
@@ -7,5 +7,6 @@ values, Binance's errors), check them with `auth` (API key, signature), answer i
 (Binance's JSON), count them in `usage` (request weight) and inject `faults`; `book` keeps
 orders, fills and balances (matching, SQLite); `feed` brings the public trades the book matches
 against; `userstream` serves the account's user data stream (listen keys, executionReport,
-outboundAccountPosition).
+outboundAccountPosition) and, on its port, `marketstream` Binance's market data streams (trade,
+bookTicker, kline; raw and combined).
 """

@@ -81,7 +81,8 @@ Inspection and control, unsigned (the server listens on loopback, unless `[paper
                                   requests to Binance's paths and their weight since start,
                                   and the weight of each of the last 60 minutes; `dropped` and
                                   `stream_dropped`: connections and requests refused by the
-                                  REST gate (`http.Gate`) and the user data stream, by reason
+                                  REST gate (`http.Gate`) and the user data stream, by reason;
+                                  `market_stream_dropped`: the market streams' (marketstream.py)
     POST /paper/faults            JSON object of `config.Faults` fields: replaces the fault
                                   probabilities and reseeds the fault RNG; answers the faults
     POST /paper/trade             {"symbol", "price", "qty"}: a public trade the exchange matches
@@ -385,7 +386,8 @@ class PaperExchange:
     def paper_usage(self, params: Params, received_ns: int) -> Reply:
         """GET /paper/usage: the weight counted (`usage.py`) and what the gates refused."""
         return 200, {**self.usage.counted(), "dropped": dict(self.gate.dropped) if self.gate is not None else {},
-                     "stream_dropped": dict(self.stream.dropped) if self.stream is not None else {}}
+                     "stream_dropped": dict(self.stream.dropped) if self.stream is not None else {},
+                     "market_stream_dropped": dict(self.stream.market.dropped) if self.stream and self.stream.market else {}}
 
     def unseen_trade(self, body: bytes) -> Reply:
         try:

@@ -5,7 +5,8 @@ symbols asked for (`want`): in exchangeInfo (`symbol`/`symbols`) or avgPrice, at
 order, and at start for every symbol with open orders. Every frame passes the symbol's market
 gate (`naived.market.gate`, the traders' own check) before the book sees it; what the gates drop
 is counted by symbol and reason (GET /paper/feed), what was taken per symbol (GET /paper/market).
-Every trade taken is also added to the candles (`candles.py`) the market data is answered from.
+Every trade taken is also added to the candles (`candles.py`) the market data is answered from,
+then goes to the `trade_listeners` (the market data streams).
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class TradeFeed(threading.Thread):
         self._stopping = False
         self._market: dict[str, dict[str, Any]] = {}  # symbol -> last price, last trade id, count
         self.after_trade: Callable[[SymbolFilters], None] | None = None  # exchange-side faults
+        # Called on this thread with every accepted trade, after the book matched it (the market
+        # streams, `marketstream.MarketStreams.on_trade`): each must only hand it over, never block.
+        self.trade_listeners: list[Callable[[TradeEvent], None]] = []
 
     def want(self, symbol: str) -> None:
         if symbol in self._wanted:  # the common case: no lock, no syscall
@@ -131,6 +135,8 @@ class TradeFeed(threading.Thread):
             self._candles.add(event.s, price, qty, event.T, event.m, event.t)
         if self.after_trade is not None:
             self.after_trade(f)
+        for listener in self.trade_listeners:
+            listener(event)
         with self._lock:
             seen = self._market.setdefault(event.s, {"trades": 0})
             seen.update(lastPrice=event.p, lastTradeId=event.t, trades=seen["trades"] + 1)

@@ -3,7 +3,8 @@
 For naived's root (a forked child, on the sockets the root bound before READY) and for
 `naived paper-exchange` (alone, binding its own). It puts the parts together: the book
 (`book.py`), the trade feed's thread (`feed.py`), the endpoints (`exchange.py`) behind the HTTP
-server's threads (`http.py`), and the user data stream's thread (`userstream.py`).
+server's threads (`http.py`), and the websocket thread: the user data stream (`userstream.py`) and the market
+streams (`marketstream.py`) on one port.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from naived.paper.candles import Candles, load_history
 from naived.paper.exchange import PaperExchange
 from naived.paper.feed import TradeFeed
 from naived.paper.http import Gate, Server
+from naived.paper.marketstream import MarketStreams
 from naived.paper.userstream import UserStreamServer
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,10 @@ def run(config: Config, listener: socket.socket | None = None, ws_listener: sock
         stream = UserStreamServer(ws_listener, paper.listen_key_seconds, paper.user_stream_connection_seconds,
                                   lambda: app.faults.stream)
         app.stream = stream
+        # Binance's market streams on the same port; klines from the candles the feed builds.
+        stream.market = MarketStreams(stream.loop, feed.want, kline_source=candles.current,
+                                      connection_seconds=paper.user_stream_connection_seconds)
+        feed.trade_listeners.append(stream.market.on_trade)
         book.listeners.append(stream.publish)
         app.gate = Gate(paper)
         server = Server((paper.host, paper.port), app.handle, app.gate, listener)

@@ -15,6 +15,9 @@ Binance's `user-data-stream.md` is the specification:
   the connection (no close frame) instead of delivering the event: the event is lost for that
   connection, as on a real network failure.
 
+The market data streams' paths on the same port (`/ws`, `/stream`, `/ws/<name>` with an `@`)
+are handed to `marketstream.MarketStreams` (`UserStreamServer.market`), which shares `Outbox`.
+
 Deliberate differences: only `/ws/<listenKey>` (not the combined `/stream?streams=`), without
 the `timeUnit` URL parameter (times are in ms; a URL with a query is an unknown key); a
 handshake with an unknown key is refused with HTTP 400 and -1125 (Binance's behaviour there
@@ -41,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from http import HTTPStatus
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import msgspec
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -54,6 +57,9 @@ from naived.ops.ratelog import RateLimitedLog
 from naived.paper.book import Change, PaperOrder
 from naived.paper.shapes import fmt, now_ms
 from naived.paper.stops import TAKERS
+
+if TYPE_CHECKING:
+    from naived.paper.marketstream import MarketStreams
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +83,7 @@ OPEN_SECONDS = 5.0
 MAX_CONNECTIONS = 64  # open connections; the next handshake is answered 503
 MAX_QUEUED = 10_000  # events waiting for a connection that does not read: then it is dropped
 DROP_REASONS = ("handshake_timeout", "too_many", "message_too_large", "slow_reader")
-_CLOSE, _ABORT = object(), object()  # queue sentinels: close normally / drop the connection
+CLOSE, ABORT = object(), object()  # queue sentinels: close normally / drop the connection
 
 
 class ListenKeys:
@@ -162,11 +168,45 @@ def account_position(change: Change, event_ms: int) -> dict[str, Any]:
 
 
 @dataclass(eq=False)
-class _Connection:
-    key: str
+class Outbox:
+    """One websocket connection's messages waiting to be sent (shared with `marketstream`): on
+    the stream's loop only. A connection that does not read is dropped, it never grows the process."""
+
     ws: ServerConnection
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     dead: bool = False  # closing: nothing more is queued
+
+    def put(self, item: Any) -> bool:
+        """Queue a message (or CLOSE / ABORT); False when the connection was dropped for MAX_QUEUED unread."""
+        if self.dead:
+            return True
+        if self.queue.qsize() >= MAX_QUEUED:  # it does not read what it is sent: it must not grow the process
+            self.ws.transport.abort()
+            self.dead = True
+            return False
+        self.queue.put_nowait(item)
+        self.dead = item is CLOSE or item is ABORT
+        return True
+
+    async def drain(self) -> None:
+        """One writer per connection: messages leave in the order they were queued."""
+        try:
+            while True:
+                item = await self.queue.get()
+                if item is ABORT:
+                    self.ws.transport.abort()
+                    return
+                if item is CLOSE:
+                    await self.ws.close(1000)
+                    return
+                await self.ws.send(item)
+        except ConnectionClosed:
+            return
+
+
+@dataclass(eq=False)
+class _Connection(Outbox):
+    key: str = ""
 
 
 class UserStreamServer(threading.Thread):
@@ -188,6 +228,8 @@ class UserStreamServer(threading.Thread):
         self.address = listener.getsockname()[:2]
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)  # read by GET /paper/usage
         self._log = RateLimitedLog(log, "user data stream", "clients refused or dropped")
+        # Binance's market streams on the same port (`marketstream.MarketStreams`): the paths it claims go to it.
+        self.market: MarketStreams | None = None
 
     def _drop(self, reason: str, message: str, *args: object) -> None:
         """Count and log (at a bounded rate) a client refused or dropped. On the stream's loop only."""
@@ -248,11 +290,15 @@ class UserStreamServer(threading.Thread):
             expiry.cancel()
 
     def _shutdown(self) -> None:
+        if self.market is not None:
+            self.market.shutdown()
         for conn in list(self._connections):
-            self._enqueue(conn, _CLOSE)
+            self._enqueue(conn, CLOSE)
         self._stopped.set()
 
     def _handshake(self, ws: ServerConnection, request: Request) -> Response | None:
+        if self.market is not None and self.market.handles(request.path):
+            return self.market.handshake(ws, request)
         key = request.path.removeprefix("/ws/")
         if not request.path.startswith("/ws/") or not self.keys.valid(key):
             return ws.respond(HTTPStatus.BAD_REQUEST, msgspec.json.encode(UNKNOWN_KEY).decode())
@@ -263,10 +309,13 @@ class UserStreamServer(threading.Thread):
 
     async def _serve(self, ws: ServerConnection) -> None:
         assert ws.request is not None  # the handshake, done before a connection is served, read it
-        conn = _Connection(ws.request.path.removeprefix("/ws/"), ws)
+        if self.market is not None and self.market.handles(ws.request.path):
+            await self.market.serve(ws)
+            return
+        conn = _Connection(ws, key=ws.request.path.removeprefix("/ws/"))
         self._connections.add(conn)
         log.info("user data stream: connection from %s:%d", *ws.remote_address[:2])
-        writer = asyncio.create_task(self._write(conn))
+        writer = asyncio.create_task(conn.drain())
         closed = asyncio.create_task(ws.wait_closed())  # by the client, a ping timeout, or a message too large
         try:
             done, _ = await asyncio.wait({writer, closed}, timeout=self._connection_seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -283,31 +332,9 @@ class UserStreamServer(threading.Thread):
             writer.cancel()
             closed.cancel()
 
-    async def _write(self, conn: _Connection) -> None:
-        """One writer per connection: events leave in the order they were committed."""
-        try:
-            while True:
-                item = await conn.queue.get()
-                if item is _ABORT:
-                    conn.ws.transport.abort()
-                    return
-                if item is _CLOSE:
-                    await conn.ws.close(1000)
-                    return
-                await conn.ws.send(item)
-        except ConnectionClosed:
-            return
-
     def _enqueue(self, conn: _Connection, item: Any) -> None:
-        if conn.dead:
-            return
-        if conn.queue.qsize() >= MAX_QUEUED:  # it does not read what it is sent: it must not grow the process
+        if not conn.put(item):
             self._drop("slow_reader", "dropped a connection with %d events unread", MAX_QUEUED)
-            conn.ws.transport.abort()
-            conn.dead = True
-            return
-        conn.queue.put_nowait(item)
-        conn.dead = item is _CLOSE or item is _ABORT
 
     def _dispatch(self, changes: list[Change]) -> None:
         live = [c for c in self._connections if not c.dead and self.keys.valid(c.key)]
@@ -325,7 +352,7 @@ class UserStreamServer(threading.Thread):
                         continue
                     if faults.user_stream_drop and rng.random() < faults.user_stream_drop:
                         log.warning("fault: user data stream connection from %s:%d dropped", *conn.ws.remote_address[:2])
-                        self._enqueue(conn, _ABORT)
+                        self._enqueue(conn, ABORT)
                     else:
                         self._enqueue(conn, event)
 
@@ -334,7 +361,7 @@ class UserStreamServer(threading.Thread):
             if conn.key == key:
                 if expired_event is not None:
                     self._enqueue(conn, expired_event)
-                self._enqueue(conn, _CLOSE)
+                self._enqueue(conn, CLOSE)
 
     async def _expire(self) -> None:
         """Keys past their validity: listenKeyExpired to their connections, then close them."""
