@@ -124,9 +124,9 @@ def test_binances_errors(ex: Exchange) -> None:
     with pytest.raises(websocket.WebSocketBadStatusException) as bad:
         Client(f"{ex.ws_url}/ws/xrpusdt@nothing")
     assert bad.value.status_code == 400 and json.loads(bad.value.resp_body) == invalid
-    with pytest.raises(websocket.WebSocketBadStatusException) as no_candles:  # no kline source in this exchange yet
-        Client(f"{ex.ws_url}/ws/xrpusdt@kline_1m")
-    assert no_candles.value.status_code == 400
+    with pytest.raises(websocket.WebSocketBadStatusException) as no_interval:  # not one of Binance's intervals
+        Client(f"{ex.ws_url}/ws/xrpusdt@kline_7m")
+    assert no_interval.value.status_code == 400
     names = sorted(s.lower() for s in table())[:1025]
     many = Client(f"{ex.ws_url}/ws")
     subscribed = many.call({"method": "SUBSCRIBE", "params": [f"{n}@trade" for n in names[:1024]], "id": 1})
