@@ -14,6 +14,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
 
@@ -208,6 +209,9 @@ def streams() -> Iterator[tuple[UserStreamServer, MarketStreams, Candles]]:
 def test_kline_stream_pushes_the_open_candle_then_the_closed_one(
         streams: tuple[UserStreamServer, MarketStreams, Candles]) -> None:
     server, market_streams, candles = streams
+    left_ms = 60_000 - int(time.time() * 1000) % 60_000
+    if left_ms < 15_000:  # the test's candle is this minute's and must stay open through it: wait for the clock
+        time.sleep(left_ms / 1000 + 0.05)
     now = int(time.time() * 1000)
     start_ms = now - now % 60_000
     row = [start_ms, "0.5", "0.6", "0.4", "0.55", "30", start_ms + 59_999, "16.5", 3, "10", "5.5", "0"]
@@ -257,3 +261,44 @@ def test_a_real_exchange_streams_the_klines_its_candles_hold(ex: Exchange, marke
     assert (k["f"], k["L"]) == (first, last)
     rest = json.loads(urlopen(f"{ex.url}/api/v3/klines?symbol=XRPUSDT&interval=1m&limit=1", timeout=5).read())
     assert rest[0][:6] == [k["t"], k["o"], k["h"], k["l"], k["c"], k["v"]]
+
+
+def readme_freqtrade_exchange(ex: Exchange) -> dict[str, Any]:
+    """The README's freqtrade `exchange` section, its ports made this test's exchange's."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split('"exchange": {', 1)[1].split("\n```", 1)[0]
+    block = block.replace("127.0.0.1:5681", ex.url.removeprefix("http://")).replace("127.0.0.1:5682", ex.ws_url.removeprefix("ws://"))
+    section: dict[str, Any] = json.loads("{" + block)
+    return section
+
+
+def urls_of(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else [u for v in value.values() for u in urls_of(v)]
+
+
+def test_ccxt_pro_with_the_readmes_freqtrade_config_streams_trades_and_candles(ex: Exchange, market: Market) -> None:
+    """ccxt.pro, what freqtrade's `enable_ws` uses, built as freqtrade builds it from the README's
+    `ccxt_config`: every URL at the paper exchange; it connects to `/ws/0`, `/ws/1`... (names
+    without an `@`) and SUBSCRIBEs there."""
+    import ccxt.pro  # the async half of ccxt, imported only here
+
+    section = readme_freqtrade_exchange(ex)
+    assert section["enable_ws"] is True
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        exchange = ccxt.pro.binance({"apiKey": section["key"], "secret": section["secret"], "enableRateLimit": False,
+                                     **section["ccxt_config"]})
+        assert all(u.startswith((ex.url, ex.ws_url)) for u in urls_of(exchange.urls["api"])), "a URL left at Binance"
+        try:
+            await exchange.load_markets()
+            trades = asyncio.ensure_future(exchange.watch_trades("XRP/USDT"))
+            await asyncio.to_thread(market.wait_subscribed, "XRPUSDT")  # its SUBSCRIBE subscribed the feed
+            await asyncio.to_thread(traded, ex, market, "0.5000")
+            # The kline stream pushes the open candle, which holds that trade, once subscribed.
+            return await asyncio.wait_for(trades, 10), await asyncio.wait_for(exchange.watch_ohlcv("XRP/USDT", "1m"), 10)
+        finally:
+            await exchange.close()
+
+    trades, ohlcv = asyncio.run(run())
+    assert [(t["symbol"], t["price"], t["amount"]) for t in trades] == [("XRP/USDT", 0.5, 12.5)]
+    assert ohlcv[-1][1:] == [0.5, 0.5, 0.5, 0.5, 12.5]

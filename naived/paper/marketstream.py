@@ -27,6 +27,10 @@ each subscribed (symbol, interval) is pushed at most every second for `1s`, ever
 others when trades changed it, and once more, `x` true, when its close time has passed.
 Subscribing to a symbol's stream subscribes the feed to its trades, as exchangeInfo does.
 
+A `/ws/<name>` whose names have no `@` (ccxt.pro opens `/ws/0`, `/ws/1`... and SUBSCRIBEs
+there, and Binance accepts those) opens a connection with nothing subscribed; only a name shaped
+as a listen key (60 letters and digits) stays the user data stream's.
+
 Deliberate differences: a handshake naming an invalid stream is refused with HTTP 400 and
 `{"code": 2, "msg": "Invalid request: invalid stream"}` (Binance's handshake answer is not
 documented), a URL over 8 KiB with 414 (Binance: about 8000 characters), so
@@ -60,7 +64,7 @@ from naived.core.messages import TradeEvent
 from naived.core.symbols import table
 from naived.ops.ratelog import RateLimitedLog
 from naived.paper.shapes import now_ms
-from naived.paper.userstream import CLOSE, MAX_QUEUED, Outbox
+from naived.paper.userstream import CLOSE, KEY_ALPHABET, KEY_LENGTH, MAX_QUEUED, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,7 @@ DROP_REASONS = ("too_many", "too_many_messages", "message_too_large", "slow_read
 _ID = re.compile(r"[A-Za-z0-9]{1,36}")
 _STREAM = re.compile(r"([a-z0-9]+)@(trade|bookTicker|kline_(\w+))")
 INVALID_STREAM = "Invalid request: invalid stream"
+_LISTEN_KEY = re.compile(f"[{KEY_ALPHABET}]{{{KEY_LENGTH}}}")
 
 # (SYMBOL, interval) -> Binance's kline row of the open candle ([open time, open, high, low, close,
 # volume, close time, quote volume, trades, taker buy base, taker buy quote, ignore]), or None.
@@ -149,9 +154,12 @@ class MarketStreams:
 
     @staticmethod
     def handles(path: str) -> bool:
-        """The paths of market streams: a listen key never has an `@`."""
+        """The paths of market streams: every `/ws/...` but one shaped as a listen key (60 letters
+        and digits, no `@`), which is the user data stream's."""
         url = urlsplit(path)
-        return url.path in ("/ws", "/ws/", "/stream", "/stream/") or (url.path.startswith("/ws/") and "@" in url.path)
+        if url.path.startswith("/ws/") and url.path != "/ws/":
+            return _LISTEN_KEY.fullmatch(url.path[len("/ws/"):]) is None
+        return url.path in ("/ws", "/ws/", "/stream", "/stream/")
 
     def handshake(self, ws: ServerConnection, request: Request) -> Response | None:
         try:
@@ -170,7 +178,9 @@ class MarketStreams:
             names = [n for n in parse_qs(url.query).get("streams", [""])[0].split("/") if n]
             combined = True
         else:
-            names = [n for n in url.path[len("/ws/"):].split("/") if n]
+            # A name without an `@` names no stream: ccxt opens `/ws/0`, `/ws/1`... and SUBSCRIBEs,
+            # and Binance accepts that connection, so it is opened with nothing subscribed.
+            names = [n for n in url.path[len("/ws/"):].split("/") if "@" in n]
             combined = False
         if len(names) > MAX_STREAMS:
             raise RequestError(2, INVALID_STREAM)

@@ -15,7 +15,7 @@ Binance's `user-data-stream.md` is the specification:
   the connection (no close frame) instead of delivering the event: the event is lost for that
   connection, as on a real network failure.
 
-The market data streams' paths on the same port (`/ws`, `/stream`, `/ws/<name>` with an `@`)
+The market data streams' paths on the same port (`/ws`, `/stream`, `/ws/<name>` not shaped as a key)
 are handed to `marketstream.MarketStreams` (`UserStreamServer.market`), which shares `Outbox`.
 
 Deliberate differences: only `/ws/<listenKey>` (not the combined `/stream?streams=`), without
