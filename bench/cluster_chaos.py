@@ -1,14 +1,14 @@
-"""Host faults under trading, long: a cluster loses hosts (killed, frozen, cut off) while its symbols cycle.
+"""Host faults under trading, long: a cluster loses hosts (killed, frozen, cut off) or its database while its symbols cycle.
 
 The same run as `tests/test_cluster_chaos.py` (see `tests/cluster_chaos.py`), as long and as wide
 as you like: `--hosts` naived hosts on one PostgreSQL (started here, as the tests start it), one
 shared paper exchange and a simulated market, `--symbols` USDT symbols cycling every few seconds,
 `--faults` host faults (a host's whole tree killed and started again later, or frozen past its
 leases and resumed; with `--net`, every host in a network namespace of its own, and a host can
-also be cut off and healed: needs root). Prints the faults survived, the time until every symbol
-traded again on one host after each (p50/p99), cycles and orders, and orders lost or duplicated
-(both must be 0; the account's balances are checked against every fill). Exits 1 when an
-invariant broke.
+also be cut off and healed, and the database killed and started again: needs root). Prints the
+faults survived, the time until every symbol traded again on one host after each (p50/p99; after
+a database fault, from its return), cycles and orders, and orders lost or duplicated (both must be
+0; the account's balances are checked against every fill). Exits 1 when an invariant broke.
 
     .venv/bin/python bench/cluster_chaos.py [--net] [--hosts 3] [--symbols 30] [--faults 20] [--rate 50]
                                             [--lease 3 1 0.5] [--seed 1] [--keep]

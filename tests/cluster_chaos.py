@@ -7,7 +7,9 @@ several symbols with the chaos test's settings (tests/chaos.py: buys at the mark
 buy, so cycles finish every few seconds and every leg of the order protocol runs all the time). A
 fault loop picks a random running host and either kills its whole tree with SIGKILL (a power cut;
 the host is started again a little later, as systemd would, and takes its share back by hand-off)
-or freezes it with SIGSTOP past its leases (a paused VM) and then resumes it. After each fault it
+or freezes it with SIGSTOP past its leases (a paused VM) and then resumes it; in network
+namespaces it can also cut a host off and heal it, or kill the database (every host must stop
+every symbol by its leases) and start it again. After each fault it
 waits, with a deadline, until every symbol runs again on exactly one host with all its traders,
 and keeps that time (the adoption time). Then the market stops, the cluster settles, and every
 symbol's orders at the exchange are checked against its live traders and finished cycles, and the
@@ -30,7 +32,7 @@ from typing import Any, Protocol
 import msgspec
 import psutil
 from chaos import Report, check_balances, check_symbol, trading_config
-from cluster_net import NetCluster, Sampler, net_cluster
+from cluster_net import NetCluster, Sampler, live_symbols, net_cluster
 from figures import percentiles
 from harness import wait_for
 from hosts import Hosts, running_hosts
@@ -48,6 +50,7 @@ class ClusterReport:
     faults: dict[str, int] = field(default_factory=dict)  # by kind
     adoption_s: list[float] = field(default_factory=list)  # fault -> every symbol running again on one host
     fenced: int = 0  # leader writes refused for an old token (the hosts' logs)
+    db_stops_s: list[float] = field(default_factory=list)  # database killed -> every host seen stopped
     seconds: float = 0.0
     checks: Report = field(default_factory=Report)
 
@@ -59,6 +62,8 @@ class ClusterReport:
             f"({', '.join(f'{k} {n}' for k, n in sorted(self.faults.items()))}) in {self.seconds:.0f}s",
             f"every symbol trading again after a fault: p50 {p['p50'] / 1000:.1f}s, p99 {p['p99'] / 1000:.1f}s"
             if p else "no fault",
+            *([f"database killed: every host seen stopping every symbol within {max(self.db_stops_s):.1f}s"]
+              if self.db_stops_s else []),
             f"cycles completed: {r.cycles}; orders at the exchange: {r.orders}",
             f"orders lost: {len(r.lost) + len(r.orphaned)}; duplicated: {len(r.duplicated)}; "
             f"stale-token writes refused: {self.fenced}",
@@ -81,6 +86,10 @@ class Fleet(Protocol):
     def restart(self, host: str) -> None: ...
 
     def isolate(self, host: str, kind: str) -> Callable[[], None]: ...  # freeze or cut; returns the undo
+
+    def kill_db(self) -> Callable[[], None]: ...  # the database killed; returns what starts it again
+
+    def symbol_processes(self, host: str) -> set[str]: ...  # the symbols with a live process under its root
 
     def orders(self) -> list[dict[str, Any]]: ...  # the paper exchange's, every order ever taken
 
@@ -127,6 +136,12 @@ class LocalFleet:
 
         return resume
 
+    def kill_db(self) -> Callable[[], None]:
+        raise NotImplementedError("the database is the test's own server here (kinds has no 'db')")
+
+    def symbol_processes(self, host: str) -> set[str]:
+        return live_symbols(self.hosts.hosts[host].naived.pid)
+
     def orders(self) -> list[dict[str, Any]]:
         return self.hosts.services.paper_orders()
 
@@ -152,7 +167,7 @@ class LocalFleet:
 class NetFleet:
     """tests/cluster_net.py's hosts, each in its own network namespace: a host can also be cut off."""
 
-    kinds = ("kill", "freeze", "cut")
+    kinds = ("kill", "freeze", "cut", "db")
 
     def __init__(self, net: NetCluster) -> None:
         self.net = net
@@ -187,6 +202,13 @@ class NetFleet:
             self.net.cluster.kill_tree(pid, signal.SIGCONT)
 
         return resume
+
+    def kill_db(self) -> Callable[[], None]:
+        self.net.kill_db()
+        return self.net.start_db
+
+    def symbol_processes(self, host: str) -> set[str]:
+        return live_symbols(self.net.hosts[host].pid)
 
     def orders(self) -> list[dict[str, Any]]:
         orders: list[dict[str, Any]] = self.net.paper("/paper/orders")
@@ -250,6 +272,17 @@ def running(fleet: Fleet, symbols: list[str], report: ClusterReport, hosts: list
     return found if set(found) == set(symbols) else None
 
 
+def stopped(fleet: Fleet) -> bool:
+    """No host up runs any symbol: by its status (every host answers) and by its processes."""
+    for host in fleet.up():
+        status = fleet.status(host)
+        if status is None or any(s["state"] == "running" and s.get("leader") for s in status["symbols"]):
+            return False
+        if fleet.symbol_processes(host):
+            return False
+    return True
+
+
 def _twice(fleet: Fleet, twice: dict[str, list[str]], report: ClusterReport) -> None:
     """Statuses are asked one host after another: an old holder seen before its hand-off and the
     new one seen after it look like one symbol on two hosts. So ask again, the later host first:
@@ -276,6 +309,16 @@ def fault_loop(fleet: Fleet, symbols: list[str], faults: int, rng: random.Random
         if kind == "kill":
             fleet.kill(victim)
             down.append((t0 + rng.uniform(ttl, 2 * ttl), victim))
+        elif kind == "db":
+            start_db = fleet.kill_db()
+            try:
+                # By the leases' deadlines (under ttl), and the probe's own slowness under load.
+                told(fleet, symbols, "every host to stop every symbol (the database killed)",
+                     lambda: stopped(fleet), 2 * ttl + 10)
+                report.db_stops_s.append(time.monotonic() - t0)
+            finally:
+                start_db()
+            t0 = time.monotonic()  # its time: from the database's return until every symbol trades again
         else:
             undo = fleet.isolate(victim, kind)
             watch = (victim,) if kind == "cut" else ()  # a frozen host answers nothing
