@@ -42,6 +42,11 @@ balance covers it, converted at the last BNBUSDT-style price seen (Binance does 
 say which price it uses); without a BNB price or enough BNB it is taken from the
 received asset, undiscounted, as on Binance.
 
+OCO order lists (`oco.py`, `place_oco`): two legs under one `OrderList`, their funds locked once
+(the larger leg's commitment; `_release` frees a leg's share while the other leg is open). A leg's
+first fill or trigger expires the other leg and ends the list in the same commit; closing a leg
+closes the list's other leg with it (`_with_other_legs`).
+
 One lock guards it all: HTTP threads place/cancel/query, the trade thread fills.
 Every change is also handed to the `listeners` (the user data stream) once it is
 committed, still under the lock, so that they see the changes in commit order: a listener
@@ -149,6 +154,7 @@ class PaperOrder:
     # None: working since its placement (time_ms); stops.NOT_WORKING: a stop not triggered yet;
     # else when its stop triggered (Binance's `workingTime`)
     working_ms: int | None = None
+    order_list_id: int = -1  # the OCO it is a leg of (Binance's `orderListId`), -1 for none
 
     @property
     def working_time(self) -> int:
@@ -169,6 +175,23 @@ class PaperOrder:
 
 
 @dataclass
+class OrderList:
+    """An OCO (`oco.py`): its two legs, the stop-loss leg first (as Binance's examples list them),
+    EXECUTING until one leg fills, triggers or is cancelled, then ALL_DONE."""
+
+    order_list_id: int
+    symbol: str
+    list_client_order_id: str
+    order_ids: tuple[int, int]
+    time_ms: int  # Binance's `transactionTime`
+    status: str = "EXECUTING"  # listOrderStatus: EXECUTING | ALL_DONE
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == "EXECUTING"
+
+
+@dataclass
 class Balance:
     free: Decimal = ZERO
     locked: Decimal = ZERO
@@ -186,6 +209,9 @@ class Change:
     time_ms: int
     cancel_id: str = ""  # CANCELED by a request: that request's client order id (Binance's `c`)
     triggered: bool = False  # NEW: a stop that starts working, not an order placed
+    expiry_reason: str = ""  # EXPIRED: Binance's `eR` (here only OCO_TRIGGER)
+    order_list: OrderList | None = None  # a `listStatus` event follows this change's executionReport
+    legs: list[PaperOrder] = field(default_factory=list)  # that list's orders
 
 
 @dataclass
@@ -244,17 +270,20 @@ CREATE TABLE IF NOT EXISTS fills (
     trade_id INTEGER NOT NULL, time_ms INTEGER NOT NULL, PRIMARY KEY (order_id, seq));
 CREATE TABLE IF NOT EXISTS balances (asset TEXT PRIMARY KEY, free TEXT NOT NULL, locked TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS order_lists (
+    order_list_id INTEGER PRIMARY KEY, symbol TEXT NOT NULL, list_client_order_id TEXT NOT NULL,
+    order_ids TEXT NOT NULL, time_ms INTEGER NOT NULL, status TEXT NOT NULL);
 """
 # Columns added since the first schema: older state files gain them with these defaults.
 _ADDED_COLUMNS = {
     "orders": [("type", "TEXT NOT NULL DEFAULT 'LIMIT'"), ("time_in_force", "TEXT NOT NULL DEFAULT 'GTC'"),
                ("orig_quote_qty", "TEXT NOT NULL DEFAULT '0'"), ("stop_price", "TEXT NOT NULL DEFAULT '0'"),
-               ("working_ms", "INTEGER")],
+               ("working_ms", "INTEGER"), ("order_list_id", "INTEGER NOT NULL DEFAULT -1")],
     "fills": [("commission", "TEXT NOT NULL DEFAULT '0'"), ("commission_asset", "TEXT NOT NULL DEFAULT ''"),
               ("is_maker", "INTEGER NOT NULL DEFAULT 1"), ("market_trade_id", "INTEGER NOT NULL DEFAULT 0")],
 }
 _ORDER_COLUMNS = ("order_id, symbol, client_order_id, side, price, orig_qty, executed_qty, cum_quote, status, time_ms, "
-                  "update_ms, received_ns, type, time_in_force, orig_quote_qty, stop_price, working_ms")
+                  "update_ms, received_ns, type, time_in_force, orig_quote_qty, stop_price, working_ms, order_list_id")
 _FILL_COLUMNS = "order_id, seq, price, qty, trade_id, time_ms, commission, commission_asset, is_maker, market_trade_id"
 
 
@@ -343,10 +372,10 @@ class PaperBook:
         self._by_client_id: dict[tuple[str, str], PaperOrder] = {}  # latest order with that id
         for row in self._db.execute(f"SELECT {_ORDER_COLUMNS} FROM orders ORDER BY order_id"):
             (oid, symbol, cid, side, price, qty, executed, quote, status, t, updated, received, kind, tif, quote_qty,
-             stop, working) = row
+             stop, working, list_id) = row
             order = PaperOrder(oid, symbol, cid, side, Decimal(price), Decimal(qty), t, received, Decimal(executed),
                                Decimal(quote), status, updated, type=kind, time_in_force=tif, orig_quote_qty=Decimal(quote_qty),
-                               stop_price=Decimal(stop), working_ms=working)
+                               stop_price=Decimal(stop), working_ms=working, order_list_id=list_id)
             self._index(order)
         self._next_trade_id = 1
         for oid, _, price, qty, trade_id, t, fee, fee_asset, maker, market_id in self._db.execute(
@@ -358,6 +387,18 @@ class PaperBook:
         for asset, free, locked in self._db.execute("SELECT asset, free, locked FROM balances"):
             self.balances[asset] = Balance(Decimal(free), Decimal(locked))
         self._next_id = max(self.orders, default=0) + 1
+        self.lists: dict[int, OrderList] = {}
+        self._list_by_client_id: dict[str, OrderList] = {}  # latest list with that id
+        for list_id, symbol, list_cid, ids, t, status in self._db.execute(
+                "SELECT order_list_id, symbol, list_client_order_id, order_ids, time_ms, status FROM order_lists "
+                "ORDER BY order_list_id"):
+            first, second = (int(i) for i in ids.split(","))
+            self._index_list(OrderList(list_id, symbol, list_cid, (first, second), t, status))
+        self._next_list_id = max(self.lists, default=0) + 1
+
+    def _index_list(self, order_list: OrderList) -> None:
+        self.lists[order_list.order_list_id] = order_list
+        self._list_by_client_id[order_list.list_client_order_id] = order_list
 
     def _index(self, order: PaperOrder) -> None:
         self.orders[order.order_id] = order
@@ -378,16 +419,22 @@ class PaperBook:
             raise
         self._db.execute("COMMIT")
 
-    def _save(self, orders: list[PaperOrder], assets: set[str], fills: Sequence[tuple[PaperOrder, int, Fill]] = ()) -> None:
+    def _save(self, orders: list[PaperOrder], assets: set[str], fills: Sequence[tuple[PaperOrder, int, Fill]] = (),
+              lists: Sequence[OrderList] = ()) -> None:
         """Write what changed in one transaction; on failure memory goes back to the disk's truth."""
         try:
             with self._transaction():
                 self._db.executemany(
-                    f"INSERT OR REPLACE INTO orders ({_ORDER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT OR REPLACE INTO orders ({_ORDER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [(o.order_id, o.symbol, o.client_order_id, o.side, str(o.price), str(o.orig_qty),
                       str(o.executed_qty), str(o.cum_quote), o.status, o.time_ms, o.update_ms, o.received_ns,
-                      o.type, o.time_in_force, str(o.orig_quote_qty), str(o.stop_price), o.working_ms)
+                      o.type, o.time_in_force, str(o.orig_quote_qty), str(o.stop_price), o.working_ms, o.order_list_id)
                      for o in orders],
+                )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO order_lists VALUES (?,?,?,?,?,?)",
+                    [(ol.order_list_id, ol.symbol, ol.list_client_order_id, ",".join(map(str, ol.order_ids)), ol.time_ms,
+                      ol.status) for ol in lists],
                 )
                 self._db.executemany(
                     f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -490,6 +537,131 @@ class PaperBook:
         log.info("placed %s %s %s %s %s %s @ %s (orderId %d): %s", f.symbol, new.client_order_id, new.type, new.time_in_force,
                  new.side, qty, new.price, order.order_id, order.status)
         return order, changes
+
+    def place_oco(self, f: SymbolFilters, legs: tuple[NewOrder, NewOrder], list_client_id: str,
+                  check_prices: Callable[[Decimal | None], None]) -> tuple[OrderList, list[PaperOrder]]:
+        """POST /api/v3/orderList/oco, its parameters checked (`oco.parse_oco`), the legs in the order
+        they are numbered (the stop-loss leg first). Binance's checks: each leg's filters, duplicate
+        ids (of the open lists and the open orders), the prices' relation to the last trade price
+        (`check_prices`, given None before the symbol's first trade), each leg's own "would trigger
+        immediately" / "would immediately match"; then the funds, locked once for the pair: the
+        larger of the two legs' commitments (a SELL: the quantity)."""
+        for leg in legs:
+            self.check(f, leg)
+        with self._lock:
+            known = self._list_by_client_id.get(list_client_id)
+            ids = [leg.client_order_id for leg in legs]
+            if (known is not None and known.is_open) or ids[0] == ids[1] or any(
+                    (o := self._by_client_id.get((f.symbol, cid))) is not None and o.is_open for cid in ids):
+                raise Rejected(-2010, "Duplicate order sent.")
+            market = self._market.get(f.symbol)
+            check_prices(market.price if market else None)
+            for leg in legs:
+                if stops.is_stop(leg.type) and market is not None and stops.triggers(leg.type, leg.side, leg.stop_price,
+                                                                                      market.price):
+                    raise Rejected(-2010, stops.WOULD_TRIGGER)
+                if leg.type == "LIMIT_MAKER" and self._marketable(leg.type, leg.side, leg.price, market):
+                    raise Rejected(-2010, "Order would immediately match and take.")
+            now, list_id = self.clock(), self._next_list_id
+            orders = [PaperOrder(self._next_id + n, f.symbol, leg.client_order_id, leg.side, leg.price, leg.qty, now,
+                                 leg.received_ns, update_ms=now, type=leg.type, time_in_force=leg.time_in_force,
+                                 stop_price=leg.stop_price, order_list_id=list_id,
+                                 working_ms=stops.NOT_WORKING if stops.is_stop(leg.type) else None)
+                      for n, leg in enumerate(legs)]
+            (asset, first), (_, second) = (self._commitment(f, o) for o in orders)
+            balance = self._balance(asset)
+            if balance.free < max(first, second):
+                raise Rejected(-2010, "Account has insufficient balance for requested action.")
+            balance.free -= max(first, second)
+            balance.locked += max(first, second)
+            self._next_id += len(orders)
+            self._next_list_id += 1
+            order_list = OrderList(list_id, f.symbol, list_client_id, (orders[0].order_id, orders[1].order_id), now)
+            for order in orders:
+                self._index(order)
+            self._index_list(order_list)
+            self._save(orders, {asset}, lists=[order_list])
+            changes = [Change(_snapshot(o), "NEW", None, {}, now) for o in orders]
+            changes[-1].balances = {asset: replace(balance)}
+            self._tag(changes[-1], order_list)
+            self._publish(changes)
+        log.info("placed OCO %s %s (orderListId %d): %s", f.symbol, list_client_id, list_id,
+                 ", ".join(f"{o.client_order_id} {o.type} {o.side} {o.orig_qty} @ {o.price} stop {o.stop_price}" for o in orders))
+        return replace(order_list), [_snapshot(o) for o in orders]
+
+    def _other_leg(self, order: PaperOrder) -> PaperOrder | None:
+        order_list = self.lists.get(order.order_list_id)
+        if order_list is None:
+            return None
+        return self.orders[next(i for i in order_list.order_ids if i != order.order_id)]
+
+    def _release(self, f: SymbolFilters, order: PaperOrder) -> tuple[str, Decimal]:
+        """What `order` frees when it closes or starts working: its commitment; for an OCO leg whose
+        other leg stays open, what of the pair's single lock the other leg does not hold."""
+        asset, amount = self._commitment(f, order)
+        other = self._other_leg(order)
+        if other is not None and other.is_open:
+            kept = self._commitment(f, other)[1]
+            return asset, max(amount, kept) - kept
+        return asset, amount
+
+    def _end_list(self, f: SymbolFilters, order: PaperOrder, now: int, changes: list[Change], ended: list[OrderList]) -> set[str]:
+        """`order`, a leg of an executing OCO, fills or triggers: the other leg expires (Binance's
+        `eR` OCO_TRIGGER), its share of the pair's lock freed, and the list is ALL_DONE (`ended`).
+        Returns the assets moved."""
+        order_list = self.lists.get(order.order_list_id)
+        if order_list is None or not order_list.is_open:
+            return set()
+        order_list.status = "ALL_DONE"
+        ended.append(order_list)
+        other = self._other_leg(order)
+        if other is None or not other.is_open:
+            return set()
+        asset, amount = self._release(f, other)
+        self._balance(asset).locked -= amount
+        self._balance(asset).free += amount
+        other.status, other.update_ms = "EXPIRED", now
+        del self._open[f.symbol][other.order_id]
+        self._waiting.get(f.symbol, {}).pop(other.order_id, None)
+        changes.append(Change(_snapshot(other), "EXPIRED", None, {}, now, expiry_reason="OCO_TRIGGER"))
+        return {asset}
+
+    def _with_other_legs(self, orders: list[PaperOrder]) -> list[PaperOrder]:
+        """Binance: cancelling one order of an order list cancels the whole list (its open legs, in list order)."""
+        found: dict[int, PaperOrder] = {}
+        for order in orders:
+            order_list = self.lists.get(order.order_list_id)
+            legs = [self.orders[i] for i in order_list.order_ids] if order_list is not None and order_list.is_open else [order]
+            found.update((o.order_id, o) for o in legs if o.is_open)
+        return list(found.values())
+
+    def find_list(self, order_list_id: int | None, list_client_id: str | None) -> tuple[OrderList, list[PaperOrder]] | None:
+        """By orderListId (and then its listClientOrderId must match, if given), else the latest list with that id."""
+        with self._lock:
+            order_list = (self.lists.get(order_list_id) if order_list_id is not None
+                          else self._list_by_client_id.get(list_client_id or ""))
+            if order_list is None or (list_client_id is not None and order_list.list_client_order_id != list_client_id):
+                return None
+            return replace(order_list), [_snapshot(self.orders[i]) for i in order_list.order_ids]
+
+    def order_lists(self, only_open: bool = False) -> list[tuple[OrderList, list[PaperOrder]]]:
+        """Every order list (or the executing ones), oldest first, with its legs."""
+        with self._lock:
+            return [(replace(ol), [_snapshot(self.orders[i]) for i in ol.order_ids])
+                    for ol in self.lists.values() if ol.is_open or not only_open]
+
+    def cancel_list(self, f: SymbolFilters, order_list_id: int | None, list_client_id: str | None,
+                    cancel_id: str) -> tuple[OrderList, list[PaperOrder]]:
+        """DELETE /api/v3/orderList: both legs CANCELED, the list ALL_DONE, in one commit."""
+        with self._lock:
+            order_list = (self.lists.get(order_list_id) if order_list_id is not None
+                          else self._list_by_client_id.get(list_client_id or ""))
+            if (order_list is None or order_list.symbol != f.symbol or not order_list.is_open
+                    or (list_client_id is not None and order_list.list_client_order_id != list_client_id)):
+                raise Rejected(-2011, "Unknown order list sent.")
+            legs = [self.orders[i] for i in order_list.order_ids]
+            self._close_many(f, legs, "CANCELED", lambda o: cancel_id)
+            return replace(order_list), [_snapshot(o) for o in legs]
 
     @staticmethod
     def _marketable(kind: str, side: str, price: Decimal, market: _Market | None) -> bool:
@@ -629,14 +801,19 @@ class PaperBook:
             return self._close(f, order, status, lambda o: cancel_id)
 
     def _close(self, f: SymbolFilters, order: PaperOrder, status: str, cancel_id: Callable[[PaperOrder], str]) -> Change:
-        return self._close_many(f, [order], status, cancel_id)[0]
+        """`order` (and, if it is a leg of an executing OCO, the other leg): its change."""
+        return next(c for c in self._close_many(f, [order], status, cancel_id) if c.order.order_id == order.order_id)
 
     def _close_many(self, f: SymbolFilters, orders: list[PaperOrder], status: str,
                     cancel_id: Callable[[PaperOrder], str]) -> list[Change]:
+        """Close the open `orders` (with the other legs of their order lists), in one commit."""
         now = self.clock()
         assets: set[str] = set()
+        orders = self._with_other_legs(orders)
+        ended = {o.order_list_id: self.lists[o.order_list_id] for o in orders
+                 if o.order_list_id in self.lists and self.lists[o.order_list_id].is_open}
         for order in orders:
-            asset, amount = self._commitment(f, order)
+            asset, amount = self._release(f, order)
             balance = self._balance(asset)
             balance.locked -= amount
             balance.free += amount
@@ -645,11 +822,17 @@ class PaperBook:
             order.update_ms = now
             del self._open[f.symbol][order.order_id]
             self._waiting.get(f.symbol, {}).pop(order.order_id, None)
-        self._save(orders, assets)
+        for order_list in ended.values():
+            order_list.status = "ALL_DONE"
+        self._save(orders, assets, lists=list(ended.values()))
         sheet = {a: replace(self.balances[a]) for a in sorted(assets)}
         for order in orders:
             log.info("%s %s %s (orderId %d)", status.lower(), f.symbol, order.client_order_id, order.order_id)
         changes = [Change(_snapshot(o), status, None, sheet, now, cancel_id(o)) for o in orders]
+        for change in changes:  # a list's listStatus after its last leg's report
+            if change.order.order_list_id in ended and change.order.order_id == max(
+                    c.order.order_id for c in changes if c.order.order_list_id == change.order.order_list_id):
+                self._tag(change, ended[change.order.order_list_id])
         self._publish(changes)
         return changes
 
@@ -713,14 +896,20 @@ class PaperBook:
                 return filled  # most trades: nothing to sort, save or tell the listeners
             assets: set[str] = set()
             rows: list[tuple[PaperOrder, int, Fill]] = []
+            ended: list[OrderList] = []  # OCOs a leg of which filled or triggered: the other leg expired
             # Price priority (best price first: the highest BUY, the lowest SELL), then time (order id).
             crossing.sort(key=lambda o: (-o.price if o.side == "BUY" else o.price, o.order_id))
             for order in crossing:
                 amount = min(order.remaining, market.left) if self.partial_fills else order.remaining
                 if amount <= 0:
                     break
+                if not order.is_open:
+                    continue  # the other leg of an OCO that filled earlier in this trade
                 if self.partial_fills:
                     market.left -= amount
+                # An OCO leg's first fill, even a partial one, expires the other leg first: the pair's
+                # lock comes down to this leg's own commitment, which the fill then takes from.
+                assets |= self._end_list(f, order, now, changes, ended)
                 fill, moved = self._fill(f, order, order.price, amount, maker=True, locked=True,
                                          market_trade_id=trade_id, now=now)
                 assets |= moved
@@ -729,14 +918,20 @@ class PaperBook:
                     del book[order.order_id]
                 filled.append((order, fill))
                 changes.append(Change(_snapshot(order), "TRADE", fill, {}, now))
+                self._list_status(order, changes, ended)
             for order in triggered:  # in the order they were placed
+                if order.order_id not in self._waiting[f.symbol]:
+                    continue  # the other leg of an OCO that filled or triggered on this trade: expired
                 del self._waiting[f.symbol][order.order_id]
+                assets |= self._end_list(f, order, now, changes, ended)  # a leg that starts working ends its OCO
                 assets |= self._trigger(f, order, market, now, changes, rows)
+                self._list_status(order, changes, ended)
                 if not order.is_open:
                     del book[order.order_id]
                 filled.extend((order, fill) for o, _, fill in rows if o is order)
             if changes:
-                self._save(list({o.order_id: o for o in [*crossing, *triggered]}.values()), assets, rows)
+                others = [self.orders[i] for ol in ended for i in ol.order_ids]
+                self._save(list({o.order_id: o for o in [*crossing, *triggered, *others]}.values()), assets, rows, ended)
                 changes[-1].balances = {a: replace(self.balances[a]) for a in sorted(assets)}
                 self._publish(changes)
         for order, fill in filled:
@@ -744,13 +939,23 @@ class PaperBook:
                      order.client_order_id, order.side, fill.qty, fill.price, order.order_id, trade_id)
         return filled
 
+    def _list_status(self, order: PaperOrder, changes: list[Change], ended: list[OrderList]) -> None:
+        """The listStatus of the OCO `order` just ended follows the last report of that step."""
+        if ended and ended[-1].order_list_id == order.order_list_id and changes[-1].order_list is None:
+            self._tag(changes[-1], ended[-1])
+
+    def _tag(self, change: Change, order_list: OrderList) -> None:
+        """`change` is followed by the list's listStatus (a copy of the list and its legs as they are now)."""
+        change.order_list = replace(order_list)
+        change.legs = [_snapshot(self.orders[i]) for i in order_list.order_ids]
+
     def _trigger(self, f: SymbolFilters, order: PaperOrder, market: _Market, now: int, changes: list[Change],
                  rows: list[tuple[PaperOrder, int, Fill]]) -> set[str]:
         """A stop reached by the trade starts working (an executionReport NEW with `w` true, as Binance
         sends when a stop triggers): its funds are released, then it works as the MARKET or LIMIT order
         it becomes (`_work`), as a taker at the trade's price. A triggered STOP_LOSS / TAKE_PROFIT BUY
         whose quote no longer covers the trade's price expires unfilled (never kinder than Binance)."""
-        asset, amount = self._commitment(f, order)
+        asset, amount = self._release(f, order)
         self._balance(asset).locked -= amount
         self._balance(asset).free += amount
         order.working_ms = order.update_ms = now

@@ -19,6 +19,8 @@ error with `data`).
     GET    /api/v3/openOrders[?symbol=]   DELETE /api/v3/openOrders?symbol=          (signed)
     GET    /api/v3/allOrders, /api/v3/myTrades   (orderId/fromId, startTime, endTime, limit)
     GET    /api/v3/account, /api/v3/account/commission                              (signed)
+    POST   /api/v3/orderList/oco   an OCO of LIMIT_MAKER, STOP_LOSS_LIMIT, TAKE_PROFIT_LIMIT legs (oco.py)
+    DELETE /api/v3/orderList, GET /api/v3/orderList, /api/v3/openOrderList, /api/v3/allOrderList  (signed)
     POST | PUT | DELETE /api/v3/userDataStream   listen keys (API key, no signature); the
                                 stream itself: ws://<host>:<ws_port>/ws/<listenKey> (userstream.py)
     GET    /api/v3/klines, /api/v3/uiKlines, /api/v3/depth, /api/v3/ticker/24hr, /api/v3/ticker/price,
@@ -60,7 +62,7 @@ Deliberate differences from Binance (the paper exchange is never kinder):
   symbol (not in their `orderTypes`); a stop placed before the symbol's first trade is seen
   cannot be checked for "would trigger immediately" and is accepted.
 - Not implemented, so not listed in exchangeInfo: trailing stops (`trailingDelta`), iceberg
-  orders, order lists (OCO/OTO/OPO), order amend, pegged orders, SOR, self-trade prevention
+  orders, order lists other than OCO (OTO/OTOCO/OPO), order amend, pegged orders, SOR, self-trade prevention
   modes other than NONE, MAX_NUM_ORDERS; rate limits other than injected faults (`faults.py`).
 - cancelReplace: `orderRateLimitExceededMode` is checked and changes nothing (no unfilled-order
   limit is enforced); faults are drawn for POST /api/v3/order only.
@@ -105,7 +107,7 @@ from naived.core.config import Config, Faults
 from naived.core.symbols import SymbolFilters, table
 from naived.paper import shapes
 from naived.paper.auth import Auth
-from naived.paper.book import NewOrder, PaperBook, Rejected
+from naived.paper.book import NewOrder, PaperBook, PaperOrder, Rejected
 from naived.paper.candles import Candles
 from naived.paper.faults import (
     ANSWER_503,
@@ -117,6 +119,7 @@ from naived.paper.faults import (
 )
 from naived.paper.http import Gate, Handler
 from naived.paper.market_data import MarketData, Reply, Route
+from naived.paper.oco import legs_in_order, parse_oco, price_check
 from naived.paper.params import (
     Params,
     cancel_restriction,
@@ -139,6 +142,7 @@ log = logging.getLogger(__name__)
 
 NEW_ORDER = ("POST", "/api/v3/order")  # the only request faults are drawn for
 CANCEL_REPLACE = ("POST", "/api/v3/order/cancelReplace")
+NEW_OCO = ("POST", "/api/v3/orderList/oco")
 
 
 class Feed(Protocol):
@@ -186,6 +190,12 @@ class PaperExchange:
             ("DELETE", "/api/v3/openOrders"): (self.cancel_open_orders, 1, True),
             ("GET", "/api/v3/allOrders"): (self.all_orders, 20, True),
             ("GET", "/api/v3/myTrades"): (self.my_trades, 20, True),
+            # OCO order lists (oco.py)
+            ("POST", "/api/v3/orderList/oco"): (self.new_oco, 1, True),
+            ("DELETE", "/api/v3/orderList"): (self.cancel_order_list, 1, True),
+            ("GET", "/api/v3/orderList"): (self.get_order_list, 4, True),
+            ("GET", "/api/v3/openOrderList"): (self.open_order_lists, 6, True),
+            ("GET", "/api/v3/allOrderList"): (self.all_order_lists, 20, True),
             ("GET", "/api/v3/account"): (self.account, 20, True),
             ("GET", "/api/v3/account/commission"): (self.commission, 20, True),
             # USER_STREAM: the API key, no signature (checked in `handle`)
@@ -241,6 +251,46 @@ class PaperExchange:
         self._want(f)
         order, _ = self.book.place(f, new)
         return shapes.placed_json(order, kind)
+
+    def new_oco(self, params: Params, received_ns: int) -> Reply:
+        """POST /api/v3/orderList/oco (`oco.py`); newOrderRespType FULL by default (web-socket-api.md's
+        orderList.place: "FULL (default)")."""
+        f, list_id, above, below = parse_oco(params, received_ns)
+        kind = choice(params, "newOrderRespType", ("ACK", "RESULT", "FULL"), default="FULL")
+        self._want(f)
+        order_list, legs = self.book.place_oco(f, legs_in_order(above, below), list_id, price_check(above, below))
+        return 200, shapes.oco_placed_json(order_list, legs, kind)
+
+    def _order_list(self, params: Params, by_id: str) -> tuple[int | None, str | None]:
+        order_list_id, client_id = optional_int(params, "orderListId"), params.get(by_id) or None
+        if order_list_id is None and client_id is None:
+            raise Rejected(-1102, f"Param '{by_id}' or 'orderListId' must be sent, but both were empty/null!")
+        return order_list_id, client_id
+
+    def cancel_order_list(self, params: Params, received_ns: int) -> Reply:
+        f = symbol_filters(mandatory(params, "symbol"))
+        order_list_id, client_id = self._order_list(params, "listClientOrderId")
+        cancel_id = params.get("newClientOrderId") or generated_id()
+        order_list, legs = self.book.cancel_list(f, order_list_id, client_id, cancel_id)
+        return 200, shapes.list_cancelled_json(order_list, legs, cancel_id)
+
+    def get_order_list(self, params: Params, received_ns: int) -> Reply:
+        found = self.book.find_list(*self._order_list(params, "origClientOrderId"))
+        if found is None:
+            raise Rejected(-2013, "Order list does not exist.")
+        return 200, shapes.order_list_json(*found)
+
+    def open_order_lists(self, params: Params, received_ns: int) -> Reply:
+        return 200, [shapes.order_list_json(*found) for found in self.book.order_lists(only_open=True)]
+
+    def all_order_lists(self, params: Params, received_ns: int) -> Reply:
+        """From `fromId` on the oldest `limit`, else the most recent; newest first, as Binance's example."""
+        from_id = optional_int(params, "fromId")
+        found = [(ol, legs) for ol, legs in self.book.order_lists()
+                 if (from_id is None or ol.order_list_id >= from_id) and in_time_range(params, ol.time_ms)]
+        limit = page_limit(params)
+        found = found[:limit] if from_id is not None else found[-limit:]
+        return 200, [shapes.order_list_json(*one) for one in reversed(found)]
 
     def cancel_replace(self, params: Params, received_ns: int) -> Reply:
         """POST /api/v3/order/cancelReplace. Parameters and filters are checked before anything
@@ -314,8 +364,22 @@ class PaperExchange:
         return 200, [shapes.trade_json(o, t) for o, t in trades]
 
     def cancel_open_orders(self, params: Params, received_ns: int) -> Reply:
+        """Every open order of the symbol; the legs of an order list as that list's entry (Binance's shape)."""
         f = symbol_filters(mandatory(params, "symbol"))
-        return 200, [shapes.cancelled_json(c.order, c.cancel_id) for c in self.book.cancel_all(f, lambda o: generated_id())]
+        ids: dict[tuple[str, int], str] = {}  # the legs of a list share their cancel's id
+
+        def cancel_id(o: PaperOrder) -> str:
+            key = ("list", o.order_list_id) if o.order_list_id >= 0 else ("order", o.order_id)
+            return ids.setdefault(key, generated_id())
+        changes = self.book.cancel_all(f, cancel_id)
+        answer: list[dict[str, Any]] = []
+        for change in changes:
+            if change.order.order_list_id < 0:
+                answer.append(shapes.cancelled_json(change.order, change.cancel_id))
+            elif change.order_list is not None:  # on the list's last leg: the list, all its legs
+                legs = [c.order for c in changes if c.order.order_list_id == change.order.order_list_id]
+                answer.append(shapes.list_cancelled_json(change.order_list, legs, change.cancel_id))
+        return 200, answer
 
     def commission(self, params: Params, received_ns: int) -> Reply:
         f = symbol_filters(mandatory(params, "symbol"))
@@ -457,7 +521,8 @@ class PaperExchange:
             request.close_connection = True
             return
         counted = status == 200 or (isinstance(reply, dict) and "data" in reply)
-        order_counts = self.order_count.headers() if counted and (method, url.path) in (NEW_ORDER, CANCEL_REPLACE) else None
+        placing = (method, url.path) in (NEW_ORDER, CANCEL_REPLACE, NEW_OCO)
+        order_counts = self.order_count.headers() if counted and placing else None
         self._respond(request, status, reply, used, order_counts)
 
     def _guarded(self, call: Callable[[], Reply]) -> Reply:

@@ -2,7 +2,7 @@
 
 Every field Binance sends, with its name and type; amounts are printed with 8 decimals, time
 fields in ms (`in_microseconds` rescales an answer for `X-MBX-TIME-UNIT: MICROSECOND`). What the
-paper exchange does not implement is switched off, not left out (order types, icebergs, order
+paper exchange does not implement is switched off, not left out (order types, icebergs, OTO/OPO
 lists, self-trade prevention modes). The user data stream's events are `userstream.py`'s.
 """
 
@@ -20,6 +20,7 @@ from naived.paper.book import (
     Balance,
     Fees,
     Fill,
+    OrderList,
     PaperOrder,
 )
 from naived.paper.params import ORDER_TYPES
@@ -77,7 +78,7 @@ def _stop_price(o: PaperOrder) -> dict[str, str]:
 
 def placed_json(o: PaperOrder, kind: str) -> dict[str, Any]:
     """POST /api/v3/order, in the newOrderRespType asked for (a stop not triggered: workingTime -1)."""
-    body: dict[str, Any] = {"symbol": o.symbol, "orderId": o.order_id, "orderListId": -1,
+    body: dict[str, Any] = {"symbol": o.symbol, "orderId": o.order_id, "orderListId": o.order_list_id,
                             "clientOrderId": o.client_order_id, "transactTime": o.time_ms}
     if kind == "ACK":
         return body
@@ -90,7 +91,8 @@ def placed_json(o: PaperOrder, kind: str) -> dict[str, Any]:
 def query_json(o: PaperOrder) -> dict[str, Any]:
     """GET /api/v3/order and each entry of openOrders."""
     zero = fmt(ZERO)
-    return {"symbol": o.symbol, "orderId": o.order_id, "orderListId": -1, "clientOrderId": o.client_order_id} | _details(o) | {
+    return {"symbol": o.symbol, "orderId": o.order_id, "orderListId": o.order_list_id,
+            "clientOrderId": o.client_order_id} | _details(o) | {
         "stopPrice": fmt(o.stop_price), "icebergQty": zero, "time": o.time_ms, "updateTime": o.update_ms,
         "isWorking": o.is_working, "workingTime": o.working_time, "selfTradePreventionMode": "NONE",
     }
@@ -98,9 +100,31 @@ def query_json(o: PaperOrder) -> dict[str, Any]:
 
 def cancelled_json(o: PaperOrder, cancel_id: str) -> dict[str, Any]:
     """DELETE /api/v3/order: `clientOrderId` is the cancel request's own id."""
-    return {"symbol": o.symbol, "origClientOrderId": o.client_order_id, "orderId": o.order_id, "orderListId": -1,
+    return {"symbol": o.symbol, "origClientOrderId": o.client_order_id, "orderId": o.order_id, "orderListId": o.order_list_id,
             "clientOrderId": cancel_id, "transactTime": o.update_ms} | _details(o) | _stop_price(o) | {
                 "selfTradePreventionMode": "NONE"}
+
+
+def order_list_json(ol: OrderList, legs: list[PaperOrder], time_ms: int | None = None) -> dict[str, Any]:
+    """An order list, as GET /api/v3/orderList, openOrderList and allOrderList answer it; `time_ms`:
+    the transaction's, when not the list's placement."""
+    done = not ol.is_open
+    return {"orderListId": ol.order_list_id, "contingencyType": "OCO",
+            "listStatusType": "ALL_DONE" if done else "EXEC_STARTED", "listOrderStatus": ol.status,
+            "listClientOrderId": ol.list_client_order_id,
+            "transactionTime": ol.time_ms if time_ms is None else time_ms, "symbol": ol.symbol,
+            "orders": [{"symbol": o.symbol, "orderId": o.order_id, "clientOrderId": o.client_order_id} for o in legs]}
+
+
+def oco_placed_json(ol: OrderList, legs: list[PaperOrder], kind: str) -> dict[str, Any]:
+    """POST /api/v3/orderList/oco: the list and its legs' reports in the newOrderRespType asked for."""
+    return order_list_json(ol, legs) | {"orderReports": [placed_json(o, kind) for o in legs]}
+
+
+def list_cancelled_json(ol: OrderList, legs: list[PaperOrder], cancel_id: str) -> dict[str, Any]:
+    """DELETE /api/v3/orderList (and an order list's entry in DELETE /api/v3/openOrders)."""
+    return order_list_json(ol, legs, max(o.update_ms for o in legs)) | {
+        "orderReports": [cancelled_json(o, cancel_id) for o in legs]}
 
 
 def _fill_json(f: Fill) -> dict[str, Any]:
@@ -111,7 +135,7 @@ def _fill_json(f: Fill) -> dict[str, Any]:
 
 def trade_json(o: PaperOrder, f: Fill) -> dict[str, Any]:
     """One entry of GET /api/v3/myTrades."""
-    return {"symbol": o.symbol, "id": f.trade_id, "orderId": o.order_id, "orderListId": -1, "price": fmt(f.price),
+    return {"symbol": o.symbol, "id": f.trade_id, "orderId": o.order_id, "orderListId": o.order_list_id, "price": fmt(f.price),
             "qty": fmt(f.qty), "quoteQty": fmt(f.price * f.qty), "commission": fmt(f.commission),
             "commissionAsset": f.commission_asset, "time": f.time_ms, "isBuyer": o.side == "BUY",
             "isMaker": f.is_maker, "isBestMatch": True}
@@ -119,7 +143,8 @@ def trade_json(o: PaperOrder, f: Fill) -> dict[str, Any]:
 
 def inspection_json(o: PaperOrder) -> dict[str, Any]:
     """One entry of GET /paper/orders: the RESULT fields and what tests look at besides."""
-    return {"symbol": o.symbol, "orderId": o.order_id, "clientOrderId": o.client_order_id} | _details(o) | {
+    return {"symbol": o.symbol, "orderId": o.order_id, "orderListId": o.order_list_id,
+            "clientOrderId": o.client_order_id} | _details(o) | {
         "stopPrice": fmt(o.stop_price), "workingTime": o.working_time,
         "time": o.time_ms, "updateTime": o.update_ms, "receivedNs": o.received_ns,
         "fills": [_fill_json(f) | {"time": f.time_ms, "isMaker": f.is_maker, "marketTradeId": f.market_trade_id}
@@ -185,8 +210,8 @@ def exchange_info_json(symbols: list[dict[str, Any]]) -> dict[str, Any]:
 
 def exchange_info_entry(f: SymbolFilters) -> dict[str, Any]:
     """One symbol in Binance's `exchangeInfo` shape, every field Binance sends; what the paper
-    exchange does not implement is switched off (order types, icebergs, order lists, STP); what
-    it does is on (quoteOrderQty MARKET orders, cancelReplace)."""
+    exchange does not implement is switched off (order types, icebergs, OTO/OPO lists, STP); what
+    it does is on (quoteOrderQty MARKET orders, cancelReplace, OCO lists: `oco.py`)."""
     q = fmt
     lot = {"minQty": q(f.min_qty), "maxQty": q(f.max_qty), "stepSize": q(f.step_size)}
     return {
@@ -196,7 +221,7 @@ def exchange_info_entry(f: SymbolFilters) -> dict[str, Any]:
         "orderTypes": list(ORDER_TYPES),
         # amendAllowed (2025-04), pegInstructionsAllowed (2025-08, true on every symbol) and opoAllowed
         # (2025-12) came after the 2023 recording (CHANGELOG.md): false here, none is implemented.
-        "icebergAllowed": False, "ocoAllowed": False, "otoAllowed": False, "opoAllowed": False,
+        "icebergAllowed": False, "ocoAllowed": True, "otoAllowed": False, "opoAllowed": False,
         "quoteOrderQtyMarketAllowed": True, "allowTrailingStop": False, "cancelReplaceAllowed": True,
         "amendAllowed": False, "pegInstructionsAllowed": False, "isSpotTradingAllowed": True,
         "isMarginTradingAllowed": False,

@@ -8,7 +8,8 @@ Binance's `user-data-stream.md` is the specification:
   `DELETE` closes it. An unknown key is -1125 "This listenKey does not exist.".
 - `ws://<paper.host>:<paper.ws_port>/ws/<listenKey>` pushes, for every committed order change
   of the book (`PaperBook.listeners`), an `executionReport` with Binance's field set, then an
-  `outboundAccountPosition` with the balances that change moved. A key that expires gets
+  `outboundAccountPosition` with the balances that change moved; a change that places or ends an
+  OCO (`oco.py`) has that list's `listStatus` between the two. A key that expires gets
   `listenKeyExpired` and its connections are closed; a DELETE closes them without it.
   A connection lasts at most `paper.user_stream_connection_seconds` (Binance: 24 hours).
 - Fault: `paper.faults.user_stream_drop`, a probability per event and connection of dropping
@@ -54,7 +55,7 @@ from websockets.http11 import Request, Response
 
 from naived.core.config import Faults
 from naived.ops.ratelog import RateLimitedLog
-from naived.paper.book import Change, PaperOrder
+from naived.paper.book import Change, OrderList, PaperOrder
 from naived.paper.shapes import fmt, now_ms
 from naived.paper.stops import TAKERS
 
@@ -146,7 +147,7 @@ def execution_report(change: Change, execution_id: int, event_ms: int) -> dict[s
         # A cancel's report names the cancel request in `c` and the cancelled order in `C`.
         "c": change.cancel_id if canceled and change.cancel_id else o.client_order_id,
         "S": o.side, "o": o.type, "f": o.time_in_force, "q": fmt(o.orig_qty), "p": fmt(o.price),
-        "P": fmt(o.stop_price), "F": fmt(Decimal(0)), "g": -1,
+        "P": fmt(o.stop_price), "F": fmt(Decimal(0)), "g": o.order_list_id,
         "C": o.client_order_id if canceled and change.cancel_id else "",
         "x": change.execution, "X": o.status, "r": "NONE", "i": o.order_id,
         "l": fmt(f.qty if f else Decimal(0)), "z": fmt(o.executed_qty), "L": fmt(f.price if f else Decimal(0)),
@@ -156,7 +157,15 @@ def execution_report(change: Change, execution_id: int, event_ms: int) -> dict[s
         "m": f.is_maker if f else False,
         "M": False, "O": o.time_ms, "Z": fmt(o.cum_quote), "Y": fmt(f.price * f.qty if f else Decimal(0)),
         "Q": fmt(o.orig_quote_qty), "V": "NONE",
-    } | ({"W": o.working_time} if o.is_working else {})
+    } | ({"W": o.working_time} if o.is_working else {}) | ({"eR": change.expiry_reason} if change.expiry_reason else {})
+
+
+def list_status(ol: OrderList, legs: list[PaperOrder], time_ms: int, event_ms: int) -> dict[str, Any]:
+    """`listStatus`: an order list placed (EXEC_STARTED / EXECUTING) or ended (ALL_DONE)."""
+    return {"e": "listStatus", "E": event_ms, "s": ol.symbol, "g": ol.order_list_id, "c": "OCO",
+            "l": "EXEC_STARTED" if ol.is_open else "ALL_DONE", "L": ol.status, "r": "NONE",
+            "C": ol.list_client_order_id, "T": time_ms,
+            "O": [{"s": o.symbol, "i": o.order_id, "c": o.client_order_id} for o in legs]}
 
 
 def account_position(change: Change, event_ms: int) -> dict[str, Any]:
@@ -344,6 +353,8 @@ class UserStreamServer(threading.Thread):
         for change in changes:
             now = now_ms()
             events = [msgspec.json.encode(execution_report(change, next(self._ids), now)).decode()]
+            if change.order_list is not None:
+                events.append(msgspec.json.encode(list_status(change.order_list, change.legs, change.time_ms, now)).decode())
             if change.balances:
                 events.append(msgspec.json.encode(account_position(change, now)).decode())
             for event in events:
