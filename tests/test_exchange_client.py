@@ -249,3 +249,14 @@ def test_paper_target_uses_paper_settings(tmp_path: Path) -> None:
     client = exchange.client_for(config)
     assert client.base_url == "http://127.0.0.1:6123"
     assert b"\r\nX-MBX-APIKEY: k\r\n" in client._http._fixed  # never the BINANCE_API_KEY of the environment
+
+
+def test_an_order_past_its_not_after_is_not_sent(stub: tuple[Script, BinanceClient]) -> None:
+    """A process paused between being allowed to send and sending (trader.SEND_WITHIN) sends nothing."""
+    script, client = stub
+    client.server_time()
+    with pytest.raises(exchange.Stale):
+        client.new_order("XRPUSDT", "BUY", "0.5", "20", "cid-1", not_after=time.monotonic() - 0.001)
+    assert script.count("/api/v3/order") == 0
+    assert client.new_order("XRPUSDT", "BUY", "0.5", "20", "cid-1", not_after=time.monotonic() + 5).order_id == 7
+    assert script.count("/api/v3/order") == 1

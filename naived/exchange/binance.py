@@ -71,6 +71,11 @@ class OutcomeUnknown(Exception):
     cancel the effect is unknown: look the order up, never assume it failed."""
 
 
+class Stale(Exception):
+    """Not sent: the request's `not_after` (monotonic) had passed when it was about to be signed.
+    Nothing reached the exchange; the caller renews what entitles it to send, then sends again."""
+
+
 class RateLimited(Exception):
     """429 (slow down) or 418 (IP banned). Nothing is sent before `retry_after` seconds."""
 
@@ -276,8 +281,13 @@ class BinanceClient:
 
     # --- orders (signed) -----------------------------------------------------------------
 
-    def new_order(self, symbol: str, side: str, price: str, quantity: str, client_order_id: str) -> Order:
-        """A LIMIT GTC order. OutcomeUnknown means: look `client_order_id` up before retrying."""
+    def new_order(self, symbol: str, side: str, price: str, quantity: str, client_order_id: str,
+                  not_after: float | None = None) -> Order:
+        """A LIMIT GTC order. OutcomeUnknown means: look `client_order_id` up before retrying.
+
+        `not_after` (monotonic): the request is signed only until then, else `Stale` and nothing is
+        sent. Its timestamp is taken before that check, so the exchange cannot execute it later than
+        `not_after` plus recvWindow, however long this process is paused afterwards."""
         params = {
             "symbol": symbol,
             "side": side,
@@ -288,7 +298,7 @@ class BinanceClient:
             "newClientOrderId": client_order_id,
             "newOrderRespType": "FULL",  # an order filled at once comes with its fills and commissions
         }
-        return _order(_order_decoder.decode(self._call("POST", "/api/v3/order", params, signed=True)))
+        return _order(_order_decoder.decode(self._call("POST", "/api/v3/order", params, signed=True, not_after=not_after)))
 
     def get_order(self, symbol: str, client_order_id: str) -> Order:
         params = {"symbol": symbol, "origClientOrderId": client_order_id}
@@ -355,18 +365,19 @@ class BinanceClient:
 
     # --- the one request path -------------------------------------------------------------
 
-    def _call(self, method: str, path: str, params: dict[str, str], *, signed: bool) -> bytes:
+    def _call(self, method: str, path: str, params: dict[str, str], *, signed: bool,
+              not_after: float | None = None) -> bytes:
         try:
-            return self._send(method, path, params, signed)
+            return self._send(method, path, params, signed, not_after)
         except BinanceError as exc:
             if exc.code != INVALID_TIMESTAMP or not signed:
                 raise
         # A stale timestamp is refused before anything happens, so one retry is safe, orders included.
         log.warning("%s %s: timestamp outside recvWindow, resyncing with the server clock", method, path)
         self.server_time()
-        return self._send(method, path, params, signed)
+        return self._send(method, path, params, signed, not_after)
 
-    def _send(self, method: str, path: str, params: dict[str, str], signed: bool) -> bytes:
+    def _send(self, method: str, path: str, params: dict[str, str], signed: bool, not_after: float | None = None) -> bytes:
         if signed and self._offset_ms is None:
             self.server_time()
         # Binance's windows follow its clock: ours, corrected by the offset once it is known
@@ -382,6 +393,8 @@ class BinanceClient:
         query = urlencode(params)
         if signed:
             stamp = int(time.time() * 1000) + offset_ms
+            if not_after is not None and time.monotonic() > not_after:  # after the stamp: see new_order
+                raise Stale(f"{method} {path}: not sent, {time.monotonic() - not_after:.3f}s past its deadline")
             timing = f"recvWindow={self._recv_window}&timestamp={stamp}"
             query = f"{query}&{timing}" if query else timing
             mac = self._mac.copy()

@@ -61,6 +61,12 @@ BACKOFF_MAX = 2.0
 # Binance refuses a timestamp 1 s or more ahead of its clock, so the clock of any request it
 # took in was less than 1 s ahead of the server's: at most 1 s of validity beyond recvWindow.
 CLOCK_MARGIN = 1.0
+# An order is signed at most this long after the leader stored the state that allows it (the
+# intent and its send time, stored through the lease's fence on a cluster). A trader paused past
+# it (SIGSTOP, a frozen VM) stores its state again first: on a host that lost the symbol's lease
+# that write is refused and nothing is sent, so a paused process never places an order after its
+# adopter has looked the intent up and placed it (a client order id is unique only while open).
+SEND_WITHIN = 1.0
 # After an order refused for its price (PERCENT_PRICE_BY_SIDE), the next attempt waits this long,
 # doubling up to the maximum: a feed far from the market never makes a trader hammer the exchange.
 PRICE_REFUSAL_WAIT = 1.0
@@ -160,10 +166,15 @@ class Trader:
         self.leader = LeaderLink(self.ctx, config.leader_endpoint(self.symbol))
         self.client = _take_prepared() or exchange.client_for(config)
         # How long a sent order request may still execute: recvWindow, then the exchange's
-        # processing timeout, plus the clock margin Binance's timestamp rule allows.
-        self.window = config.exchange.recv_window_ms / 1000 + config.exchange.backend_timeout_seconds + CLOCK_MARGIN
-        # A predecessor that died cannot have sent anything after this process was forked.
+        # processing timeout, plus the clock margin Binance's timestamp rule allows; and for a
+        # predecessor's, the SEND_WITHIN it may have waited before it signed.
+        self.window = (config.exchange.recv_window_ms / 1000 + config.exchange.backend_timeout_seconds + CLOCK_MARGIN
+                       + SEND_WITHIN)
+        # A predecessor cannot have signed anything later than SEND_WITHIN after its last stored
+        # state, which was before this process was forked (on this host: it died first; on a
+        # cluster: its lease expired before ours was granted).
         self.started = time.monotonic()
+        self.stored_at = 0.0  # monotonic, before the leader's last ack: the state then stored allows a send until + SEND_WITHIN
         self.last_unknown_send: float | None = None  # monotonic, after a send of unknown outcome returned
         self.last_check = 0.0
         self.recheck: str | None = None  # an order to query again once the poll goes quiet
@@ -175,8 +186,13 @@ class Trader:
     def report(self) -> None:
         if self.state is self.acked:
             return  # already stored
+        self.store_again()
+
+    def store_again(self) -> None:
+        """Have the leader store the state (again: a fresh proof, on a cluster, that the lease holds)."""
+        asked = time.monotonic()
         self.leader.call(StateUpdated(self.state, self.client.used_weight))
-        self.acked = self.state
+        self.acked, self.stored_at = self.state, asked
 
     # --- talking to the exchange ---------------------------------------------------
 
@@ -298,7 +314,12 @@ class Trader:
         the matching engine, so nothing was placed and the same send is safe after the wait."""
         while True:
             try:
-                return self.client.new_order(self.symbol, intent.side, intent.price, intent.quantity, intent.client_order_id)
+                return self.client.new_order(self.symbol, intent.side, intent.price, intent.quantity, intent.client_order_id,
+                                             not_after=self.stored_at + SEND_WITHIN)
+            except exchange.Stale:
+                log.info("%s/%d: place %s: %.1fs since the state was stored (paused?), storing it again first",
+                         self.symbol, self.state.trader_id, intent.client_order_id, time.monotonic() - self.stored_at)
+                self.store_again()
             except exchange.RateLimited as exc:
                 log.log(_level(exc), "%s/%d: place %s: %s, waiting",
                         self.symbol, self.state.trader_id, intent.client_order_id, exc)
