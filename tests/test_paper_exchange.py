@@ -28,7 +28,7 @@ from recorded import EXCHANGE_INFO
 from naived.core.messages import TradeEvent, encode_trade, trade_topic
 from naived.exchange.binance import BinanceClient, BinanceError, OutcomeUnknown, RateLimited, UnknownOrder, signature
 from naived.paper.book import Change, Fill, PaperOrder
-from naived.paper.usage import OrderCount
+from naived.paper.usage import MAX_ANSWER_KEYS, OTHER, OrderCount, Usage
 
 KEY, SECRET = "paper-key", "paper-secret"
 T = TypeVar("T")
@@ -887,10 +887,26 @@ def test_usage_counts_every_request_at_binances_weight(ex: Exchange) -> None:
     ex.faults(ban_418=1.0, retry_after_seconds=1)
     status, _ = ex.signed("POST", "/api/v3/order", order("BUY", "0.5", "20", "u1"))  # refused, still counted
     assert status == 418
+    assert ex.http.get(f"{ex.url}/api/v3/nothing", timeout=5).status_code == 404
     after = ex.get("/paper/usage")
     assert after["requests"] - before["requests"] == 5
     assert after["weight"] - before["weight"] == 5 + 20 + 6 + 80 + 1
     assert sum(after["minutes"].values()) == after["weight"]
+    # Every answer by method, path and status (what another bot asked, and got); not /paper/ ones.
+    answers = {k: n - before["answers"].get(k, 0) for k, n in after["answers"].items()}
+    assert {k: n for k, n in answers.items() if n} == {
+        "GET /api/v3/myTrades 200": 2, "GET /api/v3/openOrders 200": 2, "POST /api/v3/order 418": 1,
+        "GET /api/v3/nothing 404": 1}
+
+
+def test_usage_answers_keep_a_bounded_number_of_paths() -> None:
+    usage = Usage()
+    for i in range(MAX_ANSWER_KEYS + 10):
+        usage.answered("GET", f"/api/v3/no{i}", 404)
+    usage.answered("GET", "/api/v3/no0", 404)  # a key already counted keeps counting
+    answers = usage.counted()["answers"]
+    assert isinstance(answers, dict)
+    assert len(answers) == MAX_ANSWER_KEYS + 1 and answers[OTHER] == 10 and answers["GET /api/v3/no0 404"] == 2
 
 
 # --- PERCENT_PRICE_BY_SIDE and the average price ----------------------------------------------

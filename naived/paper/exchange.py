@@ -84,7 +84,9 @@ Inspection and control, unsigned (the server listens on loopback, unless `[paper
                                   and the weight of each of the last 60 minutes; `dropped` and
                                   `stream_dropped`: connections and requests refused by the
                                   REST gate (`http.Gate`) and the user data stream, by reason;
-                                  `market_stream_dropped`: the market streams' (marketstream.py)
+                                  `market_stream_dropped`: the market streams' (marketstream.py);
+                                  `answers`: {"GET /api/v3/klines 200": count}, every answer by
+                                  method, path and status (what another bot asked, and got)
     POST /paper/faults            JSON object of `config.Faults` fields: replaces the fault
                                   probabilities and reseeds the fault RNG; answers the faults
     POST /paper/trade             {"symbol", "price", "qty"}: a public trade the exchange matches
@@ -544,6 +546,9 @@ class PaperExchange:
 
     def _respond(self, request: Handler, status: int, reply: Any, used: int, extra: dict[str, str] | None = None) -> None:
         payload = msgspec.json.encode(reply)
+        path = urlsplit(request.path).path
+        if not path.startswith("/paper/"):  # inspection is free, and uncounted
+            self.usage.answered(request.command, path, status)
         request.send_response(status)
         request.send_header("Content-Type", "application/json;charset=UTF-8")
         request.send_header("Content-Length", str(len(payload)))

@@ -16,6 +16,10 @@ from naived.paper.book import Change
 from naived.paper.params import Params
 
 USAGE_MINUTES = 60  # minutes of weight history /paper/usage keeps
+# Distinct "METHOD /path status" keys /paper/usage counts: paths are the client's to choose (an
+# unknown one is answered 404), so past this many every new key is counted under OTHER.
+MAX_ANSWER_KEYS = 256
+OTHER = "other"
 
 
 def weight_of(method: str, path: str, params: Params, weight: int | Callable[[Params], int]) -> int:
@@ -38,6 +42,17 @@ class Usage:
         self._minute, self._weight = 0, 0
         self._requests, self._weight_total = 0, 0
         self._minutes: dict[int, int] = {}  # epoch minute -> weight counted in it (the last USAGE_MINUTES)
+        # "GET /api/v3/klines 200" -> answers given: what a client (another bot) asked and what it
+        # got, refusals included, read from /paper/usage instead of the client's own logs
+        self._answers: dict[str, int] = {}
+
+    def answered(self, method: str, path: str, status: int) -> None:
+        """One answer sent: counted by method, path and status."""
+        key = f"{method} {path} {status}"
+        with self._lock:
+            if key not in self._answers and len(self._answers) >= MAX_ANSWER_KEYS:
+                key = OTHER
+            self._answers[key] = self._answers.get(key, 0) + 1
 
     def count(self, weight: int) -> int:
         """One request of `weight`; the weight used in this minute, with it."""
@@ -59,10 +74,12 @@ class Usage:
             return self._weight if self._minute == int(time.time() // 60) else 0
 
     def counted(self) -> dict[str, object]:
-        """Requests and weight since start, and weight per minute (the last USAGE_MINUTES)."""
+        """Requests and weight since start, weight per minute (the last USAGE_MINUTES), answers
+        given by method, path and status."""
         with self._lock:
             return {"requests": self._requests, "weight": self._weight_total,
-                    "minutes": {str(m): w for m, w in sorted(self._minutes.items())}}
+                    "minutes": {str(m): w for m, w in sorted(self._minutes.items())},
+                    "answers": dict(sorted(self._answers.items()))}
 
 
 class OrderCount:
