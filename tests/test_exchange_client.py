@@ -16,6 +16,7 @@ import pytest
 from naived.core.config import ConfigError, parse_config
 from naived.exchange import binance as exchange
 from naived.exchange.binance import BinanceClient, BinanceError, OutcomeUnknown, RateLimited, UnknownOrder, signature
+from naived.exchange.budget import Limits, LocalBudget
 
 SECRET = "test-secret-do-not-leak"
 KEY = "test-api-key"
@@ -258,5 +259,17 @@ def test_an_order_past_its_not_after_is_not_sent(stub: tuple[Script, BinanceClie
     with pytest.raises(exchange.Stale):
         client.new_order("XRPUSDT", "BUY", "0.5", "20", "cid-1", not_after=time.monotonic() - 0.001)
     assert script.count("/api/v3/order") == 0
+    # The refused attempt spent none of the order budget: the one order this 10 s allows still goes.
+    client.budget = LocalBudget(Limits(orders_per_10s=1))
+    with pytest.raises(exchange.Stale):
+        client.new_order("XRPUSDT", "BUY", "0.5", "20", "cid-1", not_after=time.monotonic() - 0.001)
     assert client.new_order("XRPUSDT", "BUY", "0.5", "20", "cid-1", not_after=time.monotonic() + 5).order_id == 7
+    assert script.count("/api/v3/order") == 1
+    # Paused after the budget and before the stamp (here: a slow budget): still not sent.
+    slow = LocalBudget()
+    acquire = slow.acquire
+    slow.acquire = lambda *a, **k: (time.sleep(0.05), acquire(*a, **k))[1]  # type: ignore[method-assign]  # a pause
+    client.budget = slow
+    with pytest.raises(exchange.Stale):
+        client.new_order("XRPUSDT", "BUY", "0.5", "20", "cid-1", not_after=time.monotonic() + 0.02)
     assert script.count("/api/v3/order") == 1

@@ -384,6 +384,7 @@ class BinanceClient:
         # (always, before a signed request: server_time() above sets it or raises).
         offset_ms = self._offset_ms or 0
         wall = time.time() + offset_ms / 1000
+        _in_time(not_after, method, path)  # before the budget: a request not sent spends none of it
         try:
             spent = self.budget.acquire(request_weight(method, path, params), request_kind(method, path), wall)
         except rate_budget.Refused as held:
@@ -393,8 +394,7 @@ class BinanceClient:
         query = urlencode(params)
         if signed:
             stamp = int(time.time() * 1000) + offset_ms
-            if not_after is not None and time.monotonic() > not_after:  # after the stamp: see new_order
-                raise Stale(f"{method} {path}: not sent, {time.monotonic() - not_after:.3f}s past its deadline")
+            _in_time(not_after, method, path)  # again after the stamp: see new_order
             timing = f"recvWindow={self._recv_window}&timestamp={stamp}"
             query = f"{query}&{timing}" if query else timing
             mac = self._mac.copy()
@@ -428,6 +428,11 @@ class BinanceClient:
             raise OutcomeUnknown(f"{method} {path}: Binance error {error.code}: {error.msg}")
         kind = UnknownOrder if error.code == UNKNOWN_ORDER else BinanceError
         raise kind(error.code, error.msg, status)
+
+
+def _in_time(not_after: float | None, method: str, path: str) -> None:
+    if not_after is not None and time.monotonic() > not_after:
+        raise Stale(f"{method} {path}: not sent, {time.monotonic() - not_after:.3f}s past its deadline")
 
 
 def _header_int(headers: Any, name: str) -> int | None:
