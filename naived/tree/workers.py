@@ -79,14 +79,20 @@ def fetch_filters(config: Config, symbol: str | None = None) -> int:
     return 0
 
 
+EXCHANGE_FAILURES = (exchange.BinanceError, exchange.OutcomeUnknown, exchange.RateLimited, OSError)
+
+
 def reconcile_symbol(config: Config, symbol: str) -> int:
-    """A leader's: the exchange's open orders of its symbol, for the leader to compare."""
-    open_orders = exchange.client_for(config).open_orders(symbol)
+    """A leader's: the exchange's open orders of its symbol, for the leader to compare. One the
+    exchange or the host's budget does not answer is a line in the log, and the next round asks
+    again (a hundred symbols restarting at once spend the host's read budget: no tracebacks)."""
+    try:
+        open_orders = exchange.client_for(config).open_orders(symbol)
+    except EXCHANGE_FAILURES as exc:
+        log.warning("reconcile %s: the exchange did not list its open orders (%s); next time", symbol, _failure(exc))
+        return 1
     report(config.leader_endpoint(symbol), OpenOrdersFetched([o.client_order_id for o in open_orders]))
     return 0
-
-
-EXCHANGE_FAILURES = (exchange.BinanceError, exchange.OutcomeUnknown, exchange.RateLimited, OSError)
 
 
 def reconcile_all(config: Config, known: dict[str, tuple[str, set[str]]], owned: set[str], reporting: frozenset[str]) -> int:
