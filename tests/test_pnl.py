@@ -169,7 +169,11 @@ def test_a_finished_cycle_moves_the_realised_profit_in_status(tmp_path: Path) ->
         assert tree.ctl("start-trading", "XRPUSDT").returncode == 0
         first = wait_for("XRPUSDT's profit in status", lambda: profit(tree))
         assert (first["base"], first["quote"], first["budget"]) == ("XRP", "USDT", "100")
-        assert (first["realised"], first["cycles"], first["fees"]) == ("0", 0, {})
+        # Cycles here can finish within a second of the start: under load the first look may come after one.
+        if first["cycles"] == 0:
+            assert (first["realised"], first["fees"]) == ("0", {})
+        else:
+            assert D(first["realised"]) != 0 and first["fees"]
 
         held = wait_for("a position", lambda: (p := profit(tree)) and D(p["position"]) > 0 and p["price"] and p)
         assert D(held["cost"]) > 0 and held["open_fees"].keys() <= {"XRP", "USDT"}
