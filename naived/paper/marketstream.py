@@ -64,7 +64,7 @@ from naived.core.messages import TradeEvent
 from naived.core.symbols import table
 from naived.ops.ratelog import RateLimitedLog
 from naived.paper.shapes import now_ms
-from naived.paper.userstream import CLOSE, KEY_ALPHABET, KEY_LENGTH, MAX_QUEUED, Outbox
+from naived.paper.userstream import CLOSE, KEY_ALPHABET, KEY_LENGTH, MAX_QUEUED, Outbox, hold
 
 log = logging.getLogger(__name__)
 
@@ -201,19 +201,13 @@ class MarketStreams:
         writer = asyncio.create_task(conn.drain())
         reader = asyncio.create_task(self._read(conn))
         try:
-            done, _ = await asyncio.wait({writer, reader}, timeout=self._connection_seconds,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if not done:  # Binance: a connection is only valid for 24 hours
-                await ws.close(1000, "connection lifetime reached")
-            sent = ws.protocol.close_sent
-            if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:
+            _, too_big = await hold(ws, {writer, reader}, self._connection_seconds)
+            if too_big:
                 self._drop("message_too_large", "closed a connection that sent a message over %d bytes", MAX_REQUEST_BYTES)
         finally:
             conn.dead = True
             self._unsubscribe(conn, list(conn.streams))
             self._connections.discard(conn)
-            writer.cancel()
-            reader.cancel()
 
     def shutdown(self) -> None:
         for conn in list(self._connections):

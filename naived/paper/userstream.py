@@ -87,6 +87,21 @@ DROP_REASONS = ("handshake_timeout", "too_many", "message_too_large", "slow_read
 CLOSE, ABORT = object(), object()  # queue sentinels: close normally / drop the connection
 
 
+async def hold(ws: ServerConnection, tasks: set[asyncio.Task[Any]], seconds: float) -> tuple[bool, bool]:
+    """Serve a connection until one of `tasks` ends or `seconds` pass (Binance: a connection is only
+    valid for 24 hours; then it is closed, 1000); the tasks are cancelled on the way out. Returns
+    (closed for its age, closed for a message too large)."""
+    try:
+        done, _ = await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            await ws.close(1000, "connection lifetime reached")
+        sent = ws.protocol.close_sent
+        return not done, sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 class ListenKeys:
     """Listen keys and their expiry (monotonic). Shared by the HTTP threads and the stream loop."""
 
@@ -327,19 +342,15 @@ class UserStreamServer(threading.Thread):
         writer = asyncio.create_task(conn.drain())
         closed = asyncio.create_task(ws.wait_closed())  # by the client, a ping timeout, or a message too large
         try:
-            done, _ = await asyncio.wait({writer, closed}, timeout=self._connection_seconds, return_when=asyncio.FIRST_COMPLETED)
-            if not done:  # Binance: a connection is only valid for 24 hours
+            aged, too_big = await hold(ws, {writer, closed}, self._connection_seconds)
+            if aged:
                 log.info("user data stream: connection from %s:%d reached its %gs limit", *ws.remote_address[:2],
                          self._connection_seconds)
-                await ws.close(1000, "connection lifetime reached")
-            sent = ws.protocol.close_sent
-            if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:
+            if too_big:
                 self._drop("message_too_large", "closed a connection that sent a message over %d bytes", MAX_MESSAGE_BYTES)
         finally:
             conn.dead = True
             self._connections.discard(conn)
-            writer.cancel()
-            closed.cancel()
 
     def _enqueue(self, conn: _Connection, item: Any) -> None:
         if not conn.put(item):
